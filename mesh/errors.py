@@ -1,0 +1,154 @@
+"""Errors a service raises, and how they travel as gRPC statuses (Google AIP-193).
+
+Domain and handler code raise one of the `ServiceError` subclasses below; it never
+touches gRPC. The runner's error interceptor turns the exception into a canonical status
+code plus a `google.rpc.Status` carrying an `ErrorInfo` (an UPPER_SNAKE `reason`, the
+service's `domain`, and metadata) and, for bad input, a `BadRequest` listing every field
+violation. The status travels in the `grpc-status-details-bin` trailer, where grpcurl,
+`grpc_status.rpc_status.from_call` and Envoy's `convert_grpc_status` find it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+
+#: The trailer gRPC defines for a serialized `google.rpc.Status`.
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    """One thing wrong with one field of a request (a `BadRequest.FieldViolation`)."""
+
+    field: str
+    """The path of the field in the request, e.g. `lines[0].quantity`."""
+    description: str
+    """A sentence saying what is wrong and what would be right."""
+    reason: str = "INVALID_FIELD"
+    """An UPPER_SNAKE identifier of the kind of violation, e.g. `REQUIRED`."""
+
+
+@dataclass(eq=False)
+class ServiceError(Exception):
+    """A failure to report to the caller; subclasses fix the canonical status code."""
+
+    message: str
+    reason: str
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+    code = grpc.StatusCode.UNKNOWN
+
+    def __post_init__(self) -> None:
+        super().__init__(self.message)
+
+    def details(self) -> list[any_pb2.Any]:
+        """Extra status details beyond the `ErrorInfo` every error carries."""
+        return []
+
+
+@dataclass(eq=False)
+class InvalidArgument(ServiceError):
+    """The request is malformed: it names every offending field."""
+
+    violations: Sequence[FieldViolation] = ()
+    reason: str = "INVALID_ARGUMENT"
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+    @classmethod
+    def of(cls, violations: Sequence[FieldViolation]) -> InvalidArgument:
+        """An error whose message summarises `violations`."""
+        summary = "; ".join(f"{v.field}: {v.description}" for v in violations)
+        return cls(message=f"invalid request: {summary}", violations=violations)
+
+    def details(self) -> list[any_pb2.Any]:
+        bad_request = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(
+                    field=v.field, description=v.description, reason=v.reason
+                )
+                for v in self.violations
+            ]
+        )
+        packed = any_pb2.Any()
+        packed.Pack(bad_request)
+        return [packed]
+
+
+@dataclass(eq=False)
+class NotFound(ServiceError):
+    """The named resource does not exist (or the caller may not know it exists)."""
+
+    code = grpc.StatusCode.NOT_FOUND
+
+
+@dataclass(eq=False)
+class AlreadyExists(ServiceError):
+    """The resource the caller tried to create exists already."""
+
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+@dataclass(eq=False)
+class FailedPrecondition(ServiceError):
+    """The system is not in a state in which the request can be done (e.g. out of stock)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+@dataclass(eq=False)
+class Aborted(ServiceError):
+    """A concurrency conflict: the caller may retry the whole read-modify-write."""
+
+    code = grpc.StatusCode.ABORTED
+
+
+@dataclass(eq=False)
+class Unauthenticated(ServiceError):
+    """The caller's credentials are missing or wrong."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+@dataclass(eq=False)
+class PermissionDenied(ServiceError):
+    """The caller is known but may not do this."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+@dataclass(eq=False)
+class Unavailable(ServiceError):
+    """A transient failure: the same request may succeed if retried."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+def to_status(error: ServiceError, domain: str) -> status_pb2.Status:
+    """The `google.rpc.Status` for `error`, with `ErrorInfo` first among its details."""
+    info = any_pb2.Any()
+    info.Pack(
+        error_details_pb2.ErrorInfo(
+            reason=error.reason, domain=domain, metadata=dict(error.metadata)
+        )
+    )
+    return status_pb2.Status(
+        code=_CODES[error.code],
+        message=error.message,
+        details=[info, *error.details()],
+    )
+
+
+def internal_status(domain: str) -> status_pb2.Status:
+    """The status for a failure of our own: it says nothing of where or why."""
+    info = any_pb2.Any()
+    info.Pack(error_details_pb2.ErrorInfo(reason="INTERNAL", domain=domain))
+    return status_pb2.Status(code=code_pb2.INTERNAL, message="internal error", details=[info])
+
+
+#: grpc.StatusCode -> google.rpc.Code number.
+_CODES = {code: code.value[0] for code in grpc.StatusCode}

@@ -1,0 +1,167 @@
+"""The contracts: buf lint, generated code, the descriptor set, and buf breaking biting."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from google.api import annotations_pb2, visibility_pb2
+from google.protobuf import descriptor_pb2
+
+from mesh import contracts
+
+pytestmark = pytest.mark.integration
+
+REPO = contracts.Workspace.find(Path(__file__).parent)
+SERVICES = ("catalog", "inventory", "orders", "payments", "shipping", "identity", "notifications")
+CATALOG = "protos/shop/catalog/v1/catalog_service.proto"
+
+
+def test_buf_lint_is_clean() -> None:
+    contracts.lint(REPO)
+
+
+def test_vendored_protos_are_those_of_the_pinned_package() -> None:
+    assert contracts.stale_vendored(REPO) == []
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_generated_stubs_import_in_a_fresh_interpreter(service: str) -> None:
+    module = f"shop.{service}.v1.{service}_service"
+    code = f"import {module}_pb2, {module}_pb2_grpc; print({module}_pb2.DESCRIPTOR.package)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"shop.{service}.v1"
+
+
+def _descriptor_set() -> descriptor_pb2.FileDescriptorSet:
+    return descriptor_pb2.FileDescriptorSet.FromString(
+        (REPO.root / contracts.DESCRIPTOR_SET).read_bytes()
+    )
+
+
+def test_descriptor_set_has_imports_and_comments() -> None:
+    files = {f.name: f for f in _descriptor_set().file}
+    assert {"google/api/http.proto", "google/protobuf/timestamp.proto"} <= files.keys()
+    catalog = files["shop/catalog/v1/catalog_service.proto"]
+    comments = [loc.leading_comments for loc in catalog.source_code_info.location]
+    assert any("CatalogService owns the shop's products" in c for c in comments)
+
+
+def test_every_rpc_is_either_public_over_http_or_internal() -> None:
+    public, internal = [], []
+    for file in _descriptor_set().file:
+        if not file.package.startswith("shop."):
+            continue
+        for service in file.service:
+            for method in service.method:
+                name = f"{file.package}.{service.name}/{method.name}"
+                has_http = method.options.HasExtension(annotations_pb2.http)
+                restriction = method.options.Extensions[visibility_pb2.method_visibility]
+                if restriction.restriction == "INTERNAL":
+                    assert not has_http, f"{name} is internal but has an HTTP rule"
+                    internal.append(name)
+                else:
+                    assert has_http, f"{name} is public but has no google.api.http rule"
+                    public.append(name)
+    assert "shop.catalog.v1.CatalogService/CreateProduct" in public
+    assert "shop.inventory.v1.InventoryService/ReserveStock" in internal
+    assert {n.split(".")[1] for n in public} == set(SERVICES)
+
+
+# buf breaking --------------------------------------------------------------------------
+
+
+def _copy_workspace(target: Path) -> contracts.Workspace:
+    target.mkdir(parents=True)
+    shutil.copyfile(REPO.root / "buf.yaml", target / "buf.yaml")
+    shutil.copytree(REPO.protos, target / "protos")
+    return contracts.Workspace(target)
+
+
+def _edit(ws: contracts.Workspace, old: str, new: str) -> None:
+    path = ws.root / CATALOG
+    text = path.read_text()
+    assert old in text, f"{old!r} not in {CATALOG}"
+    path.write_text(text.replace(old, new, 1))
+
+
+FIELD_TYPE_CHANGE = ("  int32 initial_stock = 2;", "  string initial_stock = 2;")
+FIELD_REMOVAL = ("  string description = 3;\n", "  reserved 3;\n")
+ANCHOR = "  // The REST path of this product's stock level"
+ADDITION = (ANCHOR, f"  // The brand the product is sold under.\n  string brand = 10;\n{ANCHOR}")
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (FIELD_TYPE_CHANGE, 'changed type from "int32" to "string"'),
+        (FIELD_REMOVAL, 'Previously present field "3" with name "description"'),
+    ],
+    ids=["field-type-changed", "field-removed"],
+)
+def test_breaking_refuses_a_real_break(
+    tmp_path: Path, edit: tuple[str, str], expected: str
+) -> None:
+    base = _copy_workspace(tmp_path / "base")
+    changed = _copy_workspace(tmp_path / "changed")
+    _edit(changed, *edit)
+    with pytest.raises(contracts.ContractsError) as refused:
+        contracts.breaking(changed, against=str(base.root))
+    assert expected in str(refused.value)
+
+
+def test_breaking_accepts_an_additive_change(tmp_path: Path) -> None:
+    base = _copy_workspace(tmp_path / "base")
+    changed = _copy_workspace(tmp_path / "changed")
+    _edit(changed, *ADDITION)
+    contracts.lint(changed)
+    result = contracts.breaking(changed, against=str(base.root))
+    assert result.against == str(base.root)
+
+
+def _git(ws: contracts.Workspace, *args: str) -> None:
+    subprocess.run(
+        ["git", "-c", "user.name=test", "-c", "user.email=test@localhost", *args],
+        cwd=ws.root,
+        check=True,
+        capture_output=True,
+    )
+
+
+def _repository(path: Path) -> contracts.Workspace:
+    ws = _copy_workspace(path)
+    _git(ws, "init", "--quiet", "--initial-branch=main")
+    _git(ws, "add", ".")
+    _git(ws, "commit", "--quiet", "-m", "contracts")
+    return ws
+
+
+def test_without_an_earlier_commit_there_is_nothing_to_compare(tmp_path: Path) -> None:
+    ws = _repository(tmp_path / "repo")
+    result = contracts.breaking(ws)
+    assert result.against is None
+    assert "nothing to compare" in result.message
+
+
+def test_a_committed_break_is_refused_against_the_previous_commit(tmp_path: Path) -> None:
+    ws = _repository(tmp_path / "repo")
+    _edit(ws, *FIELD_TYPE_CHANGE)
+    _git(ws, "commit", "--quiet", "-am", "break a field")
+    with pytest.raises(contracts.ContractsError, match="changed type"):
+        contracts.breaking(ws)
+
+
+def test_an_uncommitted_break_is_refused_against_head(tmp_path: Path) -> None:
+    ws = _repository(tmp_path / "repo")
+    _edit(ws, *ADDITION)
+    _git(ws, "commit", "--quiet", "-am", "add a field")
+    contracts.breaking(ws)  # the additive commit passes against its parent
+    _edit(ws, *FIELD_REMOVAL)
+    with pytest.raises(contracts.ContractsError, match="description"):
+        contracts.breaking(ws)
