@@ -211,9 +211,16 @@ async def test_sigterm_stops_gracefully_finishing_calls_in_flight(
     process, address = served_process
     async with grpc.aio.insecure_channel(address) as channel:
         stub = pb_grpc.CatalogServiceStub(channel)
+        health: Any = health_pb2_grpc.HealthStub(channel)
+        watch = health.Watch(health_pb2.HealthCheckRequest(service=""))
+        assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
         in_flight = asyncio.ensure_future(stub.GetProduct(pb.GetProductRequest(id="slow")))
         await asyncio.sleep(tiny_catalog.SLOW_SECONDS / 4)
         process.send_signal(signal.SIGTERM)
+
+        # Watchers (load balancers) hear NOT_SERVING as soon as the stop begins.
+        changed = await asyncio.wait_for(watch.read(), timeout=5)
+        assert changed.status == health_pb2.HealthCheckResponse.NOT_SERVING
         await asyncio.sleep(tiny_catalog.SLOW_SECONDS / 4)
 
         # While it drains, the server takes no new calls.
