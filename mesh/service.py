@@ -1,0 +1,112 @@
+"""The process around a service: settings, its database, its composition root, the runner.
+
+Every service's `__main__` is one line, `main("<name>", bootstrap)`. Settings are read
+once, here, from the command line and environment variables:
+
+| setting | flag | environment | default |
+| --- | --- | --- | --- |
+| listen port | `--port` | `SHOP_<NAME>_PORT` | 0 (a free port, logged) |
+| run directory | `--run-dir` | `SHOP_RUN_DIR` | `./run` |
+| database URL | `--database-url` | `SHOP_<NAME>_DATABASE_URL` | `<run-dir>/<name>/<name>.db` |
+| a dependency's address | | `SHOP_<DEP>_ADDRESS` | none: required when the service calls it |
+
+A service's `bootstrap(settings, stack)` builds its adapters (entering them on the
+`AsyncExitStack`, which closes them after the server stops) and returns the servicers to
+serve. Nothing connects before `bootstrap` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+from mesh.runner import DEFAULT_GRACE_SECONDS, Registration, ServiceRunner
+from mesh.storage import Database, Migration
+
+
+class SettingsError(RuntimeError):
+    """A required setting is missing or malformed."""
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    """Everything a service reads from its environment, read once at start-up."""
+
+    name: str
+    host: str = "127.0.0.1"
+    port: int = 0
+    run_dir: Path = Path("run")
+    database_url: str | None = None
+    grace: float = DEFAULT_GRACE_SECONDS
+
+    def database(self, migrations: Sequence[Migration]) -> Database:
+        """This service's own database: the configured URL, or its SQLite file."""
+        if self.database_url:
+            return Database(self.database_url, self.name, migrations)
+        path = self.run_dir / self.name / f"{self.name}.db"
+        return Database.sqlite(path, self.name, migrations)
+
+    def address_of(self, dependency: str) -> str:
+        """Where to reach `dependency` (host:port); fails fast when it is not configured."""
+        variable = f"SHOP_{dependency.upper()}_ADDRESS"
+        address = os.environ.get(variable, "").strip()
+        if not address:
+            raise SettingsError(f"{self.name} calls {dependency}: set {variable}=host:port")
+        return address
+
+
+async def open_database(
+    settings: ServiceSettings, migrations: Sequence[Migration], stack: AsyncExitStack
+) -> Database:
+    """Open (and migrate) the service's database; it is closed when `stack` unwinds."""
+    database = settings.database(migrations)
+    await database.open()
+    stack.push_async_callback(database.close)
+    return database
+
+
+Bootstrap = Callable[[ServiceSettings, AsyncExitStack], Awaitable[Sequence[Registration]]]
+
+
+async def run(settings: ServiceSettings, bootstrap: Bootstrap) -> None:
+    """Build the service, serve it until a stop signal, then close its adapters."""
+    async with AsyncExitStack() as stack:
+        registrations = await bootstrap(settings, stack)
+        runner = ServiceRunner(
+            registrations, host=settings.host, port=settings.port, grace=settings.grace
+        )
+        await runner.serve()
+
+
+def settings_from_environment(name: str, argv: Sequence[str] | None = None) -> ServiceSettings:
+    prefix = f"SHOP_{name.upper()}"
+    parser = argparse.ArgumentParser(prog=f"python -m services.{name}")
+    parser.add_argument("--port", type=int, default=int(os.environ.get(f"{prefix}_PORT", "0")))
+    parser.add_argument("--run-dir", type=Path, default=Path(os.environ.get("SHOP_RUN_DIR", "run")))
+    parser.add_argument("--database-url", default=os.environ.get(f"{prefix}_DATABASE_URL"))
+    parser.add_argument("--grace", type=float, default=DEFAULT_GRACE_SECONDS)
+    args = parser.parse_args(argv)
+    return ServiceSettings(
+        name=name,
+        port=args.port,
+        run_dir=args.run_dir,
+        database_url=args.database_url,
+        grace=args.grace,
+    )
+
+
+def main(name: str, bootstrap: Bootstrap, argv: Sequence[str] | None = None) -> None:
+    """The entry point of `python -m services.<name>`."""
+    logging.basicConfig(
+        level=logging.INFO, format=f"%(asctime)s %(levelname)s {name} %(name)s: %(message)s"
+    )
+    try:
+        asyncio.run(run(settings_from_environment(name, argv), bootstrap))
+    except SettingsError as error:
+        raise SystemExit(f"{name}: {error}") from None

@@ -1,0 +1,256 @@
+"""Each service's own database: connection set-up, versioned migrations, transactions.
+
+Storage is SQLAlchemy Core on an asyncio engine. Services write their queries against
+SQLAlchemy `Table` objects, not SQL strings, so the same adapters run on SQLite (the
+local mesh: one file per service under the run directory) and on Postgres (a DSN such as
+`postgresql+asyncpg://...` in production) without touching the domain. Migrations are
+numbered lists of portable DDL, applied in order at start-up and recorded in
+`schema_migrations`; no service ever opens another service's database.
+
+On SQLite every connection runs in WAL mode with foreign keys enforced and a busy
+timeout, and write transactions start with `BEGIN IMMEDIATE`, so two writers queue for
+the lock instead of failing half-way ("database is locked") and a read-check-write
+inside one transaction is serialized. Rules that must hold under concurrency are still
+written as conditional statements and CHECK constraints, so they hold on Postgres too.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry
+
+#: How long a writer waits for SQLite's lock before giving up, in milliseconds.
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+#: The execution option that selects SQLite's BEGIN mode for a transaction.
+_BEGIN_MODE = "shop_sqlite_begin"
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One step of a schema's history; never edited once released, only followed."""
+
+    version: int
+    description: str
+    statements: Sequence[str]
+
+
+def utc_now() -> datetime:
+    """The current time, timezone-aware, as stored in every `*_time` column."""
+    return datetime.now(UTC)
+
+
+class UtcDateTime(sa.TypeDecorator[datetime]):
+    """A timezone-aware UTC timestamp on every backend (SQLite keeps no zone of its own)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("timestamps must be timezone-aware")
+        return value.astimezone(UTC).replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+_metadata = sa.MetaData()
+
+#: Which migrations of which component have been applied.
+schema_migrations = sa.Table(
+    "schema_migrations",
+    _metadata,
+    sa.Column("component", sa.String(64), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("description", sa.Text, nullable=False),
+    sa.Column("applied_at", UtcDateTime, nullable=False),
+)
+
+#: Results of mutations by request id (AIP-155): a retry returns the first result.
+request_log = sa.Table(
+    "request_log",
+    _metadata,
+    sa.Column("method", sa.String(128), primary_key=True),
+    sa.Column("request_id", sa.String(128), primary_key=True),
+    sa.Column("result", sa.Text, nullable=False),
+    sa.Column("create_time", UtcDateTime, nullable=False),
+)
+
+#: The mesh's own tables, present in every service's database.
+_MESH_MIGRATIONS = (
+    Migration(
+        1,
+        "request log for idempotent mutations",
+        [
+            """
+            CREATE TABLE request_log (
+                method VARCHAR(128) NOT NULL,
+                request_id VARCHAR(128) NOT NULL,
+                result TEXT NOT NULL,
+                create_time TIMESTAMP NOT NULL,
+                PRIMARY KEY (method, request_id)
+            )
+            """
+        ],
+    ),
+)
+
+
+class Database:
+    """A service's database: an engine plus the service's migrations."""
+
+    def __init__(self, url: str, component: str, migrations: Sequence[Migration]) -> None:
+        versions = [m.version for m in migrations]
+        if versions != sorted(set(versions)):
+            raise ValueError(f"{component}: migration versions must be unique and ascending")
+        self.url = url
+        self.component = component
+        self._migrations = tuple(migrations)
+        self._engine: AsyncEngine | None = None
+
+    @classmethod
+    def sqlite(cls, path: Path, component: str, migrations: Sequence[Migration]) -> Database:
+        """The database in the SQLite file `path` (its directory is created)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return cls(f"sqlite+aiosqlite:///{path}", component, migrations)
+
+    @property
+    def engine(self) -> AsyncEngine:
+        if self._engine is None:
+            raise RuntimeError(f"the {self.component} database is not open")
+        return self._engine
+
+    async def open(self) -> None:
+        """Connect and bring the schema up to date."""
+        engine = create_async_engine(self.url)
+        if engine.dialect.name == "sqlite":
+            _configure_sqlite(engine)
+        self._engine = engine
+        await self._migrate("mesh", _MESH_MIGRATIONS)
+        await self._migrate(self.component, self._migrations)
+
+    async def close(self) -> None:
+        if self._engine is not None:
+            await self._engine.dispose()
+            self._engine = None
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction: committed when the block ends, rolled back on error."""
+        async with self.engine.connect() as connection:
+            connection = await connection.execution_options(**{_BEGIN_MODE: "IMMEDIATE"})
+            async with connection.begin():
+                yield connection
+
+    @asynccontextmanager
+    async def snapshot(self) -> AsyncIterator[AsyncConnection]:
+        """A read-only transaction: a consistent view that takes no write lock."""
+        async with self.engine.connect() as connection, connection.begin():
+            yield connection
+
+    async def applied_versions(self, component: str | None = None) -> list[int]:
+        """Versions of `component`'s migrations (default: this service's) applied so far."""
+        async with self.snapshot() as connection:
+            rows = await connection.execute(
+                sa.select(schema_migrations.c.version)
+                .where(schema_migrations.c.component == (component or self.component))
+                .order_by(schema_migrations.c.version)
+            )
+            return [row.version for row in rows]
+
+    async def _migrate(self, component: str, migrations: Sequence[Migration]) -> None:
+        async with self.transaction() as connection:
+            await connection.run_sync(
+                lambda sync: _metadata.create_all(sync, tables=[schema_migrations])
+            )
+            # Inside the write lock, so replicas starting together migrate once.
+            applied = set(
+                (
+                    await connection.execute(
+                        sa.select(schema_migrations.c.version).where(
+                            schema_migrations.c.component == component
+                        )
+                    )
+                ).scalars()
+            )
+            for migration in migrations:
+                if migration.version in applied:
+                    continue
+                for statement in migration.statements:
+                    await connection.exec_driver_sql(statement)
+                await connection.execute(
+                    schema_migrations.insert().values(
+                        component=component,
+                        version=migration.version,
+                        description=migration.description,
+                        applied_at=utc_now(),
+                    )
+                )
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def on_connect(dbapi_connection: DBAPIConnection, record: ConnectionPoolEntry) -> None:
+        # Let SQLAlchemy's `begin` event below issue BEGIN, in the mode we choose.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        for pragma in (
+            "PRAGMA journal_mode=WAL",
+            "PRAGMA foreign_keys=ON",
+            f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}",
+            "PRAGMA synchronous=FULL",
+        ):
+            cursor.execute(pragma)
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def on_begin(connection: sa.Connection) -> None:
+        mode = connection.get_execution_options().get(_BEGIN_MODE, "DEFERRED")
+        connection.exec_driver_sql(f"BEGIN {mode}")
+
+
+async def find_request(
+    connection: AsyncConnection, method: str, request_id: str
+) -> dict[str, Any] | None:
+    """The recorded result of an earlier request with this id, if there was one."""
+    if not request_id:
+        return None
+    row = (
+        await connection.execute(
+            sa.select(request_log.c.result).where(
+                request_log.c.method == method, request_log.c.request_id == request_id
+            )
+        )
+    ).first()
+    return None if row is None else dict(json.loads(row.result))
+
+
+async def record_request(
+    connection: AsyncConnection, method: str, request_id: str, result: Mapping[str, Any]
+) -> None:
+    """Remember `result` for `request_id`, in the transaction that made the change."""
+    if request_id:
+        await connection.execute(
+            request_log.insert().values(
+                method=method,
+                request_id=request_id,
+                result=json.dumps(dict(result)),
+                create_time=utc_now(),
+            )
+        )

@@ -1,0 +1,175 @@
+"""The catalog's adapters: its SQL tables and store, and its client of the inventory service."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any
+
+import grpc
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from mesh.errors import Unavailable
+from mesh.money import Money
+from mesh.storage import Database, Migration, UtcDateTime, find_request, record_request
+from services.catalog.domain import Product
+from shop.inventory.v1 import inventory_service_pb2 as inventory_pb
+from shop.inventory.v1 import inventory_service_pb2_grpc as inventory_grpc
+
+MIGRATIONS = (
+    Migration(
+        1,
+        "products",
+        [
+            """
+            CREATE TABLE products (
+                id VARCHAR(36) PRIMARY KEY,
+                name VARCHAR(200) NOT NULL CHECK (length(name) > 0),
+                description TEXT NOT NULL,
+                price_currency CHAR(3) NOT NULL,
+                price_minor_units BIGINT NOT NULL CHECK (price_minor_units > 0),
+                category VARCHAR(64) NOT NULL,
+                weight_grams INTEGER NOT NULL CHECK (weight_grams >= 0),
+                create_time TIMESTAMP NOT NULL,
+                update_time TIMESTAMP NOT NULL
+            )
+            """,
+            "CREATE INDEX products_by_creation ON products (create_time, id)",
+            "CREATE INDEX products_by_category ON products (category, create_time, id)",
+        ],
+    ),
+)
+
+metadata = sa.MetaData()
+products = sa.Table(
+    "products",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("description", sa.Text, nullable=False),
+    sa.Column("price_currency", sa.String(3), nullable=False),
+    sa.Column("price_minor_units", sa.BigInteger, nullable=False),
+    sa.Column("category", sa.String(64), nullable=False),
+    sa.Column("weight_grams", sa.Integer, nullable=False),
+    sa.Column("create_time", UtcDateTime, nullable=False),
+    sa.Column("update_time", UtcDateTime, nullable=False),
+)
+
+
+def _row(product: Product) -> dict[str, Any]:
+    return {
+        "id": product.id,
+        "name": product.name,
+        "description": product.description,
+        "price_currency": product.price.currency,
+        "price_minor_units": product.price.minor_units,
+        "category": product.category,
+        "weight_grams": product.weight_grams,
+        "create_time": product.create_time,
+        "update_time": product.update_time,
+    }
+
+
+def _product(row: sa.Row[Any]) -> Product:
+    return Product(
+        id=row.id,
+        name=row.name,
+        description=row.description,
+        price=Money(row.price_currency, row.price_minor_units),
+        category=row.category,
+        weight_grams=row.weight_grams,
+        create_time=row.create_time,
+        update_time=row.update_time,
+    )
+
+
+class SqlCatalogTransaction:
+    """The products table, inside one transaction."""
+
+    def __init__(self, connection: AsyncConnection) -> None:
+        self._connection = connection
+
+    async def get(self, product_id: str) -> Product | None:
+        row = (
+            await self._connection.execute(products.select().where(products.c.id == product_id))
+        ).first()
+        return None if row is None else _product(row)
+
+    async def get_many(self, product_ids: list[str]) -> list[Product]:
+        rows = await self._connection.execute(
+            products.select().where(products.c.id.in_(product_ids))
+        )
+        return [_product(row) for row in rows]
+
+    async def add(self, product: Product) -> None:
+        await self._connection.execute(products.insert().values(_row(product)))
+
+    async def save(self, product: Product) -> None:
+        await self._connection.execute(
+            products.update().where(products.c.id == product.id).values(_row(product))
+        )
+
+    async def delete(self, product_id: str) -> bool:
+        result = await self._connection.execute(
+            products.delete().where(products.c.id == product_id)
+        )
+        return result.rowcount > 0
+
+    async def page(
+        self, category: str, after: tuple[datetime, str] | None, limit: int
+    ) -> list[Product]:
+        query = products.select().order_by(products.c.create_time, products.c.id).limit(limit)
+        if category:
+            query = query.where(products.c.category == category)
+        if after is not None:
+            query = query.where(
+                sa.tuple_(products.c.create_time, products.c.id)
+                > sa.tuple_(sa.literal(after[0], UtcDateTime), sa.literal(after[1]))
+            )
+        return [_product(row) for row in await self._connection.execute(query)]
+
+    async def find_request(self, method: str, request_id: str) -> dict[str, Any] | None:
+        return await find_request(self._connection, method, request_id)
+
+    async def record_request(self, method: str, request_id: str, result: dict[str, Any]) -> None:
+        await record_request(self._connection, method, request_id, result)
+
+
+class SqlCatalogStore:
+    """The catalog's database."""
+
+    def __init__(self, database: Database) -> None:
+        self._database = database
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[SqlCatalogTransaction]:
+        async with self._database.transaction() as connection:
+            yield SqlCatalogTransaction(connection)
+
+    @asynccontextmanager
+    async def snapshot(self) -> AsyncIterator[SqlCatalogTransaction]:
+        async with self._database.snapshot() as connection:
+            yield SqlCatalogTransaction(connection)
+
+
+class GrpcStockLevels:
+    """The inventory service over gRPC."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self._stub = inventory_grpc.InventoryServiceStub(channel)
+
+    async def set_stock(self, product_id: str, on_hand: int, request_id: str) -> None:
+        request = inventory_pb.SetStockRequest(
+            product_id=product_id, on_hand=on_hand, request_id=request_id
+        )
+        try:
+            await self._stub.SetStock(request, timeout=5)
+        except grpc.aio.AioRpcError as error:
+            raise Unavailable(
+                f"the product was created, but its stock could not be set: {error.details()}; "
+                "retry with the same request_id",
+                reason="INVENTORY_UNAVAILABLE",
+                metadata={"product_id": product_id},
+            ) from error

@@ -1,0 +1,127 @@
+"""The catalog's domain: products and the rules a product must follow."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+from mesh.errors import FieldViolation, InvalidArgument, NotFound
+from mesh.money import Money
+
+MAX_NAME_LENGTH = 200
+MAX_CATEGORY_LENGTH = 64
+MAX_DESCRIPTION_LENGTH = 10_000
+
+#: Product fields a client may change (AIP-134 update mask paths).
+UPDATABLE_FIELDS = frozenset({"name", "description", "price", "category", "weight_grams"})
+
+
+@dataclass(frozen=True)
+class Product:
+    """Something the shop sells; `price` is the authoritative unit price."""
+
+    id: str
+    name: str
+    description: str
+    price: Money
+    category: str
+    weight_grams: int
+    create_time: datetime
+    update_time: datetime
+
+    @property
+    def stock_link(self) -> str:
+        """Where the product's stock level lives (the inventory service's REST path)."""
+        return f"/v1/products/{self.id}/stock"
+
+
+def product_not_found(product_id: str) -> NotFound:
+    return NotFound(
+        f"product {product_id!r} does not exist",
+        reason="PRODUCT_NOT_FOUND",
+        metadata={"product_id": product_id},
+    )
+
+
+def _violations(product: Product) -> list[FieldViolation]:
+    problems = []
+    name = product.name.strip()
+    if not name:
+        problems.append(FieldViolation("product.name", "The name must not be empty."))
+    elif len(name) > MAX_NAME_LENGTH:
+        problems.append(
+            FieldViolation(
+                "product.name", f"The name must be at most {MAX_NAME_LENGTH} characters."
+            )
+        )
+    if product.price.minor_units <= 0:
+        problems.append(FieldViolation("product.price", "The price must be positive."))
+    category = product.category.strip()
+    if not category:
+        problems.append(FieldViolation("product.category", "The category must not be empty."))
+    elif len(category) > MAX_CATEGORY_LENGTH or category != category.lower():
+        problems.append(
+            FieldViolation(
+                "product.category",
+                f"The category must be lower case, at most {MAX_CATEGORY_LENGTH} characters.",
+            )
+        )
+    if len(product.description) > MAX_DESCRIPTION_LENGTH:
+        problems.append(
+            FieldViolation(
+                "product.description",
+                f"The description must be at most {MAX_DESCRIPTION_LENGTH} characters.",
+            )
+        )
+    if product.weight_grams < 0:
+        problems.append(FieldViolation("product.weight_grams", "The weight must not be negative."))
+    return problems
+
+
+def _checked(product: Product) -> Product:
+    problems = _violations(product)
+    if problems:
+        raise InvalidArgument.of(problems)
+    return replace(product, name=product.name.strip(), category=product.category.strip())
+
+
+def new_product(
+    *,
+    name: str,
+    description: str,
+    price: Money,
+    category: str,
+    weight_grams: int,
+    now: datetime,
+) -> Product:
+    """A new product with a fresh id, if it follows the rules."""
+    return _checked(
+        Product(
+            id=str(uuid.uuid4()),
+            name=name,
+            description=description,
+            price=price,
+            category=category,
+            weight_grams=weight_grams,
+            create_time=now,
+            update_time=now,
+        )
+    )
+
+
+def updated_product(product: Product, changes: dict[str, object], now: datetime) -> Product:
+    """`product` with `changes` (field -> new value) applied, if the result follows the rules."""
+    unknown = sorted(set(changes) - UPDATABLE_FIELDS)
+    if unknown:
+        raise InvalidArgument.of(
+            [
+                FieldViolation(
+                    "update_mask",
+                    f"{path!r} cannot be updated; "
+                    f"updatable: {', '.join(sorted(UPDATABLE_FIELDS))}.",
+                )
+                for path in unknown
+            ]
+        )
+    return _checked(replace(product, **changes, update_time=now))  # type: ignore[arg-type]

@@ -1,0 +1,142 @@
+"""The catalog's use cases: each takes a command and the store, and returns domain objects."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from mesh.errors import FieldViolation, InvalidArgument
+from mesh.money import Money
+from mesh.pagination import decode_token, encode_token, page_size
+from mesh.storage import utc_now
+from services.catalog.domain import Product, new_product, product_not_found, updated_product
+from services.catalog.ports import CatalogStore, StockLevels
+
+MAX_BATCH = 100
+
+
+@dataclass(frozen=True)
+class CreateProduct:
+    name: str
+    description: str
+    price: Money
+    category: str
+    weight_grams: int
+    initial_stock: int
+    request_id: str
+
+
+@dataclass(frozen=True)
+class UpdateProduct:
+    product_id: str
+    changes: dict[str, object]
+    request_id: str
+
+
+@dataclass(frozen=True)
+class ListProducts:
+    category: str
+    page_size: int
+    page_token: str
+
+
+@dataclass(frozen=True)
+class ProductPage:
+    products: list[Product]
+    next_page_token: str
+
+
+async def create_product(
+    store: CatalogStore, inventory: StockLevels, command: CreateProduct
+) -> Product:
+    """Create a product, then give it its initial stock in the inventory service.
+
+    The stock is set after the product is committed, under a request id derived from the
+    product: if inventory cannot be reached the caller gets the error, and a retry with
+    the same `request_id` finds the product already created and sets the stock again.
+    """
+    if command.initial_stock < 0:
+        raise InvalidArgument.of(
+            [FieldViolation("initial_stock", "The initial stock must not be negative.")]
+        )
+    async with store.transaction() as tx:
+        prior = await tx.find_request("CreateProduct", command.request_id)
+        product = await tx.get(prior["product_id"]) if prior else None
+        if product is None:
+            product = new_product(
+                name=command.name,
+                description=command.description,
+                price=command.price,
+                category=command.category,
+                weight_grams=command.weight_grams,
+                now=utc_now(),
+            )
+            await tx.add(product)
+            await tx.record_request("CreateProduct", command.request_id, {"product_id": product.id})
+    if command.initial_stock:
+        await inventory.set_stock(product.id, command.initial_stock, f"{product.id}:initial")
+    return product
+
+
+async def get_product(store: CatalogStore, product_id: str) -> Product:
+    async with store.snapshot() as tx:
+        product = await tx.get(product_id)
+    if product is None:
+        raise product_not_found(product_id)
+    return product
+
+
+async def batch_get_products(store: CatalogStore, product_ids: list[str]) -> list[Product]:
+    """The products with these ids, in the order asked; NOT_FOUND names any missing one."""
+    if len(product_ids) > MAX_BATCH:
+        raise InvalidArgument.of(
+            [FieldViolation("ids", f"At most {MAX_BATCH} ids may be asked for at once.")]
+        )
+    async with store.snapshot() as tx:
+        found = {p.id: p for p in await tx.get_many(sorted(set(product_ids)))}
+    missing = [pid for pid in product_ids if pid not in found]
+    if missing:
+        raise product_not_found(missing[0])
+    return [found[pid] for pid in product_ids]
+
+
+async def list_products(store: CatalogStore, query: ListProducts) -> ProductPage:
+    """One page of products, oldest first, continuing after the page token."""
+    limit = page_size(query.page_size)
+    filters = {"category": query.category}
+    after = decode_token(query.page_token, filters)
+    cursor = (datetime.fromisoformat(after["create_time"]), after["id"]) if after else None
+    async with store.snapshot() as tx:
+        rows = await tx.page(query.category, cursor, limit + 1)
+    products, more = rows[:limit], len(rows) > limit
+    token = ""
+    if more:
+        last = products[-1]
+        token = encode_token({"create_time": last.create_time.isoformat(), "id": last.id}, filters)
+    return ProductPage(products, token)
+
+
+async def update_product(store: CatalogStore, command: UpdateProduct) -> Product:
+    async with store.transaction() as tx:
+        prior = await tx.find_request("UpdateProduct", command.request_id)
+        if prior:
+            product = await tx.get(prior["product_id"])
+            if product is not None:
+                return product
+        current = await tx.get(command.product_id)
+        if current is None:
+            raise product_not_found(command.product_id)
+        product = updated_product(current, command.changes, utc_now())
+        await tx.save(product)
+        await tx.record_request("UpdateProduct", command.request_id, {"product_id": product.id})
+    return product
+
+
+async def delete_product(store: CatalogStore, product_id: str, request_id: str) -> None:
+    """Delete a product; a retry of a delete that succeeded succeeds again."""
+    async with store.transaction() as tx:
+        if await tx.find_request("DeleteProduct", request_id):
+            return
+        if not await tx.delete(product_id):
+            raise product_not_found(product_id)
+        await tx.record_request("DeleteProduct", request_id, {"product_id": product_id})

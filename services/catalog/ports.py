@@ -1,0 +1,42 @@
+"""What the catalog's handlers need from the outside world, as interfaces.
+
+The SQL adapter (`adapters.py`) and the unit tests' in-memory fakes both implement them.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager
+from datetime import datetime
+from typing import Any, Protocol
+
+from services.catalog.domain import Product
+
+
+class CatalogTransaction(Protocol):
+    """The products, as seen inside one transaction."""
+
+    async def get(self, product_id: str) -> Product | None: ...
+    async def get_many(self, product_ids: list[str]) -> list[Product]: ...
+    async def add(self, product: Product) -> None: ...
+    async def save(self, product: Product) -> None: ...
+    async def delete(self, product_id: str) -> bool: ...
+    async def page(
+        self, category: str, after: tuple[datetime, str] | None, limit: int
+    ) -> list[Product]: ...
+    async def find_request(self, method: str, request_id: str) -> dict[str, Any] | None: ...
+    async def record_request(
+        self, method: str, request_id: str, result: dict[str, Any]
+    ) -> None: ...
+
+
+class CatalogStore(Protocol):
+    """The catalog's database."""
+
+    def transaction(self) -> AbstractAsyncContextManager[CatalogTransaction]: ...
+    def snapshot(self) -> AbstractAsyncContextManager[CatalogTransaction]: ...
+
+
+class StockLevels(Protocol):
+    """The inventory service, as far as the catalog needs it."""
+
+    async def set_stock(self, product_id: str, on_hand: int, request_id: str) -> None: ...

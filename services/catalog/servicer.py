@@ -1,0 +1,118 @@
+"""The catalog's gRPC face: protobuf in, command to a handler, protobuf out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf import timestamp_pb2
+
+from mesh.errors import FieldViolation, InvalidArgument
+from mesh.money import Money, MoneyError
+from services.catalog import handlers
+from services.catalog.domain import UPDATABLE_FIELDS, Product
+from services.catalog.ports import CatalogStore, StockLevels
+from shop.catalog.v1 import catalog_service_pb2 as pb
+from shop.catalog.v1 import catalog_service_pb2_grpc as pb_grpc
+
+
+def _timestamp(value: Any) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def to_proto(product: Product) -> pb.Product:
+    return pb.Product(
+        id=product.id,
+        name=product.name,
+        description=product.description,
+        price=product.price.to_proto(),
+        category=product.category,
+        weight_grams=product.weight_grams,
+        stock_link=product.stock_link,
+        create_time=_timestamp(product.create_time),
+        update_time=_timestamp(product.update_time),
+    )
+
+
+def _price(message: pb.Product) -> Money:
+    try:
+        return Money.from_proto(message.price)
+    except MoneyError as error:
+        raise InvalidArgument.of([FieldViolation("product.price", f"{error}.")]) from None
+
+
+def _changes(request: pb.UpdateProductRequest) -> dict[str, object]:
+    """The new values of the fields the update mask names (all of them for an empty mask)."""
+    paths = list(request.update_mask.paths) or sorted(UPDATABLE_FIELDS)
+    values: dict[str, object] = {}
+    for path in paths:
+        if path == "price":
+            values[path] = _price(request.product)
+        elif path in UPDATABLE_FIELDS:
+            values[path] = getattr(request.product, path)
+        else:
+            values[path] = None  # refused by the domain, which names every updatable field
+    return values
+
+
+class CatalogServicer(pb_grpc.CatalogServiceServicer):
+    def __init__(self, store: CatalogStore, inventory: StockLevels) -> None:
+        self._store = store
+        self._inventory = inventory
+
+    async def CreateProduct(
+        self, request: pb.CreateProductRequest, context: Any
+    ) -> pb.CreateProductResponse:
+        product = await handlers.create_product(
+            self._store,
+            self._inventory,
+            handlers.CreateProduct(
+                name=request.product.name,
+                description=request.product.description,
+                price=_price(request.product),
+                category=request.product.category,
+                weight_grams=request.product.weight_grams,
+                initial_stock=request.initial_stock,
+                request_id=request.request_id,
+            ),
+        )
+        return pb.CreateProductResponse(product=to_proto(product))
+
+    async def GetProduct(
+        self, request: pb.GetProductRequest, context: Any
+    ) -> pb.GetProductResponse:
+        product = await handlers.get_product(self._store, request.id)
+        return pb.GetProductResponse(product=to_proto(product))
+
+    async def BatchGetProducts(
+        self, request: pb.BatchGetProductsRequest, context: Any
+    ) -> pb.BatchGetProductsResponse:
+        products = await handlers.batch_get_products(self._store, list(request.ids))
+        return pb.BatchGetProductsResponse(products=[to_proto(p) for p in products])
+
+    async def ListProducts(
+        self, request: pb.ListProductsRequest, context: Any
+    ) -> pb.ListProductsResponse:
+        page = await handlers.list_products(
+            self._store,
+            handlers.ListProducts(request.category, request.page_size, request.page_token),
+        )
+        return pb.ListProductsResponse(
+            products=[to_proto(p) for p in page.products], next_page_token=page.next_page_token
+        )
+
+    async def UpdateProduct(
+        self, request: pb.UpdateProductRequest, context: Any
+    ) -> pb.UpdateProductResponse:
+        product = await handlers.update_product(
+            self._store,
+            handlers.UpdateProduct(request.product.id, _changes(request), request.request_id),
+        )
+        return pb.UpdateProductResponse(product=to_proto(product))
+
+    async def DeleteProduct(
+        self, request: pb.DeleteProductRequest, context: Any
+    ) -> pb.DeleteProductResponse:
+        await handlers.delete_product(self._store, request.id, request.request_id)
+        return pb.DeleteProductResponse()

@@ -1,0 +1,211 @@
+"""The catalog over real gRPC, on a real SQLite file."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import field_mask_pb2
+from google.type import money_pb2
+
+from mesh.storage import Database
+from services.catalog.adapters import MIGRATIONS, SqlCatalogStore
+from services.catalog.bootstrap import registration
+from shop.catalog.v1 import catalog_service_pb2 as pb
+from shop.catalog.v1 import catalog_service_pb2_grpc as pb_grpc
+from tests.support.component import error_reason, field_violations, serving, sqlite_database
+
+pytestmark = pytest.mark.integration
+
+
+class NoInventory:
+    """Stands in for inventory where a test creates products without initial stock."""
+
+    async def set_stock(self, product_id: str, on_hand: int, request_id: str) -> None:
+        raise AssertionError("these tests create products without initial stock")
+
+
+@pytest.fixture
+async def database(tmp_path: Path) -> AsyncIterator[Database]:
+    async with sqlite_database(tmp_path, "catalog", MIGRATIONS) as database:
+        yield database
+
+
+@pytest.fixture
+async def catalog(database: Database) -> AsyncIterator[Any]:
+    async with serving(registration(SqlCatalogStore(database), NoInventory())) as channel:
+        yield pb_grpc.CatalogServiceStub(channel)
+
+
+def eur(units: int, nanos: int = 0) -> money_pb2.Money:
+    return money_pb2.Money(currency_code="EUR", units=units, nanos=nanos)
+
+
+def product(name: str = "Tea", category: str = "food", **fields: Any) -> pb.Product:
+    return pb.Product(
+        name=name, category=category, price=fields.pop("price", eur(4, 500_000_000)), **fields
+    )
+
+
+async def create(catalog: Any, **fields: Any) -> pb.Product:
+    request_id = fields.pop("request_id", "")
+    response = await catalog.CreateProduct(
+        pb.CreateProductRequest(product=product(**fields), request_id=request_id)
+    )
+    return response.product
+
+
+async def test_create_then_get_returns_the_stored_product(catalog: Any) -> None:
+    created = await create(catalog, description="Green tea", weight_grams=250)
+    assert len(created.id) == 36
+    assert created.stock_link == f"/v1/products/{created.id}/stock"
+    fetched = (await catalog.GetProduct(pb.GetProductRequest(id=created.id))).product
+    assert fetched == created
+    assert fetched.price == eur(4, 500_000_000)
+
+
+async def test_unknown_product_is_not_found(catalog: Any) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await catalog.GetProduct(pb.GetProductRequest(id="0f1e0e3c-2f5e-4f7f-8a4c-1c3c2b1a0000"))
+    assert failure.value.code() == grpc.StatusCode.NOT_FOUND
+    assert error_reason(failure.value) == "PRODUCT_NOT_FOUND"
+
+
+@pytest.mark.parametrize(
+    ("fields", "violation"),
+    [
+        ({"name": "   "}, "product.name"),
+        ({"price": eur(0)}, "product.price"),
+        ({"price": eur(-3)}, "product.price"),
+        ({"price": money_pb2.Money(currency_code="XXX", units=1)}, "product.price"),
+        ({"price": money_pb2.Money(currency_code="EUR", units=1, nanos=1)}, "product.price"),
+        ({"category": "Food"}, "product.category"),
+        ({"weight_grams": -1}, "product.weight_grams"),
+    ],
+    ids=[
+        "blank-name",
+        "zero-price",
+        "negative-price",
+        "unknown-currency",
+        "sub-cent",
+        "upper-category",
+        "negative-weight",
+    ],
+)
+async def test_invalid_products_are_refused_with_field_violations(
+    catalog: Any, fields: dict[str, Any], violation: str
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await create(catalog, **fields)
+    assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field_violations(failure.value) == [violation]
+
+
+async def test_retried_create_with_the_same_request_id_creates_once(catalog: Any) -> None:
+    first = await create(catalog, request_id="3b0b7c1e-0000-4000-8000-000000000001")
+    again = await create(catalog, request_id="3b0b7c1e-0000-4000-8000-000000000001")
+    assert again.id == first.id
+    listed = (await catalog.ListProducts(pb.ListProductsRequest())).products
+    assert [p.id for p in listed] == [first.id]
+
+
+async def test_list_filters_by_category_and_pages_stably(catalog: Any) -> None:
+    books = [(await create(catalog, name=f"Book {i}", category="books")).id for i in range(5)]
+    await create(catalog, name="Tea", category="food")
+
+    seen: list[str] = []
+    token = ""
+    for _ in range(3):
+        page = await catalog.ListProducts(
+            pb.ListProductsRequest(category="books", page_size=2, page_token=token)
+        )
+        seen += [p.id for p in page.products]
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == books
+    assert token == ""
+
+
+async def test_page_token_of_another_filter_is_refused(catalog: Any) -> None:
+    for i in range(3):
+        await create(catalog, name=f"Book {i}", category="books")
+    page = await catalog.ListProducts(pb.ListProductsRequest(category="books", page_size=1))
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await catalog.ListProducts(
+            pb.ListProductsRequest(category="food", page_token=page.next_page_token)
+        )
+    assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field_violations(failure.value) == ["page_token"]
+
+
+async def test_update_changes_only_the_masked_fields(catalog: Any) -> None:
+    created = await create(catalog, description="old")
+    updated = (
+        await catalog.UpdateProduct(
+            pb.UpdateProductRequest(
+                product=pb.Product(id=created.id, price=eur(5), description="ignored"),
+                update_mask=field_mask_pb2.FieldMask(paths=["price"]),
+            )
+        )
+    ).product
+    assert updated.price == eur(5)
+    assert updated.description == "old"
+    assert updated.update_time.ToDatetime() >= created.update_time.ToDatetime()
+
+
+async def test_update_of_an_unknown_field_is_refused(catalog: Any) -> None:
+    created = await create(catalog)
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await catalog.UpdateProduct(
+            pb.UpdateProductRequest(
+                product=pb.Product(id=created.id),
+                update_mask=field_mask_pb2.FieldMask(paths=["id"]),
+            )
+        )
+    assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field_violations(failure.value) == ["update_mask"]
+
+
+async def test_batch_get_keeps_the_order_asked_and_names_a_missing_id(catalog: Any) -> None:
+    a, b = await create(catalog, name="A"), await create(catalog, name="B")
+    found = await catalog.BatchGetProducts(pb.BatchGetProductsRequest(ids=[b.id, a.id]))
+    assert [p.name for p in found.products] == ["B", "A"]
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await catalog.BatchGetProducts(pb.BatchGetProductsRequest(ids=[a.id, "nope"]))
+    assert failure.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_delete_removes_and_a_retry_succeeds(catalog: Any) -> None:
+    created = await create(catalog)
+    delete = pb.DeleteProductRequest(
+        id=created.id, request_id="3b0b7c1e-0000-4000-8000-00000000000d"
+    )
+    await catalog.DeleteProduct(delete)
+    await catalog.DeleteProduct(delete)
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await catalog.GetProduct(pb.GetProductRequest(id=created.id))
+    assert failure.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_data_survives_a_restart(tmp_path: Path) -> None:
+    async with sqlite_database(tmp_path, "catalog", MIGRATIONS) as database:
+        async with serving(registration(SqlCatalogStore(database), NoInventory())) as channel:
+            created = await create(pb_grpc.CatalogServiceStub(channel))
+    async with sqlite_database(tmp_path, "catalog", MIGRATIONS) as database:
+        assert await database.applied_versions() == [1]
+        async with serving(registration(SqlCatalogStore(database), NoInventory())) as channel:
+            fetched = await pb_grpc.CatalogServiceStub(channel).GetProduct(
+                pb.GetProductRequest(id=created.id)
+            )
+    assert fetched.product == created
+
+
+async def test_concurrent_creates_all_land(catalog: Any) -> None:
+    created = await asyncio.gather(*(create(catalog, name=f"P{i}") for i in range(20)))
+    listed = (await catalog.ListProducts(pb.ListProductsRequest(page_size=100))).products
+    assert sorted(p.id for p in listed) == sorted(p.id for p in created)
