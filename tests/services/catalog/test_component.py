@@ -56,7 +56,8 @@ async def create(catalog: Any, **fields: Any) -> pb.Product:
     response = await catalog.CreateProduct(
         pb.CreateProductRequest(product=product(**fields), request_id=request_id)
     )
-    return response.product
+    created: pb.Product = response.product
+    return created
 
 
 async def test_create_then_get_returns_the_stored_product(catalog: Any) -> None:
@@ -193,9 +194,11 @@ async def test_delete_removes_and_a_retry_succeeds(catalog: Any) -> None:
 
 
 async def test_data_survives_a_restart(tmp_path: Path) -> None:
-    async with sqlite_database(tmp_path, "catalog", MIGRATIONS) as database:
-        async with serving(registration(SqlCatalogStore(database), NoInventory())) as channel:
-            created = await create(pb_grpc.CatalogServiceStub(channel))
+    async with (
+        sqlite_database(tmp_path, "catalog", MIGRATIONS) as database,
+        serving(registration(SqlCatalogStore(database), NoInventory())) as channel,
+    ):
+        created = await create(pb_grpc.CatalogServiceStub(channel))
     async with sqlite_database(tmp_path, "catalog", MIGRATIONS) as database:
         assert await database.applied_versions() == [1]
         async with serving(registration(SqlCatalogStore(database), NoInventory())) as channel:
