@@ -1,0 +1,115 @@
+"""The storage seam on a real SQLite file: pragmas, migrations, serialized writers."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from mesh.storage import Database, Migration, request_log
+from services.catalog.adapters import MIGRATIONS as CATALOG_MIGRATIONS
+from services.catalog.adapters import metadata as catalog_metadata
+
+pytestmark = pytest.mark.integration
+
+COUNTER = (
+    Migration(1, "counter", ["CREATE TABLE counter (n INTEGER NOT NULL CHECK (n >= 0))"]),
+    Migration(2, "one row", ["INSERT INTO counter (n) VALUES (0)"]),
+)
+
+
+async def opened(path: Path, migrations: tuple[Migration, ...] = COUNTER) -> Database:
+    database = Database.sqlite(path, "test", migrations)
+    await database.open()
+    return database
+
+
+async def test_connections_use_wal_and_enforce_foreign_keys(tmp_path: Path) -> None:
+    database = await opened(tmp_path / "t.db")
+    try:
+        async with database.snapshot() as connection:
+            mode = (await connection.exec_driver_sql("PRAGMA journal_mode")).scalar()
+            foreign_keys = (await connection.exec_driver_sql("PRAGMA foreign_keys")).scalar()
+        assert (mode, foreign_keys) == ("wal", 1)
+    finally:
+        await database.close()
+
+
+async def test_migrations_apply_once_and_in_order(tmp_path: Path) -> None:
+    for _ in range(2):
+        database = await opened(tmp_path / "t.db")
+        await database.close()
+    database = await opened(tmp_path / "t.db")
+    try:
+        assert await database.applied_versions() == [1, 2]
+        assert await database.applied_versions("mesh") == [1]
+        async with database.snapshot() as connection:
+            rows = (await connection.exec_driver_sql("SELECT n FROM counter")).all()
+        assert rows == [(0,)]  # migration 2 ran exactly once
+    finally:
+        await database.close()
+
+
+async def test_a_new_migration_is_applied_to_an_existing_database(tmp_path: Path) -> None:
+    await (await opened(tmp_path / "t.db")).close()
+    grown = (*COUNTER, Migration(3, "label", ["ALTER TABLE counter ADD COLUMN label TEXT"]))
+    database = await opened(tmp_path / "t.db", grown)
+    try:
+        assert await database.applied_versions() == [1, 2, 3]
+    finally:
+        await database.close()
+
+
+def test_migration_versions_must_ascend() -> None:
+    with pytest.raises(ValueError, match="ascending"):
+        Database("sqlite+aiosqlite://", "test", (COUNTER[1], COUNTER[0]))
+
+
+async def test_concurrent_read_modify_write_transactions_lose_no_update(tmp_path: Path) -> None:
+    database = await opened(tmp_path / "t.db")
+
+    async def increment() -> None:
+        async with database.transaction() as connection:
+            n = (await connection.exec_driver_sql("SELECT n FROM counter")).scalar_one()
+            await asyncio.sleep(0)  # let the other writers run between read and write
+            await connection.execute(sa.text("UPDATE counter SET n = :n"), {"n": n + 1})
+
+    try:
+        await asyncio.gather(*(increment() for _ in range(25)))
+        async with database.snapshot() as connection:
+            assert (await connection.exec_driver_sql("SELECT n FROM counter")).scalar() == 25
+    finally:
+        await database.close()
+
+
+async def test_a_failed_transaction_changes_nothing(tmp_path: Path) -> None:
+    database = await opened(tmp_path / "t.db")
+
+    async def half_valid() -> None:
+        async with database.transaction() as connection:
+            await connection.exec_driver_sql("UPDATE counter SET n = 5")
+            await connection.exec_driver_sql("UPDATE counter SET n = -1")  # CHECK fails
+
+    try:
+        with pytest.raises(sa.exc.IntegrityError):
+            await half_valid()
+        async with database.snapshot() as connection:
+            assert (await connection.exec_driver_sql("SELECT n FROM counter")).scalar() == 0
+    finally:
+        await database.close()
+
+
+async def test_migrated_schemas_match_the_tables_the_code_queries(tmp_path: Path) -> None:
+    database = Database.sqlite(tmp_path / "catalog.db", "catalog", CATALOG_MIGRATIONS)
+    await database.open()
+    try:
+        async with database.snapshot() as connection:
+            for table in [request_log, *catalog_metadata.tables.values()]:
+                columns = await connection.run_sync(
+                    lambda sync, name=table.name: sa.inspect(sync).get_columns(name)
+                )
+                assert [c["name"] for c in columns] == [c.name for c in table.columns], table.name
+    finally:
+        await database.close()
