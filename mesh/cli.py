@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from mesh import contracts
+from mesh.local import LocalMesh
 
 
 def _proto_gen(args: argparse.Namespace) -> int:
@@ -46,17 +51,52 @@ def _proto_breaking(args: argparse.Namespace) -> int:
 
 def _up(args: argparse.Namespace) -> int:
     ws = contracts.Workspace.find()
-    services = (
-        sorted(p.name for p in (ws.root / "services").glob("*/__main__.py") if p.parent.is_dir())
-        if (ws.root / "services").is_dir()
-        else []
-    )
     generated = ws.root / contracts.PYTHON_OUT / contracts.OWN_PROTO_PACKAGE
-    print(f"contracts: generated Python package at {generated.relative_to(ws.root)}/")
-    print(f"contracts: descriptor set at {contracts.DESCRIPTOR_SET}")
-    if not services:
-        print("services: none defined yet under services/; nothing was started.")
-    return 0
+    print(
+        f"contracts: Python package {generated.relative_to(ws.root)}/, "
+        f"descriptor set {contracts.DESCRIPTOR_SET}"
+    )
+    try:
+        mesh = LocalMesh(ws.root, args.run_dir.resolve(), args.services or None)
+    except ValueError as error:
+        print(f"meshctl up: {error}", file=sys.stderr)
+        return 2
+    if not mesh.services:
+        print("services: none defined under services/; nothing was started.")
+        return 0
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    mesh.start()
+    try:
+        asyncio.run(mesh.wait_ready())
+        print(f"started {len(mesh.services)} services (run directory {mesh.run_dir}):")
+        for service in mesh.services:
+            pid = service.process.pid if service.process else "-"
+            print(
+                f"  {service.name:<14} grpc://{service.address:<21} pid {pid:<8} "
+                f"log {service.log_path}"
+            )
+        example = mesh.services[0]
+        print(f"try: .venv/bin/grpcurl -plaintext {example.address} list")
+        print("ready; Ctrl-C stops every service", flush=True)
+        while not stop.wait(1.0):
+            exited = [s for s in mesh.services if s.process and s.process.poll() is not None]
+            if exited:
+                for service in exited:
+                    print(
+                        f"{service.name} exited with {service.process.returncode}; "  # type: ignore[union-attr]
+                        f"see {service.log_path}",
+                        file=sys.stderr,
+                    )
+                return 1
+        return 0
+    except (RuntimeError, TimeoutError) as error:
+        print(f"meshctl up: {error}", file=sys.stderr)
+        return 1
+    finally:
+        mesh.stop()
+        print("stopped every service", flush=True)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -83,6 +123,8 @@ def _parser() -> argparse.ArgumentParser:
             )
 
     up = commands.add_parser("up", help="start the mesh and say where to reach it")
+    up.add_argument("services", nargs="*", help="only these services (default: every one)")
+    up.add_argument("--run-dir", type=Path, default=Path("run"), help="state, logs, databases")
     up.set_defaults(handler=_up)
     return parser
 

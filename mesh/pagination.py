@@ -11,6 +11,7 @@ import base64
 import binascii
 import json
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 from mesh.errors import FieldViolation, InvalidArgument
@@ -55,3 +56,25 @@ def decode_token(token: str, filters: Mapping[str, Any]) -> dict[str, Any] | Non
             ]
         )
     return dict(after)
+
+
+def encode_time_cursor(create_time: datetime, item_id: str, filters: Mapping[str, Any]) -> str:
+    """A token continuing after the item created at `create_time` with id `item_id`."""
+    return encode_token({"create_time": create_time.isoformat(), "id": item_id}, filters)
+
+
+def decode_time_cursor(token: str, filters: Mapping[str, Any]) -> tuple[datetime, str] | None:
+    """The (create_time, id) a token from `encode_time_cursor` continues after."""
+    after = decode_token(token, filters)
+    if after is None:
+        return None
+    try:
+        create_time = datetime.fromisoformat(after["create_time"])
+        item_id = after["id"]
+    except (KeyError, TypeError, ValueError):
+        create_time, item_id = None, None
+    if create_time is None or create_time.tzinfo is None or not isinstance(item_id, str):
+        raise InvalidArgument.of(
+            [FieldViolation("page_token", "page_token is not a token this service issued.")]
+        )
+    return create_time, item_id

@@ -17,6 +17,7 @@ written as conditional statements and CHECK constraints, so they hold on Postgre
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -126,8 +127,14 @@ class Database:
 
     @classmethod
     def sqlite(cls, path: Path, component: str, migrations: Sequence[Migration]) -> Database:
-        """The database in the SQLite file `path` (its directory is created)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
+        """The database in the SQLite file `path`, readable by its owner only.
+
+        The directory is created 0700 and the file 0600 (SQLite gives its -wal and -shm
+        files the database file's mode): a service's data, password hashes and keys
+        included, is nobody else's business.
+        """
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
         return cls(f"sqlite+aiosqlite:///{path}", component, migrations)
 
     @property

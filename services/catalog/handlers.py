@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 
 from mesh.errors import FieldViolation, InvalidArgument
 from mesh.money import Money
-from mesh.pagination import decode_token, encode_token, page_size
+from mesh.pagination import decode_time_cursor, encode_time_cursor, page_size
 from mesh.storage import utc_now
 from services.catalog.domain import Product, new_product, product_not_found, updated_product
 from services.catalog.ports import CatalogStore, StockLevels
@@ -49,7 +48,7 @@ class ProductPage:
 async def create_product(
     store: CatalogStore, inventory: StockLevels, command: CreateProduct
 ) -> Product:
-    """Create a product, then give it its initial stock in the inventory service.
+    """Create a product, then give it its initial stock (zero if none) in the inventory service.
 
     The stock is set after the product is committed, under a request id derived from the
     product: if inventory cannot be reached the caller gets the error, and a retry with
@@ -73,8 +72,8 @@ async def create_product(
             )
             await tx.add(product)
             await tx.record_request("CreateProduct", command.request_id, {"product_id": product.id})
-    if command.initial_stock:
-        await inventory.set_stock(product.id, command.initial_stock, f"{product.id}:initial")
+    # Every product gets a stock row, so its stock link resolves from the start.
+    await inventory.set_stock(product.id, command.initial_stock, f"{product.id}:initial")
     return product
 
 
@@ -104,15 +103,12 @@ async def list_products(store: CatalogStore, query: ListProducts) -> ProductPage
     """One page of products, oldest first, continuing after the page token."""
     limit = page_size(query.page_size)
     filters = {"category": query.category}
-    after = decode_token(query.page_token, filters)
-    cursor = (datetime.fromisoformat(after["create_time"]), after["id"]) if after else None
+    cursor = decode_time_cursor(query.page_token, filters)
     async with store.snapshot() as tx:
         rows = await tx.page(query.category, cursor, limit + 1)
     products, more = rows[:limit], len(rows) > limit
-    token = ""
-    if more:
-        last = products[-1]
-        token = encode_token({"create_time": last.create_time.isoformat(), "id": last.id}, filters)
+    last = products[-1] if more else None
+    token = encode_time_cursor(last.create_time, last.id, filters) if last else ""
     return ProductPage(products, token)
 
 

@@ -37,6 +37,19 @@ async def test_connections_use_wal_and_enforce_foreign_keys(tmp_path: Path) -> N
         await database.close()
 
 
+async def test_the_database_file_is_readable_by_its_owner_only(tmp_path: Path) -> None:
+    database = await opened(tmp_path / "service" / "t.db")
+    try:
+        async with database.transaction() as connection:
+            await connection.exec_driver_sql("UPDATE counter SET n = 1")
+        modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "service").iterdir()}
+        assert (tmp_path / "service").stat().st_mode & 0o777 == 0o700
+        assert modes["t.db"] == 0o600
+        assert modes.get("t.db-wal", 0o600) == 0o600
+    finally:
+        await database.close()
+
+
 async def test_migrations_apply_once_and_in_order(tmp_path: Path) -> None:
     for _ in range(2):
         database = await opened(tmp_path / "t.db")
@@ -108,7 +121,7 @@ async def test_migrated_schemas_match_the_tables_the_code_queries(tmp_path: Path
         async with database.snapshot() as connection:
             for table in [request_log, *catalog_metadata.tables.values()]:
                 columns = await connection.run_sync(
-                    lambda sync, name=table.name: sa.inspect(sync).get_columns(name)
+                    lambda sync, name=table.name: sa.inspect(sync).get_columns(name)  # type: ignore[misc]
                 )
                 assert [c["name"] for c in columns] == [c.name for c in table.columns], table.name
     finally:

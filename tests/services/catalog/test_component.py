@@ -1,9 +1,10 @@
-"""The catalog over real gRPC, on a real SQLite file."""
+"""The catalog over real gRPC, on a real SQLite file, with the real inventory service."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -12,33 +13,46 @@ import pytest
 from google.protobuf import field_mask_pb2
 from google.type import money_pb2
 
-from mesh.storage import Database
-from services.catalog.adapters import MIGRATIONS, SqlCatalogStore
+from services.catalog.adapters import MIGRATIONS, GrpcStockLevels, SqlCatalogStore
 from services.catalog.bootstrap import registration
+from services.inventory.adapters import MIGRATIONS as INVENTORY_MIGRATIONS
+from services.inventory.adapters import SqlInventoryStore
+from services.inventory.bootstrap import registration as inventory_registration
 from shop.catalog.v1 import catalog_service_pb2 as pb
 from shop.catalog.v1 import catalog_service_pb2_grpc as pb_grpc
+from shop.inventory.v1 import inventory_service_pb2 as inventory_pb
+from shop.inventory.v1 import inventory_service_pb2_grpc as inventory_grpc
 from tests.support.component import error_reason, field_violations, serving, sqlite_database
 
 pytestmark = pytest.mark.integration
 
 
-class NoInventory:
-    """Stands in for inventory where a test creates products without initial stock."""
-
-    async def set_stock(self, product_id: str, on_hand: int, request_id: str) -> None:
-        raise AssertionError("these tests create products without initial stock")
+@asynccontextmanager
+async def catalog_with_inventory(directory: Path) -> AsyncIterator[tuple[Any, Any]]:
+    """The real catalog and the real inventory, each on its own database file."""
+    async with (
+        sqlite_database(directory, "inventory", INVENTORY_MIGRATIONS) as inventory_db,
+        serving(inventory_registration(SqlInventoryStore(inventory_db))) as inventory_channel,
+        sqlite_database(directory, "catalog", MIGRATIONS) as catalog_db,
+        serving(
+            registration(SqlCatalogStore(catalog_db), GrpcStockLevels(inventory_channel))
+        ) as catalog_channel,
+    ):
+        yield (
+            pb_grpc.CatalogServiceStub(catalog_channel),
+            inventory_grpc.InventoryServiceStub(inventory_channel),
+        )
 
 
 @pytest.fixture
-async def database(tmp_path: Path) -> AsyncIterator[Database]:
-    async with sqlite_database(tmp_path, "catalog", MIGRATIONS) as database:
-        yield database
+async def services(tmp_path: Path) -> AsyncIterator[tuple[Any, Any]]:
+    async with catalog_with_inventory(tmp_path) as stubs:
+        yield stubs
 
 
 @pytest.fixture
-async def catalog(database: Database) -> AsyncIterator[Any]:
-    async with serving(registration(SqlCatalogStore(database), NoInventory())) as channel:
-        yield pb_grpc.CatalogServiceStub(channel)
+def catalog(services: tuple[Any, Any]) -> Any:
+    return services[0]
 
 
 def eur(units: int, nanos: int = 0) -> money_pb2.Money:
@@ -67,6 +81,26 @@ async def test_create_then_get_returns_the_stored_product(catalog: Any) -> None:
     fetched = (await catalog.GetProduct(pb.GetProductRequest(id=created.id))).product
     assert fetched == created
     assert fetched.price == eur(4, 500_000_000)
+
+
+async def test_initial_stock_lands_in_inventory(services: tuple[Any, Any]) -> None:
+    catalog, inventory = services
+    stocked = (
+        await catalog.CreateProduct(pb.CreateProductRequest(product=product(), initial_stock=7))
+    ).product
+    unstocked = await create(catalog)
+    for created, expected in ((stocked, 7), (unstocked, 0)):
+        stock = (
+            await inventory.GetStock(inventory_pb.GetStockRequest(product_id=created.id))
+        ).stock
+        assert (stock.on_hand, stock.available) == (expected, expected)
+
+
+async def test_negative_initial_stock_is_refused(catalog: Any) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await catalog.CreateProduct(pb.CreateProductRequest(product=product(), initial_stock=-1))
+    assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field_violations(failure.value) == ["initial_stock"]
 
 
 async def test_unknown_product_is_not_found(catalog: Any) -> None:
@@ -144,6 +178,21 @@ async def test_page_token_of_another_filter_is_refused(catalog: Any) -> None:
     assert field_violations(failure.value) == ["page_token"]
 
 
+@pytest.mark.parametrize(
+    "token",
+    [
+        "not-a-token",
+        "eyJhZnRlciI6IHsiY3JlYXRlX3RpbWUiOiAieCIsICJpZCI6ICJwIn0sICJmaWx0ZXJzIjogeyJjYXRlZ29yeSI6ICIifX0",
+    ],
+    ids=["garbage", "bad-timestamp"],
+)
+async def test_a_forged_page_token_is_invalid_argument(catalog: Any, token: str) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await catalog.ListProducts(pb.ListProductsRequest(page_token=token))
+    assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field_violations(failure.value) == ["page_token"]
+
+
 async def test_update_changes_only_the_masked_fields(catalog: Any) -> None:
     created = await create(catalog, description="old")
     updated = (
@@ -194,17 +243,10 @@ async def test_delete_removes_and_a_retry_succeeds(catalog: Any) -> None:
 
 
 async def test_data_survives_a_restart(tmp_path: Path) -> None:
-    async with (
-        sqlite_database(tmp_path, "catalog", MIGRATIONS) as database,
-        serving(registration(SqlCatalogStore(database), NoInventory())) as channel,
-    ):
-        created = await create(pb_grpc.CatalogServiceStub(channel))
-    async with sqlite_database(tmp_path, "catalog", MIGRATIONS) as database:
-        assert await database.applied_versions() == [1]
-        async with serving(registration(SqlCatalogStore(database), NoInventory())) as channel:
-            fetched = await pb_grpc.CatalogServiceStub(channel).GetProduct(
-                pb.GetProductRequest(id=created.id)
-            )
+    async with catalog_with_inventory(tmp_path) as (catalog, _):
+        created = await create(catalog)
+    async with catalog_with_inventory(tmp_path) as (catalog, _):
+        fetched = await catalog.GetProduct(pb.GetProductRequest(id=created.id))
     assert fetched.product == created
 
 

@@ -27,7 +27,7 @@ class MemoryCatalog:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[CatalogTransaction]:
-        yield self  # type: ignore[misc]
+        yield self
 
     snapshot = transaction
 
@@ -148,6 +148,12 @@ async def test_a_retry_after_inventory_failed_sets_the_stock_of_the_same_product
     )
     assert list(store.products) == [product.id]
     assert inventory.calls == [(product.id, 3, f"{product.id}:initial")]
+
+
+async def test_a_product_without_initial_stock_gets_a_zero_stock_level() -> None:
+    inventory = RecordingInventory()
+    product = await handlers.create_product(MemoryCatalog(), inventory, command())
+    assert inventory.calls == [(product.id, 0, f"{product.id}:initial")]
 
 
 async def test_negative_initial_stock_is_refused_before_anything_is_stored() -> None:

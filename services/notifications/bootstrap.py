@@ -1,0 +1,24 @@
+"""The notifications composition root: every adapter is chosen here, and only here."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+
+from mesh.runner import Registration
+from mesh.service import ServiceSettings, open_database
+from services.notifications.adapters import MIGRATIONS, SqlNotificationsStore
+from services.notifications.ports import NotificationsStore
+from services.notifications.servicer import NotificationsServicer
+from shop.notifications.v1 import notifications_service_pb2 as pb
+from shop.notifications.v1 import notifications_service_pb2_grpc as pb_grpc
+
+
+def registration(store: NotificationsStore) -> Registration:
+    return Registration.of(NotificationsServicer(store), pb, pb_grpc)
+
+
+async def bootstrap(settings: ServiceSettings, stack: AsyncExitStack) -> Sequence[Registration]:
+    # The event consumer that records notifications joins here with the saga.
+    database = await open_database(settings, MIGRATIONS, stack)
+    return [registration(SqlNotificationsStore(database))]

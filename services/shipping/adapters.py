@@ -1,0 +1,155 @@
+"""Shipping's adapters: its SQL tables and store."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import asdict
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from mesh.money import Money
+from mesh.storage import Database, Migration, UtcDateTime, find_request, record_request
+from services.shipping.domain import Destination, Shipment, ShipmentStatus
+
+MIGRATIONS = (
+    Migration(
+        1,
+        "shipments",
+        [
+            """
+            CREATE TABLE shipments (
+                id VARCHAR(36) PRIMARY KEY,
+                order_id VARCHAR(64) NOT NULL UNIQUE CHECK (length(order_id) > 0),
+                destination TEXT NOT NULL,
+                region_code CHAR(2) NOT NULL CHECK (length(region_code) = 2),
+                weight_grams INTEGER NOT NULL CHECK (weight_grams > 0),
+                cost_currency CHAR(3) NOT NULL,
+                cost_minor_units BIGINT NOT NULL CHECK (cost_minor_units >= 0),
+                carrier VARCHAR(64) NOT NULL CHECK (length(carrier) > 0),
+                tracking_number VARCHAR(15) NOT NULL UNIQUE
+                    CHECK (length(tracking_number) = 15 AND substr(tracking_number, 1, 3) = 'SHP'),
+                status VARCHAR(16) NOT NULL CHECK (status IN ('SCHEDULED', 'CANCELLED')),
+                cancel_reason TEXT NOT NULL,
+                create_time TIMESTAMP NOT NULL,
+                update_time TIMESTAMP NOT NULL
+            )
+            """,
+        ],
+    ),
+)
+
+metadata = sa.MetaData()
+shipments = sa.Table(
+    "shipments",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("order_id", sa.String(64), nullable=False),
+    sa.Column("destination", sa.Text, nullable=False),
+    sa.Column("region_code", sa.String(2), nullable=False),
+    sa.Column("weight_grams", sa.Integer, nullable=False),
+    sa.Column("cost_currency", sa.String(3), nullable=False),
+    sa.Column("cost_minor_units", sa.BigInteger, nullable=False),
+    sa.Column("carrier", sa.String(64), nullable=False),
+    sa.Column("tracking_number", sa.String(15), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("cancel_reason", sa.Text, nullable=False),
+    sa.Column("create_time", UtcDateTime, nullable=False),
+    sa.Column("update_time", UtcDateTime, nullable=False),
+)
+
+
+def _row(shipment: Shipment) -> dict[str, Any]:
+    return {
+        "id": shipment.id,
+        "order_id": shipment.order_id,
+        "destination": json.dumps(asdict(shipment.destination)),
+        "region_code": shipment.destination.region_code,
+        "weight_grams": shipment.weight_grams,
+        "cost_currency": shipment.cost.currency,
+        "cost_minor_units": shipment.cost.minor_units,
+        "carrier": shipment.carrier,
+        "tracking_number": shipment.tracking_number,
+        "status": shipment.status.value,
+        "cancel_reason": shipment.cancel_reason,
+        "create_time": shipment.create_time,
+        "update_time": shipment.update_time,
+    }
+
+
+def _destination(stored: str) -> Destination:
+    fields = json.loads(stored)
+    return Destination(
+        **{
+            **fields,
+            "address_lines": tuple(fields["address_lines"]),
+            "recipients": tuple(fields["recipients"]),
+        }
+    )
+
+
+def _shipment(row: sa.Row[Any]) -> Shipment:
+    return Shipment(
+        id=row.id,
+        order_id=row.order_id,
+        destination=_destination(row.destination),
+        weight_grams=row.weight_grams,
+        cost=Money(row.cost_currency, row.cost_minor_units),
+        carrier=row.carrier,
+        tracking_number=row.tracking_number,
+        status=ShipmentStatus(row.status),
+        cancel_reason=row.cancel_reason,
+        create_time=row.create_time,
+        update_time=row.update_time,
+    )
+
+
+class SqlShippingTransaction:
+    """The shipments table, inside one transaction."""
+
+    def __init__(self, connection: AsyncConnection) -> None:
+        self._connection = connection
+
+    async def _one(self, condition: sa.ColumnElement[bool]) -> Shipment | None:
+        row = (await self._connection.execute(shipments.select().where(condition))).first()
+        return None if row is None else _shipment(row)
+
+    async def get(self, shipment_id: str) -> Shipment | None:
+        return await self._one(shipments.c.id == shipment_id)
+
+    async def get_by_order(self, order_id: str) -> Shipment | None:
+        return await self._one(shipments.c.order_id == order_id)
+
+    async def add(self, shipment: Shipment) -> None:
+        await self._connection.execute(shipments.insert().values(_row(shipment)))
+
+    async def save(self, shipment: Shipment) -> None:
+        await self._connection.execute(
+            shipments.update().where(shipments.c.id == shipment.id).values(_row(shipment))
+        )
+
+    async def find_request(self, method: str, request_id: str) -> dict[str, Any] | None:
+        return await find_request(self._connection, method, request_id)
+
+    async def record_request(self, method: str, request_id: str, result: dict[str, Any]) -> None:
+        await record_request(self._connection, method, request_id, result)
+
+
+class SqlShippingStore:
+    """Shipping's database."""
+
+    def __init__(self, database: Database) -> None:
+        self._database = database
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[SqlShippingTransaction]:
+        async with self._database.transaction() as connection:
+            yield SqlShippingTransaction(connection)
+
+    @asynccontextmanager
+    async def snapshot(self) -> AsyncIterator[SqlShippingTransaction]:
+        async with self._database.snapshot() as connection:
+            yield SqlShippingTransaction(connection)
