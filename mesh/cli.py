@@ -99,6 +99,13 @@ def _up(args: argparse.Namespace) -> int:
         print("stopped every service", flush=True)
 
 
+def _token(argv: Sequence[str]) -> int:
+    # The identity service owns its signing key; the command borrows its code to mint.
+    from services.identity import token_cli
+
+    return token_cli.main(argv)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="meshctl", description="Run and inspect the shop's service mesh."
@@ -126,10 +133,20 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("services", nargs="*", help="only these services (default: every one)")
     up.add_argument("--run-dir", type=Path, default=Path("run"), help="state, logs, databases")
     up.set_defaults(handler=_up)
+
+    token = commands.add_parser(
+        "token",
+        help="mint a development JWT signed by identity's key (see `meshctl token --help`)",
+        add_help=False,
+    )
+    token.add_argument("token_args", nargs=argparse.REMAINDER)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["token"]:  # its own parser takes every argument after the word
+        return _token(argv[1:])
     args = _parser().parse_args(argv)
     try:
         code: int = args.handler(args)

@@ -4,21 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from google.protobuf import timestamp_pb2
-
 from mesh.errors import FieldViolation, InvalidArgument
 from mesh.money import Money, MoneyError
+from mesh.timestamps import to_timestamp
 from services.catalog import handlers
 from services.catalog.domain import UPDATABLE_FIELDS, Product
 from services.catalog.ports import CatalogStore, StockLevels
 from shop.catalog.v1 import catalog_service_pb2 as pb
 from shop.catalog.v1 import catalog_service_pb2_grpc as pb_grpc
-
-
-def _timestamp(value: Any) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
 
 
 def to_proto(product: Product) -> pb.Product:
@@ -30,8 +23,8 @@ def to_proto(product: Product) -> pb.Product:
         category=product.category,
         weight_grams=product.weight_grams,
         stock_link=product.stock_link,
-        create_time=_timestamp(product.create_time),
-        update_time=_timestamp(product.update_time),
+        create_time=to_timestamp(product.create_time),
+        update_time=to_timestamp(product.update_time),
     )
 
 

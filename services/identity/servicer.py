@@ -4,24 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from google.protobuf import timestamp_pb2
-
+from mesh.caller import caller_subject
+from mesh.timestamps import to_timestamp
 from services.identity import handlers
 from services.identity.domain import User
 from services.identity.ports import IdentityStore
 from services.identity.tokens import TokenSigner
 from shop.identity.v1 import identity_service_pb2 as pb
 from shop.identity.v1 import identity_service_pb2_grpc as pb_grpc
-
-#: The metadata key naming the authenticated caller (a user id). For now any client may
-#: set it; the edge will set it from a verified bearer token and strip it from requests.
-SUBJECT_METADATA_KEY = "x-shop-subject"
-
-
-def _timestamp(value: Any) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
 
 
 def to_proto(user: User) -> pb.User:
@@ -30,16 +20,8 @@ def to_proto(user: User) -> pb.User:
         email=user.email,
         display_name=user.display_name,
         scopes=list(user.scopes),
-        create_time=_timestamp(user.create_time),
+        create_time=to_timestamp(user.create_time),
     )
-
-
-def caller_subject(context: Any) -> str | None:
-    """The subject the request's metadata names as its caller, if any."""
-    for key, value in context.invocation_metadata() or ():
-        if key == SUBJECT_METADATA_KEY:
-            return str(value)
-    return None
 
 
 class IdentityServicer(pb_grpc.IdentityServiceServicer):

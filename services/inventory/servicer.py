@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
-from google.protobuf import timestamp_pb2
-
+from mesh.timestamps import to_timestamp
 from services.inventory import handlers
 from services.inventory.domain import Reservation, ReservationLine, ReservationStatus, Stock
 from services.inventory.ports import InventoryStore
@@ -20,19 +18,13 @@ _STATUSES = {
 }
 
 
-def _timestamp(value: datetime) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
-
-
 def stock_to_proto(level: Stock) -> pb.Stock:
     return pb.Stock(
         product_id=level.product_id,
         on_hand=level.on_hand,
         reserved=level.reserved,
         available=level.available,
-        update_time=_timestamp(level.update_time),
+        update_time=to_timestamp(level.update_time),
     )
 
 
@@ -44,8 +36,8 @@ def reservation_to_proto(reservation: Reservation) -> pb.Reservation:
             for line in reservation.lines
         ],
         status=_STATUSES[reservation.status],
-        create_time=_timestamp(reservation.create_time),
-        update_time=_timestamp(reservation.update_time),
+        create_time=to_timestamp(reservation.create_time),
+        update_time=to_timestamp(reservation.update_time),
     )
 
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from google.protobuf import timestamp_pb2
-
+from mesh.timestamps import to_timestamp
 from services.notifications import handlers
 from services.notifications.domain import Notification, NotificationChannel, NotificationKind
 from services.notifications.ports import NotificationsStore
@@ -19,12 +18,6 @@ _KINDS = {
 _CHANNELS = {NotificationChannel.EMAIL: pb.NOTIFICATION_CHANNEL_EMAIL}
 
 
-def _timestamp(value: Any) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
-
-
 def to_proto(notification: Notification) -> pb.Notification:
     return pb.Notification(
         id=notification.id,
@@ -34,7 +27,7 @@ def to_proto(notification: Notification) -> pb.Notification:
         channel=_CHANNELS[notification.channel],
         subject=notification.subject,
         body=notification.body,
-        create_time=_timestamp(notification.create_time),
+        create_time=to_timestamp(notification.create_time),
     )
 
 

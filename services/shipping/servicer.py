@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from google.protobuf import timestamp_pb2
 from google.type import postal_address_pb2
 
+from mesh.timestamps import to_timestamp
 from services.shipping import handlers
 from services.shipping.domain import Destination, Shipment, ShipmentStatus
 from services.shipping.ports import ShippingStore
@@ -17,12 +17,6 @@ _STATUSES = {
     ShipmentStatus.SCHEDULED: pb.SHIPMENT_STATUS_SCHEDULED,
     ShipmentStatus.CANCELLED: pb.SHIPMENT_STATUS_CANCELLED,
 }
-
-
-def _timestamp(value: Any) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
 
 
 def _destination(address: postal_address_pb2.PostalAddress) -> Destination:
@@ -59,7 +53,7 @@ def to_proto(shipment: Shipment) -> pb.Shipment:
         carrier=shipment.carrier,
         tracking_number=shipment.tracking_number,
         status=_STATUSES[shipment.status],
-        create_time=_timestamp(shipment.create_time),
+        create_time=to_timestamp(shipment.create_time),
     )
 
 

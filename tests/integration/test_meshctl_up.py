@@ -11,6 +11,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import jwt
 import pytest
 
 from mesh.binaries import find_binary
@@ -139,3 +140,28 @@ def test_up_names_an_unknown_service(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "no such service: nope" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_token_mints_a_jwt_for_the_subject_and_scopes(tmp_path: Path) -> None:
+    minted = subprocess.run(
+        [
+            find_binary("meshctl"),
+            "token",
+            "--subject",
+            "user-1",
+            "--scope",
+            "catalog:write",
+            "--run-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.strip()
+    header = jwt.get_unverified_header(minted)
+    claims = jwt.decode(minted, options={"verify_signature": False})
+    assert header["alg"] == "RS256"
+    assert header["kid"]
+    assert (claims["sub"], claims["scope"]) == ("user-1", "catalog:write")
+    assert claims["exp"] > claims["iat"]

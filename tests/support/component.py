@@ -12,6 +12,10 @@ from grpc_status import rpc_status
 
 from mesh.runner import Registration, ServiceRunner
 from mesh.storage import Database, Migration
+from services.catalog import adapters as catalog_adapters
+from services.catalog.bootstrap import registration as catalog_registration
+from services.inventory import adapters as inventory_adapters
+from services.inventory.bootstrap import registration as inventory_registration
 
 
 @asynccontextmanager
@@ -37,6 +41,30 @@ async def serving(*registrations: Registration) -> AsyncIterator[grpc.aio.Channe
             yield channel
     finally:
         await runner.stop(0)
+
+
+@asynccontextmanager
+async def catalog_and_inventory(
+    directory: Path,
+) -> AsyncIterator[tuple[grpc.aio.Channel, grpc.aio.Channel]]:
+    """The real catalog and the real inventory it calls, each on its own database file.
+
+    Yields a channel to each (catalog first).
+    """
+    async with (
+        sqlite_database(directory, "inventory", inventory_adapters.MIGRATIONS) as inventory_db,
+        serving(
+            inventory_registration(inventory_adapters.SqlInventoryStore(inventory_db))
+        ) as inventory_channel,
+        sqlite_database(directory, "catalog", catalog_adapters.MIGRATIONS) as catalog_db,
+        serving(
+            catalog_registration(
+                catalog_adapters.SqlCatalogStore(catalog_db),
+                catalog_adapters.GrpcStockLevels(inventory_channel),
+            )
+        ) as catalog_channel,
+    ):
+        yield catalog_channel, inventory_channel
 
 
 def error_reason(error: grpc.aio.AioRpcError) -> str:

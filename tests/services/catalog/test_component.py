@@ -13,31 +13,19 @@ import pytest
 from google.protobuf import field_mask_pb2
 from google.type import money_pb2
 
-from services.catalog.adapters import MIGRATIONS, GrpcStockLevels, SqlCatalogStore
-from services.catalog.bootstrap import registration
-from services.inventory.adapters import MIGRATIONS as INVENTORY_MIGRATIONS
-from services.inventory.adapters import SqlInventoryStore
-from services.inventory.bootstrap import registration as inventory_registration
 from shop.catalog.v1 import catalog_service_pb2 as pb
 from shop.catalog.v1 import catalog_service_pb2_grpc as pb_grpc
 from shop.inventory.v1 import inventory_service_pb2 as inventory_pb
 from shop.inventory.v1 import inventory_service_pb2_grpc as inventory_grpc
-from tests.support.component import error_reason, field_violations, serving, sqlite_database
+from tests.support.component import catalog_and_inventory, error_reason, field_violations
 
 pytestmark = pytest.mark.integration
 
 
 @asynccontextmanager
 async def catalog_with_inventory(directory: Path) -> AsyncIterator[tuple[Any, Any]]:
-    """The real catalog and the real inventory, each on its own database file."""
-    async with (
-        sqlite_database(directory, "inventory", INVENTORY_MIGRATIONS) as inventory_db,
-        serving(inventory_registration(SqlInventoryStore(inventory_db))) as inventory_channel,
-        sqlite_database(directory, "catalog", MIGRATIONS) as catalog_db,
-        serving(
-            registration(SqlCatalogStore(catalog_db), GrpcStockLevels(inventory_channel))
-        ) as catalog_channel,
-    ):
+    """Stubs of the real catalog and the real inventory it calls."""
+    async with catalog_and_inventory(directory) as (catalog_channel, inventory_channel):
         yield (
             pb_grpc.CatalogServiceStub(catalog_channel),
             inventory_grpc.InventoryServiceStub(inventory_channel),

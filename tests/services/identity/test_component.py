@@ -14,12 +14,12 @@ import pytest
 import sqlalchemy as sa
 from google.protobuf import json_format
 
+from mesh.caller import SUBJECT_METADATA_KEY
 from mesh.storage import Database
 from services.identity import token_cli
 from services.identity.adapters import MIGRATIONS, SqlIdentityStore, SqlSigningKeyStore, users
 from services.identity.bootstrap import registration
 from services.identity.handlers import open_signer
-from services.identity.servicer import SUBJECT_METADATA_KEY
 from services.identity.tokens import TokenSettings
 from shop.identity.v1 import identity_service_pb2 as pb
 from shop.identity.v1 import identity_service_pb2_grpc as pb_grpc

@@ -1,0 +1,27 @@
+"""The orders' composition root: every adapter is chosen here, and only here."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+
+import grpc
+
+from mesh.runner import Registration
+from mesh.service import ServiceSettings, open_database
+from services.orders.adapters import MIGRATIONS, GrpcCatalog, SqlOrdersStore
+from services.orders.ports import Catalog, OrdersStore
+from services.orders.servicer import OrdersServicer
+from shop.orders.v1 import orders_service_pb2 as pb
+from shop.orders.v1 import orders_service_pb2_grpc as pb_grpc
+
+
+def registration(store: OrdersStore, catalog: Catalog) -> Registration:
+    return Registration.of(OrdersServicer(store, catalog), pb, pb_grpc)
+
+
+async def bootstrap(settings: ServiceSettings, stack: AsyncExitStack) -> Sequence[Registration]:
+    database = await open_database(settings, MIGRATIONS, stack)
+    channel = grpc.aio.insecure_channel(settings.address_of("catalog"))
+    stack.push_async_callback(channel.close)
+    return [registration(SqlOrdersStore(database), GrpcCatalog(channel))]

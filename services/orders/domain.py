@@ -1,0 +1,251 @@
+"""The orders' domain: orders, their lines and saga history, and the rules they follow."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from enum import StrEnum
+
+from mesh.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from mesh.money import Money
+
+MAX_LINES = 100
+MAX_QUANTITY = 1000
+
+#: The first step of every order's history: the order was accepted, PENDING.
+ORDER_PLACED = "OrderPlaced"
+#: The step a customer's cancellation adds to the history.
+ORDER_CANCELLED = "OrderCancelled"
+
+
+class OrderStatus(StrEnum):
+    PENDING = "PENDING"
+    CONFIRMED = "CONFIRMED"
+    CANCELLED = "CANCELLED"
+
+
+class StepOutcome(StrEnum):
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    COMPENSATED = "COMPENSATED"
+
+
+@dataclass(frozen=True)
+class PricedProduct:
+    """A product as the catalog prices it: the only source of an order's prices."""
+
+    id: str
+    name: str
+    unit_price: Money
+
+
+@dataclass(frozen=True)
+class RequestedLine:
+    """What a customer asks for on one line: a product and a quantity, nothing else."""
+
+    product_id: str
+    quantity: int
+
+
+@dataclass(frozen=True)
+class OrderLine:
+    product_id: str
+    product_name: str
+    quantity: int
+    unit_price: Money
+
+    @property
+    def line_total(self) -> Money:
+        return self.unit_price * self.quantity
+
+
+@dataclass(frozen=True)
+class ShippingAddress:
+    """A postal address (the fields of `google.type.PostalAddress` the shop keeps)."""
+
+    region_code: str
+    language_code: str = ""
+    postal_code: str = ""
+    sorting_code: str = ""
+    administrative_area: str = ""
+    locality: str = ""
+    sublocality: str = ""
+    address_lines: tuple[str, ...] = ()
+    recipients: tuple[str, ...] = ()
+    organization: str = ""
+
+
+@dataclass(frozen=True)
+class SagaStep:
+    name: str
+    outcome: StepOutcome
+    detail: str
+    time: datetime
+
+
+@dataclass(frozen=True)
+class Order:
+    """A customer's purchase; `payment_token` is kept for the saga and never shown."""
+
+    id: str
+    customer_id: str
+    lines: tuple[OrderLine, ...]
+    shipping_address: ShippingAddress
+    payment_token: str
+    status: OrderStatus
+    cancel_reason: str
+    history: tuple[SagaStep, ...]
+    create_time: datetime
+    update_time: datetime
+    payment_id: str = ""
+    shipment_id: str = ""
+    tracking_number: str = ""
+
+    @property
+    def total(self) -> Money:
+        total = Money.zero(self.lines[0].unit_price.currency)
+        for line in self.lines:
+            total += line.line_total
+        return total
+
+
+class ProductNotInCatalog(Exception):
+    """The catalog does not know `product_id` (raised by the catalog port)."""
+
+    def __init__(self, product_id: str) -> None:
+        super().__init__(f"product {product_id!r} is not in the catalog")
+        self.product_id = product_id
+
+
+def order_not_found(order_id: str) -> NotFound:
+    return NotFound(
+        f"order {order_id!r} does not exist",
+        reason="ORDER_NOT_FOUND",
+        metadata={"order_id": order_id},
+    )
+
+
+def unknown_product(lines: Sequence[RequestedLine], product_id: str) -> InvalidArgument:
+    """The error for a line whose product the catalog does not know."""
+    fields = [
+        f"lines[{i}].product_id" for i, line in enumerate(lines) if line.product_id == product_id
+    ]
+    violations = [
+        FieldViolation(field, f"Product {product_id!r} is not in the catalog.", "UNKNOWN_PRODUCT")
+        for field in fields or ["lines"]
+    ]
+    return InvalidArgument(
+        message=f"invalid request: product {product_id!r} is not in the catalog",
+        reason="UNKNOWN_PRODUCT",
+        metadata={"product_id": product_id},
+        violations=violations,
+    )
+
+
+def check_request(lines: Sequence[RequestedLine], address: ShippingAddress) -> None:
+    """Refuse, naming every offending field, lines or an address an order cannot have."""
+    problems: list[FieldViolation] = []
+    if len(lines) > MAX_LINES:
+        problems.append(FieldViolation("lines", f"An order has at most {MAX_LINES} lines."))
+    seen: set[str] = set()
+    for index, line in enumerate(lines):
+        if not 1 <= line.quantity <= MAX_QUANTITY:
+            problems.append(
+                FieldViolation(
+                    f"lines[{index}].quantity",
+                    f"The quantity must be between 1 and {MAX_QUANTITY}.",
+                )
+            )
+        if line.product_id in seen:
+            problems.append(
+                FieldViolation(
+                    f"lines[{index}].product_id",
+                    "Each product may appear on one line only; add up the quantities.",
+                    "DUPLICATE_PRODUCT",
+                )
+            )
+        seen.add(line.product_id)
+    if not address.region_code.strip():
+        problems.append(
+            FieldViolation(
+                "shipping_address.region_code",
+                "The region code (a CLDR region such as 'DE') is required.",
+                "REQUIRED",
+            )
+        )
+    if problems:
+        raise InvalidArgument.of(problems)
+
+
+def priced_lines(
+    lines: Sequence[RequestedLine], catalog: Mapping[str, PricedProduct]
+) -> tuple[OrderLine, ...]:
+    """The lines with the catalog's names and prices, all in one currency."""
+    priced = []
+    for line in lines:
+        product = catalog.get(line.product_id)
+        if product is None:
+            raise unknown_product(lines, line.product_id)
+        priced.append(OrderLine(line.product_id, product.name, line.quantity, product.unit_price))
+    currencies = sorted({line.unit_price.currency for line in priced})
+    if len(currencies) > 1:
+        raise FailedPrecondition(
+            f"the products are priced in several currencies ({', '.join(currencies)}); "
+            "an order is paid in one currency, so place one order per currency",
+            reason="MIXED_CURRENCIES",
+            metadata={"currencies": ",".join(currencies)},
+        )
+    return tuple(priced)
+
+
+def new_order(
+    *,
+    customer_id: str,
+    lines: tuple[OrderLine, ...],
+    shipping_address: ShippingAddress,
+    payment_token: str,
+    now: datetime,
+) -> Order:
+    """A PENDING order whose history starts with its placement."""
+    return Order(
+        id=str(uuid.uuid4()),
+        customer_id=customer_id,
+        lines=lines,
+        shipping_address=shipping_address,
+        payment_token=payment_token,
+        status=OrderStatus.PENDING,
+        cancel_reason="",
+        history=(SagaStep(ORDER_PLACED, StepOutcome.SUCCEEDED, "The order was placed.", now),),
+        create_time=now,
+        update_time=now,
+    )
+
+
+def cancelled_order(order: Order, reason: str, now: datetime) -> Order:
+    """`order` cancelled by its customer; only a PENDING order can be."""
+    if order.status is not OrderStatus.PENDING:
+        raise FailedPrecondition(
+            f"order {order.id!r} is {order.status.value}; only a PENDING order can be cancelled",
+            reason="ORDER_NOT_PENDING",
+            metadata={"order_id": order.id, "status": order.status.value},
+        )
+    step = SagaStep(
+        ORDER_CANCELLED,
+        StepOutcome.SUCCEEDED,
+        f"Cancelled by the customer: {reason}" if reason else "Cancelled by the customer.",
+        now,
+    )
+    return replace(
+        order,
+        status=OrderStatus.CANCELLED,
+        cancel_reason=reason,
+        history=(*order.history, step),
+        update_time=now,
+    )
+
+
+def visible_to(order: Order, caller: str | None) -> bool:
+    """Whether `caller` may see `order`; no caller means a trusted call inside the mesh."""
+    return caller is None or order.customer_id == caller

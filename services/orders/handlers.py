@@ -1,0 +1,156 @@
+"""The orders' use cases: each takes a command and the ports, and returns domain objects.
+
+`caller` is the customer the request comes from, or None for a trusted call from inside
+the mesh (no caller identity at all); see `mesh.caller`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mesh.errors import Aborted, FieldViolation, InvalidArgument, PermissionDenied
+from mesh.pagination import decode_time_cursor, encode_time_cursor, page_size
+from mesh.storage import utc_now
+from services.orders.domain import (
+    Order,
+    ProductNotInCatalog,
+    RequestedLine,
+    ShippingAddress,
+    cancelled_order,
+    check_request,
+    new_order,
+    order_not_found,
+    priced_lines,
+    unknown_product,
+    visible_to,
+)
+from services.orders.ports import Catalog, OrdersStore
+
+
+@dataclass(frozen=True)
+class PlaceOrder:
+    caller: str | None
+    customer_id: str
+    lines: tuple[RequestedLine, ...]
+    shipping_address: ShippingAddress
+    payment_token: str
+    request_id: str
+
+
+@dataclass(frozen=True)
+class ListOrders:
+    caller: str | None
+    customer_id: str
+    page_size: int
+    page_token: str
+
+
+@dataclass(frozen=True)
+class CancelOrder:
+    caller: str | None
+    order_id: str
+    reason: str
+    request_id: str
+
+
+@dataclass(frozen=True)
+class OrderPage:
+    orders: list[Order]
+    next_page_token: str
+
+
+def _customer(caller: str | None, named: str) -> str:
+    """The customer a request acts for: the caller, who may name only themself."""
+    if caller is None:
+        if not named:
+            raise InvalidArgument.of(
+                [FieldViolation("customer_id", "customer_id is required.", "REQUIRED")]
+            )
+        return named
+    if named and named != caller:
+        raise PermissionDenied(
+            "a customer may act only on their own orders",
+            reason="CUSTOMER_MISMATCH",
+            metadata={"customer_id": named},
+        )
+    return caller
+
+
+async def place_order(store: OrdersStore, catalog: Catalog, command: PlaceOrder) -> Order:
+    """Price the lines from the catalog and store the order PENDING, once per request id.
+
+    The catalog is asked outside the write transaction so no lock is held over the
+    network; the request log is checked again inside it, so a retry racing the first
+    request still stores one order.
+    """
+    customer_id = _customer(command.caller, command.customer_id)
+    # Scoped by customer, so one customer's request id never returns another's order.
+    request_key = f"{customer_id}/{command.request_id}" if command.request_id else ""
+    async with store.snapshot() as tx:
+        prior = await tx.find_request("PlaceOrder", request_key)
+        order = await tx.get(prior["order_id"]) if prior else None
+    if order is not None:
+        return order
+    check_request(command.lines, command.shipping_address)
+    try:
+        products = await catalog.products(sorted({line.product_id for line in command.lines}))
+    except ProductNotInCatalog as error:
+        raise unknown_product(command.lines, error.product_id) from None
+    lines = priced_lines(command.lines, products)
+    async with store.transaction() as tx:
+        prior = await tx.find_request("PlaceOrder", request_key)
+        order = await tx.get(prior["order_id"]) if prior else None
+        if order is None:
+            order = new_order(
+                customer_id=customer_id,
+                lines=lines,
+                shipping_address=command.shipping_address,
+                payment_token=command.payment_token,
+                now=utc_now(),
+            )
+            await tx.add(order)
+            await tx.record_request("PlaceOrder", request_key, {"order_id": order.id})
+    return order
+
+
+async def get_order(store: OrdersStore, caller: str | None, order_id: str) -> Order:
+    """The order, if the caller may see it; another customer's order does not exist."""
+    async with store.snapshot() as tx:
+        order = await tx.get(order_id)
+    if order is None or not visible_to(order, caller):
+        raise order_not_found(order_id)
+    return order
+
+
+async def list_orders(store: OrdersStore, query: ListOrders) -> OrderPage:
+    """One page of a customer's orders, newest first, continuing after the page token."""
+    customer_id = _customer(query.caller, query.customer_id)
+    limit = page_size(query.page_size)
+    filters = {"customer_id": customer_id}
+    cursor = decode_time_cursor(query.page_token, filters)
+    async with store.snapshot() as tx:
+        rows = await tx.page(customer_id, cursor, limit + 1)
+    orders, more = rows[:limit], len(rows) > limit
+    last = orders[-1] if more else None
+    token = encode_time_cursor(last.create_time, last.id, filters) if last else ""
+    return OrderPage(orders, token)
+
+
+async def cancel_order(store: OrdersStore, command: CancelOrder) -> Order:
+    """Cancel a PENDING order; a retry with the same request id returns it again."""
+    async with store.transaction() as tx:
+        prior = await tx.find_request("CancelOrder", command.request_id)
+        order = await tx.get(command.order_id)
+        if order is None or not visible_to(order, command.caller):
+            raise order_not_found(command.order_id)
+        if prior and prior["order_id"] == order.id:
+            return order
+        cancelled = cancelled_order(order, command.reason, utc_now())
+        if not await tx.save(cancelled, was=order.status):
+            raise Aborted(
+                f"order {order.id!r} changed while it was being cancelled; retry",
+                reason="ORDER_CHANGED",
+                metadata={"order_id": order.id},
+            )
+        await tx.record_request("CancelOrder", command.request_id, {"order_id": order.id})
+    return cancelled

@@ -1,0 +1,23 @@
+"""The payments composition root: every adapter is chosen here, and only here."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+
+from mesh.runner import Registration
+from mesh.service import ServiceSettings, open_database
+from services.payments.adapters import MIGRATIONS, SimulatedPaymentProvider, SqlPaymentsStore
+from services.payments.ports import PaymentProvider, PaymentsStore
+from services.payments.servicer import PaymentsServicer
+from shop.payments.v1 import payments_service_pb2 as pb
+from shop.payments.v1 import payments_service_pb2_grpc as pb_grpc
+
+
+def registration(store: PaymentsStore, provider: PaymentProvider) -> Registration:
+    return Registration.of(PaymentsServicer(store, provider), pb, pb_grpc)
+
+
+async def bootstrap(settings: ServiceSettings, stack: AsyncExitStack) -> Sequence[Registration]:
+    database = await open_database(settings, MIGRATIONS, stack)
+    return [registration(SqlPaymentsStore(database), SimulatedPaymentProvider(database))]

@@ -1,0 +1,266 @@
+"""The orders' rules and use cases, with in-memory fakes of the store and the catalog."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any
+
+import pytest
+
+from mesh.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from mesh.money import Money
+from services.orders import handlers
+from services.orders.domain import (
+    Order,
+    OrderStatus,
+    PricedProduct,
+    ProductNotInCatalog,
+    RequestedLine,
+    ShippingAddress,
+    StepOutcome,
+)
+
+
+class FakeOrders:
+    """The orders' store in dictionaries; one object serves as every transaction."""
+
+    def __init__(self) -> None:
+        self.orders: dict[str, Order] = {}
+        self.requests: dict[tuple[str, str], dict[str, Any]] = {}
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[FakeOrders]:
+        yield self
+
+    @asynccontextmanager
+    async def snapshot(self) -> AsyncIterator[FakeOrders]:
+        yield self
+
+    async def get(self, order_id: str) -> Order | None:
+        return self.orders.get(order_id)
+
+    async def add(self, order: Order) -> None:
+        self.orders[order.id] = order
+
+    async def save(self, order: Order, *, was: OrderStatus) -> bool:
+        if self.orders[order.id].status is not was:
+            return False
+        self.orders[order.id] = order
+        return True
+
+    async def page(
+        self, customer_id: str, before: tuple[datetime, str] | None, limit: int
+    ) -> list[Order]:
+        mine = sorted(
+            (o for o in self.orders.values() if o.customer_id == customer_id),
+            key=lambda o: (o.create_time, o.id),
+            reverse=True,
+        )
+        if before is not None:
+            mine = [o for o in mine if (o.create_time, o.id) < before]
+        return mine[:limit]
+
+    async def find_request(self, method: str, request_id: str) -> dict[str, Any] | None:
+        return self.requests.get((method, request_id)) if request_id else None
+
+    async def record_request(self, method: str, request_id: str, result: dict[str, Any]) -> None:
+        if request_id:
+            self.requests[(method, request_id)] = result
+
+
+class FakeCatalog:
+    def __init__(self, *products: PricedProduct) -> None:
+        self.products_by_id = {p.id: p for p in products}
+        self.calls = 0
+
+    async def products(self, ids: Sequence[str]) -> dict[str, PricedProduct]:
+        self.calls += 1
+        for product_id in ids:
+            if product_id not in self.products_by_id:
+                raise ProductNotInCatalog(product_id)
+        return {pid: self.products_by_id[pid] for pid in ids}
+
+
+TEA = PricedProduct("tea", "Tea", Money("EUR", 450))
+CUP = PricedProduct("cup", "Cup", Money("EUR", 1299))
+MUG = PricedProduct("mug", "Mug", Money("USD", 800))
+HOME = ShippingAddress(region_code="DE", locality="Berlin", address_lines=("Hauptstr. 1",))
+
+
+def place(
+    *lines: tuple[str, int],
+    caller: str | None = "alice",
+    customer_id: str = "",
+    address: ShippingAddress = HOME,
+    request_id: str = "",
+) -> handlers.PlaceOrder:
+    return handlers.PlaceOrder(
+        caller=caller,
+        customer_id=customer_id,
+        lines=tuple(RequestedLine(pid, qty) for pid, qty in lines),
+        shipping_address=address,
+        payment_token="tok_visa",
+        request_id=request_id,
+    )
+
+
+@pytest.fixture
+def store() -> FakeOrders:
+    return FakeOrders()
+
+
+@pytest.fixture
+def catalog() -> FakeCatalog:
+    return FakeCatalog(TEA, CUP, MUG)
+
+
+async def test_an_order_is_priced_from_the_catalog_and_starts_pending(
+    store: FakeOrders, catalog: FakeCatalog
+) -> None:
+    order = await handlers.place_order(store, catalog, place(("tea", 3), ("cup", 1)))
+    assert [(line.product_name, line.line_total) for line in order.lines] == [
+        ("Tea", Money("EUR", 1350)),
+        ("Cup", Money("EUR", 1299)),
+    ]
+    assert order.total == Money("EUR", 2649)
+    assert order.status is OrderStatus.PENDING
+    assert [(s.name, s.outcome) for s in order.history] == [("OrderPlaced", StepOutcome.SUCCEEDED)]
+    assert order.customer_id == "alice"
+    assert order.payment_token == "tok_visa"
+    assert store.orders[order.id] == order
+
+
+@pytest.mark.parametrize(
+    ("lines", "fields"),
+    [
+        ((("tea", 0),), ["lines[0].quantity"]),
+        ((("tea", 1001),), ["lines[0].quantity"]),
+        ((("tea", 1), ("cup", -2)), ["lines[1].quantity"]),
+        ((("tea", 1), ("tea", 2)), ["lines[1].product_id"]),
+        (tuple((f"p{i}", 1) for i in range(101)), ["lines"]),
+    ],
+    ids=["zero", "too-many-units", "negative", "duplicate", "too-many-lines"],
+)
+async def test_bad_lines_are_refused_before_the_catalog_is_asked(
+    store: FakeOrders, catalog: FakeCatalog, lines: tuple[tuple[str, int], ...], fields: list[str]
+) -> None:
+    with pytest.raises(InvalidArgument) as failure:
+        await handlers.place_order(store, catalog, place(*lines))
+    assert [v.field for v in failure.value.violations] == fields
+    assert catalog.calls == 0
+    assert store.orders == {}
+
+
+async def test_an_address_without_region_is_refused(
+    store: FakeOrders, catalog: FakeCatalog
+) -> None:
+    with pytest.raises(InvalidArgument) as failure:
+        await handlers.place_order(
+            store, catalog, place(("tea", 1), address=ShippingAddress(region_code=" "))
+        )
+    assert [v.field for v in failure.value.violations] == ["shipping_address.region_code"]
+
+
+async def test_an_unknown_product_names_its_line(store: FakeOrders, catalog: FakeCatalog) -> None:
+    with pytest.raises(InvalidArgument) as failure:
+        await handlers.place_order(store, catalog, place(("tea", 1), ("ghost", 1)))
+    assert failure.value.reason == "UNKNOWN_PRODUCT"
+    assert [v.field for v in failure.value.violations] == ["lines[1].product_id"]
+    assert store.orders == {}
+
+
+async def test_mixed_currencies_are_refused(store: FakeOrders, catalog: FakeCatalog) -> None:
+    with pytest.raises(FailedPrecondition) as failure:
+        await handlers.place_order(store, catalog, place(("tea", 1), ("mug", 1)))
+    assert failure.value.reason == "MIXED_CURRENCIES"
+    assert store.orders == {}
+
+
+async def test_the_caller_may_not_order_for_someone_else(
+    store: FakeOrders, catalog: FakeCatalog
+) -> None:
+    with pytest.raises(PermissionDenied):
+        await handlers.place_order(store, catalog, place(("tea", 1), customer_id="bob"))
+    same = await handlers.place_order(store, catalog, place(("tea", 1), customer_id="alice"))
+    assert same.customer_id == "alice"
+
+
+async def test_without_a_caller_the_customer_must_be_named(
+    store: FakeOrders, catalog: FakeCatalog
+) -> None:
+    with pytest.raises(InvalidArgument) as failure:
+        await handlers.place_order(store, catalog, place(("tea", 1), caller=None))
+    assert [v.field for v in failure.value.violations] == ["customer_id"]
+    order = await handlers.place_order(
+        store, catalog, place(("tea", 1), caller=None, customer_id="carol")
+    )
+    assert order.customer_id == "carol"
+
+
+async def test_a_retried_place_returns_the_first_order_without_asking_the_catalog(
+    store: FakeOrders, catalog: FakeCatalog
+) -> None:
+    first = await handlers.place_order(store, catalog, place(("tea", 1), request_id="r1"))
+    again = await handlers.place_order(store, catalog, place(("tea", 1), request_id="r1"))
+    assert again == first
+    assert catalog.calls == 1
+    assert len(store.orders) == 1
+
+
+async def test_another_customers_request_id_places_their_own_order(
+    store: FakeOrders, catalog: FakeCatalog
+) -> None:
+    alices = await handlers.place_order(store, catalog, place(("tea", 1), request_id="r1"))
+    bobs = await handlers.place_order(
+        store, catalog, place(("tea", 1), caller="bob", request_id="r1")
+    )
+    assert bobs.id != alices.id
+    assert bobs.customer_id == "bob"
+
+
+async def test_another_customers_order_is_not_found(
+    store: FakeOrders, catalog: FakeCatalog
+) -> None:
+    order = await handlers.place_order(store, catalog, place(("tea", 1)))
+    assert await handlers.get_order(store, "alice", order.id) == order
+    assert await handlers.get_order(store, None, order.id) == order
+    with pytest.raises(NotFound):
+        await handlers.get_order(store, "bob", order.id)
+    with pytest.raises(NotFound):
+        await handlers.cancel_order(store, handlers.CancelOrder("bob", order.id, "", ""))
+
+
+async def test_cancel_records_the_reason_and_only_once(
+    store: FakeOrders, catalog: FakeCatalog
+) -> None:
+    order = await handlers.place_order(store, catalog, place(("tea", 1)))
+    cancel = handlers.CancelOrder("alice", order.id, "changed my mind", "c1")
+    cancelled = await handlers.cancel_order(store, cancel)
+    assert cancelled.status is OrderStatus.CANCELLED
+    assert cancelled.cancel_reason == "changed my mind"
+    assert [s.name for s in cancelled.history] == ["OrderPlaced", "OrderCancelled"]
+    assert await handlers.cancel_order(store, cancel) == cancelled
+    with pytest.raises(FailedPrecondition) as failure:
+        await handlers.cancel_order(store, handlers.CancelOrder("alice", order.id, "", "c2"))
+    assert failure.value.reason == "ORDER_NOT_PENDING"
+
+
+async def test_list_pages_through_the_callers_orders_newest_first(
+    store: FakeOrders, catalog: FakeCatalog
+) -> None:
+    placed = [(await handlers.place_order(store, catalog, place(("tea", 1)))).id for _ in range(5)]
+    await handlers.place_order(store, catalog, place(("tea", 1), caller="bob"))
+    seen: list[str] = []
+    token = ""
+    while True:
+        page = await handlers.list_orders(store, handlers.ListOrders("alice", "", 2, token))
+        seen += [o.id for o in page.orders]
+        token = page.next_page_token
+        if not token:
+            break
+    newest_first = sorted(placed, key=lambda i: (store.orders[i].create_time, i), reverse=True)
+    assert seen == newest_first
+    with pytest.raises(PermissionDenied):
+        await handlers.list_orders(store, handlers.ListOrders("alice", "bob", 0, ""))

@@ -1,0 +1,401 @@
+"""Payments over real gRPC, on a real SQLite file, with the simulated provider."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import sqlalchemy as sa
+from google.rpc import error_details_pb2
+from google.type import money_pb2
+from grpc_status import rpc_status
+
+from mesh.storage import Database, utc_now
+from services.payments.adapters import (
+    MIGRATIONS,
+    SimulatedPaymentProvider,
+    SqlPaymentsStore,
+    captures,
+    refunds,
+)
+from services.payments.adapters import (
+    payments as payments_table,
+)
+from services.payments.bootstrap import registration
+from shop.payments.v1 import payments_service_pb2 as pb
+from shop.payments.v1 import payments_service_pb2_grpc as pb_grpc
+from tests.support.component import error_reason, field_violations, serving, sqlite_database
+
+pytestmark = pytest.mark.integration
+
+
+def served(database: Database) -> AbstractAsyncContextManager[grpc.aio.Channel]:
+    return serving(registration(SqlPaymentsStore(database), SimulatedPaymentProvider(database)))
+
+
+@pytest.fixture
+async def database(tmp_path: Path) -> AsyncIterator[Database]:
+    async with sqlite_database(tmp_path, "payments", MIGRATIONS) as database:
+        yield database
+
+
+@pytest.fixture
+async def payments(database: Database) -> AsyncIterator[Any]:
+    async with served(database) as channel:
+        yield pb_grpc.PaymentsServiceStub(channel)
+
+
+def eur(units: int, nanos: int = 0) -> money_pb2.Money:
+    return money_pb2.Money(currency_code="EUR", units=units, nanos=nanos)
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def authorize_request(**fields: Any) -> pb.AuthorizePaymentRequest:
+    return pb.AuthorizePaymentRequest(
+        order_id=fields.pop("order_id", "order-1"),
+        amount=fields.pop("amount", eur(25)),
+        payment_token=fields.pop("payment_token", "tok_visa"),
+        request_id=fields.pop("request_id", new_id()),
+    )
+
+
+async def authorize(payments: Any, **fields: Any) -> pb.Payment:
+    payment: pb.Payment = (await payments.AuthorizePayment(authorize_request(**fields))).payment
+    return payment
+
+
+async def capture(payments: Any, payment_id: str, request_id: str = "") -> pb.Payment:
+    request = pb.CapturePaymentRequest(payment_id=payment_id, request_id=request_id or new_id())
+    payment: pb.Payment = (await payments.CapturePayment(request)).payment
+    return payment
+
+
+async def refund(payments: Any, payment_id: str, **fields: Any) -> pb.Payment:
+    request = pb.RefundPaymentRequest(
+        payment_id=payment_id, request_id=fields.pop("request_id", new_id()), **fields
+    )
+    payment: pb.Payment = (await payments.RefundPayment(request)).payment
+    return payment
+
+
+async def get(payments: Any, payment_id: str) -> pb.Payment:
+    payment: pb.Payment = (await payments.GetPayment(pb.GetPaymentRequest(id=payment_id))).payment
+    return payment
+
+
+async def captured_payment(payments: Any, amount: money_pb2.Money | None = None) -> pb.Payment:
+    return await capture(payments, (await authorize(payments, amount=amount or eur(25))).id)
+
+
+def error_metadata(error: grpc.aio.AioRpcError) -> dict[str, str]:
+    """The ErrorInfo metadata of a failed call."""
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    assert status is not None
+    info = error_details_pb2.ErrorInfo()
+    assert status.details[0].Unpack(info)
+    return dict(info.metadata)
+
+
+async def row_count(database: Database, table: sa.Table) -> int:
+    async with database.snapshot() as connection:
+        count = (await connection.execute(sa.select(sa.func.count()).select_from(table))).scalar()
+    return int(count or 0)
+
+
+async def test_visa_is_authorized_captured_and_refunded(payments: Any) -> None:
+    authorized = await authorize(payments, order_id="order-7", amount=eur(25, 500_000_000))
+    assert len(authorized.id) == 36
+    assert authorized.order_id == "order-7"
+    assert authorized.status == pb.PAYMENT_STATUS_AUTHORIZED
+    assert authorized.amount == eur(25, 500_000_000)
+    assert authorized.captured_amount == eur(0)
+    assert await get(payments, authorized.id) == authorized
+
+    captured = await capture(payments, authorized.id)
+    assert captured.status == pb.PAYMENT_STATUS_CAPTURED
+    assert captured.captured_amount == eur(25, 500_000_000)
+
+    refunded = await refund(payments, authorized.id, reason="order cancelled")
+    assert refunded.status == pb.PAYMENT_STATUS_REFUNDED
+    assert refunded.refunded_amount == eur(25, 500_000_000)
+    assert await get(payments, authorized.id) == refunded
+
+
+async def test_declined_card_is_recorded_and_a_retry_fails_the_same(payments: Any) -> None:
+    request = authorize_request(payment_token="tok_declined")
+    errors = []
+    for _ in range(2):
+        with pytest.raises(grpc.aio.AioRpcError) as failure:
+            await payments.AuthorizePayment(request)
+        errors.append(failure.value)
+    for error in errors:
+        assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert error_reason(error) == "PAYMENT_DECLINED"
+    payment_id = error_metadata(errors[0])["payment_id"]
+    assert error_metadata(errors[1])["payment_id"] == payment_id
+
+    declined = await get(payments, payment_id)
+    assert declined.status == pb.PAYMENT_STATUS_DECLINED
+    assert declined.decline_reason == "card_declined"
+    assert declined.captured_amount == eur(0)
+
+
+async def test_transient_failure_charges_nothing_and_a_retry_succeeds(
+    payments: Any, database: Database
+) -> None:
+    request = authorize_request(payment_token="tok_transient")
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await payments.AuthorizePayment(request)
+    assert failure.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert error_reason(failure.value) == "PROVIDER_UNAVAILABLE"
+    assert await row_count(database, payments_table) == 0
+
+    retried = (await payments.AuthorizePayment(request)).payment
+    assert retried.status == pb.PAYMENT_STATUS_AUTHORIZED
+    assert (await payments.AuthorizePayment(request)).payment == retried
+
+    with pytest.raises(grpc.aio.AioRpcError) as other_request:
+        await authorize(payments, payment_token="tok_transient")
+    assert other_request.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_transient_failure_is_remembered_across_a_restart(tmp_path: Path) -> None:
+    request = authorize_request(payment_token="tok_transient")
+    async with (
+        sqlite_database(tmp_path, "payments", MIGRATIONS) as database,
+        served(database) as channel,
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as failure:
+            await pb_grpc.PaymentsServiceStub(channel).AuthorizePayment(request)
+        assert failure.value.code() == grpc.StatusCode.UNAVAILABLE
+    async with (
+        sqlite_database(tmp_path, "payments", MIGRATIONS) as database,
+        served(database) as channel,
+    ):
+        response = await pb_grpc.PaymentsServiceStub(channel).AuthorizePayment(request)
+    assert response.payment.status == pb.PAYMENT_STATUS_AUTHORIZED
+
+
+async def test_unknown_token_is_refused(payments: Any) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await authorize(payments, payment_token="tok_mastercard")
+    assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field_violations(failure.value) == ["payment_token"]
+
+
+@pytest.mark.parametrize(
+    "amount",
+    [
+        eur(0),
+        eur(-5),
+        money_pb2.Money(currency_code="XXX", units=1),
+        money_pb2.Money(currency_code="EUR", units=1, nanos=1),
+    ],
+    ids=["zero", "negative", "unknown-currency", "sub-cent"],
+)
+async def test_invalid_amounts_are_refused(
+    payments: Any, database: Database, amount: money_pb2.Money
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await authorize(payments, amount=amount)
+    assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field_violations(failure.value) == ["amount"]
+    assert await row_count(database, payments_table) == 0
+
+
+async def test_retried_authorization_returns_the_same_payment_once(
+    payments: Any, database: Database
+) -> None:
+    request = authorize_request()
+    first = (await payments.AuthorizePayment(request)).payment
+    retries = await asyncio.gather(*(payments.AuthorizePayment(request) for _ in range(5)))
+    assert {r.payment.id for r in retries} == {first.id}
+    assert await row_count(database, payments_table) == 1
+
+
+async def test_concurrent_authorizations_with_one_request_id_record_one_payment(
+    payments: Any, database: Database
+) -> None:
+    request = authorize_request()
+    responses = await asyncio.gather(*(payments.AuthorizePayment(request) for _ in range(10)))
+    assert len({r.payment.id for r in responses}) == 1
+    assert await row_count(database, payments_table) == 1
+
+
+async def test_capturing_twice_returns_the_payment_unchanged(payments: Any) -> None:
+    first = await captured_payment(payments)
+    again = await capture(payments, first.id)
+    assert again == first
+
+
+async def test_concurrent_captures_capture_exactly_once(payments: Any, database: Database) -> None:
+    authorized = await authorize(payments, amount=eur(40))
+    outcomes = await asyncio.gather(
+        *(capture(payments, authorized.id) for _ in range(10)), return_exceptions=True
+    )
+    results = [o for o in outcomes if isinstance(o, pb.Payment)]
+    assert len(results) == 10, [o for o in outcomes if not isinstance(o, pb.Payment)]
+    assert {r.status for r in results} == {pb.PAYMENT_STATUS_CAPTURED}
+    assert {r.update_time.ToDatetime() for r in results} == {results[0].update_time.ToDatetime()}
+    assert all(r.captured_amount == eur(40) for r in results)
+    assert await row_count(database, captures) == 1
+
+
+async def test_a_capture_retried_with_its_request_id_returns_its_payment(payments: Any) -> None:
+    authorized = await authorize(payments)
+    request_id = new_id()
+    captured = await capture(payments, authorized.id, request_id)
+    await refund(payments, authorized.id)
+    retried = await capture(payments, authorized.id, request_id)
+    assert retried.id == captured.id
+    assert retried.status == pb.PAYMENT_STATUS_REFUNDED
+
+
+async def test_unknown_payments_are_not_found(payments: Any) -> None:
+    unknown = new_id()
+    calls = [
+        payments.GetPayment(pb.GetPaymentRequest(id=unknown)),
+        payments.CapturePayment(pb.CapturePaymentRequest(payment_id=unknown, request_id=new_id())),
+        payments.RefundPayment(pb.RefundPaymentRequest(payment_id=unknown, request_id=new_id())),
+    ]
+    for call in calls:
+        with pytest.raises(grpc.aio.AioRpcError) as failure:
+            await call
+        assert failure.value.code() == grpc.StatusCode.NOT_FOUND
+        assert error_reason(failure.value) == "PAYMENT_NOT_FOUND"
+
+
+async def declined_payment_id(payments: Any) -> str:
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await authorize(payments, payment_token="tok_declined")
+    return error_metadata(failure.value)["payment_id"]
+
+
+async def test_declined_refunded_and_voided_payments_cannot_be_captured(payments: Any) -> None:
+    refunded = (await captured_payment(payments)).id
+    await refund(payments, refunded)
+    voided = (await authorize(payments)).id
+    await refund(payments, voided)
+    for payment_id in (await declined_payment_id(payments), refunded, voided):
+        before = await get(payments, payment_id)
+        with pytest.raises(grpc.aio.AioRpcError) as failure:
+            await capture(payments, payment_id)
+        assert failure.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert error_reason(failure.value) == "PAYMENT_NOT_CAPTURABLE"
+        assert await get(payments, payment_id) == before
+
+
+async def test_refunding_an_authorized_payment_voids_it(payments: Any) -> None:
+    authorized = await authorize(payments)
+    voided = await refund(payments, authorized.id, reason="order cancelled")
+    assert voided.status == pb.PAYMENT_STATUS_VOIDED
+    assert voided.captured_amount == eur(0)
+    assert voided.refunded_amount == eur(0)
+
+
+async def test_declined_and_voided_payments_cannot_be_refunded(payments: Any) -> None:
+    voided = (await authorize(payments)).id
+    await refund(payments, voided)
+    for payment_id in (await declined_payment_id(payments), voided):
+        with pytest.raises(grpc.aio.AioRpcError) as failure:
+            await refund(payments, payment_id)
+        assert failure.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert error_reason(failure.value) == "PAYMENT_NOT_REFUNDABLE"
+
+
+async def test_partial_refunds_accumulate_up_to_the_captured_amount(payments: Any) -> None:
+    payment = await captured_payment(payments, eur(25))
+    assert (await refund(payments, payment.id, amount=eur(10))).refunded_amount == eur(10)
+    partly = await refund(payments, payment.id, amount=eur(5, 500_000_000))
+    assert partly.status == pb.PAYMENT_STATUS_REFUNDED
+    assert partly.refunded_amount == eur(15, 500_000_000)
+
+    with pytest.raises(grpc.aio.AioRpcError) as too_much:
+        await refund(payments, payment.id, amount=eur(10))
+    assert too_much.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error_reason(too_much.value) == "REFUND_EXCEEDS_CAPTURED"
+
+    rest = await refund(payments, payment.id)
+    assert rest.refunded_amount == eur(25)
+    with pytest.raises(grpc.aio.AioRpcError) as nothing_left:
+        await refund(payments, payment.id)
+    assert nothing_left.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error_reason(nothing_left.value) == "PAYMENT_FULLY_REFUNDED"
+    assert (await get(payments, payment.id)).refunded_amount == eur(25)
+
+
+@pytest.mark.parametrize(
+    "amount",
+    [eur(0), eur(-1), money_pb2.Money(currency_code="USD", units=1)],
+    ids=["zero", "negative", "other-currency"],
+)
+async def test_invalid_refund_amounts_are_refused(payments: Any, amount: money_pb2.Money) -> None:
+    payment = await captured_payment(payments)
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await refund(payments, payment.id, amount=amount)
+    assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field_violations(failure.value) == ["amount"]
+    assert (await get(payments, payment.id)).refunded_amount == eur(0)
+
+
+async def test_retried_refund_refunds_once(payments: Any, database: Database) -> None:
+    payment = await captured_payment(payments, eur(25))
+    request_id = new_id()
+    first = await refund(payments, payment.id, amount=eur(10), request_id=request_id)
+    again = await refund(payments, payment.id, amount=eur(10), request_id=request_id)
+    assert again == first
+    assert again.refunded_amount == eur(10)
+    async with database.snapshot() as connection:
+        rows = (await connection.execute(sa.select(refunds.c.minor_units))).all()
+    assert [row.minor_units for row in rows] == [1000]
+
+
+async def test_the_database_refuses_refunding_more_than_was_captured(
+    payments: Any, database: Database
+) -> None:
+    payment = await captured_payment(payments, eur(25))
+    with pytest.raises(sa.exc.IntegrityError):
+        async with database.transaction() as connection:
+            await connection.execute(
+                payments_table.update()
+                .where(payments_table.c.id == payment.id)
+                .values(refunded_minor_units=2501)
+            )
+    assert (await get(payments, payment.id)).refunded_amount == eur(0)
+
+
+async def test_the_database_refuses_a_second_capture_of_a_payment(
+    payments: Any, database: Database
+) -> None:
+    payment = await captured_payment(payments, eur(25))
+    with pytest.raises(sa.exc.IntegrityError):
+        async with database.transaction() as connection:
+            await connection.execute(
+                captures.insert().values(
+                    payment_id=payment.id, minor_units=2500, create_time=utc_now()
+                )
+            )
+
+
+async def test_data_survives_a_restart(tmp_path: Path) -> None:
+    async with (
+        sqlite_database(tmp_path, "payments", MIGRATIONS) as database,
+        served(database) as channel,
+    ):
+        stub = pb_grpc.PaymentsServiceStub(channel)
+        payment = await refund(stub, (await captured_payment(stub)).id, amount=eur(5))
+    async with sqlite_database(tmp_path, "payments", MIGRATIONS) as database:
+        assert await database.applied_versions() == [1]
+        async with served(database) as channel:
+            fetched = await get(pb_grpc.PaymentsServiceStub(channel), payment.id)
+    assert fetched == payment
+    assert fetched.refunded_amount == eur(5)
