@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -261,3 +261,42 @@ async def record_request(
                 create_time=utc_now(),
             )
         )
+
+
+class SqlTransaction:
+    """Base of a service's view of its database inside one transaction.
+
+    A service subclasses it with its own queries; the request log comes with it.
+    """
+
+    def __init__(self, connection: AsyncConnection) -> None:
+        self._connection = connection
+
+    async def find_request(self, method: str, request_id: str) -> dict[str, Any] | None:
+        return await find_request(self._connection, method, request_id)
+
+    async def record_request(self, method: str, request_id: str, result: dict[str, Any]) -> None:
+        await record_request(self._connection, method, request_id, result)
+
+
+View = TypeVar("View", bound=SqlTransaction)
+
+
+class SqlStore(Generic[View]):
+    """A service's store port on SQL: transactions, each seen through the service's view."""
+
+    def __init__(self, database: Database, view: Callable[[AsyncConnection], View]) -> None:
+        self._database = database
+        self._view = view
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[View]:
+        """A write transaction (see `Database.transaction`)."""
+        async with self._database.transaction() as connection:
+            yield self._view(connection)
+
+    @asynccontextmanager
+    async def snapshot(self) -> AsyncIterator[View]:
+        """A read-only transaction (see `Database.snapshot`)."""
+        async with self._database.snapshot() as connection:
+            yield self._view(connection)

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 
 import grpc
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from mesh.errors import Unavailable
 from mesh.money import Money
-from mesh.storage import Database, Migration, UtcDateTime, find_request, record_request
+from mesh.storage import Database, Migration, SqlStore, SqlTransaction, UtcDateTime
 from services.catalog.domain import Product
 from shop.inventory.v1 import inventory_service_pb2 as inventory_pb
 from shop.inventory.v1 import inventory_service_pb2_grpc as inventory_grpc
@@ -85,11 +82,8 @@ def _product(row: sa.Row[Any]) -> Product:
     )
 
 
-class SqlCatalogTransaction:
+class SqlCatalogTransaction(SqlTransaction):
     """The products table, inside one transaction."""
-
-    def __init__(self, connection: AsyncConnection) -> None:
-        self._connection = connection
 
     async def get(self, product_id: str) -> Product | None:
         row = (
@@ -130,28 +124,12 @@ class SqlCatalogTransaction:
             )
         return [_product(row) for row in await self._connection.execute(query)]
 
-    async def find_request(self, method: str, request_id: str) -> dict[str, Any] | None:
-        return await find_request(self._connection, method, request_id)
 
-    async def record_request(self, method: str, request_id: str, result: dict[str, Any]) -> None:
-        await record_request(self._connection, method, request_id, result)
-
-
-class SqlCatalogStore:
+class SqlCatalogStore(SqlStore[SqlCatalogTransaction]):
     """The catalog's database."""
 
     def __init__(self, database: Database) -> None:
-        self._database = database
-
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[SqlCatalogTransaction]:
-        async with self._database.transaction() as connection:
-            yield SqlCatalogTransaction(connection)
-
-    @asynccontextmanager
-    async def snapshot(self) -> AsyncIterator[SqlCatalogTransaction]:
-        async with self._database.snapshot() as connection:
-            yield SqlCatalogTransaction(connection)
+        super().__init__(database, SqlCatalogTransaction)
 
 
 class GrpcStockLevels:

@@ -9,14 +9,12 @@ transaction, so replicas starting together agree on one key.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
-from mesh.storage import Database, Migration, UtcDateTime, find_request, record_request
+from mesh.storage import Database, Migration, SqlStore, SqlTransaction, UtcDateTime
 from services.identity.domain import User, email_taken
 from services.identity.tokens import SigningKey
 
@@ -90,11 +88,8 @@ def _user(row: sa.Row[Any]) -> User:
     )
 
 
-class SqlIdentityTransaction:
+class SqlIdentityTransaction(SqlTransaction):
     """The users table, inside one transaction."""
-
-    def __init__(self, connection: AsyncConnection) -> None:
-        self._connection = connection
 
     async def get(self, user_id: str) -> User | None:
         row = (await self._connection.execute(users.select().where(users.c.id == user_id))).first()
@@ -112,28 +107,12 @@ class SqlIdentityTransaction:
             # past the handler's check; the UNIQUE constraint is what turns it away.
             raise email_taken(user.email) from error
 
-    async def find_request(self, method: str, request_id: str) -> dict[str, Any] | None:
-        return await find_request(self._connection, method, request_id)
 
-    async def record_request(self, method: str, request_id: str, result: dict[str, Any]) -> None:
-        await record_request(self._connection, method, request_id, result)
-
-
-class SqlIdentityStore:
+class SqlIdentityStore(SqlStore[SqlIdentityTransaction]):
     """Identity's database of users."""
 
     def __init__(self, database: Database) -> None:
-        self._database = database
-
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[SqlIdentityTransaction]:
-        async with self._database.transaction() as connection:
-            yield SqlIdentityTransaction(connection)
-
-    @asynccontextmanager
-    async def snapshot(self) -> AsyncIterator[SqlIdentityTransaction]:
-        async with self._database.snapshot() as connection:
-            yield SqlIdentityTransaction(connection)
+        super().__init__(database, SqlIdentityTransaction)
 
 
 class SqlSigningKeyStore:

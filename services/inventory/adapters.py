@@ -8,15 +8,12 @@ Postgres under concurrent writers as well as on SQLite.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
-from mesh.storage import Database, Migration, UtcDateTime, find_request, record_request
+from mesh.storage import Database, Migration, SqlStore, SqlTransaction, UtcDateTime
 from services.inventory.domain import Reservation, ReservationLine, ReservationStatus, Stock
 
 MIGRATIONS = (
@@ -92,11 +89,8 @@ def _stock(row: sa.Row[Any]) -> Stock:
     )
 
 
-class SqlInventoryTransaction:
+class SqlInventoryTransaction(SqlTransaction):
     """The stock and reservation tables, inside one transaction."""
-
-    def __init__(self, connection: AsyncConnection) -> None:
-        self._connection = connection
 
     async def get_stock(self, product_id: str) -> Stock | None:
         row = (
@@ -217,25 +211,9 @@ class SqlInventoryTransaction:
         )
         return result.rowcount == 1
 
-    async def find_request(self, method: str, request_id: str) -> dict[str, Any] | None:
-        return await find_request(self._connection, method, request_id)
 
-    async def record_request(self, method: str, request_id: str, result: dict[str, Any]) -> None:
-        await record_request(self._connection, method, request_id, result)
-
-
-class SqlInventoryStore:
+class SqlInventoryStore(SqlStore[SqlInventoryTransaction]):
     """The inventory's database."""
 
     def __init__(self, database: Database) -> None:
-        self._database = database
-
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[SqlInventoryTransaction]:
-        async with self._database.transaction() as connection:
-            yield SqlInventoryTransaction(connection)
-
-    @asynccontextmanager
-    async def snapshot(self) -> AsyncIterator[SqlInventoryTransaction]:
-        async with self._database.snapshot() as connection:
-            yield SqlInventoryTransaction(connection)
+        super().__init__(database, SqlInventoryTransaction)

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
-from mesh.storage import Database, Migration, UtcDateTime
+from mesh.storage import Database, Migration, SqlStore, SqlTransaction, UtcDateTime
 from services.notifications.domain import Notification, NotificationChannel, NotificationKind
 
 MIGRATIONS = (
@@ -81,11 +78,8 @@ def _notification(row: sa.Row[Any]) -> Notification:
     )
 
 
-class SqlNotificationsTransaction:
+class SqlNotificationsTransaction(SqlTransaction):
     """The notifications table, inside one transaction."""
-
-    def __init__(self, connection: AsyncConnection) -> None:
-        self._connection = connection
 
     async def find(self, order_id: str, kind: NotificationKind) -> Notification | None:
         row = (
@@ -117,18 +111,8 @@ class SqlNotificationsTransaction:
         return [_notification(row) for row in await self._connection.execute(query)]
 
 
-class SqlNotificationsStore:
+class SqlNotificationsStore(SqlStore[SqlNotificationsTransaction]):
     """The notifications database."""
 
     def __init__(self, database: Database) -> None:
-        self._database = database
-
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[SqlNotificationsTransaction]:
-        async with self._database.transaction() as connection:
-            yield SqlNotificationsTransaction(connection)
-
-    @asynccontextmanager
-    async def snapshot(self) -> AsyncIterator[SqlNotificationsTransaction]:
-        async with self._database.snapshot() as connection:
-            yield SqlNotificationsTransaction(connection)
+        super().__init__(database, SqlNotificationsTransaction)

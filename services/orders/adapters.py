@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import datetime
 from typing import Any
@@ -14,11 +13,10 @@ import grpc
 import sqlalchemy as sa
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from mesh.errors import Unavailable
 from mesh.money import Money, MoneyError
-from mesh.storage import Database, Migration, UtcDateTime, find_request, record_request
+from mesh.storage import Database, Migration, SqlStore, SqlTransaction, UtcDateTime
 from services.orders.domain import (
     Order,
     OrderLine,
@@ -203,11 +201,8 @@ def _order(row: sa.Row[Any], lines: list[sa.Row[Any]], steps: list[sa.Row[Any]])
     )
 
 
-class SqlOrdersTransaction:
+class SqlOrdersTransaction(SqlTransaction):
     """The orders, order_lines and order_history tables, inside one transaction."""
-
-    def __init__(self, connection: AsyncConnection) -> None:
-        self._connection = connection
 
     async def _load(self, rows: Sequence[sa.Row[Any]]) -> list[Order]:
         """The orders of `rows`, each with its lines and history (three queries in all)."""
@@ -277,28 +272,12 @@ class SqlOrdersTransaction:
             )
         return await self._load(list(await self._connection.execute(query)))
 
-    async def find_request(self, method: str, request_id: str) -> dict[str, Any] | None:
-        return await find_request(self._connection, method, request_id)
 
-    async def record_request(self, method: str, request_id: str, result: dict[str, Any]) -> None:
-        await record_request(self._connection, method, request_id, result)
-
-
-class SqlOrdersStore:
+class SqlOrdersStore(SqlStore[SqlOrdersTransaction]):
     """The orders' database."""
 
     def __init__(self, database: Database) -> None:
-        self._database = database
-
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[SqlOrdersTransaction]:
-        async with self._database.transaction() as connection:
-            yield SqlOrdersTransaction(connection)
-
-    @asynccontextmanager
-    async def snapshot(self) -> AsyncIterator[SqlOrdersTransaction]:
-        async with self._database.snapshot() as connection:
-            yield SqlOrdersTransaction(connection)
+        super().__init__(database, SqlOrdersTransaction)
 
 
 def _missing_product(error: grpc.aio.AioRpcError) -> str:

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from mesh.errors import Aborted, FieldViolation, InvalidArgument, Unavailable
 from mesh.money import Money
-from mesh.storage import Database, Migration, UtcDateTime, find_request, record_request, utc_now
+from mesh.storage import Database, Migration, SqlStore, SqlTransaction, UtcDateTime, utc_now
 from services.payments.domain import (
     Approved,
     Declined,
@@ -143,11 +140,8 @@ def _payment(row: sa.Row[Any]) -> Payment:
     )
 
 
-class SqlPaymentsTransaction:
+class SqlPaymentsTransaction(SqlTransaction):
     """The payments tables, inside one transaction."""
-
-    def __init__(self, connection: AsyncConnection) -> None:
-        self._connection = connection
 
     async def get(self, payment_id: str) -> Payment | None:
         row = (
@@ -192,28 +186,12 @@ class SqlPaymentsTransaction:
             )
         )
 
-    async def find_request(self, method: str, request_id: str) -> dict[str, Any] | None:
-        return await find_request(self._connection, method, request_id)
 
-    async def record_request(self, method: str, request_id: str, result: dict[str, Any]) -> None:
-        await record_request(self._connection, method, request_id, result)
-
-
-class SqlPaymentsStore:
+class SqlPaymentsStore(SqlStore[SqlPaymentsTransaction]):
     """The payments database."""
 
     def __init__(self, database: Database) -> None:
-        self._database = database
-
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[SqlPaymentsTransaction]:
-        async with self._database.transaction() as connection:
-            yield SqlPaymentsTransaction(connection)
-
-    @asynccontextmanager
-    async def snapshot(self) -> AsyncIterator[SqlPaymentsTransaction]:
-        async with self._database.snapshot() as connection:
-            yield SqlPaymentsTransaction(connection)
+        super().__init__(database, SqlPaymentsTransaction)
 
 
 #: The test tokens the simulated provider knows (see the contract).

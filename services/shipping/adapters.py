@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import asdict
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from mesh.money import Money
-from mesh.storage import Database, Migration, UtcDateTime, find_request, record_request
+from mesh.storage import Database, Migration, SqlStore, SqlTransaction, UtcDateTime
 from services.shipping.domain import Destination, Shipment, ShipmentStatus
 
 MIGRATIONS = (
@@ -107,11 +104,8 @@ def _shipment(row: sa.Row[Any]) -> Shipment:
     )
 
 
-class SqlShippingTransaction:
+class SqlShippingTransaction(SqlTransaction):
     """The shipments table, inside one transaction."""
-
-    def __init__(self, connection: AsyncConnection) -> None:
-        self._connection = connection
 
     async def _one(self, condition: sa.ColumnElement[bool]) -> Shipment | None:
         row = (await self._connection.execute(shipments.select().where(condition))).first()
@@ -131,25 +125,9 @@ class SqlShippingTransaction:
             shipments.update().where(shipments.c.id == shipment.id).values(_row(shipment))
         )
 
-    async def find_request(self, method: str, request_id: str) -> dict[str, Any] | None:
-        return await find_request(self._connection, method, request_id)
 
-    async def record_request(self, method: str, request_id: str, result: dict[str, Any]) -> None:
-        await record_request(self._connection, method, request_id, result)
-
-
-class SqlShippingStore:
+class SqlShippingStore(SqlStore[SqlShippingTransaction]):
     """Shipping's database."""
 
     def __init__(self, database: Database) -> None:
-        self._database = database
-
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[SqlShippingTransaction]:
-        async with self._database.transaction() as connection:
-            yield SqlShippingTransaction(connection)
-
-    @asynccontextmanager
-    async def snapshot(self) -> AsyncIterator[SqlShippingTransaction]:
-        async with self._database.snapshot() as connection:
-            yield SqlShippingTransaction(connection)
+        super().__init__(database, SqlShippingTransaction)
