@@ -1,0 +1,307 @@
+"""`meshctl up`: every service as its own process, called as a user would call it.
+
+One mesh is started for the module: each service is listed, described and called with
+grpcurl through reflection, and every RPC of every service is sent bad input, which must
+never be answered with INTERNAL or UNKNOWN.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import jwt
+import pytest
+from google.protobuf import message_factory
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+
+from mesh.binaries import find_binary
+from mesh.caller import SUBJECT_METADATA_KEY
+
+pytestmark = pytest.mark.integration
+
+READY_WITHIN_SECONDS = 60
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+Mesh = tuple[subprocess.Popen[str], dict[str, tuple[str, int]]]
+SERVICES = {"catalog", "inventory", "orders", "payments", "shipping", "identity", "notifications"}
+
+
+@pytest.fixture(scope="module")
+def mesh_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+    """`meshctl up` (every service), read until ready; stopped by pid whatever happens."""
+    run_dir = tmp_path_factory.mktemp("run")
+    process = subprocess.Popen(
+        [find_binary("meshctl"), "up", "--run-dir", str(run_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    services: dict[str, tuple[str, int]] = {}
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            found = re.match(r"\s+(\w+)\s+grpc://(\S+)\s+pid (\d+)", line)
+            if found:
+                services[found.group(1)] = (found.group(2), int(found.group(3)))
+            if line.startswith("ready"):
+                break
+        else:
+            pytest.fail(f"meshctl up ended before ready (exit {process.wait()})")
+        yield process, services
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        for _, pid in services.values():
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+def grpcurl(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [find_binary("grpcurl"), "-plaintext", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def call(address: str, method: str, request: dict[str, Any], *headers: str) -> dict[str, Any]:
+    """Call `method` (service/Method) through reflection; the JSON response."""
+    options = [item for header in headers for item in ("-H", header)]
+    result = grpcurl(*options, "-d", json.dumps(request), address, method)
+    assert result.returncode == 0, f"{method}: {result.stdout}{result.stderr}"
+    response: dict[str, Any] = json.loads(result.stdout or "{}")
+    return response
+
+
+@pytest.mark.parametrize("service", sorted(SERVICES))
+def test_each_service_is_listed_and_described_through_reflection(
+    mesh_up: Mesh, service: str
+) -> None:
+    _, services = mesh_up
+    address, _ = services[service]
+    full_name = f"shop.{service}.v1.{service.capitalize()}Service"
+    listing = grpcurl(address, "list")
+    assert listing.returncode == 0, listing.stderr
+    assert set(listing.stdout.split()) >= {full_name, "grpc.health.v1.Health"}
+    described = grpcurl(address, "describe", full_name)
+    assert described.returncode == 0, described.stderr
+    assert f"service {service.capitalize()}Service {{" in described.stdout
+
+
+def test_a_customer_journey_across_the_services(mesh_up: Mesh) -> None:
+    _, services = mesh_up
+    at = {name: address for name, (address, _) in services.items()}
+
+    user = call(
+        at["identity"],
+        "shop.identity.v1.IdentityService/Register",
+        {"email": "Ada@Example.org", "password": "correct horse battery"},
+    )["user"]
+    assert user["email"] == "ada@example.org"
+    jwks = call(at["identity"], "shop.identity.v1.IdentityService/GetJwks", {})
+    assert jwks["keys"][0]["alg"] == "RS256"
+
+    product = call(
+        at["catalog"],
+        "shop.catalog.v1.CatalogService/CreateProduct",
+        {
+            "product": {
+                "name": "Tea",
+                "category": "food",
+                "price": {"currency_code": "EUR", "units": 4, "nanos": 500000000},
+            },
+            "initial_stock": 5,
+        },
+    )["product"]
+    stock = call(
+        at["inventory"],
+        "shop.inventory.v1.InventoryService/GetStock",
+        {"product_id": product["id"]},
+    )["stock"]
+    assert (stock["onHand"], stock["available"]) == (5, 5)
+
+    # The client's price is ignored: orders reads it from the catalog.
+    order = call(
+        at["orders"],
+        "shop.orders.v1.OrdersService/PlaceOrder",
+        {
+            "lines": [
+                {
+                    "product_id": product["id"],
+                    "quantity": 2,
+                    "unit_price": {"currency_code": "EUR", "units": 1},
+                }
+            ],
+            "shipping_address": {
+                "region_code": "DE",
+                "postal_code": "10115",
+                "address_lines": ["Hauptstr. 1"],
+            },
+            "payment_token": "tok_visa",
+        },
+        f"{SUBJECT_METADATA_KEY}: {user['id']}",
+    )["order"]
+    assert order["status"] == "ORDER_STATUS_PENDING"
+    assert order["total"] == {"currency_code": "EUR", "units": "9"}  # grpcurl: proto names
+
+    quote = call(
+        at["shipping"],
+        "shop.shipping.v1.ShippingService/QuoteShipment",
+        {"destination": {"region_code": "FR", "postal_code": "75001"}, "weight_grams": 500},
+    )
+    assert quote["cost"]["currency_code"] == "EUR"
+
+    payment = call(
+        at["payments"],
+        "shop.payments.v1.PaymentsService/AuthorizePayment",
+        {
+            "order_id": order["id"],
+            "amount": {"currency_code": "EUR", "units": 9},
+            "payment_token": "tok_visa",
+            "request_id": "journey-1",
+        },
+    )["payment"]
+    assert payment["status"] == "PAYMENT_STATUS_AUTHORIZED"
+
+    listed = call(
+        at["notifications"],
+        "shop.notifications.v1.NotificationsService/ListNotifications",
+        {"customer_id": user["id"]},
+    )
+    assert listed.get("notifications", []) == []
+
+
+def _methods() -> list[tuple[str, str, type[Message]]]:
+    """(service, /full/Method path, request class) of every RPC of every service."""
+    found = []
+    for service in sorted(SERVICES):
+        module = importlib.import_module(f"shop.{service}.v1.{service}_service_pb2")
+        for descriptor in module.DESCRIPTOR.services_by_name.values():
+            for method in descriptor.methods:
+                request = message_factory.GetMessageClass(method.input_type)
+                found.append((service, f"/{descriptor.full_name}/{method.name}", request))
+    return found
+
+
+def _junk(message: Message, depth: int = 0) -> Message:
+    """`message` with every field set to a plausible-looking wrong value."""
+    for field in message.DESCRIPTOR.fields:
+        if field.message_type is not None:
+            if depth < 3 and not field.message_type.GetOptions().map_entry:
+                target = getattr(message, field.name)
+                _junk(target.add() if field.is_repeated else target, depth + 1)
+            continue
+        value: object = {
+            FieldDescriptor.CPPTYPE_STRING: "\u0000' OR 1=1 --"
+            if field.type != field.TYPE_BYTES
+            else b"x",
+            FieldDescriptor.CPPTYPE_BOOL: True,
+            FieldDescriptor.CPPTYPE_ENUM: 999,
+            FieldDescriptor.CPPTYPE_DOUBLE: -1e308,
+            FieldDescriptor.CPPTYPE_FLOAT: -1.0,
+        }.get(field.cpp_type, -(2**31) if field.cpp_type == FieldDescriptor.CPPTYPE_INT32 else -1)
+        if field.cpp_type in (FieldDescriptor.CPPTYPE_UINT32, FieldDescriptor.CPPTYPE_UINT64):
+            value = 2**32 - 1
+        if field.is_repeated:
+            getattr(message, field.name).append(value)
+        else:
+            setattr(message, field.name, value)
+    return message
+
+
+@pytest.mark.parametrize("shape", ["empty", "junk"])
+def test_bad_input_is_never_answered_with_internal_or_unknown(mesh_up: Mesh, shape: str) -> None:
+    _, services = mesh_up
+    answers: dict[str, str] = {}
+    for service, path, request_class in _methods():
+        request = request_class() if shape == "empty" else _junk(request_class())
+        with grpc.insecure_channel(services[service][0]) as channel:
+            stub = channel.unary_unary(
+                path,
+                request_serializer=request_class.SerializeToString,
+                response_deserializer=lambda raw: raw,
+            )
+            try:
+                stub(request, timeout=10, metadata=((SUBJECT_METADATA_KEY, "someone"),))
+                answers[path] = "OK"
+            except grpc.RpcError as error:
+                answers[path] = error.code().name  # type: ignore[attr-defined]
+    assert len(answers) == len(_methods())
+    broken = {path: code for path, code in answers.items() if code in ("INTERNAL", "UNKNOWN")}
+    assert broken == {}
+    if shape == "empty":
+        assert answers["/shop.catalog.v1.CatalogService/CreateProduct"] == "INVALID_ARGUMENT"
+
+
+def test_stopping_the_mesh_stops_every_service(mesh_up: Mesh) -> None:
+    process, services = mesh_up
+    assert set(services) == SERVICES
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 0
+    assert not [name for name, (_, pid) in services.items() if _alive(pid)]
+
+
+def test_up_names_an_unknown_service(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "mesh.cli", "up", "nope", "--run-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "no such service: nope" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_token_mints_a_jwt_for_the_subject_and_scopes(tmp_path: Path) -> None:
+    minted = subprocess.run(
+        [
+            find_binary("meshctl"),
+            "token",
+            "--subject",
+            "user-1",
+            "--scope",
+            "catalog:write",
+            "--run-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.strip()
+    header = jwt.get_unverified_header(minted)
+    claims = jwt.decode(minted, options={"verify_signature": False})
+    assert header["alg"] == "RS256"
+    assert header["kid"]
+    assert (claims["sub"], claims["scope"]) == ("user-1", "catalog:write")
+    assert claims["exp"] > claims["iat"]
