@@ -253,7 +253,7 @@ def test_bad_input_is_never_answered_with_internal_or_unknown(mesh_up: Mesh, sha
                 stub(request, timeout=10, metadata=((SUBJECT_METADATA_KEY, "someone"),))
                 answers[path] = "OK"
             except grpc.RpcError as error:
-                answers[path] = error.code().name  # type: ignore[attr-defined]
+                answers[path] = error.code().name
     assert len(answers) == len(_methods())
     broken = {path: code for path, code in answers.items() if code in ("INTERNAL", "UNKNOWN")}
     assert broken == {}
