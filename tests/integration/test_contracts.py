@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from google.api import annotations_pb2, visibility_pb2
+from google.api import annotations_pb2, field_behavior_pb2, visibility_pb2
 from google.protobuf import descriptor_pb2
 
 from mesh import contracts
@@ -72,6 +72,32 @@ def test_every_rpc_is_either_public_over_http_or_internal() -> None:
     assert "shop.catalog.v1.CatalogService/CreateProduct" in public
     assert "shop.inventory.v1.InventoryService/ReserveStock" in internal
     assert {n.split(".")[1] for n in public} == set(SERVICES)
+
+
+def test_idempotency_levels_follow_what_each_rpc_does() -> None:
+    """Sidecars retry by these levels, so a read must say so and a keyed mutation too."""
+    levels = descriptor_pb2.MethodOptions.IdempotencyLevel
+    messages = {f".{f.package}.{m.name}": m for f in _descriptor_set().file for m in f.message_type}
+    for file in _descriptor_set().file:
+        for service in file.service if file.package.startswith("shop.") else ():
+            for method in service.method:
+                name = f"{service.name}/{method.name}"
+                level = method.options.idempotency_level
+                if method.name.startswith(("Get", "List", "BatchGet", "Quote")):
+                    assert level == levels.NO_SIDE_EFFECTS, name
+                request = messages[method.input_type]
+                required_key = any(
+                    f.name == "request_id"
+                    and field_behavior_pb2.REQUIRED
+                    in f.options.Extensions[field_behavior_pb2.field_behavior]
+                    for f in request.field
+                )
+                if required_key:
+                    assert level == levels.IDEMPOTENT, name
+                if level == levels.IDEMPOTENCY_UNKNOWN:
+                    assert any(f.name == "request_id" for f in request.field), (
+                        f"{name} is neither marked idempotent nor takes a request_id"
+                    )
 
 
 # buf breaking --------------------------------------------------------------------------
