@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import signal
 import sys
-import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from mesh import contracts
-from mesh.local import LocalMesh
+from mesh import contracts, control
 
 
 def _proto_gen(args: argparse.Namespace) -> int:
@@ -49,54 +45,39 @@ def _proto_breaking(args: argparse.Namespace) -> int:
     return 0
 
 
+def _root() -> Path:
+    return contracts.Workspace.find().root
+
+
+def _run_dir(args: argparse.Namespace) -> Path:
+    run_dir: Path = args.run_dir
+    return run_dir if run_dir.is_absolute() else _root() / run_dir
+
+
 def _up(args: argparse.Namespace) -> int:
-    ws = contracts.Workspace.find()
-    generated = ws.root / contracts.PYTHON_OUT / contracts.OWN_PROTO_PACKAGE
-    print(
-        f"contracts: Python package {generated.relative_to(ws.root)}/, "
-        f"descriptor set {contracts.DESCRIPTOR_SET}"
-    )
-    try:
-        mesh = LocalMesh(ws.root, args.run_dir.resolve(), args.services or None)
-    except ValueError as error:
-        print(f"meshctl up: {error}", file=sys.stderr)
-        return 2
-    if not mesh.services:
-        print("services: none defined under services/; nothing was started.")
-        return 0
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
-    mesh.start()
-    try:
-        asyncio.run(mesh.wait_ready())
-        print(f"started {len(mesh.services)} services (run directory {mesh.run_dir}):")
-        for service in mesh.services:
-            pid = service.process.pid if service.process else "-"
-            print(
-                f"  {service.name:<14} grpc://{service.address:<21} pid {pid:<8} "
-                f"log {service.log_path}"
-            )
-        example = mesh.services[0]
-        print(f"try: .venv/bin/grpcurl -plaintext {example.address} list")
-        print("ready; Ctrl-C stops every service", flush=True)
-        while not stop.wait(1.0):
-            exited = [s for s in mesh.services if s.process and s.process.poll() is not None]
-            if exited:
-                for service in exited:
-                    print(
-                        f"{service.name} exited with {service.process.returncode}; "  # type: ignore[union-attr]
-                        f"see {service.log_path}",
-                        file=sys.stderr,
-                    )
-                return 1
-        return 0
-    except (RuntimeError, TimeoutError) as error:
-        print(f"meshctl up: {error}", file=sys.stderr)
-        return 1
-    finally:
-        mesh.stop()
-        print("stopped every service", flush=True)
+    if args.detach:
+        return control.up_detached(_root(), _run_dir(args), args.config)
+    return control.supervise(_root(), _run_dir(args), args.config, foreground=True)
+
+
+def _supervise(args: argparse.Namespace) -> int:
+    return control.supervise(_root(), _run_dir(args), args.config, foreground=False)
+
+
+def _down(args: argparse.Namespace) -> int:
+    return control.down(_run_dir(args))
+
+
+def _status(args: argparse.Namespace) -> int:
+    return control.status(_run_dir(args), args.json)
+
+
+def _logs(args: argparse.Namespace) -> int:
+    return control.logs(_run_dir(args), args.service, args.lines)
+
+
+def _certs(args: argparse.Namespace) -> int:
+    return control.certs(_root(), _run_dir(args), args.config, args.rotate)
 
 
 def _token(argv: Sequence[str]) -> int:
@@ -129,10 +110,31 @@ def _parser() -> argparse.ArgumentParser:
                 help="a buf input to compare with (default: the previous commit)",
             )
 
-    up = commands.add_parser("up", help="start the mesh and say where to reach it")
-    up.add_argument("services", nargs="*", help="only these services (default: every one)")
-    up.add_argument("--run-dir", type=Path, default=Path("run"), help="state, logs, databases")
-    up.set_defaults(handler=_up)
+    def mesh_command(
+        name: str, help_text: str, handler: Callable[[argparse.Namespace], int]
+    ) -> argparse.ArgumentParser:
+        command = commands.add_parser(name, help=help_text)
+        command.add_argument(
+            "--run-dir", type=Path, default=control.DEFAULT_RUN_DIR,
+            help="the mesh's state, certificates, logs and databases (default: .mesh)",
+        )  # fmt: skip
+        command.set_defaults(handler=handler)
+        return command
+
+    up = mesh_command("up", "start the mesh, wait until healthy, say where to reach it", _up)
+    up.add_argument("--detach", action="store_true", help="return once healthy; `down` stops it")
+    up.add_argument("--config", type=Path, help="the topology (default: mesh.yaml)")
+    supervise = mesh_command("supervise", argparse.SUPPRESS, _supervise)
+    supervise.add_argument("--config", type=Path)
+    mesh_command("down", "stop a mesh started with `up --detach`", _down)
+    status = mesh_command("status", "each instance's pids, ports and health", _status)
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    logs = mesh_command("logs", "a service's logs (every instance)", _logs)
+    logs.add_argument("service")
+    logs.add_argument("-n", "--lines", type=int, default=50, help="lines per instance")
+    certs = mesh_command("certs", "the mesh CA and every certificate it issued", _certs)
+    certs.add_argument("--rotate", action="store_true", help="re-issue every leaf now")
+    certs.add_argument("--config", type=Path, help="the topology (default: mesh.yaml)")
 
     token = commands.add_parser(
         "token",
@@ -150,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         code: int = args.handler(args)
-    except contracts.ContractsError as error:
+    except (contracts.ContractsError, control.ControlError) as error:
         print(f"meshctl: {error}", file=sys.stderr)
         return 1
     return code

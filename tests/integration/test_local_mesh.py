@@ -1,20 +1,15 @@
-"""`meshctl up`: every service as its own process, called as a user would call it.
+"""Every service as its own process in a running mesh, called as a user would call it.
 
-One mesh is started for the module: each service is listed, described and called with
-grpcurl through reflection, and every RPC of every service is sent bad input, which must
-never be answered with INTERNAL or UNKNOWN.
+Each service is listed, described and called with grpcurl through reflection, and every
+RPC of every service is sent bad input, which must never be answered with INTERNAL or
+UNKNOWN. (The mesh is the session's, from conftest.py.)
 """
 
 from __future__ import annotations
 
 import importlib
 import json
-import os
-import re
-import signal
 import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,59 +22,19 @@ from google.protobuf.message import Message
 
 from mesh.binaries import find_binary
 from mesh.caller import SUBJECT_METADATA_KEY
+from tests.integration.conftest import RunningMesh
 
 pytestmark = pytest.mark.integration
 
-READY_WITHIN_SECONDS = 60
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-Mesh = tuple[subprocess.Popen[str], dict[str, tuple[str, int]]]
 SERVICES = {"catalog", "inventory", "orders", "payments", "shipping", "identity", "notifications"}
 
 
-@pytest.fixture(scope="module")
-def mesh_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
-    """`meshctl up` (every service), read until ready; stopped by pid whatever happens."""
-    run_dir = tmp_path_factory.mktemp("run")
-    process = subprocess.Popen(
-        [find_binary("meshctl"), "up", "--run-dir", str(run_dir)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    services: dict[str, tuple[str, int]] = {}
-    try:
-        assert process.stdout is not None
-        for line in process.stdout:
-            found = re.match(r"\s+(\w+)\s+grpc://(\S+)\s+pid (\d+)", line)
-            if found:
-                services[found.group(1)] = (found.group(2), int(found.group(3)))
-            if line.startswith("ready"):
-                break
-        else:
-            pytest.fail(f"meshctl up ended before ready (exit {process.wait()})")
-        yield process, services
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        for _, pid in services.values():
-            if _alive(pid):
-                os.kill(pid, signal.SIGKILL)
-        if process.stdout is not None:
-            process.stdout.close()
+def _apps(mesh: RunningMesh) -> dict[str, str]:
+    """Each service's first app address (plaintext gRPC on loopback, as the sidecar sees it)."""
+    found: dict[str, str] = {}
+    for instance in mesh.state()["instances"]:
+        found.setdefault(instance["service"], f"127.0.0.1:{instance['app_port']}")
+    return found
 
 
 def grpcurl(*args: str) -> subprocess.CompletedProcess[str]:
@@ -103,10 +58,9 @@ def call(address: str, method: str, request: dict[str, Any], *headers: str) -> d
 
 @pytest.mark.parametrize("service", sorted(SERVICES))
 def test_each_service_is_listed_and_described_through_reflection(
-    mesh_up: Mesh, service: str
+    mesh: RunningMesh, service: str
 ) -> None:
-    _, services = mesh_up
-    address, _ = services[service]
+    address = _apps(mesh)[service]
     full_name = f"shop.{service}.v1.{service.capitalize()}Service"
     listing = grpcurl(address, "list")
     assert listing.returncode == 0, listing.stderr
@@ -116,9 +70,8 @@ def test_each_service_is_listed_and_described_through_reflection(
     assert f"service {service.capitalize()}Service {{" in described.stdout
 
 
-def test_a_customer_journey_across_the_services(mesh_up: Mesh) -> None:
-    _, services = mesh_up
-    at = {name: address for name, (address, _) in services.items()}
+def test_a_customer_journey_across_the_services(mesh: RunningMesh) -> None:
+    at = _apps(mesh)
 
     user = call(
         at["identity"],
@@ -238,12 +191,14 @@ def _junk(message: Message, depth: int = 0) -> Message:
 
 
 @pytest.mark.parametrize("shape", ["empty", "junk"])
-def test_bad_input_is_never_answered_with_internal_or_unknown(mesh_up: Mesh, shape: str) -> None:
-    _, services = mesh_up
+def test_bad_input_is_never_answered_with_internal_or_unknown(
+    mesh: RunningMesh, shape: str
+) -> None:
+    apps = _apps(mesh)
     answers: dict[str, str] = {}
     for service, path, request_class in _methods():
         request = request_class() if shape == "empty" else _junk(request_class())
-        with grpc.insecure_channel(services[service][0]) as channel:
+        with grpc.insecure_channel(apps[service]) as channel:
             stub = channel.unary_unary(
                 path,
                 request_serializer=request_class.SerializeToString,
@@ -261,24 +216,16 @@ def test_bad_input_is_never_answered_with_internal_or_unknown(mesh_up: Mesh, sha
         assert answers["/shop.catalog.v1.CatalogService/CreateProduct"] == "INVALID_ARGUMENT"
 
 
-def test_stopping_the_mesh_stops_every_service(mesh_up: Mesh) -> None:
-    process, services = mesh_up
-    assert set(services) == SERVICES
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=60) == 0
-    assert not [name for name, (_, pid) in services.items() if _alive(pid)]
-
-
-def test_up_names_an_unknown_service(tmp_path: Path) -> None:
+def test_up_names_the_line_of_a_bad_topology(tmp_path: Path) -> None:
+    config = tmp_path / "mesh.yaml"
+    config.write_text("services:\n  catalog:\n    calls:\n      inventroy: {}\n  inventory: {}\n")
     result = subprocess.run(
-        [sys.executable, "-m", "mesh.cli", "up", "nope", "--run-dir", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 2
-    assert "no such service: nope" in result.stderr
+        [find_binary("meshctl"), "up", "--detach", "--config", str(config), "--run-dir",
+         str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert f"{config}:4: catalog calls unknown service 'inventroy'" in result.stderr
     assert "Traceback" not in result.stderr
 
 

@@ -1,0 +1,84 @@
+"""The shop's RPCs as the mesh needs to know them, read from the generated descriptor set.
+
+Sidecars route and retry per method, and authorize the edge per method, so the mesh reads
+from the contracts, never from a hand-kept list: each RPC's gRPC path, its
+`idempotency_level` (which decides whether a retry may repeat a request that might have
+been applied) and whether it is INTERNAL (`google.api.method_visibility`), which keeps it
+away from the edge.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from google.api import visibility_pb2
+from google.protobuf import descriptor_pb2
+
+#: Our contracts' packages are `shop.<service>.v1`.
+_PACKAGE_PREFIX = "shop."
+
+
+class Idempotency(enum.Enum):
+    """How safe it is to send a method's request again."""
+
+    NO_SIDE_EFFECTS = "no_side_effects"
+    IDEMPOTENT = "idempotent"
+    UNKNOWN = "unknown"
+
+    @property
+    def retry_safe(self) -> bool:
+        """Whether a request that may already have been applied may be sent again."""
+        return self is not Idempotency.UNKNOWN
+
+
+_LEVELS = {
+    descriptor_pb2.MethodOptions.NO_SIDE_EFFECTS: Idempotency.NO_SIDE_EFFECTS,
+    descriptor_pb2.MethodOptions.IDEMPOTENT: Idempotency.IDEMPOTENT,
+    descriptor_pb2.MethodOptions.IDEMPOTENCY_UNKNOWN: Idempotency.UNKNOWN,
+}
+
+
+@dataclass(frozen=True)
+class Method:
+    """One RPC: `/shop.catalog.v1.CatalogService/GetProduct` and what is known of it."""
+
+    path: str
+    idempotency: Idempotency
+    internal: bool
+
+
+@dataclass(frozen=True)
+class Api:
+    """Every RPC of every service, by the service's short name (`catalog`, `orders`, ...)."""
+
+    methods: Mapping[str, tuple[Method, ...]]
+
+    def of(self, service: str) -> tuple[Method, ...]:
+        return self.methods.get(service, ())
+
+    def public(self, service: str) -> tuple[Method, ...]:
+        """The methods the edge may call: every one not marked INTERNAL."""
+        return tuple(m for m in self.of(service) if not m.internal)
+
+    @classmethod
+    def from_descriptor_set(cls, path: Path) -> Api:
+        files = descriptor_pb2.FileDescriptorSet.FromString(path.read_bytes()).file
+        methods: dict[str, list[Method]] = {}
+        for file in files:
+            if not file.package.startswith(_PACKAGE_PREFIX) or not file.service:
+                continue
+            service_name = file.package.split(".")[1]
+            for service in file.service:
+                for method in service.method:
+                    visibility = method.options.Extensions[visibility_pb2.method_visibility]
+                    methods.setdefault(service_name, []).append(
+                        Method(
+                            path=f"/{file.package}.{service.name}/{method.name}",
+                            idempotency=_LEVELS[method.options.idempotency_level],
+                            internal=visibility.restriction == "INTERNAL",
+                        )
+                    )
+        return cls({name: tuple(found) for name, found in methods.items()})

@@ -1,0 +1,211 @@
+"""`meshctl up / down / status / logs / certs`: controlling a local mesh.
+
+The run directory (default `.mesh/` in the checkout) holds everything of one mesh: the
+plan, certificates, Envoy configurations, databases, logs and `state.json`, which the
+supervisor keeps current. Every command but `up` reads that state; none of them finds
+processes by name, only by the pids recorded there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from mesh import contracts
+from mesh.pki import MeshPKI, format_table
+from mesh.supervisor import (
+    STATE_FILE,
+    Supervisor,
+    SupervisorError,
+    all_pids,
+    pid_alive,
+    read_state,
+)
+from mesh.topology import Topology, TopologyError, load
+
+DEFAULT_RUN_DIR = Path(".mesh")
+TOPOLOGY_FILE = "mesh.yaml"
+#: How long `up --detach` and `down` wait for the supervisor.
+DETACH_TIMEOUT_SECONDS = 180.0
+
+
+class ControlError(RuntimeError):
+    """A command cannot do what was asked; the message says why."""
+
+
+def _topology(root: Path, config: Path | None) -> Topology:
+    try:
+        return load(config or root / TOPOLOGY_FILE)
+    except TopologyError as error:
+        raise ControlError(str(error)) from None
+
+
+def _supervisor(root: Path, run_dir: Path, config: Path | None, stream: bool) -> Supervisor:
+    descriptor_set = root / contracts.DESCRIPTOR_SET
+    if not descriptor_set.is_file():
+        raise ControlError(f"{descriptor_set} is missing: run `make gen` first")
+    return Supervisor(
+        root,
+        _topology(root, config),
+        run_dir.resolve(),
+        descriptor_set,
+        on_line=(lambda line: print(line, flush=True)) if stream else None,
+    )
+
+
+def _running_state(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        state = read_state(run_dir)
+    except FileNotFoundError:
+        return None
+    return state if pid_alive(state.get("supervisor_pid")) else None
+
+
+def supervise(root: Path, run_dir: Path, config: Path | None, *, foreground: bool) -> int:
+    """Run a mesh until SIGINT/SIGTERM (`up` in the foreground, or `supervise`)."""
+    if _running_state(run_dir) is not None:
+        raise ControlError(f"a mesh is already running from {run_dir}; `meshctl down` first")
+    supervisor = _supervisor(root, run_dir, config, stream=foreground)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        supervisor.prepare()
+        supervisor.start()
+        if foreground:
+            print(status_table(supervisor.state(check_health=True)), flush=True)
+            print("ready; Ctrl-C stops the mesh", flush=True)
+        supervisor.run(stop)
+        return 0
+    except SupervisorError as error:
+        supervisor.status = "failed"
+        print(f"meshctl: {error}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        supervisor.stop()
+        if foreground:
+            print("meshctl: stopped the mesh", flush=True)
+
+
+def up_detached(root: Path, run_dir: Path, config: Path | None) -> int:
+    """Start a supervisor in the background; return once the mesh is healthy."""
+    if _running_state(run_dir) is not None:
+        raise ControlError(f"a mesh is already running from {run_dir}; `meshctl down` first")
+    _topology(root, config)  # fail here, in the user's terminal, on a bad mesh.yaml
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / STATE_FILE).unlink(missing_ok=True)
+    log_path = run_dir / "supervisor.log"
+    argv = [sys.executable, "-m", "mesh.cli", "supervise", "--run-dir", str(run_dir.resolve())]
+    if config is not None:
+        argv += ["--config", str(config.resolve())]
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            argv, cwd=root, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    deadline = time.monotonic() + DETACH_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        code = process.poll()
+        if code is not None:
+            raise ControlError(f"the supervisor exited with {code}; see {log_path}")
+        try:
+            state = read_state(run_dir)
+        except (FileNotFoundError, json.JSONDecodeError):
+            state = {}
+        if state.get("status") == "healthy":
+            print(status_table(state))
+            print(f"supervisor pid {process.pid}; `meshctl down` stops the mesh")
+            return 0
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    raise ControlError(
+        f"the mesh was not healthy within {DETACH_TIMEOUT_SECONDS:.0f}s; see {log_path}"
+    )
+
+
+def down(run_dir: Path) -> int:
+    """Stop the supervisor (which stops the mesh); kill by pid whatever outlives it."""
+    try:
+        state = read_state(run_dir)
+    except FileNotFoundError:
+        print(f"no mesh has run from {run_dir}")
+        return 0
+    supervisor: int | None = state.get("supervisor_pid")
+    if supervisor is not None and pid_alive(supervisor):
+        os.kill(supervisor, signal.SIGTERM)
+    deadline = time.monotonic() + DETACH_TIMEOUT_SECONDS
+    while pid_alive(supervisor) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    leftovers = [pid for pid in all_pids(read_state(run_dir)) if pid_alive(pid)]
+    for pid in leftovers:
+        os.kill(pid, signal.SIGKILL)
+    print(
+        f"stopped the mesh of {run_dir}"
+        + (f" (killed {len(leftovers)} leftover processes)" if leftovers else "")
+    )
+    return 0
+
+
+def status(run_dir: Path, as_json: bool) -> int:
+    state = _running_state(run_dir)
+    if state is None:
+        print(json.dumps({"status": "down"}) if as_json else f"no mesh is running from {run_dir}")
+        return 3
+    print(json.dumps(state, indent=2) if as_json else status_table(state))
+    return 0
+
+
+def status_table(state: dict[str, Any]) -> str:
+    rows = [
+        ("SERVICE", "INSTANCE", "APP PID", "SIDECAR PID", "APP", "INBOUND", "HEALTH", "RESTARTS")
+    ]
+    for i in state["instances"]:
+        rows.append(
+            (
+                i["service"], i["instance"], str(i["app_pid"]), str(i["sidecar_pid"]),
+                f"127.0.0.1:{i['app_port']}", f"127.0.0.1:{i['inbound_port']}",
+                i["health"], str(i["restarts"]),
+            )
+        )  # fmt: skip
+    widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    nats = state["nats"]
+    lines.append(f"nats: {nats['url']} (monitor {nats['monitor']}, pid {nats['pid']})")
+    if state.get("ready_seconds") is not None:
+        lines.append(f"healthy {state['ready_seconds']:.1f}s after start; status {state['status']}")
+    return "\n".join(lines)
+
+
+def logs(run_dir: Path, service: str, lines: int) -> int:
+    paths = sorted((run_dir / "logs").glob(f"{service}-*.log"))
+    paths = [p for p in paths if not p.name.endswith(".envoy.log")]
+    if not paths:
+        raise ControlError(f"no logs of {service!r} in {run_dir / 'logs'}")
+    for path in paths:
+        instance = path.name.removesuffix(".log")
+        for line in path.read_text(errors="replace").splitlines()[-lines:]:
+            print(f"{instance:<16}| {line}")
+    return 0
+
+
+def certs(root: Path, run_dir: Path, config: Path | None, rotate: bool) -> int:
+    topology = _topology(root, config)
+    pki = MeshPKI(run_dir / "pki", topology.trust_domain, topology.namespace)
+    infos = pki.inspect()
+    if not infos:
+        raise ControlError(f"no certificates in {run_dir / 'pki'}: `meshctl up` creates them")
+    if rotate:
+        for info in infos:
+            if info.identity != "ca":
+                pki.issue(info.identity, info.instance)
+        infos = pki.inspect()
+    print(format_table(infos, datetime.now(UTC)))
+    return 0

@@ -1,0 +1,420 @@
+"""Envoy sidecar configuration, rendered from the topology, the plan and the contracts.
+
+Every service instance gets one Envoy with:
+
+* an **inbound** listener (its address is the instance's address in the mesh): mTLS
+  STRICT, a client certificate from the mesh CA whose URI SAN is a SPIFFE id of this
+  trust domain, then RBAC on that identity: the services `mesh.yaml` says call this one
+  may call any method, the edge only the public (non-INTERNAL) methods of an exposed
+  service; anyone else gets PERMISSION_DENIED. Requests go on, plaintext, to the app on
+  loopback, with the caller's identity in `x-forwarded-client-cert`.
+* one **outbound** listener per dependency, on loopback, where the app sends plaintext
+  gRPC. The sidecar balances over every replica of the dependency, opens mTLS with this
+  service's identity (and accepts only the dependency's identity), and applies the call
+  policy: timeout, retries (all retriable conditions for methods the contract marks
+  idempotent, only never-sent conditions for the others), a retry budget in place of
+  Envoy's default limit of 3 concurrent retries, outlier detection, circuit breakers.
+* certificates from SDS files in watched directories, so rotating a certificate on disk
+  reaches Envoy without a restart.
+* an admin interface on loopback only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mesh.api import Api, Method
+from mesh.binaries import find_binary
+from mesh.plan import InstancePlan, MeshPlan
+from mesh.topology import CallPolicy, Topology
+
+#: Envoy worker threads per sidecar: the mesh shares two cores with its apps.
+CONCURRENCY = 1
+
+#: The response header a sidecar adds to its own error replies when the request never
+#: reached its app (it could not connect, or had no healthy app): a caller's sidecar may
+#: then retry even a request that must not be applied twice.
+NOT_APPLIED_HEADER = "x-shop-not-applied"
+#: Envoy response flags of the replies above: upstream connection failure, no healthy
+#: upstream, upstream overflow (circuit breaker).
+_NOT_APPLIED_FLAGS = ["UF", "UH", "UO"]
+
+#: Retry conditions for requests that never reached the callee's app.
+RETRY_ON_NOT_APPLIED = "connect-failure,refused-stream,reset-before-request,retriable-headers"
+#: Retry conditions for methods the contracts mark idempotent: also failures after which
+#: the request may or may not have been applied (gRPC UNAVAILABLE and the like, resets,
+#: gateway errors including the per-try timeout).
+RETRY_ON_IDEMPOTENT = (
+    f"{RETRY_ON_NOT_APPLIED},unavailable,cancelled,resource-exhausted,reset,gateway-error"
+)
+
+_TLS = "envoy.transport_sockets.tls"
+_TLS_TYPES = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3"
+_HCM = (
+    "type.googleapis.com/envoy.extensions.filters.network"
+    ".http_connection_manager.v3.HttpConnectionManager"
+)
+_ROUTER = {
+    "name": "envoy.filters.http.router",
+    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+}
+_HTTP2_UPSTREAM = {
+    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        "explicit_http_config": {"http2_protocol_options": {}},
+    }
+}
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.3f}s"
+
+
+def _address(port: int) -> dict[str, Any]:
+    return {"socket_address": {"address": "127.0.0.1", "port_value": port}}
+
+
+def _endpoints(name: str, ports: list[int]) -> dict[str, Any]:
+    return {
+        "cluster_name": name,
+        "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _address(p)}} for p in ports]}],
+    }
+
+
+@dataclass(frozen=True)
+class SdsFiles:
+    """The SDS resource files of one sidecar and the directories Envoy watches for them."""
+
+    identity: Path
+    identity_dir: Path
+    trust: Path
+    trust_dir: Path
+
+
+def write_sds(directory: Path, cert: Path, key: Path, ca: Path) -> SdsFiles:
+    """Write the SDS resources naming `cert`/`key` (identity) and `ca` (trust)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    identity = directory / "sds-identity.yaml"
+    trust = directory / "sds-trust.yaml"
+    secret = f"{_TLS_TYPES}.Secret"
+    identity.write_text(
+        yaml.safe_dump(
+            {
+                "resources": [
+                    {
+                        "@type": secret,
+                        "name": "identity",
+                        "tls_certificate": {
+                            "certificate_chain": {"filename": str(cert)},
+                            "private_key": {"filename": str(key)},
+                        },
+                    }
+                ]
+            }
+        )
+    )
+    trust.write_text(
+        yaml.safe_dump(
+            {
+                "resources": [
+                    {
+                        "@type": secret,
+                        "name": "trust",
+                        "validation_context": {"trusted_ca": {"filename": str(ca)}},
+                    }
+                ]
+            }
+        )
+    )
+    return SdsFiles(identity, cert.parent, trust, ca.parent)
+
+
+def _sds(name: str, path: Path, watched: Path) -> dict[str, Any]:
+    return {
+        "name": name,
+        "sds_config": {
+            "path_config_source": {"path": str(path), "watched_directory": {"path": str(watched)}},
+            "resource_api_version": "V3",
+        },
+    }
+
+
+def _common_tls(sds: SdsFiles, peer_san: dict[str, str], alpn: list[str]) -> dict[str, Any]:
+    return {
+        "tls_certificate_sds_secret_configs": [_sds("identity", sds.identity, sds.identity_dir)],
+        "combined_validation_context": {
+            "default_validation_context": {
+                "match_typed_subject_alt_names": [{"san_type": "URI", "matcher": peer_san}]
+            },
+            "validation_context_sds_secret_config": _sds("trust", sds.trust, sds.trust_dir),
+        },
+        "alpn_protocols": alpn,
+    }
+
+
+def _principal(spiffe_id: str) -> dict[str, Any]:
+    return {"authenticated": {"principal_name": {"exact": spiffe_id}}}
+
+
+def _rbac(topology: Topology, api: Api, service: str) -> dict[str, Any]:
+    policies: dict[str, Any] = {}
+    callers = topology.callers_of(service)
+    if callers:
+        policies["declared-callers"] = {
+            "permissions": [{"any": True}],
+            "principals": [_principal(topology.spiffe_id(c)) for c in callers],
+        }
+    public = api.public(service)
+    if service in topology.edge.expose and public:
+        policies["edge-public-methods"] = {
+            "permissions": [{"url_path": {"path": {"exact": m.path}}} for m in public],
+            "principals": [_principal(topology.spiffe_id("edge"))],
+        }
+    return {
+        "name": "envoy.filters.http.rbac",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+            "rules": {"action": "ALLOW", "policies": policies},
+        },
+    }
+
+
+def _connection_manager(
+    stat_prefix: str, routes: list[dict[str, Any]], filters: list[dict[str, Any]], **extra: Any
+) -> dict[str, Any]:
+    return {
+        "name": "envoy.filters.network.http_connection_manager",
+        "typed_config": {
+            "@type": _HCM,
+            "stat_prefix": stat_prefix,
+            "codec_type": "AUTO",
+            "http2_protocol_options": {},
+            "route_config": {
+                "name": stat_prefix,
+                "virtual_hosts": [{"name": stat_prefix, "domains": ["*"], "routes": routes}],
+            },
+            "http_filters": [*filters, _ROUTER],
+            **extra,
+        },
+    }
+
+
+def _inbound(topology: Topology, api: Api, instance: InstancePlan, sds: SdsFiles) -> dict[str, Any]:
+    trust_domain = f"spiffe://{topology.trust_domain}/"
+    return {
+        "name": "inbound",
+        "address": _address(instance.inbound_port),
+        "filter_chains": [
+            {
+                "transport_socket": {
+                    "name": _TLS,
+                    "typed_config": {
+                        "@type": f"{_TLS_TYPES}.DownstreamTlsContext",
+                        "require_client_certificate": True,
+                        "common_tls_context": _common_tls(sds, {"prefix": trust_domain}, ["h2"]),
+                    },
+                },
+                "filters": [
+                    _connection_manager(
+                        "inbound",
+                        [
+                            {
+                                "match": {"prefix": "/"},
+                                "route": {"cluster": "local_app", "timeout": "0s"},
+                            }
+                        ],
+                        [_rbac(topology, api, instance.service)],
+                        forward_client_cert_details="SANITIZE_SET",
+                        set_current_client_cert_details={"uri": True},
+                        local_reply_config={
+                            "mappers": [
+                                {
+                                    "filter": {
+                                        "response_flag_filter": {"flags": _NOT_APPLIED_FLAGS}
+                                    },
+                                    "headers_to_add": [
+                                        {
+                                            "header": {"key": NOT_APPLIED_HEADER, "value": "1"},
+                                            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+                                        }
+                                    ],
+                                }
+                            ]
+                        },
+                    )
+                ],
+            }
+        ],
+    }
+
+
+def _retry_policy(policy: CallPolicy, method: Method | None) -> dict[str, Any]:
+    retries = policy.retries
+    safe = method is not None and method.idempotency.retry_safe
+    return {
+        "retry_on": RETRY_ON_IDEMPOTENT if safe else RETRY_ON_NOT_APPLIED,
+        "retriable_headers": [{"name": NOT_APPLIED_HEADER, "present_match": True}],
+        "num_retries": retries.attempts,
+        "per_try_timeout": _duration(retries.per_try_timeout),
+        "retry_back_off": {
+            "base_interval": _duration(retries.backoff_base),
+            "max_interval": _duration(retries.backoff_max),
+        },
+        "retry_host_predicate": [
+            {
+                "name": "envoy.retry_host_predicates.previous_hosts",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.retry.host"
+                    ".previous_hosts.v3.PreviousHostsPredicate"
+                },
+            }
+        ],
+        "host_selection_retry_max_attempts": 3,
+    }
+
+
+def _outbound_routes(dependency: str, policy: CallPolicy, api: Api) -> list[dict[str, Any]]:
+    def route(match: dict[str, Any], method: Method | None) -> dict[str, Any]:
+        return {
+            "match": match,
+            "route": {
+                "cluster": dependency,
+                "timeout": _duration(policy.timeout),
+                "retry_policy": _retry_policy(policy, method),
+            },
+        }
+
+    return [
+        *(route({"path": m.path}, m) for m in api.of(dependency)),
+        route({"prefix": "/"}, None),  # anything the contracts do not name: no risky retry
+    ]
+
+
+def _outbound(dependency: str, port: int, policy: CallPolicy, api: Api) -> dict[str, Any]:
+    return {
+        "name": f"outbound-{dependency}",
+        "address": _address(port),
+        "traffic_direction": "OUTBOUND",
+        "filter_chains": [
+            {
+                "filters": [
+                    _connection_manager(
+                        f"outbound_{dependency}", _outbound_routes(dependency, policy, api), []
+                    )
+                ]
+            }
+        ],
+    }
+
+
+def _dependency_cluster(
+    topology: Topology, plan: MeshPlan, dependency: str, policy: CallPolicy, sds: SdsFiles
+) -> dict[str, Any]:
+    retries, outliers, limits = policy.retries, policy.outlier_detection, policy.circuit_breaker
+    return {
+        "name": dependency,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "lb_policy": "LEAST_REQUEST",
+        "load_assignment": _endpoints(dependency, [i.inbound_port for i in plan.of(dependency)]),
+        "typed_extension_protocol_options": _HTTP2_UPSTREAM,
+        "circuit_breakers": {
+            "thresholds": [
+                {
+                    "priority": "DEFAULT",
+                    "max_connections": limits.max_connections,
+                    "max_pending_requests": limits.max_pending_requests,
+                    "max_requests": limits.max_requests,
+                    # The budget replaces Envoy's default of 3 concurrent retries.
+                    "retry_budget": {
+                        "budget_percent": {"value": retries.budget_percent},
+                        "min_retry_concurrency": retries.min_retry_concurrency,
+                    },
+                }
+            ]
+        },
+        "outlier_detection": {
+            "consecutive_5xx": outliers.consecutive_5xx,
+            "consecutive_gateway_failure": outliers.consecutive_gateway_failure,
+            "interval": _duration(outliers.interval),
+            "base_ejection_time": _duration(outliers.base_ejection_time),
+            "max_ejection_percent": outliers.max_ejection_percent,
+        },
+        "transport_socket": {
+            "name": _TLS,
+            "typed_config": {
+                "@type": f"{_TLS_TYPES}.UpstreamTlsContext",
+                "common_tls_context": _common_tls(
+                    sds, {"exact": topology.spiffe_id(dependency)}, ["h2"]
+                ),
+            },
+        },
+    }
+
+
+def sidecar_config(
+    topology: Topology, plan: MeshPlan, instance: InstancePlan, api: Api, sds: SdsFiles
+) -> dict[str, Any]:
+    """The Envoy bootstrap of `instance`'s sidecar."""
+    calls: Mapping[str, CallPolicy] = topology.services[instance.service].calls
+    return {
+        "node": {"id": instance.name, "cluster": instance.service},
+        "admin": {"address": _address(instance.admin_port)},
+        "static_resources": {
+            "listeners": [
+                _inbound(topology, api, instance, sds),
+                *(
+                    _outbound(dependency, instance.outbound[dependency], calls[dependency], api)
+                    for dependency in sorted(calls)
+                ),
+            ],
+            "clusters": [
+                {
+                    "name": "local_app",
+                    "type": "STATIC",
+                    "connect_timeout": "1s",
+                    "load_assignment": _endpoints("local_app", [instance.app_port]),
+                    "typed_extension_protocol_options": _HTTP2_UPSTREAM,
+                    "circuit_breakers": {
+                        "thresholds": [
+                            {
+                                "max_connections": 4096,
+                                "max_pending_requests": 4096,
+                                "max_requests": 4096,
+                            }
+                        ]
+                    },
+                },
+                *(
+                    _dependency_cluster(topology, plan, dependency, calls[dependency], sds)
+                    for dependency in sorted(calls)
+                ),
+            ],
+        },
+    }
+
+
+def write_config(config: Mapping[str, Any], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(dict(config), sort_keys=False))
+    return path
+
+
+def command(config: Path) -> list[str]:
+    """How to start an Envoy on `config` beside others on the same host."""
+    return [
+        find_binary("envoy"),
+        "--config-path",
+        str(config),
+        "--concurrency",
+        str(CONCURRENCY),
+        # Many Envoys share one host: hot restart (and its shared memory) is not used.
+        "--disable-hot-restart",
+        "--log-level",
+        "warn",
+    ]

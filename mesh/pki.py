@@ -1,0 +1,589 @@
+"""The mesh's certificates: one root CA and short-lived SPIFFE leaves for Envoy's mTLS.
+
+Every Envoy (each sidecar and the edge) presents an X.509 certificate whose only subject
+alternative name is the SPIFFE ID of its workload, `spiffe://<trust-domain>/ns/<namespace>/
+sa/<identity>`, and accepts a peer only if the peer's certificate chains to the mesh's root
+CA; RBAC then authorizes the caller by that ID. So the identity lives in the URI SAN, the
+subject CN is only a label for humans, and a certificate carries no DNS names that a
+hostname check could accept by mistake.
+
+Layout under the PKI directory (0700 directories, 0600 keys, 0644 certificates):
+
+    ca/ca.pem, ca/ca-key.pem          the root CA (EC P-256, path length 0)
+    <instance>/cert.pem, key.pem      one leaf per workload instance, e.g. catalog-0/
+
+Envoy watches each instance directory and reloads when a file is moved into it, so every
+file is written to a temporary file in the same directory, fsynced and renamed over the
+old one: Envoy never reads half a file. The key is written before the certificate; a crash
+between the two leaves a key that does not match the certificate, which `needs_renewal`
+reports, so the next `ensure` repairs it.
+
+Leaves are short-lived (a day by default) and renewed once half their life has passed;
+`ensure` reuses a certificate that is still good, so re-running `meshctl up` does not
+churn certificates. The module also makes *foreign* CAs and arbitrary leaves
+(`self_signed_ca`, `leaf`) so tests can check that Envoy refuses them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+log = logging.getLogger(__name__)
+
+#: A CA that expires sooner than this is replaced rather than reused.
+CA_RENEW_BEFORE = timedelta(days=1)
+
+#: How far in the past a new certificate starts, so a peer whose clock is a little behind
+#: does not reject it as "not yet valid".
+CLOCK_SKEW = timedelta(minutes=1)
+
+#: The name of the CA's directory; no workload instance may use it.
+CA_INSTANCE = "ca"
+
+_CERT_FILE = "cert.pem"
+_KEY_FILE = "key.pem"
+_CA_CERT_FILE = "ca.pem"
+_CA_KEY_FILE = "ca-key.pem"
+
+_DIR_MODE = 0o700
+_KEY_MODE = 0o600
+_CERT_MODE = 0o644
+
+# SPIFFE path segments and trust domains allow only these characters (SPIFFE-ID spec 2.1, 2.2).
+_TRUST_DOMAIN = re.compile(r"[a-z0-9._-]+")
+_PATH_SEGMENT = re.compile(r"[A-Za-z0-9._-]+")
+
+
+class PKIError(RuntimeError):
+    """A certificate or key on disk cannot be used."""
+
+
+@dataclass(frozen=True)
+class CertificateInfo:
+    """What `meshctl certs` shows about one certificate, as read from its file."""
+
+    identity: str
+    instance: str
+    spiffe_id: str | None
+    serial: int
+    not_before: datetime
+    not_after: datetime
+    cert_path: Path
+    key_path: Path
+
+    @property
+    def lifetime(self) -> timedelta:
+        return self.not_after - self.not_before
+
+    def remaining(self, now: datetime) -> timedelta:
+        """How long until the certificate expires (negative once it has)."""
+        return self.not_after - now
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class MeshPKI:
+    """The mesh's root CA and the leaves it issues, kept as PEM files under `directory`."""
+
+    def __init__(
+        self,
+        directory: Path,
+        trust_domain: str,
+        namespace: str,
+        *,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        if not _TRUST_DOMAIN.fullmatch(trust_domain):
+            raise ValueError(
+                f"trust domain {trust_domain!r}: use lowercase letters, digits, '.', '-', '_'"
+            )
+        _check_segment("namespace", namespace)
+        self.directory = directory
+        self.trust_domain = trust_domain
+        self.namespace = namespace
+        self._clock = clock
+
+    @property
+    def ca_path(self) -> Path:
+        """The root CA certificate: the trust bundle every Envoy validates peers against."""
+        return self.directory / CA_INSTANCE / _CA_CERT_FILE
+
+    @property
+    def ca_key_path(self) -> Path:
+        return self.directory / CA_INSTANCE / _CA_KEY_FILE
+
+    def spiffe_id(self, identity: str) -> str:
+        _check_segment("identity", identity)
+        return f"spiffe://{self.trust_domain}/ns/{self.namespace}/sa/{identity}"
+
+    def ensure_ca(self, validity: timedelta = timedelta(days=30)) -> CertificateInfo:
+        """The root CA, created if absent and reused otherwise.
+
+        A CA that expires within `CA_RENEW_BEFORE` (a day), or whose files cannot be read
+        or do not belong together, is replaced by a new one. Every leaf it issued then
+        needs renewal (`needs_renewal` checks the issuer), which `ensure` does.
+        """
+        if validity <= CA_RENEW_BEFORE:
+            raise ValueError(
+                f"a CA valid for {validity} would be replaced on every run "
+                f"(CAs are replaced {CA_RENEW_BEFORE} before they expire)"
+            )
+        now = self._clock()
+        try:
+            certificate, _ = self._load_ca()
+        except PKIError as error:
+            if self.ca_path.exists() or self.ca_key_path.exists():
+                log.warning("replacing the mesh CA: %s", error)
+        else:
+            if certificate.not_valid_after_utc - now > CA_RENEW_BEFORE:
+                return self._info(certificate, CA_INSTANCE, self.ca_path, self.ca_key_path)
+            log.warning("replacing the mesh CA, which expires %s", certificate.not_valid_after_utc)
+        _make_private_dir(self.directory)
+        _make_private_dir(self.ca_path.parent)
+        certificate = _write_ca(
+            self.ca_path, self.ca_key_path, f"{self.trust_domain} mesh root CA", now, validity
+        )
+        return self._info(certificate, CA_INSTANCE, self.ca_path, self.ca_key_path)
+
+    def service_dns_name(self, identity: str) -> str:
+        """The DNS SAN of `identity`'s certificates, `<identity>.<namespace>.svc`.
+
+        Sidecars authorize peers by the SPIFFE URI alone; the DNS name (which the SPIFFE
+        X.509-SVID format allows beside the one URI) lets ordinary TLS clients such as
+        grpcurl (`-servername`) verify a sidecar instead of skipping verification.
+        """
+        return f"{identity}.{self.namespace}.svc"
+
+    def issue(
+        self, identity: str, instance: str, validity: timedelta = timedelta(hours=24)
+    ) -> CertificateInfo:
+        """A new leaf for `identity` in `<directory>/<instance>/`, replacing any there.
+
+        The CA is created (or replaced, see `ensure_ca`) first if need be. A leaf never
+        outlives its CA: its expiry is capped at the CA's.
+        """
+        _check_instance(instance)
+        spiffe_id = self.spiffe_id(identity)
+        self.ensure_ca()
+        ca_certificate, ca_key = self._load_ca()
+        directory = self.directory / instance
+        _make_private_dir(directory)
+        certificate = _write_leaf(
+            directory / _CERT_FILE,
+            directory / _KEY_FILE,
+            ca_certificate,
+            ca_key,
+            common_name=identity,
+            sans=[
+                x509.UniformResourceIdentifier(spiffe_id),
+                x509.DNSName(self.service_dns_name(identity)),
+            ],
+            now=self._clock(),
+            validity=validity,
+        )
+        return self._info(certificate, instance, directory / _CERT_FILE, directory / _KEY_FILE)
+
+    def needs_renewal(self, info: CertificateInfo, now: datetime, fraction: float = 0.5) -> bool:
+        """Whether the certificate at `info.cert_path` should be replaced now.
+
+        True when less than `fraction` of its lifetime remains, when the certificate or
+        its key is missing, unreadable or mismatched, or when the current CA did not
+        issue it. The file is read afresh, so a stale `info` cannot hide a problem.
+        """
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"fraction must be between 0 and 1, not {fraction}")
+        try:
+            certificate = _read_certificate(info.cert_path)
+            key = _read_key(info.key_path)
+            ca_certificate = _read_certificate(self.ca_path)
+        except PKIError:
+            return True
+        if not _public_keys_match(certificate, key):
+            return True
+        try:
+            certificate.verify_directly_issued_by(ca_certificate)
+        except (ValueError, TypeError, InvalidSignature):
+            return True
+        not_before = certificate.not_valid_before_utc
+        not_after = certificate.not_valid_after_utc
+        remaining = not_after - now
+        return remaining <= timedelta(0) or remaining < (not_after - not_before) * fraction
+
+    def ensure(
+        self, identity: str, instance: str, validity: timedelta = timedelta(hours=24)
+    ) -> CertificateInfo:
+        """The leaf in `<directory>/<instance>/`, issued only if the one there is not good.
+
+        A certificate is reused when it names `identity` under the current trust domain
+        and namespace, comes from the current CA, matches its key and has more than half
+        its life left; so re-running `meshctl up` keeps certificates Envoy already loaded.
+        """
+        _check_instance(instance)
+        expected = self.spiffe_id(identity)
+        self.ensure_ca()
+        directory = self.directory / instance
+        try:
+            existing = self._read_info(instance, directory / _CERT_FILE, directory / _KEY_FILE)
+        except PKIError:
+            existing = None
+        if (
+            existing is not None
+            and existing.spiffe_id == expected
+            and not self.needs_renewal(existing, self._clock())
+        ):
+            return existing
+        return self.issue(identity, instance, validity)
+
+    def inspect(self) -> list[CertificateInfo]:
+        """The CA, then every issued leaf (by identity, then instance), read from disk.
+
+        Raises `PKIError` naming the file if a certificate cannot be read: that is a
+        problem the operator needs to see, not a row to leave out.
+        """
+        infos: list[CertificateInfo] = []
+        if self.ca_path.exists():
+            infos.append(self._read_info(CA_INSTANCE, self.ca_path, self.ca_key_path))
+        if not self.directory.is_dir():
+            return infos
+        leaves = [
+            self._read_info(entry.name, entry / _CERT_FILE, entry / _KEY_FILE)
+            for entry in self.directory.iterdir()
+            if entry.name != CA_INSTANCE and (entry / _CERT_FILE).is_file()
+        ]
+        leaves.sort(key=lambda info: (info.identity, _natural_key(info.instance)))
+        return infos + leaves
+
+    def _load_ca(self) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+        certificate = _read_certificate(self.ca_path)
+        key = _read_key(self.ca_key_path)
+        if not _public_keys_match(certificate, key):
+            raise PKIError(f"{self.ca_key_path} is not the key of {self.ca_path}")
+        return certificate, key
+
+    def _read_info(self, instance: str, cert_path: Path, key_path: Path) -> CertificateInfo:
+        return self._info(_read_certificate(cert_path), instance, cert_path, key_path)
+
+    @staticmethod
+    def _info(
+        certificate: x509.Certificate, instance: str, cert_path: Path, key_path: Path
+    ) -> CertificateInfo:
+        uris = _uri_sans(certificate)
+        return CertificateInfo(
+            identity=CA_INSTANCE if instance == CA_INSTANCE else _common_name(certificate),
+            instance=instance,
+            spiffe_id=uris[0] if uris else None,
+            serial=certificate.serial_number,
+            not_before=certificate.not_valid_before_utc,
+            not_after=certificate.not_valid_after_utc,
+            cert_path=cert_path,
+            key_path=key_path,
+        )
+
+
+def format_table(infos: list[CertificateInfo], now: datetime) -> str:
+    """The table `meshctl certs` prints: a header, then one row per certificate."""
+    header = ("IDENTITY", "INSTANCE", "SPIFFE ID", "SERIAL", "NOT AFTER", "REMAINING", "KEY")
+    rows = [header] + [
+        (
+            info.identity,
+            info.instance,
+            info.spiffe_id or "-",
+            f"{info.serial:x}"[:12],
+            info.not_after.astimezone(UTC).isoformat(timespec="seconds"),
+            _format_remaining(info.remaining(now)),
+            str(info.key_path),
+        )
+        for info in infos
+    ]
+    widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
+
+
+def self_signed_ca(
+    directory: Path, name: str, *, validity: timedelta = timedelta(days=1)
+) -> tuple[Path, Path]:
+    """A CA that is not the mesh's, as `<directory>/<name>.pem` and `<name>-key.pem`.
+
+    For tests: a client presenting a leaf from this CA must be refused by every Envoy.
+    """
+    _make_private_dir(directory)
+    cert_path, key_path = directory / f"{name}.pem", directory / f"{name}-key.pem"
+    _write_ca(cert_path, key_path, name, utc_now(), validity)
+    return cert_path, key_path
+
+
+def leaf(
+    ca_cert_path: Path,
+    ca_key_path: Path,
+    directory: Path,
+    *,
+    uri_sans: Sequence[str],
+    dns_sans: Sequence[str] = (),
+    name: str,
+    validity: timedelta = timedelta(hours=1),
+) -> tuple[Path, Path]:
+    """Any leaf signed by any CA, as `<directory>/<name>.pem` and `<name>-key.pem`.
+
+    For tests of refusals: a leaf from a foreign CA, or from the mesh CA with a SPIFFE ID
+    of another trust domain, with DNS names only, or with no SAN at all. Otherwise it
+    has the profile of a mesh leaf (CN `name`, client and server auth).
+    """
+    ca_certificate = _read_certificate(ca_cert_path)
+    ca_key = _read_key(ca_key_path)
+    _make_private_dir(directory)
+    cert_path, key_path = directory / f"{name}.pem", directory / f"{name}-key.pem"
+    sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(uri) for uri in uri_sans]
+    sans += [x509.DNSName(dns) for dns in dns_sans]
+    _write_leaf(
+        cert_path,
+        key_path,
+        ca_certificate,
+        ca_key,
+        common_name=name,
+        sans=sans,
+        now=utc_now(),
+        validity=validity,
+    )
+    return cert_path, key_path
+
+
+def _write_ca(
+    cert_path: Path, key_path: Path, common_name: str, now: datetime, validity: timedelta
+) -> x509.Certificate:
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - CLOCK_SKEW)
+        .not_valid_after(now + validity)
+        # Path length 0: the root signs leaves only, never an intermediate.
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    _write_pair(cert_path, key_path, certificate, key)
+    return certificate
+
+
+def _write_leaf(
+    cert_path: Path,
+    key_path: Path,
+    ca_certificate: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    *,
+    common_name: str,
+    sans: Sequence[x509.GeneralName],
+    now: datetime,
+    validity: timedelta,
+) -> x509.Certificate:
+    key = ec.generate_private_key(ec.SECP256R1())
+    not_after = min(now + validity, ca_certificate.not_valid_after_utc)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .issuer_name(ca_certificate.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - CLOCK_SKEW)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=True,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
+            critical=False,
+        )
+        .add_extension(_authority_key_identifier(ca_certificate), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+    )
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
+    certificate = builder.sign(ca_key, hashes.SHA256())
+    _write_pair(cert_path, key_path, certificate, key)
+    return certificate
+
+
+def _authority_key_identifier(ca_certificate: x509.Certificate) -> x509.AuthorityKeyIdentifier:
+    try:
+        ski = ca_certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
+    except x509.ExtensionNotFound:
+        public_key = ca_certificate.public_key()
+        if not isinstance(public_key, ec.EllipticCurvePublicKey):
+            raise PKIError("the CA's key is not an EC key") from None
+        return x509.AuthorityKeyIdentifier.from_issuer_public_key(public_key)
+    return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski.value)
+
+
+def _write_pair(
+    cert_path: Path,
+    key_path: Path,
+    certificate: x509.Certificate,
+    key: ec.EllipticCurvePrivateKey,
+) -> None:
+    # Key first: a watcher that sees the new certificate finds its key already in place.
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    _write_atomically(key_path, key_pem, _KEY_MODE)
+    _write_atomically(cert_path, certificate.public_bytes(serialization.Encoding.PEM), _CERT_MODE)
+
+
+def _write_atomically(path: Path, data: bytes, mode: int) -> None:
+    """Replace `path` with `data` so that readers see the old file or the new, never half.
+
+    The temporary file is created 0600 (mkstemp), so a key is never readable by others,
+    even for a moment; its final mode is set before the rename.
+    """
+    descriptor, temporary = tempfile.mkstemp(
+        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
+    )
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fchmod(file.fileno(), mode)
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    # Makes the rename itself durable: after a crash the name points at the new file.
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _make_private_dir(directory: Path) -> None:
+    directory.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+    # mkdir's mode is filtered by the umask and ignored for an existing directory.
+    os.chmod(directory, _DIR_MODE)
+
+
+def _read_certificate(path: Path) -> x509.Certificate:
+    try:
+        return x509.load_pem_x509_certificate(path.read_bytes())
+    except (OSError, ValueError) as error:
+        raise PKIError(f"{path}: not a readable PEM certificate ({error})") from error
+
+
+def _read_key(path: Path) -> ec.EllipticCurvePrivateKey:
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as error:
+        raise PKIError(f"{path}: not a readable unencrypted PEM key ({error})") from error
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise PKIError(f"{path}: not an EC private key")
+    return key
+
+
+def _public_keys_match(certificate: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> bool:
+    def spki(public_key: ec.EllipticCurvePublicKey) -> bytes:
+        return public_key.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+
+    public_key = certificate.public_key()
+    return isinstance(public_key, ec.EllipticCurvePublicKey) and spki(public_key) == spki(
+        key.public_key()
+    )
+
+
+def _uri_sans(certificate: x509.Certificate) -> list[str]:
+    try:
+        san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return []
+    return list(san.value.get_values_for_type(x509.UniformResourceIdentifier))
+
+
+def _common_name(certificate: x509.Certificate) -> str:
+    names = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    value = names[0].value if names else ""
+    return value if isinstance(value, str) else value.decode()
+
+
+def _format_remaining(remaining: timedelta) -> str:
+    if remaining <= timedelta(0):
+        return "expired"
+    minutes = int(remaining.total_seconds()) // 60
+    days, minutes = divmod(minutes, 24 * 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{days}d{hours}h" if days else f"{hours}h{minutes:02d}m"
+
+
+def _natural_key(name: str) -> tuple[tuple[int, int | str], ...]:
+    # catalog-2 sorts before catalog-10.
+    return tuple(
+        (0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", name) if part
+    )
+
+
+def _check_segment(what: str, value: str) -> None:
+    if not _PATH_SEGMENT.fullmatch(value) or value in {".", ".."}:
+        raise ValueError(f"{what} {value!r}: use letters, digits, '.', '-', '_'")
+
+
+def _check_instance(instance: str) -> None:
+    _check_segment("instance", instance)
+    if instance == CA_INSTANCE:
+        raise ValueError(f"instance name {CA_INSTANCE!r} is the CA's directory")

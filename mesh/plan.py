@@ -1,0 +1,130 @@
+"""The local layout of a mesh: which instances run, on which loopback ports.
+
+`make_plan` turns the topology into concrete instances (`catalog-0`, `orders-1`, ...) and
+ports, picking free ones unless `mesh.yaml` fixes them, so two meshes can run side by
+side. The plan is written to the run directory, where `meshctl status`, `down` and the
+tests find it.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mesh.topology import Topology
+
+PLAN_FILE = "plan.json"
+
+
+@dataclass(frozen=True)
+class InstancePlan:
+    """One replica of a service: its app and its sidecar."""
+
+    service: str
+    index: int
+    app_port: int
+    inbound_port: int
+    admin_port: int
+    outbound: Mapping[str, int] = field(default_factory=dict)
+    """Dependency name -> the port of this instance's sidecar that leads to it."""
+
+    @property
+    def name(self) -> str:
+        return f"{self.service}-{self.index}"
+
+
+@dataclass(frozen=True)
+class MeshPlan:
+    """Every instance of the mesh, plus NATS."""
+
+    run_dir: Path
+    instances: tuple[InstancePlan, ...]
+    nats_port: int
+    nats_monitor_port: int
+
+    def of(self, service: str) -> list[InstancePlan]:
+        return [i for i in self.instances if i.service == service]
+
+    def instance(self, name: str) -> InstancePlan:
+        for candidate in self.instances:
+            if candidate.name == name:
+                return candidate
+        raise KeyError(name)
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["run_dir"] = str(self.run_dir)
+        return json.dumps(data, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> MeshPlan:
+        data: dict[str, Any] = json.loads(text)
+        return cls(
+            run_dir=Path(data["run_dir"]),
+            instances=tuple(InstancePlan(**i) for i in data["instances"]),
+            nats_port=data["nats_port"],
+            nats_monitor_port=data["nats_monitor_port"],
+        )
+
+    def save(self) -> Path:
+        path = self.run_dir / PLAN_FILE
+        path.write_text(self.to_json())
+        return path
+
+    @classmethod
+    def load(cls, run_dir: Path) -> MeshPlan:
+        return cls.from_json((run_dir / PLAN_FILE).read_text())
+
+
+def free_port() -> int:
+    """A loopback port that was free a moment ago (servers refuse a taken one loudly)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class _Ports:
+    """Hands out ports: a fixed one when given, else a free one never handed out before."""
+
+    def __init__(self, pick: Callable[[], int]) -> None:
+        self._pick = pick
+        self._given: set[int] = set()
+
+    def take(self, fixed: int | None = None) -> int:
+        if fixed:
+            self._given.add(fixed)
+            return fixed
+        while (port := self._pick()) in self._given:
+            pass
+        self._given.add(port)
+        return port
+
+
+def make_plan(topology: Topology, run_dir: Path, pick: Callable[[], int] = free_port) -> MeshPlan:
+    """The instances and ports of `topology`, in start order."""
+    ports = _Ports(pick)
+    instances = []
+    for name in topology.start_order():
+        service = topology.services[name]
+        for index in range(service.replicas):
+            fixed = service.ports.for_replica(index)
+            instances.append(
+                InstancePlan(
+                    service=name,
+                    index=index,
+                    app_port=ports.take(fixed.app),
+                    inbound_port=ports.take(fixed.inbound),
+                    admin_port=ports.take(fixed.admin),
+                    outbound={dependency: ports.take() for dependency in sorted(service.calls)},
+                )
+            )
+    return MeshPlan(
+        run_dir=run_dir,
+        instances=tuple(instances),
+        nats_port=ports.take(topology.nats.port),
+        nats_monitor_port=ports.take(),
+    )

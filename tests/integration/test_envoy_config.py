@@ -1,0 +1,162 @@
+"""Sidecar configurations rendered from mesh.yaml and the contracts, checked by real Envoy."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mesh import envoy
+from mesh.api import Api
+from mesh.binaries import find_binary
+from mesh.contracts import DESCRIPTOR_SET
+from mesh.pki import MeshPKI
+from mesh.plan import MeshPlan, make_plan
+from mesh.topology import Topology, load
+from tests.integration.conftest import ROOT
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def topology() -> Topology:
+    return load(ROOT / "mesh.yaml")
+
+
+@pytest.fixture(scope="module")
+def api() -> Api:
+    return Api.from_descriptor_set(ROOT / DESCRIPTOR_SET)
+
+
+@pytest.fixture(scope="module")
+def rendered(
+    topology: Topology, api: Api, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[MeshPlan, dict[str, dict[str, Any]], dict[str, Path]]:
+    run_dir = tmp_path_factory.mktemp("run")
+    plan = make_plan(topology, run_dir)
+    pki = MeshPKI(run_dir / "pki", topology.trust_domain, topology.namespace)
+    configs, paths = {}, {}
+    for instance in plan.instances:
+        cert = pki.ensure(instance.service, instance.name)
+        sds = envoy.write_sds(run_dir / instance.name, cert.cert_path, cert.key_path, pki.ca_path)
+        configs[instance.name] = envoy.sidecar_config(topology, plan, instance, api, sds)
+        paths[instance.name] = envoy.write_config(
+            configs[instance.name], run_dir / instance.name / "envoy.yaml"
+        )
+    return plan, configs, paths
+
+
+def _walk(node: Any) -> Iterator[dict[str, Any]]:
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from _walk(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _walk(value)
+
+
+def test_real_envoy_accepts_every_sidecar_config(
+    rendered: tuple[MeshPlan, dict[str, Any], dict[str, Path]],
+) -> None:
+    _, _, paths = rendered
+    for name, path in paths.items():
+        result = subprocess.run(
+            [find_binary("envoy"), "--mode", "validate", "--config-path", str(path),
+             "--disable-hot-restart"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert result.returncode == 0, f"{name}: {result.stdout}{result.stderr}"
+
+
+def test_every_socket_is_on_loopback(
+    rendered: tuple[MeshPlan, dict[str, Any], dict[str, Path]],
+) -> None:
+    _, configs, _ = rendered
+    addresses = {
+        node["address"]
+        for config in configs.values()
+        for node in _walk(config)
+        if "port_value" in node
+    }
+    assert addresses == {"127.0.0.1"}
+
+
+def _outbound_routes(config: dict[str, Any], dependency: str) -> dict[str, dict[str, Any]]:
+    listener = next(
+        item
+        for item in config["static_resources"]["listeners"]
+        if item["name"] == f"outbound-{dependency}"
+    )
+    manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    routes = manager["route_config"]["virtual_hosts"][0]["routes"]
+    return {r["match"].get("path", "*"): r["route"] for r in routes}
+
+
+def test_retries_follow_the_idempotency_the_contracts_declare(
+    rendered: tuple[MeshPlan, dict[str, Any], dict[str, Path]],
+) -> None:
+    _, configs, _ = rendered
+    routes = _outbound_routes(configs["orders-0"], "catalog")
+    read = routes["/shop.catalog.v1.CatalogService/GetProduct"]["retry_policy"]["retry_on"]
+    create = routes["/shop.catalog.v1.CatalogService/CreateProduct"]["retry_policy"]["retry_on"]
+    unknown = routes["*"]["retry_policy"]["retry_on"]
+    assert {"unavailable", "reset", "gateway-error"} <= set(read.split(","))
+    for unsafe in (create, unknown):
+        assert set(unsafe.split(",")) == {
+            "connect-failure",
+            "refused-stream",
+            "reset-before-request",
+            "retriable-headers",
+        }
+
+
+def test_call_policy_and_budget_come_from_mesh_yaml(
+    topology: Topology, rendered: tuple[MeshPlan, dict[str, Any], dict[str, Path]]
+) -> None:
+    plan, configs, _ = rendered
+    policy = topology.services["catalog"].calls["inventory"]
+    cluster = next(
+        c for c in configs["catalog-0"]["static_resources"]["clusters"] if c["name"] == "inventory"
+    )
+    thresholds = cluster["circuit_breakers"]["thresholds"][0]
+    assert (
+        thresholds["retry_budget"]["min_retry_concurrency"] == policy.retries.min_retry_concurrency
+    )
+    assert thresholds["max_requests"] == policy.circuit_breaker.max_requests
+    assert (
+        cluster["outlier_detection"]["consecutive_5xx"] == policy.outlier_detection.consecutive_5xx
+    )
+    endpoints = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    assert [e["endpoint"]["address"]["socket_address"]["port_value"] for e in endpoints] == [
+        i.inbound_port for i in plan.of("inventory")
+    ]
+    route = _outbound_routes(configs["catalog-0"], "inventory")["*"]
+    assert route["timeout"] == f"{policy.timeout:.3f}s"
+
+
+def test_inbound_authorizes_declared_callers_and_the_edge_for_public_methods(
+    topology: Topology, api: Api, rendered: tuple[MeshPlan, dict[str, Any], dict[str, Path]]
+) -> None:
+    _, configs, _ = rendered
+    inbound = next(
+        item
+        for item in configs["inventory-0"]["static_resources"]["listeners"]
+        if item["name"] == "inbound"
+    )
+    manager = inbound["filter_chains"][0]["filters"][0]["typed_config"]
+    policies = manager["http_filters"][0]["typed_config"]["rules"]["policies"]
+    callers = policies["declared-callers"]["principals"]
+    assert [p["authenticated"]["principal_name"]["exact"] for p in callers] == [
+        "spiffe://shop.local/ns/shop/sa/catalog"
+    ]
+    edge_paths = {
+        p["url_path"]["path"]["exact"] for p in policies["edge-public-methods"]["permissions"]
+    }
+    assert edge_paths == {m.path for m in api.public("inventory")}
+    assert "/shop.inventory.v1.InventoryService/ReserveStock" not in edge_paths
+    tls = inbound["filter_chains"][0]["transport_socket"]["typed_config"]
+    assert tls["require_client_certificate"] is True

@@ -1,0 +1,276 @@
+"""The mesh runtime end to end: real Envoy sidecars, real NATS, real services, real grpcurl.
+
+Who may reach a service's inbound port (mTLS STRICT, then authorization by SPIFFE id),
+what the supervisor reports and restarts, and how the caller's sidecar retries and
+balances.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from mesh.pki import leaf, self_signed_ca
+from shop.catalog.v1 import catalog_service_pb2 as catalog_pb
+from shop.catalog.v1 import catalog_service_pb2_grpc as catalog_grpc
+from shop.inventory.v1 import inventory_service_pb2 as inventory_pb
+from shop.inventory.v1 import inventory_service_pb2_grpc as inventory_grpc
+from shop.payments.v1 import payments_service_pb2 as payments_pb
+from shop.payments.v1 import payments_service_pb2_grpc as payments_grpc
+from tests.integration.conftest import RunningMesh, grpcurl
+
+pytestmark = pytest.mark.integration
+
+SERVICES = {"catalog", "inventory", "orders", "payments", "shipping", "identity", "notifications"}
+GET_STOCK = "shop.inventory.v1.InventoryService/GetStock"
+
+
+def _tls(mesh: RunningMesh, cert: Path, key: Path) -> list[str]:
+    return ["-cacert", str(mesh.ca), "-cert", str(cert), "-key", str(key),
+            "-servername", "inventory.shop.svc"]  # fmt: skip
+
+
+def _inventory_inbound(mesh: RunningMesh) -> str:
+    return f"127.0.0.1:{mesh.instance('inventory-0')['inbound_port']}"
+
+
+def _get_stock_as(mesh: RunningMesh, cert: Path, key: Path) -> Any:
+    """GetStock at inventory-0's inbound port, presenting `cert`."""
+    return grpcurl(
+        *_tls(mesh, cert, key), "-d", '{"product_id": "p"}', _inventory_inbound(mesh), GET_STOCK
+    )
+
+
+def _outbound(mesh: RunningMesh, instance: str, dependency: str) -> str:
+    return f"127.0.0.1:{mesh.instance(instance)['outbound'][dependency]}"
+
+
+# -- status -------------------------------------------------------------------------------
+
+
+def test_status_reports_every_instance_healthy(mesh: RunningMesh) -> None:
+    state = mesh.state()
+    assert state["status"] == "healthy"
+    assert {i["service"] for i in state["instances"]} == SERVICES
+    assert [i["instance"] for i in state["instances"] if i["service"] == "inventory"] == [
+        "inventory-0",
+        "inventory-1",
+    ]
+    for instance in state["instances"]:
+        assert instance["health"] == "SERVING", instance
+        assert instance["app_pid"] != instance["sidecar_pid"]
+        assert len({instance["app_port"], instance["inbound_port"], instance["admin_port"]}) == 3
+    assert state["nats"]["url"].startswith("nats://127.0.0.1:")
+    table = mesh.meshctl("status").stdout
+    assert "inventory-1" in table
+    assert "SERVING" in table
+
+
+# -- who may call -------------------------------------------------------------------------
+
+
+def test_a_plaintext_client_is_refused(mesh: RunningMesh) -> None:
+    result = grpcurl("-plaintext", "-d", '{"product_id": "p"}', _inventory_inbound(mesh), GET_STOCK)
+    assert result.returncode != 0
+    assert "Code: NotFound" not in result.stderr
+
+
+def test_a_client_without_a_certificate_is_refused(mesh: RunningMesh) -> None:
+    result = grpcurl(
+        "-cacert", str(mesh.ca), "-servername", "inventory.shop.svc",
+        "-d", '{"product_id": "p"}', _inventory_inbound(mesh), GET_STOCK,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "Failed to dial" in result.stderr + result.stdout
+
+
+def test_a_certificate_from_another_ca_is_refused(mesh: RunningMesh, tmp_path: Path) -> None:
+    ca, ca_key = self_signed_ca(tmp_path, "impostor")
+    cert, key = leaf(
+        ca, ca_key, tmp_path, uri_sans=["spiffe://shop.local/ns/shop/sa/catalog"], name="catalog"
+    )
+    result = _get_stock_as(mesh, cert, key)
+    assert result.returncode != 0
+    assert "Failed to dial" in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(
+    ("uri_sans", "dns_sans"),
+    [(["spiffe://evil.example/ns/shop/sa/catalog"], []), ([], ["catalog.shop.svc"])],
+    ids=["foreign-trust-domain", "no-spiffe-id"],
+)
+def test_a_mesh_signed_certificate_without_a_mesh_identity_is_refused(
+    mesh: RunningMesh, tmp_path: Path, uri_sans: list[str], dns_sans: list[str]
+) -> None:
+    ca_key = mesh.run_dir / "pki" / "ca" / "ca-key.pem"
+    cert, key = leaf(mesh.ca, ca_key, tmp_path, uri_sans=uri_sans, dns_sans=dns_sans, name="x")
+    result = _get_stock_as(mesh, cert, key)
+    assert result.returncode != 0
+    assert "Failed to dial" in result.stderr + result.stdout
+
+
+def test_an_undeclared_caller_gets_permission_denied(mesh: RunningMesh) -> None:
+    # orders is a mesh identity, but mesh.yaml does not let it call inventory.
+    cert, key = mesh.pki("orders-0")
+    result = _get_stock_as(mesh, cert, key)
+    assert result.returncode != 0
+    assert "Code: PermissionDenied" in result.stderr
+
+
+def test_a_declared_caller_gets_through(mesh: RunningMesh) -> None:
+    cert, key = mesh.pki("catalog-0")
+    product = str(uuid.uuid4())
+    result = grpcurl(
+        *_tls(mesh, cert, key), "-d", json.dumps({"product_id": product, "on_hand": 3}),
+        _inventory_inbound(mesh), "shop.inventory.v1.InventoryService/SetStock",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert json.loads(result.stdout)["stock"]["onHand"] == 3
+
+
+def test_the_edge_identity_reaches_public_methods_only(mesh: RunningMesh) -> None:
+    cert, key = mesh.pki("edge")
+    public = _get_stock_as(mesh, cert, key)
+    assert "Code: NotFound" in public.stderr  # the app answered
+    reservation = {"order_id": "o", "lines": [{"product_id": "p", "quantity": 1}]}
+    internal = grpcurl(
+        *_tls(mesh, cert, key), "-d", json.dumps(reservation), _inventory_inbound(mesh),
+        "shop.inventory.v1.InventoryService/ReserveStock",
+    )  # fmt: skip
+    assert "Code: PermissionDenied" in internal.stderr
+
+
+def test_the_app_learns_its_callers_identity(mesh: RunningMesh) -> None:
+    # catalog's sidecar calls inventory for catalog; inventory's sidecar verified who it is.
+    outbound = _outbound(mesh, "catalog-0", "inventory")
+    with grpc.insecure_channel(outbound) as channel:
+        stub: Any = inventory_grpc.InventoryServiceStub(channel)
+        stock = stub.SetStock(
+            inventory_pb.SetStockRequest(product_id=str(uuid.uuid4()), on_hand=1), timeout=5
+        )
+    assert stock.stock.on_hand == 1
+    stats = mesh.stats("inventory-0")
+    tls_ok = stats.get(
+        "listener.127.0.0.1_{}.ssl.handshake".format(mesh.instance("inventory-0")["inbound_port"]),
+        0,
+    )
+    assert tls_ok > 0
+
+
+# -- resilience ---------------------------------------------------------------------------
+
+
+def test_a_transient_unavailable_is_retried_for_an_idempotent_call(mesh: RunningMesh) -> None:
+    before = mesh.stats("orders-0").get("cluster.payments.upstream_rq_retry", 0)
+    with grpc.insecure_channel(_outbound(mesh, "orders-0", "payments")) as channel:
+        stub: Any = payments_grpc.PaymentsServiceStub(channel)
+        # tok_transient fails UNAVAILABLE on the first try of a request id.
+        payment = stub.AuthorizePayment(
+            payments_pb.AuthorizePaymentRequest(
+                order_id=str(uuid.uuid4()),
+                amount={"currency_code": "EUR", "units": 5},
+                payment_token="tok_transient",
+                request_id=str(uuid.uuid4()),
+            ),
+            timeout=10,
+        ).payment
+    assert payment.status == payments_pb.PAYMENT_STATUS_AUTHORIZED
+    assert mesh.stats("orders-0")["cluster.payments.upstream_rq_retry"] >= before + 1
+
+
+def test_a_non_idempotent_call_that_may_have_been_applied_is_not_retried(
+    mesh: RunningMesh,
+) -> None:
+    """CreateProduct stalls after catalog stored the product: retrying would store it twice."""
+    inventory_pids = [
+        i["app_pid"] for i in mesh.state()["instances"] if i["service"] == "inventory"
+    ]
+    category = f"stall-{uuid.uuid4().hex[:8]}"
+    request = catalog_pb.CreateProductRequest(
+        product=catalog_pb.Product(
+            name="Tea", category=category, price={"currency_code": "EUR", "units": 2}
+        )
+    )
+    before = mesh.stats("orders-0")
+    with grpc.insecure_channel(_outbound(mesh, "orders-0", "catalog")) as channel:
+        stub: Any = catalog_grpc.CatalogServiceStub(channel)
+        for pid in inventory_pids:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(grpc.RpcError):
+                stub.CreateProduct(request, timeout=10)
+        finally:
+            for pid in inventory_pids:
+                os.kill(pid, signal.SIGCONT)
+        after = mesh.stats("orders-0")
+        assert after["cluster.catalog.upstream_rq_per_try_timeout"] > before.get(
+            "cluster.catalog.upstream_rq_per_try_timeout", 0
+        )
+        assert after.get("cluster.catalog.upstream_rq_retry", 0) == before.get(
+            "cluster.catalog.upstream_rq_retry", 0
+        )
+        deadline = time.monotonic() + 15
+        listed: list[Any] = []
+        while time.monotonic() < deadline and not listed:
+            listed = list(
+                stub.ListProducts(
+                    catalog_pb.ListProductsRequest(category=category), timeout=5
+                ).products
+            )
+            time.sleep(0.2)
+    assert len(listed) == 1  # the one try reached catalog and was applied exactly once
+
+
+def test_killing_a_replica_during_load_keeps_calls_succeeding(mesh: RunningMesh) -> None:
+    victim = mesh.instance("inventory-1")
+    product = str(uuid.uuid4())
+    outcomes: list[bool] = []
+    killed = threading.Event()
+
+    with grpc.insecure_channel(_outbound(mesh, "catalog-0", "inventory")) as channel:
+        stub: Any = inventory_grpc.InventoryServiceStub(channel)
+        stub.SetStock(inventory_pb.SetStockRequest(product_id=product, on_hand=1), timeout=5)
+        deadline = time.monotonic() + 6.0
+        calls = 0
+        while time.monotonic() < deadline and calls < 3000:
+            calls += 1
+            if calls == 100:
+                os.kill(victim["app_pid"], signal.SIGKILL)
+                killed.set()
+            try:
+                stub.GetStock(inventory_pb.GetStockRequest(product_id=product), timeout=3)
+                outcomes.append(True)
+            except grpc.RpcError:
+                outcomes.append(False)
+
+    assert killed.is_set()
+    success = sum(outcomes) / len(outcomes)
+    print(f"calls {len(outcomes)}, success {success:.4f}")
+    assert len(outcomes) >= 200
+    assert success >= 0.99
+    stats = mesh.stats("catalog-0")
+    assert (
+        stats.get("cluster.inventory.upstream_rq_retry", 0)
+        + stats.get("cluster.inventory.outlier_detection.ejections_enforced_total", 0)
+        > 0
+    )
+
+    # The supervisor restarts the killed app with backoff and says so.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        restarted = mesh.instance("inventory-1")
+        if restarted["restarts"] >= 1 and restarted["health"] == "SERVING":
+            break
+        time.sleep(0.5)
+    assert restarted["app_pid"] != victim["app_pid"]
+    assert restarted["restarts"] >= 1
+    assert restarted["health"] == "SERVING"

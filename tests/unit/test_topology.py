@@ -1,0 +1,563 @@
+"""mesh.yaml: loading, defaults and deep merging, and every mistake refused with its line."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+from textwrap import dedent
+
+import pytest
+
+from mesh.topology import (
+    DEFAULT_CALL_POLICY,
+    CallPolicy,
+    FixedPorts,
+    Topology,
+    TopologyError,
+    load,
+    parse,
+    parse_duration,
+)
+
+REPOSITORY_MESH_YAML = Path(__file__).resolve().parents[2] / "mesh.yaml"
+
+#: The example of the file format, as documented.
+EXAMPLE = """\
+trust_domain: shop.local
+namespace: shop
+defaults:
+  timeout: 2s
+  retries:
+    attempts: 2
+    per_try_timeout: 1s
+    backoff: {base: 25ms, max: 250ms}
+    budget_percent: 20
+    min_retry_concurrency: 16
+  outlier_detection:
+    consecutive_5xx: 5
+    consecutive_gateway_failure: 2
+    interval: 2s
+    base_ejection_time: 10s
+    max_ejection_percent: 50
+  circuit_breaker:
+    max_connections: 1024
+    max_pending_requests: 1024
+    max_requests: 1024
+nats:
+  port: 0
+edge:
+  port: 8080
+  expose: [catalog, orders, identity, shipping, payments, notifications, inventory]
+services:
+  inventory: {}
+  identity: {}
+  shipping: {}
+  payments: {}
+  notifications: {}
+  catalog:
+    calls:
+      inventory: {timeout: 1s}
+  orders:
+    replicas: 2
+    ports: {app: 0, inbound: 0, admin: 0}
+    calls:
+      catalog:
+        retries: {attempts: 3}
+"""
+
+
+def _error(text: str) -> TopologyError:
+    with pytest.raises(TopologyError) as caught:
+        parse(dedent(text))
+    return caught.value
+
+
+def _policy(text: str, caller: str = "a", callee: str = "b") -> CallPolicy:
+    return parse(dedent(text)).services[caller].calls[callee]
+
+
+# -- loading -----------------------------------------------------------------------------
+
+
+def test_example_loads_with_deep_merged_call_policies() -> None:
+    topology = parse(EXAMPLE)
+
+    assert (topology.trust_domain, topology.namespace) == ("shop.local", "shop")
+    assert topology.nats.port is None
+    assert topology.edge.port == 8080
+    assert topology.edge.expose[:2] == ("catalog", "orders")
+    orders = topology.services["orders"]
+    assert orders.replicas == 2
+    assert orders.ports == FixedPorts(app=None, inbound=None, admin=None)
+    assert topology.source is None
+
+    to_inventory = topology.services["catalog"].calls["inventory"]
+    assert to_inventory.timeout == 1.0
+    assert to_inventory.retries == DEFAULT_CALL_POLICY.retries
+
+    to_catalog = orders.calls["catalog"]
+    assert to_catalog.retries.attempts == 3
+    # Everything the entry does not name comes from `defaults`.
+    assert to_catalog.retries.per_try_timeout == 1.0
+    assert to_catalog.retries.backoff_max == 0.25
+    assert to_catalog.timeout == 2.0
+
+
+def test_built_in_defaults_apply_when_the_file_leaves_everything_out() -> None:
+    topology = parse("services: {a: {calls: {b: }}, b: {}}\n")
+
+    assert (topology.trust_domain, topology.namespace) == ("shop.local", "shop")
+    assert topology.services["a"].calls["b"] == DEFAULT_CALL_POLICY
+    assert topology.services["a"].replicas == 1
+    assert topology.edge.port == 8080
+    assert topology.edge.expose == ()
+    assert topology.nats.port is None
+
+
+def test_built_in_defaults_are_the_documented_values() -> None:
+    policy = DEFAULT_CALL_POLICY
+    assert policy.timeout == 2.0
+    assert dataclasses.astuple(policy.retries) == (2, 1.0, 0.025, 0.25, 20.0, 16)
+    assert dataclasses.astuple(policy.outlier_detection) == (5, 2, 2.0, 10.0, 50)
+    assert dataclasses.astuple(policy.circuit_breaker) == (1024, 1024, 1024)
+
+
+def test_merge_runs_built_ins_then_defaults_then_the_call() -> None:
+    policy = _policy(
+        """\
+        defaults:
+          retries: {backoff: {max: 1s}}
+          circuit_breaker: {max_requests: 64}
+        services:
+          a:
+            calls:
+              b: {retries: {attempts: 5, backoff: {base: 50ms}}}
+          b: {}
+        """
+    )
+    assert policy.retries.attempts == 5
+    assert policy.retries.backoff_base == 0.05
+    assert policy.retries.backoff_max == 1.0  # from defaults, untouched by the call
+    assert policy.retries.per_try_timeout == 1.0  # built in
+    assert policy.circuit_breaker.max_requests == 64
+    assert policy.circuit_breaker.max_connections == 1024
+
+
+def test_fixed_ports_are_bases_for_replicas() -> None:
+    topology = parse("services:\n  a: {replicas: 3, ports: {app: 9000, admin: 9100}}\n")
+    ports = topology.services["a"].ports
+    assert ports == FixedPorts(app=9000, inbound=None, admin=9100)
+    assert ports.for_replica(2) == FixedPorts(app=9002, inbound=None, admin=9102)
+
+
+def test_anchors_and_merge_keys_share_a_policy() -> None:
+    policy = _policy(
+        """\
+        services:
+          a:
+            calls:
+              b: &slow {timeout: 5s, retries: {per_try_timeout: 2s}}
+              c: {<<: *slow, timeout: 3s}
+          b: {}
+          c: {}
+        """,
+        callee="c",
+    )
+    assert policy.timeout == 3.0
+    assert policy.retries.per_try_timeout == 2.0
+
+
+def test_load_reads_a_real_file_and_keeps_its_path(tmp_path: Path) -> None:
+    path = tmp_path / "mesh.yaml"
+    path.write_text(EXAMPLE, encoding="utf-8")
+
+    topology = load(path)
+
+    assert topology.source == path
+    assert topology.services["orders"].replicas == 2
+
+
+def test_load_errors_name_the_file_given(tmp_path: Path) -> None:
+    path = tmp_path / "mesh.yaml"
+    path.write_text("services:\n  a: {replica: 2}\n", encoding="utf-8")
+
+    with pytest.raises(TopologyError, match=rf"^{re.escape(str(path))}:2: unknown key 'replica'"):
+        load(path)
+
+
+def test_missing_file_is_a_topology_error(tmp_path: Path) -> None:
+    path = tmp_path / "absent.yaml"
+    with pytest.raises(TopologyError, match=rf"^{re.escape(str(path))}: cannot read"):
+        load(path)
+
+
+def test_the_topology_is_immutable() -> None:
+    topology = parse(EXAMPLE)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        topology.namespace = "other"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        topology.services["x"] = topology.services["orders"]  # type: ignore[index]
+
+
+# -- queries -----------------------------------------------------------------------------
+
+
+def test_start_order_puts_callees_first_and_breaks_ties_by_name() -> None:
+    topology = parse(
+        """\
+        services:
+          zeta: {calls: {alpha: {}}}
+          mid: {calls: {zeta: {}, beta: {}}}
+          beta: {}
+          alpha: {}
+        """
+    )
+    assert topology.start_order() == ["alpha", "beta", "zeta", "mid"]
+
+
+def test_start_order_of_the_example() -> None:
+    order = parse(EXAMPLE).start_order()
+    assert order.index("inventory") < order.index("catalog") < order.index("orders")
+    assert sorted(order) == sorted(parse(EXAMPLE).services)
+
+
+def test_callers_of_lists_callers_sorted() -> None:
+    topology = parse("services: {c: {calls: {a: }}, b: {calls: {a: }}, a: {}}\n")
+    assert topology.callers_of("a") == ["b", "c"]
+    assert topology.callers_of("b") == []
+    with pytest.raises(ValueError, match="unknown service 'nope'"):
+        topology.callers_of("nope")
+
+
+def test_spiffe_ids_of_services_and_the_edge() -> None:
+    topology = parse("trust_domain: example.org\nnamespace: prod\nservices: {orders: {}}\n")
+    assert topology.spiffe_id("orders") == "spiffe://example.org/ns/prod/sa/orders"
+    assert topology.spiffe_id("edge") == "spiffe://example.org/ns/prod/sa/edge"
+    with pytest.raises(ValueError, match="unknown service 'order'"):
+        topology.spiffe_id("order")
+
+
+def test_repository_mesh_yaml_starts_inventory_then_catalog_then_orders() -> None:
+    topology = load(REPOSITORY_MESH_YAML)
+
+    order = topology.start_order()
+    assert order.index("inventory") < order.index("catalog") < order.index("orders")
+    assert set(topology.services) == {
+        "catalog",
+        "inventory",
+        "orders",
+        "payments",
+        "shipping",
+        "identity",
+        "notifications",
+    }
+    assert set(topology.edge.expose) == set(topology.services)
+    assert topology.edge.port == 8080
+    assert {name: set(s.calls) for name, s in topology.services.items() if s.calls} == {
+        "catalog": {"inventory"},
+        "orders": {"catalog"},
+    }
+    assert all(s.replicas == 1 for s in topology.services.values())
+
+
+# -- durations ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("250ms", 0.25), ("2s", 2.0), ("1.5s", 1.5), ("1m", 60.0), ("1h", 3600.0), ("0s", 0.0)],
+)
+def test_parse_duration(text: str, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["2 s", "fast", "-1s", "", "2", "1m30s", "1.s", ".5s", "2S"])
+def test_parse_duration_refuses_anything_else(text: str) -> None:
+    with pytest.raises(ValueError, match=r"negative|not a duration"):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("2 s", "'2 s' is not a duration"),
+        ("fast", "'fast' is not a duration"),
+        ("-1s", "is negative"),
+        ("2", "must be a duration with a unit"),
+        ("0s", "must be longer than zero"),
+    ],
+)
+def test_bad_durations_in_the_file_name_the_line(value: str, expected: str) -> None:
+    error = _error(f"services:\n  a:\n    calls:\n      b: {{timeout: {value}}}\n  b: {{}}\n")
+    assert error.line == 4
+    assert str(error).startswith("mesh.yaml:4: services.a.calls.b.timeout")
+    assert expected in str(error)
+
+
+# -- mistakes ----------------------------------------------------------------------------
+
+
+def test_errors_are_value_errors_with_file_and_line() -> None:
+    error = _error("services:\n  a: {replicas: 0}\n")
+    assert isinstance(error, ValueError)
+    assert (error.source, error.line) == ("mesh.yaml", 2)
+    assert str(error) == "mesh.yaml:2: services.a.replicas must be between 1 and 16, got 0"
+
+
+def test_invalid_yaml_reports_the_line_of_the_yaml_error() -> None:
+    error = _error("services:\n  a: {}\n   b: {}\n")
+    assert str(error).startswith("mesh.yaml:3: invalid YAML")
+
+
+def test_source_label_appears_in_messages() -> None:
+    with pytest.raises(TopologyError, match=r"^deploy/mesh\.yaml:1: unknown key"):
+        parse("servics: {}\n", source="deploy/mesh.yaml")
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "expected"),
+    [
+        ("servics:\n  a: {}\n", 1, "unknown key 'servics' in the topology"),
+        ("services:\n  a:\n    replica: 2\n", 3, "unknown key 'replica' in services.a"),
+        (
+            "services:\n  a: {calls: {b: {retries: {attempt: 3}}}}\n  b: {}\n",
+            2,
+            "unknown key 'attempt' in services.a.calls.b.retries",
+        ),
+        ("defaults:\n  timout: 1s\nservices: {a: {}}\n", 2, "unknown key 'timout' in defaults"),
+        ("edge: {exposed: [a]}\nservices: {a: {}}\n", 1, "unknown key 'exposed' in edge"),
+        ("services:\n  a: {ports: {apps: 9000}}\n", 2, "unknown key 'apps'"),
+    ],
+)
+def test_unknown_keys_are_refused_not_ignored(text: str, line: int, expected: str) -> None:
+    error = _error(text)
+    assert error.line == line
+    assert expected in str(error)
+
+
+def test_unknown_key_suggests_the_close_one() -> None:
+    assert "did you mean 'replicas'?" in str(_error("services:\n  a: {replica: 2}\n"))
+
+
+def test_a_key_given_twice_is_refused() -> None:
+    error = _error("services:\n  a: {}\n  a: {replicas: 2}\n")
+    assert error.line == 3
+    assert "'a' twice" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "expected"),
+    [
+        ("- a\n- b\n", 1, "the topology must be a mapping, got a list"),
+        ("services: [a, b]\n", 1, "services must be a mapping, got a list"),
+        ("services:\n  a: {replicas: two}\n", 2, "must be an integer, got a string ('two')"),
+        ("services:\n  a: {replicas: true}\n", 2, "must be an integer, got a boolean"),
+        ("services:\n  a: {replicas: 1.5}\n", 2, "must be an integer, got a number"),
+        ("services:\n  a: [b]\n", 2, "services.a must be a mapping, got a list"),
+        ("services:\n  a: {calls: [b]}\n  b: {}\n", 2, "calls must be a mapping of service"),
+        ("edge: {expose: a}\nservices: {a: {}}\n", 1, "edge.expose must be a list"),
+        ("namespace: 7\nservices: {a: {}}\n", 1, "namespace must be a string"),
+        (
+            "defaults: {retries: {budget_percent: lots}}\nservices: {a: {}}\n",
+            1,
+            "budget_percent must be a number",
+        ),
+        ("services:\n  a: !!python/object:os.system {}\n", 2, "unsupported tag"),
+    ],
+)
+def test_wrong_types_are_refused(text: str, line: int, expected: str) -> None:
+    error = _error(text)
+    assert error.line == line
+    assert expected in str(error)
+
+
+@pytest.mark.parametrize(("replicas", "ok"), [(0, False), (1, True), (16, True), (17, False)])
+def test_replicas_range(replicas: int, ok: bool) -> None:
+    text = f"services:\n  a: {{replicas: {replicas}}}\n"
+    if ok:
+        assert parse(text).services["a"].replicas == replicas
+    else:
+        assert "must be between 1 and 16" in str(_error(text))
+
+
+def test_call_to_an_unknown_service_names_it_and_the_known_ones() -> None:
+    error = _error(
+        """\
+        services:
+          inventory: {}
+          catalog:
+            calls:
+              inventroy: {timeout: 1s}
+        """
+    )
+    assert str(error) == (
+        "mesh.yaml:5: catalog calls unknown service 'inventroy' "
+        "(known: catalog, inventory); did you mean 'inventory'?"
+    )
+
+
+def test_edge_may_expose_only_known_services_once() -> None:
+    unknown = _error("edge:\n  expose:\n    - a\n    - c\nservices: {a: {}, b: {}}\n")
+    assert unknown.line == 4
+    assert "edge.expose names unknown service 'c' (known: a, b)" in str(unknown)
+
+    twice = _error("edge: {expose: [a, a]}\nservices: {a: {}}\n")
+    assert "names 'a' twice" in str(twice)
+
+
+def test_a_service_calling_itself_is_refused() -> None:
+    error = _error("services:\n  a:\n    calls:\n      a: {}\n")
+    assert str(error) == "mesh.yaml:4: a calls itself"
+
+
+def test_a_cycle_in_calls_names_its_services_and_the_closing_call() -> None:
+    error = _error(
+        """\
+        services:
+          a: {calls: {b: {}}}
+          b: {calls: {c: {}}}
+          c:
+            calls:
+              a: {}
+          d: {calls: {a: {}}}
+        """
+    )
+    assert error.line == 6
+    assert "calls form a cycle: a -> b -> c -> a" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("snippet", "expected"),
+    [
+        ("retries: {attempts: -1}", "attempts must be between 0 and 10, got -1"),
+        ("retries: {attempts: 11}", "attempts must be between 0 and 10, got 11"),
+        ("retries: {budget_percent: 101}", "budget_percent must be between 0 and 100, got 101"),
+        ("retries: {min_retry_concurrency: -1}", "min_retry_concurrency must be between 0"),
+        ("outlier_detection: {consecutive_5xx: -1}", "consecutive_5xx must be between 1"),
+        ("outlier_detection: {max_ejection_percent: 150}", "must be between 0 and 100, got 150"),
+        ("circuit_breaker: {max_requests: 0}", "max_requests must be between 1"),
+        ("retries: {backoff: {base: 1s, max: 100ms}}", "backoff.max (0.1s) is shorter"),
+    ],
+)
+def test_out_of_range_policy_values_are_refused(snippet: str, expected: str) -> None:
+    error = _error(f"services:\n  a:\n    calls:\n      b: {{{snippet}}}\n  b: {{}}\n")
+    assert error.line == 4
+    assert expected in str(error)
+
+
+def test_a_per_try_timeout_beyond_the_merged_timeout_is_refused_at_the_call() -> None:
+    # Lowering only `timeout` leaves the default per-try timeout (1s) longer than the call.
+    error = _error("services:\n  a:\n    calls:\n      b: {timeout: 500ms}\n  b: {}\n")
+    assert error.line == 4
+    assert "per_try_timeout (1s) is longer than timeout (0.5s)" in str(error)
+    # Without retries there is nothing to start, so the same timeout is fine.
+    assert _policy(
+        "services:\n  a: {calls: {b: {timeout: 500ms, retries: {attempts: 0}}}}\n  b: {}\n"
+    ).timeout == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "expected"),
+    [
+        ("edge: {port: 70000}\nservices: {a: {}}\n", 1, "edge.port must be between 0 and 65535"),
+        ("nats: {port: -1}\nservices: {a: {}}\n", 1, "nats.port must be between 0 and 65535"),
+        ("services:\n  a: {ports: {app: 65536}}\n", 2, "must be between 0 and 65535"),
+        (
+            "services:\n  a: {replicas: 3, ports: {admin: 65534}}\n",
+            2,
+            "replica 2 would listen on 65536",
+        ),
+    ],
+)
+def test_out_of_range_ports_are_refused(text: str, line: int, expected: str) -> None:
+    error = _error(text)
+    assert error.line == line
+    assert expected in str(error)
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "expected"),
+    [
+        (
+            "services:\n  a: {ports: {app: 9000}}\n  b:\n    ports: {inbound: 9000}\n",
+            4,
+            "b replica 0 inbound port 9000 collides with the a replica 0 app port 9000",
+        ),
+        (
+            "services:\n  a:\n    replicas: 2\n    ports: {app: 9000, inbound: 9001}\n",
+            4,
+            "a replica 1 app port 9001 collides with the a replica 0 inbound port 9001",
+        ),
+        (
+            "edge: {port: 9000}\nservices:\n  a: {ports: {admin: 9000}}\n",
+            3,
+            "a replica 0 admin port 9000 collides with the edge port 9000",
+        ),
+        (
+            "nats: {port: 8080}\nservices: {a: {}}\n",
+            1,
+            "nats port 8080 collides with the edge port 8080",
+        ),
+    ],
+)
+def test_fixed_ports_may_not_collide(text: str, line: int, expected: str) -> None:
+    error = _error(text)
+    assert error.line == line
+    assert expected in str(error)
+
+
+def test_free_ports_never_collide() -> None:
+    topology = parse(
+        "edge: {port: 0}\nnats: {port: 0}\n"
+        "services:\n  a: {replicas: 4, ports: {app: 0, inbound: 0, admin: 0}}\n  b: {}\n"
+    )
+    assert topology.edge.port == 0
+    assert topology.services["a"].ports == FixedPorts(None, None, None)
+
+
+@pytest.mark.parametrize(
+    "trust_domain", ["Shop.Local", "shop..local", "shop_local", "-shop.local", "shop.local.", '""']
+)
+def test_bad_trust_domains_are_refused(trust_domain: str) -> None:
+    error = _error(f"trust_domain: {trust_domain}\nservices: {{a: {{}}}}\n")
+    assert error.line == 1
+    assert "not a valid SPIFFE trust domain" in str(error)
+
+
+def test_a_dns_like_trust_domain_is_accepted() -> None:
+    assert parse("trust_domain: prod-1.example.org\nservices: {a: {}}\n").spiffe_id("a") == (
+        "spiffe://prod-1.example.org/ns/shop/sa/a"
+    )
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "# only a comment\n", "namespace: shop\n", "services:\n", "services: {}\n"],
+)
+def test_a_topology_without_services_is_refused(text: str) -> None:
+    error = _error(text)
+    assert "no services" in str(error) or "empty" in str(error)
+    assert error.line is not None
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("services:\n  edge: {}\n", "'edge' is reserved"),
+        ("services:\n  Orders: {}\n", "'Orders' is not a valid name"),
+        ("services:\n  order_v2: {}\n", "'order_v2' is not a valid name"),
+        ("namespace: Shop\nservices: {a: {}}\n", "namespace 'Shop' is not a valid name"),
+    ],
+)
+def test_names_must_be_usable_in_dns_and_spiffe_ids(text: str, expected: str) -> None:
+    assert expected in str(_error(text))
+
+
+def test_a_topology_built_by_hand_with_a_cycle_has_no_start_order() -> None:
+    good = parse("services: {a: {calls: {b: }}, b: {}}\n")
+    b = dataclasses.replace(good.services["b"], calls={"a": DEFAULT_CALL_POLICY})
+    looped = dataclasses.replace(good, services={"a": good.services["a"], "b": b})
+    assert isinstance(looped, Topology)
+    with pytest.raises(ValueError, match="cycle among: a, b"):
+        looped.start_order()
