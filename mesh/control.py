@@ -179,6 +179,13 @@ def status_table(state: dict[str, Any]) -> str:
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
     nats = state["nats"]
     lines.append(f"nats: {nats['url']} (monitor {nats['monitor']}, pid {nats['pid']})")
+    apps = sum(i.get("app_rss_kib", 0) for i in state["instances"])
+    sidecars = sum(i.get("sidecar_rss_kib", 0) for i in state["instances"])
+    total = apps + sidecars + nats.get("rss_kib", 0)
+    lines.append(
+        f"memory: {total / 1024:.0f} MiB resident (apps {apps / 1024:.0f}, "
+        f"sidecars {sidecars / 1024:.0f}, nats {nats.get('rss_kib', 0) / 1024:.0f})"
+    )
     if state.get("ready_seconds") is not None:
         lines.append(f"healthy {state['ready_seconds']:.1f}s after start; status {state['status']}")
     return "\n".join(lines)

@@ -153,6 +153,18 @@ def http_ok(url: str, timeout: float = 1.0) -> bool:
         return False
 
 
+def rss_kib(pid: int | None) -> int:
+    """Resident memory of `pid` in KiB (0 when it is not running)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
 def _now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -403,6 +415,7 @@ class Supervisor:
                 "url": f"nats://127.0.0.1:{self.plan.nats_port}",
                 "monitor": f"http://127.0.0.1:{self.plan.nats_monitor_port}",
                 "restarts": self.nats.restarts if self.nats else 0,
+                "rss_kib": rss_kib(self.nats.pid if self.nats else None),
             },
             "edge": None,
             "instances": [
@@ -418,6 +431,8 @@ class Supervisor:
                     "health": health(i),
                     "restarts": i.app.restarts + i.sidecar.restarts,
                     "last_exit": i.app.last_exit,
+                    "app_rss_kib": rss_kib(i.app.pid),
+                    "sidecar_rss_kib": rss_kib(i.sidecar.pid),
                 }
                 for i in self.instances
             ],

@@ -12,6 +12,7 @@ import os
 import signal
 import threading
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import grpc
 import pytest
 
 from mesh.pki import leaf, self_signed_ca
+from mesh.supervisor import all_pids, pid_alive
 from shop.catalog.v1 import catalog_service_pb2 as catalog_pb
 from shop.catalog.v1 import catalog_service_pb2_grpc as catalog_grpc
 from shop.inventory.v1 import inventory_service_pb2 as inventory_pb
@@ -274,3 +276,57 @@ def test_killing_a_replica_during_load_keeps_calls_succeeding(mesh: RunningMesh)
     assert restarted["app_pid"] != victim["app_pid"]
     assert restarted["restarts"] >= 1
     assert restarted["health"] == "SERVING"
+
+
+# -- operations ---------------------------------------------------------------------------
+
+
+def _serving_serial(mesh: RunningMesh, instance: str) -> str:
+    """The serial of the certificate `instance`'s sidecar presents now (Envoy admin)."""
+    port = mesh.instance(instance)["admin_port"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/certs", timeout=10) as response:
+        certificates = json.load(response)["certificates"]
+    return str(certificates[0]["cert_chain"][0]["serial_number"])
+
+
+def test_rotated_certificates_reach_the_sidecars_without_restarts(mesh: RunningMesh) -> None:
+    before = mesh.instance("inventory-0")
+    old_serial = _serving_serial(mesh, "inventory-0")
+    table = mesh.meshctl("certs", "--rotate", "--config", str(mesh.config)).stdout
+    assert "spiffe://shop.local/ns/shop/sa/inventory" in table
+    deadline = time.monotonic() + 20
+    while _serving_serial(mesh, "inventory-0") == old_serial and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _serving_serial(mesh, "inventory-0") != old_serial
+    after = mesh.instance("inventory-0")
+    assert (after["app_pid"], after["sidecar_pid"]) == (before["app_pid"], before["sidecar_pid"])
+    # mTLS still works with the new certificates on both ends.
+    cert, key = mesh.pki("catalog-0")
+    assert "Code: NotFound" in _get_stock_as(mesh, cert, key).stderr
+
+
+def test_logs_show_a_services_instances(mesh: RunningMesh) -> None:
+    output = mesh.meshctl("logs", "inventory", "--lines", "200").stdout
+    assert "inventory-0" in output
+    assert "inventory-1" in output
+    assert "serving shop.inventory.v1.InventoryService" in output
+
+
+def test_a_second_mesh_runs_beside_the_first_and_one_run_dir_runs_one_mesh(
+    mesh: RunningMesh, tmp_path: Path
+) -> None:
+    config = tmp_path / "mesh.yaml"
+    config.write_text("services:\n  inventory: {}\n  catalog:\n    calls: {inventory: {}}\n")
+    second = RunningMesh(tmp_path / "run", config)
+    started = second.meshctl("up", "--detach", "--config", str(config), check=False)
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        assert {i["instance"] for i in second.state()["instances"]} == {"inventory-0", "catalog-0"}
+        assert mesh.state()["status"] == "healthy"
+        again = second.meshctl("up", "--detach", "--config", str(config), check=False)
+        assert again.returncode == 1
+        assert "already running" in again.stderr
+    finally:
+        pids = all_pids(json.loads((second.run_dir / "state.json").read_text()))
+        second.meshctl("down")
+    assert [pid for pid in pids if pid_alive(pid)] == []
