@@ -56,12 +56,16 @@ def _run_dir(args: argparse.Namespace) -> Path:
 
 def _up(args: argparse.Namespace) -> int:
     if args.detach:
-        return control.up_detached(_root(), _run_dir(args), args.config)
-    return control.supervise(_root(), _run_dir(args), args.config, foreground=True)
+        return control.up_detached(_root(), _run_dir(args), args.config, args.edge_port)
+    return control.supervise(
+        _root(), _run_dir(args), args.config, foreground=True, edge_port=args.edge_port
+    )
 
 
 def _supervise(args: argparse.Namespace) -> int:
-    return control.supervise(_root(), _run_dir(args), args.config, foreground=False)
+    return control.supervise(
+        _root(), _run_dir(args), args.config, foreground=False, edge_port=args.edge_port
+    )
 
 
 def _down(args: argparse.Namespace) -> int:
@@ -84,6 +88,8 @@ def _token(argv: Sequence[str]) -> int:
     # The identity service owns its signing key; the command borrows its code to mint.
     from services.identity import token_cli
 
+    if not any(arg == "--run-dir" or arg.startswith("--run-dir=") for arg in argv):
+        argv = [*argv, "--run-dir", str(_root() / control.DEFAULT_RUN_DIR)]
     return token_cli.main(argv)
 
 
@@ -123,9 +129,12 @@ def _parser() -> argparse.ArgumentParser:
 
     up = mesh_command("up", "start the mesh, wait until healthy, say where to reach it", _up)
     up.add_argument("--detach", action="store_true", help="return once healthy; `down` stops it")
-    up.add_argument("--config", type=Path, help="the topology (default: mesh.yaml)")
     supervise = mesh_command("supervise", argparse.SUPPRESS, _supervise)
-    supervise.add_argument("--config", type=Path)
+    for command in (up, supervise):
+        command.add_argument("--config", type=Path, help="the topology (default: mesh.yaml)")
+        command.add_argument(
+            "--edge-port", type=int, help="the edge's port instead of mesh.yaml's (0: a free one)"
+        )
     mesh_command("down", "stop a mesh started with `up --detach`", _down)
     status = mesh_command("status", "each instance's pids, ports and health", _status)
     status.add_argument("--json", action="store_true", help="machine-readable output")

@@ -33,6 +33,11 @@ VENDORED_PROTOS = (
     "google/api/visibility.proto",
     "google/type/money.proto",
     "google/type/postal_address.proto",
+    # Not imported by our protos, but in the descriptor set so the edge's transcoder can
+    # render gRPC errors, details included, as JSON (`convert_grpc_status`).
+    "google/rpc/code.proto",
+    "google/rpc/error_details.proto",
+    "google/rpc/status.proto",
 )
 
 #: Our own protos live under this directory of the module root.

@@ -48,7 +48,9 @@ def _topology(root: Path, config: Path | None) -> Topology:
         raise ControlError(str(error)) from None
 
 
-def _supervisor(root: Path, run_dir: Path, config: Path | None, stream: bool) -> Supervisor:
+def _supervisor(
+    root: Path, run_dir: Path, config: Path | None, stream: bool, edge_port: int | None
+) -> Supervisor:
     descriptor_set = root / contracts.DESCRIPTOR_SET
     if not descriptor_set.is_file():
         raise ControlError(f"{descriptor_set} is missing: run `make gen` first")
@@ -58,6 +60,7 @@ def _supervisor(root: Path, run_dir: Path, config: Path | None, stream: bool) ->
         run_dir.resolve(),
         descriptor_set,
         on_line=(lambda line: print(line, flush=True)) if stream else None,
+        edge_port=edge_port,
     )
 
 
@@ -69,11 +72,18 @@ def _running_state(run_dir: Path) -> dict[str, Any] | None:
     return state if pid_alive(state.get("supervisor_pid")) else None
 
 
-def supervise(root: Path, run_dir: Path, config: Path | None, *, foreground: bool) -> int:
+def supervise(
+    root: Path,
+    run_dir: Path,
+    config: Path | None,
+    *,
+    foreground: bool,
+    edge_port: int | None = None,
+) -> int:
     """Run a mesh until SIGINT/SIGTERM (`up` in the foreground, or `supervise`)."""
     if _running_state(run_dir) is not None:
         raise ControlError(f"a mesh is already running from {run_dir}; `meshctl down` first")
-    supervisor = _supervisor(root, run_dir, config, stream=foreground)
+    supervisor = _supervisor(root, run_dir, config, stream=foreground, edge_port=edge_port)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
@@ -95,7 +105,9 @@ def supervise(root: Path, run_dir: Path, config: Path | None, *, foreground: boo
             print("meshctl: stopped the mesh", flush=True)
 
 
-def up_detached(root: Path, run_dir: Path, config: Path | None) -> int:
+def up_detached(
+    root: Path, run_dir: Path, config: Path | None, edge_port: int | None = None
+) -> int:
     """Start a supervisor in the background; return once the mesh is healthy."""
     if _running_state(run_dir) is not None:
         raise ControlError(f"a mesh is already running from {run_dir}; `meshctl down` first")
@@ -106,6 +118,8 @@ def up_detached(root: Path, run_dir: Path, config: Path | None) -> int:
     argv = [sys.executable, "-m", "mesh.cli", "supervise", "--run-dir", str(run_dir.resolve())]
     if config is not None:
         argv += ["--config", str(config.resolve())]
+    if edge_port is not None:
+        argv += ["--edge-port", str(edge_port)]
     with log_path.open("ab") as log:
         process = subprocess.Popen(
             argv, cwd=root, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
@@ -179,9 +193,15 @@ def status_table(state: dict[str, Any]) -> str:
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
     nats = state["nats"]
     lines.append(f"nats: {nats['url']} (monitor {nats['monitor']}, pid {nats['pid']})")
+    edge = state.get("edge")
+    if edge:
+        lines.append(
+            f"edge: {edge['url']} (REST and gRPC; {edge['url']}/docs, {edge['url']}/openapi.json;"
+            f" pid {edge['pid']})"
+        )
     apps = sum(i.get("app_rss_kib", 0) for i in state["instances"])
     sidecars = sum(i.get("sidecar_rss_kib", 0) for i in state["instances"])
-    total = apps + sidecars + nats.get("rss_kib", 0)
+    total = apps + sidecars + nats.get("rss_kib", 0) + (edge or {}).get("rss_kib", 0)
     lines.append(
         f"memory: {total / 1024:.0f} MiB resident (apps {apps / 1024:.0f}, "
         f"sidecars {sidecars / 1024:.0f}, nats {nats.get('rss_kib', 0) / 1024:.0f})"

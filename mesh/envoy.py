@@ -53,17 +53,17 @@ RETRY_ON_IDEMPOTENT = (
     f"{RETRY_ON_NOT_APPLIED},unavailable,cancelled,resource-exhausted,reset,gateway-error"
 )
 
-_TLS = "envoy.transport_sockets.tls"
-_TLS_TYPES = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3"
+TLS = "envoy.transport_sockets.tls"
+TLS_TYPES = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3"
 _HCM = (
     "type.googleapis.com/envoy.extensions.filters.network"
     ".http_connection_manager.v3.HttpConnectionManager"
 )
-_ROUTER = {
+ROUTER = {
     "name": "envoy.filters.http.router",
     "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
 }
-_HTTP2_UPSTREAM = {
+HTTP2_UPSTREAM = {
     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
         "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
         "explicit_http_config": {"http2_protocol_options": {}},
@@ -71,18 +71,20 @@ _HTTP2_UPSTREAM = {
 }
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
     return f"{seconds:.3f}s"
 
 
-def _address(port: int) -> dict[str, Any]:
+def socket_address(port: int) -> dict[str, Any]:
     return {"socket_address": {"address": "127.0.0.1", "port_value": port}}
 
 
-def _endpoints(name: str, ports: list[int]) -> dict[str, Any]:
+def endpoints(name: str, ports: list[int]) -> dict[str, Any]:
     return {
         "cluster_name": name,
-        "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _address(p)}} for p in ports]}],
+        "endpoints": [
+            {"lb_endpoints": [{"endpoint": {"address": socket_address(p)}} for p in ports]}
+        ],
     }
 
 
@@ -101,7 +103,7 @@ def write_sds(directory: Path, cert: Path, key: Path, ca: Path) -> SdsFiles:
     directory.mkdir(parents=True, exist_ok=True)
     identity = directory / "sds-identity.yaml"
     trust = directory / "sds-trust.yaml"
-    secret = f"{_TLS_TYPES}.Secret"
+    secret = f"{TLS_TYPES}.Secret"
     identity.write_text(
         yaml.safe_dump(
             {
@@ -144,7 +146,7 @@ def _sds(name: str, path: Path, watched: Path) -> dict[str, Any]:
     }
 
 
-def _common_tls(sds: SdsFiles, peer_san: dict[str, str], alpn: list[str]) -> dict[str, Any]:
+def common_tls(sds: SdsFiles, peer_san: dict[str, str], alpn: list[str]) -> dict[str, Any]:
     return {
         "tls_certificate_sds_secret_configs": [_sds("identity", sds.identity, sds.identity_dir)],
         "combined_validation_context": {
@@ -157,7 +159,23 @@ def _common_tls(sds: SdsFiles, peer_san: dict[str, str], alpn: list[str]) -> dic
     }
 
 
-def _principal(spiffe_id: str) -> dict[str, Any]:
+def loopback_cluster(name: str, port: int) -> dict[str, Any]:
+    """A plaintext HTTP/2 cluster of one process on loopback (an app behind its sidecar)."""
+    return {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": endpoints(name, [port]),
+        "typed_extension_protocol_options": HTTP2_UPSTREAM,
+        "circuit_breakers": {
+            "thresholds": [
+                {"max_connections": 4096, "max_pending_requests": 4096, "max_requests": 4096}
+            ]
+        },
+    }
+
+
+def principal(spiffe_id: str) -> dict[str, Any]:
     return {"authenticated": {"principal_name": {"exact": spiffe_id}}}
 
 
@@ -167,13 +185,13 @@ def _rbac(topology: Topology, api: Api, service: str) -> dict[str, Any]:
     if callers:
         policies["declared-callers"] = {
             "permissions": [{"any": True}],
-            "principals": [_principal(topology.spiffe_id(c)) for c in callers],
+            "principals": [principal(topology.spiffe_id(c)) for c in callers],
         }
     public = api.public(service)
     if service in topology.edge.expose and public:
         policies["edge-public-methods"] = {
             "permissions": [{"url_path": {"path": {"exact": m.path}}} for m in public],
-            "principals": [_principal(topology.spiffe_id("edge"))],
+            "principals": [principal(topology.spiffe_id("edge"))],
         }
     return {
         "name": "envoy.filters.http.rbac",
@@ -184,7 +202,7 @@ def _rbac(topology: Topology, api: Api, service: str) -> dict[str, Any]:
     }
 
 
-def _connection_manager(
+def connection_manager(
     stat_prefix: str, routes: list[dict[str, Any]], filters: list[dict[str, Any]], **extra: Any
 ) -> dict[str, Any]:
     return {
@@ -198,7 +216,7 @@ def _connection_manager(
                 "name": stat_prefix,
                 "virtual_hosts": [{"name": stat_prefix, "domains": ["*"], "routes": routes}],
             },
-            "http_filters": [*filters, _ROUTER],
+            "http_filters": [*filters, ROUTER],
             **extra,
         },
     }
@@ -208,19 +226,19 @@ def _inbound(topology: Topology, api: Api, instance: InstancePlan, sds: SdsFiles
     trust_domain = f"spiffe://{topology.trust_domain}/"
     return {
         "name": "inbound",
-        "address": _address(instance.inbound_port),
+        "address": socket_address(instance.inbound_port),
         "filter_chains": [
             {
                 "transport_socket": {
-                    "name": _TLS,
+                    "name": TLS,
                     "typed_config": {
-                        "@type": f"{_TLS_TYPES}.DownstreamTlsContext",
+                        "@type": f"{TLS_TYPES}.DownstreamTlsContext",
                         "require_client_certificate": True,
-                        "common_tls_context": _common_tls(sds, {"prefix": trust_domain}, ["h2"]),
+                        "common_tls_context": common_tls(sds, {"prefix": trust_domain}, ["h2"]),
                     },
                 },
                 "filters": [
-                    _connection_manager(
+                    connection_manager(
                         "inbound",
                         [
                             {
@@ -253,17 +271,17 @@ def _inbound(topology: Topology, api: Api, instance: InstancePlan, sds: SdsFiles
     }
 
 
-def _retry_policy(policy: CallPolicy, method: Method | None) -> dict[str, Any]:
+def retry_policy(policy: CallPolicy, method: Method | None) -> dict[str, Any]:
     retries = policy.retries
     safe = method is not None and method.idempotency.retry_safe
     return {
         "retry_on": RETRY_ON_IDEMPOTENT if safe else RETRY_ON_NOT_APPLIED,
         "retriable_headers": [{"name": NOT_APPLIED_HEADER, "present_match": True}],
         "num_retries": retries.attempts,
-        "per_try_timeout": _duration(retries.per_try_timeout),
+        "per_try_timeout": duration(retries.per_try_timeout),
         "retry_back_off": {
-            "base_interval": _duration(retries.backoff_base),
-            "max_interval": _duration(retries.backoff_max),
+            "base_interval": duration(retries.backoff_base),
+            "max_interval": duration(retries.backoff_max),
         },
         "retry_host_predicate": [
             {
@@ -284,8 +302,8 @@ def _outbound_routes(dependency: str, policy: CallPolicy, api: Api) -> list[dict
             "match": match,
             "route": {
                 "cluster": dependency,
-                "timeout": _duration(policy.timeout),
-                "retry_policy": _retry_policy(policy, method),
+                "timeout": duration(policy.timeout),
+                "retry_policy": retry_policy(policy, method),
             },
         }
 
@@ -298,12 +316,12 @@ def _outbound_routes(dependency: str, policy: CallPolicy, api: Api) -> list[dict
 def _outbound(dependency: str, port: int, policy: CallPolicy, api: Api) -> dict[str, Any]:
     return {
         "name": f"outbound-{dependency}",
-        "address": _address(port),
+        "address": socket_address(port),
         "traffic_direction": "OUTBOUND",
         "filter_chains": [
             {
                 "filters": [
-                    _connection_manager(
+                    connection_manager(
                         f"outbound_{dependency}", _outbound_routes(dependency, policy, api), []
                     )
                 ]
@@ -312,7 +330,7 @@ def _outbound(dependency: str, port: int, policy: CallPolicy, api: Api) -> dict[
     }
 
 
-def _dependency_cluster(
+def dependency_cluster(
     topology: Topology, plan: MeshPlan, dependency: str, policy: CallPolicy, sds: SdsFiles
 ) -> dict[str, Any]:
     retries, outliers, limits = policy.retries, policy.outlier_detection, policy.circuit_breaker
@@ -321,8 +339,8 @@ def _dependency_cluster(
         "type": "STATIC",
         "connect_timeout": "1s",
         "lb_policy": "LEAST_REQUEST",
-        "load_assignment": _endpoints(dependency, [i.inbound_port for i in plan.of(dependency)]),
-        "typed_extension_protocol_options": _HTTP2_UPSTREAM,
+        "load_assignment": endpoints(dependency, [i.inbound_port for i in plan.of(dependency)]),
+        "typed_extension_protocol_options": HTTP2_UPSTREAM,
         "circuit_breakers": {
             "thresholds": [
                 {
@@ -341,15 +359,15 @@ def _dependency_cluster(
         "outlier_detection": {
             "consecutive_5xx": outliers.consecutive_5xx,
             "consecutive_gateway_failure": outliers.consecutive_gateway_failure,
-            "interval": _duration(outliers.interval),
-            "base_ejection_time": _duration(outliers.base_ejection_time),
+            "interval": duration(outliers.interval),
+            "base_ejection_time": duration(outliers.base_ejection_time),
             "max_ejection_percent": outliers.max_ejection_percent,
         },
         "transport_socket": {
-            "name": _TLS,
+            "name": TLS,
             "typed_config": {
-                "@type": f"{_TLS_TYPES}.UpstreamTlsContext",
-                "common_tls_context": _common_tls(
+                "@type": f"{TLS_TYPES}.UpstreamTlsContext",
+                "common_tls_context": common_tls(
                     sds, {"exact": topology.spiffe_id(dependency)}, ["h2"]
                 ),
             },
@@ -364,7 +382,7 @@ def sidecar_config(
     calls: Mapping[str, CallPolicy] = topology.services[instance.service].calls
     return {
         "node": {"id": instance.name, "cluster": instance.service},
-        "admin": {"address": _address(instance.admin_port)},
+        "admin": {"address": socket_address(instance.admin_port)},
         "static_resources": {
             "listeners": [
                 _inbound(topology, api, instance, sds),
@@ -374,24 +392,9 @@ def sidecar_config(
                 ),
             ],
             "clusters": [
-                {
-                    "name": "local_app",
-                    "type": "STATIC",
-                    "connect_timeout": "1s",
-                    "load_assignment": _endpoints("local_app", [instance.app_port]),
-                    "typed_extension_protocol_options": _HTTP2_UPSTREAM,
-                    "circuit_breakers": {
-                        "thresholds": [
-                            {
-                                "max_connections": 4096,
-                                "max_pending_requests": 4096,
-                                "max_requests": 4096,
-                            }
-                        ]
-                    },
-                },
+                loopback_cluster("local_app", instance.app_port),
                 *(
-                    _dependency_cluster(topology, plan, dependency, calls[dependency], sds)
+                    dependency_cluster(topology, plan, dependency, calls[dependency], sds)
                     for dependency in sorted(calls)
                 ),
             ],

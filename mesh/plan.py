@@ -38,13 +38,23 @@ class InstancePlan:
 
 
 @dataclass(frozen=True)
+class EdgePlan:
+    """The edge Envoy's ports, and its companion's (reflection and health)."""
+
+    port: int
+    admin_port: int
+    companion_port: int
+
+
+@dataclass(frozen=True)
 class MeshPlan:
-    """Every instance of the mesh, plus NATS."""
+    """Every instance of the mesh, plus NATS and the edge (when something is exposed)."""
 
     run_dir: Path
     instances: tuple[InstancePlan, ...]
     nats_port: int
     nats_monitor_port: int
+    edge: EdgePlan | None = None
 
     def of(self, service: str) -> list[InstancePlan]:
         return [i for i in self.instances if i.service == service]
@@ -68,6 +78,7 @@ class MeshPlan:
             instances=tuple(InstancePlan(**i) for i in data["instances"]),
             nats_port=data["nats_port"],
             nats_monitor_port=data["nats_monitor_port"],
+            edge=EdgePlan(**data["edge"]) if data.get("edge") else None,
         )
 
     def save(self) -> Path:
@@ -104,8 +115,17 @@ class _Ports:
         return port
 
 
-def make_plan(topology: Topology, run_dir: Path, pick: Callable[[], int] = free_port) -> MeshPlan:
-    """The instances and ports of `topology`, in start order."""
+def make_plan(
+    topology: Topology,
+    run_dir: Path,
+    pick: Callable[[], int] = free_port,
+    *,
+    edge_port: int | None = None,
+) -> MeshPlan:
+    """The instances and ports of `topology`, in start order.
+
+    `edge_port` overrides `edge.port` of the topology (0 picks a free port).
+    """
     ports = _Ports(pick)
     instances = []
     for name in topology.start_order():
@@ -122,9 +142,16 @@ def make_plan(topology: Topology, run_dir: Path, pick: Callable[[], int] = free_
                     outbound={dependency: ports.take() for dependency in sorted(service.calls)},
                 )
             )
+    edge = None
+    if topology.edge.expose:
+        port = topology.edge.port if edge_port is None else edge_port
+        edge = EdgePlan(
+            port=ports.take(port or None), admin_port=ports.take(), companion_port=ports.take()
+        )
     return MeshPlan(
         run_dir=run_dir,
         instances=tuple(instances),
         nats_port=ports.take(topology.nats.port),
         nats_monitor_port=ports.take(),
+        edge=edge,
     )

@@ -38,7 +38,7 @@ from typing import IO, Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from mesh import envoy
+from mesh import edge, envoy
 from mesh.api import Api
 from mesh.binaries import find_binary
 from mesh.pki import MeshPKI
@@ -193,15 +193,19 @@ class Supervisor:
         descriptor_set: Path,
         *,
         on_line: Callable[[str], None] | None = None,
+        edge_port: int | None = None,
     ) -> None:
         self.root = root
         self.topology = topology
         self.run_dir = run_dir
+        self.descriptor_set = descriptor_set
         self.api = Api.from_descriptor_set(descriptor_set)
         self.pki = MeshPKI(run_dir / "pki", topology.trust_domain, topology.namespace)
-        self.plan: MeshPlan = make_plan(topology, run_dir)
+        self.plan: MeshPlan = make_plan(topology, run_dir, edge_port=edge_port)
         self.instances: list[Instance] = []
         self.nats: ManagedProcess | None = None
+        self.edge_envoy: ManagedProcess | None = None
+        self.edge_companion: ManagedProcess | None = None
         self.status = "starting"
         self.ready_seconds: float | None = None
         self._started = time.monotonic()
@@ -247,6 +251,8 @@ class Supervisor:
                 f"{plan.name}-sidecar", envoy.command(config), logs / f"{plan.name}.envoy.log"
             )
             self.instances.append(Instance(plan, app, sidecar))
+        if self.plan.edge is not None:
+            self._prepare_edge(logs)
         jetstream = self.run_dir / "nats"
         self.nats = ManagedProcess(
             "nats",
@@ -261,6 +267,40 @@ class Supervisor:
             ],
             logs / "nats.log",
         )  # fmt: skip
+
+    def _prepare_edge(self, logs: Path) -> None:
+        assert self.plan.edge is not None
+        directory = self.run_dir / "edge"
+        rules = edge.resolve_rules(self.topology, self.api)
+        files = edge.write_files(
+            directory, self.descriptor_set, self.topology, rules, self.plan.edge
+        )
+        cert = self.pki.ensure("edge", "edge")
+        sds = envoy.write_sds(directory, cert.cert_path, cert.key_path, self.pki.ca_path)
+        config = envoy.write_config(
+            edge.edge_config(self.topology, self.plan, self.api, sds, files),
+            directory / "envoy.yaml",
+        )
+        self.edge_envoy = ManagedProcess("edge", envoy.command(config), logs / "edge.envoy.log")
+        services = sorted({m.path.split("/")[1] for ms in rules.exposed.values() for m in ms})
+        self.edge_companion = ManagedProcess(
+            "edge-companion",
+            [
+                sys.executable, "-m", "mesh.edge_companion",
+                "--port", str(self.plan.edge.companion_port),
+                "--descriptor-set", str(files.descriptor_set),
+                *(arg for service in services for arg in ("--service", service)),
+            ],
+            logs / "edge.log",
+        )  # fmt: skip
+
+    def edge_ready(self) -> bool:
+        assert self.plan.edge is not None
+        return (
+            app_serving(self.plan.edge.companion_port)
+            and http_ok(f"http://127.0.0.1:{self.plan.edge.admin_port}/ready")
+            and edge.jwks_fetched(self.plan.edge.admin_port)
+        )
 
     # -- start ----------------------------------------------------------------------------
 
@@ -308,6 +348,10 @@ class Supervisor:
                 return all(self.instance_ready(i) for i in group)
 
             self._wait(service, group_ready, processes)
+        if self.edge_envoy is not None and self.edge_companion is not None:
+            self.edge_companion.start(self.root)
+            self.edge_envoy.start(self.root)
+            self._wait("edge", self.edge_ready, [self.edge_envoy, self.edge_companion])
         self.ready_seconds = time.monotonic() - self._started
         self.status = "healthy"
         self.write_state()
@@ -320,6 +364,9 @@ class Supervisor:
         for instance in self.instances:
             yield instance.app
             yield instance.sidecar
+        for part in (self.edge_envoy, self.edge_companion):
+            if part is not None:
+                yield part
 
     def tend(self) -> None:
         """Restart what exited (after its backoff) and bring up what is due."""
@@ -356,6 +403,9 @@ class Supervisor:
         """Stop callers before what they call, then NATS; SIGKILL what outlives the grace."""
         self.status = "stopping"
         self.write_state()
+        for part in (self.edge_envoy, self.edge_companion):
+            if part is not None:
+                part.terminate()
         order = {name: rank for rank, name in enumerate(self.topology.start_order())}
         for instance in sorted(self.instances, key=lambda i: -order[i.plan.service]):
             instance.app.terminate()
@@ -417,7 +467,7 @@ class Supervisor:
                 "restarts": self.nats.restarts if self.nats else 0,
                 "rss_kib": rss_kib(self.nats.pid if self.nats else None),
             },
-            "edge": None,
+            "edge": self._edge_state(),
             "instances": [
                 {
                     "service": i.plan.service,
@@ -436,6 +486,18 @@ class Supervisor:
                 }
                 for i in self.instances
             ],
+        }
+
+    def _edge_state(self) -> dict[str, Any] | None:
+        if self.plan.edge is None or self.edge_envoy is None or self.edge_companion is None:
+            return None
+        return {
+            "url": f"http://127.0.0.1:{self.plan.edge.port}",
+            "pid": self.edge_envoy.pid,
+            "companion_pid": self.edge_companion.pid,
+            "admin_port": self.plan.edge.admin_port,
+            "restarts": self.edge_envoy.restarts + self.edge_companion.restarts,
+            "rss_kib": rss_kib(self.edge_envoy.pid) + rss_kib(self.edge_companion.pid),
         }
 
     def write_state(self, check_health: bool = False) -> None:
@@ -466,6 +528,8 @@ def pid_alive(pid: int | None) -> bool:
 
 def all_pids(state: dict[str, Any]) -> list[int]:
     pids = [state.get("supervisor_pid"), state["nats"].get("pid")]
+    if state.get("edge"):
+        pids += [state["edge"]["pid"], state["edge"]["companion_pid"]]
     for instance in state["instances"]:
         pids += [instance["app_pid"], instance["sidecar_pid"]]
     return [p for p in pids if p]

@@ -167,11 +167,41 @@ class NatsSettings:
 
 
 @dataclass(frozen=True)
+class EdgeAuth:
+    """Who may call what through the edge.
+
+    Methods are named `<service>.<Method>` (e.g. `catalog.CreateProduct`). A `public`
+    method needs no token; a method in `scopes` needs a token carrying that scope; every
+    other exposed method needs a valid token. `lines` remembers where each name was
+    written, so a name the contracts do not know can be reported at its line.
+    """
+
+    issuer: str = "shop-identity"
+    audience: str = "shop"
+    public: tuple[str, ...] = ()
+    scopes: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    lines: Mapping[str, int] = dataclasses.field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """A token bucket shared by every client of the edge."""
+
+    requests_per_second: int = 200
+    burst: int = 400
+
+
+@dataclass(frozen=True)
 class EdgeSettings:
-    """The edge proxy: its port (0 picks a free one) and the services it exposes."""
+    """The edge proxy: its port (0 picks a free one), what it exposes and how it guards it."""
 
     port: int
     expose: tuple[str, ...]
+    auth: EdgeAuth = EdgeAuth()
+    rate_limit: RateLimit = RateLimit()
+    max_request_bytes: int = 1_048_576
+    timeout: float = 15.0
+    cors_origins: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -448,27 +478,123 @@ class _Reader:
         return NatsSettings(port or None)
 
     def edge(self, node: Node, services: Mapping[str, Service]) -> EdgeSettings:
-        entries = self.mapping(node, "edge", {"port", "expose"}, null_is_empty=True)
+        keys = {"port", "expose", "auth", "rate_limit", "max_request_bytes", "timeout", "cors"}
+        entries = self.mapping(node, "edge", keys, null_is_empty=True)
         port = self.optional(
             entries, "port", DEFAULT_EDGE_PORT, lambda n: self.integer(n, "edge.port", 0, _MAX_PORT)
         )
         expose: list[str] = []
-        if "expose" in entries:
-            expose_node = entries["expose"][1]
-            if not isinstance(expose_node, SequenceNode) or expose_node.tag != _TAG_SEQ:
-                raise self.error(expose_node, "edge.expose must be a list of service names")
-            for item in expose_node.value:
-                name = self.string(item, "an edge.expose entry")
-                if name not in services:
-                    raise self.error(
-                        item,
-                        f"edge.expose names unknown service {name!r} "
-                        f"(known: {', '.join(sorted(services))}){_suggest(name, services)}",
-                    )
-                if name in expose:
-                    raise self.error(item, f"edge.expose names {name!r} twice")
-                expose.append(name)
-        return EdgeSettings(port, tuple(expose))
+        for item in self.sequence(entries, "expose", "edge.expose must be a list of service names"):
+            name = self.string(item, "an edge.expose entry")
+            if name not in services:
+                raise self.error(
+                    item,
+                    f"edge.expose names unknown service {name!r} "
+                    f"(known: {', '.join(sorted(services))}){_suggest(name, services)}",
+                )
+            if name in expose:
+                raise self.error(item, f"edge.expose names {name!r} twice")
+            expose.append(name)
+        return EdgeSettings(
+            port=port,
+            expose=tuple(expose),
+            auth=self.optional(entries, "auth", EdgeAuth(), lambda n: self.edge_auth(n, expose)),
+            rate_limit=self.optional(entries, "rate_limit", RateLimit(), self.rate_limit),
+            max_request_bytes=self.optional(
+                entries,
+                "max_request_bytes",
+                EdgeSettings.max_request_bytes,
+                lambda n: self.integer(n, "edge.max_request_bytes", 1024, 64 * 1_048_576),
+            ),
+            timeout=self.optional(
+                entries, "timeout", EdgeSettings.timeout, lambda n: self.duration(n, "edge.timeout")
+            ),
+            cors_origins=self.optional(entries, "cors", (), self.cors),
+        )
+
+    def sequence(self, entries: _Entries, key: str, message: str) -> list[Node]:
+        """The items of the list at `key` (none when the key is absent)."""
+        if key not in entries:
+            return []
+        node = entries[key][1]
+        if not isinstance(node, SequenceNode) or node.tag != _TAG_SEQ:
+            raise self.error(node, message)
+        return list(node.value)
+
+    def method_name(self, node: Node, where: str, expose: list[str]) -> str:
+        name = self.string(node, where)
+        service, _, method = name.partition(".")
+        if not method or not method[:1].isupper() or service not in expose:
+            raise self.error(
+                node,
+                f"{where} {name!r} must name a method of an exposed service as "
+                f"<service>.<Method> (exposed: {', '.join(sorted(expose))})",
+            )
+        return name
+
+    def edge_auth(self, node: Node, expose: list[str]) -> EdgeAuth:
+        keys = {"issuer", "audience", "public", "scopes"}
+        entries = self.mapping(node, "edge.auth", keys, null_is_empty=True)
+        lines: dict[str, int] = {}
+        public: list[str] = []
+        for item in self.sequence(entries, "public", "edge.auth.public must be a list of methods"):
+            name = self.method_name(item, "edge.auth.public entry", expose)
+            public.append(name)
+            lines[name] = _line(item)
+        scopes: dict[str, str] = {}
+        if "scopes" in entries:
+            for name, (key, value) in self.mapping(
+                entries["scopes"][1], "edge.auth.scopes", None
+            ).items():
+                method = self.method_name(key, "edge.auth.scopes key", expose)
+                if method in public:
+                    raise self.error(key, f"{method} is public; it cannot also need a scope")
+                scopes[method] = self.string(value, f"the scope of {name}")
+                lines[method] = _line(key)
+        default = EdgeAuth()
+        return EdgeAuth(
+            issuer=self.optional(
+                entries, "issuer", default.issuer, lambda n: self.string(n, "edge.auth.issuer")
+            ),
+            audience=self.optional(
+                entries,
+                "audience",
+                default.audience,
+                lambda n: self.string(n, "edge.auth.audience"),
+            ),
+            public=tuple(public),
+            scopes=MappingProxyType(scopes),
+            lines=MappingProxyType(lines),
+        )
+
+    def rate_limit(self, node: Node) -> RateLimit:
+        entries = self.mapping(node, "edge.rate_limit", {"requests_per_second", "burst"})
+        default = RateLimit()
+        rate = self.optional(
+            entries,
+            "requests_per_second",
+            default.requests_per_second,
+            lambda n: self.integer(n, "edge.rate_limit.requests_per_second", 1, 1_000_000),
+        )
+        burst = self.optional(
+            entries,
+            "burst",
+            max(default.burst, rate),
+            lambda n: self.integer(n, "edge.rate_limit.burst", 1, 10_000_000),
+        )
+        return RateLimit(rate, burst)
+
+    def cors(self, node: Node) -> tuple[str, ...]:
+        entries = self.mapping(node, "edge.cors", {"allow_origins"})
+        origins = []
+        for item in self.sequence(
+            entries, "allow_origins", "edge.cors.allow_origins must be a list"
+        ):
+            origin = self.string(item, "an edge.cors.allow_origins entry")
+            if not re.fullmatch(r"https?://[A-Za-z0-9.\-]+(:[0-9]+)?", origin):
+                raise self.error(item, f"{origin!r} is not an origin like http://localhost:3000")
+            origins.append(origin)
+        return tuple(origins)
 
     # -- call policies: each level overrides only what it names --------------------------
 

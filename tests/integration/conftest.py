@@ -1,9 +1,9 @@
-"""A real mesh for the end-to-end tests: `meshctl up --detach`, shared by a session.
+"""A real mesh for the end-to-end tests (`meshctl up --detach`), shared by a session.
 
 The topology is the repository's `mesh.yaml` with what the tests need on top: two
 inventory replicas (for load balancing and ejection) and orders calling payments (for
-retries of a transient UNAVAILABLE). The mesh is stopped with `meshctl down`, and every
-process it ran is checked by pid afterwards.
+retries of a transient UNAVAILABLE). The edge listens on a free port. The mesh is
+stopped with `meshctl down`, and every process it ran is checked by pid afterwards.
 """
 
 from __future__ import annotations
@@ -51,6 +51,16 @@ class RunningMesh:
         return directory / "cert.pem", directory / "key.pem"
 
     @property
+    def edge_url(self) -> str:
+        url: str = self.state()["edge"]["url"]
+        return url
+
+    def token(self, subject: str, *scopes: str) -> str:
+        """A token signed by this mesh's identity service (`meshctl token`)."""
+        args = [arg for scope in scopes for arg in ("--scope", scope)]
+        return self.meshctl("token", "--subject", subject, *args).stdout.strip()
+
+    @property
     def ca(self) -> Path:
         return self.run_dir / "pki" / "ca" / "ca.pem"
 
@@ -85,7 +95,9 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
     config = directory / "mesh.yaml"
     config.write_text(yaml.safe_dump(topology))
     running = RunningMesh(directory / "run", config)
-    started = running.meshctl("up", "--detach", "--config", str(config), check=False)
+    started = running.meshctl(
+        "up", "--detach", "--config", str(config), "--edge-port", "0", check=False
+    )
     pids: list[int] = []
     try:
         assert started.returncode == 0, started.stdout + started.stderr

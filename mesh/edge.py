@@ -1,0 +1,554 @@
+"""The edge Envoy: the single entry point for clients, rendered from mesh.yaml and the contracts.
+
+One loopback port speaks HTTP/1.1 and h2c. A request goes through, in order:
+
+1. header mutation: any `x-shop-subject` the client sent is dropped (only a verified
+   token may name the caller);
+2. CORS, for the origins `mesh.yaml` allows;
+3. a local rate limit (token bucket) -> 429;
+4. a body size limit -> 413;
+5. REST<->gRPC transcoding of every public RPC (`google.api.http` rules, from the
+   descriptor set), unknown query parameters refused, gRPC errors turned into their HTTP
+   status with a `google.rpc.Status` JSON body, details included. From here on REST and
+   native gRPC requests look alike: a gRPC method path;
+6. JWT authentication (RS256 from identity, checked against identity's JWKS, which the
+   edge serves itself at `/.well-known/jwks.json`): public methods take a token but do
+   not need one, every other method needs a valid one; the token's subject is passed on
+   as `x-shop-subject`;
+7. authorization by scope, per method, as `mesh.yaml` declares;
+8. routing: each public method to its service's instances, over mTLS with the edge's
+   SPIFFE identity (internal methods have no route: 404 / UNIMPLEMENTED); reflection and
+   health to the edge companion; `/openapi.json`, `/docs` and `/healthz` answered by the
+   edge itself.
+
+Every error the edge itself returns to a REST client is JSON shaped like
+`google.rpc.Status`: `{"code": <gRPC code>, "status": "<NAME>", "message": "..."}`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import swagger_ui_bundle  # type: ignore[import-untyped]
+from google.protobuf import descriptor_pb2
+
+from mesh import envoy, openapi
+from mesh.api import Api, Method
+from mesh.caller import SUBJECT_METADATA_KEY
+from mesh.plan import EdgePlan, MeshPlan
+from mesh.topology import DEFAULT_CALL_POLICY, Topology
+
+#: The edge's own pages; they need no token.
+OPENAPI_PATH = "/openapi.json"
+DOCS_PATH = "/docs"
+HEALTH_PATH = "/healthz"
+JWKS_PATH = "/.well-known/jwks.json"
+#: Swagger UI's files the docs page loads, served under /docs/.
+DOCS_ASSETS = {
+    "swagger-ui.css": "text/css",
+    "swagger-ui-bundle.js": "application/javascript",
+    "swagger-ui-standalone-preset.js": "application/javascript",
+}
+
+CLIENT_CONTENT_TYPE = "x-shop-client-content-type"
+_JWT_PROVIDER = "identity"
+_JWT_PAYLOAD = "jwt_payload"
+_JWT_FILTER = "envoy.filters.http.jwt_authn"
+_FILTERS = "type.googleapis.com/envoy.extensions.filters.http"
+
+#: HTTP statuses of the edge's own replies -> the gRPC code their JSON body carries.
+_LOCAL_REPLY_CODES = {
+    400: ("INVALID_ARGUMENT", 3),
+    401: ("UNAUTHENTICATED", 16),
+    403: ("PERMISSION_DENIED", 7),
+    404: ("NOT_FOUND", 5),
+    405: ("UNIMPLEMENTED", 12),
+    413: ("INVALID_ARGUMENT", 3),
+    429: ("RESOURCE_EXHAUSTED", 8),
+    500: ("INTERNAL", 13),
+    502: ("UNAVAILABLE", 14),
+    503: ("UNAVAILABLE", 14),
+    504: ("DEADLINE_EXCEEDED", 4),
+}
+
+
+class EdgeConfigError(ValueError):
+    """mesh.yaml's edge section does not fit the contracts."""
+
+
+@dataclass(frozen=True)
+class EdgeFiles:
+    """What the edge serves itself, rendered into the run directory."""
+
+    descriptor_set: Path
+    openapi: Path
+    docs_page: Path
+    docs_assets: Path
+
+
+@dataclass(frozen=True)
+class EdgeRules:
+    """mesh.yaml's edge auth rules, resolved to gRPC method paths."""
+
+    exposed: Mapping[str, tuple[Method, ...]]
+    public: frozenset[str]
+    scopes: Mapping[str, str]
+
+
+def resolve_rules(topology: Topology, api: Api) -> EdgeRules:
+    """The public and scoped method paths; an unknown method name is an error at its line."""
+    auth = topology.edge.auth
+    exposed = {service: api.public(service) for service in topology.edge.expose}
+    by_name = {
+        f"{service}.{m.path.rsplit('/', 1)[1]}": m.path
+        for service, methods in exposed.items()
+        for m in methods
+    }
+    source = topology.source or "mesh.yaml"
+
+    def path_of(name: str) -> str:
+        if name not in by_name:
+            line = auth.lines.get(name)
+            where = f"{source}:{line}" if line else str(source)
+            raise EdgeConfigError(f"{where}: {name} is not a public method of an exposed service")
+        return by_name[name]
+
+    public = frozenset(path_of(name) for name in auth.public)
+    scopes = {path_of(name): scope for name, scope in auth.scopes.items()}
+    jwks = by_name.get("identity.GetJwks")
+    if jwks is None or jwks not in public:
+        raise EdgeConfigError(
+            f"{source}: the edge verifies tokens with identity's JWKS, so identity must be "
+            "exposed and identity.GetJwks public"
+        )
+    return EdgeRules(exposed, public, scopes)
+
+
+#: What the edge says when its own reply would otherwise have no message.
+_DEFAULT_MESSAGES = {404: "no such route", 405: "method not allowed here"}
+
+
+def _local_reply_config() -> dict[str, Any]:
+    mappers = []
+    for status, (name, code) in sorted(_LOCAL_REPLY_CODES.items()):
+        mappers.append(
+            {
+                "filter": {
+                    "and_filter": {
+                        "filters": [
+                            {
+                                "status_code_filter": {
+                                    "comparison": {
+                                        "op": "EQ",
+                                        "value": {
+                                            "default_value": status,
+                                            "runtime_key": f"edge.{status}",
+                                        },
+                                    }
+                                }
+                            },
+                            # gRPC clients get a gRPC status (Envoy maps it); REST gets JSON.
+                            {
+                                "header_filter": {
+                                    "header": {
+                                        "name": CLIENT_CONTENT_TYPE,
+                                        "string_match": {"prefix": "application/grpc"},
+                                        "invert_match": True,
+                                        "treat_missing_header_as_empty": True,
+                                    }
+                                }
+                            },
+                        ]
+                    }
+                },
+                "body_format_override": {
+                    "json_format": {
+                        "code": code,
+                        "status": name,
+                        "message": "%LOCAL_REPLY_BODY%",
+                    },
+                    "content_type": "application/json",
+                },
+                **(
+                    {"body": {"inline_string": _DEFAULT_MESSAGES[status]}}
+                    if status in _DEFAULT_MESSAGES
+                    else {}
+                ),
+            }
+        )
+    return {"mappers": mappers}
+
+
+def _scope_regex(scope: str) -> str:
+    return f"(^|.* ){scope.replace('.', '[.]')}( .*|$)"
+
+
+def _http_filters(
+    topology: Topology, plan: EdgePlan, rules: EdgeRules, files: EdgeFiles
+) -> list[dict[str, Any]]:
+    edge = topology.edge
+    services = sorted({m.path.split("/")[1] for methods in rules.exposed.values() for m in methods})
+    public_prefixes = ["/grpc.reflection.", "/grpc.health.v1.Health/", DOCS_PATH]
+    public_paths = [*sorted(rules.public), OPENAPI_PATH, HEALTH_PATH]
+    scoped = sorted(rules.scopes.items())
+    secured_paths = sorted(
+        m.path for ms in rules.exposed.values() for m in ms if m.path not in rules.public
+    )
+    return [
+        {
+            "name": "envoy.filters.http.header_mutation",
+            "typed_config": {
+                "@type": f"{_FILTERS}.header_mutation.v3.HeaderMutation",
+                "mutations": {
+                    "request_mutations": [
+                        {"remove": SUBJECT_METADATA_KEY},
+                        {"remove": "x-forwarded-client-cert"},
+                        # The content type the client sent, before transcoding makes every
+                        # request look like gRPC: it decides how the edge's errors look.
+                        {
+                            "append": {
+                                "header": {
+                                    "key": CLIENT_CONTENT_TYPE,
+                                    "value": "%REQ(content-type)%",
+                                },
+                                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+                            }
+                        },
+                    ]
+                },
+            },
+        },
+        {
+            "name": "envoy.filters.http.cors",
+            "typed_config": {"@type": f"{_FILTERS}.cors.v3.Cors"},
+        },
+        {
+            "name": "envoy.filters.http.local_ratelimit",
+            "typed_config": {
+                "@type": f"{_FILTERS}.local_ratelimit.v3.LocalRateLimit",
+                "stat_prefix": "edge_rate_limit",
+                "token_bucket": {
+                    "max_tokens": edge.rate_limit.burst,
+                    "tokens_per_fill": edge.rate_limit.requests_per_second,
+                    "fill_interval": "1s",
+                },
+                "filter_enabled": {
+                    "runtime_key": "edge_rate_limit_enabled",
+                    "default_value": {"numerator": 100, "denominator": "HUNDRED"},
+                },
+                "filter_enforced": {
+                    "runtime_key": "edge_rate_limit_enforced",
+                    "default_value": {"numerator": 100, "denominator": "HUNDRED"},
+                },
+                "response_headers_to_add": [
+                    {
+                        "header": {
+                            "key": "x-ratelimit-limit",
+                            "value": str(edge.rate_limit.requests_per_second),
+                        }
+                    }
+                ],
+            },
+        },
+        {
+            "name": "envoy.filters.http.buffer",
+            "typed_config": {
+                "@type": f"{_FILTERS}.buffer.v3.Buffer",
+                "max_request_bytes": edge.max_request_bytes,
+            },
+        },
+        {
+            "name": "envoy.filters.http.grpc_json_transcoder",
+            "typed_config": {
+                "@type": f"{_FILTERS}.grpc_json_transcoder.v3.GrpcJsonTranscoder",
+                "proto_descriptor": str(files.descriptor_set),
+                "services": services,
+                "print_options": {
+                    "add_whitespace": False,
+                    "always_print_primitive_fields": False,
+                    "always_print_enums_as_ints": False,
+                    "preserve_proto_field_names": False,
+                },
+                "convert_grpc_status": True,
+                "request_validation_options": {"reject_unknown_query_parameters": True},
+            },
+        },
+        {
+            "name": _JWT_FILTER,
+            "typed_config": {
+                "@type": f"{_FILTERS}.jwt_authn.v3.JwtAuthentication",
+                "providers": {
+                    _JWT_PROVIDER: {
+                        "issuer": edge.auth.issuer,
+                        "audiences": [edge.auth.audience],
+                        "remote_jwks": {
+                            "http_uri": {
+                                "uri": f"http://127.0.0.1:{plan.port}{JWKS_PATH}",
+                                "cluster": "edge_self",
+                                "timeout": "5s",
+                            },
+                            "cache_duration": "300s",
+                            "async_fetch": {"fast_listener": False},
+                            "retry_policy": {"num_retries": 10},
+                        },
+                        "forward": False,
+                        "claim_to_headers": [
+                            {"header_name": SUBJECT_METADATA_KEY, "claim_name": "sub"}
+                        ],
+                        "payload_in_metadata": _JWT_PAYLOAD,
+                    }
+                },
+                "rules": [
+                    *(
+                        {"match": {"path": path}, "requires": _token_optional()}
+                        for path in public_paths
+                    ),
+                    *(
+                        {"match": {"prefix": prefix}, "requires": _token_optional()}
+                        for prefix in public_prefixes
+                    ),
+                    # Every other method the edge routes needs a token. Paths it does not
+                    # route match no rule here and end in a 404, with or without a token.
+                    *(
+                        {"match": {"path": path}, "requires": {"provider_name": _JWT_PROVIDER}}
+                        for path in secured_paths
+                    ),
+                ],
+            },
+        },
+        {
+            "name": "envoy.filters.http.rbac",
+            "typed_config": {
+                "@type": f"{_FILTERS}.rbac.v3.RBAC",
+                "rules": {
+                    "action": "DENY",
+                    "policies": {
+                        f"needs-{scope}-for-{path}": {
+                            "permissions": [{"url_path": {"path": {"exact": path}}}],
+                            "principals": [
+                                {
+                                    "not_id": {
+                                        "metadata": {
+                                            "filter": _JWT_FILTER,
+                                            "path": [{"key": _JWT_PAYLOAD}, {"key": "scope"}],
+                                            "value": {
+                                                "string_match": {
+                                                    "safe_regex": {"regex": _scope_regex(scope)}
+                                                }
+                                            },
+                                        }
+                                    }
+                                }
+                            ],
+                        }
+                        for path, scope in scoped
+                    },
+                },
+            },
+        },
+    ]
+
+
+def _token_optional() -> dict[str, Any]:
+    """A token is checked when present, but none is needed."""
+    return {
+        "requires_any": {"requirements": [{"provider_name": _JWT_PROVIDER}, {"allow_missing": {}}]}
+    }
+
+
+def _direct(path: str, file: Path, content_type: str, *, prefix: bool = False) -> dict[str, Any]:
+    return {
+        "match": {"prefix" if prefix else "path": path},
+        "direct_response": {"status": 200, "body": {"filename": str(file)}},
+        "response_headers_to_add": [
+            {"header": {"key": "content-type", "value": content_type}},
+            {"header": {"key": "cache-control", "value": "no-cache"}},
+        ],
+    }
+
+
+def _routes(topology: Topology, rules: EdgeRules, files: EdgeFiles) -> list[dict[str, Any]]:
+    policy = DEFAULT_CALL_POLICY
+    routes: list[dict[str, Any]] = []
+    for service, methods in sorted(rules.exposed.items()):
+        for method in methods:
+            routes.append(
+                {
+                    "match": {"path": method.path},
+                    "route": {
+                        "cluster": service,
+                        "timeout": envoy.duration(topology.edge.timeout),
+                        "retry_policy": envoy.retry_policy(policy, method),
+                    },
+                }
+            )
+    routes += [
+        {
+            # Reflection is a bidirectional stream: no whole-body buffering, no timeout.
+            "match": {"prefix": "/grpc.reflection."},
+            "route": {"cluster": "edge_companion", "timeout": "0s"},
+            "typed_per_filter_config": {
+                "envoy.filters.http.buffer": {
+                    "@type": f"{_FILTERS}.buffer.v3.BufferPerRoute",
+                    "disabled": True,
+                }
+            },
+        },
+        {"match": {"prefix": "/grpc.health.v1.Health/"}, "route": {"cluster": "edge_companion"}},
+        _direct(OPENAPI_PATH, files.openapi, "application/json"),
+        _direct(DOCS_PATH, files.docs_page, "text/html; charset=utf-8"),
+        _direct(f"{DOCS_PATH}/", files.docs_page, "text/html; charset=utf-8"),
+        *(
+            _direct(f"{DOCS_PATH}/{name}", files.docs_assets / name, content_type)
+            for name, content_type in DOCS_ASSETS.items()
+        ),
+        {
+            # CORS preflights name REST paths, which have no route of their own. The CORS
+            # filter answers every preflight itself (it stands aside on direct responses,
+            # hence a cluster here, which it never forwards to).
+            "match": {
+                "prefix": "/",
+                "headers": [{"name": ":method", "string_match": {"exact": "OPTIONS"}}],
+            },
+            "route": {"cluster": "edge_companion"},
+        },
+        {
+            "match": {"path": HEALTH_PATH},
+            "direct_response": {"status": 200, "body": {"inline_string": '{"status":"SERVING"}'}},
+            "response_headers_to_add": [
+                {"header": {"key": "content-type", "value": "application/json"}}
+            ],
+        },
+    ]
+    return routes
+
+
+def _cors_policy(topology: Topology) -> dict[str, Any]:
+    return {
+        "@type": f"{_FILTERS}.cors.v3.CorsPolicy",
+        "allow_origin_string_match": [{"exact": o} for o in topology.edge.cors_origins],
+        "allow_methods": "GET, POST, PUT, PATCH, DELETE, OPTIONS",
+        "allow_headers": "authorization, content-type, grpc-timeout, x-grpc-web, x-user-agent",
+        "expose_headers": "grpc-status, grpc-message, x-request-id",
+        "max_age": "600",
+        "forward_not_matching_preflights": False,
+    }
+
+
+def edge_config(
+    topology: Topology,
+    plan: MeshPlan,
+    api: Api,
+    sds: envoy.SdsFiles,
+    files: EdgeFiles,
+) -> dict[str, Any]:
+    """The edge Envoy's bootstrap."""
+    assert plan.edge is not None, "the plan has no edge: nothing is exposed"
+    edge_plan = plan.edge
+    rules = resolve_rules(topology, api)
+    manager = envoy.connection_manager("edge", _routes(topology, rules, files), [])
+    config = manager["typed_config"]
+    config["http_filters"] = [*_http_filters(topology, edge_plan, rules, files), envoy.ROUTER]
+    config["local_reply_config"] = _local_reply_config()
+    config["route_config"]["max_direct_response_body_size_bytes"] = 8 * 1_048_576
+    config["route_config"]["request_headers_to_remove"] = [CLIENT_CONTENT_TYPE]
+    config["route_config"]["virtual_hosts"][0]["typed_per_filter_config"] = {
+        "envoy.filters.http.cors": _cors_policy(topology)
+    }
+    config["stream_idle_timeout"] = "60s"
+    config["request_headers_timeout"] = "10s"
+    config["use_remote_address"] = True
+    return {
+        "node": {"id": "edge", "cluster": "edge"},
+        "admin": {"address": envoy.socket_address(edge_plan.admin_port)},
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "edge",
+                    "address": envoy.socket_address(edge_plan.port),
+                    "filter_chains": [{"filters": [manager]}],
+                }
+            ],
+            "clusters": [
+                *(
+                    envoy.dependency_cluster(topology, plan, service, DEFAULT_CALL_POLICY, sds)
+                    for service in sorted(rules.exposed)
+                ),
+                envoy.loopback_cluster("edge_companion", edge_plan.companion_port),
+                {
+                    "name": "edge_self",
+                    "type": "STATIC",
+                    "connect_timeout": "1s",
+                    "load_assignment": envoy.endpoints("edge_self", [edge_plan.port]),
+                },
+            ],
+        },
+    }
+
+
+_DOCS_PAGE = """<!doctype html>
+<html lang="en">
+<head>
+  <meta charset="utf-8">
+  <title>{title}</title>
+  <link rel="stylesheet" href="/docs/swagger-ui.css">
+</head>
+<body>
+  <div id="swagger-ui"></div>
+  <script src="/docs/swagger-ui-bundle.js"></script>
+  <script src="/docs/swagger-ui-standalone-preset.js"></script>
+  <script>
+    window.ui = SwaggerUIBundle({{
+      url: "{openapi}",
+      dom_id: "#swagger-ui",
+      deepLinking: true,
+      presets: [SwaggerUIBundle.presets.apis, SwaggerUIStandalonePreset],
+      layout: "BaseLayout",
+    }});
+  </script>
+</body>
+</html>
+"""
+
+
+def write_files(
+    directory: Path, descriptor_set: Path, topology: Topology, rules: EdgeRules, plan: EdgePlan
+) -> EdgeFiles:
+    """The descriptor set, OpenAPI document, docs page and Swagger UI assets the edge serves."""
+    directory.mkdir(parents=True, exist_ok=True)
+    descriptors = directory / "descriptors.binpb"
+    shutil.copyfile(descriptor_set, descriptors)
+    document = openapi.build_openapi(
+        descriptor_pb2.FileDescriptorSet.FromString(descriptors.read_bytes()),
+        services=rules.exposed.keys(),
+        public_methods=rules.public,
+        scopes=rules.scopes,
+        server_url=f"http://127.0.0.1:{plan.port}",
+    )
+    document_path = openapi.write_openapi(document, directory / "openapi.json")
+    page = directory / "docs.html"
+    page.write_text(_DOCS_PAGE.format(title=document["info"]["title"], openapi=OPENAPI_PATH))
+    assets = directory / "docs"
+    assets.mkdir(exist_ok=True)
+    for name in DOCS_ASSETS:
+        shutil.copyfile(Path(swagger_ui_bundle.swagger_ui_path) / name, assets / name)
+    return EdgeFiles(descriptors, document_path, page, assets)
+
+
+def jwks_fetched(admin_port: int) -> bool:
+    """Whether the edge has loaded identity's JWKS (so tokens can be verified)."""
+    url = f"http://127.0.0.1:{admin_port}/stats?filter=jwks_fetch_success"
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            text = response.read().decode()
+    except OSError:
+        return False
+    return any(
+        line.rpartition(": ")[2].strip().isdigit() and int(line.rpartition(": ")[2]) > 0
+        for line in text.splitlines()
+    )

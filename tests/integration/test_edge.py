@@ -1,0 +1,209 @@
+"""The edge end to end: REST and native gRPC through one port, tokens, scopes, errors, docs."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from openapi_spec_validator import validate
+
+from mesh.caller import SUBJECT_METADATA_KEY
+from tests.integration.conftest import RunningMesh, grpcurl
+
+pytestmark = pytest.mark.integration
+
+TEA = {"name": "Tea", "category": "food", "price": {"currencyCode": "EUR", "units": "3"}}
+ADDRESS = {"regionCode": "DE", "postalCode": "10115", "addressLines": ["Hauptstr. 1"]}
+
+
+@pytest.fixture(scope="module")
+def edge(mesh: RunningMesh) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=mesh.edge_url, timeout=20) as client:
+        yield client
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}"}
+
+
+def assert_json_error(response: httpx.Response, status: int, code: int) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body: dict[str, Any] = response.json()
+    assert body["code"] == code
+    assert isinstance(body["message"], str)
+    return body
+
+
+def customer(edge: httpx.Client) -> tuple[str, str]:
+    """A newly registered customer: (user id, access token from Login)."""
+    email = f"{uuid.uuid4().hex[:12]}@example.org"
+    user = edge.post("/v1/users", json={"email": email, "password": "correct horse"})
+    assert user.status_code == 200, user.text
+    login = edge.post("/v1/tokens", json={"email": email, "password": "correct horse"})
+    assert login.status_code == 200, login.text
+    return user.json()["user"]["id"], login.json()["accessToken"]
+
+
+def test_browsing_products_needs_no_token(edge: httpx.Client) -> None:
+    response = edge.get("/v1/products", params={"pageSize": 5})
+    assert response.status_code == 200
+    assert isinstance(response.json().get("products", []), list)
+
+
+def test_creating_a_product_needs_a_token_with_the_scope(
+    edge: httpx.Client, mesh: RunningMesh
+) -> None:
+    anonymous = edge.post("/v1/products", json={"product": TEA})
+    assert_json_error(anonymous, 401, 16)
+    assert anonymous.headers["www-authenticate"].startswith("Bearer")
+    without_scope = edge.post(
+        "/v1/products", json={"product": TEA}, headers=bearer(mesh.token("u1", "orders:write"))
+    )
+    assert_json_error(without_scope, 403, 7)
+    forged = edge.post(
+        "/v1/products", json={"product": TEA}, headers=bearer("eyJhbGciOiJub25lIn0.e30.")
+    )
+    assert_json_error(forged, 401, 16)
+    created = edge.post(
+        "/v1/products",
+        json={"product": TEA, "initialStock": 7},
+        headers=bearer(mesh.token("admin", "catalog:write")),
+    )
+    assert created.status_code == 200, created.text
+    product = created.json()["product"]
+    assert product["name"] == "Tea"
+    assert edge.get(f"/v1/products/{product['id']}").json()["product"] == product
+    stock = edge.get(f"/v1/products/{product['id']}/stock").json()["stock"]
+    assert stock["onHand"] == 7
+
+
+def test_an_order_is_placed_with_a_token_and_shown_to_its_owner_only(
+    edge: httpx.Client, mesh: RunningMesh
+) -> None:
+    admin = bearer(mesh.token("admin", "catalog:write"))
+    product = edge.post("/v1/products", json={"product": TEA}, headers=admin).json()["product"]
+    ada, ada_token = customer(edge)
+    order = {"lines": [{"productId": product["id"], "quantity": 2}], "shippingAddress": ADDRESS,
+             "paymentToken": "tok_visa"}  # fmt: skip
+    assert_json_error(edge.post("/v1/orders", json=order), 401, 16)
+    placed = edge.post("/v1/orders", json=order, headers=bearer(ada_token))
+    assert placed.status_code == 200, placed.text
+    body = placed.json()["order"]
+    assert body["customerId"] == ada
+    assert body["total"] == {"currencyCode": "EUR", "units": "6"}
+    assert "paymentToken" not in body
+
+    mine = edge.get(f"/v1/orders/{body['id']}", headers=bearer(ada_token))
+    assert mine.status_code == 200
+    assert mine.json()["order"]["id"] == body["id"]
+    _, bob_token = customer(edge)
+    theirs = edge.get(f"/v1/orders/{body['id']}", headers=bearer(bob_token))
+    error = assert_json_error(theirs, 404, 5)
+    assert error["details"][0]["reason"] == "ORDER_NOT_FOUND"
+
+
+def test_a_client_cannot_forge_the_caller_identity(edge: httpx.Client) -> None:
+    ada, token = customer(edge)
+    me = edge.get("/v1/users/me", headers={**bearer(token), SUBJECT_METADATA_KEY: "someone-else"})
+    assert me.json()["user"]["id"] == ada
+    anonymous = edge.get("/v1/users/me", headers={SUBJECT_METADATA_KEY: ada})
+    assert_json_error(anonymous, 401, 16)
+
+
+def test_service_errors_keep_their_status_and_details(
+    edge: httpx.Client, mesh: RunningMesh
+) -> None:
+    missing = edge.get("/v1/products/does-not-exist")
+    assert assert_json_error(missing, 404, 5)["details"][0]["reason"] == "PRODUCT_NOT_FOUND"
+    invalid = edge.post(
+        "/v1/products",
+        json={"product": {**TEA, "name": ""}},
+        headers=bearer(mesh.token("admin", "catalog:write")),
+    )
+    details = assert_json_error(invalid, 400, 3)["details"]
+    violations = next(d for d in details if d["@type"].endswith("BadRequest"))
+    assert violations["fieldViolations"][0]["field"] == "product.name"
+
+
+def test_the_edges_own_errors_are_json(edge: httpx.Client, mesh: RunningMesh) -> None:
+    assert_json_error(edge.get("/v1/no-such-thing"), 404, 5)
+    assert_json_error(edge.get("/v1/products", params={"bogus": "1"}), 400, 3)
+    admin = bearer(mesh.token("admin", "catalog:write"))
+    broken = edge.post(
+        "/v1/products", content=b"{not json", headers={**admin, "content-type": "application/json"}
+    )
+    assert_json_error(broken, 400, 3)
+    too_big = edge.post("/v1/products", content=b"x" * 2_000_000, headers=admin)
+    assert_json_error(too_big, 413, 3)
+
+
+def test_cors_preflight_allows_the_configured_origins_only(edge: httpx.Client) -> None:
+    request = {"access-control-request-method": "POST",
+               "access-control-request-headers": "authorization, content-type"}  # fmt: skip
+    allowed = edge.options("/v1/orders", headers={"origin": "http://localhost:3000", **request})
+    assert allowed.headers.get("access-control-allow-origin") == "http://localhost:3000"
+    assert "authorization" in allowed.headers.get("access-control-allow-headers", "")
+    other = edge.options("/v1/orders", headers={"origin": "http://evil.example", **request})
+    assert "access-control-allow-origin" not in other.headers
+
+
+def test_grpc_through_the_edge_lists_describes_and_authenticates(mesh: RunningMesh) -> None:
+    address = mesh.edge_url.removeprefix("http://")
+    listing = grpcurl("-plaintext", address, "list")
+    assert listing.returncode == 0, listing.stderr
+    assert set(listing.stdout.split()) >= {
+        f"shop.{name}.v1.{name.capitalize()}Service"
+        for name in (
+            "catalog",
+            "inventory",
+            "orders",
+            "payments",
+            "shipping",
+            "identity",
+            "notifications",
+        )
+    }
+    described = grpcurl("-plaintext", address, "describe", "shop.orders.v1.OrdersService")
+    assert "rpc PlaceOrder" in described.stdout
+
+    anonymous = grpcurl(
+        "-plaintext", "-d", "{}", address, "shop.orders.v1.OrdersService/ListOrders"
+    )
+    assert "Code: Unauthenticated" in anonymous.stderr
+    token = mesh.token("bob", "orders:read")
+    allowed = grpcurl(
+        "-plaintext", "-H", f"authorization: Bearer {token}", "-d", "{}", address,
+        "shop.orders.v1.OrdersService/ListOrders",
+    )  # fmt: skip
+    assert allowed.returncode == 0, allowed.stderr
+    public = grpcurl(
+        "-plaintext", "-d", "{}", address, "shop.catalog.v1.CatalogService/ListProducts"
+    )
+    assert public.returncode == 0, public.stderr
+    internal = grpcurl(
+        "-plaintext", "-H", f"authorization: Bearer {token}",
+        "-d", json.dumps({"order_id": "o", "lines": [{"product_id": "p", "quantity": 1}]}),
+        address, "shop.inventory.v1.InventoryService/ReserveStock",
+    )  # fmt: skip
+    assert "Code: Unimplemented" in internal.stderr
+
+
+def test_openapi_and_docs_are_served(edge: httpx.Client) -> None:
+    document = edge.get("/openapi.json")
+    assert document.status_code == 200
+    spec = document.json()
+    validate(spec)
+    assert spec["openapi"] == "3.1.0"
+    assert "post" in spec["paths"]["/v1/orders"]
+    assert not any("ReserveStock" in json.dumps(op) for op in spec["paths"].values())
+    page = edge.get("/docs")
+    assert page.status_code == 200
+    assert "/docs/swagger-ui-bundle.js" in page.text
+    bundle = edge.get("/docs/swagger-ui-bundle.js")
+    assert bundle.status_code == 200
+    assert len(bundle.content) > 100_000
