@@ -444,6 +444,16 @@ def _exposed_methods(
     return methods, sorted(tags, key=lambda t: str(t["name"]))
 
 
+def path_parameter_name(field_path: str) -> str:
+    """The OpenAPI name of a path variable: the bound field's own name.
+
+    `{product.id}` becomes `{id}`, so `PATCH /v1/products/{product.id}` and
+    `GET /v1/products/{id}` share one OpenAPI path (OpenAPI refuses two templates that
+    differ only in variable names, and dotted names trip common tools).
+    """
+    return field_path.rsplit(".", 1)[-1]
+
+
 def _operation(
     schemas: _Schemas,
     method: _Method,
@@ -461,7 +471,7 @@ def _operation(
     for dotted in bound:
         proto, about = _resolve(index, request, dotted)
         parameter: Schema = {
-            "name": dotted,
+            "name": path_parameter_name(dotted),
             "in": "path",
             "required": True,
             "schema": schemas.field_type(proto),
@@ -563,7 +573,7 @@ def build_openapi(
             verb, template = _verb_and_template(binding)
             if verb not in _HTTP_METHODS:
                 raise ValueError(f"{method.grpc_path}: unsupported HTTP method {verb!r}")
-            path = _TEMPLATE_VARIABLE.sub(r"{\1}", template)
+            path = _TEMPLATE_VARIABLE.sub(lambda m: "{" + path_parameter_name(m[1]) + "}", template)
             if verb in paths.get(path, {}):
                 raise ValueError(f"{verb.upper()} {path} is bound twice ({method.grpc_path})")
             operation_id = f"{method.service}_{method.proto.name}" + (f"_{n}" if n else "")

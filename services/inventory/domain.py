@@ -101,6 +101,10 @@ def stock_set_to(stock: Stock, on_hand: int, now: datetime) -> Stock:
     return replace(stock, on_hand=on_hand, update_time=now)
 
 
+#: The most units of one product: stock levels are int32 in the contract.
+MAX_ON_HAND = 2**31 - 1
+
+
 def stock_adjusted_by(stock: Stock, delta: int, now: datetime) -> Stock:
     """`stock` with `delta` units added (or removed); reserved units cannot be removed."""
     if delta == 0:
@@ -111,6 +115,10 @@ def stock_adjusted_by(stock: Stock, delta: int, now: datetime) -> Stock:
             f"{-delta} cannot be removed",
             reason="INSUFFICIENT_STOCK",
             metadata={"product_ids": stock.product_id, "available": str(stock.available)},
+        )
+    if stock.on_hand + delta > MAX_ON_HAND:
+        raise InvalidArgument.of(
+            [FieldViolation("delta", f"The units on hand cannot exceed {MAX_ON_HAND}.")]
         )
     return replace(stock, on_hand=stock.on_hand + delta, update_time=now)
 

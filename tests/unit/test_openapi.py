@@ -151,11 +151,13 @@ def test_get_product_binds_the_id_in_the_path(doc: dict[str, Any]) -> None:
 
 
 def test_update_product_body_is_the_product(doc: dict[str, Any]) -> None:
-    operation = doc["paths"]["/v1/products/{product.id}"]["patch"]
+    # `{product.id}` shares the path of `GET /v1/products/{id}`, under the field's own name.
+    operation = doc["paths"]["/v1/products/{id}"]["patch"]
+    assert set(doc["paths"]["/v1/products/{id}"]) == {"get", "patch", "delete"}
     assert _body_schema(operation) == {"$ref": "#/components/schemas/shop.catalog.v1.Product"}
     path = _params(operation, "path")
-    assert list(path) == ["product.id"]
-    assert path["product.id"]["required"] is True
+    assert list(path) == ["id"]
+    assert path["id"]["required"] is True
     # Fields outside the body and the path may still come in the query string.
     assert "requestId" in _params(operation, "query")
 

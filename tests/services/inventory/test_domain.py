@@ -168,6 +168,15 @@ def test_adjusting_by_zero_is_refused() -> None:
     assert [v.field for v in failure.value.violations] == ["delta"]
 
 
+def test_adjusting_past_the_largest_stock_level_is_refused() -> None:
+    """Stock levels are int32 in the contract; a bigger one could not even be answered."""
+    level = Stock("tea", 5, 0, NOW)
+    with pytest.raises(InvalidArgument) as failure:
+        stock_adjusted_by(level, 2**31 - 1, NOW)
+    assert [v.field for v in failure.value.violations] == ["delta"]
+    assert stock_adjusted_by(level, 2**31 - 6, NOW).on_hand == 2**31 - 1
+
+
 # --- use cases ------------------------------------------------------------------------
 
 
