@@ -31,6 +31,8 @@ from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
+from mesh.errors import AlreadyExists
+
 #: How long a writer waits for SQLite's lock before giving up, in milliseconds.
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
@@ -251,8 +253,15 @@ async def find_request(
 async def record_request(
     connection: AsyncConnection, method: str, request_id: str, result: Mapping[str, Any]
 ) -> None:
-    """Remember `result` for `request_id`, in the transaction that made the change."""
-    if request_id:
+    """Remember `result` for `request_id`, in the transaction that made the change.
+
+    A request id already recorded for this method means the id was reused for a request
+    whose first result cannot be replayed (say, the resource it made is gone): that is
+    ALREADY_EXISTS for the caller, and the whole transaction is rolled back.
+    """
+    if not request_id:
+        return
+    try:
         await connection.execute(
             request_log.insert().values(
                 method=method,
@@ -261,6 +270,13 @@ async def record_request(
                 create_time=utc_now(),
             )
         )
+    except sa.exc.IntegrityError:
+        raise AlreadyExists(
+            f"request_id {request_id!r} was already used for another {method} request; "
+            "send a new one",
+            reason="REQUEST_ID_REUSED",
+            metadata={"request_id": request_id},
+        ) from None
 
 
 class SqlTransaction:

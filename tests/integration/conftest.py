@@ -50,6 +50,18 @@ class RunningMesh:
         directory = self.run_dir / "pki" / instance
         return directory / "cert.pem", directory / "key.pem"
 
+    def down(self) -> list[int]:
+        """`meshctl down`, then kill by pid whatever outlived it; return those pids."""
+        try:
+            pids = all_pids(json.loads((self.run_dir / "state.json").read_text()))
+        except FileNotFoundError:
+            pids = []
+        self.meshctl("down", check=False)
+        survivors = [pid for pid in pids if pid_alive(pid)]
+        for pid in survivors:
+            os.kill(pid, signal.SIGKILL)
+        return survivors
+
     @property
     def edge_url(self) -> str:
         url: str = self.state()["edge"]["url"]
@@ -98,17 +110,9 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
     started = running.meshctl(
         "up", "--detach", "--config", str(config), "--edge-port", "0", check=False
     )
-    pids: list[int] = []
     try:
         assert started.returncode == 0, started.stdout + started.stderr
         yield running
     finally:
-        try:
-            pids = all_pids(json.loads((running.run_dir / "state.json").read_text()))
-        except FileNotFoundError:
-            pids = []
-        running.meshctl("down", check=False)
-        survivors = [pid for pid in pids if pid_alive(pid)]
-        for pid in survivors:
-            os.kill(pid, signal.SIGKILL)
+        survivors = running.down()
         assert survivors == [], f"processes outlived `meshctl down`: {survivors}"

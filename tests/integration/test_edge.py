@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -12,7 +16,7 @@ import pytest
 from openapi_spec_validator import validate
 
 from mesh.caller import SUBJECT_METADATA_KEY
-from tests.integration.conftest import RunningMesh, grpcurl
+from tests.integration.conftest import ROOT, RunningMesh, grpcurl
 
 pytestmark = pytest.mark.integration
 
@@ -207,3 +211,45 @@ def test_openapi_and_docs_are_served(edge: httpx.Client) -> None:
     bundle = edge.get("/docs/swagger-ui-bundle.js")
     assert bundle.status_code == 200
     assert len(bundle.content) > 100_000
+
+
+def test_over_the_rate_limit_the_edge_answers_429_in_json(tmp_path: Path) -> None:
+    """A small mesh of its own, with a bucket of 10 requests refilled at 5 a second."""
+    config = tmp_path / "mesh.yaml"
+    config.write_text(
+        "services:\n"
+        "  identity: {}\n"
+        "  inventory: {}\n"
+        "edge:\n"
+        "  expose: [identity, inventory]\n"
+        "  auth: {public: [identity.GetJwks, inventory.GetStock]}\n"
+        "  rate_limit: {requests_per_second: 5, burst: 10}\n"
+    )
+    small = RunningMesh(tmp_path / "run", config)
+    started = small.meshctl(
+        "up", "--detach", "--config", str(config), "--edge-port", "0", check=False
+    )
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        with httpx.Client(base_url=small.edge_url, timeout=10) as client:
+            statuses = [client.get("/v1/products/p/stock") for _ in range(30)]
+        limited = [r for r in statuses if r.status_code == 429]
+        assert 10 <= len(limited) <= 25, [r.status_code for r in statuses]
+        assert_json_error(limited[0], 429, 8)
+        assert {r.status_code for r in statuses} <= {404, 429}
+    finally:
+        assert small.down() == []
+
+
+def test_the_python_client_example_places_an_order(edge: httpx.Client, mesh: RunningMesh) -> None:
+    admin = bearer(mesh.token("admin", "catalog:write"))
+    assert edge.post("/v1/products", json={"product": TEA}, headers=admin).status_code == 200
+    example = ROOT / "examples" / "place_order.py"
+    result = subprocess.run(
+        [sys.executable, str(example), "--edge", mesh.edge_url.removeprefix("http://")],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert re.fullmatch(
+        r"order \S+: 2 x .+, \d+\.\d\d [A-Z]{3}, ORDER_STATUS_PENDING\n", result.stdout
+    )

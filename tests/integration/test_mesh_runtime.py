@@ -21,7 +21,6 @@ import grpc
 import pytest
 
 from mesh.pki import leaf, self_signed_ca
-from mesh.supervisor import all_pids, pid_alive
 from shop.catalog.v1 import catalog_service_pb2 as catalog_pb
 from shop.catalog.v1 import catalog_service_pb2_grpc as catalog_grpc
 from shop.inventory.v1 import inventory_service_pb2 as inventory_pb
@@ -327,6 +326,4 @@ def test_a_second_mesh_runs_beside_the_first_and_one_run_dir_runs_one_mesh(
         assert again.returncode == 1
         assert "already running" in again.stderr
     finally:
-        pids = all_pids(json.loads((second.run_dir / "state.json").read_text()))
-        second.meshctl("down")
-    assert [pid for pid in pids if pid_alive(pid)] == []
+        assert second.down() == []

@@ -218,6 +218,25 @@ async def test_batch_get_keeps_the_order_asked_and_names_a_missing_id(catalog: A
     assert failure.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+async def test_a_request_id_reused_for_another_request_is_already_exists(catalog: Any) -> None:
+    first, second = await create(catalog, name="A"), await create(catalog, name="B")
+    reused = "3b0b7c1e-0000-4000-8000-0000000000aa"
+    update = pb.UpdateProductRequest(
+        product=pb.Product(id=first.id, description="new"),
+        update_mask=field_mask_pb2.FieldMask(paths=["description"]),
+        request_id=reused,
+    )
+    await catalog.UpdateProduct(update)
+    await catalog.DeleteProduct(pb.DeleteProductRequest(id=first.id))
+    update.product.id = second.id
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await catalog.UpdateProduct(update)
+    assert failure.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert error_reason(failure.value) == "REQUEST_ID_REUSED"
+    unchanged = await catalog.GetProduct(pb.GetProductRequest(id=second.id))
+    assert unchanged.product.description == ""
+
+
 async def test_delete_removes_and_a_retry_succeeds(catalog: Any) -> None:
     created = await create(catalog)
     delete = pb.DeleteProductRequest(

@@ -1,0 +1,69 @@
+"""Place an order through the edge with the generated gRPC stubs.
+
+    .venv/bin/python examples/place_order.py [--edge 127.0.0.1:8080]
+
+It registers a customer (identity), logs in for a token, picks a product from the
+catalog (browsing needs no token), places an order for it and reads it back. Every
+call goes through the edge, as a client outside the mesh would make it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import uuid
+
+import grpc
+from google.type import postal_address_pb2
+
+from shop.catalog.v1 import catalog_service_pb2 as catalog
+from shop.catalog.v1 import catalog_service_pb2_grpc as catalog_grpc
+from shop.identity.v1 import identity_service_pb2 as identity
+from shop.identity.v1 import identity_service_pb2_grpc as identity_grpc
+from shop.orders.v1 import orders_service_pb2 as orders
+from shop.orders.v1 import orders_service_pb2_grpc as orders_grpc
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--edge", default="127.0.0.1:8080", help="the edge's host:port")
+    args = parser.parse_args(argv)
+
+    with grpc.insecure_channel(args.edge) as channel:
+        accounts = identity_grpc.IdentityServiceStub(channel)
+        email = f"demo-{uuid.uuid4().hex[:8]}@example.org"
+        accounts.Register(identity.RegisterRequest(email=email, password="correct horse"))
+        token = accounts.Login(identity.LoginRequest(email=email, password="correct horse"))
+        auth = (("authorization", f"Bearer {token.access_token}"),)
+
+        products = catalog_grpc.CatalogServiceStub(channel).ListProducts(
+            catalog.ListProductsRequest(page_size=1)
+        )
+        if not products.products:
+            print("the catalog is empty: create a product first (see README)", file=sys.stderr)
+            return 1
+        product = products.products[0]
+
+        shop = orders_grpc.OrdersServiceStub(channel)
+        placed = shop.PlaceOrder(
+            orders.PlaceOrderRequest(
+                lines=[orders.OrderLine(product_id=product.id, quantity=2)],
+                shipping_address=postal_address_pb2.PostalAddress(
+                    region_code="DE", postal_code="10115", address_lines=["Hauptstr. 1"]
+                ),
+                payment_token="tok_visa",
+                request_id=str(uuid.uuid4()),
+            ),
+            metadata=auth,
+        ).order
+        again = shop.GetOrder(orders.GetOrderRequest(id=placed.id), metadata=auth).order
+        total = f"{again.total.units}.{again.total.nanos // 10_000_000:02d}"
+        status = orders.OrderStatus.Name(again.status)
+        print(
+            f"order {again.id}: 2 x {product.name}, {total} {again.total.currency_code}, {status}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
