@@ -204,7 +204,8 @@ def status_table(state: dict[str, Any]) -> str:
     total = apps + sidecars + nats.get("rss_kib", 0) + (edge or {}).get("rss_kib", 0)
     lines.append(
         f"memory: {total / 1024:.0f} MiB resident (apps {apps / 1024:.0f}, "
-        f"sidecars {sidecars / 1024:.0f}, nats {nats.get('rss_kib', 0) / 1024:.0f})"
+        f"sidecars {sidecars / 1024:.0f}, edge {(edge or {}).get('rss_kib', 0) / 1024:.0f}, "
+        f"nats {nats.get('rss_kib', 0) / 1024:.0f})"
     )
     if state.get("ready_seconds") is not None:
         lines.append(f"healthy {state['ready_seconds']:.1f}s after start; status {state['status']}")

@@ -293,8 +293,16 @@ def _http_filters(
                                 "timeout": "5s",
                             },
                             "cache_duration": "300s",
-                            "async_fetch": {"fast_listener": False},
-                            "retry_policy": {"num_retries": 10},
+                            # The listener must not wait for a JWKS it serves itself.
+                            "async_fetch": {"fast_listener": True},
+                            # The edge fetches from itself: retry briskly while it starts.
+                            "retry_policy": {
+                                "num_retries": 20,
+                                "retry_back_off": {
+                                    "base_interval": "0.1s",
+                                    "max_interval": "0.5s",
+                                },
+                            },
                         },
                         "forward": False,
                         "claim_to_headers": [
