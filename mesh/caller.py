@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from mesh.errors import FieldViolation, InvalidArgument, PermissionDenied
+
 SUBJECT_METADATA_KEY = "x-shop-subject"
 
 
@@ -19,3 +21,24 @@ def caller_subject(context: Any) -> str | None:
         if key == SUBJECT_METADATA_KEY and value:
             return str(value)
     return None
+
+
+def acting_customer(caller: str | None, named: str) -> str:
+    """The customer a request acts for: the caller, who may name only themself.
+
+    A call without a caller comes from inside the mesh (another service), which must
+    then name the customer.
+    """
+    if caller is None:
+        if not named:
+            raise InvalidArgument.of(
+                [FieldViolation("customer_id", "customer_id is required.", "REQUIRED")]
+            )
+        return named
+    if named and named != caller:
+        raise PermissionDenied(
+            "a customer may act only for themself",
+            reason="CUSTOMER_MISMATCH",
+            metadata={"customer_id": named},
+        )
+    return caller

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
 
-from mesh.errors import FieldViolation, InvalidArgument
-from mesh.pagination import decode_token, encode_token, page_size
+from mesh.caller import acting_customer
+from mesh.pagination import decode_time_cursor, encode_time_cursor, page_size
 from mesh.storage import utc_now
 from services.notifications.domain import Notification, NotificationKind, compose_notification
 from services.notifications.ports import NotificationsStore
@@ -25,6 +23,7 @@ class RecordNotification:
 
 @dataclass(frozen=True)
 class ListNotifications:
+    caller: str | None
     customer_id: str
     page_size: int
     page_token: str
@@ -59,34 +58,20 @@ async def record_notification(
     return notification
 
 
-def _cursor(after: dict[str, Any]) -> tuple[datetime, str]:
-    try:
-        return datetime.fromisoformat(after["create_time"]), str(after["id"])
-    except (KeyError, TypeError, ValueError):
-        raise InvalidArgument.of(
-            [FieldViolation("page_token", "page_token is not a token this service issued.")]
-        ) from None
-
-
 async def list_notifications(
     store: NotificationsStore, query: ListNotifications
 ) -> NotificationPage:
-    """One page of a customer's notifications, newest first, continuing after the token."""
-    # The contract lets an empty customer_id mean "the caller", but caller identity is not
-    # wired into this service yet; until it is, the customer must be named explicitly.
-    if not query.customer_id:
-        raise InvalidArgument.of(
-            [FieldViolation("customer_id", "The customer_id is required for now.", "REQUIRED")]
-        )
+    """One page of a customer's notifications, newest first, continuing after the token.
+
+    A customer sees only their own: an empty customer_id means the caller.
+    """
+    customer_id = acting_customer(query.caller, query.customer_id)
     limit = page_size(query.page_size)
-    filters = {"customer_id": query.customer_id}
-    after = decode_token(query.page_token, filters)
-    cursor = _cursor(after) if after else None
+    filters = {"customer_id": customer_id}
+    cursor = decode_time_cursor(query.page_token, filters)
     async with store.snapshot() as tx:
-        rows = await tx.page(query.customer_id, cursor, limit + 1)
+        rows = await tx.page(customer_id, cursor, limit + 1)
     notifications, more = rows[:limit], len(rows) > limit
-    token = ""
-    if more:
-        last = notifications[-1]
-        token = encode_token({"create_time": last.create_time.isoformat(), "id": last.id}, filters)
+    last = notifications[-1] if more else None
+    token = encode_time_cursor(last.create_time, last.id, filters) if last else ""
     return NotificationPage(notifications, token)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from mesh.caller import caller_subject
 from mesh.timestamps import to_timestamp
 from services.notifications import handlers
 from services.notifications.domain import Notification, NotificationChannel, NotificationKind
@@ -40,7 +41,9 @@ class NotificationsServicer(pb_grpc.NotificationsServiceServicer):
     ) -> pb.ListNotificationsResponse:
         page = await handlers.list_notifications(
             self._store,
-            handlers.ListNotifications(request.customer_id, request.page_size, request.page_token),
+            handlers.ListNotifications(
+                caller_subject(context), request.customer_id, request.page_size, request.page_token
+            ),
         )
         return pb.ListNotificationsResponse(
             notifications=[to_proto(n) for n in page.notifications],

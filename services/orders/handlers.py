@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mesh.errors import Aborted, FieldViolation, InvalidArgument, PermissionDenied
+from mesh.caller import acting_customer
+from mesh.errors import Aborted
 from mesh.pagination import decode_time_cursor, encode_time_cursor, page_size
 from mesh.storage import utc_now
 from services.orders.domain import (
@@ -59,23 +60,6 @@ class OrderPage:
     next_page_token: str
 
 
-def _customer(caller: str | None, named: str) -> str:
-    """The customer a request acts for: the caller, who may name only themself."""
-    if caller is None:
-        if not named:
-            raise InvalidArgument.of(
-                [FieldViolation("customer_id", "customer_id is required.", "REQUIRED")]
-            )
-        return named
-    if named and named != caller:
-        raise PermissionDenied(
-            "a customer may act only on their own orders",
-            reason="CUSTOMER_MISMATCH",
-            metadata={"customer_id": named},
-        )
-    return caller
-
-
 async def place_order(store: OrdersStore, catalog: Catalog, command: PlaceOrder) -> Order:
     """Price the lines from the catalog and store the order PENDING, once per request id.
 
@@ -83,7 +67,7 @@ async def place_order(store: OrdersStore, catalog: Catalog, command: PlaceOrder)
     network; the request log is checked again inside it, so a retry racing the first
     request still stores one order.
     """
-    customer_id = _customer(command.caller, command.customer_id)
+    customer_id = acting_customer(command.caller, command.customer_id)
     # Scoped by customer, so one customer's request id never returns another's order.
     request_key = f"{customer_id}/{command.request_id}" if command.request_id else ""
     async with store.snapshot() as tx:
@@ -124,7 +108,7 @@ async def get_order(store: OrdersStore, caller: str | None, order_id: str) -> Or
 
 async def list_orders(store: OrdersStore, query: ListOrders) -> OrderPage:
     """One page of a customer's orders, newest first, continuing after the page token."""
-    customer_id = _customer(query.caller, query.customer_id)
+    customer_id = acting_customer(query.caller, query.customer_id)
     limit = page_size(query.page_size)
     filters = {"customer_id": customer_id}
     cursor = decode_time_cursor(query.page_token, filters)

@@ -119,6 +119,19 @@ def test_a_client_cannot_forge_the_caller_identity(edge: httpx.Client) -> None:
     assert_json_error(anonymous, 401, 16)
 
 
+def test_a_customer_sees_their_own_notifications_only(edge: httpx.Client) -> None:
+    ada, token = customer(edge)
+    bob, _ = customer(edge)
+    mine = edge.get("/v1/notifications", headers=bearer(token))
+    assert mine.status_code == 200, mine.text
+    assert (
+        edge.get("/v1/notifications", params={"customerId": ada}, headers=bearer(token)).status_code
+        == 200
+    )
+    theirs = edge.get("/v1/notifications", params={"customerId": bob}, headers=bearer(token))
+    assert assert_json_error(theirs, 403, 7)["details"][0]["reason"] == "CUSTOMER_MISMATCH"
+
+
 def test_service_errors_keep_their_status_and_details(
     edge: httpx.Client, mesh: RunningMesh
 ) -> None:

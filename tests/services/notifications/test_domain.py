@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from mesh.errors import InvalidArgument
+from mesh.errors import InvalidArgument, PermissionDenied
 from services.notifications import handlers
 from services.notifications.domain import (
     Notification,
@@ -109,6 +109,15 @@ async def test_each_outcome_of_an_order_is_its_own_notification() -> None:
     assert {n.kind for n in store.notifications} == {CONFIRMED, CANCELLED}
 
 
+async def test_a_customer_lists_their_own_notifications_only() -> None:
+    store = InMemoryNotifications()
+    await handlers.record_notification(store, handlers.RecordNotification("c1", "o1", CONFIRMED))
+    mine = await handlers.list_notifications(store, handlers.ListNotifications("c1", "", 0, ""))
+    assert [n.order_id for n in mine.notifications] == ["o1"]
+    with pytest.raises(PermissionDenied):
+        await handlers.list_notifications(store, handlers.ListNotifications("c2", "c1", 0, ""))
+
+
 @pytest.mark.parametrize(
     ("customer_id", "token", "field"),
     [("", "", "customer_id"), ("c1", "garbage!", "page_token")],
@@ -116,6 +125,6 @@ async def test_each_outcome_of_an_order_is_its_own_notification() -> None:
 async def test_listing_refuses_bad_queries(customer_id: str, token: str, field: str) -> None:
     with pytest.raises(InvalidArgument) as failure:
         await handlers.list_notifications(
-            InMemoryNotifications(), handlers.ListNotifications(customer_id, 0, token)
+            InMemoryNotifications(), handlers.ListNotifications(None, customer_id, 0, token)
         )
     assert [v.field for v in failure.value.violations] == [field]
