@@ -169,6 +169,27 @@ def _now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+def write_nats_config(directory: Path, plan: MeshPlan) -> Path:
+    """NATS with JetStream on loopback; every write fsynced before it is acknowledged.
+
+    `sync_interval: always` because with the default (fsync every two minutes) an
+    acknowledged message can be lost when the machine crashes, as Jepsen showed for
+    NATS 2.10; the saga's events must survive what the services survive.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    config = directory / "nats.conf"
+    config.write_text(
+        f"listen: 127.0.0.1:{plan.nats_port}\n"
+        f"http: 127.0.0.1:{plan.nats_monitor_port}\n"
+        "server_name: shop-mesh\n"
+        "jetstream {\n"
+        f'  store_dir: "{directory / "jetstream"}"\n'
+        "  sync_interval: always\n"
+        "}\n"
+    )
+    return config
+
+
 def write_json_atomically(path: Path, data: Any) -> None:
     temporary = path.with_suffix(".tmp")
     temporary.write_text(json.dumps(data, indent=2))
@@ -253,20 +274,10 @@ class Supervisor:
             self.instances.append(Instance(plan, app, sidecar))
         if self.plan.edge is not None:
             self._prepare_edge(logs)
-        jetstream = self.run_dir / "nats"
+        config = write_nats_config(self.run_dir / "nats", self.plan)
         self.nats = ManagedProcess(
-            "nats",
-            [
-                find_binary("nats-server"),
-                "--addr", "127.0.0.1",
-                "--port", str(self.plan.nats_port),
-                "--http_port", str(self.plan.nats_monitor_port),
-                "--jetstream",
-                "--store_dir", str(jetstream),
-                "--server_name", "shop-mesh",
-            ],
-            logs / "nats.log",
-        )  # fmt: skip
+            "nats", [find_binary("nats-server"), "--config", str(config)], logs / "nats.log"
+        )
 
     def _prepare_edge(self, logs: Path) -> None:
         assert self.plan.edge is not None

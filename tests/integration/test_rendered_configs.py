@@ -1,4 +1,4 @@
-"""Sidecar configurations rendered from mesh.yaml and the contracts, checked by real Envoy."""
+"""Configurations rendered from mesh.yaml and the contracts, checked by the real binaries."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from mesh.binaries import find_binary
 from mesh.contracts import DESCRIPTOR_SET
 from mesh.pki import MeshPKI
 from mesh.plan import MeshPlan, make_plan
+from mesh.supervisor import write_nats_config
 from mesh.topology import Topology, load
 from tests.integration.conftest import ROOT
 
@@ -160,3 +161,18 @@ def test_inbound_authorizes_declared_callers_and_the_edge_for_public_methods(
     assert "/shop.inventory.v1.InventoryService/ReserveStock" not in edge_paths
     tls = inbound["filter_chains"][0]["transport_socket"]["typed_config"]
     assert tls["require_client_certificate"] is True
+
+
+def test_nats_config_is_valid_and_fsyncs_every_write(
+    rendered: tuple[MeshPlan, dict[str, Any], dict[str, Path]], tmp_path: Path
+) -> None:
+    plan, _, _ = rendered
+    config = write_nats_config(tmp_path / "nats", plan)
+    text = config.read_text()
+    assert "sync_interval: always" in text
+    assert f"listen: 127.0.0.1:{plan.nats_port}" in text
+    checked = subprocess.run(
+        [find_binary("nats-server"), "--config", str(config), "-t"],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert checked.returncode == 0, checked.stderr
