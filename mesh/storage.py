@@ -112,6 +112,30 @@ _MESH_MIGRATIONS = (
             """
         ],
     ),
+    Migration(
+        2,
+        "transactional outbox and processed event ids (mesh.events)",
+        [
+            """
+            CREATE TABLE outbox (
+                event_id VARCHAR(36) PRIMARY KEY,
+                subject VARCHAR(200) NOT NULL,
+                payload BLOB NOT NULL,
+                create_time TIMESTAMP NOT NULL,
+                published_time TIMESTAMP
+            )
+            """,
+            "CREATE INDEX outbox_pending ON outbox (published_time, create_time)",
+            """
+            CREATE TABLE processed_events (
+                consumer VARCHAR(100) NOT NULL,
+                event_id VARCHAR(36) NOT NULL,
+                processed_time TIMESTAMP NOT NULL,
+                PRIMARY KEY (consumer, event_id)
+            )
+            """,
+        ],
+    ),
 )
 
 

@@ -169,7 +169,7 @@ def _now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def write_nats_config(directory: Path, plan: MeshPlan) -> Path:
+def write_nats_config(directory: Path, port: int, monitor_port: int) -> Path:
     """NATS with JetStream on loopback; every write fsynced before it is acknowledged.
 
     `sync_interval: always` because with the default (fsync every two minutes) an
@@ -179,8 +179,8 @@ def write_nats_config(directory: Path, plan: MeshPlan) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     config = directory / "nats.conf"
     config.write_text(
-        f"listen: 127.0.0.1:{plan.nats_port}\n"
-        f"http: 127.0.0.1:{plan.nats_monitor_port}\n"
+        f"listen: 127.0.0.1:{port}\n"
+        f"http: 127.0.0.1:{monitor_port}\n"
         "server_name: shop-mesh\n"
         "jetstream {\n"
         f'  store_dir: "{directory / "jetstream"}"\n'
@@ -274,7 +274,9 @@ class Supervisor:
             self.instances.append(Instance(plan, app, sidecar))
         if self.plan.edge is not None:
             self._prepare_edge(logs)
-        config = write_nats_config(self.run_dir / "nats", self.plan)
+        config = write_nats_config(
+            self.run_dir / "nats", self.plan.nats_port, self.plan.nats_monitor_port
+        )
         self.nats = ManagedProcess(
             "nats", [find_binary("nats-server"), "--config", str(config)], logs / "nats.log"
         )

@@ -167,7 +167,7 @@ def test_nats_config_is_valid_and_fsyncs_every_write(
     rendered: tuple[MeshPlan, dict[str, Any], dict[str, Path]], tmp_path: Path
 ) -> None:
     plan, _, _ = rendered
-    config = write_nats_config(tmp_path / "nats", plan)
+    config = write_nats_config(tmp_path / "nats", plan.nats_port, plan.nats_monitor_port)
     text = config.read_text()
     assert "sync_interval: always" in text
     assert f"listen: 127.0.0.1:{plan.nats_port}" in text

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from mesh.events import outbox, processed_events
 from mesh.storage import Database, Migration, request_log
 from services.catalog.adapters import MIGRATIONS as CATALOG_MIGRATIONS
 from services.catalog.adapters import metadata as catalog_metadata
@@ -57,7 +58,7 @@ async def test_migrations_apply_once_and_in_order(tmp_path: Path) -> None:
     database = await opened(tmp_path / "t.db")
     try:
         assert await database.applied_versions() == [1, 2]
-        assert await database.applied_versions("mesh") == [1]
+        assert await database.applied_versions("mesh") == [1, 2]
         async with database.snapshot() as connection:
             rows = (await connection.exec_driver_sql("SELECT n FROM counter")).all()
         assert rows == [(0,)]  # migration 2 ran exactly once
@@ -119,7 +120,7 @@ async def test_migrated_schemas_match_the_tables_the_code_queries(tmp_path: Path
     await database.open()
     try:
         async with database.snapshot() as connection:
-            for table in [request_log, *catalog_metadata.tables.values()]:
+            for table in [request_log, outbox, processed_events, *catalog_metadata.tables.values()]:
                 columns = await connection.run_sync(
                     lambda sync, name=table.name: sa.inspect(sync).get_columns(name)  # type: ignore[misc]
                 )
