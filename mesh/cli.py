@@ -84,6 +84,16 @@ def _certs(args: argparse.Namespace) -> int:
     return control.certs(_root(), _run_dir(args), args.config, args.rotate)
 
 
+def _dlq(args: argparse.Namespace) -> int:
+    if args.action == "replay" and (args.sequence is None) == (not args.all):
+        print("meshctl dlq replay: give one SEQUENCE or --all", file=sys.stderr)
+        return 2
+    if args.action == "show" and args.sequence is None:
+        print("meshctl dlq show: give a SEQUENCE", file=sys.stderr)
+        return 2
+    return control.dlq(_run_dir(args), args.action, args.sequence, args.json)
+
+
 def _token(argv: Sequence[str]) -> int:
     # The identity service owns its signing key; the command borrows its code to mint.
     from services.identity import token_cli
@@ -141,6 +151,11 @@ def _parser() -> argparse.ArgumentParser:
     logs = mesh_command("logs", "a service's logs (every instance)", _logs)
     logs.add_argument("service")
     logs.add_argument("-n", "--lines", type=int, default=50, help="lines per instance")
+    dead = mesh_command("dlq", "dead letters: list, show one, replay one or --all", _dlq)
+    dead.add_argument("action", choices=["list", "show", "replay"])
+    dead.add_argument("sequence", nargs="?", type=int, help="a dead letter's sequence number")
+    dead.add_argument("--all", action="store_true", help="replay every dead letter")
+    dead.add_argument("--json", action="store_true", help="machine-readable list")
     certs = mesh_command("certs", "the mesh CA and every certificate it issued", _certs)
     certs.add_argument("--rotate", action="store_true", help="re-issue every leaf now")
     certs.add_argument("--config", type=Path, help="the topology (default: mesh.yaml)")

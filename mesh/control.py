@@ -8,6 +8,7 @@ processes by name, only by the pids recorded there.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -15,11 +16,16 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from mesh import contracts
+import nats
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from mesh import contracts, events
 from mesh.pki import MeshPKI, format_table
 from mesh.supervisor import (
     STATE_FILE,
@@ -237,3 +243,48 @@ def certs(root: Path, run_dir: Path, config: Path | None, rotate: bool) -> int:
         infos = pki.inspect()
     print(format_table(infos, datetime.now(UTC)))
     return 0
+
+
+async def _with_jetstream(url: str, work: Callable[[JetStreamContext], Awaitable[int]]) -> int:
+    client = await nats.connect(url, max_reconnect_attempts=1, connect_timeout=5)
+    try:
+        return await work(client.jetstream())
+    finally:
+        await client.close()
+
+
+def dlq(run_dir: Path, action: str, sequence: int | None, as_json: bool) -> int:
+    """`meshctl dlq list | show SEQ | replay SEQ | replay --all`."""
+    state = _running_state(run_dir)
+    if state is None:
+        raise ControlError(f"no mesh is running from {run_dir}")
+
+    async def work(js: JetStreamContext) -> int:
+        if action == "list":
+            letters = await events.dead_letters(js)
+            if as_json:
+                print(json.dumps([letter.describe() for letter in letters], indent=2))
+            else:
+                print(f"{len(letters)} dead letters")
+                for letter in letters:
+                    row = f"{letter.sequence:>6}  {letter.consumer:<24} {letter.subject:<36}"
+                    print(f"  {row} {letter.reason}")
+            return 0
+        if action == "show":
+            assert sequence is not None
+            print(json.dumps((await events.dead_letter(js, sequence)).describe(), indent=2))
+            return 0
+        targets = (
+            [sequence]
+            if sequence is not None
+            else [d.sequence for d in await events.dead_letters(js)]
+        )
+        for target in targets:
+            letter = await events.replay(js, target)
+            print(f"replayed {target} to {letter.subject} (was dead for {letter.consumer})")
+        return 0
+
+    try:
+        return asyncio.run(_with_jetstream(state["nats"]["url"], work))
+    except (NotFoundError, ValueError) as error:
+        raise ControlError(f"dlq {action}: {error}") from None

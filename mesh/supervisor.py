@@ -20,6 +20,7 @@ and `meshctl down`.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -36,9 +37,10 @@ from pathlib import Path
 from typing import IO, Any
 
 import grpc
+import nats
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from mesh import edge, envoy
+from mesh import edge, envoy, events
 from mesh.api import Api
 from mesh.binaries import find_binary
 from mesh.pki import MeshPKI
@@ -335,6 +337,13 @@ class Supervisor:
                 )
             time.sleep(0.1)
 
+    async def _ensure_streams(self) -> None:
+        client = await nats.connect(f"nats://127.0.0.1:{self.plan.nats_port}")
+        try:
+            await events.ensure_streams(client.jetstream())
+        finally:
+            await client.close()
+
     def nats_ready(self) -> bool:
         return http_ok(
             f"http://127.0.0.1:{self.plan.nats_monitor_port}/healthz?js-enabled-only=true"
@@ -350,6 +359,7 @@ class Supervisor:
         assert self.nats is not None
         self.nats.start(self.root)
         self._wait("nats", self.nats_ready, [self.nats])
+        asyncio.run(self._ensure_streams())
         for service in self.topology.start_order():
             group = [i for i in self.instances if i.plan.service == service]
             for instance in group:

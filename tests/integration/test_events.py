@@ -227,3 +227,36 @@ async def test_an_event_that_keeps_failing_ends_as_a_dead_letter_with_its_reason
     dead = await js.get_last_msg(events.DEAD_LETTER_STREAM, "dead.broken")
     assert dead.headers is not None
     assert "failed 3 times: the database of record is on fire" in dead.headers[events.DEAD_REASON]
+
+
+async def test_replay_re_drives_a_dead_letter_once_its_cause_is_fixed(
+    js: JetStreamContext, database: Database
+) -> None:
+    fixed = False
+
+    async def flaky(connection: AsyncConnection, event: events_pb2.EventEnvelope) -> None:
+        if not fixed:
+            raise RuntimeError("a bug, fixed later")
+        await connection.execute(sa.text("INSERT INTO ledger VALUES (:id)"), {"id": event.event_id})
+
+    consumer = events.EventConsumer(
+        database, js, name="ledger", subject="shop.orders.>", handler=flaky,
+        policy=events.ConsumerPolicy(ack_wait_seconds=5, redelivery_delays=(0.1,)),
+    )  # fmt: skip
+    envelope = order_placed()
+    await js.publish(
+        "shop.orders.order_placed",
+        envelope.SerializeToString(),
+        headers={events.MSG_ID: envelope.event_id},
+    )
+    await _consume_all(js, consumer)
+    [letter] = await events.dead_letters(js)
+    assert letter.describe()["event"]["eventId"] == envelope.event_id  # type: ignore[index]
+
+    fixed = True
+    await events.replay(js, letter.sequence)
+    await _consume_all(js, consumer)
+    assert await events.dead_letters(js) == []
+    async with database.snapshot() as connection:
+        rows = (await connection.execute(sa.text("SELECT event_id FROM ledger"))).scalars().all()
+    assert rows == [envelope.event_id]

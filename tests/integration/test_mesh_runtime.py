@@ -18,11 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import nats
 import pytest
 
+from mesh import events
 from mesh.pki import leaf, self_signed_ca
 from shop.catalog.v1 import catalog_service_pb2 as catalog_pb
 from shop.catalog.v1 import catalog_service_pb2_grpc as catalog_grpc
+from shop.events.v1 import events_pb2
 from shop.inventory.v1 import inventory_service_pb2 as inventory_pb
 from shop.inventory.v1 import inventory_service_pb2_grpc as inventory_grpc
 from shop.payments.v1 import payments_service_pb2 as payments_pb
@@ -327,3 +330,38 @@ def test_a_second_mesh_runs_beside_the_first_and_one_run_dir_runs_one_mesh(
         assert "already running" in again.stderr
     finally:
         assert second.down() == []
+
+
+async def test_meshctl_dlq_lists_shows_and_replays_dead_letters(mesh: RunningMesh) -> None:
+    client = await nats.connect(mesh.state()["nats"]["url"])
+    try:
+        js = client.jetstream()
+        event = events_pb2.EventEnvelope(
+            event_id=str(uuid.uuid4()),
+            order_id="o-dlq",
+            order_cancelled=events_pb2.OrderCancelled(order_id="o-dlq", reason="test"),
+        )
+        await js.publish(
+            "dead.test-consumer",
+            event.SerializeToString(),
+            headers={
+                events.DEAD_CONSUMER: "test-consumer",
+                events.DEAD_SUBJECT: "shop.orders.order_cancelled",
+                events.DEAD_REASON: "failed 5 times: boom",
+            },
+        )
+        listed = json.loads(mesh.meshctl("dlq", "list", "--json").stdout)
+        [letter] = [d for d in listed if d["consumer"] == "test-consumer"]
+        assert letter["reason"] == "failed 5 times: boom"
+        assert letter["event"]["orderId"] == "o-dlq"
+        shown = json.loads(mesh.meshctl("dlq", "show", str(letter["sequence"])).stdout)
+        assert shown["subject"] == "shop.orders.order_cancelled"
+        before = (await js.stream_info(events.EVENTS_STREAM)).state.messages
+        replayed = mesh.meshctl("dlq", "replay", str(letter["sequence"]))
+        assert "replayed" in replayed.stdout
+        after = (await js.stream_info(events.EVENTS_STREAM)).state.messages
+        assert after == before + 1
+        again = json.loads(mesh.meshctl("dlq", "list", "--json").stdout)
+        assert all(d["sequence"] != letter["sequence"] for d in again)
+    finally:
+        await client.close()
