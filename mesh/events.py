@@ -3,7 +3,8 @@
 Every event is a `shop.events.v1.EventEnvelope`, binary on the wire, published on
 `shop.<producer>.<event>` (snake case, e.g. `shop.orders.order_placed`).
 
-* **Outbox.** A service never publishes from a request: `enqueue` writes the event into
+* **Outbox.** A service never publishes from a request: `SqlTransaction.enqueue_event`
+  (`mesh.storage`) writes the event into
   the service's own `outbox` table in the transaction that makes the change, so an event
   exists exactly when its change was committed. `OutboxRelay` publishes pending events
   in order with `Nats-Msg-Id` = event id and marks them published only after JetStream
@@ -42,7 +43,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType,
 from nats.js.errors import NotFoundError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from mesh.storage import Database, UtcDateTime, utc_now
+from mesh.storage import Database, outbox, processed_events, utc_now
 from shop.events.v1 import events_pb2
 
 log = logging.getLogger(__name__)
@@ -61,33 +62,6 @@ DEAD_REASON = "Shop-Dead-Reason"
 DEAD_CONSUMER = "Shop-Dead-Consumer"
 DEAD_SUBJECT = "Shop-Dead-Subject"
 MSG_ID = "Nats-Msg-Id"
-
-#: The tables below are created by the mesh's own migrations (`mesh.storage`).
-_metadata = sa.MetaData()
-outbox = sa.Table(
-    "outbox",
-    _metadata,
-    sa.Column("event_id", sa.String(36), primary_key=True),
-    sa.Column("subject", sa.String(200), nullable=False),
-    sa.Column("payload", sa.LargeBinary, nullable=False),
-    sa.Column("create_time", UtcDateTime, nullable=False),
-    sa.Column("published_time", UtcDateTime),
-)
-processed_events = sa.Table(
-    "processed_events",
-    _metadata,
-    sa.Column("consumer", sa.String(100), primary_key=True),
-    sa.Column("event_id", sa.String(36), primary_key=True),
-    sa.Column("processed_time", UtcDateTime, nullable=False),
-)
-
-
-def subject_for(producer: str, envelope: events_pb2.EventEnvelope) -> str:
-    """`shop.<producer>.<event>`, the event named in snake case (OrderPlaced -> order_placed)."""
-    kind = envelope.WhichOneof("payload")
-    if kind is None:
-        raise ValueError("an event envelope must carry a payload")
-    return f"shop.{producer}.{kind}"
 
 
 async def ensure_streams(js: JetStreamContext) -> None:
@@ -115,20 +89,6 @@ async def ensure_streams(js: JetStreamContext) -> None:
             await js.update_stream(config)
         except NotFoundError:
             await js.add_stream(config)
-
-
-async def enqueue(
-    connection: AsyncConnection, producer: str, envelope: events_pb2.EventEnvelope
-) -> None:
-    """Put `envelope` in the outbox, in the transaction of the change it reports."""
-    await connection.execute(
-        outbox.insert().values(
-            event_id=envelope.event_id,
-            subject=subject_for(producer, envelope),
-            payload=envelope.SerializeToString(),
-            create_time=utc_now(),
-        )
-    )
 
 
 class OutboxRelay:

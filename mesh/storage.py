@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from mesh.errors import AlreadyExists
+from shop.events.v1 import events_pb2
 
 #: How long a writer waits for SQLite's lock before giving up, in milliseconds.
 SQLITE_BUSY_TIMEOUT_MS = 10_000
@@ -94,6 +95,26 @@ request_log = sa.Table(
     sa.Column("result", sa.Text, nullable=False),
     sa.Column("create_time", UtcDateTime, nullable=False),
 )
+
+#: Events waiting to be published (`mesh.events.OutboxRelay`), written by `enqueue_event`
+#: in the transaction of the change they report, and the event ids a consumer applied.
+outbox = sa.Table(
+    "outbox",
+    _metadata,
+    sa.Column("event_id", sa.String(36), primary_key=True),
+    sa.Column("subject", sa.String(200), nullable=False),
+    sa.Column("payload", sa.LargeBinary, nullable=False),
+    sa.Column("create_time", UtcDateTime, nullable=False),
+    sa.Column("published_time", UtcDateTime),
+)
+processed_events = sa.Table(
+    "processed_events",
+    _metadata,
+    sa.Column("consumer", sa.String(100), primary_key=True),
+    sa.Column("event_id", sa.String(36), primary_key=True),
+    sa.Column("processed_time", UtcDateTime, nullable=False),
+)
+
 
 #: The mesh's own tables, present in every service's database.
 _MESH_MIGRATIONS = (
@@ -303,6 +324,14 @@ async def record_request(
         ) from None
 
 
+def event_subject(envelope: events_pb2.EventEnvelope) -> str:
+    """`shop.<producer>.<event>` (the payload's field name: order_placed, stock_reserved...)."""
+    kind = envelope.WhichOneof("payload")
+    if kind is None or not envelope.producer or not envelope.event_id:
+        raise ValueError("an event needs an id, a producer and a payload")
+    return f"shop.{envelope.producer}.{kind}"
+
+
 class SqlTransaction:
     """Base of a service's view of its database inside one transaction.
 
@@ -317,6 +346,20 @@ class SqlTransaction:
 
     async def record_request(self, method: str, request_id: str, result: dict[str, Any]) -> None:
         await record_request(self._connection, method, request_id, result)
+
+    async def enqueue_event(self, envelope: events_pb2.EventEnvelope) -> None:
+        """Put an event in the outbox, in this transaction: it is published if it commits.
+
+        Its subject is `shop.<producer>.<event>`, e.g. `shop.orders.order_placed`.
+        """
+        await self._connection.execute(
+            outbox.insert().values(
+                event_id=envelope.event_id,
+                subject=event_subject(envelope),
+                payload=envelope.SerializeToString(),
+                create_time=utc_now(),
+            )
+        )
 
 
 View = TypeVar("View", bound=SqlTransaction)

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from mesh import events
 from mesh.binaries import find_binary
 from mesh.plan import free_port
-from mesh.storage import Database, Migration
+from mesh.storage import Database, Migration, SqlTransaction
 from mesh.supervisor import http_ok, write_nats_config
 from shop.events.v1 import events_pb2
 from tests.support.component import sqlite_database
@@ -86,11 +86,11 @@ async def test_only_committed_events_are_published_once_each(
 ) -> None:
     committed = order_placed("kept")
     async with database.transaction() as connection:
-        await events.enqueue(connection, "orders", committed)
+        await SqlTransaction(connection).enqueue_event(committed)
 
     async def rolled_back() -> None:
         async with database.transaction() as connection:
-            await events.enqueue(connection, "orders", order_placed("dropped"))
+            await SqlTransaction(connection).enqueue_event(order_placed("dropped"))
             raise RuntimeError("the change failed")
 
     with pytest.raises(RuntimeError):
@@ -111,7 +111,7 @@ async def test_a_relay_that_crashed_before_marking_publishes_no_duplicate(
 ) -> None:
     envelope = order_placed()
     async with database.transaction() as connection:
-        await events.enqueue(connection, "orders", envelope)
+        await SqlTransaction(connection).enqueue_event(envelope)
     # What a relay did before it crashed: published, but never marked the row.
     await js.publish(
         "shop.orders.order_placed",

@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from mesh.events import outbox, processed_events
-from mesh.storage import Database, Migration, request_log
+from mesh.storage import Database, Migration, outbox, processed_events, request_log
 from services.catalog.adapters import MIGRATIONS as CATALOG_MIGRATIONS
 from services.catalog.adapters import metadata as catalog_metadata
 
