@@ -32,8 +32,10 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
+import nats
 import sqlalchemy as sa
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import DecodeError
@@ -336,3 +338,43 @@ async def replay(js: JetStreamContext, sequence: int) -> DeadLetter:
     )
     await js.delete_msg(DEAD_LETTER_STREAM, sequence)
     return letter
+
+
+async def start_relay(database: Database, nats_url: str | None, stack: AsyncExitStack) -> None:
+    """Run an `OutboxRelay` for `database` until `stack` unwinds.
+
+    It connects in the background, so a service starts (and its outbox fills) even while
+    NATS is away; without a URL, events wait in the outbox for a relay that has one.
+    """
+    if not nats_url:
+        log.warning("no SHOP_NATS_URL: events stay in the outbox until a relay publishes them")
+        return
+    stop = asyncio.Event()
+
+    async def relay() -> None:
+        delay = 0.1
+        while not stop.is_set():
+            try:
+                client = await nats.connect(
+                    nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.5
+                )
+                break
+            except Exception as error:  # not up yet: try again
+                log.warning("outbox relay: cannot reach NATS (%s); retrying", error)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=delay)
+                delay = min(delay * 2, 5.0)
+        else:
+            return
+        try:
+            await OutboxRelay(database, client.jetstream()).run(stop)
+        finally:
+            await client.close()
+
+    task = asyncio.create_task(relay(), name="outbox-relay")
+
+    async def stop_relay() -> None:
+        stop.set()
+        await task
+
+    stack.push_async_callback(stop_relay)

@@ -9,6 +9,7 @@ once, here, from the command line and environment variables:
 | run directory | `--run-dir` | `SHOP_RUN_DIR` | `./run` |
 | database URL | `--database-url` | `SHOP_<NAME>_DATABASE_URL` | `<run-dir>/<name>/<name>.db` |
 | a dependency's address | | `SHOP_<DEP>_ADDRESS` | none: required when the service calls it |
+| the event bus | | `SHOP_NATS_URL` | none: events wait in the outbox |
 
 A service's `bootstrap(settings, stack)` builds its adapters (entering them on the
 `AsyncExitStack`, which closes them after the server stops) and returns the servicers to
@@ -44,6 +45,7 @@ class ServiceSettings:
     run_dir: Path = Path("run")
     database_url: str | None = None
     grace: float = DEFAULT_GRACE_SECONDS
+    nats_url: str | None = None
 
     def database(self, migrations: Sequence[Migration]) -> Database:
         """This service's own database: the configured URL, or its SQLite file."""
@@ -98,6 +100,7 @@ def settings_from_environment(name: str, argv: Sequence[str] | None = None) -> S
         run_dir=args.run_dir,
         database_url=args.database_url,
         grace=args.grace,
+        nats_url=os.environ.get("SHOP_NATS_URL") or None,
     )
 
 

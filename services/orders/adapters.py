@@ -310,7 +310,9 @@ class GrpcCatalog:
             ) from error
         try:
             return {
-                product.id: PricedProduct(product.id, product.name, Money.from_proto(product.price))
+                product.id: PricedProduct(
+                    product.id, product.name, Money.from_proto(product.price), product.weight_grams
+                )
                 for product in response.products
             }
         except MoneyError as error:

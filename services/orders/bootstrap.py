@@ -7,6 +7,7 @@ from contextlib import AsyncExitStack
 
 import grpc
 
+from mesh.events import start_relay
 from mesh.runner import Registration
 from mesh.service import ServiceSettings, open_database
 from services.orders.adapters import MIGRATIONS, GrpcCatalog, SqlOrdersStore
@@ -22,6 +23,7 @@ def registration(store: OrdersStore, catalog: Catalog) -> Registration:
 
 async def bootstrap(settings: ServiceSettings, stack: AsyncExitStack) -> Sequence[Registration]:
     database = await open_database(settings, MIGRATIONS, stack)
+    await start_relay(database, settings.nats_url, stack)
     channel = grpc.aio.insecure_channel(settings.address_of("catalog"))
     stack.push_async_callback(channel.close)
     return [registration(SqlOrdersStore(database), GrpcCatalog(channel))]

@@ -39,6 +39,7 @@ class PricedProduct:
     id: str
     name: str
     unit_price: Money
+    weight_grams: int = 0
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from services.orders.domain import (
     unknown_product,
     visible_to,
 )
+from services.orders.messages import order_placed
 from services.orders.ports import Catalog, OrdersStore
 
 
@@ -93,6 +94,8 @@ async def place_order(store: OrdersStore, catalog: Catalog, command: PlaceOrder)
                 now=utc_now(),
             )
             await tx.add(order)
+            weight = sum(products[line.product_id].weight_grams * line.quantity for line in lines)
+            await tx.enqueue_event(order_placed(order, weight))
             await tx.record_request("PlaceOrder", request_key, {"order_id": order.id})
     return order
 

@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from services.orders.domain import Order, OrderStatus, PricedProduct
+from shop.events.v1 import events_pb2
 
 
 class OrdersTransaction(Protocol):
@@ -27,6 +28,10 @@ class OrdersTransaction(Protocol):
         self, customer_id: str, before: tuple[datetime, str] | None, limit: int
     ) -> list[Order]:
         """The customer's orders, newest first, after the (create_time, id) `before`."""
+        ...
+
+    async def enqueue_event(self, envelope: events_pb2.EventEnvelope) -> None:
+        """Publish `envelope` if, and only if, this transaction commits (the outbox)."""
         ...
 
     async def find_request(self, method: str, request_id: str) -> dict[str, Any] | None: ...

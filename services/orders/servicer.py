@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from google.type import postal_address_pb2
-
 from mesh.caller import caller_subject
 from mesh.timestamps import to_timestamp
 from services.orders import handlers
@@ -15,9 +13,9 @@ from services.orders.domain import (
     OrderStatus,
     RequestedLine,
     SagaStep,
-    ShippingAddress,
     StepOutcome,
 )
+from services.orders.messages import address_from_proto, address_to_proto
 from services.orders.ports import Catalog, OrdersStore
 from shop.orders.v1 import orders_service_pb2 as pb
 from shop.orders.v1 import orders_service_pb2_grpc as pb_grpc
@@ -32,36 +30,6 @@ _OUTCOMES = {
     StepOutcome.FAILED: pb.SAGA_STEP_OUTCOME_FAILED,
     StepOutcome.COMPENSATED: pb.SAGA_STEP_OUTCOME_COMPENSATED,
 }
-
-
-def _address_from_proto(message: postal_address_pb2.PostalAddress) -> ShippingAddress:
-    return ShippingAddress(
-        region_code=message.region_code.strip(),
-        language_code=message.language_code,
-        postal_code=message.postal_code,
-        sorting_code=message.sorting_code,
-        administrative_area=message.administrative_area,
-        locality=message.locality,
-        sublocality=message.sublocality,
-        address_lines=tuple(message.address_lines),
-        recipients=tuple(message.recipients),
-        organization=message.organization,
-    )
-
-
-def _address_to_proto(address: ShippingAddress) -> postal_address_pb2.PostalAddress:
-    return postal_address_pb2.PostalAddress(
-        region_code=address.region_code,
-        language_code=address.language_code,
-        postal_code=address.postal_code,
-        sorting_code=address.sorting_code,
-        administrative_area=address.administrative_area,
-        locality=address.locality,
-        sublocality=address.sublocality,
-        address_lines=list(address.address_lines),
-        recipients=list(address.recipients),
-        organization=address.organization,
-    )
 
 
 def _line_to_proto(line: OrderLine) -> pb.OrderLine:
@@ -90,7 +58,7 @@ def to_proto(order: Order) -> pb.Order:
         customer_id=order.customer_id,
         lines=[_line_to_proto(line) for line in order.lines],
         total=order.total.to_proto(),
-        shipping_address=_address_to_proto(order.shipping_address),
+        shipping_address=address_to_proto(order.shipping_address),
         status=_STATUSES[order.status],
         cancel_reason=order.cancel_reason,
         history=[_step_to_proto(step) for step in order.history],
@@ -120,7 +88,7 @@ class OrdersServicer(pb_grpc.OrdersServiceServicer):
                 lines=tuple(
                     RequestedLine(line.product_id, line.quantity) for line in request.lines
                 ),
-                shipping_address=_address_from_proto(request.shipping_address),
+                shipping_address=address_from_proto(request.shipping_address),
                 payment_token=request.payment_token,
                 request_id=request.request_id,
             ),

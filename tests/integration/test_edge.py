@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import nats
 import pytest
 from openapi_spec_validator import validate
 
+from mesh import events
 from mesh.caller import SUBJECT_METADATA_KEY
+from shop.events.v1 import events_pb2
 from tests.integration.conftest import ROOT, RunningMesh, grpcurl
 
 pytestmark = pytest.mark.integration
@@ -265,4 +270,60 @@ def test_the_python_client_example_places_an_order(edge: httpx.Client, mesh: Run
     assert result.returncode == 0, result.stderr
     assert re.fullmatch(
         r"order \S+: 2 x .+, \d+\.\d\d [A-Z]{3}, ORDER_STATUS_PENDING\n", result.stdout
+    )
+
+
+def _place_an_order_twice(mesh: RunningMesh) -> str:
+    """Place one order, then retry it with the same request id; the order's id."""
+    with httpx.Client(base_url=mesh.edge_url, timeout=20) as edge:
+        admin = bearer(mesh.token("admin", "catalog:write"))
+        product = edge.post(
+            "/v1/products", json={"product": {**TEA, "weightGrams": 300}}, headers=admin
+        ).json()["product"]
+        _, token = customer(edge)
+        order = {"lines": [{"productId": product["id"], "quantity": 3}], "shippingAddress": ADDRESS,
+                 "paymentToken": "tok_visa", "requestId": str(uuid.uuid4())}  # fmt: skip
+        placed = [edge.post("/v1/orders", json=order, headers=bearer(token)) for _ in range(2)]
+    assert placed[0].json() == placed[1].json()
+    order_id: str = placed[0].json()["order"]["id"]
+    return order_id
+
+
+async def test_each_placed_order_publishes_exactly_one_order_placed_event(
+    mesh: RunningMesh,
+) -> None:
+    """Through the orders' outbox and relay to JetStream, a retried PlaceOrder included."""
+    order_id = await asyncio.to_thread(_place_an_order_twice, mesh)
+    client = await nats.connect(mesh.state()["nats"]["url"])
+    try:
+        js = client.jetstream()
+        found: list[events_pb2.EventEnvelope] = []
+        deadline = time.monotonic() + 20
+        while not found and time.monotonic() < deadline:
+            subscription = await js.pull_subscribe(
+                "shop.orders.order_placed", stream=events.EVENTS_STREAM
+            )
+            try:
+                pending = (await subscription.consumer_info()).num_pending
+                while pending:
+                    batch = await subscription.fetch(min(pending, 100), timeout=5)
+                    pending -= len(batch)
+                    for message in batch:
+                        envelope = events_pb2.EventEnvelope.FromString(message.data)
+                        assert message.headers is not None
+                        assert message.headers[events.MSG_ID] == envelope.event_id
+                        if envelope.order_id == order_id:
+                            found.append(envelope)
+            finally:
+                await subscription.unsubscribe()
+            if not found:
+                await asyncio.sleep(0.2)
+    finally:
+        await client.close()
+    assert len(found) == 1
+    event = found[0].order_placed
+    assert (event.weight_grams, event.payment_token, event.lines[0].quantity) == (
+        900,
+        "tok_visa",
+        3,
     )

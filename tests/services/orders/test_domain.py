@@ -21,6 +21,7 @@ from services.orders.domain import (
     ShippingAddress,
     StepOutcome,
 )
+from shop.events.v1 import events_pb2
 
 
 class FakeOrders:
@@ -29,6 +30,7 @@ class FakeOrders:
     def __init__(self) -> None:
         self.orders: dict[str, Order] = {}
         self.requests: dict[tuple[str, str], dict[str, Any]] = {}
+        self.events: list[events_pb2.EventEnvelope] = []
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[FakeOrders]:
@@ -62,6 +64,9 @@ class FakeOrders:
             mine = [o for o in mine if (o.create_time, o.id) < before]
         return mine[:limit]
 
+    async def enqueue_event(self, envelope: events_pb2.EventEnvelope) -> None:
+        self.events.append(envelope)
+
     async def find_request(self, method: str, request_id: str) -> dict[str, Any] | None:
         return self.requests.get((method, request_id)) if request_id else None
 
@@ -83,8 +88,8 @@ class FakeCatalog:
         return {pid: self.products_by_id[pid] for pid in ids}
 
 
-TEA = PricedProduct("tea", "Tea", Money("EUR", 450))
-CUP = PricedProduct("cup", "Cup", Money("EUR", 1299))
+TEA = PricedProduct("tea", "Tea", Money("EUR", 450), weight_grams=250)
+CUP = PricedProduct("cup", "Cup", Money("EUR", 1299), weight_grams=400)
 MUG = PricedProduct("mug", "Mug", Money("USD", 800))
 HOME = ShippingAddress(region_code="DE", locality="Berlin", address_lines=("Hauptstr. 1",))
 
@@ -207,6 +212,27 @@ async def test_a_retried_place_returns_the_first_order_without_asking_the_catalo
     assert again == first
     assert catalog.calls == 1
     assert len(store.orders) == 1
+    assert [e.order_id for e in store.events] == [first.id]  # one OrderPlaced, not two
+
+
+async def test_a_placed_order_starts_its_saga_with_an_order_placed_event(
+    store: FakeOrders, catalog: FakeCatalog
+) -> None:
+    order = await handlers.place_order(store, catalog, place(("tea", 2), ("cup", 1)))
+    [event] = store.events
+    assert (event.producer, event.order_id, event.WhichOneof("payload")) == (
+        "orders",
+        order.id,
+        "order_placed",
+    )
+    placed = event.order_placed
+    assert placed.customer_id == order.customer_id
+    assert placed.payment_token == order.payment_token
+    assert placed.weight_grams == 2 * 250 + 400
+    assert Money.from_proto(placed.total) == order.total
+    assert [(line.product_id, line.quantity) for line in placed.lines] == [
+        (line.product_id, line.quantity) for line in order.lines
+    ]
 
 
 async def test_another_customers_request_id_places_their_own_order(
