@@ -7,7 +7,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from mesh import contracts, control
+from mesh import contracts
+from mesh.plan import DEFAULT_RUN_DIR
 
 
 def _proto_gen(args: argparse.Namespace) -> int:
@@ -55,6 +56,8 @@ def _run_dir(args: argparse.Namespace) -> Path:
 
 
 def _up(args: argparse.Namespace) -> int:
+    from mesh import control  # needs the code `meshctl proto gen` makes
+
     if args.detach:
         return control.up_detached(_root(), _run_dir(args), args.config, args.edge_port)
     return control.supervise(
@@ -63,28 +66,40 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _supervise(args: argparse.Namespace) -> int:
+    from mesh import control  # needs the code `meshctl proto gen` makes
+
     return control.supervise(
         _root(), _run_dir(args), args.config, foreground=False, edge_port=args.edge_port
     )
 
 
 def _down(args: argparse.Namespace) -> int:
+    from mesh import control  # needs the code `meshctl proto gen` makes
+
     return control.down(_run_dir(args))
 
 
 def _status(args: argparse.Namespace) -> int:
+    from mesh import control  # needs the code `meshctl proto gen` makes
+
     return control.status(_run_dir(args), args.json)
 
 
 def _logs(args: argparse.Namespace) -> int:
+    from mesh import control  # needs the code `meshctl proto gen` makes
+
     return control.logs(_run_dir(args), args.service, args.lines)
 
 
 def _certs(args: argparse.Namespace) -> int:
+    from mesh import control  # needs the code `meshctl proto gen` makes
+
     return control.certs(_root(), _run_dir(args), args.config, args.rotate)
 
 
 def _dlq(args: argparse.Namespace) -> int:
+    from mesh import control  # needs the code `meshctl proto gen` makes
+
     if args.action == "replay" and (args.sequence is None) == (not args.all):
         print("meshctl dlq replay: give one SEQUENCE or --all", file=sys.stderr)
         return 2
@@ -99,7 +114,7 @@ def _token(argv: Sequence[str]) -> int:
     from services.identity import token_cli
 
     if not any(arg == "--run-dir" or arg.startswith("--run-dir=") for arg in argv):
-        argv = [*argv, "--run-dir", str(_root() / control.DEFAULT_RUN_DIR)]
+        argv = [*argv, "--run-dir", str(_root() / DEFAULT_RUN_DIR)]
     return token_cli.main(argv)
 
 
@@ -131,7 +146,7 @@ def _parser() -> argparse.ArgumentParser:
     ) -> argparse.ArgumentParser:
         command = commands.add_parser(name, help=help_text)
         command.add_argument(
-            "--run-dir", type=Path, default=control.DEFAULT_RUN_DIR,
+            "--run-dir", type=Path, default=DEFAULT_RUN_DIR,
             help="the mesh's state, certificates, logs and databases (default: .mesh)",
         )  # fmt: skip
         command.set_defaults(handler=handler)
@@ -176,9 +191,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         code: int = args.handler(args)
-    except (contracts.ContractsError, control.ControlError) as error:
+    except contracts.ContractsError as error:
         print(f"meshctl: {error}", file=sys.stderr)
         return 1
+    except Exception as error:
+        control = sys.modules.get("mesh.control")
+        if control is not None and isinstance(error, control.ControlError):
+            print(f"meshctl: {error}", file=sys.stderr)
+            return 1
+        raise
     return code
 
 

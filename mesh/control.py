@@ -37,7 +37,6 @@ from mesh.supervisor import (
 )
 from mesh.topology import Topology, TopologyError, load
 
-DEFAULT_RUN_DIR = Path(".mesh")
 TOPOLOGY_FILE = "mesh.yaml"
 #: How long `up --detach` and `down` wait for the supervisor.
 DETACH_TIMEOUT_SECONDS = 180.0

@@ -18,6 +18,8 @@ from typing import Any
 from mesh.topology import Topology
 
 PLAN_FILE = "plan.json"
+#: Where a checkout's mesh keeps its state, certificates, logs and databases (git-ignored).
+DEFAULT_RUN_DIR = Path(".mesh")
 
 
 @dataclass(frozen=True)

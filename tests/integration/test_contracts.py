@@ -39,6 +39,19 @@ def test_generated_stubs_import_in_a_fresh_interpreter(service: str) -> None:
     assert result.stdout.strip() == f"shop.{service}.v1"
 
 
+def test_meshctl_proto_needs_no_generated_code() -> None:
+    """`meshctl proto gen` makes the generated code, so it must run on a fresh clone."""
+    code = (
+        "import sys, mesh.cli\n"
+        "loaded = sorted(m for m in sys.modules if m == 'shop' or m.startswith('shop.'))\n"
+        "assert not loaded, loaded"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+
+
 def _descriptor_set() -> descriptor_pb2.FileDescriptorSet:
     return descriptor_pb2.FileDescriptorSet.FromString(
         (REPO.root / contracts.DESCRIPTOR_SET).read_bytes()
