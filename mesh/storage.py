@@ -74,6 +74,27 @@ class UtcDateTime(sa.TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+def keyset_page(
+    table: sa.Table, cursor: tuple[datetime, str] | None, limit: int, *, newest_first: bool
+) -> sa.Select[Any]:
+    """One page of `table` in (create_time, id) order, after `cursor`, at most `limit` rows.
+
+    Keyset pagination: stable while rows are added, and an index on (create_time, id)
+    serves it at any depth. Callers add their own filters to the select.
+    """
+    key = sa.tuple_(table.c.create_time, table.c.id)
+    order = (
+        (table.c.create_time.desc(), table.c.id.desc())
+        if newest_first
+        else (table.c.create_time, table.c.id)
+    )
+    query = table.select().order_by(*order).limit(limit)
+    if cursor is not None:
+        bound = sa.tuple_(sa.literal(cursor[0], UtcDateTime), sa.literal(cursor[1]))
+        query = query.where(key < bound if newest_first else key > bound)
+    return query
+
+
 _metadata = sa.MetaData()
 
 #: Which migrations of which component have been applied.

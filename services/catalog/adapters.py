@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from mesh.errors import Unavailable
 from mesh.money import Money
-from mesh.storage import Database, Migration, SqlStore, SqlTransaction, UtcDateTime
+from mesh.storage import Database, Migration, SqlStore, SqlTransaction, UtcDateTime, keyset_page
 from services.catalog.domain import Product
 from shop.inventory.v1 import inventory_service_pb2 as inventory_pb
 from shop.inventory.v1 import inventory_service_pb2_grpc as inventory_grpc
@@ -114,14 +114,9 @@ class SqlCatalogTransaction(SqlTransaction):
     async def page(
         self, category: str, after: tuple[datetime, str] | None, limit: int
     ) -> list[Product]:
-        query = products.select().order_by(products.c.create_time, products.c.id).limit(limit)
+        query = keyset_page(products, after, limit, newest_first=False)
         if category:
             query = query.where(products.c.category == category)
-        if after is not None:
-            query = query.where(
-                sa.tuple_(products.c.create_time, products.c.id)
-                > sa.tuple_(sa.literal(after[0], UtcDateTime), sa.literal(after[1]))
-            )
         return [_product(row) for row in await self._connection.execute(query)]
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from mesh.storage import Database, Migration, SqlStore, SqlTransaction, UtcDateTime
+from mesh.storage import Database, Migration, SqlStore, SqlTransaction, UtcDateTime, keyset_page
 from services.notifications.domain import Notification, NotificationChannel, NotificationKind
 
 MIGRATIONS = (
@@ -97,17 +97,9 @@ class SqlNotificationsTransaction(SqlTransaction):
     async def page(
         self, customer_id: str, before: tuple[datetime, str] | None, limit: int
     ) -> list[Notification]:
-        query = (
-            notifications.select()
-            .where(notifications.c.customer_id == customer_id)
-            .order_by(notifications.c.create_time.desc(), notifications.c.id.desc())
-            .limit(limit)
+        query = keyset_page(notifications, before, limit, newest_first=True).where(
+            notifications.c.customer_id == customer_id
         )
-        if before is not None:
-            query = query.where(
-                sa.tuple_(notifications.c.create_time, notifications.c.id)
-                < sa.tuple_(sa.literal(before[0], UtcDateTime), sa.literal(before[1]))
-            )
         return [_notification(row) for row in await self._connection.execute(query)]
 
 

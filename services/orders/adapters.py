@@ -16,7 +16,7 @@ from grpc_status import rpc_status
 
 from mesh.errors import Unavailable
 from mesh.money import Money, MoneyError
-from mesh.storage import Database, Migration, SqlStore, SqlTransaction, UtcDateTime
+from mesh.storage import Database, Migration, SqlStore, SqlTransaction, UtcDateTime, keyset_page
 from services.orders.domain import (
     Order,
     OrderLine,
@@ -259,17 +259,9 @@ class SqlOrdersTransaction(SqlTransaction):
     async def page(
         self, customer_id: str, before: tuple[datetime, str] | None, limit: int
     ) -> list[Order]:
-        query = (
-            orders.select()
-            .where(orders.c.customer_id == customer_id)
-            .order_by(orders.c.create_time.desc(), orders.c.id.desc())
-            .limit(limit)
+        query = keyset_page(orders, before, limit, newest_first=True).where(
+            orders.c.customer_id == customer_id
         )
-        if before is not None:
-            query = query.where(
-                sa.tuple_(orders.c.create_time, orders.c.id)
-                < sa.tuple_(sa.literal(before[0], UtcDateTime), sa.literal(before[1]))
-            )
         return await self._load(list(await self._connection.execute(query)))
 
 
