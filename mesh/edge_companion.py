@@ -12,18 +12,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 from collections.abc import Sequence
 from pathlib import Path
 
-import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
-from mesh.runner import SERVER_OPTIONS
-
-log = logging.getLogger(__name__)
+from mesh.runner import ServiceRunner
 
 
 def descriptor_pool_of(path: Path) -> descriptor_pool.DescriptorPool:
@@ -34,27 +28,6 @@ def descriptor_pool_of(path: Path) -> descriptor_pool.DescriptorPool:
     return pool
 
 
-async def serve(port: int, descriptor_set: Path, services: Sequence[str]) -> None:
-    server = grpc.aio.server(options=SERVER_OPTIONS)
-    checker = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(checker, server)
-    reflection.enable_server_reflection(
-        [*services, reflection.SERVICE_NAME], server, pool=descriptor_pool_of(descriptor_set)
-    )
-    if server.add_insecure_port(f"127.0.0.1:{port}") == 0:
-        raise OSError(f"cannot listen on 127.0.0.1:{port}")
-    await server.start()
-    await checker.set("", health_pb2.HealthCheckResponse.SERVING)
-    log.info("edge reflection for %d services on 127.0.0.1:%d", len(services), port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
-    await checker.enter_graceful_shutdown()
-    await server.stop(2)
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m mesh.edge_companion")
     parser.add_argument("--port", type=int, required=True)
@@ -62,7 +35,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--service", action="append", default=[], dest="services")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s edge %(message)s")
-    asyncio.run(serve(args.port, args.descriptor_set, args.services))
+    runner = ServiceRunner(
+        [],
+        port=args.port,
+        grace=2.0,
+        reflected=args.services,
+        pool=descriptor_pool_of(args.descriptor_set),
+    )
+    asyncio.run(runner.serve())
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 from google.type import money_pb2
 
+from mesh.errors import FieldViolation, InvalidArgument
+
 #: ISO 4217 currencies the shop accepts, with their number of minor-unit digits.
 CURRENCIES: dict[str, int] = {
     "EUR": 2, "USD": 2, "GBP": 2, "CHF": 2, "SEK": 2, "NOK": 2, "DKK": 2, "PLN": 2,
@@ -74,6 +76,14 @@ class Money:
         if money.nanos % nanos_per_minor:
             raise MoneyError(f"{currency} has no unit smaller than 1/{scale}")
         return cls(currency, money.units * scale + money.nanos // nanos_per_minor)
+
+    @classmethod
+    def from_request(cls, money: money_pb2.Money, field: str) -> Money:
+        """Parse a request's money field; a bad amount is INVALID_ARGUMENT on `field`."""
+        try:
+            return cls.from_proto(money)
+        except MoneyError as error:
+            raise InvalidArgument.of([FieldViolation(field, f"{error}.")]) from None
 
     def to_proto(self) -> money_pb2.Money:
         units, minor = divmod(abs(self.minor_units), self._scale)

@@ -24,6 +24,7 @@ from types import ModuleType
 from typing import Any
 
 import grpc
+from google.protobuf import descriptor_pool
 from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -74,10 +75,17 @@ class ServiceRunner:
         port: int = 0,
         grace: float = DEFAULT_GRACE_SECONDS,
         interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+        reflected: Sequence[str] = (),
+        pool: descriptor_pool.DescriptorPool | None = None,
     ) -> None:
-        if not registrations:
+        """`reflected` names services reflection describes beside the registered ones,
+        from `pool` (default: the generated code's pool); the edge's reflection endpoint
+        serves nothing but those."""
+        if not registrations and not reflected:
             raise ValueError("a runner needs at least one service to serve")
         self._registrations = tuple(registrations)
+        self._reflected = tuple(reflected)
+        self._pool = pool
         self._address = f"{host}:{port}"
         self._grace = grace
         self._interceptors = (ErrorInterceptor(), ValidationInterceptor(), *interceptors)
@@ -96,7 +104,9 @@ class ServiceRunner:
             registration.add_to_server(registration.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
-            [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+            [*self.service_names, *self._reflected, health.SERVICE_NAME, reflection.SERVICE_NAME],
+            server,
+            pool=self._pool,
         )
         port = server.add_insecure_port(self._address)
         if port == 0:
@@ -105,7 +115,7 @@ class ServiceRunner:
         self._server, self.port = server, port
         for name in ("", *self.service_names):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("serving %s on %s", ", ".join(self.service_names), self.address)
+        log.info("serving %s on %s", ", ".join(self.service_names or self._reflected), self.address)
         return port
 
     @property

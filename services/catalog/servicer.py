@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mesh.errors import FieldViolation, InvalidArgument
-from mesh.money import Money, MoneyError
+from mesh.money import Money
 from mesh.timestamps import to_timestamp
 from services.catalog import handlers
 from services.catalog.domain import UPDATABLE_FIELDS, Product
@@ -29,10 +28,7 @@ def to_proto(product: Product) -> pb.Product:
 
 
 def _price(message: pb.Product) -> Money:
-    try:
-        return Money.from_proto(message.price)
-    except MoneyError as error:
-        raise InvalidArgument.of([FieldViolation("product.price", f"{error}.")]) from None
+    return Money.from_request(message.price, "product.price")
 
 
 def _changes(request: pb.UpdateProductRequest) -> dict[str, object]:

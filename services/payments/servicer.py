@@ -6,8 +6,7 @@ from typing import Any
 
 from google.type import money_pb2
 
-from mesh.errors import FieldViolation, InvalidArgument
-from mesh.money import Money, MoneyError
+from mesh.money import Money
 from mesh.timestamps import to_timestamp
 from services.payments import handlers
 from services.payments.domain import Payment, PaymentStatus
@@ -39,10 +38,7 @@ def to_proto(payment: Payment) -> pb.Payment:
 
 
 def _amount(message: money_pb2.Money) -> Money:
-    try:
-        return Money.from_proto(message)
-    except MoneyError as error:
-        raise InvalidArgument.of([FieldViolation("amount", f"{error}.")]) from None
+    return Money.from_request(message, "amount")
 
 
 class PaymentsServicer(pb_grpc.PaymentsServiceServicer):
