@@ -21,11 +21,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import nats
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from mesh import contracts, events
+from mesh import contracts, events, natsconf
+from mesh.events import NatsSettings
 from mesh.pki import MeshPKI, format_table
 from mesh.supervisor import (
     STATE_FILE,
@@ -244,8 +244,10 @@ def certs(root: Path, run_dir: Path, config: Path | None, rotate: bool) -> int:
     return 0
 
 
-async def _with_jetstream(url: str, work: Callable[[JetStreamContext], Awaitable[int]]) -> int:
-    client = await nats.connect(url, max_reconnect_attempts=1, connect_timeout=5)
+async def _with_jetstream(
+    settings: NatsSettings, work: Callable[[JetStreamContext], Awaitable[int]]
+) -> int:
+    client = await settings.connect(max_reconnect_attempts=1, connect_timeout=5)
     try:
         return await work(client.jetstream())
     finally:
@@ -284,6 +286,6 @@ def dlq(run_dir: Path, action: str, sequence: int | None, as_json: bool) -> int:
         return 0
 
     try:
-        return asyncio.run(_with_jetstream(state["nats"]["url"], work))
+        return asyncio.run(_with_jetstream(natsconf.admin_from_state(state), work))
     except (NotFoundError, ValueError) as error:
         raise ControlError(f"dlq {action}: {error}") from None

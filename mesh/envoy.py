@@ -274,11 +274,14 @@ def _inbound(topology: Topology, api: Api, instance: InstancePlan, sds: SdsFiles
 def retry_policy(policy: CallPolicy, method: Method | None) -> dict[str, Any]:
     retries = policy.retries
     safe = method is not None and method.idempotency.retry_safe
+    # A per-try timeout only helps where the try that timed out is retried; a method that
+    # is not safe to retry gets the whole route timeout for its one try instead.
+    per_try = {"per_try_timeout": duration(retries.per_try_timeout)} if safe else {}
     return {
         "retry_on": RETRY_ON_IDEMPOTENT if safe else RETRY_ON_NOT_APPLIED,
         "retriable_headers": [{"name": NOT_APPLIED_HEADER, "present_match": True}],
         "num_retries": retries.attempts,
-        "per_try_timeout": duration(retries.per_try_timeout),
+        **per_try,
         "retry_back_off": {
             "base_interval": duration(retries.backoff_base),
             "max_interval": duration(retries.backoff_max),

@@ -15,14 +15,19 @@ Every event is a `shop.events.v1.EventEnvelope`, binary on the wire, published o
   several consumers read at their own pace, and a replay needs them), and a 10 minute
   duplicate window, longer than any relay retry loop. `SHOP_DEAD_LETTERS` holds
   `dead.>` for 30 days.
-* **Consumers.** `EventConsumer` is a durable pull consumer with explicit acks, an ack
-  wait and growing redelivery delays. Its handler runs in a transaction of the
-  consumer's database that also records the event id in `processed_events`, so a
-  redelivered event (after a crash between commit and ack) changes nothing twice.
-* **Dead letters.** An undecodable message, or one that failed on its last allowed
-  delivery, is republished to `dead.<consumer>` with the reason, the consumer and the
-  original subject in headers and the original body, then terminated, so the good
-  messages behind it keep flowing.
+* **Consumers.** Each consuming service has one durable pull consumer, named after it
+  and shared by its replicas, created by the mesh with the subjects `mesh.yaml` lists
+  under its `consumes:` (`ensure_consumer`); the service only binds to it and checks
+  that those are the subjects it has handlers for. Explicit acks, growing redelivery
+  delays, `max_deliver` (see `ConsumerPolicy`). A handler makes its change in the
+  `Delivery`'s transaction, which also records the event id in `processed_events`, so
+  a redelivered event (after a crash between commit and ack) changes nothing twice.
+* **Dead letters.** An undecodable message, an event on a subject that is not its own,
+  or one that failed on its last allowed delivery, is republished to `dead.<consumer>`
+  with the reason, the consumer and the original subject in headers and the original
+  body, then terminated, so the good messages behind it keep flowing.
+* **Security.** Over TLS with the mesh's certificates, each service limited to its own
+  subjects and consumer: see `mesh.natsconf`.
 """
 
 from __future__ import annotations
@@ -30,25 +35,50 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import signal
+import ssl
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import nats
 import sqlalchemy as sa
 from google.protobuf.json_format import MessageToDict
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
+from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
 from nats.js.errors import NotFoundError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from mesh.storage import Database, outbox, processed_events, utc_now
+from mesh.storage import Database, event_subject, outbox, processed_events, utc_now
+from mesh.timestamps import to_timestamp
 from shop.events.v1 import events_pb2
 
 log = logging.getLogger(__name__)
+
+
+class _SslEofNoise(logging.Filter):
+    """Drop asyncio's warning that nats-py's protocol returns True from `eof_received`
+    on a TLS connection: said once per closed connection, and harmless."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "eof_received() has no effect when using ssl" not in record.getMessage()
+
+
+logging.getLogger("asyncio").addFilter(_SslEofNoise())
 
 EVENTS_STREAM = "SHOP_EVENTS"
 EVENTS_SUBJECTS = "shop.>"
@@ -114,8 +144,10 @@ class OutboxRelay:
     async def publish_pending(self) -> int:
         """Publish what is pending (one batch); return how many were published.
 
-        Each event is marked published right after JetStream acknowledges it, so a
-        failure part-way leaves the rest pending, in order, for the next round.
+        The events JetStream acknowledged are marked published together, also when a
+        failure stops the batch part-way, which leaves the rest pending, in order, for
+        the next round. A crash before the marking publishes them again later, and
+        JetStream drops those copies (same message id, within the duplicate window).
         """
         async with self._database.snapshot() as connection:
             rows = (
@@ -126,14 +158,19 @@ class OutboxRelay:
                     .limit(self._batch)
                 )
             ).all()
-        for row in rows:
-            await self._js.publish(row.subject, row.payload, headers={MSG_ID: row.event_id})
-            async with self._database.transaction() as connection:
-                await connection.execute(
-                    outbox.update()
-                    .where(outbox.c.event_id == row.event_id)
-                    .values(published_time=utc_now())
-                )
+        acknowledged: list[str] = []
+        try:
+            for row in rows:
+                await self._js.publish(row.subject, row.payload, headers={MSG_ID: row.event_id})
+                acknowledged.append(row.event_id)
+        finally:
+            if acknowledged:  # one transaction (one fsync) for the batch
+                async with self._database.transaction() as connection:
+                    await connection.execute(
+                        outbox.update()
+                        .where(outbox.c.event_id.in_(acknowledged))
+                        .values(published_time=utc_now())
+                    )
         return len(rows)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -152,23 +189,119 @@ class OutboxRelay:
                     await asyncio.wait_for(stop.wait(), timeout=delay)
 
 
-Handler = Callable[[AsyncConnection, events_pb2.EventEnvelope], Awaitable[None]]
-
-
 @dataclass(frozen=True)
 class ConsumerPolicy:
-    """How patiently a consumer retries an event before it becomes a dead letter."""
+    """How patiently a consumer retries an event before it becomes a dead letter.
 
-    ack_wait_seconds: float = 30.0
+    A failed event is nak'ed with a growing delay (1 s, 2 s, 5 s, 10 s), so one that
+    fails because something is briefly away is not retried in a tight loop, and one
+    that keeps failing is a dead letter after `max_deliver` tries (about 20 s in all).
+    An event whose consumer died before acking it comes back after `ack_wait`; while
+    a batch is being worked through, the consumer tells JetStream it is still at it
+    (`in_progress`), so a slow batch is not redelivered under its feet. (JetStream's
+    own `backoff` option is not used: it would also replace the ack wait of the first
+    delivery by its first delay.)
+    """
+
+    ack_wait_seconds: float = 5.0
     redelivery_delays: Sequence[float] = (1.0, 2.0, 5.0, 10.0)
+    #: Unacknowledged messages a consumer may have out at once (over all its replicas).
+    max_ack_pending: int = 1000
 
     @property
     def max_deliver(self) -> int:
         return len(self.redelivery_delays) + 1
 
 
+def consumer_config(name: str, subjects: Sequence[str], policy: ConsumerPolicy) -> ConsumerConfig:
+    """The durable pull consumer `name` of the events on `subjects`, in stream order."""
+    return ConsumerConfig(
+        durable_name=name,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=policy.ack_wait_seconds,
+        max_deliver=policy.max_deliver,
+        max_ack_pending=policy.max_ack_pending,
+        filter_subjects=sorted(subjects),
+    )
+
+
+async def ensure_consumer(
+    js: JetStreamContext,
+    name: str,
+    subjects: Sequence[str],
+    policy: ConsumerPolicy = ConsumerPolicy(),
+) -> None:
+    """Create the durable consumer `name`, or bring its subjects and policy up to date.
+
+    The mesh creates every consumer (a service's identity may only use its own, see
+    `mesh.natsauth`), so what a service reads is decided by `mesh.yaml`, not by the
+    service.
+    """
+    await js.add_consumer(EVENTS_STREAM, consumer_config(name, subjects, policy))
+
+
+class AlreadyApplied(Exception):
+    """The event was applied before (raised inside `Delivery.transaction`)."""
+
+
+Handler = Callable[["Delivery"], Awaitable[None]]
+
+
+class Delivery:
+    """One event handed to a handler, with the transaction its effect belongs in.
+
+    A handler makes its change, and writes the events it emits (`mesh.storage.
+    enqueue_event`), inside `transaction()`, which also records the event id as
+    processed by this consumer: the effect, the follow-up events and the record commit
+    together or not at all. Work that must not hold the write lock (a call to another
+    system, with an idempotency key) is done before the transaction opens. A handler
+    that opens no transaction (the event means nothing to it) is recorded anyway.
+    """
+
+    def __init__(self, consumer: EventConsumer, envelope: events_pb2.EventEnvelope) -> None:
+        self.envelope = envelope
+        self._consumer = consumer
+        self.recorded = False
+
+    def snapshot(self) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
+        """A read-only view of the consumer's database, for work before the transaction."""
+        return self._consumer.database.snapshot()
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+        """The consumer's database transaction; raises `AlreadyApplied` for a repeat."""
+        if self.recorded:
+            raise RuntimeError("an event is applied in one transaction")
+        name, event_id = self._consumer.name, self.envelope.event_id
+        async with self._consumer.database.transaction() as connection:
+            if await _processed(connection, name, event_id):
+                raise AlreadyApplied(event_id)
+            yield connection
+            await connection.execute(
+                processed_events.insert().values(
+                    consumer=name, event_id=event_id, processed_time=utc_now()
+                )
+            )
+        self.recorded = True
+
+
+async def _processed(connection: AsyncConnection, consumer: str, event_id: str) -> bool:
+    found = await connection.execute(
+        sa.select(processed_events.c.event_id).where(
+            processed_events.c.consumer == consumer, processed_events.c.event_id == event_id
+        )
+    )
+    return found.first() is not None
+
+
 class EventConsumer:
-    """A durable, idempotent consumer of some events (see module doc)."""
+    """A service's durable, idempotent consumer of the events it handles (see module doc).
+
+    `handlers` maps each subject to its handler; the consumer (created by the mesh,
+    see `ensure_consumer`) must deliver exactly those subjects, which `bind` checks, so
+    `mesh.yaml` and the code cannot drift apart unnoticed.
+    """
 
     def __init__(
         self,
@@ -176,87 +309,101 @@ class EventConsumer:
         js: JetStreamContext,
         *,
         name: str,
-        subject: str,
-        handler: Handler,
+        handlers: Mapping[str, Handler],
         policy: ConsumerPolicy = ConsumerPolicy(),
     ) -> None:
-        self._database = database
+        self.database = database
         self._js = js
         self.name = name
-        self._subject = subject
-        self._handler = handler
+        self._handlers = dict(handlers)
         self._policy = policy
         self._subscription: JetStreamContext.PullSubscription | None = None
+        self._applied = 0
+        self._kill_every = chaos_kill_every(name)
 
-    async def subscribe(self) -> None:
-        self._subscription = await self._js.pull_subscribe(
-            self._subject,
-            durable=self.name,
-            stream=EVENTS_STREAM,
-            config=ConsumerConfig(
-                ack_policy=AckPolicy.EXPLICIT,
-                ack_wait=self._policy.ack_wait_seconds,
-                max_deliver=self._policy.max_deliver,
-                backoff=list(self._policy.redelivery_delays),
-            ),
+    async def bind(self) -> None:
+        """Attach to the durable consumer; refuse one that delivers other subjects."""
+        info = await self._js.consumer_info(EVENTS_STREAM, self.name)
+        config = info.config
+        delivered = set(
+            config.filter_subjects or ([config.filter_subject] if config.filter_subject else [])
+        )
+        if delivered != set(self._handlers):
+            raise ConsumerMismatch(
+                f"consumer {self.name!r} delivers {sorted(delivered)} but the service "
+                f"handles {sorted(self._handlers)}: make its `consumes:` in mesh.yaml match"
+            )
+        self._subscription = await self._js.pull_subscribe_bind(
+            consumer=self.name, stream=EVENTS_STREAM
         )
 
     async def _dead_letter(self, message: Msg, reason: str) -> None:
-        subject = message.subject
         await self._js.publish(
             f"{DEAD_LETTER_PREFIX}.{self.name}",
             message.data,
-            headers={DEAD_REASON: reason[:500], DEAD_CONSUMER: self.name, DEAD_SUBJECT: subject},
+            headers={
+                DEAD_REASON: reason[:500],
+                DEAD_CONSUMER: self.name,
+                DEAD_SUBJECT: message.subject,
+                MSG_ID: f"dead-{self.name}-{message.metadata.sequence.stream}",
+            },
         )
+        await message.term()
 
-    async def _apply(self, envelope: events_pb2.EventEnvelope) -> bool:
-        """Run the handler once per event id; False when the event was already applied."""
-        async with self._database.transaction() as connection:
-            seen = (
-                await connection.execute(
-                    sa.select(processed_events.c.event_id).where(
-                        processed_events.c.consumer == self.name,
-                        processed_events.c.event_id == envelope.event_id,
-                    )
-                )
-            ).first()
-            if seen is not None:
-                return False
-            await self._handler(connection, envelope)
-            await connection.execute(
-                processed_events.insert().values(
-                    consumer=self.name, event_id=envelope.event_id, processed_time=utc_now()
-                )
-            )
-        return True
+    def _decode(self, message: Msg) -> tuple[events_pb2.EventEnvelope, Handler]:
+        """The event in `message` and its handler; `DecodeError` when it is not one we take."""
+        envelope = events_pb2.EventEnvelope.FromString(message.data)
+        try:
+            subject = event_subject(envelope)
+        except ValueError as error:
+            raise DecodeError(str(error)) from None
+        if subject != message.subject:
+            raise DecodeError(f"a {subject} event published on {message.subject}")
+        handler = self._handlers.get(subject)
+        if handler is None:
+            raise DecodeError(f"{self.name} has no handler for {subject}")
+        return envelope, handler
 
     async def handle(self, message: Msg) -> None:
         """Apply one message, then ack it; or retry it later; or dead-letter it."""
         try:
-            envelope = events_pb2.EventEnvelope.FromString(message.data)
-            if not envelope.event_id:
-                raise DecodeError("no event id")
+            envelope, handler = self._decode(message)
         except DecodeError as error:
             await self._dead_letter(message, f"malformed event: {error}")
-            await message.term()
             return
+        delivery = Delivery(self, envelope)
         try:
-            await self._apply(envelope)
+            async with self.database.snapshot() as connection:
+                seen = await _processed(connection, self.name, envelope.event_id)
+            if not seen:
+                await handler(delivery)
+                if not delivery.recorded:
+                    async with delivery.transaction():
+                        pass
+                self._after_commit()
+        except AlreadyApplied:
+            pass
         except Exception as error:
             delivered = message.metadata.num_delivered
             if delivered >= self._policy.max_deliver:
                 await self._dead_letter(message, f"failed {delivered} times: {error}")
-                await message.term()
             else:
                 log.warning("%s: event %s failed: %s", self.name, envelope.event_id, error)
                 await message.nak(delay=self._policy.redelivery_delays[delivered - 1])
             return
         await message.ack()
 
-    async def run(self, stop: asyncio.Event, batch: int = 20) -> None:
-        """Fetch and handle messages until `stop` is set."""
+    def _after_commit(self) -> None:
+        """The fault-injection point between an event's commit and its ack (see chaos)."""
+        self._applied += 1
+        if self._kill_every and self._applied % self._kill_every == 0:
+            log.critical("%s: chaos: killed after commit, before ack", self.name)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    async def run(self, stop: asyncio.Event, batch: int = 10) -> None:
+        """Fetch and handle messages, in stream order, until `stop` is set."""
         if self._subscription is None:
-            await self.subscribe()
+            await self.bind()
         assert self._subscription is not None
         while not stop.is_set():
             try:
@@ -267,8 +414,41 @@ class EventConsumer:
                 log.warning("%s: fetch failed: %s", self.name, error)
                 await asyncio.sleep(0.5)
                 continue
-            for message in messages:
-                await self.handle(message)
+            unsettled = list(messages)
+            keeper = asyncio.create_task(self._keep_in_progress(unsettled))
+            try:
+                for message in messages:
+                    await self.handle(message)
+                    unsettled.remove(message)
+            finally:
+                keeper.cancel()
+
+    async def _keep_in_progress(self, unsettled: list[Msg]) -> None:
+        """Reset the ack wait of the batch's unsettled messages until they are settled."""
+        while True:
+            await asyncio.sleep(self._policy.ack_wait_seconds / 3)
+            for message in list(unsettled):
+                with contextlib.suppress(Exception):
+                    await message.in_progress()
+
+
+#: Fault injection for crash tests: `<consumer>:<N>[,...]` makes that consumer's process
+#: kill itself (SIGKILL) after committing every Nth event and before acknowledging it,
+#: the window where a crash makes JetStream deliver an applied event again.
+CHAOS_KILL_AFTER_COMMIT = "SHOP_CHAOS_KILL_AFTER_COMMIT"
+
+
+def chaos_kill_every(consumer: str) -> int | None:
+    """N for `consumer` in `SHOP_CHAOS_KILL_AFTER_COMMIT`, if it names it."""
+    for entry in os.environ.get(CHAOS_KILL_AFTER_COMMIT, "").split(","):
+        name, _, every = entry.strip().partition(":")
+        if name == consumer and every.isdigit() and int(every) > 0:
+            return int(every)
+    return None
+
+
+class ConsumerMismatch(RuntimeError):
+    """A service's handlers and its consumer's subjects differ."""
 
 
 @dataclass(frozen=True)
@@ -340,41 +520,141 @@ async def replay(js: JetStreamContext, sequence: int) -> DeadLetter:
     return letter
 
 
-async def start_relay(database: Database, nats_url: str | None, stack: AsyncExitStack) -> None:
-    """Run an `OutboxRelay` for `database` until `stack` unwinds.
+def inbox_prefix(identity: str) -> str:
+    """Where `identity`'s replies arrive; only it may subscribe there (`mesh.natsconf`)."""
+    return f"_INBOX_{identity}"
+
+
+@dataclass(frozen=True)
+class NatsSettings:
+    """How a process reaches NATS: the URL and, for TLS, the mesh CA and its own leaf.
+
+    `identity` names the process to NATS: its certificate maps to that user (see
+    `mesh.natsauth`), and its replies arrive under `_INBOX_<identity>.`, the only
+    inbox that user may read.
+    """
+
+    url: str
+    identity: str = ""
+    ca_path: Path | None = None
+    cert_path: Path | None = None
+    key_path: Path | None = None
+    server_name: str | None = None
+
+    async def connect(self, **options: Any) -> NatsClient:
+        tls = None
+        if self.ca_path is not None:
+            tls = ssl.create_default_context(cafile=str(self.ca_path))
+            if self.cert_path is not None and self.key_path is not None:
+                tls.load_cert_chain(str(self.cert_path), str(self.key_path))
+        inbox = inbox_prefix(self.identity) if self.identity else "_INBOX"
+        return await nats.connect(
+            self.url,
+            tls=tls,
+            tls_hostname=self.server_name,
+            inbox_prefix=inbox,
+            name=self.identity or None,
+            **options,
+        )
+
+
+async def start_event_bus(
+    database: Database,
+    settings: NatsSettings | None,
+    stack: AsyncExitStack,
+    handlers: Mapping[str, Handler] | None = None,
+) -> None:
+    """Relay `database`'s outbox and, given `handlers`, consume events, until `stack` unwinds.
 
     It connects in the background, so a service starts (and its outbox fills) even while
-    NATS is away; without a URL, events wait in the outbox for a relay that has one.
+    NATS is away; without settings, events wait in the outbox for a relay that has them.
+    The consumer is the durable one named after the service (`settings.identity`), which
+    all its replicas share: JetStream hands each message to one of them.
     """
-    if not nats_url:
+    if settings is None:
         log.warning("no SHOP_NATS_URL: events stay in the outbox until a relay publishes them")
         return
     stop = asyncio.Event()
 
-    async def relay() -> None:
+    async def connect() -> NatsClient | None:
         delay = 0.1
         while not stop.is_set():
             try:
-                client = await nats.connect(
-                    nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.5
-                )
-                break
+                return await settings.connect(max_reconnect_attempts=-1, reconnect_time_wait=0.5)
             except Exception as error:  # not up yet: try again
-                log.warning("outbox relay: cannot reach NATS (%s); retrying", error)
+                log.warning("event bus: cannot reach NATS (%s); retrying", error)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=delay)
                 delay = min(delay * 2, 5.0)
-        else:
+        return None
+
+    async def consume(js: JetStreamContext) -> None:
+        assert handlers
+        consumer = EventConsumer(database, js, name=settings.identity, handlers=handlers)
+        while not stop.is_set():
+            try:
+                await consumer.bind()
+                break
+            except ConsumerMismatch:
+                raise
+            except Exception as error:  # the mesh has not created it yet, NATS away
+                log.warning("event bus: consumer %s not ready (%s)", settings.identity, error)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=1.0)
+        await consumer.run(stop)
+
+    async def serve() -> None:
+        client = await connect()
+        if client is None:
             return
         try:
-            await OutboxRelay(database, client.jetstream()).run(stop)
+            js = client.jetstream()
+            loops = [OutboxRelay(database, js).run(stop)]
+            if handlers:
+                loops.append(consume(js))
+            await asyncio.gather(*loops)
         finally:
             await client.close()
 
-    task = asyncio.create_task(relay(), name="outbox-relay")
+    task = asyncio.create_task(serve(), name="event-bus")
 
-    async def stop_relay() -> None:
+    def crash(done: asyncio.Task[None]) -> None:
+        if not done.cancelled() and done.exception() is not None and not stop.is_set():
+            log.critical("event bus stopped: %s", done.exception())
+            os.kill(os.getpid(), signal.SIGTERM)  # let the supervisor restart the service
+
+    task.add_done_callback(crash)
+
+    async def stop_bus() -> None:
         stop.set()
-        await task
+        with contextlib.suppress(Exception):  # reported by `crash` already
+            await task
 
-    stack.push_async_callback(stop_relay)
+    stack.push_async_callback(stop_bus)
+
+
+#: The payload field of `EventEnvelope` for each event message, by its full name.
+_PAYLOAD_FIELDS = {
+    field.message_type.full_name: field.name
+    for field in events_pb2.EventEnvelope.DESCRIPTOR.oneofs_by_name["payload"].fields
+    if field.message_type is not None
+}
+
+
+def new_event(producer: str, order_id: str, payload: Message) -> events_pb2.EventEnvelope:
+    """An event of `producer` about an order: a new id, the time now, `payload` in its slot."""
+    name = payload.DESCRIPTOR.full_name
+    envelope = events_pb2.EventEnvelope(
+        event_id=str(uuid.uuid4()),
+        type=name,
+        order_id=order_id,
+        producer=producer,
+        occurred_at=to_timestamp(utc_now()),
+    )
+    getattr(envelope, _PAYLOAD_FIELDS[name]).CopyFrom(payload)
+    return envelope
+
+
+def subject(producer: str, event: str) -> str:
+    """The subject of `producer`'s `event` (a payload field name): `shop.orders.order_placed`."""
+    return f"shop.{producer}.{event}"

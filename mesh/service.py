@@ -10,6 +10,8 @@ once, here, from the command line and environment variables:
 | database URL | `--database-url` | `SHOP_<NAME>_DATABASE_URL` | `<run-dir>/<name>/<name>.db` |
 | a dependency's address | | `SHOP_<DEP>_ADDRESS` | none: required when the service calls it |
 | the event bus | | `SHOP_NATS_URL` | none: events wait in the outbox |
+| TLS to NATS: CA, own certificate, own key | | `SHOP_NATS_{CA,CERT,KEY}_FILE` | none: no TLS |
+| the name NATS's certificate carries | | `SHOP_NATS_SERVER_NAME` | the URL's host |
 
 A service's `bootstrap(settings, stack)` builds its adapters (entering them on the
 `AsyncExitStack`, which closes them after the server stops) and returns the servicers to
@@ -27,6 +29,8 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
+from mesh import natsconf
+from mesh.events import NatsSettings
 from mesh.runner import DEFAULT_GRACE_SECONDS, Registration, ServiceRunner
 from mesh.storage import Database, Migration
 
@@ -45,7 +49,7 @@ class ServiceSettings:
     run_dir: Path = Path("run")
     database_url: str | None = None
     grace: float = DEFAULT_GRACE_SECONDS
-    nats_url: str | None = None
+    nats: NatsSettings | None = None
 
     def database(self, migrations: Sequence[Migration]) -> Database:
         """This service's own database: the configured URL, or its SQLite file."""
@@ -100,8 +104,15 @@ def settings_from_environment(name: str, argv: Sequence[str] | None = None) -> S
         run_dir=args.run_dir,
         database_url=args.database_url,
         grace=args.grace,
-        nats_url=os.environ.get("SHOP_NATS_URL") or None,
+        nats=nats_from_environment(name),
     )
+
+
+def nats_from_environment(name: str) -> NatsSettings | None:
+    """How the service `name` reaches NATS, from `SHOP_NATS_*`; None without a URL."""
+    if not os.environ.get("SHOP_NATS_URL", "").strip():
+        return None
+    return natsconf.settings_from_environment(name, dict(os.environ))
 
 
 def main(name: str, bootstrap: Bootstrap, argv: Sequence[str] | None = None) -> None:

@@ -16,6 +16,8 @@ written as conditional statements and CHECK constraints, so they hold on Postgre
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -135,6 +137,14 @@ processed_events = sa.Table(
     sa.Column("event_id", sa.String(36), primary_key=True),
     sa.Column("processed_time", UtcDateTime, nullable=False),
 )
+saga_orders = sa.Table(
+    "saga_orders",
+    _metadata,
+    sa.Column("order_id", sa.String(36), primary_key=True),
+    sa.Column("placed", sa.LargeBinary),
+    sa.Column("cancelled", sa.Boolean, nullable=False),
+    sa.Column("update_time", UtcDateTime, nullable=False),
+)
 
 
 #: The mesh's own tables, present in every service's database.
@@ -178,6 +188,20 @@ _MESH_MIGRATIONS = (
             """,
         ],
     ),
+    Migration(
+        3,
+        "what a saga participant remembers of each order (mesh.saga)",
+        [
+            """
+            CREATE TABLE saga_orders (
+                order_id VARCHAR(36) PRIMARY KEY,
+                placed BLOB,
+                cancelled BOOLEAN NOT NULL,
+                update_time TIMESTAMP NOT NULL
+            )
+            """,
+        ],
+    ),
 )
 
 
@@ -192,6 +216,9 @@ class Database:
         self.component = component
         self._migrations = tuple(migrations)
         self._engine: AsyncEngine | None = None
+        self._writer: contextlib.AbstractAsyncContextManager[object] = (
+            asyncio.Lock() if url.startswith("sqlite") else contextlib.nullcontext()
+        )
 
     @classmethod
     def sqlite(cls, path: Path, component: str, migrations: Sequence[Migration]) -> Database:
@@ -227,8 +254,14 @@ class Database:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
-        """A write transaction: committed when the block ends, rolled back on error."""
-        async with self.engine.connect() as connection:
+        """A write transaction: committed when the block ends, rolled back on error.
+
+        SQLite has one writer at a time. Writers of this process queue on a lock, in
+        order, instead of each polling the file lock with SQLite's busy handler (which
+        sleeps up to 100 ms between tries, the long tail under load); other processes
+        (replicas) still meet at the file lock.
+        """
+        async with self._writer, self.engine.connect() as connection:
             connection = await connection.execution_options(**{_BEGIN_MODE: "IMMEDIATE"})
             async with connection.begin():
                 yield connection
@@ -369,18 +402,23 @@ class SqlTransaction:
         await record_request(self._connection, method, request_id, result)
 
     async def enqueue_event(self, envelope: events_pb2.EventEnvelope) -> None:
-        """Put an event in the outbox, in this transaction: it is published if it commits.
+        """Put an event in the outbox, in this transaction (see `enqueue_event`)."""
+        await enqueue_event(self._connection, envelope)
 
-        Its subject is `shop.<producer>.<event>`, e.g. `shop.orders.order_placed`.
-        """
-        await self._connection.execute(
-            outbox.insert().values(
-                event_id=envelope.event_id,
-                subject=event_subject(envelope),
-                payload=envelope.SerializeToString(),
-                create_time=utc_now(),
-            )
+
+async def enqueue_event(connection: AsyncConnection, envelope: events_pb2.EventEnvelope) -> None:
+    """Put an event in the outbox, in `connection`'s transaction: published if it commits.
+
+    Its subject is `shop.<producer>.<event>`, e.g. `shop.orders.order_placed`.
+    """
+    await connection.execute(
+        outbox.insert().values(
+            event_id=envelope.event_id,
+            subject=event_subject(envelope),
+            payload=envelope.SerializeToString(),
+            create_time=utc_now(),
         )
+    )
 
 
 View = TypeVar("View", bound=SqlTransaction)
@@ -404,3 +442,29 @@ class SqlStore(Generic[View]):
         """A read-only transaction (see `Database.snapshot`)."""
         async with self._database.snapshot() as connection:
             yield self._view(connection)
+
+    def within(self, connection: AsyncConnection) -> JoinedStore[View]:
+        """This store inside `connection`'s open transaction (an event's, say)."""
+        return JoinedStore(connection, self._view)
+
+
+class JoinedStore(Generic[View]):
+    """A store whose transactions are savepoints of one open transaction.
+
+    A use case written against a store runs unchanged inside an event consumer's
+    transaction: its writes commit with the event's record, and an error it raises
+    rolls back its own writes (the savepoint) and nothing else.
+    """
+
+    def __init__(self, connection: AsyncConnection, view: Callable[[AsyncConnection], View]):
+        self._connection = connection
+        self._view = view
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[View]:
+        async with self._connection.begin_nested():
+            yield self._view(self._connection)
+
+    @asynccontextmanager
+    async def snapshot(self) -> AsyncIterator[View]:
+        yield self._view(self._connection)

@@ -37,10 +37,9 @@ from pathlib import Path
 from typing import IO, Any
 
 import grpc
-import nats
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from mesh import edge, envoy, events
+from mesh import edge, envoy, events, natsconf
 from mesh.api import Api
 from mesh.binaries import find_binary
 from mesh.pki import MeshPKI
@@ -171,27 +170,6 @@ def _now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def write_nats_config(directory: Path, port: int, monitor_port: int) -> Path:
-    """NATS with JetStream on loopback; every write fsynced before it is acknowledged.
-
-    `sync_interval: always` because with the default (fsync every two minutes) an
-    acknowledged message can be lost when the machine crashes, as Jepsen showed for
-    NATS 2.10; the saga's events must survive what the services survive.
-    """
-    directory.mkdir(parents=True, exist_ok=True)
-    config = directory / "nats.conf"
-    config.write_text(
-        f"listen: 127.0.0.1:{port}\n"
-        f"http: 127.0.0.1:{monitor_port}\n"
-        "server_name: shop-mesh\n"
-        "jetstream {\n"
-        f'  store_dir: "{directory / "jetstream"}"\n'
-        "  sync_interval: always\n"
-        "}\n"
-    )
-    return config
-
-
 def write_json_atomically(path: Path, data: Any) -> None:
     temporary = path.with_suffix(".tmp")
     temporary.write_text(json.dumps(data, indent=2))
@@ -242,7 +220,11 @@ class Supervisor:
             "SHOP_RUN_DIR": str(self.run_dir),
             "PYTHONUNBUFFERED": "1",
             "SHOP_INSTANCE": instance.name,
-            "SHOP_NATS_URL": f"nats://127.0.0.1:{self.plan.nats_port}",
+            **natsconf.service_environment(
+                natsconf.client_settings(
+                    self.pki, self.plan.nats_port, instance.service, instance.name
+                )
+            ),
         }
         for dependency, port in instance.outbound.items():
             env[f"SHOP_{dependency.upper()}_ADDRESS"] = f"127.0.0.1:{port}"
@@ -276,9 +258,14 @@ class Supervisor:
             self.instances.append(Instance(plan, app, sidecar))
         if self.plan.edge is not None:
             self._prepare_edge(logs)
-        config = write_nats_config(
-            self.run_dir / "nats", self.plan.nats_port, self.plan.nats_monitor_port
+        config = natsconf.write_config(
+            self.topology,
+            self.pki,
+            self.run_dir / "nats",
+            self.plan.nats_port,
+            self.plan.nats_monitor_port,
         )
+        natsconf.admin_settings(self.pki, self.plan.nats_port)
         self.nats = ManagedProcess(
             "nats", [find_binary("nats-server"), "--config", str(config)], logs / "nats.log"
         )
@@ -337,10 +324,15 @@ class Supervisor:
                 )
             time.sleep(0.1)
 
-    async def _ensure_streams(self) -> None:
-        client = await nats.connect(f"nats://127.0.0.1:{self.plan.nats_port}")
+    async def _prepare_event_bus(self) -> None:
+        """The streams, and each consuming service's durable consumer (see mesh.yaml)."""
+        client = await natsconf.admin_settings(self.pki, self.plan.nats_port).connect()
         try:
-            await events.ensure_streams(client.jetstream())
+            js = client.jetstream()
+            await events.ensure_streams(js)
+            for service in self.topology.services.values():
+                if service.consumes:
+                    await events.ensure_consumer(js, service.name, service.consumed_subjects)
         finally:
             await client.close()
 
@@ -359,7 +351,7 @@ class Supervisor:
         assert self.nats is not None
         self.nats.start(self.root)
         self._wait("nats", self.nats_ready, [self.nats])
-        asyncio.run(self._ensure_streams())
+        asyncio.run(self._prepare_event_bus())
         for service in self.topology.start_order():
             group = [i for i in self.instances if i.plan.service == service]
             for instance in group:
@@ -485,7 +477,10 @@ class Supervisor:
             "ready_seconds": self.ready_seconds,
             "nats": {
                 "pid": self.nats.pid if self.nats else None,
-                "url": f"nats://127.0.0.1:{self.plan.nats_port}",
+                "url": f"tls://127.0.0.1:{self.plan.nats_port}",
+                "admin": natsconf.service_environment(
+                    natsconf.admin_settings(self.pki, self.plan.nats_port)
+                ),
                 "monitor": f"http://127.0.0.1:{self.plan.nats_monitor_port}",
                 "restarts": self.nats.restarts if self.nats else 0,
                 "rss_kib": rss_kib(self.nats.pid if self.nats else None),

@@ -62,6 +62,7 @@ _DNS_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _NAME = re.compile(r"[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _NAMESPACE = re.compile(_DNS_LABEL)
 _TRUST_DOMAIN = re.compile(rf"{_DNS_LABEL}(?:\.{_DNS_LABEL})*")
+_EVENT_NAME = re.compile(r"[a-z][a-z0-9]*(?:_[a-z0-9]+)*")
 
 
 class TopologyError(ValueError):
@@ -157,6 +158,12 @@ class Service:
     replicas: int
     calls: Mapping[str, CallPolicy]
     ports: FixedPorts
+    consumes: tuple[str, ...] = ()
+    """The events it handles, as `<producer>.<event>`; its subjects are `shop.` + each."""
+
+    @property
+    def consumed_subjects(self) -> list[str]:
+        return [f"shop.{event}" for event in self.consumes]
 
 
 @dataclass(frozen=True)
@@ -416,7 +423,9 @@ class _Reader:
         call_lines: dict[tuple[str, str], int],
     ) -> Service:
         where = f"services.{name}"
-        entries = self.mapping(node, where, {"replicas", "calls", "ports"}, null_is_empty=True)
+        entries = self.mapping(
+            node, where, {"replicas", "calls", "ports", "consumes"}, null_is_empty=True
+        )
         replicas = self.optional(
             entries, "replicas", 1, lambda n: self.integer(n, f"{where}.replicas", 1, MAX_REPLICAS)
         )
@@ -447,7 +456,34 @@ class _Reader:
         ports = self.optional(
             entries, "ports", FixedPorts(None, None, None), lambda n: self.ports(n, where, replicas)
         )
-        return Service(name, replicas, MappingProxyType(calls), ports)
+        consumes = self.consumes(entries, name, known)
+        return Service(name, replicas, MappingProxyType(calls), ports, consumes)
+
+    def consumes(
+        self, entries: _Entries, name: str, known: Mapping[str, object]
+    ) -> tuple[str, ...]:
+        """The events a service consumes: `<producer>.<event>`, of another known service."""
+        where = f"services.{name}.consumes"
+        events: list[str] = []
+        for node in self.sequence(entries, "consumes", f"{where} must be a list"):
+            event = self.string(node, f"a {where} entry")
+            producer, _, kind = event.partition(".")
+            if not _EVENT_NAME.fullmatch(kind):
+                raise self.error(
+                    node,
+                    f"{where} entry {event!r} must be <producer>.<event>, "
+                    "the event in snake case (e.g. orders.order_placed)",
+                )
+            if producer not in known or producer == name:
+                raise self.error(
+                    node,
+                    f"{where} entry {event!r} names no other service "
+                    f"(known: {', '.join(sorted(known))}){_suggest(producer, known)}",
+                )
+            if event in events:
+                raise self.error(node, f"{where} lists {event!r} twice")
+            events.append(event)
+        return tuple(events)
 
     def ports(self, node: Node, where: str, replicas: int) -> FixedPorts:
         entries = self.mapping(

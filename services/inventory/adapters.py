@@ -188,6 +188,8 @@ class SqlInventoryTransaction(SqlTransaction):
                 update_time=reservation.update_time,
             )
         )
+        if not reservation.lines:
+            return
         await self._connection.execute(
             reservation_lines.insert(),
             [

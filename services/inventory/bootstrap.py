@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 
+from mesh.events import start_event_bus
 from mesh.runner import Registration
 from mesh.service import ServiceSettings, open_database
+from services.inventory import saga
 from services.inventory.adapters import MIGRATIONS, SqlInventoryStore
 from services.inventory.ports import InventoryStore
 from services.inventory.servicer import InventoryServicer
@@ -20,4 +22,6 @@ def registration(store: InventoryStore) -> Registration:
 
 async def bootstrap(settings: ServiceSettings, stack: AsyncExitStack) -> Sequence[Registration]:
     database = await open_database(settings, MIGRATIONS, stack)
-    return [registration(SqlInventoryStore(database))]
+    store = SqlInventoryStore(database)
+    await start_event_bus(database, settings.nats, stack, saga.handlers(store.within))
+    return [registration(store)]

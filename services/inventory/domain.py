@@ -181,3 +181,18 @@ def committed(reservation: Reservation, now: datetime) -> Reservation:
             metadata={"order_id": reservation.order_id},
         )
     return replace(reservation, status=ReservationStatus.COMMITTED, update_time=now)
+
+
+def never_reserved(order_id: str, now: datetime) -> Reservation:
+    """The reservation of an order cancelled before any stock was held for it.
+
+    Released and empty, it stands for the order so that a late request to reserve for
+    it finds a reservation and holds nothing.
+    """
+    return Reservation(
+        order_id=order_id,
+        lines=(),
+        status=ReservationStatus.RELEASED,
+        create_time=now,
+        update_time=now,
+    )

@@ -22,6 +22,7 @@ from services.inventory.domain import (
     Stock,
     committed,
     insufficient_stock,
+    never_reserved,
     new_reservation,
     new_stock,
     released,
@@ -189,5 +190,26 @@ async def commit_reservation(store: InventoryStore, order_id: str) -> Reservatio
         after = committed(reservation, now)
         if reservation.status is ReservationStatus.COMMITTED:
             return reservation
+        await _settle(tx, reservation, after, now)
+    return after
+
+
+async def release_for_order(store: InventoryStore, order_id: str) -> Reservation | None:
+    """Give back what an order holds (a saga's compensation); the reservation released now.
+
+    None when nothing was held: the order's units were released before, or it never had
+    a reservation, in which case it gets an empty released one so that it never will
+    (the cancellation overtook the reservation). A committed reservation has left the
+    stock, and stays as it is.
+    """
+    async with store.transaction() as tx:
+        reservation = await tx.get_reservation(order_id)
+        now = utc_now()
+        if reservation is None:
+            await tx.add_reservation(never_reserved(order_id, now))
+            return None
+        if reservation.status is not ReservationStatus.RESERVED:
+            return None
+        after = released(reservation, now)
         await _settle(tx, reservation, after, now)
     return after

@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 
+from mesh.events import start_event_bus
 from mesh.runner import Registration
 from mesh.service import ServiceSettings, open_database
+from services.notifications import saga
 from services.notifications.adapters import MIGRATIONS, SqlNotificationsStore
 from services.notifications.ports import NotificationsStore
 from services.notifications.servicer import NotificationsServicer
@@ -19,6 +21,7 @@ def registration(store: NotificationsStore) -> Registration:
 
 
 async def bootstrap(settings: ServiceSettings, stack: AsyncExitStack) -> Sequence[Registration]:
-    # The event consumer that records notifications joins here with the saga.
     database = await open_database(settings, MIGRATIONS, stack)
-    return [registration(SqlNotificationsStore(database))]
+    store = SqlNotificationsStore(database)
+    await start_event_bus(database, settings.nats, stack, saga.handlers(store.within))
+    return [registration(store)]

@@ -7,9 +7,10 @@ from contextlib import AsyncExitStack
 
 import grpc
 
-from mesh.events import start_relay
+from mesh.events import start_event_bus
 from mesh.runner import Registration
 from mesh.service import ServiceSettings, open_database
+from services.orders import saga
 from services.orders.adapters import MIGRATIONS, GrpcCatalog, SqlOrdersStore
 from services.orders.ports import Catalog, OrdersStore
 from services.orders.servicer import OrdersServicer
@@ -23,7 +24,8 @@ def registration(store: OrdersStore, catalog: Catalog) -> Registration:
 
 async def bootstrap(settings: ServiceSettings, stack: AsyncExitStack) -> Sequence[Registration]:
     database = await open_database(settings, MIGRATIONS, stack)
-    await start_relay(database, settings.nats_url, stack)
+    store = SqlOrdersStore(database)
+    await start_event_bus(database, settings.nats, stack, saga.handlers(store.within))
     channel = grpc.aio.insecure_channel(settings.address_of("catalog"))
     stack.push_async_callback(channel.close)
-    return [registration(SqlOrdersStore(database), GrpcCatalog(channel))]
+    return [registration(store, GrpcCatalog(channel))]

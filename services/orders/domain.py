@@ -16,7 +16,8 @@ MAX_QUANTITY = 1000
 
 #: The first step of every order's history: the order was accepted, PENDING.
 ORDER_PLACED = "OrderPlaced"
-#: The step a customer's cancellation adds to the history.
+#: The last step of an order's history: it was confirmed, or it was cancelled.
+ORDER_CONFIRMED = "OrderConfirmed"
 ORDER_CANCELLED = "OrderCancelled"
 
 
@@ -232,19 +233,34 @@ def cancelled_order(order: Order, reason: str, now: datetime) -> Order:
             reason="ORDER_NOT_PENDING",
             metadata={"order_id": order.id, "status": order.status.value},
         )
-    step = SagaStep(
-        ORDER_CANCELLED,
-        StepOutcome.SUCCEEDED,
-        f"Cancelled by the customer: {reason}" if reason else "Cancelled by the customer.",
-        now,
-    )
-    return replace(
+    detail = f"Cancelled by the customer: {reason}" if reason else "Cancelled by the customer."
+    return ended(
         order,
-        status=OrderStatus.CANCELLED,
-        cancel_reason=reason,
-        history=(*order.history, step),
-        update_time=now,
+        OrderStatus.CANCELLED,
+        detail,
+        now,
+        cancel_reason=reason or "cancelled by the customer",
     )
+
+
+def with_step(order: Order, name: str, outcome: StepOutcome, detail: str, now: datetime) -> Order:
+    """`order` with one more step in its history."""
+    step = SagaStep(name, outcome, detail, now)
+    return replace(order, history=(*order.history, step), update_time=now)
+
+
+def ended(
+    order: Order, status: OrderStatus, detail: str, now: datetime, cancel_reason: str = ""
+) -> Order:
+    """`order` in its final status, CONFIRMED or CANCELLED, with the step that says so."""
+    name = ORDER_CONFIRMED if status is OrderStatus.CONFIRMED else ORDER_CANCELLED
+    step = with_step(order, name, StepOutcome.SUCCEEDED, detail, now)
+    return replace(step, status=status, cancel_reason=cancel_reason)
+
+
+def first_failure(order: Order) -> str:
+    """What went wrong first in the saga of `order` ("" if nothing did)."""
+    return next((s.detail for s in order.history if s.outcome is StepOutcome.FAILED), "")
 
 
 def visible_to(order: Order, caller: str | None) -> bool:

@@ -25,7 +25,7 @@ from services.orders.domain import (
     unknown_product,
     visible_to,
 )
-from services.orders.messages import order_placed
+from services.orders.messages import order_ended, order_placed
 from services.orders.ports import Catalog, OrdersStore
 
 
@@ -139,5 +139,6 @@ async def cancel_order(store: OrdersStore, command: CancelOrder) -> Order:
                 reason="ORDER_CHANGED",
                 metadata={"order_id": order.id},
             )
+        await tx.enqueue_event(order_ended(cancelled))
         await tx.record_request("CancelOrder", command.request_id, {"order_id": order.id})
     return cancelled

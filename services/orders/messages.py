@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import uuid
-
 from google.type import postal_address_pb2
 
-from mesh.timestamps import to_timestamp
-from services.orders.domain import Order, ShippingAddress
+from mesh.events import new_event
+from services.orders.domain import Order, OrderStatus, ShippingAddress
 from shop.events.v1 import events_pb2
 
 #: The producer name in the orders' event subjects: `shop.orders.<event>`.
@@ -46,26 +44,33 @@ def address_to_proto(address: ShippingAddress) -> postal_address_pb2.PostalAddre
 
 def order_placed(order: Order, weight_grams: int) -> events_pb2.EventEnvelope:
     """The event that starts an order's saga: what reserving, charging and shipping need."""
-    return events_pb2.EventEnvelope(
-        event_id=str(uuid.uuid4()),
-        type="shop.events.v1.OrderPlaced",
-        occurred_at=to_timestamp(order.create_time),
+    placed = events_pb2.OrderPlaced(
         order_id=order.id,
-        producer=PRODUCER,
-        order_placed=events_pb2.OrderPlaced(
-            order_id=order.id,
-            customer_id=order.customer_id,
-            lines=[
-                events_pb2.OrderLine(
-                    product_id=line.product_id,
-                    quantity=line.quantity,
-                    unit_price=line.unit_price.to_proto(),
-                )
-                for line in order.lines
-            ],
-            total=order.total.to_proto(),
-            shipping_address=address_to_proto(order.shipping_address),
-            payment_token=order.payment_token,
-            weight_grams=weight_grams,
-        ),
+        customer_id=order.customer_id,
+        lines=[
+            events_pb2.OrderLine(
+                product_id=line.product_id,
+                quantity=line.quantity,
+                unit_price=line.unit_price.to_proto(),
+            )
+            for line in order.lines
+        ],
+        total=order.total.to_proto(),
+        shipping_address=address_to_proto(order.shipping_address),
+        payment_token=order.payment_token,
+        weight_grams=weight_grams,
     )
+    return new_event(PRODUCER, order.id, placed)
+
+
+def order_ended(order: Order) -> events_pb2.EventEnvelope:
+    """The event of an order's final status: `OrderConfirmed` or `OrderCancelled`."""
+    if order.status is OrderStatus.CONFIRMED:
+        confirmed = events_pb2.OrderConfirmed(order_id=order.id, customer_id=order.customer_id)
+        return new_event(PRODUCER, order.id, confirmed)
+    if order.status is OrderStatus.CANCELLED:
+        cancelled = events_pb2.OrderCancelled(
+            order_id=order.id, customer_id=order.customer_id, reason=order.cancel_reason
+        )
+        return new_event(PRODUCER, order.id, cancelled)
+    raise ValueError(f"order {order.id} is {order.status.value}, not final")

@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 
+from mesh.events import start_event_bus
 from mesh.runner import Registration
 from mesh.service import ServiceSettings, open_database
+from services.payments import saga
 from services.payments.adapters import MIGRATIONS, SimulatedPaymentProvider, SqlPaymentsStore
 from services.payments.ports import PaymentProvider, PaymentsStore
 from services.payments.servicer import PaymentsServicer
@@ -20,4 +22,6 @@ def registration(store: PaymentsStore, provider: PaymentProvider) -> Registratio
 
 async def bootstrap(settings: ServiceSettings, stack: AsyncExitStack) -> Sequence[Registration]:
     database = await open_database(settings, MIGRATIONS, stack)
-    return [registration(SqlPaymentsStore(database), SimulatedPaymentProvider(database))]
+    store, provider = SqlPaymentsStore(database), SimulatedPaymentProvider(database)
+    await start_event_bus(database, settings.nats, stack, saga.handlers(store.within, provider))
+    return [registration(store, provider)]

@@ -10,6 +10,7 @@ from mesh.storage import utc_now
 from services.payments.domain import (
     Payment,
     PaymentStatus,
+    ProviderDecision,
     Refund,
     captured,
     check_positive,
@@ -72,6 +73,13 @@ async def authorize_payment(
     if payment is not None:
         return _settled(payment)
     decision = await provider.authorize(command.payment_token, command.amount, command.request_id)
+    return _settled(await record_authorization(store, command, decision))
+
+
+async def record_authorization(
+    store: PaymentsStore, command: AuthorizePayment, decision: ProviderDecision
+) -> Payment:
+    """Record the payment the provider's `decision` leaves, once per request id."""
     async with store.transaction() as tx:
         payment = await _prior_payment(tx, "AuthorizePayment", command.request_id)
         if payment is None:
@@ -82,7 +90,13 @@ async def authorize_payment(
             await tx.record_request(
                 "AuthorizePayment", command.request_id, {"payment_id": payment.id}
             )
-    return _settled(payment)
+    return payment
+
+
+async def authorized_payment(store: PaymentsStore, request_id: str) -> Payment | None:
+    """The payment an authorization with `request_id` recorded, if there was one."""
+    async with store.snapshot() as tx:
+        return await _prior_payment(tx, "AuthorizePayment", request_id)
 
 
 async def capture_payment(store: PaymentsStore, command: CapturePayment) -> Payment:

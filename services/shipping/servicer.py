@@ -19,7 +19,7 @@ _STATUSES = {
 }
 
 
-def _destination(address: postal_address_pb2.PostalAddress) -> Destination:
+def destination_from_proto(address: postal_address_pb2.PostalAddress) -> Destination:
     return Destination(
         region_code=address.region_code,
         postal_code=address.postal_code,
@@ -65,7 +65,9 @@ class ShippingServicer(pb_grpc.ShippingServiceServicer):
         self, request: pb.QuoteShipmentRequest, context: Any
     ) -> pb.QuoteShipmentResponse:
         quote = handlers.quote_shipment(
-            handlers.QuoteShipment(_destination(request.destination), request.weight_grams)
+            handlers.QuoteShipment(
+                destination_from_proto(request.destination), request.weight_grams
+            )
         )
         return pb.QuoteShipmentResponse(
             cost=quote.cost.to_proto(), carrier=quote.carrier, estimated_days=quote.estimated_days
@@ -84,7 +86,7 @@ class ShippingServicer(pb_grpc.ShippingServiceServicer):
             self._store,
             handlers.CreateShipment(
                 order_id=request.order_id,
-                destination=_destination(request.destination),
+                destination=destination_from_proto(request.destination),
                 weight_grams=request.weight_grams,
                 request_id=request.request_id,
             ),

@@ -8,22 +8,28 @@ stopped with `meshctl down`, and every process it ran is checked by pid afterwar
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import urllib.request
-from collections.abc import Iterator
-from dataclasses import dataclass
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
+from nats.js import JetStreamContext
 
+from mesh import events, natsconf
 from mesh.binaries import find_binary
 from mesh.contracts import DESCRIPTOR_SET, Workspace
 from mesh.supervisor import all_pids, pid_alive
+from shop.events.v1 import events_pb2
 
 ROOT = Workspace.find(Path(__file__).parent).root
 
@@ -32,11 +38,14 @@ ROOT = Workspace.find(Path(__file__).parent).root
 class RunningMesh:
     run_dir: Path
     config: Path
+    environment: dict[str, str] = field(default_factory=dict)
+    """Variables for `meshctl` (and so for every process of the mesh), on top of ours."""
 
     def meshctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [find_binary("meshctl"), *args, "--run-dir", str(self.run_dir)],
             capture_output=True, text=True, timeout=240, check=check, cwd=ROOT,
+            env={**os.environ, **self.environment},
         )  # fmt: skip
 
     def state(self) -> dict[str, Any]:
@@ -72,6 +81,19 @@ class RunningMesh:
         args = [arg for scope in scopes for arg in ("--scope", scope)]
         return self.meshctl("token", "--subject", subject, *args).stdout.strip()
 
+    @contextlib.asynccontextmanager
+    async def jetstream(self) -> AsyncIterator[JetStreamContext]:
+        """JetStream as the mesh's administrator (`meshctl`'s identity) sees it."""
+        client = await natsconf.admin_from_state(self.state()).connect()
+        try:
+            yield client.jetstream()
+        finally:
+            await client.close()
+
+    def database(self, service: str) -> Path:
+        """The SQLite file of `service` (to read what it stored, never to write)."""
+        return self.run_dir / service / f"{service}.db"
+
     @property
     def ca(self) -> Path:
         return self.run_dir / "pki" / "ca" / "ca.pem"
@@ -87,6 +109,48 @@ class RunningMesh:
             if value.strip().lstrip("-").isdigit():
                 found[name] = int(value)
         return found
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}"}
+
+
+def assert_json_error(response: httpx.Response, status: int, code: int) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body: dict[str, Any] = response.json()
+    assert body["code"] == code
+    assert isinstance(body["message"], str)
+    return body
+
+
+def customer(edge: httpx.Client) -> tuple[str, str]:
+    """A newly registered customer: (user id, access token from Login)."""
+    email = f"{uuid.uuid4().hex[:12]}@example.org"
+    user = edge.post("/v1/users", json={"email": email, "password": "correct horse"})
+    assert user.status_code == 200, user.text
+    login = edge.post("/v1/tokens", json={"email": email, "password": "correct horse"})
+    assert login.status_code == 200, login.text
+    return user.json()["user"]["id"], login.json()["accessToken"]
+
+
+async def stream_events(js: JetStreamContext, subject: str) -> list[events_pb2.EventEnvelope]:
+    """Every event the stream holds on `subject` now, oldest first (an ephemeral consumer)."""
+    subscription = await js.pull_subscribe(subject, stream=events.EVENTS_STREAM)
+    found = []
+    try:
+        pending = (await subscription.consumer_info()).num_pending
+        while pending:
+            batch = await subscription.fetch(min(pending, 200), timeout=5)
+            pending -= len(batch)
+            for message in batch:
+                envelope = events_pb2.EventEnvelope.FromString(message.data)
+                assert message.headers is not None
+                assert message.headers[events.MSG_ID] == envelope.event_id
+                found.append(envelope)
+    finally:
+        await subscription.unsubscribe()
+    return found
 
 
 def grpcurl(*args: str) -> subprocess.CompletedProcess[str]:
@@ -106,9 +170,16 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
     topology["services"]["orders"]["calls"]["payments"] = {}
     config = directory / "mesh.yaml"
     config.write_text(yaml.safe_dump(topology))
-    running = RunningMesh(directory / "run", config)
+    with mesh_up(RunningMesh(directory / "run", config)) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def mesh_up(running: RunningMesh) -> Iterator[RunningMesh]:
+    """`meshctl up --detach` with `running`'s config, an edge on a free port; at the end
+    `meshctl down`, and a check by pid that nothing outlived it."""
     started = running.meshctl(
-        "up", "--detach", "--config", str(config), "--edge-port", "0", check=False
+        "up", "--detach", "--config", str(running.config), "--edge-port", "0", check=False
     )
     try:
         assert started.returncode == 0, started.stdout + started.stderr

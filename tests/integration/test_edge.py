@@ -11,17 +11,22 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
-import nats
 import pytest
 from openapi_spec_validator import validate
 
-from mesh import events
 from mesh.caller import SUBJECT_METADATA_KEY
 from shop.events.v1 import events_pb2
-from tests.integration.conftest import ROOT, RunningMesh, grpcurl
+from tests.integration.conftest import (
+    ROOT,
+    RunningMesh,
+    assert_json_error,
+    bearer,
+    customer,
+    grpcurl,
+    stream_events,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -33,29 +38,6 @@ ADDRESS = {"regionCode": "DE", "postalCode": "10115", "addressLines": ["Hauptstr
 def edge(mesh: RunningMesh) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=mesh.edge_url, timeout=20) as client:
         yield client
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"authorization": f"Bearer {token}"}
-
-
-def assert_json_error(response: httpx.Response, status: int, code: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    body: dict[str, Any] = response.json()
-    assert body["code"] == code
-    assert isinstance(body["message"], str)
-    return body
-
-
-def customer(edge: httpx.Client) -> tuple[str, str]:
-    """A newly registered customer: (user id, access token from Login)."""
-    email = f"{uuid.uuid4().hex[:12]}@example.org"
-    user = edge.post("/v1/users", json={"email": email, "password": "correct horse"})
-    assert user.status_code == 200, user.text
-    login = edge.post("/v1/tokens", json={"email": email, "password": "correct horse"})
-    assert login.status_code == 200, login.text
-    return user.json()["user"]["id"], login.json()["accessToken"]
 
 
 def test_browsing_products_needs_no_token(edge: httpx.Client) -> None:
@@ -294,32 +276,14 @@ async def test_each_placed_order_publishes_exactly_one_order_placed_event(
 ) -> None:
     """Through the orders' outbox and relay to JetStream, a retried PlaceOrder included."""
     order_id = await asyncio.to_thread(_place_an_order_twice, mesh)
-    client = await nats.connect(mesh.state()["nats"]["url"])
-    try:
-        js = client.jetstream()
+    async with mesh.jetstream() as js:
         found: list[events_pb2.EventEnvelope] = []
         deadline = time.monotonic() + 20
         while not found and time.monotonic() < deadline:
-            subscription = await js.pull_subscribe(
-                "shop.orders.order_placed", stream=events.EVENTS_STREAM
-            )
-            try:
-                pending = (await subscription.consumer_info()).num_pending
-                while pending:
-                    batch = await subscription.fetch(min(pending, 100), timeout=5)
-                    pending -= len(batch)
-                    for message in batch:
-                        envelope = events_pb2.EventEnvelope.FromString(message.data)
-                        assert message.headers is not None
-                        assert message.headers[events.MSG_ID] == envelope.event_id
-                        if envelope.order_id == order_id:
-                            found.append(envelope)
-            finally:
-                await subscription.unsubscribe()
+            placed = await stream_events(js, "shop.orders.order_placed")
+            found = [event for event in placed if event.order_id == order_id]
             if not found:
                 await asyncio.sleep(0.2)
-    finally:
-        await client.close()
     assert len(found) == 1
     event = found[0].order_placed
     assert (event.weight_grams, event.payment_token, event.lines[0].quantity) == (

@@ -1,4 +1,5 @@
-"""The event bus against a real nats-server (JetStream, fsync always) and real SQLite files."""
+"""The event bus against a real nats-server (JetStream, fsync always, TLS with the mesh's
+certificates and per-identity permissions) and real SQLite files."""
 
 from __future__ import annotations
 
@@ -7,33 +8,46 @@ import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import nats
 import pytest
 import sqlalchemy as sa
-from nats.aio.client import Client
 from nats.js import JetStreamContext
-from sqlalchemy.ext.asyncio import AsyncConnection
 
-from mesh import events
+from mesh import events, natsconf
 from mesh.binaries import find_binary
+from mesh.pki import MeshPKI, leaf, self_signed_ca
 from mesh.plan import free_port
 from mesh.storage import Database, Migration, SqlTransaction
-from mesh.supervisor import http_ok, write_nats_config
+from mesh.supervisor import http_ok
+from mesh.topology import parse
 from shop.events.v1 import events_pb2
 from tests.support.component import sqlite_database
 
 pytestmark = pytest.mark.integration
 
 LEDGER = (Migration(1, "ledger", ["CREATE TABLE ledger (event_id VARCHAR(36) NOT NULL)"]),)
+TOPOLOGY = parse("services:\n  orders: {}\n  inventory: {consumes: [orders.order_placed]}\n")
+
+
+@dataclass(frozen=True)
+class Bus:
+    port: int
+    pki: MeshPKI
+
+    def settings(self, identity: str) -> events.NatsSettings:
+        self.pki.ensure(identity, identity)
+        return natsconf.client_settings(self.pki, self.port, identity, identity)
 
 
 @pytest.fixture
-def nats_server(tmp_path: Path) -> Iterator[str]:
-    """A nats-server of the test's own, started and stopped by pid."""
+def bus(tmp_path: Path) -> Iterator[Bus]:
+    """A nats-server of the test's own, configured as the mesh configures it; stopped by pid."""
     port, monitor = free_port(), free_port()
-    config = write_nats_config(tmp_path / "nats", port, monitor)
+    pki = MeshPKI(tmp_path / "pki", TOPOLOGY.trust_domain, TOPOLOGY.namespace)
+    config = natsconf.write_config(TOPOLOGY, pki, tmp_path / "nats", port, monitor)
     process = subprocess.Popen(
         [find_binary("nats-server"), "--config", str(config)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -44,15 +58,16 @@ def nats_server(tmp_path: Path) -> Iterator[str]:
             assert process.poll() is None, "nats-server exited"
             assert time.monotonic() < deadline, "nats-server not ready"
             time.sleep(0.05)
-        yield f"nats://127.0.0.1:{port}"
+        yield Bus(port, pki)
     finally:
         process.terminate()
         process.wait(timeout=10)
 
 
 @pytest.fixture
-async def js(nats_server: str) -> AsyncIterator[JetStreamContext]:
-    client: Client = await nats.connect(nats_server, max_reconnect_attempts=2)
+async def js(bus: Bus) -> AsyncIterator[JetStreamContext]:
+    """JetStream as the mesh's administrator (meshctl) sees it, streams created."""
+    client = await natsconf.admin_settings(bus.pki, bus.port).connect(max_reconnect_attempts=2)
     context = client.jetstream()
     await events.ensure_streams(context)
     try:
@@ -122,6 +137,28 @@ async def test_a_relay_that_crashed_before_marking_publishes_no_duplicate(
     assert await stream_messages(js, events.EVENTS_STREAM) == 1
 
 
+async def ledger_consumer(
+    js: JetStreamContext,
+    database: Database,
+    handler: events.Handler,
+    *,
+    name: str = "ledger",
+    policy: events.ConsumerPolicy | None = None,
+) -> events.EventConsumer:
+    """A consumer of order placements, created as the mesh creates one, then bound."""
+    subject = "shop.orders.order_placed"
+    policy = policy or events.ConsumerPolicy()
+    await events.ensure_consumer(js, name, [subject], policy)
+    return events.EventConsumer(database, js, name=name, handlers={subject: handler}, policy=policy)
+
+
+async def write_ledger(delivery: events.Delivery) -> None:
+    async with delivery.transaction() as connection:
+        await connection.execute(
+            sa.text("INSERT INTO ledger VALUES (:id)"), {"id": delivery.envelope.event_id}
+        )
+
+
 async def _consume_all(js: JetStreamContext, consumer: events.EventConsumer) -> None:
     """Run `consumer` until it has settled every message of the stream (at most 20 s)."""
     stop = asyncio.Event()
@@ -145,13 +182,11 @@ async def test_a_redelivered_event_changes_nothing_twice(
     envelope = order_placed()
     applied: list[str] = []
 
-    async def record(connection: AsyncConnection, event: events_pb2.EventEnvelope) -> None:
-        await connection.execute(sa.text("INSERT INTO ledger VALUES (:id)"), {"id": event.event_id})
-        applied.append(event.event_id)
+    async def record(delivery: events.Delivery) -> None:
+        await write_ledger(delivery)
+        applied.append(delivery.envelope.event_id)
 
-    consumer = events.EventConsumer(
-        database, js, name="ledger", subject="shop.orders.>", handler=record
-    )
+    consumer = await ledger_consumer(js, database, record)
     payload = envelope.SerializeToString()
     # The same event twice with different message ids: as after a crash between a
     # consumer's commit and its ack, the broker hands it out again.
@@ -170,13 +205,11 @@ async def test_a_poison_message_is_dead_lettered_and_the_good_ones_flow(
     good = order_placed()
     done = asyncio.Event()
 
-    async def record(connection: AsyncConnection, event: events_pb2.EventEnvelope) -> None:
-        await connection.execute(sa.text("INSERT INTO ledger VALUES (:id)"), {"id": event.event_id})
+    async def record(delivery: events.Delivery) -> None:
+        await write_ledger(delivery)
         done.set()
 
-    consumer = events.EventConsumer(
-        database, js, name="ledger", subject="shop.orders.>", handler=record
-    )
+    consumer = await ledger_consumer(js, database, record)
     await js.publish(
         "shop.orders.order_placed", b"\xff\xfe not protobuf", headers={events.MSG_ID: "poison"}
     )
@@ -198,12 +231,12 @@ async def test_an_event_that_keeps_failing_ends_as_a_dead_letter_with_its_reason
 ) -> None:
     attempts: list[int] = []
 
-    async def broken(connection: AsyncConnection, event: events_pb2.EventEnvelope) -> None:
+    async def broken(delivery: events.Delivery) -> None:
         attempts.append(1)
         raise RuntimeError("the database of record is on fire")
 
-    consumer = events.EventConsumer(
-        database, js, name="broken", subject="shop.orders.>", handler=broken,
+    consumer = await ledger_consumer(
+        js, database, broken, name="broken",
         policy=events.ConsumerPolicy(ack_wait_seconds=5, redelivery_delays=(0.1, 0.2)),
     )  # fmt: skip
     envelope = order_placed()
@@ -234,13 +267,13 @@ async def test_replay_re_drives_a_dead_letter_once_its_cause_is_fixed(
 ) -> None:
     fixed = False
 
-    async def flaky(connection: AsyncConnection, event: events_pb2.EventEnvelope) -> None:
+    async def flaky(delivery: events.Delivery) -> None:
         if not fixed:
             raise RuntimeError("a bug, fixed later")
-        await connection.execute(sa.text("INSERT INTO ledger VALUES (:id)"), {"id": event.event_id})
+        await write_ledger(delivery)
 
-    consumer = events.EventConsumer(
-        database, js, name="ledger", subject="shop.orders.>", handler=flaky,
+    consumer = await ledger_consumer(
+        js, database, flaky,
         policy=events.ConsumerPolicy(ack_wait_seconds=5, redelivery_delays=(0.1,)),
     )  # fmt: skip
     envelope = order_placed()
@@ -260,3 +293,134 @@ async def test_replay_re_drives_a_dead_letter_once_its_cause_is_fixed(
     async with database.snapshot() as connection:
         rows = (await connection.execute(sa.text("SELECT event_id FROM ledger"))).scalars().all()
     assert rows == [envelope.event_id]
+
+
+async def test_a_consumer_refuses_to_run_when_its_subjects_differ_from_its_handlers(
+    js: JetStreamContext, database: Database
+) -> None:
+    await events.ensure_consumer(js, "ledger", ["shop.orders.order_placed"])
+    consumer = events.EventConsumer(
+        database,
+        js,
+        name="ledger",
+        handlers={
+            "shop.orders.order_placed": write_ledger,
+            "shop.orders.order_cancelled": write_ledger,
+        },
+    )
+    with pytest.raises(events.ConsumerMismatch, match=r"make its `consumes:` in mesh\.yaml match"):
+        await consumer.bind()
+
+
+async def test_an_event_on_another_events_subject_is_a_dead_letter(
+    js: JetStreamContext, database: Database
+) -> None:
+    consumer = await ledger_consumer(js, database, write_ledger)
+    cancelled = events.new_event("orders", "o1", events_pb2.OrderCancelled(order_id="o1"))
+    await js.publish(
+        "shop.orders.order_placed", cancelled.SerializeToString(), headers={events.MSG_ID: "m"}
+    )
+    await _consume_all(js, consumer)
+    [letter] = await events.dead_letters(js)
+    assert "a shop.orders.order_cancelled event published on shop.orders.order_placed" in (
+        letter.reason
+    )
+    async with database.snapshot() as connection:
+        assert (await connection.execute(sa.text("SELECT count(*) FROM ledger"))).scalar() == 0
+
+
+async def test_an_event_its_handler_ignores_is_still_recorded_once(
+    js: JetStreamContext, database: Database
+) -> None:
+    seen: list[str] = []
+
+    async def ignore(delivery: events.Delivery) -> None:
+        seen.append(delivery.envelope.event_id)
+
+    consumer = await ledger_consumer(js, database, ignore)
+    envelope = order_placed()
+    for message_id in ("a", "b"):  # delivered twice, as after a crash before the ack
+        await js.publish(
+            "shop.orders.order_placed",
+            envelope.SerializeToString(),
+            headers={events.MSG_ID: message_id},
+        )
+    await _consume_all(js, consumer)
+    assert seen == [envelope.event_id]
+
+
+async def _refused(settings: events.NatsSettings, **options: object) -> str:
+    """The error connecting with `settings` ends in (the test fails if it connects)."""
+    try:
+        client = await settings.connect(allow_reconnect=False, connect_timeout=3, **options)
+    except Exception as error:
+        return f"{type(error).__name__}: {error}"
+    await client.close()
+    raise AssertionError(f"{settings.identity or 'an anonymous client'} was let in")
+
+
+async def test_nats_refuses_clients_without_a_mesh_identity(bus: Bus, tmp_path: Path) -> None:
+    mesh = bus.settings("inventory")
+    # No certificate at all, and no TLS at all.
+    no_cert = events.NatsSettings(mesh.url, ca_path=mesh.ca_path, server_name=mesh.server_name)
+    assert await _refused(no_cert)
+    assert await _refused(events.NatsSettings(f"nats://127.0.0.1:{bus.port}"))
+    # The right names, signed by another CA.
+    ca_cert, ca_key = self_signed_ca(tmp_path / "foreign", "foreign-ca")
+    cert, key = leaf(
+        ca_cert,
+        ca_key,
+        tmp_path / "foreign",
+        uri_sans=[bus.pki.spiffe_id("inventory")],
+        dns_sans=["inventory.shop.svc"],
+        name="inventory",
+    )
+    forged = events.NatsSettings(
+        mesh.url, "inventory", mesh.ca_path, cert, key, server_name=mesh.server_name
+    )
+    assert await _refused(forged)
+    # A mesh certificate of an identity NATS has no user for.
+    assert "Authorization Violation" in await _refused(bus.settings("stranger"))
+
+
+async def test_a_service_publishes_only_its_own_events_and_reads_only_its_consumer(
+    bus: Bus, js: JetStreamContext
+) -> None:
+    await events.ensure_consumer(js, "inventory", ["shop.orders.order_placed"])
+    await events.ensure_consumer(js, "orders", ["shop.inventory.stock_reserved"])
+    violations: list[str] = []
+
+    async def on_error(error: Exception) -> None:
+        violations.append(str(error))
+
+    client = await bus.settings("inventory").connect(error_cb=on_error)
+    try:
+        inventory = client.jetstream(timeout=2)
+        ack = await inventory.publish(
+            "shop.inventory.stock_reserved", b"mine", headers={events.MSG_ID: "own"}
+        )
+        assert ack.stream == events.EVENTS_STREAM
+        before = await stream_messages(js, events.EVENTS_STREAM)
+        with pytest.raises(nats.errors.TimeoutError):
+            await inventory.publish("shop.orders.order_placed", b"forged")
+        with pytest.raises(nats.errors.TimeoutError):  # no consumer of its own choosing
+            await events.ensure_consumer(inventory, "spy", ["shop.>"])
+        with pytest.raises(nats.errors.TimeoutError):  # no reading the stream directly
+            await inventory.get_msg(events.EVENTS_STREAM, 1)
+        theirs = await inventory.pull_subscribe_bind(consumer="orders", stream=events.EVENTS_STREAM)
+        with pytest.raises(nats.errors.TimeoutError):  # nor another service's consumer
+            await theirs.fetch(1, timeout=1)
+        assert await stream_messages(js, events.EVENTS_STREAM) == before
+
+        placed = order_placed()
+        await js.publish(
+            "shop.orders.order_placed", placed.SerializeToString(), headers={events.MSG_ID: "p"}
+        )
+        own = await inventory.pull_subscribe_bind(consumer="inventory", stream=events.EVENTS_STREAM)
+        [message] = await own.fetch(1, timeout=5)
+        assert events_pb2.EventEnvelope.FromString(message.data) == placed
+        await message.ack()
+        await inventory.publish(f"{events.DEAD_LETTER_PREFIX}.inventory", b"its dead letter")
+    finally:
+        await client.close()
+    assert any("permissions violation for publish to" in v for v in violations), violations

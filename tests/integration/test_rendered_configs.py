@@ -9,13 +9,12 @@ from typing import Any
 
 import pytest
 
-from mesh import envoy
+from mesh import envoy, natsconf
 from mesh.api import Api
 from mesh.binaries import find_binary
 from mesh.contracts import DESCRIPTOR_SET
 from mesh.pki import MeshPKI
 from mesh.plan import MeshPlan, make_plan
-from mesh.supervisor import write_nats_config
 from mesh.topology import Topology, load
 from tests.integration.conftest import ROOT
 
@@ -113,6 +112,13 @@ def test_retries_follow_the_idempotency_the_contracts_declare(
             "reset-before-request",
             "retriable-headers",
         }
+    # A per-try timeout only where the try that timed out is tried again.
+    assert (
+        routes["/shop.catalog.v1.CatalogService/GetProduct"]["retry_policy"]["per_try_timeout"]
+        == "1.000s"
+    )
+    for path in ("/shop.catalog.v1.CatalogService/CreateProduct", "*"):
+        assert "per_try_timeout" not in routes[path]["retry_policy"]
 
 
 def test_call_policy_and_budget_come_from_mesh_yaml(
@@ -164,13 +170,22 @@ def test_inbound_authorizes_declared_callers_and_the_edge_for_public_methods(
 
 
 def test_nats_config_is_valid_and_fsyncs_every_write(
-    rendered: tuple[MeshPlan, dict[str, Any], dict[str, Path]], tmp_path: Path
+    topology: Topology, rendered: tuple[MeshPlan, dict[str, Any], dict[str, Path]], tmp_path: Path
 ) -> None:
     plan, _, _ = rendered
-    config = write_nats_config(tmp_path / "nats", plan.nats_port, plan.nats_monitor_port)
+    pki = MeshPKI(tmp_path / "pki", topology.trust_domain, topology.namespace)
+    config = natsconf.write_config(
+        topology, pki, tmp_path / "nats", plan.nats_port, plan.nats_monitor_port
+    )
     text = config.read_text()
     assert "sync_interval: always" in text
-    assert f"listen: 127.0.0.1:{plan.nats_port}" in text
+    assert f'listen: "127.0.0.1:{plan.nats_port}"' in text
+    assert "verify_and_map: true" in text
+    # One user per service identity, allowed its own subjects and consumer only.
+    for name in topology.services:
+        assert f'user = "{pki.spiffe_id(name)}"' in text
+        assert f'"shop.{name}.>"' in text
+        assert f'"$JS.API.CONSUMER.MSG.NEXT.SHOP_EVENTS.{name}"' in text
     checked = subprocess.run(
         [find_binary("nats-server"), "--config", str(config), "-t"],
         capture_output=True, text=True, timeout=30, check=False,

@@ -7,8 +7,18 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from mesh.storage import Database, Migration, outbox, processed_events, request_log
+from mesh.storage import (
+    Database,
+    Migration,
+    SqlStore,
+    SqlTransaction,
+    outbox,
+    processed_events,
+    request_log,
+    saga_orders,
+)
 from services.catalog.adapters import MIGRATIONS as CATALOG_MIGRATIONS
 from services.catalog.adapters import metadata as catalog_metadata
 
@@ -57,7 +67,7 @@ async def test_migrations_apply_once_and_in_order(tmp_path: Path) -> None:
     database = await opened(tmp_path / "t.db")
     try:
         assert await database.applied_versions() == [1, 2]
-        assert await database.applied_versions("mesh") == [1, 2]
+        assert await database.applied_versions("mesh") == [1, 2, 3]
         async with database.snapshot() as connection:
             rows = (await connection.exec_driver_sql("SELECT n FROM counter")).all()
         assert rows == [(0,)]  # migration 2 ran exactly once
@@ -119,10 +129,35 @@ async def test_migrated_schemas_match_the_tables_the_code_queries(tmp_path: Path
     await database.open()
     try:
         async with database.snapshot() as connection:
-            for table in [request_log, outbox, processed_events, *catalog_metadata.tables.values()]:
+            mesh_tables = [request_log, outbox, processed_events, saga_orders]
+            for table in [*mesh_tables, *catalog_metadata.tables.values()]:
                 columns = await connection.run_sync(
                     lambda sync, name=table.name: sa.inspect(sync).get_columns(name)  # type: ignore[misc]
                 )
                 assert [c["name"] for c in columns] == [c.name for c in table.columns], table.name
+    finally:
+        await database.close()
+
+
+async def test_a_joined_store_fails_its_savepoint_only(tmp_path: Path) -> None:
+    """A use case run inside an open transaction (an event's) rolls back its own writes on
+    an error and leaves the transaction's other writes to commit."""
+    database = await opened(tmp_path / "t.db")
+    store = SqlStore(database, SqlTransaction)
+
+    async def failing_use_case(connection: AsyncConnection) -> None:
+        async with store.within(connection).transaction():
+            await connection.exec_driver_sql("UPDATE counter SET n = n + 100")
+            raise ValueError("the use case refuses")
+
+    try:
+        async with database.transaction() as connection:
+            await connection.exec_driver_sql("UPDATE counter SET n = n + 1")
+            with pytest.raises(ValueError, match="refuses"):
+                await failing_use_case(connection)
+            async with store.within(connection).transaction():
+                await connection.exec_driver_sql("UPDATE counter SET n = n + 10")
+        async with database.snapshot() as connection:
+            assert (await connection.exec_driver_sql("SELECT n FROM counter")).scalar() == 11
     finally:
         await database.close()

@@ -561,3 +561,37 @@ def test_a_topology_built_by_hand_with_a_cycle_has_no_start_order() -> None:
     assert isinstance(looped, Topology)
     with pytest.raises(ValueError, match="cycle among: a, b"):
         looped.start_order()
+
+
+# -- events ------------------------------------------------------------------------------
+
+
+def test_consumes_lists_the_subjects_of_other_services_events() -> None:
+    topology = parse("services:\n  orders: {}\n  inventory:\n    consumes: [orders.order_placed]\n")
+    assert topology.services["inventory"].consumes == ("orders.order_placed",)
+    assert topology.services["inventory"].consumed_subjects == ["shop.orders.order_placed"]
+    assert topology.services["orders"].consumed_subjects == []
+
+
+@pytest.mark.parametrize(
+    ("entry", "expected"),
+    [
+        ("orders.OrderPlaced", "must be <producer>.<event>, the event in snake case"),
+        ("orders", "must be <producer>.<event>"),
+        ("ordres.order_placed", "names no other service (known: inventory, orders)"),
+        ("inventory.stock_reserved", "names no other service"),
+        ("7", "must be a string"),
+    ],
+)
+def test_a_bad_consumes_entry_is_refused_at_its_line(entry: str, expected: str) -> None:
+    error = _error(f"services:\n  orders: {{}}\n  inventory:\n    consumes:\n      - {entry}\n")
+    assert error.line == 5
+    assert expected in str(error)
+
+
+def test_an_event_consumed_twice_is_refused() -> None:
+    error = _error(
+        "services:\n  orders: {}\n  inventory:\n"
+        "    consumes: [orders.order_placed, orders.order_placed]\n"
+    )
+    assert "lists 'orders.order_placed' twice" in str(error)

@@ -1,0 +1,168 @@
+"""NATS for the mesh: JetStream on loopback, TLS from the mesh CA, one user per identity.
+
+Every client shows a certificate from the mesh CA; `verify_and_map` makes the SPIFFE ID
+in it (`spiffe://<trust domain>/ns/<namespace>/sa/<identity>`) the client's user, and
+a user may do only what its identity needs:
+
+* a service `X` publishes its own events (`shop.X.>`) and its dead letters
+  (`dead.X`), pulls from and acknowledges its own durable consumer `X` (created by
+  the mesh with the subjects of `consumes:` in mesh.yaml), and reads replies only under
+  its own inbox prefix `_INBOX_X.`. It cannot create consumers, read a stream directly,
+  or publish another service's events;
+* `meshctl` (the supervisor and the operator's commands) administers streams,
+  consumers and dead letters;
+* a client without a certificate, with one from another CA, or with an identity that
+  has no user here is refused.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mesh.events import DEAD_LETTER_PREFIX, EVENTS_STREAM, NatsSettings, inbox_prefix
+from mesh.pki import MeshPKI
+from mesh.topology import Topology
+
+#: The server's own identity (its certificate's DNS name is what clients verify).
+SERVER_IDENTITY = "nats"
+#: The identity that administers streams, consumers and dead letters.
+ADMIN_IDENTITY = "meshctl"
+
+
+def service_permissions(service: str) -> tuple[list[str], list[str]]:
+    """What the service `service` may publish and subscribe to (allow lists)."""
+    publish = [
+        f"shop.{service}.>",
+        f"{DEAD_LETTER_PREFIX}.{service}",
+        f"$JS.API.CONSUMER.MSG.NEXT.{EVENTS_STREAM}.{service}",
+        f"$JS.API.CONSUMER.INFO.{EVENTS_STREAM}.{service}",
+        f"$JS.ACK.{EVENTS_STREAM}.{service}.>",
+    ]
+    return publish, [f"{inbox_prefix(service)}.>"]
+
+
+def _quoted(items: list[str]) -> str:
+    return "[" + ", ".join(f'"{item}"' for item in items) + "]"
+
+
+def render_config(
+    topology: Topology,
+    pki: MeshPKI,
+    *,
+    port: int,
+    monitor_port: int,
+    store_dir: Path,
+    cert_path: Path,
+    key_path: Path,
+) -> str:
+    """nats.conf for the mesh: JetStream, TLS with client certificates, the users.
+
+    `sync_interval: always` because with the default (fsync every two minutes) an
+    acknowledged message can be lost when the machine crashes, as Jepsen showed for
+    NATS 2.10; the saga's events must survive what the services survive.
+    """
+    users = [f'    {{ user = "{pki.spiffe_id(ADMIN_IDENTITY)}" }}']
+    for service in sorted(topology.services):
+        publish, subscribe = service_permissions(service)
+        users.append(
+            f'    {{\n      user = "{pki.spiffe_id(service)}"\n'
+            f"      permissions = {{\n"
+            f"        publish = {{ allow = {_quoted(publish)} }}\n"
+            f"        subscribe = {{ allow = {_quoted(subscribe)} }}\n"
+            f"      }}\n    }}"
+        )
+    return (
+        f'listen: "127.0.0.1:{port}"\n'
+        f'http: "127.0.0.1:{monitor_port}"\n'
+        "server_name: shop-mesh\n"
+        "jetstream {\n"
+        f'  store_dir: "{store_dir}"\n'
+        "  sync_interval: always\n"
+        "}\n"
+        "tls {\n"
+        f'  cert_file: "{cert_path}"\n'
+        f'  key_file: "{key_path}"\n'
+        f'  ca_file: "{pki.ca_path}"\n'
+        "  verify_and_map: true\n"
+        "  timeout: 2\n"
+        "}\n"
+        "authorization {\n"
+        "  users = [\n" + "\n".join(users) + "\n  ]\n"
+        "}\n"
+    )
+
+
+def write_config(
+    topology: Topology, pki: MeshPKI, directory: Path, port: int, monitor_port: int
+) -> Path:
+    """Issue the server's certificate and write `<directory>/nats.conf`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    cert = pki.ensure(SERVER_IDENTITY, SERVER_IDENTITY)
+    config = directory / "nats.conf"
+    config.write_text(
+        render_config(
+            topology,
+            pki,
+            port=port,
+            monitor_port=monitor_port,
+            store_dir=directory / "jetstream",
+            cert_path=cert.cert_path,
+            key_path=cert.key_path,
+        )
+    )
+    return config
+
+
+def client_settings(pki: MeshPKI, port: int, identity: str, instance: str) -> NatsSettings:
+    """How `identity` (with its certificate in `instance`) reaches the mesh's NATS."""
+    directory = pki.directory / instance
+    return NatsSettings(
+        url=f"tls://127.0.0.1:{port}",
+        identity=identity,
+        ca_path=pki.ca_path,
+        cert_path=directory / "cert.pem",
+        key_path=directory / "key.pem",
+        server_name=pki.service_dns_name(SERVER_IDENTITY),
+    )
+
+
+def admin_settings(pki: MeshPKI, port: int) -> NatsSettings:
+    """`meshctl`'s way in (its certificate is issued if need be)."""
+    pki.ensure(ADMIN_IDENTITY, ADMIN_IDENTITY)
+    return client_settings(pki, port, ADMIN_IDENTITY, ADMIN_IDENTITY)
+
+
+def service_environment(settings: NatsSettings) -> dict[str, str]:
+    """The `SHOP_NATS_*` variables that give a service `settings` (see `mesh.service`)."""
+    files = {
+        "SHOP_NATS_CA_FILE": settings.ca_path,
+        "SHOP_NATS_CERT_FILE": settings.cert_path,
+        "SHOP_NATS_KEY_FILE": settings.key_path,
+    }
+    return {
+        "SHOP_NATS_URL": settings.url,
+        **{key: str(path) for key, path in files.items() if path is not None},
+        "SHOP_NATS_SERVER_NAME": settings.server_name or "",
+    }
+
+
+def settings_from_environment(identity: str, environment: dict[str, str]) -> NatsSettings:
+    """The settings `service_environment` wrote, read back (meshctl's, from state.json)."""
+
+    def path(key: str) -> Path | None:
+        return Path(environment[key]) if environment.get(key) else None
+
+    return NatsSettings(
+        url=environment["SHOP_NATS_URL"],
+        identity=identity,
+        ca_path=path("SHOP_NATS_CA_FILE"),
+        cert_path=path("SHOP_NATS_CERT_FILE"),
+        key_path=path("SHOP_NATS_KEY_FILE"),
+        server_name=environment.get("SHOP_NATS_SERVER_NAME") or None,
+    )
+
+
+def admin_from_state(state: dict[str, Any]) -> NatsSettings:
+    """meshctl's way into a running mesh's NATS, from its state.json."""
+    return settings_from_environment(ADMIN_IDENTITY, state["nats"]["admin"])

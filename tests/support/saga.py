@@ -1,0 +1,130 @@
+"""Placing orders through the edge and reading back what the saga did with them."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+import uuid
+from typing import Any
+
+import httpx
+
+from tests.integration.conftest import RunningMesh, bearer
+
+ADDRESS = {"regionCode": "DE", "postalCode": "10115", "addressLines": ["Hauptstr. 1"]}
+#: Orders accepts it (a region is all it needs); shipping cannot send a parcel there.
+UNSHIPPABLE = {"regionCode": "DE"}
+CONFIRMED, CANCELLED = "ORDER_STATUS_CONFIRMED", "ORDER_STATUS_CANCELLED"
+HAPPY_PATH = ["OrderPlaced", "StockReserved", "PaymentCaptured", "ShipmentScheduled",
+              "OrderConfirmed"]  # fmt: skip
+
+
+def stocked_product(edge: httpx.Client, admin: dict[str, str], on_hand: int) -> str:
+    product = {"name": "Kettle", "category": "kitchen", "weightGrams": 1200,
+               "price": {"currencyCode": "EUR", "units": "25", "nanos": 500000000}}  # fmt: skip
+    created = edge.post(
+        "/v1/products", json={"product": product, "initialStock": on_hand}, headers=admin
+    )
+    assert created.status_code == 200, created.text
+    product_id: str = created.json()["product"]["id"]
+    return product_id
+
+
+def place(
+    edge: httpx.Client,
+    token: str,
+    product_id: str,
+    quantity: int = 1,
+    *,
+    payment_token: str = "tok_visa",
+    address: dict[str, Any] = ADDRESS,
+    attempts: int = 1,
+) -> str:
+    """Place an order; on a 5xx, try again with the same request id (`attempts` in all),
+    as a client does while the orders service restarts."""
+    order = {"lines": [{"productId": product_id, "quantity": quantity}],
+             "shippingAddress": address, "paymentToken": payment_token,
+             "requestId": str(uuid.uuid4())}  # fmt: skip
+    for _ in range(attempts - 1):
+        placed = edge.post("/v1/orders", json=order, headers=bearer(token))
+        if placed.status_code < 500:
+            break
+        time.sleep(0.25)
+    else:
+        placed = edge.post("/v1/orders", json=order, headers=bearer(token))
+    assert placed.status_code == 200, placed.text
+    order_id: str = placed.json()["order"]["id"]
+    return order_id
+
+
+def get_order(edge: httpx.Client, token: str, order_id: str) -> dict[str, Any]:
+    response = edge.get(f"/v1/orders/{order_id}", headers=bearer(token))
+    assert response.status_code == 200, response.text
+    order: dict[str, Any] = response.json()["order"]
+    return order
+
+
+def wait_until_terminal(
+    edge: httpx.Client, token: str, order_id: str, timeout: float = 60
+) -> dict[str, Any]:
+    """Poll the order until it is CONFIRMED or CANCELLED; a 5xx (the orders service
+    restarting) is polled through, as a client would."""
+    deadline = time.monotonic() + timeout
+    while True:
+        response = edge.get(f"/v1/orders/{order_id}", headers=bearer(token))
+        if response.status_code < 500:
+            assert response.status_code == 200, response.text
+            order: dict[str, Any] = response.json()["order"]
+            if order["status"] in (CONFIRMED, CANCELLED):
+                return order
+        assert time.monotonic() < deadline, f"order {order_id} not terminal: {response.text}"
+        time.sleep(0.1)
+
+
+def eventually(check: Any, what: str, timeout: float = 30) -> Any:
+    """`check()`'s first truthy result, retried for at most `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        assert time.monotonic() < deadline, f"not within {timeout}s: {what}"
+        time.sleep(0.1)
+
+
+def steps(order: dict[str, Any]) -> list[str]:
+    return [step["name"] for step in order["history"]]
+
+
+def stock(edge: httpx.Client, product_id: str) -> tuple[int, int]:
+    """(on hand, reserved) of the product; a 5xx (inventory restarting) is retried."""
+    deadline = time.monotonic() + 30
+    while (response := edge.get(f"/v1/products/{product_id}/stock")).status_code >= 500:
+        assert time.monotonic() < deadline, response.text
+        time.sleep(0.1)
+    assert response.status_code == 200, response.text
+    level = response.json()["stock"]
+    on_hand = int(level.get("onHand", 0))
+    return on_hand, on_hand - int(level.get("available", 0))
+
+
+def query(mesh: RunningMesh, service: str, sql: str, *args: object) -> list[tuple[Any, ...]]:
+    """Rows from `service`'s own SQLite file, opened read-only."""
+    uri = f"file:{mesh.database(service)}?mode=ro"
+    with sqlite3.connect(uri, uri=True, timeout=10) as connection:
+        return connection.execute(sql, args).fetchall()
+
+
+def captures(mesh: RunningMesh, order_id: str) -> int:
+    [(count,)] = query(
+        mesh, "payments",
+        "SELECT count(*) FROM captures JOIN payments ON payments.id = captures.payment_id "
+        "WHERE payments.order_id = ?", order_id,
+    )  # fmt: skip
+    return int(count)
+
+
+def notifications_for(edge: httpx.Client, token: str, order_id: str) -> list[dict[str, Any]]:
+    listed = edge.get("/v1/notifications", params={"pageSize": 100}, headers=bearer(token))
+    assert listed.status_code == 200, listed.text
+    return [n for n in listed.json().get("notifications", []) if n["orderId"] == order_id]
