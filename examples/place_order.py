@@ -3,14 +3,16 @@
     .venv/bin/python examples/place_order.py [--edge 127.0.0.1:8080]
 
 It registers a customer (identity), logs in for a token, picks a product from the
-catalog (browsing needs no token), places an order for it and reads it back. Every
-call goes through the edge, as a client outside the mesh would make it.
+catalog (browsing needs no token), places an order for it, then follows the order
+until the saga has confirmed or cancelled it and prints its history. Every call goes
+through the edge, as a client outside the mesh would make it.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 import uuid
 
 import grpc
@@ -56,12 +58,22 @@ def main(argv: list[str] | None = None) -> int:
             ),
             metadata=auth,
         ).order
-        again = shop.GetOrder(orders.GetOrderRequest(id=placed.id), metadata=auth).order
+        # The saga runs after PlaceOrder returns: follow the order until it is final.
+        deadline = time.monotonic() + 30
+        while True:
+            again = shop.GetOrder(orders.GetOrderRequest(id=placed.id), metadata=auth).order
+            if again.status != orders.ORDER_STATUS_PENDING or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         total = f"{again.total.units}.{again.total.nanos // 10_000_000:02d}"
         status = orders.OrderStatus.Name(again.status)
         print(
             f"order {again.id}: 2 x {product.name}, {total} {again.total.currency_code}, {status}"
         )
+        for step in again.history:
+            outcome = orders.SagaStepOutcome.Name(step.outcome).removeprefix("SAGA_STEP_OUTCOME_")
+            when = step.time.ToDatetime()
+            print(f"  {when:%H:%M:%S.%f}  {step.name:<18} {outcome:<11} {step.detail}")
     return 0
 
 

@@ -250,9 +250,12 @@ def test_the_python_client_example_places_an_order(edge: httpx.Client, mesh: Run
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
+    first, *history = result.stdout.splitlines()
     assert re.fullmatch(
-        r"order \S+: 2 x .+, \d+\.\d\d [A-Z]{3}, ORDER_STATUS_PENDING\n", result.stdout
+        r"order \S+: 2 x .+, \d+\.\d\d [A-Z]{3}, ORDER_STATUS_(CONFIRMED|CANCELLED)", first
     )
+    assert history[0].split()[1:3] == ["OrderPlaced", "SUCCEEDED"]
+    assert history[-1].split()[1] in ("OrderConfirmed", "OrderCancelled")
 
 
 def _place_an_order_twice(mesh: RunningMesh) -> str:
