@@ -174,19 +174,37 @@ class OutboxRelay:
         return len(rows)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Publish until `stop` is set; back off (up to a few seconds) while NATS is away."""
+        """Publish until `stop` is set; back off (up to a few seconds) while NATS is away.
+
+        Between rounds it waits for the next poll, or less: until a transaction of this
+        process commits an event, which is then published at once (the poll still finds
+        what other processes, replicas, wrote).
+        """
         backoff = self._idle
+        written = self._database.outbox_written
         while not stop.is_set():
+            written.clear()  # before reading: a commit from now on wakes the next wait
+            wakers = [stop]
             try:
                 published = await self.publish_pending()
                 backoff = self._idle
                 delay = 0.0 if published else self._idle
+                wakers.append(written)
             except Exception as error:  # NATS away, timeouts: try again later
                 log.warning("outbox relay: %s; retrying in %.1fs", error, backoff)
                 delay, backoff = backoff, min(backoff * 2, self._max_backoff)
             if delay:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=delay)
+                await _first_of(wakers, delay)
+
+
+async def _first_of(events: Sequence[asyncio.Event], seconds: float) -> None:
+    """Wait until one of `events` is set, for at most `seconds`."""
+    waits = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,8 @@ SQLITE_BUSY_TIMEOUT_MS = 10_000
 
 #: The execution option that selects SQLite's BEGIN mode for a transaction.
 _BEGIN_MODE = "shop_sqlite_begin"
+#: Marks a connection whose transaction wrote to the outbox (see `Database.transaction`).
+_OUTBOX_WRITTEN = "shop_outbox_written"
 
 
 @dataclass(frozen=True)
@@ -216,6 +218,8 @@ class Database:
         self.component = component
         self._migrations = tuple(migrations)
         self._engine: AsyncEngine | None = None
+        #: Set when a transaction that wrote to the outbox commits (wakes the relay).
+        self.outbox_written = asyncio.Event()
         self._writer: contextlib.AbstractAsyncContextManager[object] = (
             asyncio.Lock() if url.startswith("sqlite") else contextlib.nullcontext()
         )
@@ -263,8 +267,11 @@ class Database:
         """
         async with self._writer, self.engine.connect() as connection:
             connection = await connection.execution_options(**{_BEGIN_MODE: "IMMEDIATE"})
+            connection.info.pop(_OUTBOX_WRITTEN, None)
             async with connection.begin():
                 yield connection
+            if connection.info.pop(_OUTBOX_WRITTEN, False):
+                self.outbox_written.set()
 
     @asynccontextmanager
     async def snapshot(self) -> AsyncIterator[AsyncConnection]:
@@ -419,6 +426,7 @@ async def enqueue_event(connection: AsyncConnection, envelope: events_pb2.EventE
             create_time=utc_now(),
         )
     )
+    connection.info[_OUTBOX_WRITTEN] = True
 
 
 View = TypeVar("View", bound=SqlTransaction)

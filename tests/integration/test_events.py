@@ -121,6 +121,27 @@ async def test_only_committed_events_are_published_once_each(
     assert events_pb2.EventEnvelope.FromString(message.data or b"") == committed
 
 
+async def test_a_commit_wakes_the_relay_before_its_next_poll(
+    js: JetStreamContext, database: Database
+) -> None:
+    """With a poll once a minute, an event committed in this process still goes out at
+    once: the commit wakes the relay."""
+    stop = asyncio.Event()
+    relay = events.OutboxRelay(database, js, idle_seconds=60)
+    task = asyncio.create_task(relay.run(stop))
+    try:
+        await asyncio.sleep(0.5)  # the relay found nothing and waits for its next poll
+        async with database.transaction() as connection:
+            await SqlTransaction(connection).enqueue_event(order_placed())
+        deadline = time.monotonic() + 20
+        while await stream_messages(js, events.EVENTS_STREAM) == 0:
+            assert time.monotonic() < deadline, "the relay slept through the commit"
+            await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=10)
+
+
 async def test_a_relay_that_crashed_before_marking_publishes_no_duplicate(
     js: JetStreamContext, database: Database
 ) -> None:
