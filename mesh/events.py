@@ -253,7 +253,7 @@ async def ensure_consumer(
     """Create the durable consumer `name`, or bring its subjects and policy up to date.
 
     The mesh creates every consumer (a service's identity may only use its own, see
-    `mesh.natsauth`), so what a service reads is decided by `mesh.yaml`, not by the
+    `mesh.natsconf`), so what a service reads is decided by `mesh.yaml`, not by the
     service.
     """
     await js.add_consumer(EVENTS_STREAM, consumer_config(name, subjects, policy))
@@ -436,7 +436,10 @@ class EventConsumer:
             keeper = asyncio.create_task(self._keep_in_progress(unsettled))
             try:
                 for message in messages:
-                    await self.handle(message)
+                    try:
+                        await self.handle(message)
+                    except Exception as error:  # NATS away while settling it
+                        log.warning("%s: could not settle a message: %s", self.name, error)
                     unsettled.remove(message)
             finally:
                 keeper.cancel()
@@ -548,7 +551,7 @@ class NatsSettings:
     """How a process reaches NATS: the URL and, for TLS, the mesh CA and its own leaf.
 
     `identity` names the process to NATS: its certificate maps to that user (see
-    `mesh.natsauth`), and its replies arrive under `_INBOX_<identity>.`, the only
+    `mesh.natsconf`), and its replies arrive under `_INBOX_<identity>.`, the only
     inbox that user may read.
     """
 
