@@ -88,7 +88,19 @@ def _status(args: argparse.Namespace) -> int:
 def _logs(args: argparse.Namespace) -> int:
     from mesh import control  # needs the code `meshctl proto gen` makes
 
-    return control.logs(_run_dir(args), args.service, args.lines)
+    return control.logs(_run_dir(args), args.service, args.lines, args.trace, args.json)
+
+
+def _trace(args: argparse.Namespace) -> int:
+    from mesh import control  # needs the code `meshctl proto gen` makes
+
+    return control.show_trace(_run_dir(args), args.id)
+
+
+def _traces(args: argparse.Namespace) -> int:
+    from mesh import control  # needs the code `meshctl proto gen` makes
+
+    return control.slow_traces(_run_dir(args), args.limit)
 
 
 def _certs(args: argparse.Namespace) -> int:
@@ -166,6 +178,13 @@ def _parser() -> argparse.ArgumentParser:
     logs = mesh_command("logs", "a service's logs (every instance)", _logs)
     logs.add_argument("service")
     logs.add_argument("-n", "--lines", type=int, default=50, help="lines per instance")
+    logs.add_argument("--trace", metavar="TRACE_ID", help="only the lines of this trace")
+    logs.add_argument("--json", action="store_true", help="the JSON lines as stored")
+    trace = mesh_command("trace", "one trace as a waterfall: an order's, or by trace id", _trace)
+    trace.add_argument("id", help="an order id, or a trace id (32 hex digits)")
+    traces = mesh_command("traces", "recent traces, the slowest first", _traces)
+    traces.add_argument("--slow", action="store_true", help="rank by duration (the default)")
+    traces.add_argument("-n", "--limit", type=int, default=10, help="how many traces")
     dead = mesh_command("dlq", "dead letters: list, show one, replay one or --all", _dlq)
     dead.add_argument("action", choices=["list", "show", "replay"])
     dead.add_argument("sequence", nargs="?", type=int, help="a dead letter's sequence number")

@@ -24,7 +24,7 @@ from typing import Any
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from mesh import contracts, events, natsconf
+from mesh import contracts, events, natsconf, telemetry
 from mesh.events import NatsSettings
 from mesh.pki import MeshPKI, format_table
 from mesh.supervisor import (
@@ -36,6 +36,7 @@ from mesh.supervisor import (
     read_state,
 )
 from mesh.topology import Topology, TopologyError, load
+from mesh.tracestore import TraceStore, render_waterfall
 
 TOPOLOGY_FILE = "mesh.yaml"
 #: How long `up --detach` and `down` wait for the supervisor.
@@ -182,16 +183,29 @@ def status(run_dir: Path, as_json: bool) -> int:
     return 0
 
 
+def _rates_cells(rates: dict[str, Any]) -> tuple[str, str, str]:
+    """Requests/s, error % and p99 over the supervisor's last interval (2 s)."""
+    if not rates:
+        return "-", "-", "-"
+    p99 = rates.get("p99_ms")
+    return (
+        f"{rates['requests_per_second']:.1f}",
+        f"{100 * rates['error_ratio']:.1f}",
+        "-" if p99 is None else f"{p99:.1f}",
+    )
+
+
 def status_table(state: dict[str, Any]) -> str:
     rows = [
-        ("SERVICE", "INSTANCE", "APP PID", "SIDECAR PID", "APP", "INBOUND", "HEALTH", "RESTARTS")
-    ]
+        ("SERVICE", "INSTANCE", "APP PID", "SIDECAR PID", "APP", "INBOUND", "HEALTH", "RESTARTS",
+         "REQ/S", "ERR%", "P99 MS")
+    ]  # fmt: skip
     for i in state["instances"]:
         rows.append(
             (
                 i["service"], i["instance"], str(i["app_pid"]), str(i["sidecar_pid"]),
                 f"127.0.0.1:{i['app_port']}", f"127.0.0.1:{i['inbound_port']}",
-                i["health"], str(i["restarts"]),
+                i["health"], str(i["restarts"]), *_rates_cells(i.get("rates", {})),
             )
         )  # fmt: skip
     widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
@@ -204,28 +218,95 @@ def status_table(state: dict[str, Any]) -> str:
             f"edge: {edge['url']} (REST and gRPC; {edge['url']}/docs, {edge['url']}/openapi.json;"
             f" pid {edge['pid']})"
         )
+    lines.append(
+        "REQ/S, ERR%, P99: the last 2 s, from each app's Prometheus metrics "
+        "(`curl 127.0.0.1:METRICS_PORT/metrics`; Envoy's: ADMIN_PORT/stats/prometheus)"
+    )
+    traces = state.get("traces", {})
+    if traces:
+        lines.append(
+            f"traces: {traces['endpoint']} (OTLP/gRPC, pid {traces['pid']}; `meshctl trace`)"
+        )
     apps = sum(i.get("app_rss_kib", 0) for i in state["instances"])
     sidecars = sum(i.get("sidecar_rss_kib", 0) for i in state["instances"])
-    total = apps + sidecars + nats.get("rss_kib", 0) + (edge or {}).get("rss_kib", 0)
+    parts = {"edge": (edge or {}).get("rss_kib", 0), "nats": nats.get("rss_kib", 0),
+             "traces": traces.get("rss_kib", 0)}  # fmt: skip
+    total = apps + sidecars + sum(parts.values())
     lines.append(
         f"memory: {total / 1024:.0f} MiB resident (apps {apps / 1024:.0f}, "
-        f"sidecars {sidecars / 1024:.0f}, edge {(edge or {}).get('rss_kib', 0) / 1024:.0f}, "
-        f"nats {nats.get('rss_kib', 0) / 1024:.0f})"
+        f"sidecars {sidecars / 1024:.0f}, "
+        + ", ".join(f"{name} {kib / 1024:.0f}" for name, kib in parts.items())
+        + ")"
     )
     if state.get("ready_seconds") is not None:
         lines.append(f"healthy {state['ready_seconds']:.1f}s after start; status {state['status']}")
     return "\n".join(lines)
 
 
-def logs(run_dir: Path, service: str, lines: int) -> int:
+def logs(
+    run_dir: Path, service: str, lines: int, trace_id: str | None = None, raw: bool = False
+) -> int:
+    """`meshctl logs SERVICE [--trace ID] [--json]`: every instance's last lines.
+
+    With `--trace`, only the lines logged within that trace (the services log JSON lines
+    with `trace_id`), from the whole log; `--json` prints the lines as they are stored.
+    """
     paths = sorted((run_dir / "logs").glob(f"{service}-*.log"))
     paths = [p for p in paths if not p.name.endswith(".envoy.log")]
     if not paths:
         raise ControlError(f"no logs of {service!r} in {run_dir / 'logs'}")
     for path in paths:
         instance = path.name.removesuffix(".log")
-        for line in path.read_text(errors="replace").splitlines()[-lines:]:
-            print(f"{instance:<16}| {line}")
+        found = path.read_text(errors="replace").splitlines()
+        if trace_id is not None:
+            found = [
+                line
+                for line in found
+                if (fields := telemetry.parse_log_line(line)) and fields.get("trace_id") == trace_id
+            ]
+        for line in found[-lines:] if trace_id is None else found:
+            print(f"{instance:<16}| {line if raw else telemetry.readable(line)}")
+    return 0
+
+
+def _trace_store(run_dir: Path) -> TraceStore:
+    path = run_dir / "traces" / "traces.db"
+    if not path.exists():
+        raise ControlError(f"no traces in {path}: `meshctl up` runs the trace store")
+    return TraceStore(path)
+
+
+def show_trace(run_dir: Path, key: str) -> int:
+    """`meshctl trace ORDER_ID|TRACE_ID`: the trace as a waterfall.
+
+    An order id finds the trace its placement started (every saga step joins it); a
+    32-hex-digit trace id is taken as is.
+    """
+    store = _trace_store(run_dir)
+    try:
+        trace_ids = store.traces_with(telemetry.ORDER_ID, key) or [key.lower()]
+        spans = store.trace(trace_ids[-1])  # the oldest: where the order was placed
+    finally:
+        store.close()
+    if not spans:
+        raise ControlError(f"no trace of {key!r} (an order id or a trace id)")
+    print(render_waterfall(spans))
+    return 0
+
+
+def slow_traces(run_dir: Path, limit: int) -> int:
+    """`meshctl traces --slow`: the slowest traces kept, slowest first."""
+    store = _trace_store(run_dir)
+    try:
+        summaries = store.slowest(limit)
+    finally:
+        store.close()
+    print(f"{'TRACE':<34}{'MS':>9}  {'SPANS':>5}  {'ERRORS':>6}  ROOT")
+    for summary in summaries:
+        print(
+            f"{summary.trace_id:<34}{summary.duration_ms:>9.1f}  {summary.spans:>5}  "
+            f"{summary.errors:>6}  {summary.root_service} {summary.root_name}"
+        )
     return 0
 
 

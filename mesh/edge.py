@@ -393,6 +393,7 @@ def _routes(topology: Topology, rules: EdgeRules, files: EdgeFiles) -> list[dict
                         "timeout": envoy.duration(topology.edge.timeout),
                         "retry_policy": envoy.retry_policy(policy, method),
                     },
+                    "decorator": {"operation": method.path},
                 }
             )
     routes += [
@@ -471,6 +472,7 @@ def edge_config(
     config["stream_idle_timeout"] = "60s"
     config["request_headers_timeout"] = "10s"
     config["use_remote_address"] = True
+    config.update(envoy.tracing(topology, "edge"))
     return {
         "node": {"id": "edge", "cluster": "edge"},
         "admin": {"address": envoy.socket_address(edge_plan.admin_port)},
@@ -479,6 +481,7 @@ def edge_config(
                 {
                     "name": "edge",
                     "address": envoy.socket_address(edge_plan.port),
+                    "traffic_direction": "INBOUND",
                     "filter_chains": [{"filters": [manager]}],
                 }
             ],
@@ -488,6 +491,7 @@ def edge_config(
                     for service in sorted(rules.exposed)
                 ),
                 envoy.loopback_cluster("edge_companion", edge_plan.companion_port),
+                envoy.trace_cluster(plan.trace_port),
                 {
                     "name": "edge_self",
                     "type": "STATIC",

@@ -202,6 +202,43 @@ def _rbac(topology: Topology, api: Api, service: str) -> dict[str, Any]:
     }
 
 
+#: The cluster every Envoy sends its spans to (the mesh's trace store, or a collector).
+TRACE_CLUSTER = "trace_store"
+
+
+def tracing(topology: Topology, service_name: str) -> dict[str, Any]:
+    """An HTTP connection manager's tracing settings (none when mesh.yaml turns it off):
+    OpenTelemetry, exported over OTLP/gRPC.
+
+    Envoy continues the caller's W3C `traceparent` (or starts a trace, sampled at
+    `telemetry.sampling_percent`), makes one span per request (a server span on an
+    INBOUND listener, a client span on an OUTBOUND one) and passes the context on.
+    """
+    if not topology.telemetry.tracing:
+        return {}
+    return {
+        "tracing": {
+            "provider": {
+                "name": "envoy.tracers.opentelemetry",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig",
+                    "grpc_service": {
+                        "envoy_grpc": {"cluster_name": TRACE_CLUSTER},
+                        "timeout": "1s",
+                    },
+                    "service_name": service_name,
+                },
+            },
+            "random_sampling": {"value": topology.telemetry.sampling_percent},
+        }
+    }
+
+
+def trace_cluster(port: int) -> dict[str, Any]:
+    """Where spans go: the trace store on loopback (OTLP/gRPC)."""
+    return loopback_cluster(TRACE_CLUSTER, port)
+
+
 def connection_manager(
     stat_prefix: str, routes: list[dict[str, Any]], filters: list[dict[str, Any]], **extra: Any
 ) -> dict[str, Any]:
@@ -227,6 +264,7 @@ def _inbound(topology: Topology, api: Api, instance: InstancePlan, sds: SdsFiles
     return {
         "name": "inbound",
         "address": socket_address(instance.inbound_port),
+        "traffic_direction": "INBOUND",
         "filter_chains": [
             {
                 "transport_socket": {
@@ -244,9 +282,11 @@ def _inbound(topology: Topology, api: Api, instance: InstancePlan, sds: SdsFiles
                             {
                                 "match": {"prefix": "/"},
                                 "route": {"cluster": "local_app", "timeout": "0s"},
+                                "decorator": {"operation": f"{instance.service} inbound"},
                             }
                         ],
                         [_rbac(topology, api, instance.service)],
+                        **tracing(topology, sidecar_name(instance.service)),
                         forward_client_cert_details="SANITIZE_SET",
                         set_current_client_cert_details={"uri": True},
                         local_reply_config={
@@ -308,6 +348,8 @@ def _outbound_routes(dependency: str, policy: CallPolicy, api: Api) -> list[dict
                 "timeout": duration(policy.timeout),
                 "retry_policy": retry_policy(policy, method),
             },
+            # The client span is named after the method it carries.
+            "decorator": {"operation": method.path if method else f"{dependency} (unknown)"},
         }
 
     return [
@@ -316,7 +358,10 @@ def _outbound_routes(dependency: str, policy: CallPolicy, api: Api) -> list[dict
     ]
 
 
-def _outbound(dependency: str, port: int, policy: CallPolicy, api: Api) -> dict[str, Any]:
+def _outbound(
+    topology: Topology, service: str, dependency: str, port: int, api: Api
+) -> dict[str, Any]:
+    policy = topology.services[service].calls[dependency]
     return {
         "name": f"outbound-{dependency}",
         "address": socket_address(port),
@@ -325,12 +370,20 @@ def _outbound(dependency: str, port: int, policy: CallPolicy, api: Api) -> dict[
             {
                 "filters": [
                     connection_manager(
-                        f"outbound_{dependency}", _outbound_routes(dependency, policy, api), []
+                        f"outbound_{dependency}",
+                        _outbound_routes(dependency, policy, api),
+                        [],
+                        **tracing(topology, sidecar_name(service)),
                     )
                 ]
             }
         ],
     }
+
+
+def sidecar_name(service: str) -> str:
+    """How a sidecar's spans name it: beside its app's, told apart (`orders-sidecar`)."""
+    return f"{service}-sidecar"
 
 
 def dependency_cluster(
@@ -390,12 +443,15 @@ def sidecar_config(
             "listeners": [
                 _inbound(topology, api, instance, sds),
                 *(
-                    _outbound(dependency, instance.outbound[dependency], calls[dependency], api)
+                    _outbound(
+                        topology, instance.service, dependency, instance.outbound[dependency], api
+                    )
                     for dependency in sorted(calls)
                 ),
             ],
             "clusters": [
                 loopback_cluster("local_app", instance.app_port),
+                trace_cluster(plan.trace_port),
                 *(
                     dependency_cluster(topology, plan, dependency, calls[dependency], sds)
                     for dependency in sorted(calls)

@@ -61,8 +61,11 @@ from nats.js.api import (
     StreamConfig,
 )
 from nats.js.errors import NotFoundError
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from mesh import metrics, telemetry
 from mesh.storage import Database, event_subject, outbox, processed_events, utc_now
 from mesh.timestamps import to_timestamp
 from shop.events.v1 import events_pb2
@@ -161,7 +164,7 @@ class OutboxRelay:
         acknowledged: list[str] = []
         try:
             for row in rows:
-                await self._js.publish(row.subject, row.payload, headers={MSG_ID: row.event_id})
+                await self._publish(row.event_id, row.subject, row.payload)
                 acknowledged.append(row.event_id)
         finally:
             if acknowledged:  # one transaction (one fsync) for the batch
@@ -172,6 +175,25 @@ class OutboxRelay:
                         .values(published_time=utc_now())
                     )
         return len(rows)
+
+    async def _publish(self, event_id: str, subject: str, payload: bytes) -> None:
+        """Publish one event in a producer span of the trace that raised it."""
+        envelope = events_pb2.EventEnvelope.FromString(payload)
+        parent = telemetry.event_context(envelope.trace_context)
+        with telemetry.tracer.start_as_current_span(
+            f"{subject} publish", context=parent, kind=SpanKind.PRODUCER
+        ) as span:
+            _messaging_attributes(span, subject, envelope)
+            headers = {MSG_ID: event_id}
+            telemetry.inject(headers)
+            await self._js.publish(subject, payload, headers=headers)
+
+    async def _count_pending(self) -> None:
+        async with self._database.snapshot() as connection:
+            pending = await connection.execute(
+                sa.select(sa.func.count()).where(outbox.c.published_time.is_(None))
+            )
+            metrics.OUTBOX_PENDING.set(pending.scalar_one())
 
     async def run(self, stop: asyncio.Event) -> None:
         """Publish until `stop` is set; back off (up to a few seconds) while NATS is away.
@@ -187,6 +209,7 @@ class OutboxRelay:
             wakers = [stop]
             try:
                 published = await self.publish_pending()
+                await self._count_pending()
                 backoff = self._idle
                 delay = 0.0 if published else self._idle
                 wakers.append(written)
@@ -356,6 +379,7 @@ class EventConsumer:
         )
 
     async def _dead_letter(self, message: Msg, reason: str) -> None:
+        metrics.EVENTS.labels(self.name, "dead").inc()
         await self._js.publish(
             f"{DEAD_LETTER_PREFIX}.{self.name}",
             message.data,
@@ -389,27 +413,49 @@ class EventConsumer:
         except DecodeError as error:
             await self._dead_letter(message, f"malformed event: {error}")
             return
+        parent = telemetry.event_context(message.headers, envelope.trace_context)
+        with telemetry.tracer.start_as_current_span(
+            f"{message.subject} process", context=parent, kind=SpanKind.CONSUMER
+        ) as span:
+            _messaging_attributes(span, message.subject, envelope)
+            span.set_attribute("messaging.consumer.group.name", self.name)
+            await self._apply(message, envelope, handler)
+
+    async def _apply(
+        self, message: Msg, envelope: events_pb2.EventEnvelope, handler: Handler
+    ) -> None:
         delivery = Delivery(self, envelope)
         try:
             async with self.database.snapshot() as connection:
-                seen = await _processed(connection, self.name, envelope.event_id)
-            if not seen:
-                await handler(delivery)
-                if not delivery.recorded:
-                    async with delivery.transaction():
-                        pass
-                self._after_commit()
+                if await _processed(connection, self.name, envelope.event_id):
+                    raise AlreadyApplied(envelope.event_id)
+            await handler(delivery)
+            if not delivery.recorded:
+                async with delivery.transaction():
+                    pass
+            metrics.EVENTS.labels(self.name, "applied").inc()
+            log.info(
+                "%s applied %s %s of order %s",
+                self.name,
+                message.subject,
+                envelope.event_id,
+                envelope.order_id,
+            )
+            self._after_commit()
         except AlreadyApplied:
-            pass
+            metrics.EVENTS.labels(self.name, "duplicate").inc()
         except Exception as error:
+            trace.get_current_span().set_status(Status(StatusCode.ERROR, str(error)))
             delivered = message.metadata.num_delivered
             if delivered >= self._policy.max_deliver:
                 await self._dead_letter(message, f"failed {delivered} times: {error}")
             else:
+                metrics.EVENTS.labels(self.name, "retried").inc()
                 log.warning("%s: event %s failed: %s", self.name, envelope.event_id, error)
                 await message.nak(delay=self._policy.redelivery_delays[delivered - 1])
             return
         await message.ack()
+        metrics.CONSUMER_PENDING.labels(self.name).set(message.metadata.num_pending or 0)
 
     def _after_commit(self) -> None:
         """The fault-injection point between an event's commit and its ack (see chaos)."""
@@ -466,6 +512,14 @@ def chaos_kill_every(consumer: str) -> int | None:
         if name == consumer and every.isdigit() and int(every) > 0:
             return int(every)
     return None
+
+
+def _messaging_attributes(span: Span, subject: str, envelope: events_pb2.EventEnvelope) -> None:
+    """The OpenTelemetry messaging attributes of an event's span, and its order."""
+    span.set_attribute("messaging.system", "nats")
+    span.set_attribute("messaging.destination.name", subject)
+    span.set_attribute("messaging.message.id", envelope.event_id)
+    span.set_attribute(telemetry.ORDER_ID, envelope.order_id)
 
 
 class ConsumerMismatch(RuntimeError):

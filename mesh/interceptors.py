@@ -7,13 +7,17 @@
   `mesh.validation`) with INVALID_ARGUMENT and `BadRequest` details, before the servicer
   sees it.
 
-Both wrap unary-unary methods, which is every RPC in the shop's contracts; streaming
+* `MetricsInterceptor` (outside both) counts each RPC by its status code and times it
+  (`mesh.metrics`).
+
+They wrap unary-unary methods, which is every RPC in the shop's contracts; streaming
 methods (health `Watch`, reflection) pass through untouched.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, cast
 
@@ -21,6 +25,7 @@ import grpc
 from google.protobuf.message import Message
 from google.rpc import status_pb2
 
+from mesh import metrics
 from mesh.errors import (
     STATUS_DETAILS_KEY,
     InvalidArgument,
@@ -73,8 +78,11 @@ async def _abort(context: _Context, status: status_pb2.Status) -> None:
     )
 
 
-class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Turns exceptions into statuses; see the module docstring."""
+class _UnaryInterceptor(grpc.aio.ServerInterceptor):
+    """Runs every unary-unary call of a method through `around(method)`."""
+
+    def around(self, method: str) -> _Around:
+        raise NotImplementedError
 
     async def intercept_service(
         self,
@@ -84,7 +92,13 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        method: str = handler_call_details.method
+        return _wrap_unary(handler, self.around(handler_call_details.method))
+
+
+class ErrorInterceptor(_UnaryInterceptor):
+    """Turns exceptions into statuses; see the module docstring."""
+
+    def around(self, method: str) -> _Around:
         domain = _domain(method)
 
         async def around(behavior: _Behavior, request: Any, context: _Context) -> Any:
@@ -98,25 +112,40 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 log.exception("unhandled error in %s", method)
                 await _abort(context, internal_status(domain))
 
-        return _wrap_unary(handler, around)
+        return around
 
 
-class ValidationInterceptor(grpc.aio.ServerInterceptor):
+class ValidationInterceptor(_UnaryInterceptor):
     """Refuses requests that break their proto declarations; see the module docstring."""
 
-    async def intercept_service(
-        self,
-        continuation: _Continuation,
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> _Handler | None:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-
+    def around(self, method: str) -> _Around:
         async def around(behavior: _Behavior, request: Message, context: _Context) -> Any:
             violations = validate(request)
             if violations:
                 raise InvalidArgument.of(violations)
             return await behavior(request, context)
 
-        return _wrap_unary(handler, around)
+        return around
+
+
+class MetricsInterceptor(_UnaryInterceptor):
+    """Counts and times every RPC, by the status code it ended with (`mesh.metrics`)."""
+
+    def around(self, method: str) -> _Around:
+        async def around(behavior: _Behavior, request: Any, context: _Context) -> Any:
+            start = time.perf_counter()
+            failed = False
+            try:
+                return await behavior(request, context)
+            except BaseException:
+                failed = True
+                raise
+            finally:
+                code = context.code()
+                if code is None:
+                    name = "UNKNOWN" if failed else "OK"
+                else:
+                    name = code.name if isinstance(code, grpc.StatusCode) else str(code)
+                metrics.observe_rpc(method, name, time.perf_counter() - start)
+
+        return around

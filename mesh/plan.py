@@ -33,6 +33,8 @@ class InstancePlan:
     admin_port: int
     outbound: Mapping[str, int] = field(default_factory=dict)
     """Dependency name -> the port of this instance's sidecar that leads to it."""
+    metrics_port: int = 0
+    """Where the app serves its Prometheus metrics (`mesh.metrics`)."""
 
     @property
     def name(self) -> str:
@@ -56,6 +58,8 @@ class MeshPlan:
     instances: tuple[InstancePlan, ...]
     nats_port: int
     nats_monitor_port: int
+    #: The trace store's OTLP/gRPC port (`mesh.tracestore`), where every span goes.
+    trace_port: int = 0
     edge: EdgePlan | None = None
 
     def of(self, service: str) -> list[InstancePlan]:
@@ -80,6 +84,7 @@ class MeshPlan:
             instances=tuple(InstancePlan(**i) for i in data["instances"]),
             nats_port=data["nats_port"],
             nats_monitor_port=data["nats_monitor_port"],
+            trace_port=data.get("trace_port", 0),
             edge=EdgePlan(**data["edge"]) if data.get("edge") else None,
         )
 
@@ -142,6 +147,7 @@ def make_plan(
                     inbound_port=ports.take(fixed.inbound),
                     admin_port=ports.take(fixed.admin),
                     outbound={dependency: ports.take() for dependency in sorted(service.calls)},
+                    metrics_port=ports.take(),
                 )
             )
     edge = None
@@ -155,5 +161,6 @@ def make_plan(
         instances=tuple(instances),
         nats_port=ports.take(topology.nats.port),
         nats_monitor_port=ports.take(),
+        trace_port=ports.take(),
         edge=edge,
     )

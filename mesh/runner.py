@@ -29,7 +29,8 @@ from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from mesh.interceptors import ErrorInterceptor, ValidationInterceptor
+from mesh import telemetry
+from mesh.interceptors import ErrorInterceptor, MetricsInterceptor, ValidationInterceptor
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,14 @@ class ServiceRunner:
         self._pool = pool
         self._address = f"{host}:{port}"
         self._grace = grace
-        self._interceptors = (ErrorInterceptor(), ValidationInterceptor(), *interceptors)
+        # Tracing outermost, so a server span also covers (and records) the errors below.
+        self._interceptors = (
+            telemetry.server_interceptor(),
+            MetricsInterceptor(),
+            ErrorInterceptor(),
+            ValidationInterceptor(),
+            *interceptors,
+        )
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self.port: int | None = None

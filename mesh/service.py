@@ -10,6 +10,8 @@ once, here, from the command line and environment variables:
 | database URL | `--database-url` | `SHOP_<NAME>_DATABASE_URL` | `<run-dir>/<name>/<name>.db` |
 | a dependency's address | | `SHOP_<DEP>_ADDRESS` | none: required when the service calls it |
 | the event bus | | `SHOP_NATS_URL` | none: events wait in the outbox |
+| where spans go (OTLP/gRPC host:port) | | `OTEL_EXPORTER_OTLP_ENDPOINT` | none: not exported |
+| the Prometheus metrics port (loopback) | | `SHOP_METRICS_PORT` | none: not served |
 | TLS to NATS: CA, own certificate, own key | | `SHOP_NATS_{CA,CERT,KEY}_FILE` | none: no TLS |
 | the name NATS's certificate carries | | `SHOP_NATS_SERVER_NAME` | the URL's host |
 
@@ -22,14 +24,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-from mesh import natsconf
+import grpc
+
+from mesh import metrics, natsconf, telemetry
 from mesh.events import NatsSettings
 from mesh.runner import DEFAULT_GRACE_SECONDS, Registration, ServiceRunner
 from mesh.storage import Database, Migration
@@ -65,6 +68,15 @@ class ServiceSettings:
         if not address:
             raise SettingsError(f"{self.name} calls {dependency}: set {variable}=host:port")
         return address
+
+
+def channel_to(
+    settings: ServiceSettings, dependency: str, stack: AsyncExitStack
+) -> grpc.aio.Channel:
+    """A traced channel to `dependency` (through the sidecar), closed when `stack` unwinds."""
+    channel = telemetry.instrumented_channel(settings.address_of(dependency))
+    stack.push_async_callback(channel.close)
+    return channel
 
 
 async def open_database(
@@ -116,11 +128,14 @@ def nats_from_environment(name: str) -> NatsSettings | None:
 
 
 def main(name: str, bootstrap: Bootstrap, argv: Sequence[str] | None = None) -> None:
-    """The entry point of `python -m services.<name>`."""
-    logging.basicConfig(
-        level=logging.INFO, format=f"%(asctime)s %(levelname)s {name} %(name)s: %(message)s"
-    )
+    """The entry point of `python -m services.<name>`: JSON logs, traces, the service."""
+    instance = os.environ.get("SHOP_INSTANCE", name)
+    telemetry.setup_logging(name, instance)
+    provider = telemetry.setup_tracing(name, instance)
+    metrics.serve_from_environment()
     try:
         asyncio.run(run(settings_from_environment(name, argv), bootstrap))
     except SettingsError as error:
         raise SystemExit(f"{name}: {error}") from None
+    finally:
+        provider.shutdown()

@@ -33,6 +33,7 @@ from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
+from mesh import telemetry
 from mesh.errors import AlreadyExists
 from shop.events.v1 import events_pb2
 
@@ -326,9 +327,11 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         for pragma in (
+            # First: switching a new file to WAL takes a lock that replicas starting
+            # together contend for, and only a busy timeout makes them wait for it.
+            f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}",
             "PRAGMA journal_mode=WAL",
             "PRAGMA foreign_keys=ON",
-            f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}",
             "PRAGMA synchronous=FULL",
         ):
             cursor.execute(pragma)
@@ -416,16 +419,22 @@ class SqlTransaction:
 async def enqueue_event(connection: AsyncConnection, envelope: events_pb2.EventEnvelope) -> None:
     """Put an event in the outbox, in `connection`'s transaction: published if it commits.
 
-    Its subject is `shop.<producer>.<event>`, e.g. `shop.orders.order_placed`.
+    Its subject is `shop.<producer>.<event>`, e.g. `shop.orders.order_placed`. The
+    trace context of the work that raised it goes with it (`trace_context`), so the
+    steps it starts join the same trace.
     """
-    await connection.execute(
-        outbox.insert().values(
-            event_id=envelope.event_id,
-            subject=event_subject(envelope),
-            payload=envelope.SerializeToString(),
-            create_time=utc_now(),
+    subject = event_subject(envelope)
+    with telemetry.tracer.start_as_current_span(f"outbox write {subject}") as span:
+        span.set_attribute(telemetry.ORDER_ID, envelope.order_id)
+        telemetry.inject(envelope.trace_context)
+        await connection.execute(
+            outbox.insert().values(
+                event_id=envelope.event_id,
+                subject=subject,
+                payload=envelope.SerializeToString(),
+                create_time=utc_now(),
+            )
         )
-    )
     connection.info[_OUTBOX_WRITTEN] = True
 
 

@@ -39,7 +39,7 @@ from typing import IO, Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from mesh import edge, envoy, events, natsconf
+from mesh import edge, envoy, events, metrics, natsconf, telemetry
 from mesh.api import Api
 from mesh.binaries import find_binary
 from mesh.pki import MeshPKI
@@ -205,6 +205,7 @@ class Supervisor:
         self.plan: MeshPlan = make_plan(topology, run_dir, edge_port=edge_port)
         self.instances: list[Instance] = []
         self.nats: ManagedProcess | None = None
+        self.trace_store: ManagedProcess | None = None
         self.edge_envoy: ManagedProcess | None = None
         self.edge_companion: ManagedProcess | None = None
         self.status = "starting"
@@ -212,6 +213,8 @@ class Supervisor:
         self._started = time.monotonic()
         self._on_line = on_line
         self._log_offsets: dict[Path, int] = {}
+        self._samples: dict[str, metrics.Sample] = {}
+        self._rates: dict[str, metrics.Rates] = {}
 
     # -- preparation ----------------------------------------------------------------------
 
@@ -220,6 +223,10 @@ class Supervisor:
             "SHOP_RUN_DIR": str(self.run_dir),
             "PYTHONUNBUFFERED": "1",
             "SHOP_INSTANCE": instance.name,
+            **telemetry.tracing_environment(
+                self.topology.telemetry, f"127.0.0.1:{self.plan.trace_port}"
+            ),
+            metrics.PORT_VARIABLE: str(instance.metrics_port),
             **natsconf.service_environment(
                 natsconf.client_settings(
                     self.pki, self.plan.nats_port, instance.service, instance.name
@@ -269,6 +276,19 @@ class Supervisor:
         self.nats = ManagedProcess(
             "nats", [find_binary("nats-server"), "--config", str(config)], logs / "nats.log"
         )
+        self.trace_store = ManagedProcess(
+            "traces",
+            [
+                sys.executable, "-m", "mesh.tracestore",
+                "--port", str(self.plan.trace_port), "--db", str(self.trace_db),
+            ],
+            logs / "traces.log",
+        )  # fmt: skip
+
+    @property
+    def trace_db(self) -> Path:
+        """The trace store's SQLite file (`meshctl trace` reads it)."""
+        return self.run_dir / "traces" / "traces.db"
 
     def _prepare_edge(self, logs: Path) -> None:
         assert self.plan.edge is not None
@@ -349,6 +369,10 @@ class Supervisor:
     def start(self) -> None:
         """Start everything in dependency order and wait until it is healthy."""
         assert self.nats is not None
+        assert self.trace_store is not None
+        self.trace_db.parent.mkdir(parents=True, exist_ok=True)
+        self.trace_store.start(self.root)
+        self._wait("traces", lambda: app_serving(self.plan.trace_port), [self.trace_store])
         self.nats.start(self.root)
         self._wait("nats", self.nats_ready, [self.nats])
         asyncio.run(self._prepare_event_bus())
@@ -374,8 +398,9 @@ class Supervisor:
     # -- running --------------------------------------------------------------------------
 
     def processes(self) -> Iterator[ManagedProcess]:
-        if self.nats is not None:
-            yield self.nats
+        for part in (self.trace_store, self.nats):
+            if part is not None:
+                yield part
         for instance in self.instances:
             yield instance.app
             yield instance.sidecar
@@ -412,6 +437,10 @@ class Supervisor:
             if time.monotonic() >= next_check:
                 next_check = time.monotonic() + CHECK_INTERVAL_SECONDS
                 self.renew_certificates()
+                try:
+                    self.sample_metrics()
+                except Exception:  # the numbers are for people; tending the mesh is not
+                    log.exception("sampling the apps' metrics failed")
                 self.write_state(check_health=True)
 
     def stop(self) -> None:
@@ -429,8 +458,9 @@ class Supervisor:
             instance.app.wait_or_kill(deadline)
         for instance in self.instances:
             instance.sidecar.terminate()
-        if self.nats is not None:
-            self.nats.terminate()
+        for part in (self.nats, self.trace_store):
+            if part is not None:
+                part.terminate()
         deadline = time.monotonic() + STOP_GRACE_SECONDS
         for process in self.processes():
             process.wait_or_kill(deadline)
@@ -459,7 +489,30 @@ class Supervisor:
             complete = chunk.rfind(b"\n") + 1
             self._log_offsets[path] = offset + complete
             for line in chunk[:complete].decode(errors="replace").splitlines():
-                self._on_line(f"{instance.plan.name:<16}| {line}")
+                self._on_line(f"{instance.plan.name:<16}| {telemetry.readable(line)}")
+
+    def sample_metrics(self) -> None:
+        """Scrape every app's metrics; keep the rates since the previous scrape."""
+        for instance in self.instances:
+            sample = metrics.scrape(instance.plan.metrics_port)
+            name = instance.plan.name
+            if sample is None:
+                self._samples.pop(name, None)
+                self._rates.pop(name, None)
+                continue
+            if name in self._samples:
+                self._rates[name] = metrics.rates(self._samples[name], sample)
+            self._samples[name] = sample
+
+    def _rates_of(self, instance: Instance) -> dict[str, Any]:
+        rates = self._rates.get(instance.plan.name)
+        if rates is None:
+            return {}
+        return {
+            "requests_per_second": round(rates.requests_per_second, 2),
+            "error_ratio": round(rates.error_ratio, 4),
+            "p99_ms": None if rates.p99_ms is None else round(rates.p99_ms, 2),
+        }
 
     def state(self, check_health: bool = False) -> dict[str, Any]:
         def health(instance: Instance) -> str:
@@ -485,6 +538,13 @@ class Supervisor:
                 "restarts": self.nats.restarts if self.nats else 0,
                 "rss_kib": rss_kib(self.nats.pid if self.nats else None),
             },
+            "traces": {
+                "pid": self.trace_store.pid if self.trace_store else None,
+                "endpoint": f"127.0.0.1:{self.plan.trace_port}",
+                "db": str(self.trace_db),
+                "restarts": self.trace_store.restarts if self.trace_store else 0,
+                "rss_kib": rss_kib(self.trace_store.pid if self.trace_store else None),
+            },
             "edge": self._edge_state(),
             "instances": [
                 {
@@ -501,6 +561,8 @@ class Supervisor:
                     "last_exit": i.app.last_exit,
                     "app_rss_kib": rss_kib(i.app.pid),
                     "sidecar_rss_kib": rss_kib(i.sidecar.pid),
+                    "metrics_port": i.plan.metrics_port,
+                    "rates": self._rates_of(i),
                 }
                 for i in self.instances
             ],
@@ -546,6 +608,7 @@ def pid_alive(pid: int | None) -> bool:
 
 def all_pids(state: dict[str, Any]) -> list[int]:
     pids = [state.get("supervisor_pid"), state["nats"].get("pid")]
+    pids.append(state.get("traces", {}).get("pid"))
     if state.get("edge"):
         pids += [state["edge"]["pid"], state["edge"]["companion_pid"]]
     for instance in state["instances"]:

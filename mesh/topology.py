@@ -167,6 +167,15 @@ class Service:
 
 
 @dataclass(frozen=True)
+class TelemetrySettings:
+    """Tracing of every Envoy and app: on or off, and the share of traces started that
+    are kept (a caller's decision is always followed)."""
+
+    tracing: bool = True
+    sampling_percent: float = 100.0
+
+
+@dataclass(frozen=True)
 class NatsSettings:
     """The event bus: None means "pick a free port"."""
 
@@ -221,6 +230,7 @@ class Topology:
     nats: NatsSettings
     edge: EdgeSettings
     source: Path | None
+    telemetry: TelemetrySettings = TelemetrySettings()
 
     def start_order(self) -> list[str]:
         """Every service after the services it calls; among equals, by name."""
@@ -351,7 +361,7 @@ class _Reader:
         top = self.mapping(
             root,
             "the topology",
-            {"trust_domain", "namespace", "defaults", "nats", "edge", "services"},
+            {"trust_domain", "namespace", "defaults", "nats", "edge", "services", "telemetry"},
         )
         trust_domain = self.optional(top, "trust_domain", DEFAULT_TRUST_DOMAIN, self.trust_domain)
         namespace = self.optional(
@@ -382,6 +392,7 @@ class _Reader:
             nats=nats,
             edge=edge,
             source=path,
+            telemetry=self.optional(top, "telemetry", TelemetrySettings(), self.telemetry),
         )
 
     # -- sections ------------------------------------------------------------------------
@@ -505,6 +516,27 @@ class _Reader:
             return port or None
 
         return FixedPorts(base_port("app"), base_port("inbound"), base_port("admin"))
+
+    def telemetry(self, node: Node) -> TelemetrySettings:
+        entries = self.mapping(
+            node, "telemetry", {"tracing", "sampling_percent"}, null_is_empty=True
+        )
+        tracing = self.optional(
+            entries, "tracing", True, lambda n: self.boolean(n, "telemetry.tracing")
+        )
+        sampling = self.optional(
+            entries,
+            "sampling_percent",
+            100.0,
+            lambda n: self.percent(n, "telemetry.sampling_percent"),
+        )
+        return TelemetrySettings(tracing, sampling)
+
+    def boolean(self, node: Node, where: str) -> bool:
+        value = self.scalar(node)
+        if not isinstance(value, bool):
+            raise self.error(node, f"{where} must be true or false, got {self.describe(node)}")
+        return value
 
     def nats(self, node: Node) -> NatsSettings:
         entries = self.mapping(node, "nats", {"port"}, null_is_empty=True)

@@ -5,10 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 
-import grpc
-
 from mesh.runner import Registration
-from mesh.service import ServiceSettings, open_database
+from mesh.service import ServiceSettings, channel_to, open_database
 from services.catalog.adapters import MIGRATIONS, GrpcStockLevels, SqlCatalogStore
 from services.catalog.ports import CatalogStore, StockLevels
 from services.catalog.servicer import CatalogServicer
@@ -22,6 +20,5 @@ def registration(store: CatalogStore, inventory: StockLevels) -> Registration:
 
 async def bootstrap(settings: ServiceSettings, stack: AsyncExitStack) -> Sequence[Registration]:
     database = await open_database(settings, MIGRATIONS, stack)
-    channel = grpc.aio.insecure_channel(settings.address_of("inventory"))
-    stack.push_async_callback(channel.close)
+    channel = channel_to(settings, "inventory", stack)
     return [registration(SqlCatalogStore(database), GrpcStockLevels(channel))]

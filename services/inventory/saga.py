@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from mesh import telemetry
 from mesh.errors import FailedPrecondition, InvalidArgument, NotFound
 from mesh.events import Delivery, Handler, new_event, subject
 from mesh.storage import enqueue_event
@@ -40,7 +41,9 @@ def handlers(joined: Callable[[AsyncConnection], InventoryStore]) -> dict[str, H
         lines = tuple(ReservationLine(line.product_id, line.quantity) for line in placed.lines)
         async with delivery.transaction() as connection:
             try:
-                reservation = await reserve_stock(joined(connection), ReserveStock(order_id, lines))
+                with telemetry.tracer.start_as_current_span("reserve stock"):
+                    command = ReserveStock(order_id, lines)
+                    reservation = await reserve_stock(joined(connection), command)
             except (FailedPrecondition, NotFound, InvalidArgument) as refusal:
                 products = refusal.metadata.get("product_ids") or refusal.metadata.get(
                     "product_id", ""

@@ -5,11 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 
-import grpc
-
 from mesh.events import start_event_bus
 from mesh.runner import Registration
-from mesh.service import ServiceSettings, open_database
+from mesh.service import ServiceSettings, channel_to, open_database
 from services.orders import saga
 from services.orders.adapters import MIGRATIONS, GrpcCatalog, SqlOrdersStore
 from services.orders.ports import Catalog, OrdersStore
@@ -26,6 +24,5 @@ async def bootstrap(settings: ServiceSettings, stack: AsyncExitStack) -> Sequenc
     database = await open_database(settings, MIGRATIONS, stack)
     store = SqlOrdersStore(database)
     await start_event_bus(database, settings.nats, stack, saga.handlers(store.within))
-    channel = grpc.aio.insecure_channel(settings.address_of("catalog"))
-    stack.push_async_callback(channel.close)
+    channel = channel_to(settings, "catalog", stack)
     return [registration(store, GrpcCatalog(channel))]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+from mesh import telemetry
 from mesh.caller import caller_subject
 from mesh.timestamps import to_timestamp
 from services.orders import handlers
@@ -19,6 +21,8 @@ from services.orders.messages import address_from_proto, address_to_proto
 from services.orders.ports import Catalog, OrdersStore
 from shop.orders.v1 import orders_service_pb2 as pb
 from shop.orders.v1 import orders_service_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
 
 _STATUSES = {
     OrderStatus.PENDING: pb.ORDER_STATUS_PENDING,
@@ -93,6 +97,8 @@ class OrdersServicer(pb_grpc.OrdersServiceServicer):
                 request_id=request.request_id,
             ),
         )
+        telemetry.mark_order(order.id)
+        log.info("order %s placed by %s: %s", order.id, order.customer_id, order.total)
         return pb.PlaceOrderResponse(order=to_proto(order))
 
     async def GetOrder(self, request: pb.GetOrderRequest, context: Any) -> pb.GetOrderResponse:

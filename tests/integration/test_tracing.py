@@ -1,0 +1,111 @@
+"""One trace per order: edge, sidecars, services and NATS hops, read from the mesh's
+trace store; and the services' log lines carry the same trace ids."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from mesh.tracestore import Span, TraceStore
+from tests.integration.conftest import RunningMesh, bearer, customer
+from tests.support.saga import CONFIRMED, place, stocked_product, wait_until_terminal
+
+pytestmark = pytest.mark.integration
+
+#: (parent's service, child's service, child's kind): the hops of an order's trace.
+SYNC_HOPS = [
+    ("edge", "orders-sidecar", "SERVER"),  # the edge calls the orders sidecar
+    ("orders-sidecar", "orders", "SERVER"),  # which calls the orders app
+    ("orders", "orders-sidecar", "CLIENT"),  # orders prices the order: out via its sidecar
+    ("orders-sidecar", "catalog-sidecar", "SERVER"),  # over mTLS to catalog's sidecar
+    ("catalog-sidecar", "catalog", "SERVER"),
+]
+#: The saga over NATS: each step's consumer span is a child of the previous producer's
+#: (payments and shipping also consume the placement, each with a span of its own).
+ASYNC_HOPS = [
+    ("orders", "inventory", "shop.orders.order_placed process"),
+    ("inventory", "payments", "shop.inventory.stock_reserved process"),
+    ("payments", "shipping", "shop.payments.payment_captured process"),
+    ("shipping", "orders", "shop.shipping.shipment_scheduled process"),
+]
+
+
+@pytest.fixture(scope="module")
+def edge(mesh: RunningMesh) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=mesh.edge_url, timeout=30) as client:
+        yield client
+
+
+def order_trace(mesh: RunningMesh, order_id: str, timeout: float = 30) -> list[Span]:
+    """The spans of the order's trace once every hop has arrived (exports are batched)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        store = TraceStore(mesh.run_dir / "traces" / "traces.db")
+        try:
+            found = store.traces_with("shop.order_id", order_id)
+            spans = store.trace(found[-1]) if found else []
+        finally:
+            store.close()
+        names = {span.name for span in spans}
+        if all(name in names for _, _, name in ASYNC_HOPS) and _hops(spans) >= set(SYNC_HOPS):
+            return spans
+        assert time.monotonic() < deadline, f"trace of {order_id} incomplete: {sorted(names)}"
+        time.sleep(0.25)
+
+
+def _hops(spans: list[Span]) -> set[tuple[str, str, str]]:
+    by_id = {span.span_id: span for span in spans}
+    return {
+        (by_id[span.parent_span_id].service, span.service, span.kind)
+        for span in spans
+        if span.parent_span_id in by_id
+    }
+
+
+def test_an_order_is_one_trace_from_the_edge_through_every_saga_step(
+    edge: httpx.Client, mesh: RunningMesh
+) -> None:
+    admin = bearer(mesh.token("trace-admin", "catalog:write"))
+    product_id = stocked_product(edge, admin, 5)
+    _, token = customer(edge)
+    order_id = place(edge, token, product_id)
+    assert wait_until_terminal(edge, token, order_id)["status"] == CONFIRMED
+
+    spans = order_trace(mesh, order_id)
+    assert len({span.trace_id for span in spans}) == 1
+    hops = _hops(spans)
+    for hop in SYNC_HOPS:
+        assert hop in hops, f"no {hop} in {sorted(hops)}"
+    by_id = {span.span_id: span for span in spans}
+    for producer, consumer, name in ASYNC_HOPS:
+        [step] = [s for s in spans if s.name == name and s.service == consumer]
+        assert step.kind == "CONSUMER"
+        parent = by_id[step.parent_span_id]
+        assert (parent.service, parent.kind) == (producer, "PRODUCER")
+        assert step.attributes["shop.order_id"] == order_id
+    # The reservation and the outbox writes are spans of their own.
+    assert any(s.name == "reserve stock" and s.service == "inventory" for s in spans)
+    assert any(s.name.startswith("outbox write shop.orders.order_placed") for s in spans)
+
+    # `meshctl trace ORDER_ID` prints that trace as a waterfall.
+    shown = mesh.meshctl("trace", order_id).stdout
+    assert spans[0].trace_id in shown.splitlines()[0]
+    for name in ("orders-sidecar", "shop.payments.payment_captured process", "catalog"):
+        assert name in shown
+    slow = mesh.meshctl("traces", "--slow").stdout.splitlines()
+    assert slow[0].split()[:2] == ["TRACE", "MS"]
+    assert len(slow) > 1
+
+    # Log lines of the order's work carry its trace id.
+    trace_id = spans[0].trace_id
+    for service in ("orders", "inventory", "payments"):
+        lines = mesh.meshctl("logs", service, "--trace", trace_id, "--json").stdout.splitlines()
+        records = [json.loads(line.partition("| ")[2]) for line in lines]
+        assert records, f"no {service} log line in trace {trace_id}"
+        assert {r["trace_id"] for r in records} == {trace_id}
+        assert any(order_id in r["message"] for r in records)
+        assert all(len(r["span_id"]) == 16 and r["service"] == service for r in records)
