@@ -491,7 +491,7 @@ def edge_config(
                     for service in sorted(rules.exposed)
                 ),
                 envoy.loopback_cluster("edge_companion", edge_plan.companion_port),
-                envoy.trace_cluster(plan.trace_port),
+                envoy.trace_cluster(topology, plan),
                 {
                     "name": "edge_self",
                     "type": "STATIC",

@@ -234,9 +234,32 @@ def tracing(topology: Topology, service_name: str) -> dict[str, Any]:
     }
 
 
-def trace_cluster(port: int) -> dict[str, Any]:
-    """Where spans go: the trace store on loopback (OTLP/gRPC)."""
-    return loopback_cluster(TRACE_CLUSTER, port)
+def trace_cluster(topology: Topology, plan: MeshPlan) -> dict[str, Any]:
+    """Where spans go (OTLP/gRPC): the collector mesh.yaml names, or the trace store."""
+    collector = topology.telemetry.endpoint()
+    if collector is None:
+        return loopback_cluster(TRACE_CLUSTER, plan.trace_port)
+    host, port = collector
+    return {
+        "name": TRACE_CLUSTER,
+        "type": "STRICT_DNS",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": TRACE_CLUSTER,
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {
+                            "endpoint": {
+                                "address": {"socket_address": {"address": host, "port_value": port}}
+                            }
+                        }
+                    ]
+                }
+            ],
+        },
+        "typed_extension_protocol_options": HTTP2_UPSTREAM,
+    }
 
 
 def connection_manager(
@@ -451,7 +474,7 @@ def sidecar_config(
             ],
             "clusters": [
                 loopback_cluster("local_app", instance.app_port),
-                trace_cluster(plan.trace_port),
+                trace_cluster(topology, plan),
                 *(
                     dependency_cluster(topology, plan, dependency, calls[dependency], sds)
                     for dependency in sorted(calls)

@@ -224,7 +224,8 @@ class Supervisor:
             "PYTHONUNBUFFERED": "1",
             "SHOP_INSTANCE": instance.name,
             **telemetry.tracing_environment(
-                self.topology.telemetry, f"127.0.0.1:{self.plan.trace_port}"
+                self.topology.telemetry,
+                self.topology.telemetry.otlp_endpoint or f"127.0.0.1:{self.plan.trace_port}",
             ),
             metrics.PORT_VARIABLE: str(instance.metrics_port),
             **natsconf.service_environment(

@@ -173,6 +173,16 @@ class TelemetrySettings:
 
     tracing: bool = True
     sampling_percent: float = 100.0
+    #: `host:port` of an OTLP/gRPC collector (Jaeger, an OpenTelemetry Collector);
+    #: empty: the mesh's own trace store (`meshctl trace` reads only that one).
+    otlp_endpoint: str = ""
+
+    def endpoint(self) -> tuple[str, int] | None:
+        """The collector's host and port, if one is configured."""
+        if not self.otlp_endpoint:
+            return None
+        host, _, port = self.otlp_endpoint.rpartition(":")
+        return host, int(port)
 
 
 @dataclass(frozen=True)
@@ -518,9 +528,8 @@ class _Reader:
         return FixedPorts(base_port("app"), base_port("inbound"), base_port("admin"))
 
     def telemetry(self, node: Node) -> TelemetrySettings:
-        entries = self.mapping(
-            node, "telemetry", {"tracing", "sampling_percent"}, null_is_empty=True
-        )
+        keys = {"tracing", "sampling_percent", "otlp_endpoint"}
+        entries = self.mapping(node, "telemetry", keys, null_is_empty=True)
         tracing = self.optional(
             entries, "tracing", True, lambda n: self.boolean(n, "telemetry.tracing")
         )
@@ -530,7 +539,18 @@ class _Reader:
             100.0,
             lambda n: self.percent(n, "telemetry.sampling_percent"),
         )
-        return TelemetrySettings(tracing, sampling)
+        endpoint = self.optional(entries, "otlp_endpoint", "", self.otlp_endpoint)
+        return TelemetrySettings(tracing, sampling, endpoint)
+
+    def otlp_endpoint(self, node: Node) -> str:
+        value = self.string(node, "telemetry.otlp_endpoint")
+        host, _, port = value.rpartition(":")
+        if value and not (host and port.isdigit() and 0 < int(port) <= _MAX_PORT):
+            raise self.error(
+                node,
+                f"telemetry.otlp_endpoint {value!r} must be host:port (e.g. otel-collector:4317)",
+            )
+        return value
 
     def boolean(self, node: Node, where: str) -> bool:
         value = self.scalar(node)

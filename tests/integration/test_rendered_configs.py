@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,7 @@ from mesh.binaries import find_binary
 from mesh.contracts import DESCRIPTOR_SET
 from mesh.pki import MeshPKI
 from mesh.plan import MeshPlan, make_plan
-from mesh.topology import Topology, load
+from mesh.topology import TelemetrySettings, Topology, load
 from tests.integration.conftest import ROOT
 
 pytestmark = pytest.mark.integration
@@ -191,3 +192,60 @@ def test_nats_config_is_valid_and_fsyncs_every_write(
         capture_output=True, text=True, timeout=30, check=False,
     )  # fmt: skip
     assert checked.returncode == 0, checked.stderr
+
+
+def _managers(config: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        node["typed_config"]
+        for node in _walk(config)
+        if node.get("name") == "envoy.filters.network.http_connection_manager"
+    ]
+
+
+def test_every_envoy_traces_to_the_trace_store_unless_told_otherwise(
+    topology: Topology,
+    api: Api,
+    rendered: tuple[MeshPlan, dict[str, Any], dict[str, Path]],
+    tmp_path: Path,
+) -> None:
+    plan, configs, _ = rendered
+    orders = configs["orders-0"]
+    for manager in _managers(orders):
+        tracer = manager["tracing"]["provider"]["typed_config"]
+        assert tracer["grpc_service"]["envoy_grpc"]["cluster_name"] == envoy.TRACE_CLUSTER
+        assert tracer["service_name"] == "orders-sidecar"
+    directions = {listener["name"]: listener["traffic_direction"]
+                  for listener in orders["static_resources"]["listeners"]}  # fmt: skip
+    assert directions == {"inbound": "INBOUND", "outbound-catalog": "OUTBOUND"}
+    [store] = [c for c in orders["static_resources"]["clusters"] if c["name"] == "trace_store"]
+    assert store["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"] == {
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": plan.trace_port}}
+    }
+
+    # Off: no tracing at all. A collector: spans go there instead, and Envoy takes it.
+    pki = MeshPKI(tmp_path / "pki", topology.trust_domain, topology.namespace)
+    cert = pki.ensure("orders", "orders-0")
+    sds = envoy.write_sds(tmp_path / "orders-0", cert.cert_path, cert.key_path, pki.ca_path)
+    instance = plan.instance("orders-0")
+    off = dataclasses.replace(topology, telemetry=TelemetrySettings(tracing=False))
+    assert not any(
+        "tracing" in m for m in _managers(envoy.sidecar_config(off, plan, instance, api, sds))
+    )
+    collector = TelemetrySettings(otlp_endpoint="otel-collector.observability:4317")
+    remote = envoy.sidecar_config(
+        dataclasses.replace(topology, telemetry=collector), plan, instance, api, sds
+    )
+    [store] = [c for c in remote["static_resources"]["clusters"] if c["name"] == "trace_store"]
+    assert store["type"] == "STRICT_DNS"
+    assert store["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"] == {
+        "address": {
+            "socket_address": {"address": "otel-collector.observability", "port_value": 4317}
+        }
+    }
+    path = envoy.write_config(remote, tmp_path / "remote.yaml")
+    result = subprocess.run(
+        [find_binary("envoy"), "--mode", "validate", "--config-path", str(path),
+         "--disable-hot-restart"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr

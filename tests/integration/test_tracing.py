@@ -41,7 +41,8 @@ def edge(mesh: RunningMesh) -> Iterator[httpx.Client]:
 
 
 def order_trace(mesh: RunningMesh, order_id: str, timeout: float = 30) -> list[Span]:
-    """The spans of the order's trace once every hop has arrived (exports are batched)."""
+    """The spans of the order's trace once every hop has arrived (each process exports
+    its spans in batches, on its own schedule)."""
     deadline = time.monotonic() + timeout
     while True:
         store = TraceStore(mesh.run_dir / "traces" / "traces.db")
@@ -50,10 +51,12 @@ def order_trace(mesh: RunningMesh, order_id: str, timeout: float = 30) -> list[S
             spans = store.trace(found[-1]) if found else []
         finally:
             store.close()
-        names = {span.name for span in spans}
-        if all(name in names for _, _, name in ASYNC_HOPS) and _hops(spans) >= set(SYNC_HOPS):
+        steps = {(span.service, span.name) for span in spans}
+        if all((service, name) in steps for _, service, name in ASYNC_HOPS) and _hops(spans) >= set(
+            SYNC_HOPS
+        ):
             return spans
-        assert time.monotonic() < deadline, f"trace of {order_id} incomplete: {sorted(names)}"
+        assert time.monotonic() < deadline, f"trace of {order_id} incomplete: {sorted(steps)}"
         time.sleep(0.25)
 
 

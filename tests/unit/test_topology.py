@@ -595,3 +595,32 @@ def test_an_event_consumed_twice_is_refused() -> None:
         "    consumes: [orders.order_placed, orders.order_placed]\n"
     )
     assert "lists 'orders.order_placed' twice" in str(error)
+
+
+# -- telemetry ---------------------------------------------------------------------------
+
+
+def test_telemetry_traces_everything_to_the_local_store_by_default() -> None:
+    settings = parse("services: {a: {}}\n").telemetry
+    assert (settings.tracing, settings.sampling_percent, settings.endpoint()) == (True, 100.0, None)
+    tuned = parse(
+        "services: {a: {}}\n"
+        "telemetry: {tracing: true, sampling_percent: 10, otlp_endpoint: 'jaeger:4317'}\n"
+    ).telemetry
+    assert (tuned.sampling_percent, tuned.endpoint()) == (10.0, ("jaeger", 4317))
+
+
+@pytest.mark.parametrize(
+    ("entry", "expected"),
+    [
+        ("tracing: yes please", "telemetry.tracing must be true or false"),
+        ("sampling_percent: 150", "telemetry.sampling_percent must be between 0 and 100"),
+        ("otlp_endpoint: jaeger", "must be host:port (e.g. otel-collector:4317)"),
+        ("otlp_endpoint: 'jaeger:99999'", "must be host:port"),
+        ("exporter: otlp", "unknown key 'exporter' in telemetry"),
+    ],
+)
+def test_bad_telemetry_is_refused_at_its_line(entry: str, expected: str) -> None:
+    error = _error(f"services: {{a: {{}}}}\ntelemetry:\n  {entry}\n")
+    assert error.line == 3
+    assert expected in str(error)
