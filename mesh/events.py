@@ -189,6 +189,8 @@ class OutboxRelay:
             await self._js.publish(subject, payload, headers=headers)
 
     async def _count_pending(self) -> None:
+        """Set `shop_outbox_pending`: counted while events wait (a full batch went out,
+        or NATS is away); a round that published less than a batch left none behind."""
         async with self._database.snapshot() as connection:
             pending = await connection.execute(
                 sa.select(sa.func.count()).where(outbox.c.published_time.is_(None))
@@ -209,13 +211,18 @@ class OutboxRelay:
             wakers = [stop]
             try:
                 published = await self.publish_pending()
-                await self._count_pending()
+                if published < self._batch:
+                    metrics.OUTBOX_PENDING.set(0)
+                else:
+                    await self._count_pending()
                 backoff = self._idle
                 delay = 0.0 if published else self._idle
                 wakers.append(written)
             except Exception as error:  # NATS away, timeouts: try again later
                 log.warning("outbox relay: %s; retrying in %.1fs", error, backoff)
                 delay, backoff = backoff, min(backoff * 2, self._max_backoff)
+                with contextlib.suppress(Exception):
+                    await self._count_pending()
             if delay:
                 await _first_of(wakers, delay)
 

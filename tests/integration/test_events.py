@@ -15,6 +15,7 @@ import nats
 import pytest
 import sqlalchemy as sa
 from nats.js import JetStreamContext
+from prometheus_client import REGISTRY
 
 from mesh import events, natsconf
 from mesh.binaries import find_binary
@@ -445,3 +446,26 @@ async def test_a_service_publishes_only_its_own_events_and_reads_only_its_consum
     finally:
         await client.close()
     assert any("permissions violation for publish to" in v for v in violations), violations
+
+
+async def test_the_outbox_gauge_counts_what_waits_while_nats_is_away(
+    bus: Bus, js: JetStreamContext, database: Database
+) -> None:
+    for _ in range(2):
+        async with database.transaction() as connection:
+            await SqlTransaction(connection).enqueue_event(order_placed())
+    closed = await natsconf.admin_settings(bus.pki, bus.port).connect()
+    await closed.close()  # a relay whose connection is gone: every publish fails
+
+    async def run_briefly(relay: events.OutboxRelay) -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(relay.run(stop))
+        await asyncio.sleep(0.5)
+        stop.set()
+        await asyncio.wait_for(task, timeout=10)
+
+    await run_briefly(events.OutboxRelay(database, closed.jetstream(), idle_seconds=0.05))
+    assert REGISTRY.get_sample_value("shop_outbox_pending") == 2
+    await run_briefly(events.OutboxRelay(database, js, idle_seconds=0.05))
+    assert REGISTRY.get_sample_value("shop_outbox_pending") == 0
+    assert await stream_messages(js, events.EVENTS_STREAM) == 2
