@@ -4,12 +4,14 @@ certificates and per-identity permissions) and real SQLite files."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nats
 import pytest
@@ -127,10 +129,7 @@ async def test_a_commit_wakes_the_relay_before_its_next_poll(
 ) -> None:
     """With a poll once a minute, an event committed in this process still goes out at
     once: the commit wakes the relay."""
-    stop = asyncio.Event()
-    relay = events.OutboxRelay(database, js, idle_seconds=60)
-    task = asyncio.create_task(relay.run(stop))
-    try:
+    async with running(events.OutboxRelay(database, js, idle_seconds=60).run):
         await asyncio.sleep(0.5)  # the relay found nothing and waits for its next poll
         async with database.transaction() as connection:
             await SqlTransaction(connection).enqueue_event(order_placed())
@@ -138,9 +137,6 @@ async def test_a_commit_wakes_the_relay_before_its_next_poll(
         while await stream_messages(js, events.EVENTS_STREAM) == 0:
             assert time.monotonic() < deadline, "the relay slept through the commit"
             await asyncio.sleep(0.05)
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, timeout=10)
 
 
 async def test_a_relay_that_crashed_before_marking_publishes_no_duplicate(
@@ -181,11 +177,24 @@ async def write_ledger(delivery: events.Delivery) -> None:
         )
 
 
+@contextlib.asynccontextmanager
+async def running(
+    loop: Callable[[asyncio.Event], Coroutine[Any, Any, None]],
+) -> AsyncIterator[None]:
+    """`loop(stop)` (a relay's or a consumer's `run`) as a task for the length of the
+    block; then stopped, and awaited, so an error it raised fails the test."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(loop(stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=10)
+
+
 async def _consume_all(js: JetStreamContext, consumer: events.EventConsumer) -> None:
     """Run `consumer` until it has settled every message of the stream (at most 20 s)."""
-    stop = asyncio.Event()
-    task = asyncio.create_task(consumer.run(stop))
-    try:
+    async with running(consumer.run):
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             await asyncio.sleep(0.1)
@@ -193,9 +202,6 @@ async def _consume_all(js: JetStreamContext, consumer: events.EventConsumer) -> 
             if info.num_pending == 0 and info.num_ack_pending == 0:
                 return
         raise AssertionError(f"{consumer.name} did not settle its messages in time")
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, timeout=10)
 
 
 async def test_a_redelivered_event_changes_nothing_twice(
@@ -267,17 +273,12 @@ async def test_an_event_that_keeps_failing_ends_as_a_dead_letter_with_its_reason
         envelope.SerializeToString(),
         headers={events.MSG_ID: envelope.event_id},
     )
-    stop = asyncio.Event()
-    task = asyncio.create_task(consumer.run(stop))
-    try:
+    async with running(consumer.run):
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if await stream_messages(js, events.DEAD_LETTER_STREAM) == 1:
                 break
             await asyncio.sleep(0.1)
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, timeout=10)
     assert len(attempts) == 3  # the first delivery and the two redeliveries
     dead = await js.get_last_msg(events.DEAD_LETTER_STREAM, "dead.broken")
     assert dead.headers is not None
@@ -457,15 +458,10 @@ async def test_the_outbox_gauge_counts_what_waits_while_nats_is_away(
     closed = await natsconf.admin_settings(bus.pki, bus.port).connect()
     await closed.close()  # a relay whose connection is gone: every publish fails
 
-    async def run_briefly(relay: events.OutboxRelay) -> None:
-        stop = asyncio.Event()
-        task = asyncio.create_task(relay.run(stop))
+    async with running(events.OutboxRelay(database, closed.jetstream(), idle_seconds=0.05).run):
         await asyncio.sleep(0.5)
-        stop.set()
-        await asyncio.wait_for(task, timeout=10)
-
-    await run_briefly(events.OutboxRelay(database, closed.jetstream(), idle_seconds=0.05))
     assert REGISTRY.get_sample_value("shop_outbox_pending") == 2
-    await run_briefly(events.OutboxRelay(database, js, idle_seconds=0.05))
+    async with running(events.OutboxRelay(database, js, idle_seconds=0.05).run):
+        await asyncio.sleep(0.5)
     assert REGISTRY.get_sample_value("shop_outbox_pending") == 0
     assert await stream_messages(js, events.EVENTS_STREAM) == 2
