@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help bootstrap gen up test lint fmt breaking unit integration clean
+.PHONY: help bootstrap gen up test lint fmt breaking render lock image unit integration clean
 
 help:
 	@echo "make up        bootstrap, generate code, start the mesh and say where to reach it"
@@ -15,13 +15,18 @@ help:
 	@echo "make gen       generate the Python package and descriptor set from protos/"
 	@echo "make lint      ruff, mypy and buf lint"
 	@echo "make fmt       format the code"
+	@echo "make render    write docker-compose.yml, .env, deploy/compose/ and deploy/k8s/ from mesh.yaml"
+	@echo "make lock      re-pin constraints.txt (the image's and the tests' packages)"
+	@echo "make image     build the container image (needs a Docker engine)"
 	@echo "make clean     remove generated code and the virtual environment"
 
-# The environment is rebuilt whenever pyproject.toml changes.
-$(STAMP): pyproject.toml
+# The environment is rebuilt whenever pyproject.toml or constraints.txt changes. The
+# packages the services run on are pinned by constraints.txt, as in the container image,
+# so the tests run what the image runs.
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet --editable '.[dev]'
+	$(BIN)/python -m pip install --quiet --constraint constraints.txt --editable '.[dev]'
 	touch $@
 
 bootstrap: $(STAMP)
@@ -40,6 +45,17 @@ lint: gen
 
 breaking: bootstrap
 	$(BIN)/meshctl proto breaking
+
+render: gen
+	$(BIN)/meshctl render compose
+	$(BIN)/meshctl render k8s
+
+lock:
+	scripts/lock-constraints
+
+image:
+	docker build --build-arg IMAGE_REVISION=$$(git rev-parse HEAD) \
+		-t shop-mesh:$$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml) .
 
 fmt: bootstrap
 	$(BIN)/ruff check --fix .

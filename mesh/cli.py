@@ -104,9 +104,38 @@ def _traces(args: argparse.Namespace) -> int:
 
 
 def _certs(args: argparse.Namespace) -> int:
-    from mesh import control  # needs the code `meshctl proto gen` makes
+    from mesh import control, deploy  # needs the code `meshctl proto gen` makes
+    from mesh.pki import MeshPKI
 
-    return control.certs(_root(), _run_dir(args), args.config, args.rotate)
+    root, run_dir = _root(), _run_dir(args)
+    if args.verify or args.every:
+        topology = control.load_topology(root, args.config)
+        pki = MeshPKI(run_dir / "pki", topology.trust_domain, topology.namespace)
+        if args.verify:
+            return deploy.verify_certificates(topology, pki)
+        return deploy.keep_certificates(topology, pki, args.every)
+    return control.certs(root, run_dir, args.config, args.rotate, args.issue)
+
+
+def _render(args: argparse.Namespace) -> int:
+    from mesh import control, deploy  # needs the code `meshctl proto gen` makes
+
+    root = _root()
+    topology = control.load_topology(root, args.config)
+    if args.target == "edge-files":
+        if args.directory is None:
+            print("meshctl render edge-files: give the DIRECTORY to write", file=sys.stderr)
+            return 2
+        return deploy.write_edge_files(root, topology, args.directory)
+    if args.target == "k8s-secrets":
+        return deploy.print_secrets(topology, _run_dir(args))
+    return deploy.render(root, topology, args.target, args.check)
+
+
+def _events(args: argparse.Namespace) -> int:
+    from mesh import control, deploy  # needs the code `meshctl proto gen` makes
+
+    return deploy.init_events(control.load_topology(_root(), args.config), args.replicas)
 
 
 def _dlq(args: argparse.Namespace) -> int:
@@ -192,7 +221,41 @@ def _parser() -> argparse.ArgumentParser:
     dead.add_argument("--json", action="store_true", help="machine-readable list")
     certs = mesh_command("certs", "the mesh CA and every certificate it issued", _certs)
     certs.add_argument("--rotate", action="store_true", help="re-issue every leaf now")
+    certs.add_argument(
+        "--issue", action="store_true",
+        help="first issue what is missing or due: the CA, each instance, edge, nats, meshctl",
+    )  # fmt: skip
+    certs.add_argument(
+        "--every", type=float, metavar="SECONDS",
+        help="with --issue: keep running, renewing what falls due every SECONDS (containers)",
+    )  # fmt: skip
+    certs.add_argument(
+        "--verify", action="store_true",
+        help="exit 1, naming them, if certificates the mesh needs are missing or due",
+    )  # fmt: skip
     certs.add_argument("--config", type=Path, help="the topology (default: mesh.yaml)")
+    render = mesh_command(
+        "render", "write deploy files from mesh.yaml: compose, k8s, edge-files, k8s-secrets",
+        _render,
+    )  # fmt: skip
+    render.add_argument(
+        "target", choices=["compose", "k8s", "edge-files", "k8s-secrets"],
+        help="compose: docker-compose.yml, .env, deploy/compose/; k8s: deploy/k8s/; "
+        "edge-files DIR: what the edge serves; k8s-secrets: the dev identities as Secrets "
+        "(CA kept in RUN_DIR/k8s-pki) to pipe into `kubectl apply -f -`",
+    )  # fmt: skip
+    render.add_argument("directory", nargs="?", type=Path, help="for edge-files")
+    render.add_argument(
+        "--check", action="store_true", help="write nothing; fail if a committed file is stale"
+    )
+    render.add_argument("--config", type=Path, help="the topology (default: mesh.yaml)")
+    events_command = commands.add_parser("events", help="the event bus: `events init`")
+    events_command.add_argument("action", choices=["init"])
+    events_command.add_argument(
+        "--replicas", type=int, default=1, help="copies of each stream (3 in a NATS cluster)"
+    )
+    events_command.add_argument("--config", type=Path, help="the topology (default: mesh.yaml)")
+    events_command.set_defaults(handler=_events)
 
     token = commands.add_parser(
         "token",
@@ -214,8 +277,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"meshctl: {error}", file=sys.stderr)
         return 1
     except Exception as error:
-        control = sys.modules.get("mesh.control")
-        if control is not None and isinstance(error, control.ControlError):
+        known = tuple(
+            getattr(module, name)
+            for module, name in (
+                (sys.modules.get("mesh.control"), "ControlError"),
+                (sys.modules.get("mesh.deploy"), "DeployError"),
+            )
+            if module is not None
+        )
+        if known and isinstance(error, known):
             print(f"meshctl: {error}", file=sys.stderr)
             return 1
         raise

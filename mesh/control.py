@@ -47,7 +47,7 @@ class ControlError(RuntimeError):
     """A command cannot do what was asked; the message says why."""
 
 
-def _topology(root: Path, config: Path | None) -> Topology:
+def load_topology(root: Path, config: Path | None) -> Topology:
     try:
         return load(config or root / TOPOLOGY_FILE)
     except TopologyError as error:
@@ -62,7 +62,7 @@ def _supervisor(
         raise ControlError(f"{descriptor_set} is missing: run `make gen` first")
     return Supervisor(
         root,
-        _topology(root, config),
+        load_topology(root, config),
         run_dir.resolve(),
         descriptor_set,
         on_line=(lambda line: print(line, flush=True)) if stream else None,
@@ -117,7 +117,7 @@ def up_detached(
     """Start a supervisor in the background; return once the mesh is healthy."""
     if _running_state(run_dir) is not None:
         raise ControlError(f"a mesh is already running from {run_dir}; `meshctl down` first")
-    _topology(root, config)  # fail here, in the user's terminal, on a bad mesh.yaml
+    load_topology(root, config)  # fail here, in the user's terminal, on a bad mesh.yaml
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / STATE_FILE).unlink(missing_ok=True)
     log_path = run_dir / "supervisor.log"
@@ -310,10 +310,13 @@ def slow_traces(run_dir: Path, limit: int) -> int:
     return 0
 
 
-def certs(root: Path, run_dir: Path, config: Path | None, rotate: bool) -> int:
-    topology = _topology(root, config)
+def certs(root: Path, run_dir: Path, config: Path | None, rotate: bool, issue: bool) -> int:
+    """`meshctl certs [--issue] [--rotate]`: the table, after issuing or rotating."""
+    from mesh.deploy import issue_certificates
+
+    topology = load_topology(root, config)
     pki = MeshPKI(run_dir / "pki", topology.trust_domain, topology.namespace)
-    infos = pki.inspect()
+    infos = issue_certificates(topology, pki) if issue else pki.inspect()
     if not infos:
         raise ControlError(f"no certificates in {run_dir / 'pki'}: `meshctl up` creates them")
     if rotate:

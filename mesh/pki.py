@@ -68,6 +68,11 @@ _TRUST_DOMAIN = re.compile(r"[a-z0-9._-]+")
 _PATH_SEGMENT = re.compile(r"[A-Za-z0-9._-]+")
 
 
+def service_dns_name(identity: str, namespace: str) -> str:
+    """The DNS SAN of `identity`'s certificates (see `MeshPKI.service_dns_name`)."""
+    return f"{identity}.{namespace}.svc"
+
+
 class PKIError(RuntimeError):
     """A certificate or key on disk cannot be used."""
 
@@ -84,6 +89,7 @@ class CertificateInfo:
     not_after: datetime
     cert_path: Path
     key_path: Path
+    dns_names: tuple[str, ...] = ()
 
     @property
     def lifetime(self) -> timedelta:
@@ -161,6 +167,11 @@ class MeshPKI:
         )
         return self._info(certificate, CA_INSTANCE, self.ca_path, self.ca_key_path)
 
+    def leaf_paths(self, instance: str) -> tuple[Path, Path]:
+        """Where the certificate and key of `instance` are (or will be) kept."""
+        directory = self.directory / instance
+        return directory / _CERT_FILE, directory / _KEY_FILE
+
     def service_dns_name(self, identity: str) -> str:
         """The DNS SAN of `identity`'s certificates, `<identity>.<namespace>.svc`.
 
@@ -168,15 +179,20 @@ class MeshPKI:
         X.509-SVID format allows beside the one URI) lets ordinary TLS clients such as
         grpcurl (`-servername`) verify a sidecar instead of skipping verification.
         """
-        return f"{identity}.{self.namespace}.svc"
+        return service_dns_name(identity, self.namespace)
 
     def issue(
-        self, identity: str, instance: str, validity: timedelta = timedelta(hours=24)
+        self,
+        identity: str,
+        instance: str,
+        validity: timedelta = timedelta(hours=24),
+        dns_names: Sequence[str] = (),
     ) -> CertificateInfo:
         """A new leaf for `identity` in `<directory>/<instance>/`, replacing any there.
 
         The CA is created (or replaced, see `ensure_ca`) first if need be. A leaf never
-        outlives its CA: its expiry is capped at the CA's.
+        outlives its CA: its expiry is capped at the CA's. `dns_names` are added to the
+        one DNS name every leaf has (a NATS server's route names, for instance).
         """
         _check_instance(instance)
         spiffe_id = self.spiffe_id(identity)
@@ -193,6 +209,7 @@ class MeshPKI:
             sans=[
                 x509.UniformResourceIdentifier(spiffe_id),
                 x509.DNSName(self.service_dns_name(identity)),
+                *(x509.DNSName(name) for name in dns_names),
             ],
             now=self._clock(),
             validity=validity,
@@ -226,7 +243,11 @@ class MeshPKI:
         return remaining <= timedelta(0) or remaining < (not_after - not_before) * fraction
 
     def ensure(
-        self, identity: str, instance: str, validity: timedelta = timedelta(hours=24)
+        self,
+        identity: str,
+        instance: str,
+        validity: timedelta = timedelta(hours=24),
+        dns_names: Sequence[str] = (),
     ) -> CertificateInfo:
         """The leaf in `<directory>/<instance>/`, issued only if the one there is not good.
 
@@ -245,10 +266,11 @@ class MeshPKI:
         if (
             existing is not None
             and existing.spiffe_id == expected
+            and set(dns_names) <= set(existing.dns_names)
             and not self.needs_renewal(existing, self._clock())
         ):
             return existing
-        return self.issue(identity, instance, validity)
+        return self.issue(identity, instance, validity, dns_names)
 
     def inspect(self) -> list[CertificateInfo]:
         """The CA, then every issued leaf (by identity, then instance), read from disk.
@@ -293,6 +315,7 @@ class MeshPKI:
             not_after=certificate.not_valid_after_utc,
             cert_path=cert_path,
             key_path=key_path,
+            dns_names=_dns_sans(certificate),
         )
 
 
@@ -548,12 +571,20 @@ def _public_keys_match(certificate: x509.Certificate, key: ec.EllipticCurvePriva
     )
 
 
-def _uri_sans(certificate: x509.Certificate) -> list[str]:
+def _sans(certificate: x509.Certificate, kind: type[x509.GeneralName]) -> list[str]:
     try:
         san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
     except x509.ExtensionNotFound:
         return []
-    return list(san.value.get_values_for_type(x509.UniformResourceIdentifier))
+    return [str(value) for value in san.value.get_values_for_type(kind)]  # type: ignore[arg-type]
+
+
+def _uri_sans(certificate: x509.Certificate) -> list[str]:
+    return _sans(certificate, x509.UniformResourceIdentifier)
+
+
+def _dns_sans(certificate: x509.Certificate) -> tuple[str, ...]:
+    return tuple(_sans(certificate, x509.DNSName))
 
 
 def _common_name(certificate: x509.Certificate) -> str:

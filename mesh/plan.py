@@ -1,9 +1,14 @@
-"""The local layout of a mesh: which instances run, on which loopback ports.
+"""The layout of a mesh: which instances run, where each listens and where peers reach it.
 
 `make_plan` turns the topology into concrete instances (`catalog-0`, `orders-1`, ...) and
 ports, picking free ones unless `mesh.yaml` fixes them, so two meshes can run side by
-side. The plan is written to the run directory, where `meshctl status`, `down` and the
-tests find it.
+side on loopback. The plan is written to the run directory, where `meshctl status`,
+`down` and the tests find it.
+
+In containers (`mesh.deploy`) every instance has a network namespace of its own, so the
+ports are the same fixed ones everywhere (`CONTAINER_PORTS`) and peers are reached by
+name: `orders-0` under Docker Compose, the Service `orders.<namespace>.svc.cluster.local`
+on Kubernetes.
 """
 
 from __future__ import annotations
@@ -35,6 +40,10 @@ class InstancePlan:
     """Dependency name -> the port of this instance's sidecar that leads to it."""
     metrics_port: int = 0
     """Where the app serves its Prometheus metrics (`mesh.metrics`)."""
+    host: str = "127.0.0.1"
+    """The name or address peers reach this instance's inbound listener on."""
+    probe_port: int = 0
+    """In containers: the sidecar's plaintext port for the orchestrator's probes (0: none)."""
 
     @property
     def name(self) -> str:
@@ -48,6 +57,7 @@ class EdgePlan:
     port: int
     admin_port: int
     companion_port: int
+    probe_port: int = 0
 
 
 @dataclass(frozen=True)
@@ -61,9 +71,15 @@ class MeshPlan:
     #: The trace store's OTLP/gRPC port (`mesh.tracestore`), where every span goes.
     trace_port: int = 0
     edge: EdgePlan | None = None
+    #: Where the listeners other hosts reach (each inbound, the edge) bind.
+    listen_host: str = "127.0.0.1"
 
     def of(self, service: str) -> list[InstancePlan]:
         return [i for i in self.instances if i.service == service]
+
+    def endpoints_of(self, service: str) -> list[tuple[str, int]]:
+        """Where a caller's sidecar reaches `service`: each (host, inbound port) once."""
+        return list(dict.fromkeys((i.host, i.inbound_port) for i in self.of(service)))
 
     def instance(self, name: str) -> InstancePlan:
         for candidate in self.instances:
@@ -86,6 +102,7 @@ class MeshPlan:
             nats_monitor_port=data["nats_monitor_port"],
             trace_port=data.get("trace_port", 0),
             edge=EdgePlan(**data["edge"]) if data.get("edge") else None,
+            listen_host=data.get("listen_host", "127.0.0.1"),
         )
 
     def save(self) -> Path:

@@ -34,8 +34,10 @@ import grpc
 
 from mesh import metrics, natsconf, telemetry
 from mesh.events import NatsSettings
+from mesh.plan import InstancePlan
 from mesh.runner import DEFAULT_GRACE_SECONDS, Registration, ServiceRunner
 from mesh.storage import Database, Migration
+from mesh.topology import TelemetrySettings
 
 
 class SettingsError(RuntimeError):
@@ -68,6 +70,29 @@ class ServiceSettings:
         if not address:
             raise SettingsError(f"{self.name} calls {dependency}: set {variable}=host:port")
         return address
+
+
+def environment(
+    instance: InstancePlan,
+    *,
+    run_dir: Path,
+    telemetry_settings: TelemetrySettings,
+    trace_endpoint: str,
+    nats: NatsSettings,
+) -> dict[str, str]:
+    """The variables (see the table above) that start `instance`'s app in the mesh."""
+    return {
+        "SHOP_RUN_DIR": str(run_dir),
+        "PYTHONUNBUFFERED": "1",
+        "SHOP_INSTANCE": instance.name,
+        **telemetry.tracing_environment(telemetry_settings, trace_endpoint),
+        metrics.PORT_VARIABLE: str(instance.metrics_port),
+        **natsconf.service_environment(nats),
+        **{
+            f"SHOP_{dependency.upper()}_ADDRESS": f"127.0.0.1:{port}"
+            for dependency, port in sorted(instance.outbound.items())
+        },
+    }
 
 
 def channel_to(

@@ -7,11 +7,19 @@ local mesh: one file per service under the run directory) and on Postgres (a DSN
 numbered lists of portable DDL, applied in order at start-up and recorded in
 `schema_migrations`; no service ever opens another service's database.
 
+The DDL is written once for both backends: the one type name they spell differently,
+SQLite's `BLOB`, is `BYTEA` on Postgres (`_postgres_ddl`); timestamps are `TIMESTAMP`
+columns holding UTC (`UtcDateTime`).
+
 On SQLite every connection runs in WAL mode with foreign keys enforced and a busy
 timeout, and write transactions start with `BEGIN IMMEDIATE`, so two writers queue for
 the lock instead of failing half-way ("database is locked") and a read-check-write
-inside one transaction is serialized. Rules that must hold under concurrency are still
-written as conditional statements and CHECK constraints, so they hold on Postgres too.
+inside one transaction is serialized. On Postgres write transactions queue the same way,
+on a transaction-scoped advisory lock (`Database.transaction`), so the services'
+read-check-write steps (idempotent retries, whole-row saves, create-if-missing) mean the
+same on both backends, replicas included; reads never wait for it. Rules that must hold
+under concurrency are still written as conditional statements and CHECK constraints, so
+they hold even for a writer that bypasses the lock.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -44,6 +53,9 @@ SQLITE_BUSY_TIMEOUT_MS = 10_000
 _BEGIN_MODE = "shop_sqlite_begin"
 #: Marks a connection whose transaction wrote to the outbox (see `Database.transaction`).
 _OUTBOX_WRITTEN = "shop_outbox_written"
+#: The advisory lock Postgres writers queue on (see `Database.transaction`); any constant
+#: 64-bit key serves, since advisory locks are per database: this one is b"shopwrtr".
+_POSTGRES_WRITER_LOCK = int.from_bytes(b"shopwrtr", "big")
 
 
 @dataclass(frozen=True)
@@ -61,9 +73,15 @@ def utc_now() -> datetime:
 
 
 class UtcDateTime(sa.TypeDecorator[datetime]):
-    """A timezone-aware UTC timestamp on every backend (SQLite keeps no zone of its own)."""
+    """A timezone-aware timestamp in and out, stored as UTC without a zone on every backend.
 
-    impl = sa.DateTime(timezone=True)
+    The migrations declare `TIMESTAMP` (without time zone) columns. Handing Postgres an
+    aware value for one would convert it to the server's local time zone on the way in
+    (and nothing converts it back), so the value is turned into naive UTC first, as
+    SQLite, which keeps no zone at all, needs anyway.
+    """
+
+    impl = sa.DateTime(timezone=False)
     cache_ok = True
 
     def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
@@ -71,7 +89,7 @@ class UtcDateTime(sa.TypeDecorator[datetime]):
             return None
         if value.tzinfo is None:
             raise ValueError("timestamps must be timezone-aware")
-        return value.astimezone(UTC).replace(tzinfo=None) if dialect.name == "sqlite" else value
+        return value.astimezone(UTC).replace(tzinfo=None)
 
     def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
         if value is None:
@@ -244,13 +262,17 @@ class Database:
         return self._engine
 
     async def open(self) -> None:
-        """Connect and bring the schema up to date."""
+        """Connect and bring the schema up to date (or, failing that, close again)."""
         engine = create_async_engine(self.url)
         if engine.dialect.name == "sqlite":
             _configure_sqlite(engine)
         self._engine = engine
-        await self._migrate("mesh", _MESH_MIGRATIONS)
-        await self._migrate(self.component, self._migrations)
+        try:
+            await self._migrate("mesh", _MESH_MIGRATIONS)
+            await self._migrate(self.component, self._migrations)
+        except BaseException:
+            await self.close()
+            raise
 
     async def close(self) -> None:
         if self._engine is not None:
@@ -265,11 +287,22 @@ class Database:
         order, instead of each polling the file lock with SQLite's busy handler (which
         sleeps up to 100 ms between tries, the long tail under load); other processes
         (replicas) still meet at the file lock.
+
+        Postgres would run writers side by side (READ COMMITTED), and the services'
+        read-check-write steps would then race: a retry finding no recorded request, two
+        whole-row saves from one read, two replicas each creating the first signing key.
+        So its write transactions queue too, replicas included: the first statement takes
+        a transaction-scoped advisory lock, released by the commit or rollback. Snapshots
+        never take it, and reads never wait for writers.
         """
         async with self._writer, self.engine.connect() as connection:
             connection = await connection.execution_options(**{_BEGIN_MODE: "IMMEDIATE"})
             connection.info.pop(_OUTBOX_WRITTEN, None)
             async with connection.begin():
+                if connection.dialect.name == "postgresql":
+                    await connection.execute(
+                        sa.select(sa.func.pg_advisory_xact_lock(_POSTGRES_WRITER_LOCK))
+                    )
                 yield connection
             if connection.info.pop(_OUTBOX_WRITTEN, False):
                 self.outbox_written.set()
@@ -309,6 +342,8 @@ class Database:
                 if migration.version in applied:
                     continue
                 for statement in migration.statements:
+                    if connection.dialect.name == "postgresql":
+                        statement = _postgres_ddl(statement)
                     await connection.exec_driver_sql(statement)
                 await connection.execute(
                     schema_migrations.insert().values(
@@ -318,6 +353,16 @@ class Database:
                         applied_at=utc_now(),
                     )
                 )
+
+
+def _postgres_ddl(statement: str) -> str:
+    """A migration's statement as Postgres spells it: `BLOB` is `BYTEA` there.
+
+    Everything else the migrations use (`VARCHAR`, `CHAR`, `TEXT`, `INTEGER`, `BIGINT`,
+    `BOOLEAN`, `TIMESTAMP`, CHECK, UNIQUE, REFERENCES, `length`, `substr`, `LIKE`) means
+    the same on both backends.
+    """
+    return re.sub(r"\bBLOB\b", "BYTEA", statement)
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:

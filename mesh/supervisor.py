@@ -29,21 +29,19 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-from mesh import edge, envoy, events, metrics, natsconf, telemetry
+from mesh import edge, envoy, metrics, natsconf, telemetry
+from mesh import service as app_service
 from mesh.api import Api
 from mesh.binaries import find_binary
 from mesh.pki import MeshPKI
 from mesh.plan import InstancePlan, MeshPlan, make_plan
+from mesh.probe import app_serving, http_ok
 from mesh.topology import Topology
 
 log = logging.getLogger(__name__)
@@ -134,26 +132,6 @@ class ManagedProcess:
             self._log = None
 
 
-def app_serving(port: int, timeout: float = 1.0) -> bool:
-    """Whether the gRPC server on `port` reports SERVING."""
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub: Any = health_pb2_grpc.HealthStub(channel)
-        try:
-            response = stub.Check(health_pb2.HealthCheckRequest(), timeout=timeout)
-        except grpc.RpcError:
-            return False
-    return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
-
-
-def http_ok(url: str, timeout: float = 1.0) -> bool:
-    """Whether `url` (on loopback) answers 200."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
-
-
 def rss_kib(pid: int | None) -> int:
     """Resident memory of `pid` in KiB (0 when it is not running)."""
     try:
@@ -219,24 +197,17 @@ class Supervisor:
     # -- preparation ----------------------------------------------------------------------
 
     def _environment(self, instance: InstancePlan) -> dict[str, str]:
-        env = {
-            "SHOP_RUN_DIR": str(self.run_dir),
-            "PYTHONUNBUFFERED": "1",
-            "SHOP_INSTANCE": instance.name,
-            **telemetry.tracing_environment(
-                self.topology.telemetry,
-                self.topology.telemetry.otlp_endpoint or f"127.0.0.1:{self.plan.trace_port}",
+        return app_service.environment(
+            instance,
+            run_dir=self.run_dir,
+            telemetry_settings=self.topology.telemetry,
+            trace_endpoint=(
+                self.topology.telemetry.otlp_endpoint or f"127.0.0.1:{self.plan.trace_port}"
             ),
-            metrics.PORT_VARIABLE: str(instance.metrics_port),
-            **natsconf.service_environment(
-                natsconf.client_settings(
-                    self.pki, self.plan.nats_port, instance.service, instance.name
-                )
+            nats=natsconf.client_settings(
+                self.pki, self.plan.nats_port, instance.service, instance.name
             ),
-        }
-        for dependency, port in instance.outbound.items():
-            env[f"SHOP_{dependency.upper()}_ADDRESS"] = f"127.0.0.1:{port}"
-        return env
+        )
 
     def prepare(self) -> None:
         """Write the plan, certificates and every sidecar's configuration."""
@@ -305,17 +276,16 @@ class Supervisor:
             directory / "envoy.yaml",
         )
         self.edge_envoy = ManagedProcess("edge", envoy.command(config), logs / "edge.envoy.log")
-        services = sorted({m.path.split("/")[1] for ms in rules.exposed.values() for m in ms})
         self.edge_companion = ManagedProcess(
             "edge-companion",
             [
-                sys.executable, "-m", "mesh.edge_companion",
-                "--port", str(self.plan.edge.companion_port),
-                "--descriptor-set", str(files.descriptor_set),
-                *(arg for service in services for arg in ("--service", service)),
+                sys.executable,
+                *edge.companion_arguments(
+                    rules, self.plan.edge.companion_port, files.descriptor_set
+                ),
             ],
             logs / "edge.log",
-        )  # fmt: skip
+        )
 
     def edge_ready(self) -> bool:
         assert self.plan.edge is not None
@@ -345,18 +315,6 @@ class Supervisor:
                 )
             time.sleep(0.1)
 
-    async def _prepare_event_bus(self) -> None:
-        """The streams, and each consuming service's durable consumer (see mesh.yaml)."""
-        client = await natsconf.admin_settings(self.pki, self.plan.nats_port).connect()
-        try:
-            js = client.jetstream()
-            await events.ensure_streams(js)
-            for service in self.topology.services.values():
-                if service.consumes:
-                    await events.ensure_consumer(js, service.name, service.consumed_subjects)
-        finally:
-            await client.close()
-
     def nats_ready(self) -> bool:
         return http_ok(
             f"http://127.0.0.1:{self.plan.nats_monitor_port}/healthz?js-enabled-only=true"
@@ -376,7 +334,11 @@ class Supervisor:
         self._wait("traces", lambda: app_serving(self.plan.trace_port), [self.trace_store])
         self.nats.start(self.root)
         self._wait("nats", self.nats_ready, [self.nats])
-        asyncio.run(self._prepare_event_bus())
+        asyncio.run(
+            natsconf.prepare_event_bus(
+                natsconf.admin_settings(self.pki, self.plan.nats_port), self.topology
+            )
+        )
         for service in self.topology.start_order():
             group = [i for i in self.instances if i.plan.service == service]
             for instance in group:

@@ -103,8 +103,9 @@ class SqlIdentityTransaction(SqlTransaction):
         try:
             await self._connection.execute(users.insert().values(_row(user)))
         except sa.exc.IntegrityError as error:
-            # Only a concurrent registration on a backend without SQLite's write lock gets
-            # past the handler's check; the UNIQUE constraint is what turns it away.
+            # Only a registration outside `Database.transaction`'s write lock (which every
+            # backend takes) gets past the handler's check; the UNIQUE constraint turns
+            # it away.
             raise email_taken(user.email) from error
 
 

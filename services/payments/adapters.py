@@ -167,8 +167,9 @@ class SqlPaymentsTransaction(SqlTransaction):
                 )
             )
         except sa.exc.IntegrityError as error:
-            # Only reachable where writers are not serialized (e.g. Postgres): a retry
-            # finds the payment captured and returns it unchanged.
+            # Only reachable by a writer outside `Database.transaction`, whose lock
+            # serializes writers on SQLite and Postgres alike: a retry finds the
+            # payment captured and returns it unchanged.
             raise Aborted(
                 f"payment {payment.id!r} was captured concurrently; retry",
                 reason="CONCURRENT_CAPTURE",

@@ -23,8 +23,8 @@ from mesh import events, natsconf
 from mesh.binaries import find_binary
 from mesh.pki import MeshPKI, leaf, self_signed_ca
 from mesh.plan import free_port
+from mesh.probe import http_ok
 from mesh.storage import Database, Migration, SqlTransaction
-from mesh.supervisor import http_ok
 from mesh.topology import parse
 from shop.events.v1 import events_pb2
 from tests.support.component import sqlite_database

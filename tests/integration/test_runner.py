@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import re
 import signal
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -182,27 +179,8 @@ async def test_unexpected_errors_are_internal_and_leak_nothing(
 @pytest.fixture
 def served_process() -> Iterator[tuple[subprocess.Popen[str], str]]:
     """The tiny catalog in its own process, as a service runs; stopped by pid."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tests.support.tiny_catalog"],
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        assert process.stderr is not None
-        for line in process.stderr:
-            found = re.search(r"serving .* on (127\.0\.0\.1:\d+)", line)
-            if found:
-                yield process, found.group(1)
-                break
-        else:
-            pytest.fail(f"the server exited before serving (exit {process.wait()})")
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(timeout=10)
-        if process.stderr is not None:
-            process.stderr.close()
+    with tiny_catalog.served() as served:
+        yield served
 
 
 async def test_sigterm_stops_gracefully_finishing_calls_in_flight(

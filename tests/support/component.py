@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
+from typing import Protocol
 
 import grpc
 from google.rpc import error_details_pb2
@@ -31,6 +32,36 @@ async def sqlite_database(
         await database.close()
 
 
+class Databases(Protocol):
+    """Where a component test keeps its services' databases: SQLite files, or Postgres.
+
+    The component tests take one as the `databases` fixture (tests/services/conftest.py),
+    which runs each of them on both backends.
+    """
+
+    def open(
+        self, directory: Path, component: str, migrations: Sequence[Migration]
+    ) -> AbstractAsyncContextManager[Database]:
+        """`component`'s migrated database at `directory`, the same one each time."""
+        ...
+
+    async def environment(self, directory: Path, component: str) -> dict[str, str]:
+        """The variables that point a process run with `--run-dir directory` at it."""
+        ...
+
+
+class SqliteDatabases:
+    """Each database a SQLite file under the directory, where the local mesh keeps it."""
+
+    def open(
+        self, directory: Path, component: str, migrations: Sequence[Migration]
+    ) -> AbstractAsyncContextManager[Database]:
+        return sqlite_database(directory, component, migrations)
+
+    async def environment(self, directory: Path, component: str) -> dict[str, str]:
+        return {}  # the run directory's file is where a service looks by default
+
+
 @asynccontextmanager
 async def serving(*registrations: Registration) -> AsyncIterator[grpc.aio.Channel]:
     """Serve `registrations` through the shared runner on a free port; yield a channel to it."""
@@ -45,18 +76,18 @@ async def serving(*registrations: Registration) -> AsyncIterator[grpc.aio.Channe
 
 @asynccontextmanager
 async def catalog_and_inventory(
-    directory: Path,
+    databases: Databases, directory: Path
 ) -> AsyncIterator[tuple[grpc.aio.Channel, grpc.aio.Channel]]:
-    """The real catalog and the real inventory it calls, each on its own database file.
+    """The real catalog and the real inventory it calls, each on its own database.
 
     Yields a channel to each (catalog first).
     """
     async with (
-        sqlite_database(directory, "inventory", inventory_adapters.MIGRATIONS) as inventory_db,
+        databases.open(directory, "inventory", inventory_adapters.MIGRATIONS) as inventory_db,
         serving(
             inventory_registration(inventory_adapters.SqlInventoryStore(inventory_db))
         ) as inventory_channel,
-        sqlite_database(directory, "catalog", catalog_adapters.MIGRATIONS) as catalog_db,
+        databases.open(directory, "catalog", catalog_adapters.MIGRATIONS) as catalog_db,
         serving(
             catalog_registration(
                 catalog_adapters.SqlCatalogStore(catalog_db),

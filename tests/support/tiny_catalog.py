@@ -9,7 +9,13 @@ it leaks).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
 from typing import Any
 
 from google.type import money_pb2
@@ -64,6 +70,33 @@ class TinyCatalog(pb_grpc.CatalogServiceServicer):
 
 def registration() -> Registration:
     return Registration.of(TinyCatalog(), pb, pb_grpc)
+
+
+@contextlib.contextmanager
+def served() -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """The tiny catalog in its own process, as a service runs, and its address; stopped
+    by pid (killed if it is still running) however the caller ends."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.support.tiny_catalog"],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert process.stderr is not None
+        for line in process.stderr:
+            found = re.search(r"serving .* on (127\.0\.0\.1:\d+)", line)
+            if found:
+                yield process, found.group(1)
+                break
+        else:
+            raise RuntimeError(f"the tiny catalog exited before serving (exit {process.wait()})")
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=10)
+        if process.stderr is not None:
+            process.stderr.close()
 
 
 if __name__ == "__main__":

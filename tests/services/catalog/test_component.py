@@ -1,4 +1,4 @@
-"""The catalog over real gRPC, on a real SQLite file, with the real inventory service."""
+"""The catalog over real gRPC, on a real database (SQLite, Postgres), with the real inventory."""
 
 from __future__ import annotations
 
@@ -17,15 +17,22 @@ from shop.catalog.v1 import catalog_service_pb2 as pb
 from shop.catalog.v1 import catalog_service_pb2_grpc as pb_grpc
 from shop.inventory.v1 import inventory_service_pb2 as inventory_pb
 from shop.inventory.v1 import inventory_service_pb2_grpc as inventory_grpc
-from tests.support.component import catalog_and_inventory, error_reason, field_violations
+from tests.support.component import (
+    Databases,
+    catalog_and_inventory,
+    error_reason,
+    field_violations,
+)
 
 pytestmark = pytest.mark.integration
 
 
 @asynccontextmanager
-async def catalog_with_inventory(directory: Path) -> AsyncIterator[tuple[Any, Any]]:
+async def catalog_with_inventory(
+    databases: Databases, directory: Path
+) -> AsyncIterator[tuple[Any, Any]]:
     """Stubs of the real catalog and the real inventory it calls."""
-    async with catalog_and_inventory(directory) as (catalog_channel, inventory_channel):
+    async with catalog_and_inventory(databases, directory) as (catalog_channel, inventory_channel):
         yield (
             pb_grpc.CatalogServiceStub(catalog_channel),
             inventory_grpc.InventoryServiceStub(inventory_channel),
@@ -33,8 +40,8 @@ async def catalog_with_inventory(directory: Path) -> AsyncIterator[tuple[Any, An
 
 
 @pytest.fixture
-async def services(tmp_path: Path) -> AsyncIterator[tuple[Any, Any]]:
-    async with catalog_with_inventory(tmp_path) as stubs:
+async def services(databases: Databases, tmp_path: Path) -> AsyncIterator[tuple[Any, Any]]:
+    async with catalog_with_inventory(databases, tmp_path) as stubs:
         yield stubs
 
 
@@ -249,10 +256,10 @@ async def test_delete_removes_and_a_retry_succeeds(catalog: Any) -> None:
     assert failure.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-async def test_data_survives_a_restart(tmp_path: Path) -> None:
-    async with catalog_with_inventory(tmp_path) as (catalog, _):
+async def test_data_survives_a_restart(databases: Databases, tmp_path: Path) -> None:
+    async with catalog_with_inventory(databases, tmp_path) as (catalog, _):
         created = await create(catalog)
-    async with catalog_with_inventory(tmp_path) as (catalog, _):
+    async with catalog_with_inventory(databases, tmp_path) as (catalog, _):
         fetched = await catalog.GetProduct(pb.GetProductRequest(id=created.id))
     assert fetched.product == created
 

@@ -1,4 +1,4 @@
-"""Identity over real gRPC, on a real SQLite file."""
+"""Identity over real gRPC, on a real database (SQLite, Postgres)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from services.identity.handlers import open_signer
 from services.identity.tokens import TokenSettings
 from shop.identity.v1 import identity_service_pb2 as pb
 from shop.identity.v1 import identity_service_pb2_grpc as pb_grpc
-from tests.support.component import error_reason, field_violations, serving, sqlite_database
+from tests.support.component import Databases, error_reason, field_violations, serving
 
 pytestmark = pytest.mark.integration
 
@@ -41,8 +41,8 @@ async def identity_on(database: Database) -> AsyncIterator[Any]:
 
 
 @pytest.fixture
-async def database(tmp_path: Path) -> AsyncIterator[Database]:
-    async with sqlite_database(tmp_path, "identity", MIGRATIONS) as database:
+async def database(databases: Databases, tmp_path: Path) -> AsyncIterator[Database]:
+    async with databases.open(tmp_path, "identity", MIGRATIONS) as database:
         yield database
 
 
@@ -191,15 +191,17 @@ async def test_the_current_user_of_a_vanished_account_is_not_found(identity: Any
     assert error_reason(failure.value) == "USER_NOT_FOUND"
 
 
-async def test_the_key_and_the_accounts_survive_a_restart(tmp_path: Path) -> None:
+async def test_the_key_and_the_accounts_survive_a_restart(
+    databases: Databases, tmp_path: Path
+) -> None:
     async with (
-        sqlite_database(tmp_path, "identity", MIGRATIONS) as database,
+        databases.open(tmp_path, "identity", MIGRATIONS) as database,
         identity_on(database) as identity,
     ):
         user = await register(identity)
         before = await identity.Login(pb.LoginRequest(email=user.email, password=PASSWORD))
         jwks_before = await identity.GetJwks(pb.GetJwksRequest())
-    async with sqlite_database(tmp_path, "identity", MIGRATIONS) as database:
+    async with databases.open(tmp_path, "identity", MIGRATIONS) as database:
         assert await database.applied_versions() == [1]
         async with identity_on(database) as identity:
             assert await identity.GetJwks(pb.GetJwksRequest()) == jwks_before
@@ -221,15 +223,22 @@ async def test_concurrent_registrations_of_one_email_create_one_account(identity
 
 
 async def test_token_cli_prints_a_token_the_service_jwks_verifies(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    databases: Databases,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # The command finds identity's database as the service does: the run directory's
+    # file, unless SHOP_IDENTITY_DATABASE_URL names another.
+    for name, value in (await databases.environment(tmp_path, "identity")).items():
+        monkeypatch.setenv(name, value)
     argv = ["--run-dir", str(tmp_path), "--subject", "admin", "--ttl", "120"]
     argv += ["--scope", "catalog:write", "--scope", "orders:read"]
     # The command runs its own event loop, as it does from a shell.
     assert await asyncio.to_thread(token_cli.main, argv) == 0
     token = capsys.readouterr().out.strip()
     async with (
-        sqlite_database(tmp_path, "identity", MIGRATIONS) as database,
+        databases.open(tmp_path, "identity", MIGRATIONS) as database,
         identity_on(database) as identity,
     ):
         claims = await verified_claims(identity, token)

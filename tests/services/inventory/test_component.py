@@ -1,4 +1,4 @@
-"""The inventory over real gRPC, on a real SQLite file."""
+"""The inventory over real gRPC, on a real database (SQLite, Postgres)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from services.inventory.adapters import MIGRATIONS, SqlInventoryStore
 from services.inventory.bootstrap import registration
 from shop.inventory.v1 import inventory_service_pb2 as pb
 from shop.inventory.v1 import inventory_service_pb2_grpc as pb_grpc
-from tests.support.component import error_reason, field_violations, serving, sqlite_database
+from tests.support.component import Databases, error_reason, field_violations, serving
 
 pytestmark = pytest.mark.integration
 
@@ -26,8 +26,8 @@ TEA, MUG, PEN = "product-tea", "product-mug", "product-pen"
 
 
 @pytest.fixture
-async def database(tmp_path: Path) -> AsyncIterator[Database]:
-    async with sqlite_database(tmp_path, "inventory", MIGRATIONS) as database:
+async def database(databases: Databases, tmp_path: Path) -> AsyncIterator[Database]:
+    async with databases.open(tmp_path, "inventory", MIGRATIONS) as database:
         yield database
 
 
@@ -354,15 +354,15 @@ async def test_release_or_commit_of_an_order_without_reservation_is_not_found(
         assert error_reason(error) == "RESERVATION_NOT_FOUND"
 
 
-async def test_data_survives_a_restart(tmp_path: Path) -> None:
+async def test_data_survives_a_restart(databases: Databases, tmp_path: Path) -> None:
     async with (
-        sqlite_database(tmp_path, "inventory", MIGRATIONS) as database,
+        databases.open(tmp_path, "inventory", MIGRATIONS) as database,
         serving(registration(SqlInventoryStore(database))) as channel,
     ):
         inventory = pb_grpc.InventoryServiceStub(channel)
         await set_stock(inventory, TEA, 5)
         reservation = await reserve(inventory, "order-1", **{TEA: 2})
-    async with sqlite_database(tmp_path, "inventory", MIGRATIONS) as database:
+    async with databases.open(tmp_path, "inventory", MIGRATIONS) as database:
         assert await database.applied_versions() == [1]
         async with serving(registration(SqlInventoryStore(database))) as channel:
             inventory = pb_grpc.InventoryServiceStub(channel)

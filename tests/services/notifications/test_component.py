@@ -1,4 +1,4 @@
-"""Notifications over real gRPC, on a real SQLite file, seeded through the handler."""
+"""Notifications over real gRPC, on a real database (SQLite, Postgres), seeded by the handler."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from services.notifications.bootstrap import registration
 from services.notifications.domain import NotificationKind, compose_notification
 from shop.notifications.v1 import notifications_service_pb2 as pb
 from shop.notifications.v1 import notifications_service_pb2_grpc as pb_grpc
-from tests.support.component import field_violations, serving, sqlite_database
+from tests.support.component import Databases, field_violations, serving
 
 pytestmark = pytest.mark.integration
 
@@ -28,8 +28,8 @@ SAME_TIME = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
 
 @pytest.fixture
-async def database(tmp_path: Path) -> AsyncIterator[Database]:
-    async with sqlite_database(tmp_path, "notifications", MIGRATIONS) as database:
+async def database(databases: Databases, tmp_path: Path) -> AsyncIterator[Database]:
+    async with databases.open(tmp_path, "notifications", MIGRATIONS) as database:
         yield database
 
 
@@ -189,11 +189,11 @@ async def test_a_token_cannot_be_reused_for_another_customer(
     assert field_violations(failure.value) == ["page_token"]
 
 
-async def test_data_survives_a_restart(tmp_path: Path) -> None:
-    async with sqlite_database(tmp_path, "notifications", MIGRATIONS) as database:
+async def test_data_survives_a_restart(databases: Databases, tmp_path: Path) -> None:
+    async with databases.open(tmp_path, "notifications", MIGRATIONS) as database:
         store = SqlNotificationsStore(database)
         first = await record(store, "c1", "o1")
-    async with sqlite_database(tmp_path, "notifications", MIGRATIONS) as database:
+    async with databases.open(tmp_path, "notifications", MIGRATIONS) as database:
         assert await database.applied_versions() == [1]
         store = SqlNotificationsStore(database)
         assert await record(store, "c1", "o1") == first

@@ -1,4 +1,4 @@
-"""The orders over real gRPC, on a real SQLite file, pricing from the real catalog."""
+"""Orders over real gRPC, on a real database (SQLite, Postgres), priced by the real catalog."""
 
 from __future__ import annotations
 
@@ -21,11 +21,11 @@ from shop.catalog.v1 import catalog_service_pb2_grpc as catalog_grpc
 from shop.orders.v1 import orders_service_pb2 as pb
 from shop.orders.v1 import orders_service_pb2_grpc as pb_grpc
 from tests.support.component import (
+    Databases,
     catalog_and_inventory,
     error_reason,
     field_violations,
     serving,
-    sqlite_database,
 )
 
 pytestmark = pytest.mark.integration
@@ -38,8 +38,8 @@ HOME = postal_address_pb2.PostalAddress(
 
 
 @pytest.fixture
-async def catalog_channel(tmp_path: Path) -> AsyncIterator[grpc.aio.Channel]:
-    async with catalog_and_inventory(tmp_path) as (channel, _):
+async def catalog_channel(databases: Databases, tmp_path: Path) -> AsyncIterator[grpc.aio.Channel]:
+    async with catalog_and_inventory(databases, tmp_path) as (channel, _):
         yield channel
 
 
@@ -49,8 +49,8 @@ def catalog(catalog_channel: grpc.aio.Channel) -> Any:
 
 
 @pytest.fixture
-async def database(tmp_path: Path) -> AsyncIterator[Database]:
-    async with sqlite_database(tmp_path, "orders", MIGRATIONS) as database:
+async def database(databases: Databases, tmp_path: Path) -> AsyncIterator[Database]:
+    async with databases.open(tmp_path, "orders", MIGRATIONS) as database:
         yield database
 
 
@@ -348,14 +348,14 @@ async def test_the_database_refuses_impossible_rows(database: Database) -> None:
 
 
 async def test_orders_survive_a_restart(
-    tmp_path: Path, catalog_channel: grpc.aio.Channel, tea: str
+    databases: Databases, tmp_path: Path, catalog_channel: grpc.aio.Channel, tea: str
 ) -> None:
     async with (
-        sqlite_database(tmp_path / "first", "orders", MIGRATIONS) as database,
+        databases.open(tmp_path / "first", "orders", MIGRATIONS) as database,
         serving(registration(SqlOrdersStore(database), GrpcCatalog(catalog_channel))) as channel,
     ):
         placed = await place(pb_grpc.OrdersServiceStub(channel), line(tea, 4))
-    async with sqlite_database(tmp_path / "first", "orders", MIGRATIONS) as database:
+    async with databases.open(tmp_path / "first", "orders", MIGRATIONS) as database:
         assert await database.applied_versions() == [1]
         async with serving(
             registration(SqlOrdersStore(database), GrpcCatalog(catalog_channel))

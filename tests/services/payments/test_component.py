@@ -1,4 +1,4 @@
-"""Payments over real gRPC, on a real SQLite file, with the simulated provider."""
+"""Payments over real gRPC, on a real database (SQLite, Postgres), with the simulated provider."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from services.payments.adapters import (
 from services.payments.bootstrap import registration
 from shop.payments.v1 import payments_service_pb2 as pb
 from shop.payments.v1 import payments_service_pb2_grpc as pb_grpc
-from tests.support.component import error_reason, field_violations, serving, sqlite_database
+from tests.support.component import Databases, error_reason, field_violations, serving
 
 pytestmark = pytest.mark.integration
 
@@ -40,8 +40,8 @@ def served(database: Database) -> AbstractAsyncContextManager[grpc.aio.Channel]:
 
 
 @pytest.fixture
-async def database(tmp_path: Path) -> AsyncIterator[Database]:
-    async with sqlite_database(tmp_path, "payments", MIGRATIONS) as database:
+async def database(databases: Databases, tmp_path: Path) -> AsyncIterator[Database]:
+    async with databases.open(tmp_path, "payments", MIGRATIONS) as database:
         yield database
 
 
@@ -168,17 +168,19 @@ async def test_transient_failure_charges_nothing_and_a_retry_succeeds(
     assert other_request.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
-async def test_transient_failure_is_remembered_across_a_restart(tmp_path: Path) -> None:
+async def test_transient_failure_is_remembered_across_a_restart(
+    databases: Databases, tmp_path: Path
+) -> None:
     request = authorize_request(payment_token="tok_transient")
     async with (
-        sqlite_database(tmp_path, "payments", MIGRATIONS) as database,
+        databases.open(tmp_path, "payments", MIGRATIONS) as database,
         served(database) as channel,
     ):
         with pytest.raises(grpc.aio.AioRpcError) as failure:
             await pb_grpc.PaymentsServiceStub(channel).AuthorizePayment(request)
         assert failure.value.code() == grpc.StatusCode.UNAVAILABLE
     async with (
-        sqlite_database(tmp_path, "payments", MIGRATIONS) as database,
+        databases.open(tmp_path, "payments", MIGRATIONS) as database,
         served(database) as channel,
     ):
         response = await pb_grpc.PaymentsServiceStub(channel).AuthorizePayment(request)
@@ -386,14 +388,14 @@ async def test_the_database_refuses_a_second_capture_of_a_payment(
             )
 
 
-async def test_data_survives_a_restart(tmp_path: Path) -> None:
+async def test_data_survives_a_restart(databases: Databases, tmp_path: Path) -> None:
     async with (
-        sqlite_database(tmp_path, "payments", MIGRATIONS) as database,
+        databases.open(tmp_path, "payments", MIGRATIONS) as database,
         served(database) as channel,
     ):
         stub = pb_grpc.PaymentsServiceStub(channel)
         payment = await refund(stub, (await captured_payment(stub)).id, amount=eur(5))
-    async with sqlite_database(tmp_path, "payments", MIGRATIONS) as database:
+    async with databases.open(tmp_path, "payments", MIGRATIONS) as database:
         assert await database.applied_versions() == [1]
         async with served(database) as channel:
             fetched = await get(pb_grpc.PaymentsServiceStub(channel), payment.id)

@@ -1,4 +1,4 @@
-"""Shipping over real gRPC, on a real SQLite file."""
+"""Shipping over real gRPC, on a real database (SQLite, Postgres)."""
 
 from __future__ import annotations
 
@@ -19,14 +19,14 @@ from services.shipping.bootstrap import registration
 from services.shipping.domain import TRACKING_NUMBER
 from shop.shipping.v1 import shipping_service_pb2 as pb
 from shop.shipping.v1 import shipping_service_pb2_grpc as pb_grpc
-from tests.support.component import error_reason, field_violations, serving, sqlite_database
+from tests.support.component import Databases, error_reason, field_violations, serving
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-async def database(tmp_path: Path) -> AsyncIterator[Database]:
-    async with sqlite_database(tmp_path, "shipping", MIGRATIONS) as database:
+async def database(databases: Databases, tmp_path: Path) -> AsyncIterator[Database]:
+    async with databases.open(tmp_path, "shipping", MIGRATIONS) as database:
         yield database
 
 
@@ -211,16 +211,16 @@ async def test_cancel_cancels_once_and_a_repeat_returns_it_unchanged(shipping: A
     assert (await create(shipping)).status == pb.SHIPMENT_STATUS_CANCELLED
 
 
-async def test_data_survives_a_restart(tmp_path: Path) -> None:
+async def test_data_survives_a_restart(databases: Databases, tmp_path: Path) -> None:
     async with (
-        sqlite_database(tmp_path, "shipping", MIGRATIONS) as database,
+        databases.open(tmp_path, "shipping", MIGRATIONS) as database,
         serving(registration(SqlShippingStore(database))) as channel,
     ):
         stub = pb_grpc.ShippingServiceStub(channel)
         created = await create(stub, "order-1", destination=address(address_lines=["1 rue X"]))
         await create(stub, "order-2")
         await stub.CancelShipment(pb.CancelShipmentRequest(shipment_id=created.id))
-    async with sqlite_database(tmp_path, "shipping", MIGRATIONS) as database:
+    async with databases.open(tmp_path, "shipping", MIGRATIONS) as database:
         assert await database.applied_versions() == [1]
         async with serving(registration(SqlShippingStore(database))) as channel:
             stub = pb_grpc.ShippingServiceStub(channel)

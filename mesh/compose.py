@@ -1,0 +1,301 @@
+"""`docker-compose.yml`, rendered from mesh.yaml (`meshctl render compose`).
+
+The same mesh as `meshctl up`, in containers (see `mesh.containers` for the ports):
+
+1. `certs` (one-shot, the shop image): `meshctl certs --issue` makes the mesh CA and a
+   SPIFFE certificate per instance, the edge, NATS and meshctl on the `pki` volume.
+   `edge-files` (one-shot) writes the descriptor set, OpenAPI document and docs page the
+   edge serves.
+2. `nats` (official image): JetStream on the `nats-data` volume, TLS with client
+   certificates, the users and permissions of `mesh.natsconf`. `events-init`
+   (one-shot) creates the streams and each service's durable consumer.
+3. `jaeger`: takes every span over OTLP/gRPC; its UI is published on loopback.
+4. Per instance, in the order services call each other: `<instance>` is its Envoy
+   sidecar (official image), which owns the instance's network namespace and so its
+   name on the network; `<instance>-app` is the app, in that namespace
+   (`network_mode: service:<instance>`), reaching its dependencies through the
+   sidecar's outbound listeners on loopback.
+5. `edge` (Envoy) and `edge-companion` (reflection, health), the only ports published.
+
+Every long-running container has a health check and starts only when what it needs is
+healthy (or, for one-shot containers, has completed). The Envoy files and nats.conf are
+rendered beside the compose file under `deploy/compose/` and mounted read-only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mesh import containers, edge, natsconf
+from mesh.api import Api
+from mesh.containers import Certificate, Rendered
+from mesh.events import NatsSettings
+from mesh.pki import MeshPKI
+from mesh.plan import InstancePlan, MeshPlan
+from mesh.topology import Topology
+
+COMPOSE_FILE = "docker-compose.yml"
+ENV_FILE = ".env"
+#: The rendered files the compose file mounts, relative to the repository root.
+FILES_DIR = Path("deploy/compose")
+JAEGER_HOST = "jaeger"
+NATS_HOST = "nats"
+#: How often the certs container renews what is due (leaves live a day, renewed at half).
+CERTIFICATE_CHECK_SECONDS = 600
+
+_HEADER = (
+    "# Rendered from mesh.yaml by `meshctl render compose`: do not edit by hand\n"
+    "# (`make test` fails when this file differs from a fresh rendering).\n"
+    '# `docker compose up --build`, then http://127.0.0.1:8080 (README: "Docker Compose").\n'
+)
+
+
+def versions() -> dict[str, str]:
+    """What `.env` holds: the images, and where the edge and the trace UI are published on
+    the host (loopback by default)."""
+    return {
+        **{f"{name.upper()}_IMAGE": image for name, image in containers.images().items()},
+        "EDGE_PUBLISH": f"127.0.0.1:{containers.EDGE_PORT}",
+        "JAEGER_UI_PUBLISH": f"127.0.0.1:{containers.JAEGER_UI_PORT}",
+    }
+
+
+def _env_file() -> str:
+    lines = [
+        "# Image versions and published addresses for docker-compose.yml",
+        "# (rendered by `meshctl render compose`; a shell variable of the same name wins).",
+    ]
+    lines += [f"{key}={value}" for key, value in versions().items()]
+    return "\n".join(lines) + "\n"
+
+
+def _health(test: list[str]) -> dict[str, Any]:
+    return {
+        "test": ["CMD", *test],
+        "interval": "10s",
+        "timeout": "3s",
+        "retries": 3,
+        "start_period": "60s",
+        "start_interval": "1s",
+    }
+
+
+def _envoy_health() -> dict[str, Any]:
+    """Envoy's admin `/ready` from inside its container (the image has bash, not curl)."""
+    request = (
+        f"exec 3<>/dev/tcp/127.0.0.1/{containers.ADMIN_PORT}"
+        " && printf 'GET /ready HTTP/1.0\\r\\n\\r\\n' >&3"
+        " && head -n 1 <&3 | grep -q ' 200 '"
+    )
+    return _health(["bash", "-c", request])
+
+
+def _wget(url: str) -> dict[str, Any]:
+    """An HTTP check where the image has BusyBox's wget (the nats and jaeger images)."""
+    return _health(["wget", "-q", "-O", "/dev/null", url])
+
+
+def _app_health() -> dict[str, Any]:
+    return _health(["python", "-m", "mesh.probe", "grpc", f"127.0.0.1:{containers.APP_PORT}"])
+
+
+def _done(*names: str) -> dict[str, dict[str, str]]:
+    return {name: {"condition": "service_completed_successfully"} for name in names}
+
+
+def _healthy(*names: str) -> dict[str, dict[str, str]]:
+    return {name: {"condition": "service_healthy"} for name in names}
+
+
+def _shop(**fields: Any) -> dict[str, Any]:
+    """A container of the shop image (built from the Dockerfile here)."""
+    return {"image": "${SHOP_IMAGE}", "build": {"context": "."}, "user": containers.USER, **fields}
+
+
+def _envoy(directory: Path, **fields: Any) -> dict[str, Any]:
+    return {
+        "image": "${ENVOY_IMAGE}",
+        "entrypoint": ["/usr/local/bin/envoy"],
+        "command": containers.envoy_command(),
+        "user": containers.USER,
+        "volumes": [
+            f"./{directory}:{containers.ENVOY_CONFIG_DIR}:ro",
+            f"pki:{containers.PKI_DIR}:ro",
+        ],
+        "healthcheck": _envoy_health(),
+        **fields,
+    }
+
+
+def _certificate(pki: MeshPKI, instance: str) -> Certificate:
+    cert, key = pki.leaf_paths(instance)
+    return Certificate(cert, key, pki.ca_path)
+
+
+def _nats(topology: Topology, pki: MeshPKI, identity: str, instance: str) -> NatsSettings:
+    return containers.nats_settings(topology, NATS_HOST, identity, _certificate(pki, instance))
+
+
+def render(topology: Topology, api: Api) -> Rendered:
+    """docker-compose.yml, .env and the files under deploy/compose/ for `topology`."""
+    topology = containers.with_collector(topology, JAEGER_HOST)
+    plan = containers.plan(topology, lambda service, index: f"{service}-{index}")
+    pki = MeshPKI(containers.PKI_DIR, topology.trust_domain, topology.namespace)
+    files: dict[Path, str] = {}
+    services: dict[str, Any] = {
+        "certs": _shop(
+            command=[
+                "meshctl",
+                "certs",
+                "--issue",
+                "--every",
+                str(CERTIFICATE_CHECK_SECONDS),
+                "--run-dir",
+                str(containers.STATE_DIR),
+            ],
+            # Mounted here first, the volumes take the image's ownership of these paths.
+            volumes=[
+                f"pki:{containers.PKI_DIR}",
+                f"nats-data:{containers.NATS_DATA_DIR}",
+            ],
+            healthcheck={
+                **_health(["meshctl", "certs", "--verify", "--run-dir", str(containers.STATE_DIR)]),
+                "interval": "60s",
+            },
+            restart="unless-stopped",
+        ),
+        "nats": {
+            "image": "${NATS_IMAGE}",
+            "command": ["nats-server", "--config", f"{containers.NATS_CONFIG_DIR}/nats.conf"],
+            "user": containers.USER,
+            "volumes": [
+                f"./{FILES_DIR / 'nats'}:{containers.NATS_CONFIG_DIR}:ro",
+                f"pki:{containers.PKI_DIR}:ro",
+                f"nats-data:{containers.NATS_DATA_DIR}",
+            ],
+            "healthcheck": _wget(
+                f"http://127.0.0.1:{containers.NATS_MONITOR_PORT}/healthz?js-enabled-only=true"
+            ),
+            "depends_on": _healthy("certs"),
+            "restart": "unless-stopped",
+        },
+        "events-init": _shop(
+            command=["meshctl", "events", "init"],
+            environment=natsconf.service_environment(
+                _nats(topology, pki, natsconf.ADMIN_IDENTITY, natsconf.ADMIN_IDENTITY)
+            ),
+            volumes=[f"pki:{containers.PKI_DIR}:ro"],
+            depends_on=_healthy("nats"),
+            restart="no",
+        ),
+        JAEGER_HOST: {
+            "image": "${JAEGER_IMAGE}",
+            "ports": [f"${{JAEGER_UI_PUBLISH}}:{containers.JAEGER_UI_PORT}"],
+            "healthcheck": _health(
+                ["wget", "-q", "-O", "/dev/null", "http://127.0.0.1:13133/status"]
+            ),
+            "restart": "unless-stopped",
+        },
+    }
+    server_cert = _certificate(pki, natsconf.SERVER_IDENTITY)
+    files[FILES_DIR / "nats" / containers.NATS_CONFIG] = containers.nats_config(
+        topology, server_cert
+    )
+    for instance in plan.instances:
+        services.update(_instance(topology, plan, api, pki, instance, files))
+    if plan.edge is not None:
+        services.update(_edge(topology, plan, api, pki, files))
+    volumes: dict[str, dict[str, Any]] = {name: {} for name in ("pki", "nats-data", "edge-files")}
+    volumes.update({f"{name}-data": {} for name in sorted(topology.services)})
+    document = {"name": "shop-mesh", "services": services, "volumes": volumes}
+    files[Path(COMPOSE_FILE)] = _HEADER + containers.dump(document)
+    files[Path(ENV_FILE)] = _env_file()
+    return Rendered(files, owned=(FILES_DIR,))
+
+
+def _instance(
+    topology: Topology,
+    plan: MeshPlan,
+    api: Api,
+    pki: MeshPKI,
+    instance: InstancePlan,
+    files: dict[Path, str],
+) -> dict[str, Any]:
+    directory = FILES_DIR / instance.name
+    certificate = _certificate(pki, instance.name)
+    for name, text in containers.sidecar_files(topology, plan, instance, api, certificate).items():
+        files[directory / name] = text
+    service = topology.services[instance.service]
+    callees = [f"{peer.name}-app" for callee in sorted(service.calls) for peer in plan.of(callee)]
+    nats = _nats(topology, pki, instance.service, instance.name)
+    return {
+        instance.name: _envoy(
+            directory,
+            depends_on=_healthy("certs"),
+            restart="unless-stopped",
+        ),
+        f"{instance.name}-app": _shop(
+            command=containers.app_command(instance.service),
+            network_mode=f"service:{instance.name}",
+            environment=containers.app_environment(topology, instance, nats),
+            volumes=[
+                f"pki:{containers.PKI_DIR}:ro",
+                f"{instance.service}-data:{containers.RUN_DIR}",
+            ],
+            healthcheck=_app_health(),
+            depends_on={
+                **_healthy(instance.name, *callees),
+                **_done("events-init"),
+            },
+            restart="unless-stopped",
+        ),
+    }
+
+
+def _edge(
+    topology: Topology, plan: MeshPlan, api: Api, pki: MeshPKI, files: dict[Path, str]
+) -> dict[str, Any]:
+    assert plan.edge is not None
+    rules = edge.resolve_rules(topology, api)
+    edge_files = edge.files_in(containers.EDGE_FILES_DIR)
+    certificate = _certificate(pki, "edge")
+    rendered = containers.envoy_files(
+        lambda sds: edge.edge_config(topology, plan, api, sds, edge_files), certificate
+    )
+    for name, text in rendered.items():
+        files[FILES_DIR / "edge" / name] = text
+    exposed = [f"{peer.name}-app" for service in sorted(rules.exposed) for peer in plan.of(service)]
+    return {
+        "edge-files": _shop(
+            command=["meshctl", "render", "edge-files", str(containers.EDGE_FILES_DIR)],
+            volumes=[f"edge-files:{containers.EDGE_FILES_DIR}"],
+            restart="no",
+        ),
+        "edge": _envoy(
+            FILES_DIR / "edge",
+            volumes=[
+                f"./{FILES_DIR / 'edge'}:{containers.ENVOY_CONFIG_DIR}:ro",
+                f"pki:{containers.PKI_DIR}:ro",
+                f"edge-files:{containers.EDGE_FILES_DIR}:ro",
+            ],
+            ports=[f"${{EDGE_PUBLISH}}:{containers.EDGE_PORT}"],
+            depends_on={**_healthy("certs"), **_done("edge-files"), **_healthy(*exposed)},
+            restart="unless-stopped",
+        ),
+        "edge-companion": _shop(
+            command=[
+                "python",
+                *edge.companion_arguments(
+                    rules, containers.COMPANION_PORT, edge_files.descriptor_set
+                ),
+            ],
+            network_mode="service:edge",
+            volumes=[f"edge-files:{containers.EDGE_FILES_DIR}:ro"],
+            healthcheck=_health(
+                ["python", "-m", "mesh.probe", "grpc", f"127.0.0.1:{containers.COMPANION_PORT}"]
+            ),
+            depends_on={"edge": {"condition": "service_started"}},
+            restart="unless-stopped",
+        ),
+    }

@@ -1,0 +1,59 @@
+"""Health probes: is a gRPC server SERVING, does an HTTP endpoint answer 200.
+
+The supervisor waits on them locally; in containers they are the health checks
+(`python -m mesh.probe grpc 127.0.0.1:50051`, `python -m mesh.probe http URL`), exiting
+0 when healthy and 1 otherwise, with the reason on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import urllib.request
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+
+def grpc_serving(address: str, timeout: float = 1.0) -> bool:
+    """Whether the gRPC server at `address` (host:port) reports SERVING."""
+    with grpc.insecure_channel(address) as channel:
+        stub: Any = health_pb2_grpc.HealthStub(channel)
+        try:
+            response = stub.Check(health_pb2.HealthCheckRequest(), timeout=timeout)
+        except grpc.RpcError:
+            return False
+    return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def app_serving(port: int, timeout: float = 1.0) -> bool:
+    """Whether the gRPC server on loopback `port` reports SERVING."""
+    return grpc_serving(f"127.0.0.1:{port}", timeout)
+
+
+def http_ok(url: str, timeout: float = 1.0) -> bool:
+    """Whether `url` answers 200."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mesh.probe", description=__doc__)
+    parser.add_argument("kind", choices=["grpc", "http"])
+    parser.add_argument("target", help="host:port of a gRPC server, or an http:// URL")
+    parser.add_argument("--timeout", type=float, default=2.0, help="seconds")
+    args = parser.parse_args(argv)
+    check = grpc_serving if args.kind == "grpc" else http_ok
+    if check(args.target, args.timeout):
+        return 0
+    print(f"{args.target}: not healthy", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
