@@ -42,6 +42,7 @@ from mesh.binaries import find_binary
 from mesh.pki import MeshPKI
 from mesh.plan import InstancePlan, MeshPlan, make_plan
 from mesh.probe import app_serving, http_ok
+from mesh.procstat import rss_kib
 from mesh.topology import Topology
 
 log = logging.getLogger(__name__)
@@ -130,18 +131,6 @@ class ManagedProcess:
         if self._log is not None:
             self._log.close()
             self._log = None
-
-
-def rss_kib(pid: int | None) -> int:
-    """Resident memory of `pid` in KiB (0 when it is not running)."""
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return 0
 
 
 def _now_iso() -> str:

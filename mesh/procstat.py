@@ -1,0 +1,58 @@
+"""What a process costs, read from /proc (Linux): CPU time and memory.
+
+CPU time is the process's user plus system time over all its threads, the ones that
+have exited included (`/proc/PID/stat`, in clock ticks of 10 ms here, so compare readings
+seconds apart). Memory is the resident set (`VmRSS`), the part of it the process itself
+allocated (`RssAnon`: without mapped files, such as Envoy's 100 MB binary, which every
+Envoy shares), and the peak (`VmHWM`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+CLOCK_TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class Usage:
+    cpu_seconds: float
+    rss_kib: int
+    anon_kib: int
+    peak_kib: int
+
+
+def cpu_seconds_of(stat: str) -> float:
+    """User plus system CPU seconds from the text of `/proc/PID/stat`.
+
+    The command name (field 2) is in parentheses and may hold spaces or parentheses of
+    its own, so fields are counted from the last `)`: utime and stime are fields 14, 15.
+    """
+    fields = stat.rsplit(")", 1)[1].split()
+    utime, stime = int(fields[11]), int(fields[12])
+    return (utime + stime) / CLOCK_TICKS_PER_SECOND
+
+
+def usage(pid: int | None) -> Usage | None:
+    """The process's usage now, or None when it is not running."""
+    if not pid:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            cpu = cpu_seconds_of(stat.read())
+        memory: dict[str, int] = {}
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                key, _, value = line.partition(":")
+                if key in ("VmRSS", "RssAnon", "VmHWM"):
+                    memory[key] = int(value.split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return Usage(cpu, memory.get("VmRSS", 0), memory.get("RssAnon", 0), memory.get("VmHWM", 0))
+
+
+def rss_kib(pid: int | None) -> int:
+    """Resident memory of `pid` in KiB (0 when it is not running)."""
+    found = usage(pid)
+    return found.rss_kib if found else 0
