@@ -36,7 +36,7 @@ import yaml
 from mesh import envoy, natsconf
 from mesh.api import Api
 from mesh.events import NatsSettings
-from mesh.pki import MeshPKI, service_dns_name
+from mesh.pki import MeshPKI
 from mesh.plan import EdgePlan, InstancePlan, MeshPlan
 from mesh.service import environment
 from mesh.topology import Topology
@@ -257,13 +257,13 @@ def nats_settings(
     topology: Topology, host: str, identity: str, certificate: Certificate
 ) -> NatsSettings:
     """How `identity` reaches NATS at `host` in containers, with `certificate`."""
-    return NatsSettings(
-        url=f"tls://{host}:{NATS_PORT}",
-        identity=identity,
-        ca_path=certificate.ca,
-        cert_path=certificate.cert,
-        key_path=certificate.key,
-        server_name=service_dns_name(natsconf.SERVER_IDENTITY, topology.namespace),
+    return natsconf.tls_settings(
+        f"{host}:{NATS_PORT}",
+        identity,
+        cert=certificate.cert,
+        key=certificate.key,
+        ca=certificate.ca,
+        namespace=topology.namespace,
     )
 
 

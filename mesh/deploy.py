@@ -21,7 +21,6 @@ from mesh import compose, contracts, edge, kube, natsconf
 from mesh.api import Api
 from mesh.containers import EDGE_PORT, Rendered
 from mesh.pki import CertificateInfo, MeshPKI, PKIError, utc_now
-from mesh.plan import EdgePlan
 from mesh.topology import Topology
 
 
@@ -61,8 +60,8 @@ def write_edge_files(root: Path, topology: Topology, directory: Path) -> int:
     """The descriptor set, OpenAPI document and docs page the edge serves, in `directory`."""
     api = api_of(root)
     rules = edge.resolve_rules(topology, api)
-    plan = EdgePlan(port=EDGE_PORT, admin_port=0, companion_port=0)
-    files = edge.write_files(directory, root / contracts.DESCRIPTOR_SET, topology, rules, plan)
+    descriptor_set = root / contracts.DESCRIPTOR_SET
+    files = edge.write_files(directory, descriptor_set, topology, rules, EDGE_PORT)
     print(f"wrote the edge's files to {files.openapi.parent}")
     return 0
 

@@ -36,7 +36,7 @@ from mesh import containers, edge, natsconf
 from mesh.api import Api
 from mesh.containers import Certificate, Rendered, dump
 from mesh.events import NatsSettings
-from mesh.pki import MeshPKI
+from mesh.pki import MeshPKI, service_dns_name
 from mesh.plan import InstancePlan, MeshPlan
 from mesh.topology import Topology
 
@@ -77,6 +77,19 @@ def _fqdn(name: str, namespace: str) -> str:
 def nats_route_names(namespace: str) -> list[str]:
     """The DNS names the NATS servers reach each other by (their certificate carries them)."""
     return [f"nats-{i}.nats-cluster.{namespace}.svc.{CLUSTER_DOMAIN}" for i in range(NATS_REPLICAS)]
+
+
+def identities(topology: Topology) -> list[str]:
+    """Every identity with a Secret on Kubernetes: each service (shared by its pods), the
+    edge, NATS and meshctl."""
+    return [
+        *sorted(topology.services), "edge", natsconf.SERVER_IDENTITY, natsconf.ADMIN_IDENTITY,
+    ]  # fmt: skip
+
+
+def _extra_dns_names(identity: str, namespace: str) -> list[str]:
+    """Names an identity's certificate carries beyond its own: NATS's route hosts."""
+    return nats_route_names(namespace) if identity == natsconf.SERVER_IDENTITY else []
 
 
 def _labels(name: str, component: str) -> dict[str, str]:
@@ -608,8 +621,8 @@ def _prod(topology: Topology) -> dict[Path, str]:
                 "commonName": identity,
                 "uris": [f"spiffe://{topology.trust_domain}/ns/{topology.namespace}/sa/{identity}"],
                 "dnsNames": [
-                    f"{identity}.{topology.namespace}.svc",
-                    *(nats_route_names(topology.namespace) if identity == "nats" else []),
+                    service_dns_name(identity, topology.namespace),
+                    *_extra_dns_names(identity, topology.namespace),
                 ],
                 "duration": "24h",
                 "renewBefore": "12h",
@@ -618,12 +631,7 @@ def _prod(topology: Topology) -> dict[Path, str]:
                 "issuerRef": {"name": "shop-mesh-ca", "kind": "Issuer"},
             },
         }
-        for identity in [
-            *sorted(topology.services),
-            "edge",
-            natsconf.SERVER_IDENTITY,
-            natsconf.ADMIN_IDENTITY,
-        ]
+        for identity in identities(topology)
     ]
     patches = []
     for name in sorted(topology.services):
@@ -734,9 +742,8 @@ def secrets(topology: Topology, pki: MeshPKI) -> str:
         return base64.b64encode(path.read_bytes()).decode()
 
     objects = []
-    identities = [*sorted(topology.services), "edge", natsconf.SERVER_IDENTITY]
-    for identity in [*identities, natsconf.ADMIN_IDENTITY]:
-        extra = nats_route_names(topology.namespace) if identity == "nats" else []
+    for identity in identities(topology):
+        extra = _extra_dns_names(identity, topology.namespace)
         info = pki.ensure(identity, identity, dns_names=extra)
         objects.append(
             {

@@ -24,7 +24,7 @@ from typing import Any
 
 from mesh import events
 from mesh.events import DEAD_LETTER_PREFIX, EVENTS_STREAM, NatsSettings, inbox_prefix
-from mesh.pki import MeshPKI
+from mesh.pki import MeshPKI, service_dns_name
 from mesh.topology import Topology
 
 #: The server's own identity (its certificate's DNS name is what clients verify).
@@ -148,18 +148,26 @@ def write_config(
     return config
 
 
-def client_settings(
-    pki: MeshPKI, port: int, identity: str, instance: str, host: str = "127.0.0.1"
+def tls_settings(
+    address: str, identity: str, *, cert: Path, key: Path, ca: Path, namespace: str
 ) -> NatsSettings:
-    """How `identity` (with its certificate in `instance`) reaches the mesh's NATS."""
-    cert, key = pki.leaf_paths(instance)
+    """How `identity` reaches the mesh's NATS at `address` (host:port) with its certificate,
+    checking the server's certificate for NATS's name in `namespace`."""
     return NatsSettings(
-        url=f"tls://{host}:{port}",
+        url=f"tls://{address}",
         identity=identity,
-        ca_path=pki.ca_path,
+        ca_path=ca,
         cert_path=cert,
         key_path=key,
-        server_name=pki.service_dns_name(SERVER_IDENTITY),
+        server_name=service_dns_name(SERVER_IDENTITY, namespace),
+    )
+
+
+def client_settings(pki: MeshPKI, port: int, identity: str, instance: str) -> NatsSettings:
+    """How `identity` (with its certificate in `instance`) reaches the local mesh's NATS."""
+    cert, key = pki.leaf_paths(instance)
+    return tls_settings(
+        f"127.0.0.1:{port}", identity, cert=cert, key=key, ca=pki.ca_path, namespace=pki.namespace
     )
 
 

@@ -203,7 +203,6 @@ class Supervisor:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.plan.save()
         self.pki.ensure_ca()
-        self.pki.ensure("edge", "edge")
         logs = self.run_dir / "logs"
         for plan in self.plan.instances:
             cert = self.pki.ensure(plan.service, plan.name)
@@ -256,7 +255,7 @@ class Supervisor:
         directory = self.run_dir / "edge"
         rules = edge.resolve_rules(self.topology, self.api)
         files = edge.write_files(
-            directory, self.descriptor_set, self.topology, rules, self.plan.edge
+            directory, self.descriptor_set, self.topology, rules, self.plan.edge.port
         )
         cert = self.pki.ensure("edge", "edge")
         sds = envoy.write_sds(directory, cert.cert_path, cert.key_path, self.pki.ca_path)
