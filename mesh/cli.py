@@ -10,6 +10,8 @@ from pathlib import Path
 from mesh import contracts
 from mesh.plan import DEFAULT_RUN_DIR
 
+DEFAULT_TRIAL_DIR = DEFAULT_RUN_DIR / "trial"
+
 
 def _proto_gen(args: argparse.Namespace) -> int:
     ws = contracts.Workspace.find()
@@ -150,6 +152,44 @@ def _dlq(args: argparse.Namespace) -> int:
     return control.dlq(_run_dir(args), args.action, args.sequence, args.json)
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from mesh import bench, bench_saga  # needs the code `meshctl proto gen` makes
+
+    output = args.output if args.output.is_absolute() else _root() / args.output
+    if args.what == "saga":
+        saga = bench_saga.SagaOptions(
+            output=output,
+            rate=args.rate or bench_saga.SagaOptions.rate,
+            duration=args.duration,
+            max_orders=args.requests,
+            steps=args.steps,
+            sampling=args.sampling,
+        )
+        return bench_saga.bench_saga(_root(), _run_dir(args), saga)
+    options = bench.Options(
+        output=output,
+        duration=args.duration,
+        requests=args.requests,
+        concurrency=args.concurrency,
+        rate=args.rate,
+        sampling=args.sampling,
+        warmup=args.warmup,
+        paths=tuple(args.paths.split(",")) if args.paths else bench.PATHS,
+        pin=not args.no_pin,
+    )
+    return bench.bench(_root(), _run_dir(args), options)
+
+
+def _chaos(args: argparse.Namespace) -> int:
+    from mesh import chaos  # needs the code `meshctl proto gen` makes
+
+    if args.scenario not in chaos.SCENARIOS:
+        known = ", ".join(chaos.SCENARIOS)
+        print(f"meshctl chaos: no scenario {args.scenario!r}; choose {known}", file=sys.stderr)
+        return 2
+    return chaos.run(_root(), _run_dir(args), args.scenario, short=args.short)
+
+
 def _token(argv: Sequence[str]) -> int:
     # The identity service owns its signing key; the command borrows its code to mint.
     from services.identity import token_cli
@@ -157,6 +197,20 @@ def _token(argv: Sequence[str]) -> int:
     if not any(arg == "--run-dir" or arg.startswith("--run-dir=") for arg in argv):
         argv = [*argv, "--run-dir", str(_root() / DEFAULT_RUN_DIR)]
     return token_cli.main(argv)
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be a positive number")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -256,6 +310,91 @@ def _parser() -> argparse.ArgumentParser:
     )
     events_command.add_argument("--config", type=Path, help="the topology (default: mesh.yaml)")
     events_command.set_defaults(handler=_events)
+
+    bench = commands.add_parser(
+        "bench",
+        help="measure what the mesh costs a request (five paths to one RPC, ratios to "
+        "direct), or with `saga` how many orders per second the saga completes",
+    )
+    bench.add_argument(
+        "what", nargs="?", choices=["paths", "saga"], default="paths",
+        help="paths (default): the RPC along every path; saga: orders through the saga",
+    )  # fmt: skip
+    bench.add_argument(
+        "--duration", type=_positive_float, default=10.0, help="seconds per run (default 10)"
+    )
+    bench.add_argument(
+        "--requests", type=_positive_int, help="at most this many calls (saga: orders) per run"
+    )
+    bench.add_argument(
+        "--concurrency",
+        type=_positive_int,
+        default=16,
+        help="callers of the throughput runs (default 16)",
+    )
+    bench.add_argument(
+        "--rate",
+        type=_positive_float,
+        help="calls/s of the open-loop runs (default: half the slowest path's throughput); "
+        "saga: the first rate of orders/s (default 25)",
+    )
+    bench.add_argument(
+        "--no-pin", action="store_true",
+        help="let the load generator share every CPU with the mesh (default: the last CPU "
+        "is the generator's alone)",
+    )  # fmt: skip
+    bench.add_argument(
+        "--steps", type=_positive_int, default=4,
+        help="saga: rates tried for the ceiling, doubling each time (default 4)",
+    )  # fmt: skip
+    bench.add_argument(
+        "--sampling",
+        type=float,
+        default=1.0,
+        help="percent of requests traced (default 1, as in production)",
+    )
+    bench.add_argument(
+        "--warmup",
+        type=_positive_float,
+        default=1.0,
+        help="seconds of calls before a path's runs (default 1)",
+    )
+    bench.add_argument(
+        "--paths", help="a comma-separated subset of direct,sidecar,mesh,edge-grpc,edge-rest"
+    )
+    bench.add_argument(
+        "--output",
+        type=Path,
+        default=Path(".mesh") / "bench",
+        help="where bench.json and bench.png go (default .mesh/bench)",
+    )
+    bench.add_argument(
+        "--run-dir",
+        type=Path,
+        default=DEFAULT_TRIAL_DIR,
+        help="the benchmark's own mesh (default .mesh/trial; wiped each run)",
+    )
+    bench.set_defaults(handler=_bench)
+
+    chaos = commands.add_parser(
+        "chaos",
+        help="break part of a mesh of its own on purpose; PASS or FAIL against a criterion",
+    )
+    chaos.add_argument(
+        "scenario",
+        help="kill-replica (catalog replicas killed under load) or poison (poison events "
+        "among good orders)",
+    )
+    chaos.add_argument(
+        "--short", action="store_true", help="the short form (under a minute; the tests run it)"
+    )
+    chaos.add_argument(
+        "--run-dir",
+        type=Path,
+        default=DEFAULT_TRIAL_DIR,
+        help="the scenario's own mesh (default .mesh/trial; wiped each run)",
+    )
+    chaos.set_defaults(handler=_chaos)
 
     token = commands.add_parser(
         "token",

@@ -70,7 +70,7 @@ def _supervisor(
     )
 
 
-def _running_state(run_dir: Path) -> dict[str, Any] | None:
+def running_state(run_dir: Path) -> dict[str, Any] | None:
     try:
         state = read_state(run_dir)
     except FileNotFoundError:
@@ -87,7 +87,7 @@ def supervise(
     edge_port: int | None = None,
 ) -> int:
     """Run a mesh until SIGINT/SIGTERM (`up` in the foreground, or `supervise`)."""
-    if _running_state(run_dir) is not None:
+    if running_state(run_dir) is not None:
         raise ControlError(f"a mesh is already running from {run_dir}; `meshctl down` first")
     supervisor = _supervisor(root, run_dir, config, stream=foreground, edge_port=edge_port)
     stop = threading.Event()
@@ -115,7 +115,7 @@ def up_detached(
     root: Path, run_dir: Path, config: Path | None, edge_port: int | None = None
 ) -> int:
     """Start a supervisor in the background; return once the mesh is healthy."""
-    if _running_state(run_dir) is not None:
+    if running_state(run_dir) is not None:
         raise ControlError(f"a mesh is already running from {run_dir}; `meshctl down` first")
     load_topology(root, config)  # fail here, in the user's terminal, on a bad mesh.yaml
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -175,7 +175,7 @@ def down(run_dir: Path) -> int:
 
 
 def status(run_dir: Path, as_json: bool) -> int:
-    state = _running_state(run_dir)
+    state = running_state(run_dir)
     if state is None:
         print(json.dumps({"status": "down"}) if as_json else f"no mesh is running from {run_dir}")
         return 3
@@ -340,7 +340,7 @@ async def _with_jetstream(
 
 def dlq(run_dir: Path, action: str, sequence: int | None, as_json: bool) -> int:
     """`meshctl dlq list | show SEQ | replay SEQ | replay --all`."""
-    state = _running_state(run_dir)
+    state = running_state(run_dir)
     if state is None:
         raise ControlError(f"no mesh is running from {run_dir}")
 

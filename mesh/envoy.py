@@ -40,6 +40,9 @@ from mesh.binaries import find_binary
 from mesh.plan import InstancePlan, MeshPlan
 from mesh.topology import CallPolicy, Topology
 
+#: How often a retry may re-pick a host before it settles for one it already tried.
+HOST_SELECTION_ATTEMPTS = 20
+
 #: Envoy worker threads per sidecar: the mesh shares two cores with its apps.
 CONCURRENCY = 1
 
@@ -380,7 +383,10 @@ def retry_policy(policy: CallPolicy, method: Method | None) -> dict[str, Any]:
                 },
             }
         ],
-        "host_selection_retry_max_attempts": 3,
+        # A host that fails fast (its app was just killed) has the fewest requests in
+        # flight, so least-request picks it again and again; with a few tries the retry
+        # lands back on it. Picks are cheap: try until another host comes up.
+        "host_selection_retry_max_attempts": HOST_SELECTION_ATTEMPTS,
     }
 
 

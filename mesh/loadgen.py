@@ -13,7 +13,12 @@ instead of silently lowering the rate.
 
 Both loops are bounded by a duration and, optionally, a number of calls. A call is any
 coroutine function; an exception counts as an error, named by its gRPC status code when
-it has one.
+it has one (or its `kind`, as `HttpStatusError`'s "HTTP 503").
+
+`HttpConnections` is the REST side's client: keep-alive HTTP/1.1 over asyncio streams,
+one request per connection at a time, with requests built once as bytes. It costs a
+fraction of a general-purpose client's CPU per request, which on a small machine is CPU
+the server under test keeps.
 """
 
 from __future__ import annotations
@@ -23,11 +28,19 @@ import math
 import time
 from array import array
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 Call = Callable[[], Awaitable[Any]]
+
+
+def nearest_rank(values: Iterable[float], fraction: float) -> float | None:
+    """The value at `fraction` of `values` by the nearest-rank method, or None if empty."""
+    ordered = sorted(values)
+    if not ordered:
+        return None
+    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
 
 
 @dataclass
@@ -47,10 +60,7 @@ class Run:
 
     def percentile(self, fraction: float) -> float | None:
         """The latency at `fraction` (nearest rank) of the successful calls, or None."""
-        if not self.latencies:
-            return None
-        ordered = sorted(self.latencies)
-        return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
+        return nearest_rank(self.latencies, fraction)
 
     def summary(self) -> dict[str, Any]:
         def ms(value: float | None) -> float | None:
@@ -72,6 +82,9 @@ class Run:
 
 
 def _error_kind(error: BaseException) -> str:
+    kind = getattr(error, "kind", None)
+    if isinstance(kind, str):
+        return kind
     code = getattr(error, "code", None)
     if callable(code):
         try:
@@ -146,3 +159,85 @@ async def open_loop(
         await asyncio.gather(*in_flight)
     run.seconds = time.perf_counter() - start
     return run
+
+
+class HttpStatusError(Exception):
+    """An HTTP answer other than 2xx; `kind` ("HTTP 503") is how a Run counts it."""
+
+    def __init__(self, status: int, body: bytes) -> None:
+        super().__init__(f"HTTP {status}: {body[:200].decode(errors='replace')}")
+        self.status = status
+        self.body = body
+        self.kind = f"HTTP {status}"
+
+
+def http_request(
+    method: str, path: str, host: str, headers: dict[str, str] | None = None, body: bytes = b""
+) -> bytes:
+    """One HTTP/1.1 request as bytes, for `HttpConnections.send`."""
+    lines = [f"{method} {path} HTTP/1.1", f"host: {host}"]
+    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+    if body or method in ("POST", "PUT", "PATCH"):
+        lines.append(f"content-length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+class HttpConnections:
+    """Keep-alive HTTP/1.1 connections to one loopback address, opened as calls need them."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self._all: set[asyncio.StreamWriter] = set()
+
+    async def send(self, request: bytes) -> bytes:
+        """Send `request`; the body of a 2xx answer, else HttpStatusError."""
+        if self._idle:
+            reader, writer = self._idle.pop()
+        else:
+            reader, writer = await asyncio.open_connection(self.host, self.port)
+            self._all.add(writer)
+        try:
+            writer.write(request)
+            status, body, keep_alive = await _read_response(reader)
+        except BaseException:
+            self._forget(writer)
+            raise
+        if keep_alive:
+            self._idle.append((reader, writer))
+        else:
+            self._forget(writer)
+        if not 200 <= status < 300:
+            raise HttpStatusError(status, body)
+        return body
+
+    def _forget(self, writer: asyncio.StreamWriter) -> None:
+        self._all.discard(writer)
+        writer.close()
+
+    async def close(self) -> None:
+        for writer in list(self._all):
+            self._forget(writer)
+        self._idle.clear()
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, bool]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    status_line, *header_lines = head[:-4].decode("latin-1").split("\r\n")
+    status = int(status_line.split(" ", 2)[1])
+    headers = {}
+    for line in header_lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        chunks = []
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+            chunk = await reader.readexactly(size + 2)
+            if size == 0:
+                break
+            chunks.append(chunk[:-2])
+        body = b"".join(chunks)
+    else:
+        body = await reader.readexactly(int(headers.get("content-length", "0")))
+    return status, body, headers.get("connection", "").lower() != "close"

@@ -52,6 +52,18 @@ def usage(pid: int | None) -> Usage | None:
     return Usage(cpu, memory.get("VmRSS", 0), memory.get("RssAnon", 0), memory.get("VmHWM", 0))
 
 
+def machine_cpu_seconds() -> tuple[float, float]:
+    """(busy, total) CPU seconds of every core since boot, from the first line of /proc/stat.
+
+    Waiting for I/O counts as idle; compare two readings for how busy the machine was.
+    """
+    with open("/proc/stat") as stat:
+        fields = [int(value) for value in stat.readline().split()[1:9]]
+    total = sum(fields)
+    idle = fields[3] + fields[4]  # idle, iowait
+    return (total - idle) / CLOCK_TICKS_PER_SECOND, total / CLOCK_TICKS_PER_SECOND
+
+
 def rss_kib(pid: int | None) -> int:
     """Resident memory of `pid` in KiB (0 when it is not running)."""
     found = usage(pid)
