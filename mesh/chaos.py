@@ -16,32 +16,57 @@ its criterion; the command exits 0 on PASS and 1 on FAIL. The full form is the d
                   order nobody placed. Criterion: every poison message ends in the
                   dead-letter stream once for each consumer it reaches, nothing else
                   does, and every good order is CONFIRMED with the normal history.
+    crash-saga    a burst of orders through the edge's REST API at a fixed rate, each
+                  placement that meets a 5xx or a broken connection sent again with the
+                  same request id, while the app of each saga participant (shipping,
+                  payments, inventory, orders) and nats-server are killed in turn with
+                  SIGKILL by their pids (the supervisor restarts them). Criterion: 0 lost
+                  orders (every acknowledged order ends CONFIRMED) and 0 double captures
+                  (in payments' database); each confirmed order was reserved and captured
+                  once, the stock fell by exactly the confirmed units, and every killed
+                  process died and was replaced.
+    faults        processor's sidecar injects faults into the calls it receives (Envoy's
+                  fault filter: UNAVAILABLE on 20% of tries, 10% held past the caller's
+                  per-try timeout) while orders go through the saga, with stock for only
+                  part of them, and Authorize calls are made through payments' sidecar as
+                  payments makes them. Criterion: every order ends within 60 s, >= 99.5%
+                  of those calls succeed after the mesh's retries, no order is cancelled
+                  but for stock, and the stock never goes below zero.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import math
 import os
 import re
 import signal
+import sqlite3
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import grpc
+from google.type import money_pb2
 from nats.js import JetStreamContext
 
 from mesh import bench, control, events, loadgen, trial
 from mesh.bench import say
+from mesh.service import sqlite_path
 from mesh.shopper import CANCELLED, CONFIRMED, Shopper
 from mesh.supervisor import pid_alive
 from mesh.topology import Topology
 from shop.events.v1 import events_pb2
+from shop.processor.v1 import processor_service_pb2 as processor_pb
 
 #: Tracing as in production (see `meshctl bench`): the scenarios are about failures.
 SAMPLING_PERCENT = 1.0
@@ -140,6 +165,116 @@ def counts(counter: Counter[str]) -> str:
     return ", ".join(f"{kind} {n}" for kind, n in sorted(counter.items())) or "none"
 
 
+# -- orders through the edge ------------------------------------------------------------
+
+TERMINAL = (CONFIRMED, CANCELLED)
+#: Between two readings of the orders that have not ended yet.
+SETTLE_PAUSE_SECONDS = 0.5
+#: How a call through the edge fails: an answer other than 2xx, or none at all (the
+#: connection refused, or closed before the answer).
+CALL_ERRORS = (loadgen.HttpStatusError, OSError, EOFError)
+
+
+def worth_retrying(error: Exception) -> bool:
+    """Whether a call that failed with `error` may succeed if made again: a 5xx or no
+    answer (a service restarting), not a refusal of the request itself."""
+    if isinstance(error, loadgen.HttpStatusError):
+        return error.status >= 500
+    return isinstance(error, CALL_ERRORS)
+
+
+async def read_ends(
+    buyer: Shopper, order_ids: Iterable[str], orders: dict[str, dict[str, Any]]
+) -> bool:
+    """Read again through the edge, into `orders`, each order not yet seen ended (one the
+    edge cannot answer for now is left for the next reading); whether all have ended."""
+    ended = True
+    for order_id in order_ids:
+        if orders.get(order_id, {}).get("status") in TERMINAL:
+            continue
+        try:
+            orders[order_id] = await buyer.fetch(order_id)
+        except CALL_ERRORS as error:
+            if not worth_retrying(error):
+                raise
+        ended = ended and orders.get(order_id, {}).get("status") in TERMINAL
+    return ended
+
+
+# -- killing processes ------------------------------------------------------------------
+
+#: nats-server as `kill` names it: an instance of its own, whose one part is "server".
+NATS = "nats"
+NATS_PART = "server"
+
+
+@dataclass
+class Kill:
+    """One process killed, and what became of it."""
+
+    instance: str
+    part: str
+    """"app" or "sidecar" of an instance; NATS_PART of NATS."""
+    pid: int
+    died: bool = False
+    replacement: int | None = None
+
+    def describe(self) -> str:
+        fate = "died" if self.died else "still alive"
+        after = f"replaced by pid {self.replacement}" if self.replacement else "not replaced"
+        return f"{self.instance} {self.part} pid {self.pid} {fate}, {after}"
+
+
+def pid_of(mesh: trial.TrialMesh, instance: str, part: str) -> int:
+    """The pid state.json gives `instance`'s `part` (see `Kill`)."""
+    if instance == NATS:
+        nats_pid: int = mesh.state()["nats"]["pid"]
+        return nats_pid
+    pid: int = mesh.instance(instance)[f"{part}_pid"]
+    return pid
+
+
+async def kill(mesh: trial.TrialMesh, instance: str, part: str) -> Kill:
+    """SIGKILL `instance`'s `part` by the pid in state.json; wait for the supervisor to
+    start another."""
+    pid = pid_of(mesh, instance, part)
+    os.kill(pid, signal.SIGKILL)
+    killed = Kill(instance, part, pid)
+    killed.died = await poll(lambda: not pid_alive(pid), REPLACE_TIMEOUT_SECONDS)
+
+    def replacement() -> int | None:
+        now = pid_of(mesh, instance, part)
+        return now if now != pid and pid_alive(now) else None
+
+    killed.replacement = await poll(replacement, REPLACE_TIMEOUT_SECONDS)
+    say(f"  killed {killed.describe()}")
+    return killed
+
+
+KillSchedule = Sequence[tuple[float, str, str]]
+"""(seconds from now, instance, part) of each kill."""
+
+
+async def kill_on_schedule(mesh: trial.TrialMesh, schedule: KillSchedule) -> list[Kill]:
+    """Each kill at its time, whether or not the processes killed before it are back yet
+    (that can take longer than the time between kills); the kills, in order."""
+    start = time.monotonic()
+
+    async def kill_at(at: float, instance: str, part: str) -> Kill:
+        await asyncio.sleep(max(0.0, start + at - time.monotonic()))
+        return await kill(mesh, instance, part)
+
+    return list(await asyncio.gather(*(kill_at(*planned) for planned in schedule)))
+
+
+def restarts(mesh: trial.TrialMesh) -> Counter[str]:
+    """How often the supervisor restarted each instance so far, and nats-server (NATS)."""
+    state = mesh.state()
+    counted = Counter({i["instance"]: i["restarts"] for i in state["instances"]})
+    counted[NATS] = state["nats"]["restarts"]
+    return counted
+
+
 # -- kill-replica -----------------------------------------------------------------------
 
 KILLED_SERVICE = bench.CALLEE
@@ -168,56 +303,17 @@ SHORT_KILLS = KillPlan(load_seconds=6.0, kill_at=(2.0,))
 FULL_KILLS = KillPlan(load_seconds=30.0, kill_at=(5.0, 10.0, 15.0, 20.0, 25.0))
 
 
-@dataclass
-class Kill:
-    """One process killed, and what became of it."""
-
-    instance: str
-    part: str
-    """"app" or "sidecar"."""
-    pid: int
-    died: bool = False
-    replacement: int | None = None
-
-    def describe(self) -> str:
-        fate = "died" if self.died else "still alive"
-        after = f"replaced by pid {self.replacement}" if self.replacement else "not replaced"
-        return f"{self.instance} {self.part} pid {self.pid} {fate}, {after}"
-
-
 def kill_targets(kills: int, replicas: int) -> list[tuple[int, str]]:
     """(replica, part) of each kill: app and sidecar in turn, each on the next replica, so
     no two kills in a row hit the same replica or the same kind of process."""
     return [(k % replicas, "app" if k % 2 == 0 else "sidecar") for k in range(kills)]
 
 
-async def kill(mesh: trial.TrialMesh, instance: str, part: str) -> Kill:
-    """SIGKILL `instance`'s `part` by the pid in state.json; wait for the supervisor to
-    start another."""
-    key = f"{part}_pid"
-    pid: int = mesh.instance(instance)[key]
-    os.kill(pid, signal.SIGKILL)
-    killed = Kill(instance, part, pid)
-    killed.died = await poll(lambda: not pid_alive(pid), REPLACE_TIMEOUT_SECONDS)
-
-    def replacement() -> int | None:
-        now: int | None = mesh.instance(instance)[key]
-        return now if now != pid and pid_alive(now) else None
-
-    killed.replacement = await poll(replacement, REPLACE_TIMEOUT_SECONDS)
-    say(f"  killed {killed.describe()}")
-    return killed
-
-
-async def kill_on_schedule(mesh: trial.TrialMesh, plan: KillPlan) -> list[Kill]:
+def replica_schedule(mesh: trial.TrialMesh, plan: KillPlan) -> KillSchedule:
     instances = [i["instance"] for i in mesh.instances(KILLED_SERVICE)]
     targets = kill_targets(len(plan.kill_at), len(instances))
-    start = time.monotonic()
-    kills = []
-    for at, (replica, part) in zip(plan.kill_at, targets, strict=True):
-        await asyncio.sleep(max(0.0, start + at - time.monotonic()))
-        kills.append(await kill(mesh, instances[replica], part))
-    return kills
+    return [(at, instances[replica], part)
+            for at, (replica, part) in zip(plan.kill_at, targets, strict=True)]  # fmt: skip
 
 
 async def load_while_killing(
@@ -235,7 +331,7 @@ async def load_while_killing(
             answered, concurrency=plan.concurrency, duration=plan.load_seconds,
             max_requests=plan.max_calls,
         )  # fmt: skip
-        return await asyncio.gather(load, kill_on_schedule(mesh, plan))
+        return await asyncio.gather(load, kill_on_schedule(mesh, replica_schedule(mesh, plan)))
 
 
 def envoy_counters(admin_port: int, prefix: str) -> Counter[str]:
@@ -250,10 +346,6 @@ def envoy_counters(admin_port: int, prefix: str) -> Counter[str]:
         if value.isdigit():
             found[name.removeprefix(prefix)] = int(value)
     return found
-
-
-def restarts(mesh: trial.TrialMesh) -> Counter[str]:
-    return Counter({i["instance"]: i["restarts"] for i in mesh.instances(KILLED_SERVICE)})
 
 
 def success_ratio(run: loadgen.Run) -> float:
@@ -305,7 +397,10 @@ async def play_kill_replica(mesh: trial.TrialMesh, short: bool) -> Verdict:
     kill_times = ", ".join(f"{at:g}" for at in plan.kill_at)
     say(f"{plan.load_seconds:g} s of load, killing at {kill_times} s ...")
     run, kills = await load_while_killing(mesh, product_id, plan)
-    verdict = judge_kills(run, kills, restarts(mesh) - restarts_before, len(plan.kill_at))
+    replicas = {i["instance"] for i in mesh.instances(KILLED_SERVICE)}
+    restarted = Counter({name: n for name, n in (restarts(mesh) - restarts_before).items()
+                         if name in replicas})  # fmt: skip
+    verdict = judge_kills(run, kills, restarted, len(plan.kill_at))
     edge = envoy_counters(edge_admin, cluster) - edge_before
     verdict.figures.update({label: edge[name] for label, name in EDGE_COUNTERS.items()})
     return verdict
@@ -315,7 +410,6 @@ async def play_kill_replica(mesh: trial.TrialMesh, short: bool) -> Verdict:
 
 NORMAL_HISTORY = ("OrderPlaced", "StockReserved", "PaymentCaptured", "ShipmentScheduled",
                   "OrderConfirmed")  # fmt: skip
-TERMINAL = (CONFIRMED, CANCELLED)
 
 
 @dataclass(frozen=True)
@@ -460,14 +554,11 @@ async def settle(
     orders: dict[str, dict[str, Any]] = {}
     deadline = time.monotonic() + seconds
     while True:
-        for order_id in order_ids:
-            if orders.get(order_id, {}).get("status") not in TERMINAL:
-                orders[order_id] = await buyer.fetch(order_id)
+        ended = await read_ends(buyer, order_ids, orders)
         tally = DeadLetterTally.of(expected, await events.dead_letters(js))
-        ended = all(order["status"] in TERMINAL for order in orders.values())
         if (ended and not tally.missing) or time.monotonic() >= deadline:
             return orders, tally
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(SETTLE_PAUSE_SECONDS)
 
 
 def went_normally(order: dict[str, Any]) -> bool:
@@ -522,6 +613,496 @@ async def play_poison(mesh: trial.TrialMesh, short: bool) -> Verdict:
     return judge_poison(orders, refused, sent, tally, plan)
 
 
+# -- crash-saga -------------------------------------------------------------------------
+
+#: What the kills hit, in turn: each saga participant's app, then nats-server. Against
+#: the flow of an order, so that what feeds the next victim is running and it has events
+#: in hand when it dies (a participant just after a dead one would be idle).
+CRASHED = ("shipping", "payments", "inventory", "orders", NATS)
+#: Enough that no order is refused for want of stock: every one must be CONFIRMED.
+CRASH_STOCK = 1_000_000
+#: A client sends a placement that met a 5xx or no answer again (the same bytes, so the
+#: same request id: PlaceOrder stores one order per request id), up to this many tries
+#: in all, pausing between them; orders takes a few seconds to come back.
+PLACE_ATTEMPTS = 10
+RETRY_PAUSE_SECONDS = 0.5
+#: How long the stock may take to follow the orders once they ended: inventory takes a
+#: confirmed order's units out when it consumes `order_confirmed`, after orders decided.
+STOCK_SETTLE_SECONDS = 30.0
+#: Each order is for 1, 2, 3, 1, ... units, so the stock counts units, not orders.
+MAX_UNITS = 3
+
+
+@dataclass(frozen=True)
+class CrashPlan:
+    orders: int
+    rate: float
+    """Orders placed per second, on schedule whatever the earlier ones are doing."""
+    kill_at: tuple[float, ...]
+    """When each kill happens, in seconds from the first order; see `crash_targets`."""
+    drain_seconds: float
+    """How long the orders may take to end after the burst (the saga retries a failed
+    step after 1, 2, 5 and 10 s, and redelivers a dead consumer's events after 5 s)."""
+
+
+SHORT_CRASH = CrashPlan(orders=40, rate=8.0, kill_at=(0.5, 1.5, 2.5, 3.5, 4.5),
+                        drain_seconds=90.0)  # fmt: skip
+FULL_CRASH = CrashPlan(orders=300, rate=10.0,
+                       kill_at=(3.0, 5.0, 7.0, 9.0, 11.0, 17.0, 19.0, 21.0, 23.0, 25.0),
+                       drain_seconds=120.0)  # fmt: skip
+
+
+def crash_targets(kills: int) -> list[str]:
+    """What each kill hits: CRASHED in turn, round after round."""
+    return [CRASHED[k % len(CRASHED)] for k in range(kills)]
+
+
+def crash_schedule(mesh: trial.TrialMesh, plan: CrashPlan) -> KillSchedule:
+    def victim(target: str) -> tuple[str, str]:
+        if target == NATS:
+            return NATS, NATS_PART
+        return mesh.instances(target)[0]["instance"], "app"
+
+    targets = crash_targets(len(plan.kill_at))
+    return [(at, *victim(target)) for at, target in zip(plan.kill_at, targets, strict=True)]
+
+
+@dataclass
+class Placement:
+    """One order a client places, and how that went."""
+
+    request: bytes
+    """The PlaceOrder request, sent again as it is on a retry."""
+    units: int
+    order_id: str | None = None
+    """Set once PlaceOrder answered 200: the order is acknowledged."""
+    retries: int = 0
+    failure: str = ""
+    """Why the last try failed."""
+    sent_at: float = 0.0
+    """`time.perf_counter()` when it was first sent."""
+
+
+def order_units(orders: int) -> list[int]:
+    return [1 + index % MAX_UNITS for index in range(orders)]
+
+
+async def place_with_retries(
+    place: Callable[[bytes], Awaitable[str]], placement: Placement
+) -> None:
+    """Place the order with `place` (`Shopper.place`) as a client does while orders
+    restarts (see PLACE_ATTEMPTS)."""
+    placement.sent_at = time.perf_counter()
+    while True:
+        try:
+            placement.order_id = await place(placement.request)
+            return
+        except CALL_ERRORS as error:
+            placement.failure = f"{type(error).__name__}: {error}"
+            if not worth_retrying(error) or placement.retries + 1 >= PLACE_ATTEMPTS:
+                return
+        placement.retries += 1
+        await asyncio.sleep(RETRY_PAUSE_SECONDS)
+
+
+async def burst(shopper: Shopper, orders: int, rate: float) -> tuple[list[Placement], float]:
+    """Place `orders` orders at `rate` per second; the placements, and when the last was
+    answered (`time.monotonic()`)."""
+    placements = [Placement(shopper.order_request(units), units)
+                  for units in order_units(orders)]  # fmt: skip
+    waiting = iter(placements)
+
+    async def place_next() -> None:
+        await place_with_retries(shopper.place, next(waiting))
+
+    # Room for one order more than planned, so that rounding never drops the last.
+    seconds = (orders + 1) / rate
+    await loadgen.open_loop(place_next, rate=rate, duration=seconds, max_requests=orders)
+    return placements, time.monotonic()
+
+
+async def drain(buyer: Shopper, order_ids: Sequence[str], seconds: float) -> (
+    dict[str, dict[str, Any]]
+):  # fmt: skip
+    """Read the orders through the edge until all have ended, `seconds` at most; each as
+    last read (none for an order the edge never answered for)."""
+    orders: dict[str, dict[str, Any]] = {}
+    deadline = time.monotonic() + seconds
+    while True:
+        ended = await read_ends(buyer, order_ids, orders)
+        if ended or time.monotonic() >= deadline:
+            return orders
+        await asyncio.sleep(SETTLE_PAUSE_SECONDS)
+
+
+def captures_by_order(mesh: trial.TrialMesh) -> Counter[str]:
+    """Captures per order id in payments' own SQLite file, opened read-only. The schema
+    allows one capture per payment, not one per order: an order paid twice is captured
+    twice, and that is what this counts."""
+    path = sqlite_path(mesh.run_dir, "payments")
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)) as db:
+        rows = db.execute(
+            "SELECT payments.order_id, count(*) FROM captures "
+            "JOIN payments ON payments.id = captures.payment_id GROUP BY payments.order_id"
+        ).fetchall()
+    return Counter(dict(rows))
+
+
+Stock = tuple[int, int]
+"""(units on hand, units reserved) of a product."""
+
+
+def stock_level(mesh: trial.TrialMesh, product_id: str) -> Stock | None:
+    """The product's stock as the edge answers `GET /v1/products/ID/stock` (inventory's
+    GetStock); None while inventory cannot answer."""
+    url = f"{mesh.edge_url}/v1/products/{urllib.parse.quote(product_id)}/stock"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            level = json.loads(response.read())["stock"]
+    except urllib.error.HTTPError as error:
+        if error.code < 500:
+            raise
+        return None
+    except OSError:
+        return None
+    # JSON leaves out a field at zero.
+    return int(level.get("onHand", 0)), int(level.get("reserved", 0))
+
+
+async def settled_stock(
+    mesh: trial.TrialMesh, product_id: str, expected: Stock, seconds: float
+) -> Stock | None:
+    """The stock once it is `expected` or, after `seconds`, as last read."""
+    deadline = time.monotonic() + seconds
+    while True:
+        level = await asyncio.to_thread(stock_level, mesh, product_id)
+        if level == expected or time.monotonic() >= deadline:
+            return level
+        await asyncio.sleep(SETTLE_PAUSE_SECONDS)
+
+
+async def dead_letters_by_consumer(mesh: trial.TrialMesh) -> Counter[str]:
+    async with mesh.jetstream() as js:
+        return Counter(letter.consumer for letter in await events.dead_letters(js))
+
+
+def status_of(orders: dict[str, dict[str, Any]], order_id: str) -> str:
+    """The order's status as last read; "never read" when the edge never answered."""
+    status: str = orders.get(order_id, {}).get("status", "never read")
+    return status
+
+
+def expected_stock(initial: int, placements: Iterable[Placement],
+                   orders: dict[str, dict[str, Any]]) -> Stock:  # fmt: skip
+    """The stock once every order ended: the confirmed orders' units gone, none reserved."""
+    confirmed = [p for p in placements if p.order_id and status_of(orders, p.order_id) == CONFIRMED]
+    sold = sum(p.units for p in confirmed)
+    return initial - sold, 0
+
+
+def reserved_and_captured_once(order: dict[str, Any]) -> bool:
+    steps = Counter(step["name"] for step in order.get("history", ()))
+    return steps["StockReserved"] == 1 and steps["PaymentCaptured"] == 1
+
+
+def story(orders: dict[str, dict[str, Any]], order_ids: Sequence[str], shown: int = 3) -> str:
+    """How the first `shown` of `order_ids` ended, as the edge last answered for them."""
+    told = []
+    for order_id in order_ids[:shown]:
+        order = orders.get(order_id, {})
+        history = [step["name"] for step in order.get("history", ())]
+        reason = f" ({order['cancelReason']})" if order.get("cancelReason") else ""
+        told.append(f"{order_id} {status_of(orders, order_id)} after {history}{reason}")
+    return "; ".join(told)
+
+
+@dataclass
+class CrashOutcome:
+    """What crash-saga saw, for `judge_crash`."""
+
+    placements: list[Placement]
+    kills: list[Kill]
+    orders: dict[str, dict[str, Any]]
+    """The acknowledged orders as the edge last answered for them."""
+    captures: Counter[str]
+    """Captures by order id in payments' database: every order it holds."""
+    stock: Stock | None
+    """The product's stock at the end; None: inventory never answered."""
+    drain_seconds: float
+    """From the last placement's answer until every order had ended (or the bound)."""
+    restarted: Counter[str]
+    """The supervisor's restarts during the scenario, by instance (and NATS)."""
+    dead_letters: Counter[str]
+    """Dead letters by consumer: a step given up on stops its order."""
+
+
+def judge_crash(outcome: CrashOutcome, plan: CrashPlan) -> Verdict:
+    """The crash-saga verdict."""
+    placements, orders, captured = outcome.placements, outcome.orders, outcome.captures
+    acknowledged = [p.order_id for p in placements if p.order_id is not None]
+    unacknowledged = [p for p in placements if p.order_id is None]
+    statuses = Counter(status_of(orders, order_id) for order_id in acknowledged)
+    confirmed = [order_id for order_id in acknowledged if status_of(orders, order_id) == CONFIRMED]
+    lost = [order_id for order_id in acknowledged if status_of(orders, order_id) != CONFIRMED]
+    doubled = {order_id: n for order_id, n in captured.items() if n > 1}
+    uncaptured = [order_id for order_id in confirmed if not captured[order_id]]
+    odd = [order_id for order_id in confirmed if not reserved_and_captured_once(orders[order_id])]
+    expected = expected_stock(CRASH_STOCK, placements, orders)
+    on_hand, reserved = outcome.stock if outcome.stock is not None else ("-", "-")
+    verdict = Verdict(
+        "0 lost orders and 0 double captures while the saga's participants and nats-server "
+        "are killed: every acknowledged order ends CONFIRMED, reserved and captured once, "
+        "the stock falls by the confirmed units, and every killed process is replaced"
+    )
+    verdict.figures.update({
+        "orders attempted": len(placements),
+        "orders acknowledged": len(acknowledged),
+        "client retries": sum(p.retries for p in placements),
+        "most tries of one placement": max((p.retries + 1 for p in placements), default=0),
+        "kills": len(outcome.kills),
+        **{f"kill {n}": k.describe() for n, k in enumerate(outcome.kills, 1)},
+        "supervisor restarts": f"{outcome.restarted.total()} ({counts(outcome.restarted)})",
+        "confirmed": statuses[CONFIRMED],
+        "cancelled": statuses[CANCELLED],
+        "unfinished": len(acknowledged) - statuses[CONFIRMED] - statuses[CANCELLED],
+        "lost orders": len(lost),
+        "captures": captured.total(),
+        "double captures": len(doubled),
+        "confirmed, reserved and captured once": len(confirmed) - len(odd),
+        "stock at the start": CRASH_STOCK,
+        "units confirmed": CRASH_STOCK - expected[0],
+        "stock on hand": on_hand,
+        "stock reserved": reserved,
+        "dead letters": counts(outcome.dead_letters),
+        "seconds to drain": round(outcome.drain_seconds, 1),
+    })  # fmt: skip
+    verdict.require(
+        not unacknowledged,
+        f"{len(unacknowledged)} placements never acknowledged, the first after "
+        f"{PLACE_ATTEMPTS} tries: {unacknowledged[0].failure if unacknowledged else ''}",
+    )
+    planned = len(plan.kill_at)
+    verdict.require(len(outcome.kills) == planned, f"{len(outcome.kills)} of {planned} kills")
+    for k in outcome.kills:
+        verdict.require(k.died and k.replacement is not None, k.describe())
+    verdict.require(not lost, f"{len(lost)} orders lost: {story(orders, lost)}")
+    verdict.require(not doubled, f"orders captured more than once: {counts(Counter(doubled))}")
+    verdict.require(not uncaptured, f"{len(uncaptured)} confirmed orders never captured: "
+                    f"{', '.join(uncaptured[:3])}")  # fmt: skip
+    verdict.require(not odd, f"{len(odd)} confirmed orders not reserved and captured once: "
+                    f"{story(orders, odd)}")  # fmt: skip
+    verdict.require(
+        outcome.stock == expected,
+        f"the stock is {on_hand} on hand and {reserved} reserved, not {expected[0]} and 0",
+    )
+    return verdict
+
+
+async def play_crash_saga(mesh: trial.TrialMesh, short: bool) -> Verdict:
+    plan = SHORT_CRASH if short else FULL_CRASH
+    schedule = crash_schedule(mesh, plan)
+    restarts_before = restarts(mesh)
+    async with Shopper.opened(mesh, CRASH_STOCK) as shopper:
+        victims = ", ".join(f"{instance} at {at:g} s" for at, instance, _ in schedule)
+        say(f"{plan.orders} orders at {plan.rate:g}/s, killing {victims} ...")
+        (placements, placed), killed = await asyncio.gather(
+            burst(shopper, plan.orders, plan.rate), kill_on_schedule(mesh, schedule)
+        )
+        say("waiting for every acknowledged order to end ...")
+        acknowledged = [p.order_id for p in placements if p.order_id is not None]
+        orders = await drain(shopper, acknowledged, plan.drain_seconds)
+        drained = time.monotonic() - placed
+        expected = expected_stock(CRASH_STOCK, placements, orders)
+        stock = await settled_stock(mesh, shopper.product_id, expected, STOCK_SETTLE_SECONDS)
+    outcome = CrashOutcome(
+        placements, killed, orders, captures_by_order(mesh), stock, drained,
+        restarts(mesh) - restarts_before, await dead_letters_by_consumer(mesh),
+    )  # fmt: skip
+    return judge_crash(outcome, plan)
+
+
+# -- faults -----------------------------------------------------------------------------
+
+FAULTY = "processor"
+FAULT_CALLER = "payments"
+AUTHORIZE = "/shop.processor.v1.ProcessorService/Authorize"
+#: What the processor's sidecar does to the calls it receives, each try judged alone:
+#: UNAVAILABLE on 20%, and 10% held past the caller's per-try timeout.
+INJECTED = {
+    "abort": {"percent": 20, "grpc_status": "UNAVAILABLE"},
+    "delay": {"percent": 10, "duration": "1500ms"},
+}
+MIN_RETRIED_SUCCESS = 0.995
+#: Every order must have ended this long after it was placed.
+END_WITHIN_SECONDS = 60.0
+#: The stock covers this share of the units ordered, so the last orders are refused for
+#: want of stock and compensated while the payment calls fail around them.
+STOCK_SHARE = 0.8
+#: Payments' sidecar counters of its calls to the processor, and what they tell.
+CALLER_COUNTERS = {
+    "payment call tries retried": "upstream_rq_retry",
+    "retried calls that succeeded": "upstream_rq_retry_success",
+    "tries past the per-try timeout": "upstream_rq_per_try_timeout",
+    "calls out of retries": "upstream_rq_retry_limit_exceeded",
+}
+FAULTY_COUNTERS = {
+    "tries the processor's sidecar received": "downstream_rq_total",
+    "aborts injected": "fault.aborts_injected",
+    "delays injected": "fault.delays_injected",
+}
+
+
+@dataclass(frozen=True)
+class FaultPlan:
+    orders: int
+    rate: float
+    calls: int
+    """Authorize calls made as payments beside the orders' own: enough that the share
+    of them that succeed says something at 99.5%."""
+    concurrency: int = 16
+
+
+SHORT_FAULTS = FaultPlan(orders=40, rate=8.0, calls=1500)
+FULL_FAULTS = FaultPlan(orders=300, rate=10.0, calls=6000)
+
+
+def _injected(topology: dict[str, Any]) -> None:
+    topology["services"][FAULTY]["faults"] = INJECTED
+
+
+async def authorize_as_payments(mesh: trial.TrialMesh, plan: FaultPlan) -> loadgen.Run:
+    """Authorize calls through payments' sidecar, as payments makes them, each with a key
+    of its own; an answer other than an approval counts as an error."""
+    port = mesh.instances(FAULT_CALLER)[0]["outbound"][FAULTY]
+    amount = money_pb2.Money(currency_code="EUR", units=25)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        method: Any = channel.unary_unary(
+            AUTHORIZE,
+            request_serializer=processor_pb.AuthorizeRequest.SerializeToString,
+            response_deserializer=processor_pb.AuthorizeResponse.FromString,
+        )
+
+        async def authorize() -> None:
+            request = processor_pb.AuthorizeRequest(
+                payment_token="tok_visa", amount=amount, idempotency_key=str(uuid.uuid4())
+            )
+            answer = await method(request, timeout=30)
+            if answer.decision != processor_pb.AUTHORIZATION_DECISION_APPROVED:
+                raise control.ControlError(f"not approved: {answer}")
+
+        return await loadgen.closed_loop(
+            authorize, concurrency=plan.concurrency, duration=600, max_requests=plan.calls
+        )
+
+
+@dataclass
+class FaultOutcome:
+    """What faults saw, for `judge_faults`."""
+
+    placements: list[Placement]
+    orders: dict[str, dict[str, Any]]
+    ended_after: dict[str, float]
+    """Seconds from placing each order until its end event arrived."""
+    calls: loadgen.Run
+    stock: Stock | None
+    initial_stock: int
+    caller: Counter[str]
+    faulty: Counter[str]
+
+
+def judge_faults(outcome: FaultOutcome) -> Verdict:
+    """The faults verdict."""
+    orders, calls = outcome.orders, outcome.calls
+    acknowledged = [p.order_id for p in outcome.placements if p.order_id is not None]
+    statuses = Counter(status_of(orders, order_id) for order_id in acknowledged)
+    late = [o for o in acknowledged if outcome.ended_after.get(o, math.inf) > END_WITHIN_SECONDS]
+    slowest = max(outcome.ended_after.values(), default=0.0)
+    cancelled = [o for o in acknowledged if status_of(orders, o) == CANCELLED]
+    not_for_stock = [o for o in cancelled if "StockRejected" not in history_of(orders[o])]
+    ratio = success_ratio(calls)
+    expected = expected_stock(outcome.initial_stock, outcome.placements, orders)
+    on_hand, reserved = outcome.stock if outcome.stock is not None else ("-", "-")
+    verdict = Verdict(
+        f"with {FAULTY} calls failing (UNAVAILABLE on 20%, 10% held past the per-try "
+        f"timeout), every saga ends within {END_WITHIN_SECONDS:g} s, >= "
+        f"{MIN_RETRIED_SUCCESS:.1%} of {FAULTY} calls succeed after retries, no order is "
+        "cancelled but for stock, and the stock never goes below zero"
+    )
+    verdict.figures.update({
+        "orders placed": len(outcome.placements),
+        "orders acknowledged": len(acknowledged),
+        "confirmed": statuses[CONFIRMED],
+        "cancelled (out of stock)": len(cancelled) - len(not_for_stock),
+        "cancelled for another reason": len(not_for_stock),
+        "unfinished": len(acknowledged) - statuses[CONFIRMED] - statuses[CANCELLED],
+        f"ended within {END_WITHIN_SECONDS:g} s": len(acknowledged) - len(late),
+        "slowest order, seconds": round(slowest, 1),
+        f"{FAULTY} calls made as {FAULT_CALLER}": calls.completed,
+        "succeeded after retries": len(calls.latencies),
+        "success %": f"{ratio * 100:.2f}",
+        "errors": counts(calls.errors),
+        **{label: outcome.caller[name] for label, name in CALLER_COUNTERS.items()},
+        **{label: outcome.faulty[name] for label, name in FAULTY_COUNTERS.items()},
+        "stock at the start": outcome.initial_stock,
+        "stock on hand": on_hand,
+        "stock reserved": reserved,
+    })  # fmt: skip
+    unacknowledged = len(outcome.placements) - len(acknowledged)
+    verdict.require(not unacknowledged, f"{unacknowledged} placements never acknowledged")
+    verdict.require(not late, f"{len(late)} orders did not end within {END_WITHIN_SECONDS:g} s: "
+                    f"{story(orders, late)}")  # fmt: skip
+    verdict.require(
+        ratio >= MIN_RETRIED_SUCCESS,
+        f"{len(calls.latencies)} of {calls.completed} {FAULTY} calls succeeded",
+    )
+    verdict.require(not not_for_stock, f"cancelled for another reason than stock: "
+                    f"{story(orders, not_for_stock)}")  # fmt: skip
+    verdict.require(
+        outcome.stock == expected and expected[0] >= 0,
+        f"the stock is {on_hand} on hand and {reserved} reserved, not {expected[0]} and 0",
+    )
+    for label in ("aborts injected", "delays injected", "payment call tries retried"):
+        verdict.require(verdict.figures[label] != 0, f"no {label}: the faults did not happen")
+    return verdict
+
+
+def history_of(order: dict[str, Any]) -> list[str]:
+    return [step["name"] for step in order.get("history", ())]
+
+
+async def play_faults(mesh: trial.TrialMesh, short: bool) -> Verdict:
+    plan = SHORT_FAULTS if short else FULL_FAULTS
+    initial = int(STOCK_SHARE * sum(order_units(plan.orders)))
+    caller_admin = mesh.instances(FAULT_CALLER)[0]["admin_port"]
+    faulty_admin = mesh.instances(FAULTY)[0]["admin_port"]
+    caller_prefix, faulty_prefix = f"cluster.{FAULTY}.", "http.inbound."
+    caller_before = envoy_counters(caller_admin, caller_prefix)
+    faulty_before = envoy_counters(faulty_admin, faulty_prefix)
+    async with Shopper.opened(mesh, initial) as shopper:
+        say(f"{plan.orders} orders at {plan.rate:g}/s and {plan.calls} {FAULTY} calls as "
+            f"{FAULT_CALLER}, while {FAULTY}'s sidecar injects faults ...")  # fmt: skip
+        (placements, _), calls = await asyncio.gather(
+            burst(shopper, plan.orders, plan.rate), authorize_as_payments(mesh, plan)
+        )
+        acknowledged = [p.order_id for p in placements if p.order_id is not None]
+        say("waiting for every order to end ...")
+        await shopper.wait(acknowledged, END_WITHIN_SECONDS)
+        orders = await drain(shopper, acknowledged, SETTLE_PAUSE_SECONDS)
+        ended_after = {
+            p.order_id: shopper.ended[p.order_id].at - p.sent_at
+            for p in placements
+            if p.order_id is not None and p.order_id in shopper.ended
+        }
+        expected = expected_stock(initial, placements, orders)
+        stock = await settled_stock(mesh, shopper.product_id, expected, STOCK_SETTLE_SECONDS)
+    outcome = FaultOutcome(
+        placements, orders, ended_after, calls, stock, initial,
+        envoy_counters(caller_admin, caller_prefix) - caller_before,
+        envoy_counters(faulty_admin, faulty_prefix) - faulty_before,
+    )  # fmt: skip
+    return judge_faults(outcome)
+
+
 # -- the scenarios ----------------------------------------------------------------------
 
 
@@ -544,6 +1125,19 @@ SCENARIOS = {
             "poison events mixed into good orders' events",
             adjusted(),
             play_poison,
+        ),
+        Scenario(
+            "crash-saga",
+            "the saga's participants and nats-server killed with SIGKILL during a burst of orders",
+            adjusted(),
+            play_crash_saga,
+        ),
+        Scenario(
+            "faults",
+            f"{FAULTY}'s sidecar fails and delays {FAULT_CALLER}' calls while orders go "
+            "through the saga",
+            adjusted(_injected),
+            play_faults,
         ),
     )
 }

@@ -213,6 +213,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def trial_run_dir(command: argparse.ArgumentParser, whose: str) -> None:
+    command.add_argument(
+        "--run-dir", type=Path, default=DEFAULT_TRIAL_DIR,
+        help=f"{whose} own mesh (default .mesh/trial; wiped each run)",
+    )  # fmt: skip
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="meshctl", description="Run and inspect the shop's service mesh."
@@ -368,12 +375,7 @@ def _parser() -> argparse.ArgumentParser:
         default=Path(".mesh") / "bench",
         help="where bench.json and bench.png go (default .mesh/bench)",
     )
-    bench.add_argument(
-        "--run-dir",
-        type=Path,
-        default=DEFAULT_TRIAL_DIR,
-        help="the benchmark's own mesh (default .mesh/trial; wiped each run)",
-    )
+    trial_run_dir(bench, "the benchmark's")
     bench.set_defaults(handler=_bench)
 
     chaos = commands.add_parser(
@@ -382,18 +384,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     chaos.add_argument(
         "scenario",
-        help="kill-replica (catalog replicas killed under load) or poison (poison events "
-        "among good orders)",
+        help="kill-replica (catalog replicas killed under load), poison (poison events "
+        "among good orders), crash-saga (saga participants and nats-server killed during "
+        "a burst of orders) or faults (payments' calls to the processor failed and delayed)",
     )
     chaos.add_argument(
         "--short", action="store_true", help="the short form (under a minute; the tests run it)"
     )
-    chaos.add_argument(
-        "--run-dir",
-        type=Path,
-        default=DEFAULT_TRIAL_DIR,
-        help="the scenario's own mesh (default .mesh/trial; wiped each run)",
-    )
+    trial_run_dir(chaos, "the scenario's")
     chaos.set_defaults(handler=_chaos)
 
     token = commands.add_parser(

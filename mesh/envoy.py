@@ -33,12 +33,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import yaml
 
 from mesh.api import Api, Method
 from mesh.binaries import find_binary
 from mesh.plan import InstancePlan, MeshPlan
-from mesh.topology import CallPolicy, Topology
+from mesh.topology import CallPolicy, Faults, Topology
 
 #: How often a retry may re-pick a host before it settles for one it already tried.
 HOST_SELECTION_ATTEMPTS = 20
@@ -305,6 +306,30 @@ def connection_manager(
     }
 
 
+def _faults(faults: Faults | None) -> list[dict[str, Any]]:
+    """Envoy's fault filter for `faults` (after RBAC: only admitted calls are failed)."""
+    if faults is None:
+        return []
+
+    def share(percent: float) -> dict[str, Any]:
+        return {"numerator": round(percent * 10_000), "denominator": "MILLION"}
+
+    config: dict[str, Any] = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
+    }
+    if faults.abort_percent:
+        config["abort"] = {
+            "grpc_status": grpc.StatusCode[faults.abort_status].value[0],
+            "percentage": share(faults.abort_percent),
+        }
+    if faults.delay_percent:
+        config["delay"] = {
+            "fixed_delay": duration(faults.delay),
+            "percentage": share(faults.delay_percent),
+        }
+    return [{"name": "envoy.filters.http.fault", "typed_config": config}]
+
+
 def _inbound(
     topology: Topology, plan: MeshPlan, api: Api, instance: InstancePlan, sds: SdsFiles
 ) -> dict[str, Any]:
@@ -333,7 +358,10 @@ def _inbound(
                                 "decorator": {"operation": f"{instance.service} inbound"},
                             }
                         ],
-                        [_rbac(topology, api, instance.service)],
+                        [
+                            _rbac(topology, api, instance.service),
+                            *_faults(topology.services[instance.service].faults),
+                        ],
                         **tracing(topology, sidecar_name(instance.service)),
                         forward_client_cert_details="SANITIZE_SET",
                         set_current_client_cert_details={"uri": True},

@@ -40,6 +40,11 @@ from mesh.storage import Database, Migration
 from mesh.topology import TelemetrySettings
 
 
+def sqlite_path(run_dir: Path, service: str) -> Path:
+    """Where `service` keeps its SQLite file under a run directory (without a database URL)."""
+    return run_dir / service / f"{service}.db"
+
+
 class SettingsError(RuntimeError):
     """A required setting is missing or malformed."""
 
@@ -60,8 +65,7 @@ class ServiceSettings:
         """This service's own database: the configured URL, or its SQLite file."""
         if self.database_url:
             return Database(self.database_url, self.name, migrations)
-        path = self.run_dir / self.name / f"{self.name}.db"
-        return Database.sqlite(path, self.name, migrations)
+        return Database.sqlite(sqlite_path(self.run_dir, self.name), self.name, migrations)
 
     def address_of(self, dependency: str) -> str:
         """Where to reach `dependency` (host:port); fails fast when it is not configured."""

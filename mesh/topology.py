@@ -151,6 +151,20 @@ class FixedPorts:
 
 
 @dataclass(frozen=True)
+class Faults:
+    """Failures a service's sidecar injects into the calls it receives (Envoy's fault
+    filter), to see its callers cope. Each try is judged on its own, so a retry by the
+    caller's sidecar is a new chance; a delayed call is held before it reaches the app."""
+
+    abort_percent: float = 0.0
+    abort_status: str = "UNAVAILABLE"
+    """The gRPC status of an aborted call, by name."""
+    delay_percent: float = 0.0
+    delay: float = 0.0
+    """Seconds a delayed call is held."""
+
+
+@dataclass(frozen=True)
 class Service:
     """One service of the mesh: its replicas, fixed ports and the calls it makes."""
 
@@ -160,6 +174,8 @@ class Service:
     ports: FixedPorts
     consumes: tuple[str, ...] = ()
     """The events it handles, as `<producer>.<event>`; its subjects are `shop.` + each."""
+    faults: Faults | None = None
+    """Failures to inject into calls it receives (none unless configured)."""
 
     @property
     def consumed_subjects(self) -> list[str]:
@@ -330,6 +346,15 @@ def _line(node: Node) -> int:
     return int(node.start_mark.line) + 1
 
 
+#: The gRPC status codes a call can fail with, by name (what `faults.abort` may return).
+_GRPC_ERROR_STATUSES = (
+    "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+    "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+    "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+    "UNAUTHENTICATED",
+)  # fmt: skip
+
+
 def _suggest(word: str, choices: Iterable[str]) -> str:
     close = difflib.get_close_matches(word, list(choices), n=1)
     return f"; did you mean {close[0]!r}?" if close else ""
@@ -445,7 +470,7 @@ class _Reader:
     ) -> Service:
         where = f"services.{name}"
         entries = self.mapping(
-            node, where, {"replicas", "calls", "ports", "consumes"}, null_is_empty=True
+            node, where, {"replicas", "calls", "ports", "consumes", "faults"}, null_is_empty=True
         )
         replicas = self.optional(
             entries, "replicas", 1, lambda n: self.integer(n, f"{where}.replicas", 1, MAX_REPLICAS)
@@ -478,7 +503,47 @@ class _Reader:
             entries, "ports", FixedPorts(None, None, None), lambda n: self.ports(n, where, replicas)
         )
         consumes = self.consumes(entries, name, known)
-        return Service(name, replicas, MappingProxyType(calls), ports, consumes)
+        faults = self.optional(entries, "faults", None, lambda n: self.faults(n, where))
+        return Service(name, replicas, MappingProxyType(calls), ports, consumes, faults)
+
+    def faults(self, node: Node, where: str) -> Faults:
+        where = f"{where}.faults"
+        entries = self.mapping(node, where, {"abort", "delay"})
+        faults = Faults()
+        if "abort" in entries:
+            abort = self.mapping(entries["abort"][1], f"{where}.abort", {"percent", "grpc_status"})
+            percent = self.required(abort, "percent", f"{where}.abort", node)
+            status = self.optional(
+                abort,
+                "grpc_status",
+                faults.abort_status,
+                lambda n: self.grpc_status(n, f"{where}.abort.grpc_status"),
+            )
+            faults = dataclasses.replace(
+                faults,
+                abort_percent=self.percent(percent, f"{where}.abort.percent"),
+                abort_status=status,
+            )
+        if "delay" in entries:
+            delay = self.mapping(entries["delay"][1], f"{where}.delay", {"percent", "duration"})
+            percent = self.required(delay, "percent", f"{where}.delay", node)
+            duration = self.required(delay, "duration", f"{where}.delay", node)
+            faults = dataclasses.replace(
+                faults,
+                delay_percent=self.percent(percent, f"{where}.delay.percent"),
+                delay=self.duration(duration, f"{where}.delay.duration"),
+            )
+        return faults
+
+    def grpc_status(self, node: Node, where: str) -> str:
+        name = self.string(node, where)
+        if name not in _GRPC_ERROR_STATUSES:
+            raise self.error(
+                node,
+                f"{where} must be a gRPC error status such as UNAVAILABLE, got {name!r}"
+                f"{_suggest(name, _GRPC_ERROR_STATUSES)}",
+            )
+        return name
 
     def consumes(
         self, entries: _Entries, name: str, known: Mapping[str, object]
@@ -959,6 +1024,11 @@ class _Reader:
         self, entries: _Entries, key: str, default: _T, convert: Callable[[Node], _T]
     ) -> _T:
         return convert(entries[key][1]) if key in entries else default
+
+    def required(self, entries: _Entries, key: str, where: str, at: Node) -> Node:
+        if key not in entries:
+            raise self.error(at, f"{where} needs `{key}`")
+        return entries[key][1]
 
     def scalar(self, node: Node) -> object:
         if not isinstance(node, ScalarNode):

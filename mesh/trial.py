@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -26,6 +27,8 @@ from nats.js import JetStreamContext
 
 from mesh import control, natsconf
 from mesh.supervisor import read_state
+
+log = logging.getLogger(__name__)
 
 Adjust = Callable[[dict[str, Any]], None]
 #: The file that marks a run directory as a throwaway mesh's, which a new run may wipe.
@@ -82,7 +85,9 @@ class TrialMesh:
         """JetStream as the mesh's administrator (`meshctl`'s identity), reconnecting
         for as long as it is used (a scenario may restart nats-server)."""
         settings = natsconf.admin_from_state(self.state())
-        client = await settings.connect(max_reconnect_attempts=-1, reconnect_time_wait=0.25)
+        client = await settings.connect(
+            max_reconnect_attempts=-1, reconnect_time_wait=0.25, error_cb=_reconnecting
+        )
         try:
             yield client.jetstream()
         finally:
@@ -103,6 +108,11 @@ class TrialMesh:
                 f"POST {path}: HTTP {error.code}: {error.read().decode(errors='replace')}"
             ) from None
         return answer
+
+
+async def _reconnecting(error: Exception) -> None:
+    # nats-server restarting (a chaos scenario kills it) is expected: no traceback.
+    log.debug("NATS: %s", error)
 
 
 @contextlib.contextmanager

@@ -1,14 +1,17 @@
-"""The payments adapters: its SQL tables and store, and the simulated payment provider."""
+"""The payments adapters: its SQL tables and store, and its client of the card processor."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import grpc
 import sqlalchemy as sa
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
-from mesh.errors import Aborted, FieldViolation, InvalidArgument, Unavailable
+from mesh.errors import Aborted, FailedPrecondition, FieldViolation, InvalidArgument, Unavailable
 from mesh.money import Money
-from mesh.storage import Database, Migration, SqlStore, SqlTransaction, UtcDateTime, utc_now
+from mesh.storage import Database, Migration, SqlStore, SqlTransaction, UtcDateTime
 from services.payments.domain import (
     Approved,
     Declined,
@@ -17,6 +20,8 @@ from services.payments.domain import (
     ProviderDecision,
     Refund,
 )
+from shop.processor.v1 import processor_service_pb2 as processor_pb
+from shop.processor.v1 import processor_service_pb2_grpc as processor_grpc
 
 MIGRATIONS = (
     Migration(
@@ -70,6 +75,11 @@ MIGRATIONS = (
             """,
         ],
     ),
+    Migration(
+        2,
+        "the card processor is a service of its own, which remembers its transient failures",
+        ["DROP TABLE provider_transient_failures"],
+    ),
 )
 
 metadata = sa.MetaData()
@@ -101,12 +111,6 @@ refunds = sa.Table(
     sa.Column("payment_id", sa.String(36), nullable=False),
     sa.Column("minor_units", sa.BigInteger, nullable=False),
     sa.Column("reason", sa.Text, nullable=False),
-    sa.Column("create_time", UtcDateTime, nullable=False),
-)
-provider_transient_failures = sa.Table(
-    "provider_transient_failures",
-    metadata,
-    sa.Column("idempotency_key", sa.String(128), primary_key=True),
     sa.Column("create_time", UtcDateTime, nullable=False),
 )
 
@@ -195,60 +199,91 @@ class SqlPaymentsStore(SqlStore[SqlPaymentsTransaction]):
         super().__init__(database, SqlPaymentsTransaction)
 
 
-#: The test tokens the simulated provider knows (see the contract).
-VISA_TOKEN = "tok_visa"
-DECLINED_TOKEN = "tok_declined"
-TRANSIENT_TOKEN = "tok_transient"
+#: How long payments waits for the processor's answer: longer than the call policy's
+#: timeout in mesh.yaml, so that the sidecar's own retries fit in it.
+AUTHORIZE_TIMEOUT_SECONDS = 10.0
+
+#: Failures after which the same request may well succeed: the processor's transient
+#: failure, and the sidecar's when it could not reach the processor in time.
+_TRANSIENT_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.ABORTED,
+    }
+)
+
+#: The processor's name of a request field -> payments', where they differ: payments'
+#: callers know the idempotency key as the request id they sent.
+_FIELD_NAMES = {"idempotency_key": "request_id"}
 
 
-class SimulatedPaymentProvider:
-    """A deterministic stand-in for a card processor, decided by the token alone.
+def _details(
+    error: grpc.aio.AioRpcError,
+) -> tuple[error_details_pb2.ErrorInfo, list[FieldViolation]]:
+    """The ErrorInfo and the BadRequest field violations a failed call carries (AIP-193)."""
+    info = error_details_pb2.ErrorInfo()
+    violations: list[FieldViolation] = []
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    for detail in status.details if status is not None else ():
+        bad_request = error_details_pb2.BadRequest()
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            detail.Unpack(info)
+        elif detail.Unpack(bad_request):
+            violations.extend(
+                FieldViolation(
+                    _FIELD_NAMES.get(v.field, v.field), v.description, v.reason or "INVALID_FIELD"
+                )
+                for v in bad_request.field_violations
+            )
+    return info, violations
 
-    Which `tok_transient` authorizations already failed once is kept in the payments
-    database, so a retry after a restart succeeds instead of failing again.
+
+def _provider_error(error: grpc.aio.AioRpcError) -> Exception:
+    """The error payments raises for a failed authorization, so its callers (and the
+    saga) see the processor's answer as if payments had given it.
+
+    Other codes say nothing about the request (the sidecar refused payments, the
+    processor broke): they are payments' own failure, raised as they are and logged.
     """
+    code = error.code()
+    info, violations = _details(error)
+    if code in _TRANSIENT_CODES:
+        return Unavailable(
+            f"the card processor is unavailable: {error.details()}; retry with the same request_id",
+            reason="PROVIDER_UNAVAILABLE",
+        )
+    if code == grpc.StatusCode.INVALID_ARGUMENT and violations:
+        return InvalidArgument.of(violations)
+    if code == grpc.StatusCode.FAILED_PRECONDITION and info.reason:
+        return FailedPrecondition(
+            f"the card processor refused the authorization: {error.details()}",
+            reason=info.reason,
+            metadata=dict(info.metadata),
+        )
+    return error
 
-    def __init__(self, database: Database) -> None:
-        self._database = database
+
+class GrpcPaymentProvider:
+    """The card processor service over gRPC, through the sidecar (which retries it)."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self._stub = processor_grpc.ProcessorServiceStub(channel)
 
     async def authorize(
         self, payment_token: str, amount: Money, idempotency_key: str
     ) -> ProviderDecision:
-        if payment_token == VISA_TOKEN:
-            return Approved()
-        if payment_token == DECLINED_TOKEN:
-            return Declined("card_declined")
-        if payment_token == TRANSIENT_TOKEN:
-            if await self._failed_before(idempotency_key):
-                return Approved()
-            raise Unavailable(
-                "the payment provider is temporarily unavailable; retry with the same request_id",
-                reason="PROVIDER_UNAVAILABLE",
-            )
-        raise InvalidArgument.of(
-            [
-                FieldViolation(
-                    "payment_token",
-                    f"Unknown payment token; use {VISA_TOKEN}, {DECLINED_TOKEN} "
-                    f"or {TRANSIENT_TOKEN}.",
-                )
-            ]
+        request = processor_pb.AuthorizeRequest(
+            payment_token=payment_token, amount=amount.to_proto(), idempotency_key=idempotency_key
         )
-
-    async def _failed_before(self, idempotency_key: str) -> bool:
-        """Whether this key failed already; remembers (and commits) the failure if not."""
-        async with self._database.transaction() as connection:
-            seen = (
-                await connection.execute(
-                    sa.select(provider_transient_failures.c.idempotency_key).where(
-                        provider_transient_failures.c.idempotency_key == idempotency_key
-                    )
-                )
-            ).first()
-            if seen is None:
-                await connection.execute(
-                    provider_transient_failures.insert().values(
-                        idempotency_key=idempotency_key, create_time=utc_now()
-                    )
-                )
-        return seen is not None
+        try:
+            response = await self._stub.Authorize(request, timeout=AUTHORIZE_TIMEOUT_SECONDS)
+        except grpc.aio.AioRpcError as error:
+            raise _provider_error(error) from error
+        if response.decision == processor_pb.AUTHORIZATION_DECISION_APPROVED:
+            return Approved()
+        if response.decision == processor_pb.AUTHORIZATION_DECISION_DECLINED:
+            return Declined(response.decline_reason)
+        # Neither a reason to charge nor to tell the customer that the card was declined.
+        raise RuntimeError(f"the card processor answered an unknown decision {response.decision}")

@@ -7,9 +7,9 @@ from contextlib import AsyncExitStack
 
 from mesh.events import start_event_bus
 from mesh.runner import Registration
-from mesh.service import ServiceSettings, open_database
+from mesh.service import ServiceSettings, channel_to, open_database
 from services.payments import saga
-from services.payments.adapters import MIGRATIONS, SimulatedPaymentProvider, SqlPaymentsStore
+from services.payments.adapters import MIGRATIONS, GrpcPaymentProvider, SqlPaymentsStore
 from services.payments.ports import PaymentProvider, PaymentsStore
 from services.payments.servicer import PaymentsServicer
 from shop.payments.v1 import payments_service_pb2 as pb
@@ -22,6 +22,7 @@ def registration(store: PaymentsStore, provider: PaymentProvider) -> Registratio
 
 async def bootstrap(settings: ServiceSettings, stack: AsyncExitStack) -> Sequence[Registration]:
     database = await open_database(settings, MIGRATIONS, stack)
-    store, provider = SqlPaymentsStore(database), SimulatedPaymentProvider(database)
+    store = SqlPaymentsStore(database)
+    provider = GrpcPaymentProvider(channel_to(settings, "processor", stack))
     await start_event_bus(database, settings.nats, stack, saga.handlers(store.within, provider))
     return [registration(store, provider)]

@@ -1,7 +1,7 @@
 """What the payments handlers need from the outside world, as interfaces.
 
-The SQL store and the simulated provider (`adapters.py`) and the unit tests' in-memory
-fakes all implement them.
+The SQL store and the client of the processor service (`adapters.py`) and the unit
+tests' in-memory fakes all implement them.
 """
 
 from __future__ import annotations
@@ -45,7 +45,8 @@ class PaymentProvider(Protocol):
     ) -> ProviderDecision:
         """Approve or decline `amount` on the card behind `payment_token`.
 
-        Raises `Unavailable` on a transient failure (retry with the same key) and
-        `InvalidArgument` for a token the provider does not know.
+        Raises `Unavailable` on a transient failure (retry with the same key),
+        `InvalidArgument` for a token the provider does not know, and
+        `FailedPrecondition` for a key it already answered for another token or amount.
         """
         ...

@@ -3,9 +3,10 @@
 * `OrderPlaced` -> remember the amount and card token (`mesh.saga`).
 * `StockReserved` -> authorize and capture the order's total: `PaymentCaptured`, or
   `PaymentDeclined` when the provider declines the card or does not know the token.
-  The provider is asked outside the event's transaction with the key `order-<id>`, so a
-  redelivered event is authorized once by the provider and captured once here; a
-  transient provider failure is retried by redelivery, with growing delays.
+  The processor is asked outside the event's transaction with the key `order-<id>`, so
+  a redelivered event is authorized once by the processor and captured once here; a
+  transient failure is retried by payments' sidecar, and if that is not enough, by
+  redelivery, with growing delays.
 * `ShipmentFailed`, `OrderCancelled` -> give the money back (`PaymentRefunded`), once;
   and never charge a cancelled order.
 """

@@ -28,6 +28,7 @@ from nats.js import JetStreamContext
 from mesh import events, natsconf
 from mesh.binaries import find_binary
 from mesh.contracts import DESCRIPTOR_SET, Workspace
+from mesh.service import sqlite_path
 from mesh.supervisor import all_pids, pid_alive
 from shop.events.v1 import events_pb2
 
@@ -92,7 +93,7 @@ class RunningMesh:
 
     def database(self, service: str) -> Path:
         """The SQLite file of `service` (to read what it stored, never to write)."""
-        return self.run_dir / service / f"{service}.db"
+        return sqlite_path(self.run_dir, service)
 
     @property
     def ca(self) -> Path:

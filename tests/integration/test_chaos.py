@@ -120,3 +120,64 @@ def test_poison_events_end_as_dead_letters_and_good_orders_are_confirmed(
     assert expected > plan.poison
     assert int(figures["dead letters of poison"]) == expected
     assert int(figures["other dead letters"]) == 0
+
+
+def test_crashing_saga_participants_and_nats_loses_no_order_and_captures_none_twice(
+    run_dir: Path, full: bool
+) -> None:
+    outcome = meshctl_chaos("crash-saga", run_dir, full)
+    assert outcome.code == 0, outcome.stdout + outcome.stderr
+    assert outcome.verdict.startswith("PASS: 0 lost orders and 0 double captures")
+    figures = outcome.figures
+    plan = chaos.FULL_CRASH if full else chaos.SHORT_CRASH
+    orders = plan.orders
+    assert int(figures["orders attempted"]) == orders
+    assert int(figures["orders acknowledged"]) == orders
+    assert int(figures["confirmed"]) == orders
+    assert int(figures["lost orders"]) == 0
+    assert int(figures["captures"]) == orders
+    assert int(figures["double captures"]) == 0
+    assert int(figures["confirmed, reserved and captured once"]) == orders
+    # Each kill hit what the plan says, in turn, and the supervisor brought it back.
+    targets = chaos.crash_targets(len(plan.kill_at))
+    assert int(figures["kills"]) == len(targets)
+    for n, target in enumerate(targets, 1):
+        victim = "nats server" if target == chaos.NATS else f"{target}-0 app"
+        assert re.fullmatch(rf"{victim} pid \d+ died, replaced by pid \d+", figures[f"kill {n}"])
+    restarts = re.findall(r"([\w-]+) (\d+)[,)]", figures["supervisor restarts"])
+    restarted = {instance: int(n) for instance, n in restarts}
+    for target in set(targets):
+        instance = chaos.NATS if target == chaos.NATS else f"{target}-0"
+        assert restarted[instance] >= targets.count(target)
+    # The stock went down by the units of the orders, all confirmed, and none is held back.
+    sold = sum(chaos.order_units(orders))
+    assert int(figures["units confirmed"]) == sold
+    assert int(figures["stock on hand"]) == int(figures["stock at the start"]) - sold
+    assert int(figures["stock reserved"]) == 0
+
+
+def test_failing_payment_calls_are_retried_and_every_saga_ends_with_the_stock_right(
+    run_dir: Path, full: bool
+) -> None:
+    outcome = meshctl_chaos("faults", run_dir, full)
+    assert outcome.code == 0, outcome.stdout + outcome.stderr
+    assert outcome.verdict.startswith("PASS: with processor calls failing")
+    figures = outcome.figures
+    plan = chaos.FULL_FAULTS if full else chaos.SHORT_FAULTS
+    assert int(figures["orders acknowledged"]) == plan.orders
+    assert int(figures[f"ended within {chaos.END_WITHIN_SECONDS:g} s"]) == plan.orders
+    confirmed, refused = int(figures["confirmed"]), int(figures["cancelled (out of stock)"])
+    assert confirmed + refused == plan.orders
+    assert refused > 0  # the stock covered only part of the orders
+    assert int(figures["cancelled for another reason"]) == 0
+    assert int(figures["processor calls made as payments"]) == plan.calls
+    assert int(figures["succeeded after retries"]) >= 0.995 * plan.calls
+    # The faults really happened, on about the shares configured, and were retried.
+    tries = int(figures["tries the processor's sidecar received"])
+    assert tries > plan.calls
+    assert 0.1 < int(figures["aborts injected"]) / tries < 0.3
+    assert 0.04 < int(figures["delays injected"]) / tries < 0.16
+    assert int(figures["payment call tries retried"]) > 0.2 * plan.calls
+    assert int(figures["tries past the per-try timeout"]) > 0
+    assert int(figures["stock reserved"]) == 0
+    assert 0 <= int(figures["stock on hand"]) < int(figures["stock at the start"])

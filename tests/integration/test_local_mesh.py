@@ -27,7 +27,10 @@ from tests.integration.conftest import RunningMesh
 
 pytestmark = pytest.mark.integration
 
-SERVICES = {"catalog", "inventory", "orders", "payments", "shipping", "identity", "notifications"}
+SERVICES = {
+    "catalog", "inventory", "orders", "payments", "shipping", "identity", "notifications",
+    "processor",
+}  # fmt: skip
 
 
 def _apps(mesh: RunningMesh) -> dict[str, str]:

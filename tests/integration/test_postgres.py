@@ -47,6 +47,7 @@ from services.orders import saga as orders_saga
 from services.orders.domain import PricedProduct, RequestedLine, ShippingAddress
 from services.orders.handlers import PlaceOrder, place_order
 from services.payments import adapters as payments
+from services.payments.domain import Approved, ProviderDecision
 from services.payments.handlers import (
     AuthorizePayment,
     CapturePayment,
@@ -55,6 +56,9 @@ from services.payments.handlers import (
     capture_payment,
     refund_payment,
 )
+from services.processor import adapters as processor
+from services.processor.domain import Decision
+from services.processor.handlers import Authorize, authorize
 from services.shipping import adapters as shipping
 from services.shipping.domain import Destination
 from services.shipping.handlers import CreateShipment, create_shipment
@@ -72,6 +76,7 @@ SERVICES: dict[str, tuple[Sequence[Migration], sa.MetaData]] = {
     "shipping": (shipping.MIGRATIONS, shipping.metadata),
     "identity": (identity.MIGRATIONS, identity.metadata),
     "notifications": (notifications.MIGRATIONS, notifications.metadata),
+    "processor": (processor.MIGRATIONS, processor.metadata),
 }
 MESH_TABLES = (request_log, outbox, processed_events, saga_orders)
 NOON = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -265,20 +270,30 @@ async def test_conditional_holds_never_oversell_even_without_the_write_lock(
     assert (level.on_hand, level.reserved) == (5, 5)
 
 
-async def test_concurrent_retries_of_a_transient_authorization_fail_once(
+async def test_concurrent_attempts_of_a_transient_authorization_fail_once(
     databases: PostgresDatabases, tmp_path: Path
 ) -> None:
-    """The simulated provider remembers a `tok_transient` key in the database: of
-    concurrent retries of one request exactly one fails, and one payment is recorded."""
-    command = AuthorizePayment("order-1", Money("EUR", 2500), "tok_transient", "request-1")
-    async with databases.open(tmp_path, "payments", payments.MIGRATIONS) as database:
-        store = payments.SqlPaymentsStore(await warmed(database))
-        provider = payments.SimulatedPaymentProvider(database)
-        results = await outcomes(*(authorize_payment(store, provider, command) for _ in range(6)))
-        assert await count(database, payments.payments) == 1
+    """The processor remembers a `tok_transient` key in its database: of concurrent
+    attempts of one key exactly one fails, and one decision is recorded."""
+    command = Authorize("tok_transient", Money("EUR", 2500), "order-1")
+    async with databases.open(tmp_path, "processor", processor.MIGRATIONS) as database:
+        store = processor.SqlProcessorStore(await warmed(database))
+        results = await outcomes(*(authorize(store, command) for _ in range(6)))
+        assert await count(database, processor.authorizations) == 1
+        assert await count(database, processor.transient_failures) == 1
     failures = [r for r in results if isinstance(r, BaseException)]
     assert [type(f) for f in failures] == [Unavailable]
-    assert len({r.id for r in results if not isinstance(r, BaseException)}) == 1
+    answers = [r for r in results if not isinstance(r, BaseException)]
+    assert {(a.id, a.decision) for a in answers} == {(answers[0].id, Decision.APPROVED)}
+
+
+class ApprovingProvider:
+    """A processor that approves every card: these tests are about payments' storage."""
+
+    async def authorize(
+        self, payment_token: str, amount: Money, idempotency_key: str
+    ) -> ProviderDecision:
+        return Approved()
 
 
 async def test_concurrent_partial_refunds_all_count(
@@ -286,9 +301,10 @@ async def test_concurrent_partial_refunds_all_count(
 ) -> None:
     async with databases.open(tmp_path, "payments", payments.MIGRATIONS) as database:
         store = payments.SqlPaymentsStore(await warmed(database))
-        provider = payments.SimulatedPaymentProvider(database)
         authorized = await authorize_payment(
-            store, provider, AuthorizePayment("order-1", Money("EUR", 1000), "tok_visa", "a")
+            store,
+            ApprovingProvider(),
+            AuthorizePayment("order-1", Money("EUR", 1000), "tok_visa", "a"),
         )
         await capture_payment(store, CapturePayment(authorized.id, "c"))
         results = await outcomes(

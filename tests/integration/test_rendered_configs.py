@@ -16,7 +16,7 @@ from mesh.binaries import find_binary
 from mesh.contracts import DESCRIPTOR_SET
 from mesh.pki import MeshPKI
 from mesh.plan import MeshPlan, make_plan
-from mesh.topology import TelemetrySettings, Topology, load
+from mesh.topology import Faults, TelemetrySettings, Topology, load
 from tests.integration.conftest import ROOT
 
 pytestmark = pytest.mark.integration
@@ -65,12 +65,16 @@ def test_real_envoy_accepts_every_sidecar_config(
 ) -> None:
     _, _, paths = rendered
     for name, path in paths.items():
-        result = subprocess.run(
-            [find_binary("envoy"), "--mode", "validate", "--config-path", str(path),
-             "--disable-hot-restart"],
-            capture_output=True, text=True, timeout=60, check=False,
-        )  # fmt: skip
-        assert result.returncode == 0, f"{name}: {result.stdout}{result.stderr}"
+        assert_envoy_accepts(path, name)
+
+
+def assert_envoy_accepts(path: Path, name: str) -> None:
+    result = subprocess.run(
+        [find_binary("envoy"), "--mode", "validate", "--config-path", str(path),
+         "--disable-hot-restart"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, f"{name}: {result.stdout}{result.stderr}"
 
 
 def test_every_socket_is_on_loopback(
@@ -249,3 +253,39 @@ def test_every_envoy_traces_to_the_trace_store_unless_told_otherwise(
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_faults_are_injected_inbound_after_authorization_and_envoy_accepts_them(
+    topology: Topology, api: Api, tmp_path: Path
+) -> None:
+    faults = Faults(abort_percent=20, delay_percent=12.5, delay=1.5)
+    services = dict(topology.services)
+    services["catalog"] = dataclasses.replace(services["catalog"], faults=faults)
+    faulty = dataclasses.replace(topology, services=services)
+    plan = make_plan(faulty, tmp_path)
+    pki = MeshPKI(tmp_path / "pki", faulty.trust_domain, faulty.namespace)
+    for instance in (plan.of("catalog")[0], plan.of("orders")[0]):
+        cert = pki.ensure(instance.service, instance.name)
+        sds = envoy.write_sds(tmp_path / instance.name, cert.cert_path, cert.key_path, pki.ca_path)
+        config = envoy.sidecar_config(faulty, plan, instance, api, sds)
+        inbound = next(
+            item for item in config["static_resources"]["listeners"] if item["name"] == "inbound"
+        )
+        manager = inbound["filter_chains"][0]["filters"][0]["typed_config"]
+        names = [f["name"] for f in manager["http_filters"]]
+        if instance.service == "orders":
+            assert names == ["envoy.filters.http.rbac", "envoy.filters.http.router"]
+            continue
+        assert names == ["envoy.filters.http.rbac", "envoy.filters.http.fault",
+                         "envoy.filters.http.router"]  # fmt: skip
+        fault = manager["http_filters"][1]["typed_config"]
+        assert fault["abort"] == {
+            "grpc_status": 14, "percentage": {"numerator": 200_000, "denominator": "MILLION"}
+        }  # fmt: skip
+        assert fault["delay"] == {
+            "fixed_delay": "1.500s",
+            "percentage": {"numerator": 125_000, "denominator": "MILLION"},
+        }
+        assert_envoy_accepts(
+            envoy.write_config(config, tmp_path / instance.name / "envoy.yaml"), instance.name
+        )

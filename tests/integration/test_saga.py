@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
+import os
+import signal
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +21,7 @@ from typing import Any
 import grpc
 import httpx
 import pytest
+from nats.js.api import ConsumerInfo
 
 from mesh import events
 from shop.events.v1 import events_pb2
@@ -163,22 +165,48 @@ def test_an_order_out_of_stock_is_cancelled_without_any_charge(
     assert stock(edge, product_id) == (5, 0)
 
 
+def payments_settled(mesh: RunningMesh) -> bool:
+    """Whether payments' consumer has every event it was sent settled: none waits for a
+    (re)delivery."""
+
+    async def consumer() -> ConsumerInfo:
+        async with mesh.jetstream() as js:
+            info: ConsumerInfo = await js.consumer_info(events.EVENTS_STREAM, "payments")
+            return info
+
+    info = asyncio.run(consumer())
+    return info.num_pending == 0 and info.num_ack_pending == 0
+
+
 def test_a_customer_cancelling_a_pending_order_undoes_what_was_done(
     edge: httpx.Client, admin: dict[str, str], mesh: RunningMesh
 ) -> None:
-    """The provider fails the first charge of `tok_transient`, so the payment is retried a
-    second later: the order is PENDING with its stock reserved when the customer cancels."""
+    """The card processor is stopped (SIGSTOP), so the charge fails and waits for its
+    redelivery: the order is PENDING with its stock reserved when the customer cancels."""
     product_id = stocked_product(edge, admin, 5)
     _, token = customer(edge)
-    order_id = place(edge, token, product_id, 2, payment_token="tok_transient")
-    eventually(lambda: "StockReserved" in steps(get_order(edge, token, order_id)), "reserved")
-    cancelled = edge.post(
-        f"/v1/orders/{order_id}:cancel",
-        json={"reason": "changed my mind", "requestId": str(uuid.uuid4())},
-        headers=bearer(token),
-    )
-    assert cancelled.status_code == 200, cancelled.text
-    assert cancelled.json()["order"]["status"] == CANCELLED
+    processor_pid = mesh.instance("processor-0")["app_pid"]
+    os.kill(processor_pid, signal.SIGSTOP)
+    try:
+        order_id = place(edge, token, product_id, 2)
+        eventually(lambda: "StockReserved" in steps(get_order(edge, token, order_id)), "reserved")
+        cancelled = edge.post(
+            f"/v1/orders/{order_id}:cancel",
+            json={"reason": "changed my mind", "requestId": str(uuid.uuid4())},
+            headers=bearer(token),
+        )
+        assert cancelled.status_code == 200, cancelled.text
+        assert cancelled.json()["order"]["status"] == CANCELLED
+        # Payments learns of the cancellation while the charge still waits for the
+        # processor, so the charge's next delivery finds the order cancelled.
+        eventually(
+            lambda: query(
+                mesh, "payments", "SELECT cancelled FROM saga_orders WHERE order_id = ?", order_id
+            ) == [(1,)],
+            "payments told of the cancellation",
+        )  # fmt: skip
+    finally:
+        os.kill(processor_pid, signal.SIGCONT)
 
     # Whatever the saga had done is undone; what it had not done yet never happens.
     assert eventually(lambda: stock(edge, product_id) == (5, 0), "stock released")
@@ -188,7 +216,8 @@ def test_a_customer_cancelling_a_pending_order_undoes_what_was_done(
     )
     assert order["status"] == CANCELLED
     assert order["cancelReason"] == "changed my mind"
-    time.sleep(3)  # past the payment's retry: it must see the cancellation
+    # Past the charge's last delivery: it must have seen the cancellation.
+    eventually(lambda: payments_settled(mesh), "payments done with the order's events")
     charged = query(
         mesh, "payments",
         "SELECT coalesce(sum(captured_minor_units - refunded_minor_units), 0) FROM payments "

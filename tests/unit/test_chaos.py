@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from array import array
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 from google.protobuf.message import DecodeError
 
 from mesh import chaos, cli, loadgen
 from mesh.events import DeadLetter
-from mesh.shopper import CONFIRMED
+from mesh.shopper import CANCELLED, CONFIRMED
 from mesh.storage import event_subject
+from mesh.supervisor import STATE_FILE
 from mesh.topology import load
+from mesh.trial import TrialMesh
 from shop.events.v1 import events_pb2
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -145,13 +150,201 @@ def test_poison_fails_for_a_good_order_whose_history_the_poison_changed() -> Non
     assert verdict.figures["confirmed with the normal history"] == 1
 
 
+def test_kill_finds_nats_server_where_the_supervisor_records_it(tmp_path: Path) -> None:
+    state = {"nats": {"pid": 41}, "instances": [
+        {"service": "orders", "instance": "orders-0", "app_pid": 42, "sidecar_pid": 43},
+    ]}  # fmt: skip
+    (tmp_path / STATE_FILE).write_text(json.dumps(state))
+    mesh = TrialMesh(ROOT, tmp_path)
+    assert chaos.pid_of(mesh, chaos.NATS, chaos.NATS_PART) == 41
+    assert chaos.pid_of(mesh, "orders-0", "app") == 42
+    assert chaos.pid_of(mesh, "orders-0", "sidecar") == 43
+
+
+def test_crash_saga_kills_each_participant_then_nats_round_after_round() -> None:
+    assert chaos.crash_targets(7) == [
+        "shipping", "payments", "inventory", "orders", chaos.NATS, "shipping", "payments",
+    ]  # fmt: skip
+    short, full = chaos.SHORT_CRASH, chaos.FULL_CRASH
+    assert Counter(chaos.crash_targets(len(short.kill_at))) == Counter(chaos.CRASHED)
+    assert Counter(chaos.crash_targets(len(full.kill_at))) == Counter(chaos.CRASHED * 2)
+    for plan in (short, full):  # every kill falls within the burst of orders
+        assert max(plan.kill_at) < plan.orders / plan.rate
+
+
+@pytest.mark.parametrize(
+    ("error", "again"),
+    [
+        (loadgen.HttpStatusError(503, b"upstream connect error"), True),
+        (loadgen.HttpStatusError(500, b"internal"), True),
+        (loadgen.HttpStatusError(400, b"bad request"), False),
+        (loadgen.HttpStatusError(409, b"conflict"), False),
+        (ConnectionResetError(), True),
+        (asyncio.IncompleteReadError(b"", 10), True),
+    ],
+)
+def test_only_a_5xx_or_no_answer_is_worth_retrying(error: Exception, again: bool) -> None:
+    assert chaos.worth_retrying(error) is again
+
+
+class FlakyOrders:
+    """PlaceOrder that fails `failures` times, then acknowledges; it records each request."""
+
+    def __init__(self, *failures: Exception) -> None:
+        self.failures = list(failures)
+        self.requests: list[bytes] = []
+
+    async def place(self, request: bytes) -> str:
+        self.requests.append(request)
+        if self.failures:
+            raise self.failures.pop(0)
+        return "order-1"
+
+
+@pytest.fixture
+def no_pause(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(chaos, "RETRY_PAUSE_SECONDS", 0.0)
+
+
+@pytest.mark.usefixtures("no_pause")
+async def test_a_placement_is_sent_again_as_it_was_until_acknowledged() -> None:
+    orders = FlakyOrders(loadgen.HttpStatusError(503, b""), ConnectionRefusedError())
+    placement = chaos.Placement(b"POST /v1/orders request-1", units=2)
+    await chaos.place_with_retries(orders.place, placement)
+    assert placement.order_id == "order-1"
+    assert placement.retries == 2
+    assert orders.requests == [b"POST /v1/orders request-1"] * 3
+
+
+@pytest.mark.usefixtures("no_pause")
+async def test_a_placement_gives_up_after_its_tries_and_never_retries_a_refusal() -> None:
+    down = FlakyOrders(*[loadgen.HttpStatusError(503, b"no healthy upstream")] * 20)
+    placement = chaos.Placement(b"request", units=1)
+    await chaos.place_with_retries(down.place, placement)
+    assert placement.order_id is None
+    assert len(down.requests) == chaos.PLACE_ATTEMPTS
+    assert placement.failure == "HttpStatusError: HTTP 503: no healthy upstream"
+    refused = FlakyOrders(loadgen.HttpStatusError(400, b"bad request"))
+    placement = chaos.Placement(b"request", units=1)
+    await chaos.place_with_retries(refused.place, placement)
+    assert (placement.order_id, placement.retries, len(refused.requests)) == (None, 0, 1)
+
+
+HAPPY = ("OrderPlaced", "StockReserved", "PaymentCaptured", "ShipmentScheduled", "OrderConfirmed")
+
+
+def crashed(orders: int = 3) -> chaos.CrashOutcome:
+    """An outcome that passes: every order acknowledged, confirmed, captured once."""
+    placements = [chaos.Placement(b"", units, f"o{n}")
+                  for n, units in enumerate(chaos.order_units(orders))]  # fmt: skip
+    ended = {p.order_id: confirmed(p.order_id, HAPPY) for p in placements if p.order_id}
+    kills = [replaced(f"{target}-0") for target in chaos.crash_targets(5)]
+    sold = sum(p.units for p in placements)
+    return chaos.CrashOutcome(
+        placements=placements, kills=kills, orders=ended,
+        captures=Counter(dict.fromkeys(ended, 1)),
+        stock=(chaos.CRASH_STOCK - sold, 0), drain_seconds=1.0, restarted=Counter(),
+        dead_letters=Counter(),
+    )  # fmt: skip
+
+
+def judged(outcome: chaos.CrashOutcome) -> chaos.Verdict:
+    return chaos.judge_crash(outcome, chaos.SHORT_CRASH)
+
+
+def test_crash_saga_passes_when_every_order_is_confirmed_and_captured_once() -> None:
+    verdict = judged(crashed())
+    assert verdict.passed, verdict.failures
+    figures = verdict.figures
+    assert (figures["orders acknowledged"], figures["confirmed"], figures["lost orders"]) == (
+        3, 3, 0,
+    )  # fmt: skip
+    assert (figures["captures"], figures["double captures"]) == (3, 0)
+    assert figures["units confirmed"] == 1 + 2 + 3
+    assert figures["stock on hand"] == chaos.CRASH_STOCK - 6
+
+
+def test_a_cancelled_order_is_lost_and_its_units_stay_in_the_stock() -> None:
+    outcome = crashed()
+    cancelled: dict[str, Any] = {
+        "id": "o1", "status": CANCELLED, "cancelReason": "Payment declined: card_declined",
+        "history": [{"name": "OrderPlaced"}, {"name": "StockRejected"}],
+    }  # fmt: skip
+    outcome.orders["o1"] = cancelled
+    outcome.captures.pop("o1")
+    outcome.stock = (chaos.CRASH_STOCK - 4, 0)  # order o1 was for 2 units
+    verdict = judged(outcome)
+    assert verdict.failures == [
+        f"1 orders lost: o1 {CANCELLED} after ['OrderPlaced', 'StockRejected'] "
+        "(Payment declined: card_declined)"
+    ]
+    assert (verdict.figures["cancelled"], verdict.figures["lost orders"]) == (1, 1)
+
+
+def test_an_order_the_edge_never_answered_for_is_lost() -> None:
+    outcome = crashed()
+    del outcome.orders["o2"]
+    outcome.stock = (chaos.CRASH_STOCK - 3, 0)
+    verdict = judged(outcome)
+    assert verdict.failures == ["1 orders lost: o2 never read after []"]
+    assert verdict.figures["unfinished"] == 1
+
+
+def test_a_second_capture_of_any_order_fails_crash_saga() -> None:
+    outcome = crashed()
+    outcome.captures["o0"] = 2
+    outcome.captures["not-acknowledged"] = 2
+    verdict = judged(outcome)
+    assert verdict.failures == ["orders captured more than once: not-acknowledged 2, o0 2"]
+    assert verdict.figures["double captures"] == 2
+
+
+def test_a_confirmed_order_never_captured_fails_crash_saga() -> None:
+    outcome = crashed()
+    del outcome.captures["o1"]
+    assert judged(outcome).failures == ["1 confirmed orders never captured: o1"]
+
+
+def test_a_step_twice_in_a_confirmed_order_history_fails_crash_saga() -> None:
+    outcome = crashed()
+    twice = (*HAPPY[:3], "PaymentCaptured", *HAPPY[3:])
+    outcome.orders["o0"] = confirmed("o0", twice)
+    verdict = judged(outcome)
+    assert verdict.failures == [
+        f"1 confirmed orders not reserved and captured once: o0 {CONFIRMED} after {list(twice)}"
+    ]
+    assert verdict.figures["confirmed, reserved and captured once"] == 2
+
+
+@pytest.mark.parametrize("stock", [(chaos.CRASH_STOCK - 6, 1), (chaos.CRASH_STOCK - 5, 0), None])
+def test_stock_left_reserved_or_miscounted_fails_crash_saga(stock: chaos.Stock | None) -> None:
+    outcome = crashed()
+    outcome.stock = stock
+    [failure] = judged(outcome).failures
+    assert failure.startswith("the stock is ")
+    assert failure.endswith(f"not {chaos.CRASH_STOCK - 6} and 0")
+
+
+def test_a_placement_never_acknowledged_or_a_kill_not_replaced_fails_crash_saga() -> None:
+    outcome = crashed()
+    outcome.placements.append(chaos.Placement(b"", 1, failure="HttpStatusError: HTTP 503: x"))
+    outcome.kills[4] = chaos.Kill(chaos.NATS, chaos.NATS_PART, pid=7, died=True)
+    verdict = judged(outcome)
+    assert verdict.failures == [
+        f"1 placements never acknowledged, the first after {chaos.PLACE_ATTEMPTS} tries: "
+        "HttpStatusError: HTTP 503: x",
+        "nats server pid 7 died, not replaced",
+    ]
+    assert (verdict.figures["orders attempted"], verdict.figures["orders acknowledged"]) == (4, 3)
+
+
 def test_every_scenario_is_named_in_the_command_line_help(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     with pytest.raises(SystemExit):
         cli.main(["chaos", "--help"])
     shown = " ".join(capsys.readouterr().out.split())
-    assert sorted(chaos.SCENARIOS) == ["kill-replica", "poison"]
+    assert sorted(chaos.SCENARIOS) == ["crash-saga", "faults", "kill-replica", "poison"]
     assert all(name in shown for name in chaos.SCENARIOS)
 
 
@@ -161,3 +354,62 @@ def test_an_unknown_scenario_is_refused_before_any_mesh_starts(
     assert cli.main(["chaos", "no-such", "--run-dir", str(tmp_path / "trial")]) == 2
     assert "kill-replica, poison" in capsys.readouterr().err
     assert not (tmp_path / "trial").exists()
+
+
+REJECTED = ("OrderPlaced", "StockRejected", "OrderCancelled")
+
+
+def faulted(calls: int = 1000, failed: int = 0) -> chaos.FaultOutcome:
+    """An outcome that passes: orders o0-o2 confirmed, o3 refused for stock, every order
+    ended in a few seconds, the faults injected and retried."""
+    placements = [chaos.Placement(b"", units, f"o{n}")
+                  for n, units in enumerate(chaos.order_units(4))]  # fmt: skip
+    ended = {p.order_id: confirmed(p.order_id, HAPPY) for p in placements[:3] if p.order_id}
+    ended["o3"] = {"id": "o3", "status": CANCELLED,
+                   "history": [{"name": name} for name in REJECTED]}  # fmt: skip
+    counters = Counter({"upstream_rq_retry": 300, "fault.aborts_injected": 250,
+                        "fault.delays_injected": 120})  # fmt: skip
+    return chaos.FaultOutcome(
+        placements=placements, orders=ended, ended_after=dict.fromkeys(ended, 3.0),
+        calls=run(calls - failed, errors=failed), stock=(10 - 6, 0), initial_stock=10,
+        caller=counters, faulty=counters,
+    )  # fmt: skip
+
+
+def test_faults_passes_when_orders_end_in_time_and_retries_save_the_calls() -> None:
+    verdict = chaos.judge_faults(faulted(calls=1000, failed=5))
+    assert verdict.passed, verdict.failures
+    figures = verdict.figures
+    assert (figures["confirmed"], figures["cancelled (out of stock)"]) == (3, 1)
+    assert figures["success %"] == "99.50"
+    assert figures["aborts injected"] == 250
+
+
+def test_faults_fails_below_the_success_share_after_retries() -> None:
+    verdict = chaos.judge_faults(faulted(calls=1000, failed=6))
+    assert verdict.failures == ["994 of 1000 processor calls succeeded"]
+
+
+def test_faults_fails_on_a_late_order_or_one_cancelled_for_its_payment() -> None:
+    outcome = faulted()
+    outcome.ended_after["o1"] = 61.0
+    outcome.orders["o2"] = {"id": "o2", "status": CANCELLED, "history": [
+        {"name": name} for name in ("OrderPlaced", "StockReserved", "PaymentDeclined")
+    ]}  # fmt: skip
+    outcome.stock = (10 - 3, 0)  # o2 was cancelled: only o0 and o1 (1 + 2 units) sold
+    failures = chaos.judge_faults(outcome).failures
+    assert failures[0].startswith("1 orders did not end within 60 s: o1 ")
+    assert failures[1].startswith("cancelled for another reason than stock: o2 ")
+    assert len(failures) == 2
+
+
+def test_faults_fails_when_no_fault_was_injected_or_the_stock_is_off() -> None:
+    outcome = faulted()
+    outcome.faulty = Counter()
+    outcome.stock = (5, 1)
+    failures = chaos.judge_faults(outcome).failures
+    assert failures == [
+        "the stock is 5 on hand and 1 reserved, not 4 and 0",
+        "no aborts injected: the faults did not happen",
+        "no delays injected: the faults did not happen",
+    ]

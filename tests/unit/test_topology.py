@@ -12,6 +12,7 @@ import pytest
 from mesh.topology import (
     DEFAULT_CALL_POLICY,
     CallPolicy,
+    Faults,
     FixedPorts,
     Topology,
     TopologyError,
@@ -243,6 +244,7 @@ def test_repository_mesh_yaml_starts_inventory_then_catalog_then_orders() -> Non
 
     order = topology.start_order()
     assert order.index("inventory") < order.index("catalog") < order.index("orders")
+    assert order.index("processor") < order.index("payments")
     assert set(topology.services) == {
         "catalog",
         "inventory",
@@ -251,12 +253,15 @@ def test_repository_mesh_yaml_starts_inventory_then_catalog_then_orders() -> Non
         "shipping",
         "identity",
         "notifications",
+        "processor",
     }
-    assert set(topology.edge.expose) == set(topology.services)
+    # The processor's only method is internal: the edge has nothing of it to expose.
+    assert set(topology.edge.expose) == set(topology.services) - {"processor"}
     assert topology.edge.port == 8080
     assert {name: set(s.calls) for name, s in topology.services.items() if s.calls} == {
         "catalog": {"inventory"},
         "orders": {"catalog"},
+        "payments": {"processor"},
     }
     assert all(s.replicas == 1 for s in topology.services.values())
 
@@ -624,3 +629,47 @@ def test_bad_telemetry_is_refused_at_its_line(entry: str, expected: str) -> None
     error = _error(f"services: {{a: {{}}}}\ntelemetry:\n  {entry}\n")
     assert error.line == 3
     assert expected in str(error)
+
+
+# -- faults ------------------------------------------------------------------------------
+
+
+def test_faults_are_read_with_their_defaults() -> None:
+    topology = parse(
+        dedent("""\
+        services:
+          a:
+            faults:
+              abort: {percent: 20}
+              delay: {percent: 10, duration: 1500ms}
+          b:
+            faults:
+              abort: {percent: 2.5, grpc_status: RESOURCE_EXHAUSTED}
+          c: {}
+        """)
+    )
+    assert topology.services["a"].faults == Faults(20.0, "UNAVAILABLE", 10.0, 1.5)
+    assert topology.services["b"].faults == Faults(2.5, "RESOURCE_EXHAUSTED", 0.0, 0.0)
+    assert topology.services["c"].faults is None
+
+
+@pytest.mark.parametrize(
+    ("faults", "expected"),
+    [
+        ("{abort: {}}", "services.a.faults.abort needs `percent`"),
+        ("{abort: {percent: 120}}", "services.a.faults.abort.percent must be between 0 and 100"),
+        (
+            "{abort: {percent: 5, grpc_status: UNAVAILBLE}}",
+            "services.a.faults.abort.grpc_status must be a gRPC error status such as "
+            "UNAVAILABLE, got 'UNAVAILBLE'; did you mean 'UNAVAILABLE'?",
+        ),
+        ("{abort: {percent: 5, grpc_status: OK}}", "must be a gRPC error status"),
+        ("{delay: {percent: 5}}", "services.a.faults.delay needs `duration`"),
+        ("{delay: {percent: 5, duration: 2}}", "services.a.faults.delay.duration must be a"),
+        ("{reset: {percent: 5}}", "reset"),
+    ],
+)
+def test_bad_faults_are_refused_with_their_line(faults: str, expected: str) -> None:
+    error = _error(f"services:\n  a:\n    faults: {faults}\n")
+    assert expected in str(error)
+    assert error.line == 3

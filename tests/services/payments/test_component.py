@@ -1,4 +1,4 @@
-"""Payments over real gRPC, on a real database (SQLite, Postgres), with the simulated provider."""
+"""Payments over real gRPC, on a real database (SQLite, Postgres), with the real processor."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from grpc_status import rpc_status
 from mesh.storage import Database, utc_now
 from services.payments.adapters import (
     MIGRATIONS,
-    SimulatedPaymentProvider,
+    GrpcPaymentProvider,
     SqlPaymentsStore,
     captures,
     refunds,
@@ -28,15 +28,37 @@ from services.payments.adapters import (
     payments as payments_table,
 )
 from services.payments.bootstrap import registration
+from services.processor import adapters as processor_adapters
+from services.processor.bootstrap import registration as processor_registration
 from shop.payments.v1 import payments_service_pb2 as pb
 from shop.payments.v1 import payments_service_pb2_grpc as pb_grpc
-from tests.support.component import Databases, error_reason, field_violations, serving
+from shop.processor.v1 import processor_service_pb2 as processor_pb
+from shop.processor.v1 import processor_service_pb2_grpc as processor_grpc
+from tests.support.component import (
+    Databases,
+    error_reason,
+    field_violations,
+    serving,
+    sqlite_database,
+)
 
 pytestmark = pytest.mark.integration
 
 
-def served(database: Database) -> AbstractAsyncContextManager[grpc.aio.Channel]:
-    return serving(registration(SqlPaymentsStore(database), SimulatedPaymentProvider(database)))
+@pytest.fixture
+async def processor(databases: Databases, tmp_path: Path) -> AsyncIterator[grpc.aio.Channel]:
+    """A channel to the real processor, on its own database, as payments' sidecar would be."""
+    async with (
+        databases.open(tmp_path, "processor", processor_adapters.MIGRATIONS) as database,
+        serving(processor_registration(processor_adapters.SqlProcessorStore(database))) as channel,
+    ):
+        yield channel
+
+
+def served(
+    database: Database, processor: grpc.aio.Channel
+) -> AbstractAsyncContextManager[grpc.aio.Channel]:
+    return serving(registration(SqlPaymentsStore(database), GrpcPaymentProvider(processor)))
 
 
 @pytest.fixture
@@ -46,8 +68,8 @@ async def database(databases: Databases, tmp_path: Path) -> AsyncIterator[Databa
 
 
 @pytest.fixture
-async def payments(database: Database) -> AsyncIterator[Any]:
-    async with served(database) as channel:
+async def payments(database: Database, processor: grpc.aio.Channel) -> AsyncIterator[Any]:
+    async with served(database, processor) as channel:
         yield pb_grpc.PaymentsServiceStub(channel)
 
 
@@ -168,23 +190,31 @@ async def test_transient_failure_charges_nothing_and_a_retry_succeeds(
     assert other_request.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
-async def test_transient_failure_is_remembered_across_a_restart(
-    databases: Databases, tmp_path: Path
+async def test_concurrent_retries_of_a_transient_authorization_fail_once(
+    payments: Any, database: Database
 ) -> None:
+    """The processor fails one attempt of the request id, whichever comes first; the
+    others find the failure remembered, and one payment is recorded."""
     request = authorize_request(payment_token="tok_transient")
+    outcomes = await asyncio.gather(
+        *(payments.AuthorizePayment(request) for _ in range(6)), return_exceptions=True
+    )
+    failures = [o for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
+    assert [f.code() for f in failures] == [grpc.StatusCode.UNAVAILABLE]
+    assert len({o.payment.id for o in outcomes if not isinstance(o, BaseException)}) == 1
+    assert await row_count(database, payments_table) == 1
+
+
+async def test_an_unreachable_processor_is_a_transient_failure(database: Database) -> None:
     async with (
-        databases.open(tmp_path, "payments", MIGRATIONS) as database,
-        served(database) as channel,
+        grpc.aio.insecure_channel("127.0.0.1:1") as nowhere,  # nothing listens on port 1
+        served(database, nowhere) as channel,
     ):
         with pytest.raises(grpc.aio.AioRpcError) as failure:
-            await pb_grpc.PaymentsServiceStub(channel).AuthorizePayment(request)
-        assert failure.value.code() == grpc.StatusCode.UNAVAILABLE
-    async with (
-        databases.open(tmp_path, "payments", MIGRATIONS) as database,
-        served(database) as channel,
-    ):
-        response = await pb_grpc.PaymentsServiceStub(channel).AuthorizePayment(request)
-    assert response.payment.status == pb.PAYMENT_STATUS_AUTHORIZED
+            await authorize(pb_grpc.PaymentsServiceStub(channel))
+    assert failure.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert error_reason(failure.value) == "PROVIDER_UNAVAILABLE"
+    assert await row_count(database, payments_table) == 0
 
 
 async def test_unknown_token_is_refused(payments: Any) -> None:
@@ -192,6 +222,25 @@ async def test_unknown_token_is_refused(payments: Any) -> None:
         await authorize(payments, payment_token="tok_mastercard")
     assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert field_violations(failure.value) == ["payment_token"]
+
+
+async def test_a_request_id_the_processor_answered_for_another_card_is_refused(
+    payments: Any, processor: grpc.aio.Channel, database: Database
+) -> None:
+    """The processor answered for this request id, as if payments then crashed before it
+    recorded the answer; a retry that names another card is refused, and charges nothing."""
+    request = authorize_request(payment_token="tok_visa")
+    await processor_grpc.ProcessorServiceStub(processor).Authorize(
+        processor_pb.AuthorizeRequest(
+            payment_token="tok_visa", amount=request.amount, idempotency_key=request.request_id
+        )
+    )
+    request.payment_token = "tok_declined"
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await payments.AuthorizePayment(request)
+    assert failure.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error_reason(failure.value) == "IDEMPOTENCY_KEY_REUSED"
+    assert await row_count(database, payments_table) == 0
 
 
 @pytest.mark.parametrize(
@@ -388,16 +437,39 @@ async def test_the_database_refuses_a_second_capture_of_a_payment(
             )
 
 
-async def test_data_survives_a_restart(databases: Databases, tmp_path: Path) -> None:
+async def test_data_survives_a_restart(
+    databases: Databases, tmp_path: Path, processor: grpc.aio.Channel
+) -> None:
     async with (
         databases.open(tmp_path, "payments", MIGRATIONS) as database,
-        served(database) as channel,
+        served(database, processor) as channel,
     ):
         stub = pb_grpc.PaymentsServiceStub(channel)
         payment = await refund(stub, (await captured_payment(stub)).id, amount=eur(5))
     async with databases.open(tmp_path, "payments", MIGRATIONS) as database:
-        assert await database.applied_versions() == [1]
-        async with served(database) as channel:
+        assert await database.applied_versions() == [1, 2]
+        async with served(database, processor) as channel:
             fetched = await get(pb_grpc.PaymentsServiceStub(channel), payment.id)
     assert fetched == payment
     assert fetched.refunded_amount == eur(5)
+
+
+async def test_upgrading_drops_the_old_in_process_providers_table_and_keeps_payments(
+    tmp_path: Path, processor: grpc.aio.Channel
+) -> None:
+    before_the_processor = MIGRATIONS[:1]
+    async with sqlite_database(tmp_path, "payments", before_the_processor) as database:
+        async with served(database, processor) as channel:
+            payment = await authorize(pb_grpc.PaymentsServiceStub(channel))
+        async with database.snapshot() as connection:
+            tables = await connection.run_sync(lambda sync: sa.inspect(sync).get_table_names())
+        assert "provider_transient_failures" in tables
+    async with sqlite_database(tmp_path, "payments", MIGRATIONS) as database:
+        assert await database.applied_versions() == [1, 2]
+        async with database.snapshot() as connection:
+            tables = await connection.run_sync(lambda sync: sa.inspect(sync).get_table_names())
+        async with served(database, processor) as channel:
+            fetched = await get(pb_grpc.PaymentsServiceStub(channel), payment.id)
+    assert "provider_transient_failures" not in tables
+    assert {"payments", "captures", "refunds"} <= set(tables)
+    assert fetched == payment
