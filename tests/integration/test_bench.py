@@ -90,7 +90,10 @@ def test_bench_saga_follows_every_order_to_its_end(tmp_path: Path) -> None:
     assert step["completed_per_second"] > 0
     assert 0 < step["end_to_end_p50_ms"] <= step["end_to_end_p99_ms"]
     costs = step["cpu_ms_per_saga"]
-    for part in ("orders app", "inventory app", "payments app", "shipping app", "edge", "nats"):
+    # Every part of the mesh is counted; those doing most of a saga's work show it even in
+    # a run this short (CPU time comes in 10 ms ticks).
+    assert {"edge", "nats", "traces", "processor app", "orders sidecar"} <= costs.keys()
+    for part in ("orders app", "inventory app", "payments app", "shipping app"):
         assert costs[part] > 0, costs
     assert "ceiling: " in done.stdout
     assert "CPU ms per saga at 5/s: " in done.stdout
