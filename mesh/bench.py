@@ -29,7 +29,6 @@ import math
 import os
 import platform
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -41,7 +40,7 @@ import grpc
 
 from mesh import control, loadgen, procstat, trial
 from mesh.binaries import find_binary
-from mesh.pki import service_dns_name
+from mesh.trial import say
 from shop.catalog.v1 import catalog_service_pb2 as catalog_pb
 
 GET_PRODUCT = "/shop.catalog.v1.CatalogService/GetProduct"
@@ -170,7 +169,7 @@ async def _rest_calls(port: int, path: str) -> AsyncIterator[loadgen.Call]:
         await connections.close()
 
 
-def paths(mesh: trial.TrialMesh, namespace: str, product_id: str) -> dict[str, BenchPath]:
+def paths(mesh: trial.TrialMesh, product_id: str) -> dict[str, BenchPath]:
     """The five paths to GetProduct(product_id) in `mesh`."""
     callee = mesh.instances(CALLEE)
     caller = mesh.instances(CALLER)[0]
@@ -194,16 +193,17 @@ def paths(mesh: trial.TrialMesh, namespace: str, product_id: str) -> dict[str, B
         return lambda: _grpc_calls(grpc.aio.insecure_channel(f"{LOOPBACK}:{port}"), request)
 
     def mutual_tls() -> contextlib.AbstractAsyncContextManager[Any]:
-        pki = mesh.run_dir / "pki"
+        pki = mesh.pki()
+        cert, key = pki.leaf_paths(caller["instance"])
         credentials = grpc.ssl_channel_credentials(
-            root_certificates=(pki / "ca" / "ca.pem").read_bytes(),
-            private_key=(pki / caller["instance"] / "key.pem").read_bytes(),
-            certificate_chain=(pki / caller["instance"] / "cert.pem").read_bytes(),
+            root_certificates=pki.ca_path.read_bytes(),
+            private_key=key.read_bytes(),
+            certificate_chain=cert.read_bytes(),
         )
         channel = grpc.aio.secure_channel(
             f"{LOOPBACK}:{callee[0]['inbound_port']}",
             credentials,
-            options=[("grpc.ssl_target_name_override", service_dns_name(CALLEE, namespace))],
+            options=[("grpc.ssl_target_name_override", pki.service_dns_name(CALLEE))],
         )
         return _grpc_calls(channel, request)
 
@@ -491,16 +491,6 @@ def bench_topology(sampling: float) -> trial.Adjust:
     return adjust
 
 
-def stored_product(mesh: trial.TrialMesh, stock: int = 10) -> str:
-    """A product with `stock` units, created through the edge as a catalog administrator."""
-    token = mesh.token("bench", "catalog:write")
-    product = {"name": "Benchmark kettle", "category": "kitchen", "weightGrams": 1200,
-               "price": {"currencyCode": "EUR", "units": "25", "nanos": 500000000}}  # fmt: skip
-    created = mesh.post_json("/v1/products", {"product": product, "initialStock": stock}, token)
-    product_id: str = created["product"]["id"]
-    return product_id
-
-
 def split_cpus(pin: bool) -> tuple[set[int] | None, set[int] | None]:
     """(the mesh's CPUs, the load generator's): the last CPU for the generator, the rest
     for the mesh, so the generator's own cost never takes CPU from what it measures;
@@ -527,10 +517,6 @@ def settle(say: Callable[[str], None]) -> None:
     say(f"note: the machine is still busy ({cores:.2f} cores) before the first run")
 
 
-def say(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
-
-
 def bench(root: Path, run_dir: Path, options: Options) -> int:
     """`meshctl bench`: see the module docstring."""
     unknown = sorted(set(options.paths) - set(PATHS))
@@ -539,11 +525,10 @@ def bench(root: Path, run_dir: Path, options: Options) -> int:
     other = control.running_state(root / ".mesh")
     if other is not None:
         say("note: the mesh of .mesh/ is running and shares this machine's CPUs")
-    namespace = control.load_topology(root, None).namespace
     mesh_cpus, generator_cpus = split_cpus(options.pin)
     adjust = bench_topology(options.sampling)
     with trial.started(root, run_dir, adjust, say, mesh_cpus) as mesh:
-        found = paths(mesh, namespace, stored_product(mesh))
+        found = paths(mesh, mesh.stocked_product(10))
         chosen = [found[name] for name in PATHS if name in options.paths]
         if generator_cpus is not None:
             os.sched_setaffinity(0, generator_cpus)

@@ -23,6 +23,7 @@ from typing import Any
 
 from mesh import bench, control, loadgen, procstat, trial
 from mesh.shopper import CONFIRMED, Shopper
+from mesh.trial import say
 
 #: How long a step's orders may take to end after the last one was placed.
 DRAIN_SECONDS = 30.0
@@ -185,9 +186,9 @@ async def run_steps(mesh: trial.TrialMesh, options: SagaOptions, say: Callable[[
 
 def bench_saga(root: Path, run_dir: Path, options: SagaOptions) -> int:
     """`meshctl bench saga`: see the module docstring."""
-    with trial.started(root, run_dir, bench.bench_topology(options.sampling), bench.say) as mesh:
-        bench.settle(bench.say)
-        steps = asyncio.run(run_steps(mesh, options, bench.say))
+    with trial.started(root, run_dir, bench.bench_topology(options.sampling), say) as mesh:
+        bench.settle(say)
+        steps = asyncio.run(run_steps(mesh, options, say))
     if not steps or not steps[0].ends:
         raise control.ControlError("no order ended: see the logs under " + str(run_dir / "logs"))
     options.output.mkdir(parents=True, exist_ok=True)

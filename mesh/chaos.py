@@ -59,12 +59,12 @@ import grpc
 from google.type import money_pb2
 from nats.js import JetStreamContext
 
-from mesh import bench, control, events, loadgen, trial
-from mesh.bench import say
+from mesh import bench, control, envoy, events, loadgen, trial
 from mesh.service import sqlite_path
 from mesh.shopper import CANCELLED, CONFIRMED, Shopper
 from mesh.supervisor import pid_alive
 from mesh.topology import Topology
+from mesh.trial import say
 from shop.events.v1 import events_pb2
 from shop.processor.v1 import processor_service_pb2 as processor_pb
 
@@ -144,11 +144,6 @@ def adjusted(change: trial.Adjust | None = None) -> trial.Adjust:
             change(topology)
 
     return adjust
-
-
-def topology_of(mesh: trial.TrialMesh) -> Topology:
-    """The topology `mesh` runs: mesh.yaml as the scenario adjusted it."""
-    return control.load_topology(mesh.root, mesh.config)
 
 
 async def poll(probe: Callable[[], T], seconds: float) -> T:
@@ -320,7 +315,7 @@ async def load_while_killing(
     mesh: trial.TrialMesh, product_id: str, plan: KillPlan
 ) -> tuple[loadgen.Run, list[Kill]]:
     """GetProduct through the edge as native gRPC, every answer checked, while killing."""
-    path = bench.paths(mesh, topology_of(mesh).namespace, product_id)["edge-grpc"]
+    path = bench.paths(mesh, product_id)["edge-grpc"]
     async with path.connect() as call:
 
         async def answered() -> None:
@@ -336,16 +331,8 @@ async def load_while_killing(
 
 def envoy_counters(admin_port: int, prefix: str) -> Counter[str]:
     """The counters under `prefix` (without it) of the Envoy whose admin is `admin_port`."""
-    query = urllib.parse.urlencode({"filter": f"^{re.escape(prefix)}"})
-    url = f"http://127.0.0.1:{admin_port}/stats?{query}"
-    with urllib.request.urlopen(url, timeout=10) as response:
-        text = response.read().decode()
-    found: Counter[str] = Counter()
-    for line in text.splitlines():
-        name, _, value = line.partition(": ")
-        if value.isdigit():
-            found[name.removeprefix(prefix)] = int(value)
-    return found
+    found = envoy.admin_stats(admin_port, f"^{re.escape(prefix)}")
+    return Counter({name.removeprefix(prefix): count for name, count in found.items()})
 
 
 def success_ratio(run: loadgen.Run) -> float:
@@ -391,7 +378,7 @@ def judge_kills(
 
 async def play_kill_replica(mesh: trial.TrialMesh, short: bool) -> Verdict:
     plan = SHORT_KILLS if short else FULL_KILLS
-    product_id = bench.stored_product(mesh)
+    product_id = mesh.stocked_product(10)
     edge_admin, cluster = mesh.edge["admin_port"], f"cluster.{KILLED_SERVICE}."
     restarts_before, edge_before = restarts(mesh), envoy_counters(edge_admin, cluster)
     kill_times = ", ".join(f"{at:g}" for at in plan.kill_at)
@@ -607,7 +594,7 @@ async def play_poison(mesh: trial.TrialMesh, short: bool) -> Verdict:
     async with Shopper.opened(mesh, plan.good_orders) as buyer, mesh.jetstream() as js:
         say(f"{plan.good_orders} good orders, {plan.poison} poison messages ...")
         placed, refused, sent = await shop_and_poison(buyer, js, plan)
-        expected = expected_dead_letters(sent, topology_of(mesh))
+        expected = expected_dead_letters(sent, mesh.topology())
         say("waiting for the orders to end and the poison to reach the dead letters ...")
         orders, tally = await settle(buyer, js, placed, expected, plan.settle_seconds)
     return judge_poison(orders, refused, sent, tally, plan)

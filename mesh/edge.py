@@ -29,7 +29,6 @@ Every error the edge itself returns to a REST client is JSON shaped like
 from __future__ import annotations
 
 import shutil
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -579,13 +578,8 @@ def companion_arguments(rules: EdgeRules, port: int, descriptor_set: Path) -> li
 
 def jwks_fetched(admin_port: int) -> bool:
     """Whether the edge has loaded identity's JWKS (so tokens can be verified)."""
-    url = f"http://127.0.0.1:{admin_port}/stats?filter=jwks_fetch_success"
     try:
-        with urllib.request.urlopen(url, timeout=1) as response:
-            text = response.read().decode()
+        fetched = envoy.admin_stats(admin_port, "jwks_fetch_success", timeout=1)
     except OSError:
         return False
-    return any(
-        line.rpartition(": ")[2].strip().isdigit() and int(line.rpartition(": ")[2]) > 0
-        for line in text.splitlines()
-    )
+    return any(count > 0 for count in fetched.values())

@@ -28,6 +28,9 @@ Peers are reached at fixed addresses locally (loopback ports) and by name in con
 from __future__ import annotations
 
 import ipaddress
+import urllib.parse
+import urllib.request
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -585,6 +588,21 @@ def probe_resources(
         "filter_chains": [{"filters": [connection_manager("probe", routes, [])]}],
     }
     return listener, clusters
+
+
+def admin_stats(admin_port: int, pattern: str = "", timeout: float = 10.0) -> Counter[str]:
+    """The counters and gauges, by name, of the Envoy whose admin listens on `admin_port`
+    (on loopback); only those whose name matches the regular expression `pattern`."""
+    query = urllib.parse.urlencode({"filter": pattern}) if pattern else ""
+    url = f"http://{LOOPBACK}:{admin_port}/stats" + (f"?{query}" if query else "")
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        text = response.read().decode()
+    found: Counter[str] = Counter()
+    for line in text.splitlines():
+        name, _, value = line.partition(": ")
+        if value.strip().isdigit():
+            found[name] = int(value)
+    return found
 
 
 def write_config(config: Mapping[str, Any], path: Path) -> Path:

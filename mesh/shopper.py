@@ -23,7 +23,7 @@ from typing import Any
 
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from mesh import bench, events
+from mesh import events
 from mesh.loadgen import HttpConnections, http_request
 from mesh.trial import TrialMesh
 from shop.events.v1 import events_pb2
@@ -62,7 +62,7 @@ class Shopper:
         edge = HttpConnections(host, int(port))
         try:
             token = await _customer_token(edge, f"{host}:{port}")
-            shopper = cls(edge, f"{host}:{port}", token, bench.stored_product(mesh, stock))
+            shopper = cls(edge, f"{host}:{port}", token, mesh.stocked_product(stock))
             async with mesh.jetstream() as js:
                 subscription = await js.subscribe(
                     "shop.orders.>",

@@ -28,6 +28,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TypeVar
 
+import grpc
 import yaml
 from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
@@ -347,12 +348,7 @@ def _line(node: Node) -> int:
 
 
 #: The gRPC status codes a call can fail with, by name (what `faults.abort` may return).
-_GRPC_ERROR_STATUSES = (
-    "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
-    "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
-    "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
-    "UNAUTHENTICATED",
-)  # fmt: skip
+_GRPC_ERROR_STATUSES = tuple(code.name for code in grpc.StatusCode if code != grpc.StatusCode.OK)
 
 
 def _suggest(word: str, choices: Iterable[str]) -> str:

@@ -26,7 +26,9 @@ import yaml
 from nats.js import JetStreamContext
 
 from mesh import control, natsconf
+from mesh.pki import MeshPKI
 from mesh.supervisor import read_state
+from mesh.topology import Topology
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,14 @@ class TrialMesh:
     def config(self) -> Path:
         """The topology the mesh runs: mesh.yaml as the command changed it."""
         return self.run_dir / control.TOPOLOGY_FILE
+
+    def topology(self) -> Topology:
+        return control.load_topology(self.root, self.config)
+
+    def pki(self) -> MeshPKI:
+        """The mesh's CA and the certificates it issued (to speak as one of its identities)."""
+        topology = self.topology()
+        return MeshPKI(self.run_dir / "pki", topology.trust_domain, topology.namespace)
 
     def state(self) -> dict[str, Any]:
         return read_state(self.run_dir)
@@ -93,6 +103,15 @@ class TrialMesh:
         finally:
             await client.close()
 
+    def stocked_product(self, stock: int) -> str:
+        """A product with `stock` units, created through the edge as a catalog administrator."""
+        token = self.token("trial-administrator", "catalog:write")
+        product = {"name": "Kettle", "category": "kitchen", "weightGrams": 1200,
+                   "price": {"currencyCode": "EUR", "units": "25", "nanos": 500000000}}  # fmt: skip
+        created = self.post_json("/v1/products", {"product": product, "initialStock": stock}, token)
+        product_id: str = created["product"]["id"]
+        return product_id
+
     def post_json(self, path: str, body: dict[str, Any], token: str) -> dict[str, Any]:
         """POST `body` to the edge; the JSON answer, or ControlError with the edge's reply."""
         request = urllib.request.Request(
@@ -108,6 +127,11 @@ class TrialMesh:
                 f"POST {path}: HTTP {error.code}: {error.read().decode(errors='replace')}"
             ) from None
         return answer
+
+
+def say(line: str) -> None:
+    """Progress of a command on a throwaway mesh: on stderr, so stdout is its report."""
+    print(line, file=sys.stderr, flush=True)
 
 
 async def _reconnecting(error: Exception) -> None:

@@ -13,7 +13,6 @@ import json
 import os
 import signal
 import subprocess
-import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ import pytest
 import yaml
 from nats.js import JetStreamContext
 
-from mesh import events, natsconf
+from mesh import envoy, events, natsconf
 from mesh.binaries import find_binary
 from mesh.contracts import DESCRIPTOR_SET, Workspace
 from mesh.service import sqlite_path
@@ -101,15 +100,7 @@ class RunningMesh:
 
     def stats(self, instance: str) -> dict[str, int]:
         """The Envoy counters and gauges of `instance`'s sidecar."""
-        port = self.instance(instance)["admin_port"]
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=10) as response:
-            text = response.read().decode()
-        found = {}
-        for line in text.splitlines():
-            name, _, value = line.partition(": ")
-            if value.strip().lstrip("-").isdigit():
-                found[name] = int(value)
-        return found
+        return dict(envoy.admin_stats(self.instance(instance)["admin_port"]))
 
 
 def bearer(token: str) -> dict[str, str]:

@@ -36,7 +36,13 @@ def api() -> Api:
 def rendered(
     topology: Topology, api: Api, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[MeshPlan, dict[str, dict[str, Any]], dict[str, Path]]:
-    run_dir = tmp_path_factory.mktemp("run")
+    return render(topology, api, tmp_path_factory.mktemp("run"))
+
+
+def render(
+    topology: Topology, api: Api, run_dir: Path
+) -> tuple[MeshPlan, dict[str, dict[str, Any]], dict[str, Path]]:
+    """Every sidecar's configuration, and where it is written, as the supervisor does it."""
     plan = make_plan(topology, run_dir)
     pki = MeshPKI(run_dir / "pki", topology.trust_domain, topology.namespace)
     configs, paths = {}, {}
@@ -262,18 +268,16 @@ def test_faults_are_injected_inbound_after_authorization_and_envoy_accepts_them(
     services = dict(topology.services)
     services["catalog"] = dataclasses.replace(services["catalog"], faults=faults)
     faulty = dataclasses.replace(topology, services=services)
-    plan = make_plan(faulty, tmp_path)
-    pki = MeshPKI(tmp_path / "pki", faulty.trust_domain, faulty.namespace)
-    for instance in (plan.of("catalog")[0], plan.of("orders")[0]):
-        cert = pki.ensure(instance.service, instance.name)
-        sds = envoy.write_sds(tmp_path / instance.name, cert.cert_path, cert.key_path, pki.ca_path)
-        config = envoy.sidecar_config(faulty, plan, instance, api, sds)
+    _, configs, paths = render(faulty, api, tmp_path)
+    for name in ("catalog-0", "orders-0"):
         inbound = next(
-            item for item in config["static_resources"]["listeners"] if item["name"] == "inbound"
+            item
+            for item in configs[name]["static_resources"]["listeners"]
+            if item["name"] == "inbound"
         )
         manager = inbound["filter_chains"][0]["filters"][0]["typed_config"]
         names = [f["name"] for f in manager["http_filters"]]
-        if instance.service == "orders":
+        if name == "orders-0":
             assert names == ["envoy.filters.http.rbac", "envoy.filters.http.router"]
             continue
         assert names == ["envoy.filters.http.rbac", "envoy.filters.http.fault",
@@ -286,6 +290,4 @@ def test_faults_are_injected_inbound_after_authorization_and_envoy_accepts_them(
             "fixed_delay": "1.500s",
             "percentage": {"numerator": 125_000, "denominator": "MILLION"},
         }
-        assert_envoy_accepts(
-            envoy.write_config(config, tmp_path / instance.name / "envoy.yaml"), instance.name
-        )
+    assert_envoy_accepts(paths["catalog-0"], "catalog-0")
