@@ -14,14 +14,17 @@ time, or completions falling behind the arrivals.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mesh import bench, control, loadgen, procstat, trial
+from mesh.binaries import find_binary
 from mesh.shopper import CONFIRMED, Shopper
 from mesh.trial import say
 
@@ -41,6 +44,8 @@ class SagaOptions:
     steps: int = 4
     """Rates tried for the ceiling, doubling from `rate` (1: just `rate`)."""
     sampling: float = 1.0
+    profile: bool = False
+    """Record a flame graph of each app (py-spy) while the first step places orders."""
 
 
 @dataclass
@@ -121,8 +126,9 @@ def _cpu(groups: dict[str, list[int]]) -> dict[str, float]:
 
 
 async def run_step(shopper: Shopper, groups: dict[str, list[int]], rate: float,
-                   options: SagaOptions) -> Step:  # fmt: skip
-    """Place orders at `rate` for the duration, then wait for them to end."""
+                   options: SagaOptions, profile: bool = False) -> Step:  # fmt: skip
+    """Place orders at `rate` for the duration, then wait for them to end; with
+    `profile`, record each app's flame graph meanwhile."""
     placed: dict[str, float] = {}
 
     async def place() -> None:
@@ -130,13 +136,47 @@ async def run_step(shopper: Shopper, groups: dict[str, list[int]], rate: float,
         placed[await shopper.place(shopper.order_request())] = sent
 
     before = _cpu(groups)
-    placing = await loadgen.open_loop(
-        place, rate=rate, duration=options.duration, max_requests=options.max_orders
-    )
+    apps = {
+        part.removesuffix(" app"): pids[0] for part, pids in groups.items() if part.endswith(" app")
+    }
+    recording = profiling(apps, options.output, options.duration) if profile else None
+    async with recording or contextlib.nullcontext():
+        placing = await loadgen.open_loop(
+            place, rate=rate, duration=options.duration, max_requests=options.max_orders
+        )
     await shopper.wait(placed, DRAIN_SECONDS)
     after = _cpu(groups)
     ends = {o: (shopper.ended[o].status, shopper.ended[o].at) for o in placed if o in shopper.ended}
     return Step(rate, placing, placed, ends, {p: after[p] - before[p] for p in groups})
+
+
+@contextlib.asynccontextmanager
+async def profiling(apps: dict[str, int], output: Path, seconds: float) -> AsyncIterator[None]:
+    """A py-spy flame graph of each app (by pid) for `seconds`: `output/flame-<app>.svg`.
+
+    Samples are taken 100 times a second from outside the process (`--nonblocking`, so
+    the app is not paused) from its threads that are running, idle ones left out: the
+    graph shows where the CPU time goes, the database's and gRPC's threads included.
+    """
+    recorders = [
+        _flame_graph(pid, output / f"flame-{app}.svg", seconds) for app, pid in apps.items()
+    ]
+    try:
+        yield
+    finally:
+        for recorder in recorders:
+            try:
+                await asyncio.to_thread(recorder.wait, timeout=seconds + 30)
+            except subprocess.TimeoutExpired:
+                recorder.kill()
+                await asyncio.to_thread(recorder.wait)
+
+
+def _flame_graph(pid: int, svg: Path, seconds: float) -> subprocess.Popen[bytes]:
+    command = [find_binary("py-spy"), "record", "--pid", str(pid), "--duration", f"{seconds:g}",
+               "--rate", "100", "--nonblocking", "--format", "flamegraph",
+               "--output", str(svg)]  # fmt: skip
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def report(steps: Sequence[Step]) -> str:
@@ -177,7 +217,7 @@ async def run_steps(mesh: trial.TrialMesh, options: SagaOptions, say: Callable[[
         for index in range(options.steps):
             rate = options.rate * 2**index
             say(f"  {rate:g} orders/s for {options.duration:g} s ...")
-            step = await run_step(shopper, groups, rate, options)
+            step = await run_step(shopper, groups, rate, options, options.profile and not index)
             steps.append(step)
             if not step.sustained:
                 break
@@ -186,12 +226,12 @@ async def run_steps(mesh: trial.TrialMesh, options: SagaOptions, say: Callable[[
 
 def bench_saga(root: Path, run_dir: Path, options: SagaOptions) -> int:
     """`meshctl bench saga`: see the module docstring."""
+    options.output.mkdir(parents=True, exist_ok=True)
     with trial.started(root, run_dir, bench.bench_topology(options.sampling), say) as mesh:
         bench.settle(say)
         steps = asyncio.run(run_steps(mesh, options, say))
     if not steps or not steps[0].ends:
         raise control.ControlError("no order ended: see the logs under " + str(run_dir / "logs"))
-    options.output.mkdir(parents=True, exist_ok=True)
     path = options.output / "bench-saga.json"
     document = {"machine": bench.machine(), "duration_seconds": options.duration,
                 "steps": [s.to_json() for s in steps]}  # fmt: skip

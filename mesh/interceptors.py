@@ -1,17 +1,20 @@
-"""Server interceptors every service gets from the runner.
+"""What every RPC of every service goes through, from the runner's one server interceptor.
 
-* `ErrorInterceptor` (outermost) maps a `ServiceError` to its AIP-193 status with
-  details, and any other exception to a bare INTERNAL status: the traceback goes to the
-  service's log, never to the caller.
-* `ValidationInterceptor` refuses a request that breaks its proto declarations (see
-  `mesh.validation`) with INVALID_ARGUMENT and `BadRequest` details, before the servicer
+From the outside in, each unary-unary call gets:
+
+* a server span (`mesh.telemetry.traced`), outermost, so it covers and records the
+  errors below; the caller's trace context is continued;
+* RED metrics: counted by the status code it ended with, and timed (`mesh.metrics`);
+* AIP-193 errors: a `ServiceError` becomes its status with details, any other exception
+  a bare INTERNAL status (the traceback goes to the service's log, never to the caller);
+* validation from the proto declarations (`mesh.validation`): a request that breaks
+  them is refused with INVALID_ARGUMENT and `BadRequest` details before the servicer
   sees it.
 
-* `MetricsInterceptor` (outside both) counts each RPC by its status code and times it
-  (`mesh.metrics`).
-
-They wrap unary-unary methods, which is every RPC in the shop's contracts; streaming
-methods (health `Watch`, reflection) pass through untouched.
+`MeshInterceptor` builds these layers around a method's handler once, on its first call,
+and hands out the same wrapped handler from then on: a call pays for the layers' work,
+not for building them. Every RPC of the shop's contracts is unary; streaming methods
+(health `Watch`, reflection) pass through untouched.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import grpc
 from google.protobuf.message import Message
 from google.rpc import status_pb2
 
-from mesh import metrics
+from mesh import metrics, telemetry
 from mesh.errors import (
     STATUS_DETAILS_KEY,
     InvalidArgument,
@@ -33,29 +36,46 @@ from mesh.errors import (
     internal_status,
     to_status,
 )
+from mesh.telemetry import Behavior
 from mesh.validation import validate
 
 log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     _Context = grpc.aio.ServicerContext[Any, Any]
-    _Behavior = Callable[[Any, _Context], Awaitable[Any]]
-    _Around = Callable[[_Behavior, Any, _Context], Awaitable[Any]]
     _Handler = grpc.RpcMethodHandler[Any, Any]
     _Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[_Handler | None]]
 
 
-def _wrap_unary(handler: _Handler, around: _Around) -> _Handler:
-    """`handler` with its unary-unary behavior run through `around`."""
+class MeshInterceptor(grpc.aio.ServerInterceptor):
+    """Every unary-unary method in the mesh's layers (see the module docstring)."""
+
+    def __init__(self) -> None:
+        #: Wrapped handlers by method; only methods the server has (a finite set).
+        self._wrapped: dict[str, _Handler] = {}
+
+    async def intercept_service(
+        self, continuation: _Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> _Handler | None:
+        method = handler_call_details.method
+        wrapped = self._wrapped.get(method)
+        if wrapped is None:
+            handler = await continuation(handler_call_details)
+            if handler is None:
+                return None
+            wrapped = self._wrapped[method] = _wrap_unary(handler, method)
+        return wrapped
+
+
+def _wrap_unary(handler: _Handler, method: str) -> _Handler:
+    """`handler` with its unary-unary behavior in the mesh's layers."""
     if handler.request_streaming or handler.response_streaming or handler.unary_unary is None:
         return handler
-    behavior = cast("_Behavior", handler.unary_unary)
-
-    async def wrapped(request: Any, context: _Context) -> Any:
-        return await around(behavior, request, context)
-
+    behavior = cast(Behavior, handler.unary_unary)
+    for layer in (_validated, _mapped_errors, _measured, telemetry.traced):
+        behavior = layer(behavior, method)
     return grpc.unary_unary_rpc_method_handler(
-        wrapped,
+        behavior,
         request_deserializer=handler.request_deserializer,
         response_serializer=handler.response_serializer,
     )
@@ -78,74 +98,56 @@ async def _abort(context: _Context, status: status_pb2.Status) -> None:
     )
 
 
-class _UnaryInterceptor(grpc.aio.ServerInterceptor):
-    """Runs every unary-unary call of a method through `around(method)`."""
+def _mapped_errors(behavior: Behavior, method: str) -> Behavior:
+    """Exceptions turned into statuses; see the module docstring."""
+    domain = _domain(method)
 
-    def around(self, method: str) -> _Around:
-        raise NotImplementedError
-
-    async def intercept_service(
-        self,
-        continuation: _Continuation,
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> _Handler | None:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        return _wrap_unary(handler, self.around(handler_call_details.method))
-
-
-class ErrorInterceptor(_UnaryInterceptor):
-    """Turns exceptions into statuses; see the module docstring."""
-
-    def around(self, method: str) -> _Around:
-        domain = _domain(method)
-
-        async def around(behavior: _Behavior, request: Any, context: _Context) -> Any:
-            try:
-                return await behavior(request, context)
-            except ServiceError as error:
-                await _abort(context, to_status(error, domain))
-            except grpc.aio.AbortError:
-                raise  # the servicer aborted on purpose; its status stands
-            except Exception:
-                log.exception("unhandled error in %s", method)
-                await _abort(context, internal_status(domain))
-
-        return around
-
-
-class ValidationInterceptor(_UnaryInterceptor):
-    """Refuses requests that break their proto declarations; see the module docstring."""
-
-    def around(self, method: str) -> _Around:
-        async def around(behavior: _Behavior, request: Message, context: _Context) -> Any:
-            violations = validate(request)
-            if violations:
-                raise InvalidArgument.of(violations)
+    async def call(request: Any, context: _Context) -> Any:
+        try:
             return await behavior(request, context)
+        except ServiceError as error:
+            await _abort(context, to_status(error, domain))
+        except grpc.aio.AbortError:
+            raise  # the servicer aborted on purpose; its status stands
+        except Exception:
+            log.exception("unhandled error in %s", method)
+            await _abort(context, internal_status(domain))
 
-        return around
+    return call
 
 
-class MetricsInterceptor(_UnaryInterceptor):
-    """Counts and times every RPC, by the status code it ended with (`mesh.metrics`)."""
+def _validated(behavior: Behavior, method: str) -> Behavior:
+    """Requests that break their proto declarations refused; see the module docstring."""
 
-    def around(self, method: str) -> _Around:
-        async def around(behavior: _Behavior, request: Any, context: _Context) -> Any:
-            start = time.perf_counter()
-            failed = False
-            try:
-                return await behavior(request, context)
-            except BaseException:
-                failed = True
-                raise
-            finally:
-                code = context.code()
-                if code is None:
-                    name = "UNKNOWN" if failed else "OK"
-                else:
-                    name = code.name if isinstance(code, grpc.StatusCode) else str(code)
-                metrics.observe_rpc(method, name, time.perf_counter() - start)
+    async def call(request: Message, context: _Context) -> Any:
+        violations = validate(request)
+        if violations:
+            raise InvalidArgument.of(violations)
+        return await behavior(request, context)
 
-        return around
+    return call
+
+
+def _measured(behavior: Behavior, method: str) -> Behavior:
+    """Every call counted and timed, by the status code it ended with (`mesh.metrics`)."""
+
+    async def call(request: Any, context: _Context) -> Any:
+        start = time.perf_counter()
+        failed = False
+        try:
+            return await behavior(request, context)
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            metrics.observe_rpc(method, _status_name(context, failed), time.perf_counter() - start)
+
+    return call
+
+
+def _status_name(context: _Context, failed: bool) -> str:
+    """The name of the status code a call ended with."""
+    code = context.code()
+    if code is None:
+        return "UNKNOWN" if failed else "OK"
+    return code.name if isinstance(code, grpc.StatusCode) else str(code)

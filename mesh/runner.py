@@ -29,8 +29,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from mesh import telemetry
-from mesh.interceptors import ErrorInterceptor, MetricsInterceptor, ValidationInterceptor
+from mesh.interceptors import MeshInterceptor
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +74,6 @@ class ServiceRunner:
         host: str = "127.0.0.1",
         port: int = 0,
         grace: float = DEFAULT_GRACE_SECONDS,
-        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
         reflected: Sequence[str] = (),
         pool: descriptor_pool.DescriptorPool | None = None,
     ) -> None:
@@ -89,14 +87,7 @@ class ServiceRunner:
         self._pool = pool
         self._address = f"{host}:{port}"
         self._grace = grace
-        # Tracing outermost, so a server span also covers (and records) the errors below.
-        self._interceptors = (
-            telemetry.server_interceptor(),
-            MetricsInterceptor(),
-            ErrorInterceptor(),
-            ValidationInterceptor(),
-            *interceptors,
-        )
+        self._interceptor = MeshInterceptor()
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self.port: int | None = None
@@ -107,7 +98,7 @@ class ServiceRunner:
 
     async def start(self) -> int:
         """Bind, start serving and report SERVING; return the bound port."""
-        server = grpc.aio.server(interceptors=self._interceptors, options=SERVER_OPTIONS)
+        server = grpc.aio.server(interceptors=[self._interceptor], options=SERVER_OPTIONS)
         for registration in self._registrations:
             registration.add_to_server(registration.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)

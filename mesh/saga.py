@@ -17,8 +17,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy.ext.asyncio import AsyncConnection
+import sqlalchemy as sa
 
+from mesh.connection import Connection
 from mesh.events import Delivery, Handler
 from mesh.storage import saga_orders, utc_now
 from shop.events.v1 import events_pb2
@@ -33,38 +34,41 @@ class SagaOrder:
     cancelled: bool
 
 
-async def saga_order(connection: AsyncConnection, order_id: str) -> SagaOrder:
-    row = (
-        await connection.execute(saga_orders.select().where(saga_orders.c.order_id == order_id))
-    ).first()
+#: The statements, built once (see `mesh.storage`'s note on prepared statements).
+_SELECT = saga_orders.select().where(saga_orders.c.order_id == sa.bindparam("order_id"))
+_INSERT = saga_orders.insert()
+#: `b_order_id` picks the row; the parameters name the columns it sets.
+_UPDATE = saga_orders.update().where(saga_orders.c.order_id == sa.bindparam("b_order_id"))
+
+
+async def saga_order(connection: Connection, order_id: str) -> SagaOrder:
+    row = (await connection.execute(_SELECT, {"order_id": order_id})).first()
     if row is None:
         return SagaOrder(order_id, None, cancelled=False)
     placed = events_pb2.OrderPlaced.FromString(row.placed) if row.placed is not None else None
     return SagaOrder(order_id, placed, cancelled=bool(row.cancelled))
 
 
-async def _upsert(connection: AsyncConnection, order_id: str, **values: object) -> None:
+async def _upsert(connection: Connection, order_id: str, field: str, value: object) -> None:
+    """Set one field of the order's row, made if missing."""
+    now = utc_now()
     changed = await connection.execute(
-        saga_orders.update()
-        .where(saga_orders.c.order_id == order_id)
-        .values(update_time=utc_now(), **values)
+        _UPDATE, {"b_order_id": order_id, field: value, "update_time": now}
     )
     if changed.rowcount == 0:
-        row = {"placed": None, "cancelled": False, **values}
-        await connection.execute(
-            saga_orders.insert().values(order_id=order_id, update_time=utc_now(), **row)
-        )
+        row = {"order_id": order_id, "placed": None, "cancelled": False, "update_time": now}
+        await connection.execute(_INSERT, {**row, field: value})
 
 
-async def remember_placed(connection: AsyncConnection, placed: events_pb2.OrderPlaced) -> None:
+async def remember_placed(connection: Connection, placed: events_pb2.OrderPlaced) -> None:
     """Keep `placed` (what the participant needs of it) for the order's later steps."""
-    await _upsert(connection, placed.order_id, placed=placed.SerializeToString())
+    await _upsert(connection, placed.order_id, "placed", placed.SerializeToString())
 
 
-async def remember_cancelled(connection: AsyncConnection, order_id: str) -> SagaOrder:
+async def remember_cancelled(connection: Connection, order_id: str) -> SagaOrder:
     """Mark the order cancelled, known or not; return what was known before."""
     before = await saga_order(connection, order_id)
-    await _upsert(connection, order_id, cancelled=True)
+    await _upsert(connection, order_id, "cancelled", True)
     return before
 
 
@@ -74,7 +78,7 @@ class NotYetPlaced(RuntimeError):
 
 
 async def placed_order(
-    connection: AsyncConnection, order_id: str
+    connection: Connection, order_id: str
 ) -> tuple[events_pb2.OrderPlaced, bool]:
     """The order's placement, which must have been seen (else `NotYetPlaced`), and
     whether the order was cancelled since."""

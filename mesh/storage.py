@@ -25,7 +25,6 @@ they hold even for a writer that bypasses the lock.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import re
@@ -37,20 +36,13 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy import event
-from sqlalchemy.engine.interfaces import DBAPIConnection
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from mesh import telemetry
+from mesh.connection import AwaitedConnection, Connection, SqliteEngine
 from mesh.errors import AlreadyExists
 from shop.events.v1 import events_pb2
 
-#: How long a writer waits for SQLite's lock before giving up, in milliseconds.
-SQLITE_BUSY_TIMEOUT_MS = 10_000
-
-#: The execution option that selects SQLite's BEGIN mode for a transaction.
-_BEGIN_MODE = "shop_sqlite_begin"
 #: Marks a connection whose transaction wrote to the outbox (see `Database.transaction`).
 _OUTBOX_WRITTEN = "shop_outbox_written"
 #: The advisory lock Postgres writers queue on (see `Database.transaction`); any constant
@@ -236,12 +228,11 @@ class Database:
         self.url = url
         self.component = component
         self._migrations = tuple(migrations)
-        self._engine: AsyncEngine | None = None
+        self._engine: SqliteEngine | AsyncEngine | None = None
         #: Set when a transaction that wrote to the outbox commits (wakes the relay).
         self.outbox_written = asyncio.Event()
-        self._writer: contextlib.AbstractAsyncContextManager[object] = (
-            asyncio.Lock() if url.startswith("sqlite") else contextlib.nullcontext()
-        )
+        #: Writers of this process queue here, in order (see `transaction`).
+        self._writer = asyncio.Lock()
 
     @classmethod
     def sqlite(cls, path: Path, component: str, migrations: Sequence[Migration]) -> Database:
@@ -253,20 +244,21 @@ class Database:
         """
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
-        return cls(f"sqlite+aiosqlite:///{path}", component, migrations)
+        return cls(f"sqlite:///{path}", component, migrations)
 
     @property
     def engine(self) -> AsyncEngine:
-        if self._engine is None:
-            raise RuntimeError(f"the {self.component} database is not open")
+        """The Postgres engine, for tests that go around `transaction` on purpose."""
+        if not isinstance(self._engine, AsyncEngine):
+            raise RuntimeError(f"the {self.component} database is not an open Postgres one")
         return self._engine
 
     async def open(self) -> None:
         """Connect and bring the schema up to date (or, failing that, close again)."""
-        engine = create_async_engine(self.url)
-        if engine.dialect.name == "sqlite":
-            _configure_sqlite(engine)
-        self._engine = engine
+        url = sa.make_url(self.url)
+        self._engine = (
+            SqliteEngine(url) if url.get_backend_name() == "sqlite" else create_async_engine(url)
+        )
         try:
             await self._migrate("mesh", _MESH_MIGRATIONS)
             await self._migrate(self.component, self._migrations)
@@ -279,14 +271,19 @@ class Database:
             await self._engine.dispose()
             self._engine = None
 
+    def _open_engine(self) -> SqliteEngine | AsyncEngine:
+        if self._engine is None:
+            raise RuntimeError(f"the {self.component} database is not open")
+        return self._engine
+
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+    async def transaction(self) -> AsyncIterator[Connection]:
         """A write transaction: committed when the block ends, rolled back on error.
 
         SQLite has one writer at a time. Writers of this process queue on a lock, in
         order, instead of each polling the file lock with SQLite's busy handler (which
         sleeps up to 100 ms between tries, the long tail under load); other processes
-        (replicas) still meet at the file lock.
+        (replicas) still meet at the file lock (`BEGIN IMMEDIATE`, see `SqliteEngine`).
 
         Postgres would run writers side by side (READ COMMITTED), and the services'
         read-check-write steps would then race: a retry finding no recorded request, two
@@ -295,23 +292,34 @@ class Database:
         a transaction-scoped advisory lock, released by the commit or rollback. Snapshots
         never take it, and reads never wait for writers.
         """
-        async with self._writer, self.engine.connect() as connection:
-            connection = await connection.execution_options(**{_BEGIN_MODE: "IMMEDIATE"})
+        async with self._writer, self._begin_write() as connection:
             connection.info.pop(_OUTBOX_WRITTEN, None)
-            async with connection.begin():
-                if connection.dialect.name == "postgresql":
-                    await connection.execute(
-                        sa.select(sa.func.pg_advisory_xact_lock(_POSTGRES_WRITER_LOCK))
-                    )
-                yield connection
-            if connection.info.pop(_OUTBOX_WRITTEN, False):
-                self.outbox_written.set()
+            yield connection
+            wrote_events = connection.info.pop(_OUTBOX_WRITTEN, False)
+        if wrote_events:
+            self.outbox_written.set()
 
     @asynccontextmanager
-    async def snapshot(self) -> AsyncIterator[AsyncConnection]:
+    async def _begin_write(self) -> AsyncIterator[Connection]:
+        engine = self._open_engine()
+        if isinstance(engine, SqliteEngine):
+            async with engine.transaction() as connection:
+                yield connection
+            return
+        async with engine.begin() as awaited:
+            await awaited.execute(sa.select(sa.func.pg_advisory_xact_lock(_POSTGRES_WRITER_LOCK)))
+            yield AwaitedConnection(awaited)
+
+    @asynccontextmanager
+    async def snapshot(self) -> AsyncIterator[Connection]:
         """A read-only transaction: a consistent view that takes no write lock."""
-        async with self.engine.connect() as connection, connection.begin():
-            yield connection
+        engine = self._open_engine()
+        if isinstance(engine, SqliteEngine):
+            async with engine.snapshot() as connection:
+                yield connection
+        else:
+            async with engine.connect() as awaited, awaited.begin():
+                yield AwaitedConnection(awaited)
 
     async def applied_versions(self, component: str | None = None) -> list[int]:
         """Versions of `component`'s migrations (default: this service's) applied so far."""
@@ -365,47 +373,30 @@ def _postgres_ddl(statement: str) -> str:
     return re.sub(r"\bBLOB\b", "BYTEA", statement)
 
 
-def _configure_sqlite(engine: AsyncEngine) -> None:
-    @event.listens_for(engine.sync_engine, "connect")
-    def on_connect(dbapi_connection: DBAPIConnection, record: ConnectionPoolEntry) -> None:
-        # Let SQLAlchemy's `begin` event below issue BEGIN, in the mode we choose.
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        for pragma in (
-            # First: switching a new file to WAL takes a lock that replicas starting
-            # together contend for, and only a busy timeout makes them wait for it.
-            f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}",
-            "PRAGMA journal_mode=WAL",
-            "PRAGMA foreign_keys=ON",
-            "PRAGMA synchronous=FULL",
-        ):
-            cursor.execute(pragma)
-        cursor.close()
-
-    @event.listens_for(engine.sync_engine, "begin")
-    def on_begin(connection: sa.Connection) -> None:
-        mode = connection.get_execution_options().get(_BEGIN_MODE, "DEFERRED")
-        connection.exec_driver_sql(f"BEGIN {mode}")
+#: The statements every request or event runs, built once: SQLAlchemy then finds each
+#: one's compiled form by a cache key it computed already, where a statement built anew
+#: for each call costs about three times the query itself on SQLite.
+_FIND_REQUEST = sa.select(request_log.c.result).where(
+    request_log.c.method == sa.bindparam("method"),
+    request_log.c.request_id == sa.bindparam("request_id"),
+)
+_RECORD_REQUEST = request_log.insert()
+_ENQUEUE = outbox.insert()
 
 
 async def find_request(
-    connection: AsyncConnection, method: str, request_id: str
+    connection: Connection, method: str, request_id: str
 ) -> dict[str, Any] | None:
     """The recorded result of an earlier request with this id, if there was one."""
     if not request_id:
         return None
-    row = (
-        await connection.execute(
-            sa.select(request_log.c.result).where(
-                request_log.c.method == method, request_log.c.request_id == request_id
-            )
-        )
-    ).first()
+    found = await connection.execute(_FIND_REQUEST, {"method": method, "request_id": request_id})
+    row = found.first()
     return None if row is None else dict(json.loads(row.result))
 
 
 async def record_request(
-    connection: AsyncConnection, method: str, request_id: str, result: Mapping[str, Any]
+    connection: Connection, method: str, request_id: str, result: Mapping[str, Any]
 ) -> None:
     """Remember `result` for `request_id`, in the transaction that made the change.
 
@@ -417,12 +408,13 @@ async def record_request(
         return
     try:
         await connection.execute(
-            request_log.insert().values(
-                method=method,
-                request_id=request_id,
-                result=json.dumps(dict(result)),
-                create_time=utc_now(),
-            )
+            _RECORD_REQUEST,
+            {
+                "method": method,
+                "request_id": request_id,
+                "result": json.dumps(dict(result)),
+                "create_time": utc_now(),
+            },
         )
     except sa.exc.IntegrityError:
         raise AlreadyExists(
@@ -447,7 +439,7 @@ class SqlTransaction:
     A service subclasses it with its own queries; the request log comes with it.
     """
 
-    def __init__(self, connection: AsyncConnection) -> None:
+    def __init__(self, connection: Connection) -> None:
         self._connection = connection
 
     async def find_request(self, method: str, request_id: str) -> dict[str, Any] | None:
@@ -461,7 +453,7 @@ class SqlTransaction:
         await enqueue_event(self._connection, envelope)
 
 
-async def enqueue_event(connection: AsyncConnection, envelope: events_pb2.EventEnvelope) -> None:
+async def enqueue_event(connection: Connection, envelope: events_pb2.EventEnvelope) -> None:
     """Put an event in the outbox, in `connection`'s transaction: published if it commits.
 
     Its subject is `shop.<producer>.<event>`, e.g. `shop.orders.order_placed`. The
@@ -473,12 +465,13 @@ async def enqueue_event(connection: AsyncConnection, envelope: events_pb2.EventE
         span.set_attribute(telemetry.ORDER_ID, envelope.order_id)
         telemetry.inject(envelope.trace_context)
         await connection.execute(
-            outbox.insert().values(
-                event_id=envelope.event_id,
-                subject=subject,
-                payload=envelope.SerializeToString(),
-                create_time=utc_now(),
-            )
+            _ENQUEUE,
+            {
+                "event_id": envelope.event_id,
+                "subject": subject,
+                "payload": envelope.SerializeToString(),
+                "create_time": utc_now(),
+            },
         )
     connection.info[_OUTBOX_WRITTEN] = True
 
@@ -489,7 +482,7 @@ View = TypeVar("View", bound=SqlTransaction)
 class SqlStore(Generic[View]):
     """A service's store port on SQL: transactions, each seen through the service's view."""
 
-    def __init__(self, database: Database, view: Callable[[AsyncConnection], View]) -> None:
+    def __init__(self, database: Database, view: Callable[[Connection], View]) -> None:
         self._database = database
         self._view = view
 
@@ -505,7 +498,7 @@ class SqlStore(Generic[View]):
         async with self._database.snapshot() as connection:
             yield self._view(connection)
 
-    def within(self, connection: AsyncConnection) -> JoinedStore[View]:
+    def within(self, connection: Connection) -> JoinedStore[View]:
         """This store inside `connection`'s open transaction (an event's, say)."""
         return JoinedStore(connection, self._view)
 
@@ -518,7 +511,7 @@ class JoinedStore(Generic[View]):
     rolls back its own writes (the savepoint) and nothing else.
     """
 
-    def __init__(self, connection: AsyncConnection, view: Callable[[AsyncConnection], View]):
+    def __init__(self, connection: Connection, view: Callable[[Connection], View]):
         self._connection = connection
         self._view = view
 

@@ -26,7 +26,7 @@ import grpc
 from opentelemetry import context, propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor
+from opentelemetry.instrumentation.grpc import aio_client_interceptors
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -39,6 +39,9 @@ ENDPOINT_VARIABLE = "OTEL_EXPORTER_OTLP_ENDPOINT"
 ORDER_ID = "shop.order_id"
 
 tracer = trace.get_tracer("shop.mesh")
+
+#: A unary method's behavior, as a gRPC server calls it: (request, context) -> response.
+Behavior = Callable[[Any, Any], Awaitable[Any]]
 
 
 def setup_tracing(service: str, instance: str) -> TracerProvider:
@@ -55,32 +58,6 @@ def setup_tracing(service: str, instance: str) -> TracerProvider:
     return provider
 
 
-class _UnaryTracing(grpc.aio.ServerInterceptor):
-    """OpenTelemetry's server interceptor, for unary-unary methods only.
-
-    Every RPC of the contracts is unary; the streaming ones a server also serves (health
-    `Watch`, reflection) are coroutines writing to their context, which the
-    instrumentation mistakes for async generators and breaks. They pass untraced.
-    """
-
-    def __init__(self) -> None:
-        self._traced: grpc.aio.ServerInterceptor = aio_server_interceptor()  # type: ignore[no-untyped-call]
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Any:
-        handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
-            return handler
-
-        async def resolved(_: grpc.HandlerCallDetails) -> Any:
-            return handler
-
-        return await self._traced.intercept_service(resolved, handler_call_details)
-
-
 def tracing_environment(settings: TelemetrySettings, endpoint: str) -> dict[str, str]:
     """The OpenTelemetry variables that give a service mesh.yaml's `telemetry:`: spans
     to `endpoint`, sampled as the Envoys sample (following the caller's decision); or
@@ -94,9 +71,41 @@ def tracing_environment(settings: TelemetrySettings, endpoint: str) -> dict[str,
     }
 
 
-def server_interceptor() -> grpc.aio.ServerInterceptor:
-    """A server span per RPC, the caller's trace context continued (for `ServiceRunner`)."""
-    return _UnaryTracing()
+def traced(behavior: Behavior, method: str) -> Behavior:
+    """`behavior` (a unary method's) in a server span named after `method`, continuing the
+    caller's trace context (the runner's `mesh.interceptors.MeshInterceptor`).
+
+    A call the sampler leaves out gets a non-recording span: the trace context still
+    flows on, and nothing else is computed for it.
+    """
+    service, _, name = method.lstrip("/").partition("/")
+    attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
+
+    async def call(request: Any, servicer_context: Any) -> Any:
+        parent = propagate.extract(dict(servicer_context.invocation_metadata() or ()))
+        with tracer.start_as_current_span(
+            method,
+            context=parent,
+            kind=trace.SpanKind.SERVER,
+            attributes=attributes,
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            try:
+                return await behavior(request, servicer_context)
+            finally:
+                if span.is_recording():
+                    _record_status(span, servicer_context.code())
+
+    return call
+
+
+def _record_status(span: trace.Span, code: grpc.StatusCode | None) -> None:
+    """The gRPC status a call ended with, on its span; any but OK is an error."""
+    code = code or grpc.StatusCode.OK
+    span.set_attribute("rpc.grpc.status_code", code.value[0])
+    if code is not grpc.StatusCode.OK:
+        span.set_status(trace.Status(trace.StatusCode.ERROR, code.name))
 
 
 def instrumented_channel(address: str) -> grpc.aio.Channel:

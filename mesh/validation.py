@@ -15,8 +15,7 @@ check presence themselves.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
-from typing import cast
+from dataclasses import dataclass
 
 from google.api import field_behavior_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
@@ -31,26 +30,84 @@ _FIELD_MASK = "google.protobuf.FieldMask"
 _Selection = frozenset[str] | None
 
 
-@functools.cache
-def _required(descriptor: Descriptor) -> frozenset[str]:
-    """Names of the fields of `descriptor` declared REQUIRED."""
-    return frozenset(
-        field.name
-        for field in descriptor.fields
-        if _REQUIRED in field.GetOptions().Extensions[field_behavior_pb2.field_behavior]
-    )
+@dataclass(frozen=True)
+class _Field:
+    """A field as validation sees it, worked out once per message type."""
+
+    name: str
+    required: bool
+    repeated: bool
+    presence: bool
+    #: The message type to check inside this field: one with rules of its own below.
+    nested: Descriptor | None
 
 
-def _is_set(message: Message, field: FieldDescriptor) -> bool:
-    if field.is_repeated:
-        return len(getattr(message, field.name)) > 0
-    if field.has_presence:
-        return message.HasField(field.name)
-    return bool(getattr(message, field.name))
+@dataclass(frozen=True)
+class _Plan:
+    """What validating one message type takes: only the fields that can break a rule."""
+
+    fields: tuple[_Field, ...]
+    #: Whether the message carries an `update_mask` (AIP-134) that narrows the checks.
+    masked: bool
+
+
+def _is_required(field: FieldDescriptor) -> bool:
+    return _REQUIRED in field.GetOptions().Extensions[field_behavior_pb2.field_behavior]
 
 
 def _is_map(field: FieldDescriptor) -> bool:
     return field.message_type is not None and field.message_type.GetOptions().map_entry
+
+
+def _nested(field: FieldDescriptor) -> Descriptor | None:
+    if field.message_type is None or _is_map(field) or not _has_rules(field.message_type):
+        return None
+    return field.message_type
+
+
+@functools.cache
+def _has_rules(descriptor: Descriptor) -> bool:
+    """Whether a REQUIRED field lies in `descriptor` or anywhere below it."""
+    return _rule_below(descriptor, set())
+
+
+def _rule_below(descriptor: Descriptor, seen: set[Descriptor]) -> bool:
+    """A search of the types below `descriptor`, each visited once (types may nest
+    themselves), for a REQUIRED field."""
+    if descriptor in seen:
+        return False
+    seen.add(descriptor)
+    return any(
+        _is_required(field)
+        or (
+            (field.message_type is not None and not _is_map(field))
+            and _rule_below(field.message_type, seen)
+        )
+        for field in descriptor.fields
+    )
+
+
+@functools.cache
+def _plan(descriptor: Descriptor) -> _Plan:
+    fields = tuple(
+        _Field(f.name, _is_required(f), f.is_repeated, f.has_presence, _nested(f))
+        for f in descriptor.fields
+    )
+    mask = descriptor.fields_by_name.get("update_mask")
+    masked = (
+        mask is not None
+        and mask.message_type is not None
+        and mask.message_type.full_name == _FIELD_MASK
+    )
+    return _Plan(tuple(f for f in fields if f.required or f.nested is not None), masked)
+
+
+def _is_set(message: Message, field: _Field) -> bool:
+    if field.repeated:
+        return len(getattr(message, field.name)) > 0
+    if field.presence:
+        return message.HasField(field.name)
+    return bool(getattr(message, field.name))
 
 
 def _select(selection: _Selection, name: str) -> _Selection:
@@ -62,32 +119,29 @@ def _select(selection: _Selection, name: str) -> _Selection:
 
 
 def _update_mask(message: Message) -> _Selection:
-    """The paths of a non-empty `update_mask` field of `message`, if it has one."""
-    field = message.DESCRIPTOR.fields_by_name.get("update_mask")
-    if field is None or field.message_type is None or field.message_type.full_name != _FIELD_MASK:
-        return None
-    paths = getattr(message, field.name).paths
+    """The paths of the message's `update_mask`, if it is not empty."""
+    paths = message.update_mask.paths  # type: ignore[attr-defined]
     return frozenset(paths) if paths else None
 
 
 def _check(message: Message, prefix: str, selection: _Selection) -> list[FieldViolation]:
     violations: list[FieldViolation] = []
-    required = _required(message.DESCRIPTOR)
-    mask = _update_mask(message)
-    for field in cast(Sequence[FieldDescriptor], message.DESCRIPTOR.fields):
+    plan = _plan(message.DESCRIPTOR)
+    mask = _update_mask(message) if plan.masked else None
+    for field in plan.fields:
         below = _select(selection, field.name)
         if below is not None and not below:
             continue  # an update mask leaves this field out
         path = f"{prefix}{field.name}"
         if not _is_set(message, field):
-            if field.name in required:
+            if field.required:
                 violations.append(FieldViolation(path, f"{path} is required.", reason="REQUIRED"))
             continue
-        if field.message_type is None or _is_map(field):
+        if field.nested is None:
             continue
         # The resource beside an update mask is checked only where the mask reaches.
         inner = mask if (mask is not None and field.name != "update_mask") else below
-        if field.is_repeated:
+        if field.repeated:
             for index, element in enumerate(getattr(message, field.name)):
                 violations += _check(element, f"{path}[{index}].", inner)
         else:

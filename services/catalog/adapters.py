@@ -82,13 +82,15 @@ def _product(row: sa.Row[Any]) -> Product:
     )
 
 
+#: The catalog's most frequent query, built once (see `mesh.storage`).
+_GET = products.select().where(products.c.id == sa.bindparam("product_id"))
+
+
 class SqlCatalogTransaction(SqlTransaction):
     """The products table, inside one transaction."""
 
     async def get(self, product_id: str) -> Product | None:
-        row = (
-            await self._connection.execute(products.select().where(products.c.id == product_id))
-        ).first()
+        row = (await self._connection.execute(_GET, {"product_id": product_id})).first()
         return None if row is None else _product(row)
 
     async def get_many(self, product_ids: list[str]) -> list[Product]:

@@ -10,11 +10,11 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from mesh import telemetry
+from mesh.connection import Connection
 from mesh.errors import FailedPrecondition, InvalidArgument, NotFound
 from mesh.events import Delivery, Handler, new_event, subject
 from mesh.storage import enqueue_event
@@ -30,8 +30,10 @@ from shop.events.v1 import events_pb2
 
 PRODUCER = "inventory"
 
+log = logging.getLogger(__name__)
 
-def handlers(joined: Callable[[AsyncConnection], InventoryStore]) -> dict[str, Handler]:
+
+def handlers(joined: Callable[[Connection], InventoryStore]) -> dict[str, Handler]:
     """The handler of each subject inventory consumes; `joined` puts the store in a delivery's
     transaction (`SqlStore.within`)."""
 
@@ -54,6 +56,7 @@ def handlers(joined: Callable[[AsyncConnection], InventoryStore]) -> dict[str, H
                     unavailable_product_ids=[p for p in products.split(",") if p],
                 )
                 await enqueue_event(connection, new_event(PRODUCER, order_id, event))
+                log.info("stock for order %s refused: %s", order_id, refusal.message)
                 return
             if reservation.status is ReservationStatus.RESERVED:
                 reserved = events_pb2.StockReserved(order_id=order_id, lines=placed.lines)
@@ -68,6 +71,7 @@ def handlers(joined: Callable[[AsyncConnection], InventoryStore]) -> dict[str, H
                 event = events_pb2.StockReleased(
                     order_id=envelope.order_id, reason=_release_reason(envelope)
                 )
+                log.info("stock of order %s released: %s", envelope.order_id, event.reason)
                 await enqueue_event(connection, new_event(PRODUCER, envelope.order_id, event))
 
     async def commit(delivery: Delivery) -> None:

@@ -11,15 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
+from mesh.connection import Connection
 from mesh.events import Delivery, Handler, subject
 from services.notifications.domain import NotificationKind
 from services.notifications.handlers import RecordNotification, record_notification
 from services.notifications.ports import NotificationsStore
 
 
-def handlers(joined: Callable[[AsyncConnection], NotificationsStore]) -> dict[str, Handler]:
+def handlers(joined: Callable[[Connection], NotificationsStore]) -> dict[str, Handler]:
     """The handler of each subject notifications consumes."""
 
     async def confirmed(delivery: Delivery) -> None:

@@ -201,6 +201,29 @@ def _order(row: sa.Row[Any], lines: list[sa.Row[Any]], steps: list[sa.Row[Any]])
     )
 
 
+#: The statements of the saga's hot path, built once (see `mesh.storage`).
+_GET = orders.select().where(orders.c.id == sa.bindparam("order_id"))
+_LINES = (
+    order_lines.select()
+    .where(order_lines.c.order_id.in_(sa.bindparam("ids", expanding=True)))
+    .order_by(order_lines.c.order_id, order_lines.c.position)
+)
+_STEPS = (
+    order_history.select()
+    .where(order_history.c.order_id.in_(sa.bindparam("ids", expanding=True)))
+    .order_by(order_history.c.order_id, order_history.c.position)
+)
+_STEP_COUNT = (
+    sa.select(sa.func.count())
+    .select_from(order_history)
+    .where(order_history.c.order_id == sa.bindparam("order_id"))
+)
+#: The row's columns come from the parameters; `b_id` and `b_was` pick the row.
+_SAVE = orders.update().where(
+    orders.c.id == sa.bindparam("b_id"), orders.c.status == sa.bindparam("b_was")
+)
+
+
 class SqlOrdersTransaction(SqlTransaction):
     """The orders, order_lines and order_history tables, inside one transaction."""
 
@@ -210,25 +233,15 @@ class SqlOrdersTransaction(SqlTransaction):
         if not ids:
             return []
         lines: dict[str, list[sa.Row[Any]]] = defaultdict(list)
-        for line in await self._connection.execute(
-            order_lines.select()
-            .where(order_lines.c.order_id.in_(ids))
-            .order_by(order_lines.c.order_id, order_lines.c.position)
-        ):
+        for line in await self._connection.execute(_LINES, {"ids": ids}):
             lines[line.order_id].append(line)
         steps: dict[str, list[sa.Row[Any]]] = defaultdict(list)
-        for step in await self._connection.execute(
-            order_history.select()
-            .where(order_history.c.order_id.in_(ids))
-            .order_by(order_history.c.order_id, order_history.c.position)
-        ):
+        for step in await self._connection.execute(_STEPS, {"ids": ids}):
             steps[step.order_id].append(step)
         return [_order(row, lines[row.id], steps[row.id]) for row in rows]
 
     async def get(self, order_id: str) -> Order | None:
-        row = (
-            await self._connection.execute(orders.select().where(orders.c.id == order_id))
-        ).first()
+        row = (await self._connection.execute(_GET, {"order_id": order_id})).first()
         return None if row is None else (await self._load([row]))[0]
 
     async def add(self, order: Order) -> None:
@@ -238,19 +251,12 @@ class SqlOrdersTransaction(SqlTransaction):
 
     async def save(self, order: Order, *, was: OrderStatus) -> bool:
         result = await self._connection.execute(
-            orders.update()
-            .where(orders.c.id == order.id, orders.c.status == was.value)
-            .values(_order_row(order))
+            _SAVE, {**_order_row(order), "b_id": order.id, "b_was": was.value}
         )
         if result.rowcount == 0:
             return False
-        stored = (
-            await self._connection.execute(
-                sa.select(sa.func.count())
-                .select_from(order_history)
-                .where(order_history.c.order_id == order.id)
-            )
-        ).scalar_one()
+        counted = await self._connection.execute(_STEP_COUNT, {"order_id": order.id})
+        stored = counted.scalar_one()
         new_steps = _step_rows(order, stored)
         if new_steps:
             await self._connection.execute(order_history.insert(), new_steps)

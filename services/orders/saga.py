@@ -18,12 +18,12 @@ the history and changes nothing else: the cancellation compensates it.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
+from mesh.connection import Connection
 from mesh.events import Delivery, Handler, subject
 from mesh.money import Money
 from mesh.storage import utc_now
@@ -39,6 +39,8 @@ from services.orders.domain import (
 from services.orders.messages import order_ended
 from services.orders.ports import OrdersStore
 from shop.events.v1 import events_pb2
+
+log = logging.getLogger(__name__)
 
 Step = Callable[[Order, events_pb2.EventEnvelope], Order]
 
@@ -127,7 +129,7 @@ STEPS: dict[str, Step] = {
 }
 
 
-def handlers(joined: Callable[[AsyncConnection], OrdersStore]) -> dict[str, Handler]:
+def handlers(joined: Callable[[Connection], OrdersStore]) -> dict[str, Handler]:
     """The handler of each subject orders consumes: each adds its step (see `STEPS`)."""
 
     def follow(step: Step) -> Handler:
@@ -145,6 +147,9 @@ def handlers(joined: Callable[[AsyncConnection], OrdersStore]) -> dict[str, Hand
                     raise RuntimeError(f"order {order.id} changed meanwhile")
                 if after.status is not order.status:
                     await tx.enqueue_event(order_ended(after))
+                    log.info(
+                        "order %s %s %s", after.id, after.status.name.lower(), after.cancel_reason
+                    )
 
         return handle
 

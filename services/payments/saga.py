@@ -13,10 +13,10 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
+from mesh.connection import Connection
 from mesh.errors import InvalidArgument
 from mesh.events import Delivery, Handler, new_event, subject
 from mesh.money import Money
@@ -37,13 +37,15 @@ from shop.events.v1 import events_pb2
 
 PRODUCER = "payments"
 
+log = logging.getLogger(__name__)
+
 
 def _key(order_id: str) -> str:
     return f"order-{order_id}"
 
 
 def handlers(
-    joined: Callable[[AsyncConnection], PaymentsStore], provider: PaymentProvider
+    joined: Callable[[Connection], PaymentsStore], provider: PaymentProvider
 ) -> dict[str, Handler]:
     """The handler of each subject payments consumes."""
 
@@ -72,6 +74,7 @@ def handlers(
             event: events_pb2.PaymentCaptured | events_pb2.PaymentDeclined
             if payment.status is PaymentStatus.DECLINED:
                 event = events_pb2.PaymentDeclined(order_id=order_id, reason=payment.decline_reason)
+                log.info("payment for order %s declined: %s", order_id, payment.decline_reason)
             elif (await saga_order(connection, order_id)).cancelled:
                 # Cancelled while the provider was asked: let the authorization go.
                 await refund_payment(
@@ -106,6 +109,7 @@ def handlers(
             refunded = await refund_payment(
                 joined_store, RefundPayment(payment.id, None, reason, f"refund-{order_id}")
             )
+            log.info("payment %s of order %s refunded: %s", payment.id, order_id, reason)
             event = events_pb2.PaymentRefunded(
                 order_id=order_id,
                 payment_id=payment.id,

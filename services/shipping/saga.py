@@ -10,10 +10,10 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
+from mesh.connection import Connection
 from mesh.errors import InvalidArgument
 from mesh.events import Delivery, Handler, new_event, subject
 from mesh.saga import placed_order, remember_cancelled, remember_placements
@@ -30,8 +30,10 @@ from shop.events.v1 import events_pb2
 
 PRODUCER = "shipping"
 
+log = logging.getLogger(__name__)
 
-def handlers(joined: Callable[[AsyncConnection], ShippingStore]) -> dict[str, Handler]:
+
+def handlers(joined: Callable[[Connection], ShippingStore]) -> dict[str, Handler]:
     """The handler of each subject shipping consumes."""
 
     async def schedule(delivery: Delivery) -> None:
@@ -51,6 +53,7 @@ def handlers(joined: Callable[[AsyncConnection], ShippingStore]) -> dict[str, Ha
                 shipment = await create_shipment(joined(connection), command)
             except InvalidArgument as refusal:
                 event = events_pb2.ShipmentFailed(order_id=order_id, reason=refusal.message)
+                log.info("shipment of order %s failed: %s", order_id, refusal.message)
             else:
                 event = events_pb2.ShipmentScheduled(
                     order_id=order_id,

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from nats.js import JetStreamContext
 from prometheus_client import REGISTRY
 
-from mesh import events, natsconf
+from mesh import deadletters, events, natsconf
 from mesh.binaries import find_binary
 from mesh.pki import MeshPKI, leaf, self_signed_ca
 from mesh.plan import free_port
@@ -308,13 +308,13 @@ async def test_replay_re_drives_a_dead_letter_once_its_cause_is_fixed(
         headers={events.MSG_ID: envelope.event_id},
     )
     await _consume_all(js, consumer)
-    [letter] = await events.dead_letters(js)
+    [letter] = await deadletters.dead_letters(js)
     assert letter.describe()["event"]["eventId"] == envelope.event_id  # type: ignore[index]
 
     fixed = True
-    await events.replay(js, letter.sequence)
+    await deadletters.replay(js, letter.sequence)
     await _consume_all(js, consumer)
-    assert await events.dead_letters(js) == []
+    assert await deadletters.dead_letters(js) == []
     async with database.snapshot() as connection:
         rows = (await connection.execute(sa.text("SELECT event_id FROM ledger"))).scalars().all()
     assert rows == [envelope.event_id]
@@ -346,7 +346,7 @@ async def test_an_event_on_another_events_subject_is_a_dead_letter(
         "shop.orders.order_placed", cancelled.SerializeToString(), headers={events.MSG_ID: "m"}
     )
     await _consume_all(js, consumer)
-    [letter] = await events.dead_letters(js)
+    [letter] = await deadletters.dead_letters(js)
     assert "a shop.orders.order_cancelled event published on shop.orders.order_placed" in (
         letter.reason
     )
@@ -475,3 +475,107 @@ async def test_the_outbox_gauge_counts_what_waits_while_nats_is_away(
         await asyncio.sleep(0.5)
     assert REGISTRY.get_sample_value("shop_outbox_pending") == 0
     assert await stream_messages(js, events.EVENTS_STREAM) == 2
+
+
+# Batches -------------------------------------------------------------------------------
+
+
+async def publish_placements(js: JetStreamContext, order_ids: list[str]) -> list[str]:
+    """One OrderPlaced per order id, in this order; their event ids."""
+    event_ids = []
+    for order_id in order_ids:
+        envelope = order_placed(order_id)
+        await js.publish(
+            "shop.orders.order_placed",
+            envelope.SerializeToString(),
+            headers={events.MSG_ID: envelope.event_id},
+        )
+        event_ids.append(envelope.event_id)
+    return event_ids
+
+
+async def ledger(database: Database) -> list[str]:
+    async with database.snapshot() as connection:
+        return list((await connection.execute(sa.text("SELECT event_id FROM ledger"))).scalars())
+
+
+async def test_a_failing_event_fails_alone_and_its_batch_neighbours_commit_once(
+    js: JetStreamContext, database: Database
+) -> None:
+    attempts: list[str] = []
+
+    async def picky(delivery: events.Delivery) -> None:
+        order_id = delivery.envelope.order_id
+        attempts.append(order_id)
+        async with delivery.transaction() as connection:
+            await connection.execute(
+                sa.text("INSERT INTO ledger VALUES (:id)"), {"id": delivery.envelope.event_id}
+            )
+            if order_id == "o3" and attempts.count("o3") == 1:
+                raise RuntimeError("o3 cannot be applied yet")
+
+    consumer = await ledger_consumer(
+        js, database, picky, policy=events.ConsumerPolicy(redelivery_delays=(0.1, 0.2))
+    )
+    event_ids = await publish_placements(js, [f"o{n}" for n in range(1, 7)])
+    await _consume_all(js, consumer)
+    assert sorted(await ledger(database)) == sorted(event_ids)  # o3's first insert rolled back
+    assert attempts.count("o3") == 2
+    assert sorted(set(attempts) - {"o3"}) == ["o1", "o2", "o4", "o5", "o6"]
+    assert len(attempts) == 7  # the neighbours of the failure were not applied again
+
+
+async def test_a_batch_runs_its_handlers_side_by_side_up_to_their_transactions(
+    js: JetStreamContext, database: Database
+) -> None:
+    arrived = 0
+    all_arrived = asyncio.Event()
+
+    async def slow_before_its_transaction(delivery: events.Delivery) -> None:
+        nonlocal arrived
+        arrived += 1
+        if arrived == 4:
+            all_arrived.set()
+        await asyncio.wait_for(all_arrived.wait(), timeout=5)  # only if all run at once
+        await write_ledger(delivery)
+
+    consumer = await ledger_consumer(js, database, slow_before_its_transaction)
+    event_ids = await publish_placements(js, ["a", "b", "c", "d"])
+    await _consume_all(js, consumer)
+    assert sorted(await ledger(database)) == sorted(event_ids)
+
+
+async def test_an_orders_events_in_one_fetch_are_applied_in_order_each_seeing_the_last(
+    js: JetStreamContext, database: Database
+) -> None:
+    seen_before: list[int] = []
+
+    async def count_then_write(delivery: events.Delivery) -> None:
+        seen_before.append(len(await ledger(database)))  # before the transaction
+        await write_ledger(delivery)
+
+    consumer = await ledger_consumer(js, database, count_then_write)
+    await publish_placements(js, ["same", "same", "same", "other"])
+    await _consume_all(js, consumer)
+    # The three of "same" one after the other, each after the last committed; "other"
+    # shares a batch with the third.
+    assert seen_before[:3] == [0, 1, 2]
+    assert len(await ledger(database)) == 4
+
+
+async def test_the_relay_publishes_side_by_side_keeping_each_orders_events_in_order(
+    js: JetStreamContext, database: Database
+) -> None:
+    written = [order_placed(order_id) for order_id in ["x", "y", "x", "z", "y", "x"]]
+    async with database.transaction() as connection:
+        for envelope in written:
+            await SqlTransaction(connection).enqueue_event(envelope)
+    assert await events.OutboxRelay(database, js).publish_pending() == 6
+    stream = await js.pull_subscribe("shop.orders.order_placed", durable="reader")
+    messages = await stream.fetch(6, timeout=5)
+    published = [events_pb2.EventEnvelope.FromString(m.data) for m in messages]
+    for order_id in "xyz":
+        assert [e.event_id for e in published if e.order_id == order_id] == [
+            e.event_id for e in written if e.order_id == order_id
+        ]
+    assert await stream_messages(js, events.EVENTS_STREAM) == 6

@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from mesh.events import CHAOS_KILL_AFTER_COMMIT
+from mesh.events import CHAOS_KILL_AFTER_COMMIT, CHAOS_KILL_IN_BATCH
 from mesh.supervisor import pid_alive
 from tests.integration.conftest import (
     ROOT,
@@ -64,10 +64,21 @@ SAGA_SUBJECTS = [
 @pytest.fixture
 def chaos(tmp_path: Path) -> Iterator[RunningMesh]:
     """A mesh whose saga participants kill themselves between commit and ack."""
-    setting = ",".join(f"{name}:{every}" for name, every in KILL_EVERY.items())
-    chaotic = RunningMesh(tmp_path / "run", ROOT / "mesh.yaml", {CHAOS_KILL_AFTER_COMMIT: setting})
-    with mesh_up(chaotic) as running:
+    with mesh_up(chaotic(tmp_path, CHAOS_KILL_AFTER_COMMIT)) as running:
         yield running
+
+
+@pytest.fixture
+def chaos_in_batch(tmp_path: Path) -> Iterator[RunningMesh]:
+    """A mesh whose saga participants kill themselves inside a batch's transaction,
+    with some of its events applied and one more to go."""
+    with mesh_up(chaotic(tmp_path, CHAOS_KILL_IN_BATCH)) as running:
+        yield running
+
+
+def chaotic(tmp_path: Path, variable: str) -> RunningMesh:
+    setting = ",".join(f"{name}:{every}" for name, every in KILL_EVERY.items())
+    return RunningMesh(tmp_path / "run", ROOT / "mesh.yaml", {variable: setting})
 
 
 @pytest.fixture
@@ -174,7 +185,36 @@ def test_services_killed_between_commit_and_ack_lose_and_double_nothing(
         kill_participants_during_a_burst(chaos, edge)
 
 
+def test_services_killed_in_the_middle_of_a_batch_lose_and_double_nothing(
+    chaos_in_batch: RunningMesh,
+) -> None:
+    with httpx.Client(base_url=chaos_in_batch.edge_url, timeout=30) as edge:
+        kills = burst_and_settle(chaos_in_batch, edge)
+    mid_batch = {
+        service for service in kills if logged(chaos_in_batch, service, "chaos: killed in a batch")
+    }
+    print(f"killed in the middle of a batch: {sorted(mid_batch)}")
+    # The busiest consumers see batches of several events in a burst.
+    assert mid_batch >= {"orders", "inventory", "payments", "shipping"}
+
+
+def logged(mesh: RunningMesh, service: str, text: str) -> bool:
+    """Whether an app log of `service` (any instance, any run of it) has `text`."""
+    apps = (
+        log for log in (mesh.run_dir / "logs").glob(f"{service}-*.log") if ".envoy." not in log.name
+    )
+    return any(text in log.read_text() for log in apps)
+
+
 def kill_participants_during_a_burst(chaos: RunningMesh, edge: httpx.Client) -> None:
+    kills = burst_and_settle(chaos, edge)
+    # Every participant was killed at least once in that window, and came back.
+    assert set(kills) >= {"inventory", "payments", "shipping", "orders", "notifications"}
+    assert all(i["health"] == "SERVING" for i in chaos.state()["instances"])
+
+
+def burst_and_settle(chaos: RunningMesh, edge: httpx.Client) -> dict[str, int]:
+    """80 orders for 40 units, each followed to its one end; the kills per service."""
     product_id, token = shop(chaos, edge, 40)
     before = restarts(chaos)
     order_ids = burst(edge, token, product_id, 80, None)
@@ -184,10 +224,8 @@ def kill_participants_during_a_burst(chaos: RunningMesh, edge: httpx.Client) -> 
         for name, n in restarts(chaos).items()
         if n > before.get(name, 0)
     }
-    print(f"\nkill between commit and ack: {figures}, kills {kills}")
-    # Every participant was killed at least once in that window, and came back.
-    assert set(kills) >= {"inventory", "payments", "shipping", "orders", "notifications"}
-    assert all(i["health"] == "SERVING" for i in chaos.state()["instances"])
+    print(f"\nsettled after kills: {figures}, kills {kills}")
+    return kills
 
 
 def test_nats_killed_during_a_burst_loses_no_event(plain: RunningMesh) -> None:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
+from mesh.connection import Connection
 from mesh.storage import (
     Database,
     Migration,
@@ -87,7 +87,7 @@ async def test_a_new_migration_is_applied_to_an_existing_database(tmp_path: Path
 
 def test_migration_versions_must_ascend() -> None:
     with pytest.raises(ValueError, match="ascending"):
-        Database("sqlite+aiosqlite://", "test", (COUNTER[1], COUNTER[0]))
+        Database("sqlite://", "test", (COUNTER[1], COUNTER[0]))
 
 
 async def test_concurrent_read_modify_write_transactions_lose_no_update(tmp_path: Path) -> None:
@@ -145,7 +145,7 @@ async def test_a_joined_store_fails_its_savepoint_only(tmp_path: Path) -> None:
     database = await opened(tmp_path / "t.db")
     store = SqlStore(database, SqlTransaction)
 
-    async def failing_use_case(connection: AsyncConnection) -> None:
+    async def failing_use_case(connection: Connection) -> None:
         async with store.within(connection).transaction():
             await connection.exec_driver_sql("UPDATE counter SET n = n + 100")
             raise ValueError("the use case refuses")
@@ -161,3 +161,44 @@ async def test_a_joined_store_fails_its_savepoint_only(tmp_path: Path) -> None:
             assert (await connection.exec_driver_sql("SELECT n FROM counter")).scalar() == 11
     finally:
         await database.close()
+
+
+async def test_a_writer_of_another_process_waits_for_the_lock_without_stalling_the_loop(
+    tmp_path: Path,
+) -> None:
+    """Two `Database`s on one file hold separate locks, as two replicas do: the second
+    writer waits for the first to commit (off the event loop), then goes on."""
+    first, second = await opened(tmp_path / "t.db"), await opened(tmp_path / "t.db")
+    order: list[str] = []
+    ticks = 0
+
+    async def hold_the_lock() -> None:
+        async with first.transaction() as connection:
+            await connection.exec_driver_sql("UPDATE counter SET n = n + 1")
+            order.append("first holds")
+            await asyncio.sleep(0.3)
+            order.append("first commits")
+
+    async def write_meanwhile() -> None:
+        await asyncio.sleep(0.05)
+        async with second.transaction() as connection:
+            order.append("second begins")
+            await connection.exec_driver_sql("UPDATE counter SET n = n + 10")
+
+    async def tick() -> None:
+        nonlocal ticks
+        for _ in range(10):
+            await asyncio.sleep(0.01)
+            ticks += 1
+        order.append("ticked")
+
+    try:
+        await asyncio.gather(hold_the_lock(), write_meanwhile(), tick())
+        async with second.snapshot() as connection:
+            total = (await connection.exec_driver_sql("SELECT n FROM counter")).scalar()
+    finally:
+        await first.close()
+        await second.close()
+    # The loop kept running while the second writer waited for the lock.
+    assert order == ["first holds", "ticked", "first commits", "second begins"]
+    assert (total, ticks) == (11, 10)

@@ -12,7 +12,7 @@ import pytest
 
 from mesh.tracestore import Span, TraceStore
 from tests.integration.conftest import RunningMesh, bearer, customer
-from tests.support.saga import CONFIRMED, place, stocked_product, wait_until_terminal
+from tests.support.saga import CANCELLED, CONFIRMED, place, stocked_product, wait_until_terminal
 
 pytestmark = pytest.mark.integration
 
@@ -45,9 +45,9 @@ def order_trace(mesh: RunningMesh, order_id: str, timeout: float = 30) -> list[S
     its spans in batches, on its own schedule)."""
     deadline = time.monotonic() + timeout
     while True:
+        found = traces_of(mesh, order_id)
         store = TraceStore(mesh.run_dir / "traces" / "traces.db")
         try:
-            found = store.traces_with("shop.order_id", order_id)
             spans = store.trace(found[-1]) if found else []
         finally:
             store.close()
@@ -72,12 +72,7 @@ def _hops(spans: list[Span]) -> set[tuple[str, str, str]]:
 def test_an_order_is_one_trace_from_the_edge_through_every_saga_step(
     edge: httpx.Client, mesh: RunningMesh
 ) -> None:
-    admin = bearer(mesh.token("trace-admin", "catalog:write"))
-    product_id = stocked_product(edge, admin, 5)
-    _, token = customer(edge)
-    order_id = place(edge, token, product_id)
-    assert wait_until_terminal(edge, token, order_id)["status"] == CONFIRMED
-
+    order_id = ended_order(edge, mesh, "tok_visa", CONFIRMED)
     spans = order_trace(mesh, order_id)
     assert len({span.trace_id for span in spans}) == 1
     hops = _hops(spans)
@@ -103,9 +98,47 @@ def test_an_order_is_one_trace_from_the_edge_through_every_saga_step(
     assert slow[0].split()[:2] == ["TRACE", "MS"]
     assert len(slow) > 1
 
-    # Log lines of the order's work carry its trace id.
-    trace_id = spans[0].trace_id
-    for service in ("orders", "inventory", "payments"):
+    # Log lines of the order's work carry its trace id: orders says it was placed and
+    # confirmed (a step that changes nothing an operator watches logs nothing).
+    assert_logged_in_trace(mesh, ("orders",), spans[0].trace_id, order_id)
+
+
+def test_the_log_lines_of_a_failed_order_carry_its_trace_id(
+    edge: httpx.Client, mesh: RunningMesh
+) -> None:
+    order_id = ended_order(edge, mesh, "tok_declined", CANCELLED)
+    deadline = time.monotonic() + 30
+    while not (found := traces_of(mesh, order_id)):
+        assert time.monotonic() < deadline, f"no trace of {order_id}"
+        time.sleep(0.25)
+    # Payments declines the card, inventory gives the stock back, orders cancels.
+    assert_logged_in_trace(mesh, ("orders", "inventory", "payments"), found[-1], order_id)
+
+
+def ended_order(edge: httpx.Client, mesh: RunningMesh, card: str, status: str) -> str:
+    """A new customer's order of a stocked product, paid with `card`, ended in `status`."""
+    admin = bearer(mesh.token("trace-admin", "catalog:write"))
+    product_id = stocked_product(edge, admin, 5)
+    _, token = customer(edge)
+    order_id = place(edge, token, product_id, payment_token=card)
+    assert wait_until_terminal(edge, token, order_id)["status"] == status
+    return order_id
+
+
+def traces_of(mesh: RunningMesh, order_id: str) -> list[str]:
+    store = TraceStore(mesh.run_dir / "traces" / "traces.db")
+    try:
+        return store.traces_with("shop.order_id", order_id)
+    finally:
+        store.close()
+
+
+def assert_logged_in_trace(
+    mesh: RunningMesh, services: tuple[str, ...], trace_id: str, order_id: str
+) -> None:
+    """Each of `services` logged a line about `order_id`, and its lines of the trace carry
+    the trace and span ids."""
+    for service in services:
         lines = mesh.meshctl("logs", service, "--trace", trace_id, "--json").stdout.splitlines()
         records = [json.loads(line.partition("| ")[2]) for line in lines]
         assert records, f"no {service} log line in trace {trace_id}"

@@ -13,7 +13,7 @@ import pytest
 from google.protobuf.message import DecodeError
 
 from mesh import chaos, cli, loadgen
-from mesh.events import DeadLetter
+from mesh.deadletters import DeadLetter
 from mesh.shopper import CANCELLED, CONFIRMED
 from mesh.storage import event_subject
 from mesh.supervisor import STATE_FILE

@@ -1,0 +1,214 @@
+"""A service's connection to its database, the same to its code on SQLite and Postgres.
+
+Adapters run SQLAlchemy Core statements with `await connection.execute(...)` inside a
+transaction that `mesh.storage.Database` opened; how the statement reaches the
+database depends on the backend:
+
+* **SQLite** (`SqliteEngine`): a statement on a local file takes microseconds, so it
+  runs inline, on the event loop's thread, with SQLAlchemy's synchronous engine. An
+  asyncio driver (aiosqlite) hands every statement, fetch and close to a thread of its
+  own and back, which costs about six times the statement itself (measured in
+  docs/benchmarks.md). Only the two steps that may wait go to a thread: `BEGIN
+  IMMEDIATE`, which waits while another process (a replica) holds the write lock, and
+  `COMMIT`, which waits for the fsync. Reads never wait in WAL mode.
+* **Postgres** (`AsyncEngine`, asyncpg): statements travel over the network, and each is
+  awaited (`AwaitedConnection`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any, TypeVar, cast
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.pool import ConnectionPoolEntry
+
+T = TypeVar("T")
+Parameters = Mapping[str, Any] | Sequence[Mapping[str, Any]] | None
+DriverParameters = tuple[Any, ...] | Mapping[str, Any] | None
+
+#: How long a writer waits for SQLite's lock before giving up, in milliseconds.
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+
+class Connection(ABC):
+    """One connection, inside a transaction that `Database.transaction` or `snapshot` began."""
+
+    @property
+    @abstractmethod
+    def dialect(self) -> sa.Dialect: ...
+
+    @property
+    @abstractmethod
+    def info(self) -> dict[Any, Any]:
+        """Per-connection scratch space, kept while the connection lives in the pool."""
+
+    @abstractmethod
+    async def execute(
+        self, statement: sa.Executable, parameters: Parameters = None
+    ) -> sa.CursorResult[Any]:
+        """Run a Core statement; the result is buffered (read it without awaiting)."""
+
+    @abstractmethod
+    async def exec_driver_sql(
+        self, statement: str, parameters: DriverParameters = None
+    ) -> sa.CursorResult[Any]: ...
+
+    @abstractmethod
+    async def run_sync(self, function: Callable[[sa.Connection], T]) -> T:
+        """`function` with the synchronous connection (schema inspection, `create_all`)."""
+
+    @abstractmethod
+    def begin_nested(self) -> AbstractAsyncContextManager[object]:
+        """A savepoint: released when the block ends, rolled back (alone) on error."""
+
+
+class InlineConnection(Connection):
+    """A synchronous connection run on the caller's thread (SQLite; see the module doc)."""
+
+    def __init__(self, connection: sa.Connection) -> None:
+        self.sync = connection
+
+    @property
+    def dialect(self) -> sa.Dialect:
+        return self.sync.dialect
+
+    @property
+    def info(self) -> dict[Any, Any]:
+        return self.sync.info
+
+    async def execute(
+        self, statement: sa.Executable, parameters: Parameters = None
+    ) -> sa.CursorResult[Any]:
+        return self.sync.execute(statement, parameters)
+
+    async def exec_driver_sql(
+        self, statement: str, parameters: DriverParameters = None
+    ) -> sa.CursorResult[Any]:
+        return self.sync.exec_driver_sql(statement, parameters)
+
+    async def run_sync(self, function: Callable[[sa.Connection], T]) -> T:
+        return function(self.sync)
+
+    @asynccontextmanager
+    async def begin_nested(self) -> AsyncIterator[object]:
+        with self.sync.begin_nested() as savepoint:
+            yield savepoint
+
+
+class AwaitedConnection(Connection):
+    """An asyncio connection whose every statement is awaited (Postgres)."""
+
+    def __init__(self, connection: AsyncConnection) -> None:
+        self.connection = connection
+
+    @property
+    def dialect(self) -> sa.Dialect:
+        return self.connection.dialect
+
+    @property
+    def info(self) -> dict[Any, Any]:
+        return self.connection.info
+
+    async def execute(
+        self, statement: sa.Executable, parameters: Parameters = None
+    ) -> sa.CursorResult[Any]:
+        return await self.connection.execute(statement, parameters)
+
+    async def exec_driver_sql(
+        self, statement: str, parameters: DriverParameters = None
+    ) -> sa.CursorResult[Any]:
+        return await self.connection.exec_driver_sql(statement, parameters)
+
+    async def run_sync(self, function: Callable[[sa.Connection], T]) -> T:
+        return await self.connection.run_sync(function)
+
+    @asynccontextmanager
+    async def begin_nested(self) -> AsyncIterator[object]:
+        async with self.connection.begin_nested() as savepoint:
+            yield savepoint
+
+
+class SqliteEngine:
+    """SQLite files, with statements inline and the waiting steps on one thread.
+
+    Every connection runs in WAL mode with foreign keys enforced, `synchronous=FULL`
+    (a commit is on disk when it returns) and a busy timeout. A write transaction
+    begins `IMMEDIATE`, taking the write lock at once, so a read-check-write inside one
+    transaction is serialized and two writers queue instead of failing half-way
+    ("database is locked"); another process (a replica) may hold the lock, so the
+    `BEGIN` waits on the thread. (Tried inline first, without waiting, it saved no
+    measurable CPU: docs/benchmarks.md.)
+    """
+
+    def __init__(self, url: sa.URL) -> None:
+        # A checkout never waits for a free connection (`max_overflow=-1`): it would
+        # block the event loop, and with it the connections' return.
+        self._engine = sa.create_engine(
+            url.set(drivername="sqlite"),
+            connect_args={"check_same_thread": False},
+            poolclass=sa.pool.QueuePool,
+            pool_size=8,
+            max_overflow=-1,
+        )
+        _configure_sqlite(self._engine)
+        #: The thread that waits for the write lock and the fsync: one suffices, since
+        #: this process's writers queue before they get here (`Database.transaction`).
+        self._waiter = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Connection]:
+        loop = asyncio.get_running_loop()
+        with self._engine.connect() as sync:
+            driver = cast(sqlite3.Connection, sync.connection.dbapi_connection)
+            await loop.run_in_executor(self._waiter, driver.execute, "BEGIN IMMEDIATE")
+            transaction = sync.begin()  # the `begin` event finds it begun already
+            try:
+                yield InlineConnection(sync)
+            except BaseException:
+                transaction.rollback()
+                raise
+            await loop.run_in_executor(self._waiter, transaction.commit)
+
+    @asynccontextmanager
+    async def snapshot(self) -> AsyncIterator[Connection]:
+        with self._engine.connect() as sync, sync.begin():
+            yield InlineConnection(sync)
+
+    async def dispose(self) -> None:
+        self._engine.dispose()
+        self._waiter.shutdown(wait=True)
+
+
+def _configure_sqlite(engine: sa.Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def on_connect(dbapi_connection: DBAPIConnection, record: ConnectionPoolEntry) -> None:
+        # Transactions begin as `SqliteEngine.transaction` and the `begin` event below say.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        for pragma in (
+            # First: switching a new file to WAL takes a lock that replicas starting
+            # together contend for, and only a busy timeout makes them wait for it.
+            f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}",
+            "PRAGMA journal_mode=WAL",
+            "PRAGMA foreign_keys=ON",
+            "PRAGMA synchronous=FULL",
+        ):
+            cursor.execute(pragma)
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def on_begin(connection: sa.Connection) -> None:
+        # A read transaction; a write transaction began IMMEDIATE before (`transaction`).
+        # Straight to the driver: a statement of SQLAlchemy's own costs more than BEGIN.
+        driver = cast(sqlite3.Connection, connection.connection.dbapi_connection)
+        if not driver.in_transaction:
+            driver.execute("BEGIN")
