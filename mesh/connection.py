@@ -166,17 +166,27 @@ class SqliteEngine:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Connection]:
-        loop = asyncio.get_running_loop()
         with self._engine.connect() as sync:
             driver = cast(sqlite3.Connection, sync.connection.dbapi_connection)
-            await loop.run_in_executor(self._waiter, driver.execute, "BEGIN IMMEDIATE")
+            await self._wait_for(driver.execute, "BEGIN IMMEDIATE")
             transaction = sync.begin()  # the `begin` event finds it begun already
             try:
                 yield InlineConnection(sync)
             except BaseException:
                 transaction.rollback()
                 raise
-            await loop.run_in_executor(self._waiter, transaction.commit)
+            await self._wait_for(transaction.commit)
+
+    async def _wait_for(self, step: Callable[..., object], *args: object) -> None:
+        """`step` on the waiter thread. A caller cancelled meanwhile (a deadline passed)
+        still waits for the thread to be done with the connection: only then may the
+        connection go back to the pool (which rolls back what it began)."""
+        running = asyncio.get_running_loop().run_in_executor(self._waiter, step, *args)
+        try:
+            await asyncio.shield(running)
+        except asyncio.CancelledError:
+            await asyncio.wait([running])
+            raise
 
     @asynccontextmanager
     async def snapshot(self) -> AsyncIterator[Connection]:

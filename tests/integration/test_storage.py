@@ -202,3 +202,39 @@ async def test_a_writer_of_another_process_waits_for_the_lock_without_stalling_t
     # The loop kept running while the second writer waited for the lock.
     assert order == ["first holds", "ticked", "first commits", "second begins"]
     assert (total, ticks) == (11, 10)
+
+
+async def test_a_writer_cancelled_while_it_waits_for_the_lock_leaves_its_connection_clean(
+    tmp_path: Path,
+) -> None:
+    """A caller whose deadline passes while its `BEGIN IMMEDIATE` waits on another
+    process's lock: once the lock is free its connection goes back to the pool with
+    nothing begun, and the next writer of that database proceeds."""
+    first, second = await opened(tmp_path / "t.db"), await opened(tmp_path / "t.db")
+
+    async def hold_the_lock() -> None:
+        async with first.transaction() as connection:
+            await connection.exec_driver_sql("UPDATE counter SET n = n + 1")
+            await asyncio.sleep(0.3)
+
+    async def never_gets_to_write() -> None:
+        async with second.transaction() as connection:
+            await connection.exec_driver_sql("UPDATE counter SET n = n + 100")
+
+    try:
+        holder = asyncio.create_task(hold_the_lock())
+        await asyncio.sleep(0.05)
+        waiter = asyncio.create_task(never_gets_to_write())
+        await asyncio.sleep(0.05)
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        await holder
+        async with second.transaction() as connection:
+            await connection.exec_driver_sql("UPDATE counter SET n = n + 10")
+        async with first.snapshot() as connection:
+            total = (await connection.exec_driver_sql("SELECT n FROM counter")).scalar()
+    finally:
+        await first.close()
+        await second.close()
+    assert total == 11
