@@ -1,6 +1,6 @@
 """Dead letters: the events a consumer gave up on, kept to be looked at and replayed.
 
-A consumer (`mesh.events.EventConsumer`) republishes such a message to
+A consumer (`mesh.consumer.EventConsumer`) republishes such a message to
 `dead.<consumer>` with the reason, the consumer and the original subject in headers and
 the original body. `meshctl dlq list/show/replay` reads them from here.
 """

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mesh import events
+from mesh import consumer, events
 from mesh.events import DEAD_LETTER_PREFIX, EVENTS_STREAM, NatsSettings, inbox_prefix
 from mesh.pki import MeshPKI, service_dns_name
 from mesh.topology import Topology
@@ -222,6 +222,6 @@ async def prepare_event_bus(
         await events.ensure_streams(js, stream_replicas)
         for service in topology.services.values():
             if service.consumes:
-                await events.ensure_consumer(js, service.name, service.consumed_subjects)
+                await consumer.ensure_consumer(js, service.name, service.consumed_subjects)
     finally:
         await client.close()

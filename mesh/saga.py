@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from mesh.connection import Connection
-from mesh.events import Delivery, Handler
+from mesh.consumer import Delivery, Handler
 from mesh.storage import saga_orders, utc_now
 from shop.events.v1 import events_pb2
 

@@ -15,8 +15,9 @@ from collections.abc import Callable
 
 from mesh import telemetry
 from mesh.connection import Connection
+from mesh.consumer import Delivery, Handler
 from mesh.errors import FailedPrecondition, InvalidArgument, NotFound
-from mesh.events import Delivery, Handler, new_event, subject
+from mesh.events import new_event, subject
 from mesh.storage import enqueue_event
 from services.inventory.domain import ReservationLine, ReservationStatus
 from services.inventory.handlers import (

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 
-from mesh.events import start_event_bus
+from mesh.eventbus import start_event_bus
 from mesh.runner import Registration
 from mesh.service import ServiceSettings, open_database
 from services.notifications import saga

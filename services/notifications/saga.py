@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from mesh.connection import Connection
-from mesh.events import Delivery, Handler, subject
+from mesh.consumer import Delivery, Handler
+from mesh.events import subject
 from services.notifications.domain import NotificationKind
 from services.notifications.handlers import RecordNotification, record_notification
 from services.notifications.ports import NotificationsStore

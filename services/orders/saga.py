@@ -24,7 +24,8 @@ from dataclasses import replace
 from datetime import UTC, datetime
 
 from mesh.connection import Connection
-from mesh.events import Delivery, Handler, subject
+from mesh.consumer import Delivery, Handler
+from mesh.events import subject
 from mesh.money import Money
 from mesh.storage import utc_now
 from services.orders.domain import (

@@ -14,8 +14,9 @@ import logging
 from collections.abc import Callable
 
 from mesh.connection import Connection
+from mesh.consumer import Delivery, Handler
 from mesh.errors import InvalidArgument
-from mesh.events import Delivery, Handler, new_event, subject
+from mesh.events import new_event, subject
 from mesh.saga import placed_order, remember_cancelled, remember_placements
 from mesh.storage import enqueue_event
 from services.shipping.handlers import (

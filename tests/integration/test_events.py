@@ -23,6 +23,14 @@ from prometheus_client import REGISTRY
 
 from mesh import deadletters, events, natsconf
 from mesh.binaries import find_binary
+from mesh.consumer import (
+    ConsumerMismatch,
+    ConsumerPolicy,
+    Delivery,
+    EventConsumer,
+    Handler,
+    ensure_consumer,
+)
 from mesh.pki import MeshPKI, leaf, self_signed_ca
 from mesh.plan import free_port
 from mesh.probe import http_ok
@@ -160,19 +168,19 @@ async def test_a_relay_that_crashed_before_marking_publishes_no_duplicate(
 async def ledger_consumer(
     js: JetStreamContext,
     database: Database,
-    handler: events.Handler,
+    handler: Handler,
     *,
     name: str = "ledger",
-    policy: events.ConsumerPolicy | None = None,
-) -> events.EventConsumer:
+    policy: ConsumerPolicy | None = None,
+) -> EventConsumer:
     """A consumer of order placements, created as the mesh creates one, then bound."""
     subject = "shop.orders.order_placed"
-    policy = policy or events.ConsumerPolicy()
-    await events.ensure_consumer(js, name, [subject], policy)
-    return events.EventConsumer(database, js, name=name, handlers={subject: handler}, policy=policy)
+    policy = policy or ConsumerPolicy()
+    await ensure_consumer(js, name, [subject], policy)
+    return EventConsumer(database, js, name=name, handlers={subject: handler}, policy=policy)
 
 
-async def write_ledger(delivery: events.Delivery) -> None:
+async def write_ledger(delivery: Delivery) -> None:
     async with delivery.transaction() as connection:
         await connection.execute(
             sa.text("INSERT INTO ledger VALUES (:id)"), {"id": delivery.envelope.event_id}
@@ -194,7 +202,7 @@ async def running(
         await asyncio.wait_for(task, timeout=10)
 
 
-async def _consume_all(js: JetStreamContext, consumer: events.EventConsumer) -> None:
+async def _consume_all(js: JetStreamContext, consumer: EventConsumer) -> None:
     """Run `consumer` until it has settled every message of the stream (at most 20 s)."""
     async with running(consumer.run):
         deadline = time.monotonic() + 20
@@ -212,7 +220,7 @@ async def test_a_redelivered_event_changes_nothing_twice(
     envelope = order_placed()
     applied: list[str] = []
 
-    async def record(delivery: events.Delivery) -> None:
+    async def record(delivery: Delivery) -> None:
         await write_ledger(delivery)
         applied.append(delivery.envelope.event_id)
 
@@ -235,7 +243,7 @@ async def test_a_poison_message_is_dead_lettered_and_the_good_ones_flow(
     good = order_placed()
     done = asyncio.Event()
 
-    async def record(delivery: events.Delivery) -> None:
+    async def record(delivery: Delivery) -> None:
         await write_ledger(delivery)
         done.set()
 
@@ -261,13 +269,13 @@ async def test_an_event_that_keeps_failing_ends_as_a_dead_letter_with_its_reason
 ) -> None:
     attempts: list[int] = []
 
-    async def broken(delivery: events.Delivery) -> None:
+    async def broken(delivery: Delivery) -> None:
         attempts.append(1)
         raise RuntimeError("the database of record is on fire")
 
     consumer = await ledger_consumer(
         js, database, broken, name="broken",
-        policy=events.ConsumerPolicy(ack_wait_seconds=5, redelivery_delays=(0.1, 0.2)),
+        policy=ConsumerPolicy(ack_wait_seconds=5, redelivery_delays=(0.1, 0.2)),
     )  # fmt: skip
     envelope = order_placed()
     await js.publish(
@@ -292,14 +300,14 @@ async def test_replay_re_drives_a_dead_letter_once_its_cause_is_fixed(
 ) -> None:
     fixed = False
 
-    async def flaky(delivery: events.Delivery) -> None:
+    async def flaky(delivery: Delivery) -> None:
         if not fixed:
             raise RuntimeError("a bug, fixed later")
         await write_ledger(delivery)
 
     consumer = await ledger_consumer(
         js, database, flaky,
-        policy=events.ConsumerPolicy(ack_wait_seconds=5, redelivery_delays=(0.1,)),
+        policy=ConsumerPolicy(ack_wait_seconds=5, redelivery_delays=(0.1,)),
     )  # fmt: skip
     envelope = order_placed()
     await js.publish(
@@ -323,8 +331,8 @@ async def test_replay_re_drives_a_dead_letter_once_its_cause_is_fixed(
 async def test_a_consumer_refuses_to_run_when_its_subjects_differ_from_its_handlers(
     js: JetStreamContext, database: Database
 ) -> None:
-    await events.ensure_consumer(js, "ledger", ["shop.orders.order_placed"])
-    consumer = events.EventConsumer(
+    await ensure_consumer(js, "ledger", ["shop.orders.order_placed"])
+    consumer = EventConsumer(
         database,
         js,
         name="ledger",
@@ -333,7 +341,7 @@ async def test_a_consumer_refuses_to_run_when_its_subjects_differ_from_its_handl
             "shop.orders.order_cancelled": write_ledger,
         },
     )
-    with pytest.raises(events.ConsumerMismatch, match=r"make its `consumes:` in mesh\.yaml match"):
+    with pytest.raises(ConsumerMismatch, match=r"make its `consumes:` in mesh\.yaml match"):
         await consumer.bind()
 
 
@@ -359,7 +367,7 @@ async def test_an_event_its_handler_ignores_is_still_recorded_once(
 ) -> None:
     seen: list[str] = []
 
-    async def ignore(delivery: events.Delivery) -> None:
+    async def ignore(delivery: Delivery) -> None:
         seen.append(delivery.envelope.event_id)
 
     consumer = await ledger_consumer(js, database, ignore)
@@ -419,8 +427,8 @@ async def test_nats_refuses_clients_without_a_mesh_identity(bus: Bus, tmp_path: 
 async def test_a_service_publishes_only_its_own_events_and_reads_only_its_consumer(
     bus: Bus, js: JetStreamContext
 ) -> None:
-    await events.ensure_consumer(js, "inventory", ["shop.orders.order_placed"])
-    await events.ensure_consumer(js, "orders", ["shop.inventory.stock_reserved"])
+    await ensure_consumer(js, "inventory", ["shop.orders.order_placed"])
+    await ensure_consumer(js, "orders", ["shop.inventory.stock_reserved"])
     violations: list[str] = []
 
     async def on_error(error: Exception) -> None:
@@ -437,7 +445,7 @@ async def test_a_service_publishes_only_its_own_events_and_reads_only_its_consum
         with pytest.raises(nats.errors.TimeoutError):
             await inventory.publish("shop.orders.order_placed", b"forged")
         with pytest.raises(nats.errors.TimeoutError):  # no consumer of its own choosing
-            await events.ensure_consumer(inventory, "spy", ["shop.>"])
+            await ensure_consumer(inventory, "spy", ["shop.>"])
         with pytest.raises(nats.errors.TimeoutError):  # no reading the stream directly
             await inventory.get_msg(events.EVENTS_STREAM, 1)
         theirs = await inventory.pull_subscribe_bind(consumer="orders", stream=events.EVENTS_STREAM)
@@ -504,7 +512,7 @@ async def test_a_failing_event_fails_alone_and_its_batch_neighbours_commit_once(
 ) -> None:
     attempts: list[str] = []
 
-    async def picky(delivery: events.Delivery) -> None:
+    async def picky(delivery: Delivery) -> None:
         order_id = delivery.envelope.order_id
         attempts.append(order_id)
         async with delivery.transaction() as connection:
@@ -515,7 +523,7 @@ async def test_a_failing_event_fails_alone_and_its_batch_neighbours_commit_once(
                 raise RuntimeError("o3 cannot be applied yet")
 
     consumer = await ledger_consumer(
-        js, database, picky, policy=events.ConsumerPolicy(redelivery_delays=(0.1, 0.2))
+        js, database, picky, policy=ConsumerPolicy(redelivery_delays=(0.1, 0.2))
     )
     event_ids = await publish_placements(js, [f"o{n}" for n in range(1, 7)])
     await _consume_all(js, consumer)
@@ -531,7 +539,7 @@ async def test_a_batch_runs_its_handlers_side_by_side_up_to_their_transactions(
     arrived = 0
     all_arrived = asyncio.Event()
 
-    async def slow_before_its_transaction(delivery: events.Delivery) -> None:
+    async def slow_before_its_transaction(delivery: Delivery) -> None:
         nonlocal arrived
         arrived += 1
         if arrived == 4:
@@ -550,7 +558,7 @@ async def test_an_orders_events_in_one_fetch_are_applied_in_order_each_seeing_th
 ) -> None:
     seen_before: list[int] = []
 
-    async def count_then_write(delivery: events.Delivery) -> None:
+    async def count_then_write(delivery: Delivery) -> None:
         seen_before.append(len(await ledger(database)))  # before the transaction
         await write_ledger(delivery)
 

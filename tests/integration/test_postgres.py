@@ -20,8 +20,9 @@ import sqlalchemy as sa
 from nats.js import JetStreamContext
 
 from mesh.connection import AwaitedConnection
+from mesh.consumer import EventConsumer, Handler, Outcome
 from mesh.errors import Unavailable
-from mesh.events import EventConsumer, Handler, OutboxRelay, Outcome, new_event
+from mesh.events import OutboxRelay, new_event
 from mesh.money import Money
 from mesh.storage import (
     Database,
