@@ -421,6 +421,32 @@ async def test_concurrent_retries_place_one_order_with_one_event(
     assert pending == ["shop.orders.order_placed"]
 
 
+async def test_a_batch_commits_its_good_events_and_rolls_back_the_bad_one_alone(
+    databases: PostgresDatabases, tmp_path: Path
+) -> None:
+    """Savepoints on Postgres: steps of two orders and one of an order nobody placed,
+    applied as one batch; the unknown order's step fails, the other two commit."""
+    async with databases.open(tmp_path, "orders", orders.MIGRATIONS) as database:
+        store = orders.SqlOrdersStore(await warmed(database))
+        placed = [await place_order(store, OneProductCatalog(), placing(r)) for r in "ab"]
+        steps = [
+            new_event("inventory", order_id, events_pb2.StockReserved(order_id=order_id))
+            for order_id in (placed[0].id, "nobody-placed-this", placed[1].id)
+        ]
+        consumer = EventConsumer(
+            database, cast(JetStreamContext, None), name="orders",
+            handlers=orders_saga.handlers(store.within),
+        )  # fmt: skip
+        outcomes = [outcome for outcome, _ in await consumer.apply(steps)]
+        async with store.snapshot() as tx:
+            after = [await tx.get(order.id) for order in placed]
+        assert await count(database, processed_events) == 2
+    assert outcomes == [Outcome.APPLIED, Outcome.FAILED, Outcome.APPLIED]
+    assert [[s.name for s in o.history] for o in after if o is not None] == [
+        ["OrderPlaced", "StockReserved"], ["OrderPlaced", "StockReserved"],
+    ]  # fmt: skip
+
+
 async def test_concurrent_saga_steps_of_one_order_both_land(
     databases: PostgresDatabases, tmp_path: Path
 ) -> None:
