@@ -73,9 +73,15 @@ _HCM = (
     "type.googleapis.com/envoy.extensions.filters.network"
     ".http_connection_manager.v3.HttpConnectionManager"
 )
+#: The router, adding no `x-envoy-*` headers to requests and responses: nothing here
+#: reads them, and every hop saved their work (about 13% of a sidecar's CPU per request,
+#: docs/benchmarks.md); clients no longer see the upstream's time either.
 ROUTER = {
     "name": "envoy.filters.http.router",
-    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+    "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
+        "suppress_envoy_headers": True,
+    },
 }
 HTTP2_UPSTREAM = {
     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
