@@ -11,8 +11,13 @@ database depends on the backend:
   docs/benchmarks.md). Only the two steps that may wait go to a thread: `BEGIN
   IMMEDIATE`, which waits while another process (a replica) holds the write lock, and
   `COMMIT`, which waits for the fsync. Reads never wait in WAL mode.
-* **Postgres** (`AsyncEngine`, asyncpg): statements travel over the network, and each is
-  awaited (`AwaitedConnection`).
+* **Postgres** (`PostgresEngine`, asyncpg): statements travel over the network, and each
+  is awaited (`AwaitedConnection`).
+
+Both engines give the same two transactions, `transaction()` (a write transaction that
+waits its turn, on SQLite's file lock or on a Postgres advisory lock) and `snapshot()`
+(a read-only one that never waits for writers), so `mesh.storage.Database` is the same
+code on both.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from typing import Any, TypeVar, cast
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine.interfaces import DBAPIConnection
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
 T = TypeVar("T")
@@ -137,7 +142,54 @@ class AwaitedConnection(Connection):
             yield savepoint
 
 
-class SqliteEngine:
+class Engine(ABC):
+    """A database's transactions, as `mesh.storage.Database` uses them."""
+
+    @abstractmethod
+    def transaction(self) -> AbstractAsyncContextManager[Connection]:
+        """A write transaction, serialized with every other writer of the database."""
+
+    @abstractmethod
+    def snapshot(self) -> AbstractAsyncContextManager[Connection]:
+        """A read-only transaction: a consistent view that takes no write lock."""
+
+    @abstractmethod
+    async def dispose(self) -> None: ...
+
+    @staticmethod
+    def of(url: sa.URL) -> Engine:
+        """The engine for `url`: SQLite files inline, anything else on asyncio."""
+        return SqliteEngine(url) if url.get_backend_name() == "sqlite" else PostgresEngine(url)
+
+
+class PostgresEngine(Engine):
+    """Postgres through asyncpg. Postgres would run writers side by side (READ
+    COMMITTED); so that read-check-write steps mean what they mean on SQLite, replicas
+    included, a write transaction's first statement takes a transaction-scoped advisory
+    lock, released by the commit or rollback. Snapshots never take it."""
+
+    #: Any constant 64-bit key serves, since advisory locks are per database: b"shopwrtr".
+    WRITER_LOCK = int.from_bytes(b"shopwrtr", "big")
+
+    def __init__(self, url: sa.URL) -> None:
+        self.engine: AsyncEngine = create_async_engine(url)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Connection]:
+        async with self.engine.begin() as awaited:
+            await awaited.execute(sa.select(sa.func.pg_advisory_xact_lock(self.WRITER_LOCK)))
+            yield AwaitedConnection(awaited)
+
+    @asynccontextmanager
+    async def snapshot(self) -> AsyncIterator[Connection]:
+        async with self.engine.connect() as awaited, awaited.begin():
+            yield AwaitedConnection(awaited)
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+
+class SqliteEngine(Engine):
     """SQLite files, with statements inline and the waiting steps on one thread.
 
     Every connection runs in WAL mode with foreign keys enforced, `synchronous=FULL`

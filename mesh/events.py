@@ -162,12 +162,17 @@ class OutboxRelay:
         async with self._database.snapshot() as connection:
             rows = (await connection.execute(self._pending)).all()
         pending = [
-            (row.event_id, row.subject, events_pb2.EventEnvelope.FromString(row.payload))
+            (
+                row.event_id,
+                row.subject,
+                row.payload,
+                events_pb2.EventEnvelope.FromString(row.payload),
+            )
             for row in rows
         ]
         acknowledged: list[str] = []
         try:
-            for wave in waves(pending, key=lambda event: event[2].order_id):
+            for wave in waves(pending, key=lambda event: event[3].order_id):
                 results = await asyncio.gather(
                     *(self._publish(*event) for event in wave), return_exceptions=True
                 )
@@ -184,7 +189,7 @@ class OutboxRelay:
         return len(rows)
 
     async def _publish(
-        self, event_id: str, subject: str, envelope: events_pb2.EventEnvelope
+        self, event_id: str, subject: str, payload: bytes, envelope: events_pb2.EventEnvelope
     ) -> None:
         """Publish one event in a producer span of the trace that raised it."""
         parent = telemetry.event_context(envelope.trace_context)
@@ -194,7 +199,7 @@ class OutboxRelay:
             messaging_attributes(span, subject, envelope)
             headers = {MSG_ID: event_id}
             telemetry.inject(headers)
-            await self._js.publish(subject, envelope.SerializeToString(), headers=headers)
+            await self._js.publish(subject, payload, headers=headers)  # the bytes as written
 
     async def _count_pending(self) -> None:
         """Set `shop_outbox_pending`: counted while events wait (a full batch went out,

@@ -1,6 +1,7 @@
 """Each service's own database: connection set-up, versioned migrations, transactions.
 
-Storage is SQLAlchemy Core on an asyncio engine. Services write their queries against
+Storage is SQLAlchemy Core (`mesh.connection`: SQLite inline on the event loop, Postgres
+on asyncpg). Services write their queries against
 SQLAlchemy `Table` objects, not SQL strings, so the same adapters run on SQLite (the
 local mesh: one file per service under the run directory) and on Postgres (a DSN such as
 `postgresql+asyncpg://...` in production) without touching the domain. Migrations are
@@ -36,18 +37,15 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mesh import telemetry
-from mesh.connection import AwaitedConnection, Connection, SqliteEngine
+from mesh.connection import Connection, Engine, PostgresEngine
 from mesh.errors import AlreadyExists
 from shop.events.v1 import events_pb2
 
 #: Marks a connection whose transaction wrote to the outbox (see `Database.transaction`).
 _OUTBOX_WRITTEN = "shop_outbox_written"
-#: The advisory lock Postgres writers queue on (see `Database.transaction`); any constant
-#: 64-bit key serves, since advisory locks are per database: this one is b"shopwrtr".
-_POSTGRES_WRITER_LOCK = int.from_bytes(b"shopwrtr", "big")
 
 
 @dataclass(frozen=True)
@@ -228,7 +226,7 @@ class Database:
         self.url = url
         self.component = component
         self._migrations = tuple(migrations)
-        self._engine: SqliteEngine | AsyncEngine | None = None
+        self._engine: Engine | None = None
         #: Set when a transaction that wrote to the outbox commits (wakes the relay).
         self.outbox_written = asyncio.Event()
         #: Writers of this process queue here, in order (see `transaction`).
@@ -249,16 +247,13 @@ class Database:
     @property
     def engine(self) -> AsyncEngine:
         """The Postgres engine, for tests that go around `transaction` on purpose."""
-        if not isinstance(self._engine, AsyncEngine):
+        if not isinstance(self._engine, PostgresEngine):
             raise RuntimeError(f"the {self.component} database is not an open Postgres one")
-        return self._engine
+        return self._engine.engine
 
     async def open(self) -> None:
         """Connect and bring the schema up to date (or, failing that, close again)."""
-        url = sa.make_url(self.url)
-        self._engine = (
-            SqliteEngine(url) if url.get_backend_name() == "sqlite" else create_async_engine(url)
-        )
+        self._engine = Engine.of(sa.make_url(self.url))
         try:
             await self._migrate("mesh", _MESH_MIGRATIONS)
             await self._migrate(self.component, self._migrations)
@@ -271,7 +266,7 @@ class Database:
             await self._engine.dispose()
             self._engine = None
 
-    def _open_engine(self) -> SqliteEngine | AsyncEngine:
+    def _open_engine(self) -> Engine:
         if self._engine is None:
             raise RuntimeError(f"the {self.component} database is not open")
         return self._engine
@@ -288,11 +283,10 @@ class Database:
         Postgres would run writers side by side (READ COMMITTED), and the services'
         read-check-write steps would then race: a retry finding no recorded request, two
         whole-row saves from one read, two replicas each creating the first signing key.
-        So its write transactions queue too, replicas included: the first statement takes
-        a transaction-scoped advisory lock, released by the commit or rollback. Snapshots
-        never take it, and reads never wait for writers.
+        So its write transactions queue too, replicas included, on an advisory lock
+        (`PostgresEngine`). Snapshots never take it, and reads never wait for writers.
         """
-        async with self._writer, self._begin_write() as connection:
+        async with self._writer, self._open_engine().transaction() as connection:
             connection.info.pop(_OUTBOX_WRITTEN, None)
             yield connection
             wrote_events = connection.info.pop(_OUTBOX_WRITTEN, False)
@@ -300,26 +294,10 @@ class Database:
             self.outbox_written.set()
 
     @asynccontextmanager
-    async def _begin_write(self) -> AsyncIterator[Connection]:
-        engine = self._open_engine()
-        if isinstance(engine, SqliteEngine):
-            async with engine.transaction() as connection:
-                yield connection
-            return
-        async with engine.begin() as awaited:
-            await awaited.execute(sa.select(sa.func.pg_advisory_xact_lock(_POSTGRES_WRITER_LOCK)))
-            yield AwaitedConnection(awaited)
-
-    @asynccontextmanager
     async def snapshot(self) -> AsyncIterator[Connection]:
         """A read-only transaction: a consistent view that takes no write lock."""
-        engine = self._open_engine()
-        if isinstance(engine, SqliteEngine):
-            async with engine.snapshot() as connection:
-                yield connection
-        else:
-            async with engine.connect() as awaited, awaited.begin():
-                yield AwaitedConnection(awaited)
+        async with self._open_engine().snapshot() as connection:
+            yield connection
 
     async def applied_versions(self, component: str | None = None) -> list[int]:
         """Versions of `component`'s migrations (default: this service's) applied so far."""
