@@ -8,9 +8,9 @@ database depends on the backend:
   runs inline, on the event loop's thread, with SQLAlchemy's synchronous engine. An
   asyncio driver (aiosqlite) hands every statement, fetch and close to a thread of its
   own and back, which costs about six times the statement itself (measured in
-  docs/benchmarks.md). Only the two steps that may wait go to a thread: `BEGIN
-  IMMEDIATE`, which waits while another process (a replica) holds the write lock, and
-  `COMMIT`, which waits for the fsync. Reads never wait in WAL mode.
+  docs/benchmarks.md). Only the steps that wait go to a thread: `COMMIT`, which waits
+  for the fsync, and `BEGIN IMMEDIATE` when another process (a replica) holds the
+  write lock; a free lock is taken inline. Reads never wait in WAL mode.
 * **Postgres** (`PostgresEngine`, asyncpg): statements travel over the network, and each
   is awaited (`AwaitedConnection`).
 
@@ -196,9 +196,10 @@ class SqliteEngine(Engine):
     (a commit is on disk when it returns) and a busy timeout. A write transaction
     begins `IMMEDIATE`, taking the write lock at once, so a read-check-write inside one
     transaction is serialized and two writers queue instead of failing half-way
-    ("database is locked"); another process (a replica) may hold the lock, so the
-    `BEGIN` waits on the thread. (Tried inline first, without waiting, it saved no
-    measurable CPU: docs/benchmarks.md.)
+    ("database is locked"). The `BEGIN` is tried inline first, without waiting; only
+    when another process (a replica) holds the lock does it wait, on the thread. A
+    hop to the thread and back costs more than the statement: a write transaction
+    costs about 100 us of CPU less this way (docs/benchmarks.md).
     """
 
     def __init__(self, url: sa.URL) -> None:
@@ -220,7 +221,8 @@ class SqliteEngine(Engine):
     async def transaction(self) -> AsyncIterator[Connection]:
         with self._engine.connect() as sync:
             driver = cast(sqlite3.Connection, sync.connection.dbapi_connection)
-            await self._wait_for(driver.execute, "BEGIN IMMEDIATE")
+            if not _begin_unless_locked(driver):
+                await self._wait_for(driver.execute, "BEGIN IMMEDIATE")
             transaction = sync.begin()  # the `begin` event finds it begun already
             try:
                 yield InlineConnection(sync)
@@ -248,6 +250,22 @@ class SqliteEngine(Engine):
     async def dispose(self) -> None:
         self._engine.dispose()
         self._waiter.shutdown(wait=True)
+
+
+def _begin_unless_locked(driver: sqlite3.Connection) -> bool:
+    """`BEGIN IMMEDIATE` at once, inline, unless another process holds the write lock
+    (False: then it must wait, on the waiter thread). This process's own writers queue
+    before they get here, so the lock is free but for a replica's writes."""
+    driver.execute("PRAGMA busy_timeout=0")
+    try:
+        driver.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as error:
+        if error.sqlite_errorcode != sqlite3.SQLITE_BUSY:
+            raise
+        return False
+    finally:
+        driver.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    return True
 
 
 def _configure_sqlite(engine: sa.Engine) -> None:

@@ -8,8 +8,9 @@ Every event is a `shop.events.v1.EventEnvelope`, binary on the wire, published o
   the service's own `outbox` table in the transaction that makes the change, so an event
   exists exactly when its change was committed. `OutboxRelay` publishes pending events
   with `Nats-Msg-Id` = event id, side by side but each order's in the order written,
-  and marks them published only after JetStream acknowledged them; it retries with
-  backoff and, after a crash, publishes again what it had not marked, which JetStream
+  and has them marked published only after JetStream acknowledged them, by the
+  service's next write transaction (`Database.mark_published`); it retries with
+  backoff and, after a crash, publishes again what was not marked, which JetStream
   drops as duplicates within the dedup window.
 * **Streams.** `SHOP_EVENTS` holds `shop.>`: file storage (the server fsyncs every write,
   `sync_interval: always`), kept for 7 days (limits retention: events are facts that
@@ -116,13 +117,6 @@ async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
             await js.add_stream(config)
 
 
-_MARK_PUBLISHED = (
-    outbox.update()
-    .where(outbox.c.event_id.in_(sa.bindparam("event_ids", expanding=True)))
-    .values(published_time=sa.bindparam("now"))
-)
-
-
 class OutboxRelay:
     """Publishes a service's committed events, in order, at least once (see module doc)."""
 
@@ -153,12 +147,14 @@ class OutboxRelay:
         Events go out side by side, their acknowledgements awaited together, except that
         an order's events go one after the other, in the order they were written: the
         batch is cut into waves where each order appears once. The events JetStream
-        acknowledged are marked published together (one transaction, one fsync), also
-        when a failure stops the batch after a wave, which leaves the rest pending, in
-        order, for the next round. A crash before the marking publishes them again
-        later, and JetStream drops those copies (same message id, within the duplicate
-        window).
+        acknowledged are handed to the database to be marked published together by its
+        next write transaction (`Database.mark_published`; at the latest by the next
+        round's), also when a failure stops the batch after a wave, which leaves the
+        rest pending, in order, for the next round. A crash before the marking
+        publishes them again later, and JetStream drops those copies (same message id,
+        within the duplicate window).
         """
+        await self._database.flush_published_marks()
         async with self._database.snapshot() as connection:
             rows = (await connection.execute(self._pending)).all()
         pending = [
@@ -181,11 +177,7 @@ class OutboxRelay:
                 if failed:
                     raise failed[0]
         finally:
-            if acknowledged:
-                async with self._database.transaction() as connection:
-                    await connection.execute(
-                        _MARK_PUBLISHED, {"event_ids": acknowledged, "now": utc_now()}
-                    )
+            self._database.mark_published(acknowledged)
         return len(rows)
 
     async def _publish(
@@ -208,7 +200,7 @@ class OutboxRelay:
             pending = await connection.execute(
                 sa.select(sa.func.count()).where(outbox.c.published_time.is_(None))
             )
-            metrics.OUTBOX_PENDING.set(pending.scalar_one())
+            metrics.OUTBOX_PENDING.set(pending.scalar_one() - self._database.unmarked)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Publish until `stop` is set; back off (up to a few seconds) while NATS is away.
@@ -217,7 +209,9 @@ class OutboxRelay:
         transaction of this process commits an event, which is then published at once.
         The poll finds what nothing woke it for: events another process (a replica that
         died, say) left behind; so it can be rare, and an idle service costs next to
-        nothing.
+        nothing. A round that published less than a batch left nothing behind, so the
+        next waits; one that published a full batch goes on at once. On the way out,
+        the marks of what it published are written.
         """
         backoff = self._idle
         written = self._database.outbox_written
@@ -231,7 +225,7 @@ class OutboxRelay:
                 else:
                     await self._count_pending()
                 backoff = self._idle
-                delay = 0.0 if published else self._idle
+                delay = 0.0 if published >= self._batch else self._idle
                 wakers.append(written)
             except Exception as error:  # NATS away, timeouts: try again later
                 log.warning("outbox relay: %s; retrying in %.1fs", error, backoff)
@@ -240,6 +234,8 @@ class OutboxRelay:
                     await self._count_pending()
             if delay:
                 await _first_of(wakers, delay)
+        with contextlib.suppress(Exception):  # left unmarked: published again, dropped
+            await self._database.flush_published_marks()
 
 
 Item = TypeVar("Item")

@@ -34,7 +34,7 @@ from mesh.consumer import (
 from mesh.pki import MeshPKI, leaf, self_signed_ca
 from mesh.plan import free_port
 from mesh.probe import http_ok
-from mesh.storage import Database, Migration, SqlTransaction
+from mesh.storage import Database, Migration, SqlTransaction, outbox
 from mesh.topology import parse
 from shop.events.v1 import events_pb2
 from tests.support.component import sqlite_database
@@ -109,6 +109,14 @@ async def stream_messages(js: JetStreamContext, stream: str) -> int:
     return int((await js.stream_info(stream)).state.messages)
 
 
+async def unpublished(database: Database) -> int:
+    async with database.snapshot() as connection:
+        found = await connection.execute(
+            sa.select(sa.func.count()).where(outbox.c.published_time.is_(None))
+        )
+        return int(found.scalar_one())
+
+
 async def test_only_committed_events_are_published_once_each(
     js: JetStreamContext, database: Database
 ) -> None:
@@ -138,7 +146,8 @@ async def test_a_commit_wakes_the_relay_before_its_next_poll(
     js: JetStreamContext, database: Database
 ) -> None:
     """With a poll once a minute, an event committed in this process still goes out at
-    once: the commit wakes the relay."""
+    once: the commit wakes the relay. Stopped, the relay writes the marks of what it
+    published."""
     async with running(events.OutboxRelay(database, js, idle_seconds=60).run):
         await asyncio.sleep(0.5)  # the relay found nothing and waits for its next poll
         async with database.transaction() as connection:
@@ -147,6 +156,31 @@ async def test_a_commit_wakes_the_relay_before_its_next_poll(
         while await stream_messages(js, events.EVENTS_STREAM) == 0:
             assert time.monotonic() < deadline, "the relay slept through the commit"
             await asyncio.sleep(0.05)
+    assert (await unpublished(database), database.unmarked) == (0, 0)
+
+
+async def test_the_relays_marks_ride_on_the_next_transaction_or_the_next_round(
+    js: JetStreamContext, database: Database
+) -> None:
+    """What the relay published is marked by the service's next write transaction,
+    whatever it is for, and the relay publishes nothing twice meanwhile."""
+    relay = events.OutboxRelay(database, js)
+    for order in ("o1", "o2"):
+        async with database.transaction() as connection:
+            await SqlTransaction(connection).enqueue_event(order_placed(order))
+        assert await relay.publish_pending() == 1
+    # o1's mark rode on the transaction that wrote o2; o2's waits for the next one.
+    assert (await unpublished(database), database.unmarked) == (1, 1)
+    async with database.transaction() as connection:
+        await connection.execute(sa.text("INSERT INTO ledger (event_id) VALUES ('other')"))
+    assert (await unpublished(database), database.unmarked) == (0, 0)
+
+    async with database.transaction() as connection:
+        await SqlTransaction(connection).enqueue_event(order_placed("o3"))
+    assert await relay.publish_pending() == 1
+    assert await relay.publish_pending() == 0  # its round writes the waiting mark first
+    assert (await unpublished(database), database.unmarked) == (0, 0)
+    assert await stream_messages(js, events.EVENTS_STREAM) == 3
 
 
 async def test_a_relay_that_crashed_before_marking_publishes_no_duplicate(

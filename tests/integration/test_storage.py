@@ -21,6 +21,7 @@ from mesh.storage import (
 )
 from services.catalog.adapters import MIGRATIONS as CATALOG_MIGRATIONS
 from services.catalog.adapters import metadata as catalog_metadata
+from shop.events.v1 import events_pb2
 
 pytestmark = pytest.mark.integration
 
@@ -238,3 +239,50 @@ async def test_a_writer_cancelled_while_it_waits_for_the_lock_leaves_its_connect
         await first.close()
         await second.close()
     assert total == 11
+
+
+async def test_published_marks_wait_out_a_failed_transaction_for_the_next(
+    tmp_path: Path,
+) -> None:
+    """Marks handed to the database (`mark_published`) go with the next transaction that
+    commits; one that fails leaves them for the one after, or for a flush."""
+    database = await opened(tmp_path / "t.db")
+    envelopes = [
+        events_pb2.EventEnvelope(
+            event_id=f"e{n}",
+            producer="orders",
+            order_id="o1",
+            order_placed=events_pb2.OrderPlaced(order_id="o1"),
+        )
+        for n in (1, 2)
+    ]
+
+    async def marked() -> set[str]:
+        async with database.snapshot() as connection:
+            rows = await connection.execute(
+                sa.select(outbox.c.event_id).where(outbox.c.published_time.is_not(None))
+            )
+            return set(rows.scalars())
+
+    try:
+        async with database.transaction() as connection:
+            for envelope in envelopes:
+                await SqlTransaction(connection).enqueue_event(envelope)
+        database.mark_published(["e1"])
+
+        async def failing() -> None:
+            async with database.transaction() as connection:
+                await connection.exec_driver_sql("UPDATE counter SET n = n + 1")
+                raise RuntimeError("the change failed")
+
+        with pytest.raises(RuntimeError):
+            await failing()
+        assert (await marked(), database.unmarked) == (set(), 1)
+        async with database.transaction() as connection:
+            await connection.exec_driver_sql("UPDATE counter SET n = n + 1")
+        assert (await marked(), database.unmarked) == ({"e1"}, 0)
+        database.mark_published(["e2"])
+        await database.flush_published_marks()
+        assert (await marked(), database.unmarked) == ({"e1", "e2"}, 0)
+    finally:
+        await database.close()
