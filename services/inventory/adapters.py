@@ -89,88 +89,107 @@ def _stock(row: sa.Row[Any]) -> Stock:
     )
 
 
+def _stock_update(condition: Any, **values: Any) -> sa.Update:
+    """A conditional update of one product's stock; its parameters are `b_product_id`,
+    `b_now` and those `condition` and `values` name."""
+    return (
+        stock.update()
+        .where(stock.c.product_id == sa.bindparam("b_product_id"), condition)
+        .values(update_time=sa.bindparam("b_now"), **values)
+    )
+
+
+#: The statements of the saga's steps, built once (see `mesh.storage`'s note on that).
+_GET_STOCK = stock.select().where(stock.c.product_id == sa.bindparam("product_id"))
+_GET_STOCKS = stock.select().where(stock.c.product_id.in_(sa.bindparam("ids", expanding=True)))
+_ADD_STOCK = stock.insert()
+_QUANTITY: sa.BindParameter[int] = sa.bindparam("b_quantity", type_=sa.Integer)
+_SET_ON_HAND = _stock_update(
+    stock.c.reserved <= sa.bindparam("b_on_hand"), on_hand=sa.bindparam("b_on_hand")
+)
+_ADJUST_ON_HAND = _stock_update(
+    stock.c.on_hand + sa.bindparam("b_delta") >= stock.c.reserved,
+    on_hand=stock.c.on_hand + sa.bindparam("b_delta"),
+)
+_HOLD = _stock_update(
+    stock.c.on_hand - stock.c.reserved >= _QUANTITY, reserved=stock.c.reserved + _QUANTITY
+)
+_LET_GO = _stock_update(stock.c.reserved >= _QUANTITY, reserved=stock.c.reserved - _QUANTITY)
+_SHIP = _stock_update(
+    stock.c.reserved >= _QUANTITY,
+    on_hand=stock.c.on_hand - _QUANTITY,
+    reserved=stock.c.reserved - _QUANTITY,
+)
+_GET_RESERVATION = reservations.select().where(reservations.c.order_id == sa.bindparam("order_id"))
+_GET_RESERVATION_LINES = (
+    reservation_lines.select()
+    .where(reservation_lines.c.order_id == sa.bindparam("order_id"))
+    .order_by(reservation_lines.c.line_number)
+)
+_ADD_RESERVATION = reservations.insert()
+_ADD_RESERVATION_LINES = reservation_lines.insert()
+_MOVE_RESERVATION = (
+    reservations.update()
+    .where(
+        reservations.c.order_id == sa.bindparam("b_order_id"),
+        reservations.c.status == sa.bindparam("b_before"),
+    )
+    .values(status=sa.bindparam("b_after"), update_time=sa.bindparam("b_now"))
+)
+
+
 class SqlInventoryTransaction(SqlTransaction):
     """The stock and reservation tables, inside one transaction."""
 
     async def get_stock(self, product_id: str) -> Stock | None:
-        row = (
-            await self._connection.execute(stock.select().where(stock.c.product_id == product_id))
-        ).first()
+        found = await self._connection.execute(_GET_STOCK, {"product_id": product_id})
+        row = found.first()
         return None if row is None else _stock(row)
 
     async def get_stocks(self, product_ids: list[str]) -> list[Stock]:
-        rows = await self._connection.execute(
-            stock.select().where(stock.c.product_id.in_(product_ids))
-        )
+        rows = await self._connection.execute(_GET_STOCKS, {"ids": product_ids})
         return [_stock(row) for row in rows]
 
     async def add_stock(self, level: Stock) -> None:
         await self._connection.execute(
-            stock.insert().values(
-                product_id=level.product_id,
-                on_hand=level.on_hand,
-                reserved=level.reserved,
-                update_time=level.update_time,
-            )
+            _ADD_STOCK,
+            {
+                "product_id": level.product_id,
+                "on_hand": level.on_hand,
+                "reserved": level.reserved,
+                "update_time": level.update_time,
+            },
         )
 
-    async def _update(self, product_id: str, condition: Any, **values: Any) -> bool:
+    async def _update(
+        self, statement: sa.Update, product_id: str, now: datetime, **values: int
+    ) -> bool:
+        parameters = {f"b_{name}": value for name, value in values.items()}
         result = await self._connection.execute(
-            stock.update().where(stock.c.product_id == product_id, condition).values(**values)
+            statement, {"b_product_id": product_id, "b_now": now, **parameters}
         )
         return result.rowcount == 1
 
     async def set_on_hand(self, product_id: str, on_hand: int, now: datetime) -> bool:
-        return await self._update(
-            product_id, stock.c.reserved <= on_hand, on_hand=on_hand, update_time=now
-        )
+        return await self._update(_SET_ON_HAND, product_id, now, on_hand=on_hand)
 
     async def adjust_on_hand(self, product_id: str, delta: int, now: datetime) -> bool:
-        return await self._update(
-            product_id,
-            stock.c.on_hand + delta >= stock.c.reserved,
-            on_hand=stock.c.on_hand + delta,
-            update_time=now,
-        )
+        return await self._update(_ADJUST_ON_HAND, product_id, now, delta=delta)
 
     async def hold(self, product_id: str, quantity: int, now: datetime) -> bool:
-        return await self._update(
-            product_id,
-            stock.c.on_hand - stock.c.reserved >= quantity,
-            reserved=stock.c.reserved + quantity,
-            update_time=now,
-        )
+        return await self._update(_HOLD, product_id, now, quantity=quantity)
 
     async def let_go(self, product_id: str, quantity: int, now: datetime) -> bool:
-        return await self._update(
-            product_id,
-            stock.c.reserved >= quantity,
-            reserved=stock.c.reserved - quantity,
-            update_time=now,
-        )
+        return await self._update(_LET_GO, product_id, now, quantity=quantity)
 
     async def ship(self, product_id: str, quantity: int, now: datetime) -> bool:
-        return await self._update(
-            product_id,
-            stock.c.reserved >= quantity,
-            on_hand=stock.c.on_hand - quantity,
-            reserved=stock.c.reserved - quantity,
-            update_time=now,
-        )
+        return await self._update(_SHIP, product_id, now, quantity=quantity)
 
     async def get_reservation(self, order_id: str) -> Reservation | None:
-        row = (
-            await self._connection.execute(
-                reservations.select().where(reservations.c.order_id == order_id)
-            )
-        ).first()
+        row = (await self._connection.execute(_GET_RESERVATION, {"order_id": order_id})).first()
         if row is None:
             return None
-        lines = await self._connection.execute(
-            reservation_lines.select()
-            .where(reservation_lines.c.order_id == order_id)
-            .order_by(reservation_lines.c.line_number)
-        )
+        lines = await self._connection.execute(_GET_RESERVATION_LINES, {"order_id": order_id})
         return Reservation(
             order_id=row.order_id,
             lines=tuple(ReservationLine(line.product_id, line.quantity) for line in lines),
@@ -181,17 +200,18 @@ class SqlInventoryTransaction(SqlTransaction):
 
     async def add_reservation(self, reservation: Reservation) -> None:
         await self._connection.execute(
-            reservations.insert().values(
-                order_id=reservation.order_id,
-                status=reservation.status.value,
-                create_time=reservation.create_time,
-                update_time=reservation.update_time,
-            )
+            _ADD_RESERVATION,
+            {
+                "order_id": reservation.order_id,
+                "status": reservation.status.value,
+                "create_time": reservation.create_time,
+                "update_time": reservation.update_time,
+            },
         )
         if not reservation.lines:
             return
         await self._connection.execute(
-            reservation_lines.insert(),
+            _ADD_RESERVATION_LINES,
             [
                 {
                     "order_id": reservation.order_id,
@@ -207,9 +227,13 @@ class SqlInventoryTransaction(SqlTransaction):
         self, order_id: str, before: ReservationStatus, after: ReservationStatus, now: datetime
     ) -> bool:
         result = await self._connection.execute(
-            reservations.update()
-            .where(reservations.c.order_id == order_id, reservations.c.status == before.value)
-            .values(status=after.value, update_time=now)
+            _MOVE_RESERVATION,
+            {
+                "b_order_id": order_id,
+                "b_before": before.value,
+                "b_after": after.value,
+                "b_now": now,
+            },
         )
         return result.rowcount == 1
 

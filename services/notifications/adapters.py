@@ -78,21 +78,24 @@ def _notification(row: sa.Row[Any]) -> Notification:
     )
 
 
+#: The statements of a saga's outcome, built once (see `mesh.storage`'s note on that).
+_FIND = notifications.select().where(
+    notifications.c.order_id == sa.bindparam("order_id"),
+    notifications.c.kind == sa.bindparam("kind"),
+)
+_ADD = notifications.insert()
+
+
 class SqlNotificationsTransaction(SqlTransaction):
     """The notifications table, inside one transaction."""
 
     async def find(self, order_id: str, kind: NotificationKind) -> Notification | None:
-        row = (
-            await self._connection.execute(
-                notifications.select().where(
-                    notifications.c.order_id == order_id, notifications.c.kind == kind.value
-                )
-            )
-        ).first()
+        found = await self._connection.execute(_FIND, {"order_id": order_id, "kind": kind.value})
+        row = found.first()
         return None if row is None else _notification(row)
 
     async def add(self, notification: Notification) -> None:
-        await self._connection.execute(notifications.insert().values(_row(notification)))
+        await self._connection.execute(_ADD, _row(notification))
 
     async def page(
         self, customer_id: str, before: tuple[datetime, str] | None, limit: int

@@ -203,6 +203,9 @@ def _order(row: sa.Row[Any], lines: list[sa.Row[Any]], steps: list[sa.Row[Any]])
 
 #: The statements of the saga's hot path, built once (see `mesh.storage`).
 _GET = orders.select().where(orders.c.id == sa.bindparam("order_id"))
+_ADD = orders.insert()
+_ADD_LINES = order_lines.insert()
+_ADD_STEPS = order_history.insert()
 _LINES = (
     order_lines.select()
     .where(order_lines.c.order_id.in_(sa.bindparam("ids", expanding=True)))
@@ -245,9 +248,9 @@ class SqlOrdersTransaction(SqlTransaction):
         return None if row is None else (await self._load([row]))[0]
 
     async def add(self, order: Order) -> None:
-        await self._connection.execute(orders.insert().values(_order_row(order)))
-        await self._connection.execute(order_lines.insert(), _line_rows(order))
-        await self._connection.execute(order_history.insert(), _step_rows(order, 0))
+        await self._connection.execute(_ADD, _order_row(order))
+        await self._connection.execute(_ADD_LINES, _line_rows(order))
+        await self._connection.execute(_ADD_STEPS, _step_rows(order, 0))
 
     async def save(self, order: Order, *, was: OrderStatus) -> bool:
         result = await self._connection.execute(
@@ -259,7 +262,7 @@ class SqlOrdersTransaction(SqlTransaction):
         stored = counted.scalar_one()
         new_steps = _step_rows(order, stored)
         if new_steps:
-            await self._connection.execute(order_history.insert(), new_steps)
+            await self._connection.execute(_ADD_STEPS, new_steps)
         return True
 
     async def page(

@@ -144,31 +144,36 @@ def _payment(row: sa.Row[Any]) -> Payment:
     )
 
 
+#: The statements of the saga's steps, built once (see `mesh.storage`'s note on that).
+_GET = payments.select().where(payments.c.id == sa.bindparam("payment_id"))
+_ADD = payments.insert()
+_SAVE = payments.update().where(payments.c.id == sa.bindparam("b_id"))
+_RECORD_CAPTURE = captures.insert()
+_RECORD_REFUND = refunds.insert()
+
+
 class SqlPaymentsTransaction(SqlTransaction):
     """The payments tables, inside one transaction."""
 
     async def get(self, payment_id: str) -> Payment | None:
-        row = (
-            await self._connection.execute(payments.select().where(payments.c.id == payment_id))
-        ).first()
+        row = (await self._connection.execute(_GET, {"payment_id": payment_id})).first()
         return None if row is None else _payment(row)
 
     async def add(self, payment: Payment) -> None:
-        await self._connection.execute(payments.insert().values(_row(payment)))
+        await self._connection.execute(_ADD, _row(payment))
 
     async def save(self, payment: Payment) -> None:
-        await self._connection.execute(
-            payments.update().where(payments.c.id == payment.id).values(_row(payment))
-        )
+        await self._connection.execute(_SAVE, {**_row(payment), "b_id": payment.id})
 
     async def record_capture(self, payment: Payment) -> None:
         try:
             await self._connection.execute(
-                captures.insert().values(
-                    payment_id=payment.id,
-                    minor_units=payment.captured_amount.minor_units,
-                    create_time=payment.update_time,
-                )
+                _RECORD_CAPTURE,
+                {
+                    "payment_id": payment.id,
+                    "minor_units": payment.captured_amount.minor_units,
+                    "create_time": payment.update_time,
+                },
             )
         except sa.exc.IntegrityError as error:
             # Only reachable by a writer outside `Database.transaction`, whose lock
@@ -182,13 +187,14 @@ class SqlPaymentsTransaction(SqlTransaction):
 
     async def record_refund(self, refund: Refund) -> None:
         await self._connection.execute(
-            refunds.insert().values(
-                id=refund.id,
-                payment_id=refund.payment_id,
-                minor_units=refund.amount.minor_units,
-                reason=refund.reason,
-                create_time=refund.create_time,
-            )
+            _RECORD_REFUND,
+            {
+                "id": refund.id,
+                "payment_id": refund.payment_id,
+                "minor_units": refund.amount.minor_units,
+                "reason": refund.reason,
+                "create_time": refund.create_time,
+            },
         )
 
 

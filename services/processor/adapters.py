@@ -88,33 +88,35 @@ def _authorization(row: sa.Row[Any]) -> Authorization:
     )
 
 
+#: The statements of an authorization, built once (see `mesh.storage`'s note on that).
+_FIND = authorizations.select().where(
+    authorizations.c.idempotency_key == sa.bindparam("idempotency_key")
+)
+_ADD = authorizations.insert()
+_FAILED_BEFORE = sa.select(transient_failures.c.idempotency_key).where(
+    transient_failures.c.idempotency_key == sa.bindparam("idempotency_key")
+)
+_RECORD_TRANSIENT_FAILURE = transient_failures.insert()
+
+
 class SqlProcessorTransaction(SqlTransaction):
     """The processor's tables, inside one transaction."""
 
     async def find(self, idempotency_key: str) -> Authorization | None:
-        row = (
-            await self._connection.execute(
-                authorizations.select().where(authorizations.c.idempotency_key == idempotency_key)
-            )
-        ).first()
+        found = await self._connection.execute(_FIND, {"idempotency_key": idempotency_key})
+        row = found.first()
         return None if row is None else _authorization(row)
 
     async def add(self, authorization: Authorization) -> None:
-        await self._connection.execute(authorizations.insert().values(_row(authorization)))
+        await self._connection.execute(_ADD, _row(authorization))
 
     async def failed_before(self, idempotency_key: str) -> bool:
-        row = (
-            await self._connection.execute(
-                sa.select(transient_failures.c.idempotency_key).where(
-                    transient_failures.c.idempotency_key == idempotency_key
-                )
-            )
-        ).first()
-        return row is not None
+        found = await self._connection.execute(_FAILED_BEFORE, {"idempotency_key": idempotency_key})
+        return found.first() is not None
 
     async def record_transient_failure(self, idempotency_key: str, now: datetime) -> None:
         await self._connection.execute(
-            transient_failures.insert().values(idempotency_key=idempotency_key, create_time=now)
+            _RECORD_TRANSIENT_FAILURE, {"idempotency_key": idempotency_key, "create_time": now}
         )
 
 

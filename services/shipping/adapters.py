@@ -104,26 +104,31 @@ def _shipment(row: sa.Row[Any]) -> Shipment:
     )
 
 
+#: The statements of the saga's steps, built once (see `mesh.storage`'s note on that).
+_GET = shipments.select().where(shipments.c.id == sa.bindparam("key"))
+_GET_BY_ORDER = shipments.select().where(shipments.c.order_id == sa.bindparam("key"))
+_ADD = shipments.insert()
+_SAVE = shipments.update().where(shipments.c.id == sa.bindparam("b_id"))
+
+
 class SqlShippingTransaction(SqlTransaction):
     """The shipments table, inside one transaction."""
 
-    async def _one(self, condition: sa.ColumnElement[bool]) -> Shipment | None:
-        row = (await self._connection.execute(shipments.select().where(condition))).first()
+    async def _one(self, query: sa.Select[Any], key: str) -> Shipment | None:
+        row = (await self._connection.execute(query, {"key": key})).first()
         return None if row is None else _shipment(row)
 
     async def get(self, shipment_id: str) -> Shipment | None:
-        return await self._one(shipments.c.id == shipment_id)
+        return await self._one(_GET, shipment_id)
 
     async def get_by_order(self, order_id: str) -> Shipment | None:
-        return await self._one(shipments.c.order_id == order_id)
+        return await self._one(_GET_BY_ORDER, order_id)
 
     async def add(self, shipment: Shipment) -> None:
-        await self._connection.execute(shipments.insert().values(_row(shipment)))
+        await self._connection.execute(_ADD, _row(shipment))
 
     async def save(self, shipment: Shipment) -> None:
-        await self._connection.execute(
-            shipments.update().where(shipments.c.id == shipment.id).values(_row(shipment))
-        )
+        await self._connection.execute(_SAVE, {**_row(shipment), "b_id": shipment.id})
 
 
 class SqlShippingStore(SqlStore[SqlShippingTransaction]):

@@ -164,6 +164,32 @@ async def test_a_joined_store_fails_its_savepoint_only(tmp_path: Path) -> None:
         await database.close()
 
 
+async def test_savepoints_nest_and_an_inner_failure_undoes_the_inner_writes_only(
+    tmp_path: Path,
+) -> None:
+    database = await opened(tmp_path / "t.db")
+
+    async def failing_inner(connection: Connection) -> None:
+        async with connection.begin_nested():
+            await connection.exec_driver_sql("UPDATE counter SET n = n + 1000")
+            raise ValueError("inner")
+
+    try:
+        async with database.transaction() as connection:
+            async with connection.begin_nested():
+                await connection.exec_driver_sql("UPDATE counter SET n = n + 1")
+                with pytest.raises(ValueError, match="inner"):
+                    await failing_inner(connection)
+                async with connection.begin_nested():
+                    await connection.exec_driver_sql("UPDATE counter SET n = n + 10")
+            async with connection.begin_nested():
+                await connection.exec_driver_sql("UPDATE counter SET n = n + 100")
+        async with database.snapshot() as connection:
+            assert (await connection.exec_driver_sql("SELECT n FROM counter")).scalar() == 111
+    finally:
+        await database.close()
+
+
 async def test_a_writer_of_another_process_waits_for_the_lock_without_stalling_the_loop(
     tmp_path: Path,
 ) -> None:
