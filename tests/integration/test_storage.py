@@ -164,6 +164,22 @@ async def test_a_joined_store_fails_its_savepoint_only(tmp_path: Path) -> None:
         await database.close()
 
 
+async def test_a_snapshot_keeps_its_view_while_a_writer_commits(tmp_path: Path) -> None:
+    database = await opened(tmp_path / "t.db")
+    query = "SELECT n FROM counter"
+    try:
+        async with database.snapshot() as reader:
+            before = (await reader.exec_driver_sql(query)).scalar()
+            async with database.transaction() as writer:
+                await writer.exec_driver_sql("UPDATE counter SET n = n + 5")
+            during = (await reader.exec_driver_sql(query)).scalar()
+        async with database.snapshot() as reader:
+            after = (await reader.exec_driver_sql(query)).scalar()
+    finally:
+        await database.close()
+    assert (before, during, after) == (0, 0, 5)
+
+
 async def test_savepoints_nest_and_an_inner_failure_undoes_the_inner_writes_only(
     tmp_path: Path,
 ) -> None:
