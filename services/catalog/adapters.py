@@ -82,8 +82,12 @@ def _product(row: sa.Row[Any]) -> Product:
     )
 
 
-#: The catalog's most frequent query, built once (see `mesh.storage`).
+#: The catalog's statements, built once (see `mesh.storage`).
 _GET = products.select().where(products.c.id == sa.bindparam("product_id"))
+_GET_MANY = products.select().where(products.c.id.in_(sa.bindparam("ids", expanding=True)))
+_ADD = products.insert()
+_SAVE = products.update().where(products.c.id == sa.bindparam("b_id"))
+_DELETE = products.delete().where(products.c.id == sa.bindparam("product_id"))
 
 
 class SqlCatalogTransaction(SqlTransaction):
@@ -94,23 +98,17 @@ class SqlCatalogTransaction(SqlTransaction):
         return None if row is None else _product(row)
 
     async def get_many(self, product_ids: list[str]) -> list[Product]:
-        rows = await self._connection.execute(
-            products.select().where(products.c.id.in_(product_ids))
-        )
+        rows = await self._connection.execute(_GET_MANY, {"ids": product_ids})
         return [_product(row) for row in rows]
 
     async def add(self, product: Product) -> None:
-        await self._connection.execute(products.insert().values(_row(product)))
+        await self._connection.execute(_ADD, _row(product))
 
     async def save(self, product: Product) -> None:
-        await self._connection.execute(
-            products.update().where(products.c.id == product.id).values(_row(product))
-        )
+        await self._connection.execute(_SAVE, {**_row(product), "b_id": product.id})
 
     async def delete(self, product_id: str) -> bool:
-        result = await self._connection.execute(
-            products.delete().where(products.c.id == product_id)
-        )
+        result = await self._connection.execute(_DELETE, {"product_id": product_id})
         return result.rowcount > 0
 
     async def page(
