@@ -393,6 +393,23 @@ _FIND_REQUEST = sa.select(request_log.c.result).where(
     request_log.c.request_id == sa.bindparam("request_id"),
 )
 _RECORD_REQUEST = request_log.insert()
+
+#: The parameter that names the row a `whole_row_update` sets.
+_ROW_ID = "b_id"
+
+
+def whole_row_update(table: sa.Table, *conditions: sa.ColumnElement[bool]) -> sa.Update:
+    """An update, built once, of the row of `table` with a given `id` (and `conditions`),
+    setting the columns its parameters name (`whole_row_parameters`)."""
+    return table.update().where(table.c.id == sa.bindparam(_ROW_ID), *conditions)
+
+
+def whole_row_parameters(row: Mapping[str, Any], **conditions: Any) -> dict[str, Any]:
+    """The parameters of a `whole_row_update` of `row` (which holds its `id`), with the
+    values of the update's own `conditions`."""
+    return {**row, _ROW_ID: row["id"], **conditions}
+
+
 _ENQUEUE = outbox.insert()
 _MARK_PUBLISHED = (
     outbox.update()

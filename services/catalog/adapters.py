@@ -10,7 +10,16 @@ import sqlalchemy as sa
 
 from mesh.errors import Unavailable
 from mesh.money import Money
-from mesh.storage import Database, Migration, SqlStore, SqlTransaction, UtcDateTime, keyset_page
+from mesh.storage import (
+    Database,
+    Migration,
+    SqlStore,
+    SqlTransaction,
+    UtcDateTime,
+    keyset_page,
+    whole_row_parameters,
+    whole_row_update,
+)
 from services.catalog.domain import Product
 from shop.inventory.v1 import inventory_service_pb2 as inventory_pb
 from shop.inventory.v1 import inventory_service_pb2_grpc as inventory_grpc
@@ -86,7 +95,7 @@ def _product(row: sa.Row[Any]) -> Product:
 _GET = products.select().where(products.c.id == sa.bindparam("product_id"))
 _GET_MANY = products.select().where(products.c.id.in_(sa.bindparam("ids", expanding=True)))
 _ADD = products.insert()
-_SAVE = products.update().where(products.c.id == sa.bindparam("b_id"))
+_SAVE = whole_row_update(products)
 _DELETE = products.delete().where(products.c.id == sa.bindparam("product_id"))
 
 
@@ -105,7 +114,7 @@ class SqlCatalogTransaction(SqlTransaction):
         await self._connection.execute(_ADD, _row(product))
 
     async def save(self, product: Product) -> None:
-        await self._connection.execute(_SAVE, {**_row(product), "b_id": product.id})
+        await self._connection.execute(_SAVE, whole_row_parameters(_row(product)))
 
     async def delete(self, product_id: str) -> bool:
         result = await self._connection.execute(_DELETE, {"product_id": product_id})

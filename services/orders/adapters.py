@@ -16,7 +16,16 @@ from grpc_status import rpc_status
 
 from mesh.errors import Unavailable
 from mesh.money import Money, MoneyError
-from mesh.storage import Database, Migration, SqlStore, SqlTransaction, UtcDateTime, keyset_page
+from mesh.storage import (
+    Database,
+    Migration,
+    SqlStore,
+    SqlTransaction,
+    UtcDateTime,
+    keyset_page,
+    whole_row_parameters,
+    whole_row_update,
+)
 from services.orders.domain import (
     Order,
     OrderLine,
@@ -221,10 +230,8 @@ _STEP_COUNT = (
     .select_from(order_history)
     .where(order_history.c.order_id == sa.bindparam("order_id"))
 )
-#: The row's columns come from the parameters; `b_id` and `b_was` pick the row.
-_SAVE = orders.update().where(
-    orders.c.id == sa.bindparam("b_id"), orders.c.status == sa.bindparam("b_was")
-)
+#: The row's columns come from the parameters; its id and `b_was` pick the row.
+_SAVE = whole_row_update(orders, orders.c.status == sa.bindparam("b_was"))
 
 
 class SqlOrdersTransaction(SqlTransaction):
@@ -254,7 +261,7 @@ class SqlOrdersTransaction(SqlTransaction):
 
     async def save(self, order: Order, *, was: OrderStatus) -> bool:
         result = await self._connection.execute(
-            _SAVE, {**_order_row(order), "b_id": order.id, "b_was": was.value}
+            _SAVE, whole_row_parameters(_order_row(order), b_was=was.value)
         )
         if result.rowcount == 0:
             return False

@@ -11,7 +11,15 @@ from grpc_status import rpc_status
 
 from mesh.errors import Aborted, FailedPrecondition, FieldViolation, InvalidArgument, Unavailable
 from mesh.money import Money
-from mesh.storage import Database, Migration, SqlStore, SqlTransaction, UtcDateTime
+from mesh.storage import (
+    Database,
+    Migration,
+    SqlStore,
+    SqlTransaction,
+    UtcDateTime,
+    whole_row_parameters,
+    whole_row_update,
+)
 from services.payments.domain import (
     Approved,
     Declined,
@@ -147,7 +155,7 @@ def _payment(row: sa.Row[Any]) -> Payment:
 #: The statements of the saga's steps, built once (see `mesh.storage`'s note on that).
 _GET = payments.select().where(payments.c.id == sa.bindparam("payment_id"))
 _ADD = payments.insert()
-_SAVE = payments.update().where(payments.c.id == sa.bindparam("b_id"))
+_SAVE = whole_row_update(payments)
 _RECORD_CAPTURE = captures.insert()
 _RECORD_REFUND = refunds.insert()
 
@@ -163,7 +171,7 @@ class SqlPaymentsTransaction(SqlTransaction):
         await self._connection.execute(_ADD, _row(payment))
 
     async def save(self, payment: Payment) -> None:
-        await self._connection.execute(_SAVE, {**_row(payment), "b_id": payment.id})
+        await self._connection.execute(_SAVE, whole_row_parameters(_row(payment)))
 
     async def record_capture(self, payment: Payment) -> None:
         try:

@@ -9,7 +9,15 @@ from typing import Any
 import sqlalchemy as sa
 
 from mesh.money import Money
-from mesh.storage import Database, Migration, SqlStore, SqlTransaction, UtcDateTime
+from mesh.storage import (
+    Database,
+    Migration,
+    SqlStore,
+    SqlTransaction,
+    UtcDateTime,
+    whole_row_parameters,
+    whole_row_update,
+)
 from services.shipping.domain import Destination, Shipment, ShipmentStatus
 
 MIGRATIONS = (
@@ -108,7 +116,7 @@ def _shipment(row: sa.Row[Any]) -> Shipment:
 _GET = shipments.select().where(shipments.c.id == sa.bindparam("key"))
 _GET_BY_ORDER = shipments.select().where(shipments.c.order_id == sa.bindparam("key"))
 _ADD = shipments.insert()
-_SAVE = shipments.update().where(shipments.c.id == sa.bindparam("b_id"))
+_SAVE = whole_row_update(shipments)
 
 
 class SqlShippingTransaction(SqlTransaction):
@@ -128,7 +136,7 @@ class SqlShippingTransaction(SqlTransaction):
         await self._connection.execute(_ADD, _row(shipment))
 
     async def save(self, shipment: Shipment) -> None:
-        await self._connection.execute(_SAVE, {**_row(shipment), "b_id": shipment.id})
+        await self._connection.execute(_SAVE, whole_row_parameters(_row(shipment)))
 
 
 class SqlShippingStore(SqlStore[SqlShippingTransaction]):
