@@ -481,11 +481,12 @@ def write_results(measured: Sequence[Measured], options: Options, saw: dict[str,
 
 def bench_topology(sampling: float) -> trial.Adjust:
     def adjust(topology: dict[str, Any]) -> None:
-        # The edge's one token bucket (200/s by default) would measure the policy, not the
+        # The edge's token buckets would measure the policy, not the
         # proxy; everything else stays as mesh.yaml has it.
-        topology.setdefault("edge", {})["rate_limit"] = {
-            "requests_per_second": 1_000_000, "burst": 10_000_000,
-        }  # fmt: skip
+        lifted = {"requests_per_second": 1_000_000, "burst": 10_000_000}
+        topology.setdefault("edge", {})["rate_limit"] = dict.fromkeys(
+            ("total", "per_client", "anonymous"), lifted
+        )
         topology.setdefault("telemetry", {})["sampling_percent"] = sampling
 
     return adjust

@@ -32,6 +32,11 @@ its criterion; the command exits 0 on PASS and 1 on FAIL. The full form is the d
                   payments makes them. Criterion: every order ends within 60 s, >= 99.5%
                   of those calls succeed after the mesh's retries, no order is cancelled
                   but for stock, and the stock never goes below zero.
+    overload      a read and PlaceOrder through the edge at 1x-4x their measured capacity,
+                  and a burst of wrong-password logins (`mesh.overload`). Criterion, at
+                  3x: goodput >= 80% of capacity, the failures fast explicit refusals,
+                  accepted calls' p99 <= 5x unloaded, full service 1 s after, no
+                  restarts; the logins keep a read's median within 2x.
 """
 
 from __future__ import annotations
@@ -50,16 +55,26 @@ import urllib.parse
 import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 from google.type import money_pb2
 from nats.js import JetStreamContext
 
-from mesh import bench, control, deadletters, envoy, events, loadgen, trial
+from mesh import bench, control, deadletters, envoy, events, loadgen, overload, trial
+from mesh.scenario import (
+    NATS,
+    NATS_PART,
+    Scenario,
+    Verdict,
+    adjusted,
+    counts,
+    poll,
+    restarts,
+)
 from mesh.service import sqlite_path
 from mesh.shopper import CANCELLED, CONFIRMED, Shopper
 from mesh.supervisor import pid_alive
@@ -68,55 +83,11 @@ from mesh.trial import say
 from shop.events.v1 import events_pb2
 from shop.processor.v1 import processor_service_pb2 as processor_pb
 
-#: Tracing as in production (see `meshctl bench`): the scenarios are about failures.
-SAMPLING_PERCENT = 1.0
-POLL_SECONDS = 0.1
 #: How long the supervisor may take to notice a killed process and start another.
 REPLACE_TIMEOUT_SECONDS = 30.0
 
-T = TypeVar("T")
-
 
 # -- the frame --------------------------------------------------------------------------
-
-
-@dataclass
-class Verdict:
-    """What a scenario measured, in the order it prints, and whether its criterion held."""
-
-    criterion: str
-    figures: dict[str, object] = field(default_factory=dict)
-    failures: list[str] = field(default_factory=list)
-
-    def require(self, holds: bool, failure: str) -> None:
-        """Count `failure` against the criterion unless `holds`."""
-        if not holds:
-            self.failures.append(failure)
-
-    @property
-    def passed(self) -> bool:
-        return not self.failures
-
-    def report(self) -> str:
-        lines = [f"  {label}: {value}" for label, value in self.figures.items()]
-        if self.passed:
-            lines.append(f"PASS: {self.criterion}")
-        else:
-            lines.append(f"FAIL: {self.criterion}; but {'; '.join(self.failures)}")
-        return "\n".join(lines)
-
-
-Play = Callable[[trial.TrialMesh, bool], Coroutine[Any, Any, Verdict]]
-"""A scenario's run against its started mesh: short form or full; its verdict."""
-
-
-@dataclass(frozen=True)
-class Scenario:
-    name: str
-    summary: str
-    adjust: trial.Adjust
-    """What the scenario changes in mesh.yaml."""
-    play: Play
 
 
 def run(root: Path, run_dir: Path, name: str, short: bool) -> int:
@@ -125,39 +96,15 @@ def run(root: Path, run_dir: Path, name: str, short: bool) -> int:
     title = f"{name} ({'short' if short else 'full'} form): {scenario.summary}"
     say(title)
     began = time.monotonic()
-    with trial.started(root, run_dir, scenario.adjust, say) as mesh:
+    mesh_cpus, generator_cpus = bench.split_cpus(scenario.pinned)
+    with trial.started(root, run_dir, scenario.adjust, say, mesh_cpus) as mesh:
+        if generator_cpus is not None:
+            os.sched_setaffinity(0, generator_cpus)
         verdict = asyncio.run(scenario.play(mesh, short))
     verdict.figures["seconds"] = round(time.monotonic() - began, 1)
     print(title)
     print(verdict.report(), flush=True)
     return 0 if verdict.passed else 1
-
-
-def adjusted(change: trial.Adjust | None = None) -> trial.Adjust:
-    """mesh.yaml without the edge's rate limit (a scenario is about failures, not about the
-    edge refusing its load), traced as in production, then `change`d."""
-    lifted = bench.bench_topology(SAMPLING_PERCENT)
-
-    def adjust(topology: dict[str, Any]) -> None:
-        lifted(topology)
-        if change is not None:
-            change(topology)
-
-    return adjust
-
-
-async def poll(probe: Callable[[], T], seconds: float) -> T:
-    """`probe()`'s first truthy answer within `seconds`, else its last answer."""
-    deadline = time.monotonic() + seconds
-    answer = probe()
-    while not answer and time.monotonic() < deadline:
-        await asyncio.sleep(POLL_SECONDS)
-        answer = probe()
-    return answer
-
-
-def counts(counter: Counter[str]) -> str:
-    return ", ".join(f"{kind} {n}" for kind, n in sorted(counter.items())) or "none"
 
 
 # -- orders through the edge ------------------------------------------------------------
@@ -197,10 +144,6 @@ async def read_ends(
 
 
 # -- killing processes ------------------------------------------------------------------
-
-#: nats-server as `kill` names it: an instance of its own, whose one part is "server".
-NATS = "nats"
-NATS_PART = "server"
 
 
 @dataclass
@@ -260,14 +203,6 @@ async def kill_on_schedule(mesh: trial.TrialMesh, schedule: KillSchedule) -> lis
         return await kill(mesh, instance, part)
 
     return list(await asyncio.gather(*(kill_at(*planned) for planned in schedule)))
-
-
-def restarts(mesh: trial.TrialMesh) -> Counter[str]:
-    """How often the supervisor restarted each instance so far, and nats-server (NATS)."""
-    state = mesh.state()
-    counted = Counter({i["instance"]: i["restarts"] for i in state["instances"]})
-    counted[NATS] = state["nats"]["restarts"]
-    return counted
 
 
 # -- kill-replica -----------------------------------------------------------------------
@@ -1125,6 +1060,14 @@ SCENARIOS = {
             "through the saga",
             adjusted(_injected),
             play_faults,
+        ),
+        Scenario(
+            "overload",
+            "open-loop load at multiples of the capacity of a read and of PlaceOrder, and a "
+            "burst of wrong-password logins",
+            adjusted(),
+            overload.play,
+            pinned=True,
         ),
     )
 }

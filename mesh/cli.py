@@ -392,7 +392,8 @@ def _parser() -> argparse.ArgumentParser:
         "scenario",
         help="kill-replica (catalog replicas killed under load), poison (poison events "
         "among good orders), crash-saga (saga participants and nats-server killed during "
-        "a burst of orders) or faults (payments' calls to the processor failed and delayed)",
+        "a burst of orders), faults (payments' calls to the processor failed and delayed) "
+        "or overload (a read and PlaceOrder at multiples of their capacity)",
     )
     chaos.add_argument(
         "--short", action="store_true", help="the short form (under a minute; the tests run it)"

@@ -246,6 +246,7 @@ def app_environment(
     endpoint = topology.telemetry.otlp_endpoint
     return environment(
         instance,
+        topology.services[instance.service],
         run_dir=RUN_DIR,
         telemetry_settings=topology.telemetry,
         trace_endpoint=endpoint,

@@ -6,7 +6,7 @@ h2c. A request goes through, in order:
 1. header mutation: any `x-shop-subject` the client sent is dropped (only a verified
    token may name the caller);
 2. CORS, for the origins `mesh.yaml` allows;
-3. a local rate limit (token bucket) -> 429;
+3. the edge's total rate limit (a token bucket every request takes from) -> 429;
 4. a body size limit -> 413;
 5. REST<->gRPC transcoding of every public RPC (`google.api.http` rules, from the
    descriptor set), unknown query parameters refused, gRPC errors turned into their HTTP
@@ -16,8 +16,11 @@ h2c. A request goes through, in order:
    edge serves itself at `/.well-known/jwks.json`): public methods take a token but do
    not need one, every other method needs a valid one; the token's subject is passed on
    as `x-shop-subject`;
-7. authorization by scope, per method, as `mesh.yaml` declares;
-8. routing: each public method to its service's instances, over mTLS with the edge's
+7. the clients' rate limits -> 429: a bucket per token subject, and for calls without a
+   token one per client address and one all of them share (`edge.rate_limit`); health
+   checks are outside every bucket;
+8. authorization by scope, per method, as `mesh.yaml` declares;
+9. routing: each public method to its service's instances, over mTLS with the edge's
    SPIFFE identity (internal methods have no route: 404 / UNIMPLEMENTED); reflection and
    health to the edge companion; `/openapi.json`, `/docs` and `/healthz` answered by the
    edge itself.
@@ -41,7 +44,7 @@ from mesh import envoy, openapi
 from mesh.api import Api, Method
 from mesh.caller import SUBJECT_METADATA_KEY
 from mesh.plan import EdgePlan, MeshPlan
-from mesh.topology import DEFAULT_CALL_POLICY, Topology
+from mesh.topology import DEFAULT_CALL_POLICY, Bucket, RateLimit, Topology
 
 #: The edge's own pages; they need no token.
 OPENAPI_PATH = "/openapi.json"
@@ -231,34 +234,7 @@ def _http_filters(
             "name": "envoy.filters.http.cors",
             "typed_config": {"@type": f"{_FILTERS}.cors.v3.Cors"},
         },
-        {
-            "name": "envoy.filters.http.local_ratelimit",
-            "typed_config": {
-                "@type": f"{_FILTERS}.local_ratelimit.v3.LocalRateLimit",
-                "stat_prefix": "edge_rate_limit",
-                "token_bucket": {
-                    "max_tokens": edge.rate_limit.burst,
-                    "tokens_per_fill": edge.rate_limit.requests_per_second,
-                    "fill_interval": "1s",
-                },
-                "filter_enabled": {
-                    "runtime_key": "edge_rate_limit_enabled",
-                    "default_value": {"numerator": 100, "denominator": "HUNDRED"},
-                },
-                "filter_enforced": {
-                    "runtime_key": "edge_rate_limit_enforced",
-                    "default_value": {"numerator": 100, "denominator": "HUNDRED"},
-                },
-                "response_headers_to_add": [
-                    {
-                        "header": {
-                            "key": "x-ratelimit-limit",
-                            "value": str(edge.rate_limit.requests_per_second),
-                        }
-                    }
-                ],
-            },
-        },
+        _rate_limit(TOTAL_LIMIT, edge.rate_limit.total),
         {
             "name": "envoy.filters.http.buffer",
             "typed_config": {
@@ -333,6 +309,7 @@ def _http_filters(
                 ],
             },
         },
+        _client_limits(edge.rate_limit),
         {
             "name": "envoy.filters.http.rbac",
             "typed_config": {
@@ -366,6 +343,86 @@ def _http_filters(
     ]
 
 
+#: The edge's two rate limit filters: the total, before any other work is spent on a
+#: request; the clients' buckets after the token is verified, which names the client.
+TOTAL_LIMIT, CLIENT_LIMITS = "edge_total_rate_limit", "edge_client_rate_limits"
+#: Distinct clients (token subjects, addresses) whose buckets are kept, least recently
+#: seen forgotten first (a forgotten client starts again with a full bucket).
+MAX_CLIENTS = 10_000
+
+
+def _rate_limit(name: str, total: Bucket, **extra: Any) -> dict[str, Any]:
+    """A local rate limit filter whose own bucket is `total` (every request takes from it)."""
+
+    def always(key: str) -> dict[str, Any]:
+        return {
+            "runtime_key": key,
+            "default_value": {"numerator": 100, "denominator": "HUNDRED"},
+        }
+
+    return {
+        "name": name,
+        "typed_config": {
+            "@type": f"{_FILTERS}.local_ratelimit.v3.LocalRateLimit",
+            "stat_prefix": name,
+            "token_bucket": _bucket(total),
+            "filter_enabled": always(f"{name}_enabled"),
+            "filter_enforced": always(f"{name}_enforced"),
+            "rate_limited_as_resource_exhausted": True,
+            **extra,
+        },
+    }
+
+
+def _bucket(bucket: Bucket) -> dict[str, Any]:
+    return {
+        "max_tokens": bucket.burst,
+        "tokens_per_fill": bucket.requests_per_second,
+        "fill_interval": "1s",
+    }
+
+
+def _client_limits(limits: RateLimit) -> dict[str, Any]:
+    """A bucket per token subject (`x-shop-subject`, which only a verified token sets),
+    and for calls without a token one per client address plus one they all share."""
+    no_subject = {
+        "header_value_match": {
+            "descriptor_key": "anonymous",
+            "descriptor_value": "yes",
+            "expect_match": False,
+            "headers": [{"name": SUBJECT_METADATA_KEY, "present_match": True}],
+        }
+    }
+    return _rate_limit(
+        CLIENT_LIMITS,
+        # Its own bucket never empties: the clients' buckets below decide.
+        Bucket(1_000_000, 10_000_000),
+        always_consume_default_token_bucket=False,
+        max_dynamic_descriptors=MAX_CLIENTS,
+        enable_x_ratelimit_headers="DRAFT_VERSION_03",
+        rate_limits=[
+            {"actions": [{"request_headers": {"header_name": SUBJECT_METADATA_KEY,
+                                              "descriptor_key": "subject"}}]},
+            {"actions": [no_subject, {"remote_address": {}}]},
+            {"actions": [no_subject]},
+        ],
+        descriptors=[
+            {"entries": [{"key": "subject"}], "token_bucket": _bucket(limits.per_client)},
+            {"entries": [{"key": "anonymous", "value": "yes"}, {"key": "remote_address"}],
+             "token_bucket": _bucket(limits.per_client)},
+            {"entries": [{"key": "anonymous", "value": "yes"}],
+             "token_bucket": _bucket(limits.anonymous)},
+        ],
+    )  # fmt: skip
+
+
+#: Health checks answer whatever the clients do: no rate limit applies to them.
+_UNLIMITED = {
+    name: {"@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig", "disabled": True}
+    for name in (TOTAL_LIMIT, CLIENT_LIMITS)
+}
+
+
 def _token_optional() -> dict[str, Any]:
     """A token is checked when present, but none is needed."""
     return {
@@ -384,18 +441,23 @@ def _direct(path: str, file: Path, content_type: str, *, prefix: bool = False) -
     }
 
 
-def _routes(topology: Topology, rules: EdgeRules, files: EdgeFiles) -> list[dict[str, Any]]:
+def _routes(
+    topology: Topology, api: Api, rules: EdgeRules, files: EdgeFiles
+) -> list[dict[str, Any]]:
     policy = DEFAULT_CALL_POLICY
     routes: list[dict[str, Any]] = []
     for service, methods in sorted(rules.exposed.items()):
+        declared = envoy.method_policies(topology, api, service)
         for method in methods:
+            cost = declared[method.path]
+            timeout = topology.edge.timeout if cost.timeout is None else cost.timeout
             routes.append(
                 {
                     "match": {"path": method.path},
                     "route": {
                         "cluster": service,
-                        "timeout": envoy.duration(topology.edge.timeout),
-                        "retry_policy": envoy.retry_policy(policy, method),
+                        **envoy.deadline(timeout),
+                        "retry_policy": envoy.retry_policy(policy, method, timeout, cost.cost),
                     },
                     "decorator": {"operation": method.path},
                 }
@@ -412,7 +474,11 @@ def _routes(topology: Topology, rules: EdgeRules, files: EdgeFiles) -> list[dict
                 }
             },
         },
-        {"match": {"prefix": "/grpc.health.v1.Health/"}, "route": {"cluster": "edge_companion"}},
+        {
+            "match": {"prefix": "/grpc.health.v1.Health/"},
+            "route": {"cluster": "edge_companion"},
+            "typed_per_filter_config": _UNLIMITED,
+        },
         _direct(OPENAPI_PATH, files.openapi, "application/json"),
         _direct(DOCS_PATH, files.docs_page, "text/html; charset=utf-8"),
         _direct(f"{DOCS_PATH}/", files.docs_page, "text/html; charset=utf-8"),
@@ -436,6 +502,7 @@ def _routes(topology: Topology, rules: EdgeRules, files: EdgeFiles) -> list[dict
             "response_headers_to_add": [
                 {"header": {"key": "content-type", "value": "application/json"}}
             ],
+            "typed_per_filter_config": _UNLIMITED,
         },
     ]
     return routes
@@ -464,7 +531,7 @@ def edge_config(
     assert plan.edge is not None, "the plan has no edge: nothing is exposed"
     edge_plan = plan.edge
     rules = resolve_rules(topology, api)
-    manager = envoy.connection_manager("edge", _routes(topology, rules, files), [])
+    manager = envoy.connection_manager("edge", _routes(topology, api, rules, files), [])
     config = manager["typed_config"]
     config["http_filters"] = [*_http_filters(topology, edge_plan, rules, files), envoy.ROUTER]
     config["local_reply_config"] = _local_reply_config()

@@ -7,13 +7,17 @@ Every service instance gets one Envoy with:
   trust domain, then RBAC on that identity: the services `mesh.yaml` says call this one
   may call any method, the edge only the public (non-INTERNAL) methods of an exposed
   service; anyone else gets PERMISSION_DENIED. Requests go on, plaintext, to the app on
-  loopback, with the caller's identity in `x-forwarded-client-cert`.
+  loopback, with the caller's identity in `x-forwarded-client-cert`, no more of them at
+  once than the app admits (`mesh.admission`; its expensive methods counted apart): one
+  more is refused at once, marked not applied. Health checks always pass.
 * one **outbound** listener per dependency, on loopback, where the app sends plaintext
   gRPC. The sidecar balances over every replica of the dependency, opens mTLS with this
   service's identity (and accepts only the dependency's identity), and applies the call
-  policy: timeout, retries (all retriable conditions for methods the contract marks
-  idempotent, only never-sent conditions for the others), a retry budget in place of
-  Envoy's default limit of 3 concurrent retries, outlier detection, circuit breakers.
+  policy: a timeout per method, passed on as `grpc-timeout` (`deadline`), retries (all
+  retriable conditions for methods the contract marks idempotent and mesh.yaml does not
+  mark expensive, only never-sent conditions for the others), a retry budget in place of
+  Envoy's default limit of 3 concurrent retries, outlier detection, circuit breakers (no
+  more in flight than the dependency's apps admit: `admitted`).
 * certificates from SDS files in watched directories, so rotating a certificate on disk
   reaches Envoy without a restart.
 * an admin interface on loopback only.
@@ -39,10 +43,20 @@ from typing import Any
 import grpc
 import yaml
 
+from mesh import admission
 from mesh.api import Api, Method
 from mesh.binaries import find_binary
 from mesh.plan import InstancePlan, MeshPlan
-from mesh.topology import CallPolicy, Faults, Topology
+from mesh.topology import (
+    CHEAP,
+    EXPENSIVE,
+    CallPolicy,
+    Faults,
+    MethodPolicy,
+    Service,
+    Topology,
+    TopologyError,
+)
 
 #: How often a retry may re-pick a host before it settles for one it already tried.
 HOST_SELECTION_ATTEMPTS = 20
@@ -50,12 +64,11 @@ HOST_SELECTION_ATTEMPTS = 20
 #: Envoy worker threads per sidecar: the mesh shares two cores with its apps.
 CONCURRENCY = 1
 
-#: The response header a sidecar adds to its own error replies when the request never
-#: reached its app (it could not connect, or had no healthy app): a caller's sidecar may
-#: then retry even a request that must not be applied twice.
-NOT_APPLIED_HEADER = "x-shop-not-applied"
-#: Envoy response flags of the replies above: upstream connection failure, no healthy
-#: upstream, upstream overflow (circuit breaker).
+#: A sidecar adds `admission.NOT_APPLIED_HEADER` to its own error replies when the
+#: request never reached its app (it could not connect, or had no healthy app), as an
+#: app does to the calls it refuses unstarted: a caller's sidecar may then retry even a
+#: request that must not be applied twice. The Envoy response flags of those replies:
+#: upstream connection failure, no healthy upstream, upstream overflow (circuit breaker).
 _NOT_APPLIED_FLAGS = ["UF", "UH", "UO"]
 
 #: Retry conditions for requests that never reached the callee's app.
@@ -212,17 +225,77 @@ def common_tls(sds: SdsFiles, peer_san: dict[str, str], alpn: list[str]) -> dict
     }
 
 
-def loopback_cluster(name: str, port: int) -> dict[str, Any]:
-    """A plaintext HTTP/2 cluster of one process on loopback (an app behind its sidecar)."""
+#: Requests a loopback cluster takes at once unless it says otherwise; its HIGH priority
+#: routes (health, reflection) always get this many.
+LOOPBACK_MAX_REQUESTS = 4096
+
+
+def loopback_cluster(
+    name: str, port: int, max_requests: int = LOOPBACK_MAX_REQUESTS
+) -> dict[str, Any]:
+    """A plaintext HTTP/2 cluster of one process on loopback (an app behind its sidecar)
+    that takes `max_requests` requests at once; one more is refused at once (503, UO)."""
+
+    def limits(priority: str, requests: int) -> dict[str, Any]:
+        return {
+            "priority": priority,
+            "max_connections": LOOPBACK_MAX_REQUESTS,
+            "max_pending_requests": LOOPBACK_MAX_REQUESTS,
+            "max_requests": requests,
+        }
+
     return {
         **upstream(name, [(LOOPBACK, port)]),
         "typed_extension_protocol_options": HTTP2_UPSTREAM,
         "circuit_breakers": {
             "thresholds": [
-                {"max_connections": 4096, "max_pending_requests": 4096, "max_requests": 4096}
+                limits("DEFAULT", max_requests),
+                limits("HIGH", LOOPBACK_MAX_REQUESTS),
             ]
         },
     }
+
+
+#: The sidecar's clusters of its app: every call, and calls to its expensive methods.
+LOCAL_APP, LOCAL_APP_EXPENSIVE = "local_app", "local_app_expensive"
+#: Paths of the platform's own services in every app: answered however busy it is.
+PLATFORM_PREFIX = "/grpc."
+
+
+def local_app_clusters(service: Service, port: int) -> list[dict[str, Any]]:
+    """The app behind a sidecar, as the clusters its inbound routes go to: admitting what
+    the app admits (`mesh.admission`), so a sidecar holds back what its app would refuse
+    and refuses it itself, before the app spends anything on it."""
+    admitted = service.admission
+    clusters = [loopback_cluster(LOCAL_APP, port, admitted.max_in_flight)]
+    if service.expensive_methods:
+        clusters.append(loopback_cluster(LOCAL_APP_EXPENSIVE, port, admitted.expensive_in_flight))
+    return clusters
+
+
+def _inbound_routes(topology: Topology, api: Api, instance: InstancePlan) -> list[dict[str, Any]]:
+    operation = {"decorator": {"operation": f"{instance.service} inbound"}}
+    expensive = [
+        path
+        for path, policy in method_policies(topology, api, instance.service).items()
+        if policy.cost == EXPENSIVE
+    ]
+    return [
+        {
+            "match": {"prefix": PLATFORM_PREFIX},
+            "route": {"cluster": LOCAL_APP, "timeout": "0s", "priority": "HIGH"},
+            **operation,
+        },
+        *(
+            {
+                "match": {"path": path},
+                "route": {"cluster": LOCAL_APP_EXPENSIVE, "timeout": "0s"},
+                **operation,
+            }
+            for path in expensive
+        ),
+        {"match": {"prefix": "/"}, "route": {"cluster": LOCAL_APP, "timeout": "0s"}, **operation},
+    ]
 
 
 def principal(spiffe_id: str) -> dict[str, Any]:
@@ -360,13 +433,7 @@ def _inbound(
                 "filters": [
                     connection_manager(
                         "inbound",
-                        [
-                            {
-                                "match": {"prefix": "/"},
-                                "route": {"cluster": "local_app", "timeout": "0s"},
-                                "decorator": {"operation": f"{instance.service} inbound"},
-                            }
-                        ],
+                        _inbound_routes(topology, api, instance),
                         [
                             _rbac(topology, api, instance.service),
                             *_faults(topology.services[instance.service].faults),
@@ -382,7 +449,10 @@ def _inbound(
                                     },
                                     "headers_to_add": [
                                         {
-                                            "header": {"key": NOT_APPLIED_HEADER, "value": "1"},
+                                            "header": {
+                                                "key": admission.NOT_APPLIED_HEADER,
+                                                "value": "1",
+                                            },
                                             "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
                                         }
                                     ],
@@ -396,15 +466,52 @@ def _inbound(
     }
 
 
-def retry_policy(policy: CallPolicy, method: Method | None) -> dict[str, Any]:
+def method_policies(topology: Topology, api: Api, service: str) -> dict[str, MethodPolicy]:
+    """What mesh.yaml says of each method of `service`, by gRPC path; a method it names
+    that the contracts do not is an error at its line."""
+    declared = topology.services[service].methods
+    paths = {m.path.rsplit("/", 1)[1]: m.path for m in api.of(service)}
+    for name, policy in declared.items():
+        if name not in paths:
+            known = ", ".join(sorted(paths)) or "none"
+            raise TopologyError(
+                f"services.{service}.methods: {service} has no method {name!r} (its methods: "
+                f"{known})",
+                str(topology.source or "mesh.yaml"),
+                policy.line,
+            )
+    return {path: topology.services[service].method(name) for name, path in paths.items()}
+
+
+def route_timeout(policy: CallPolicy, method: MethodPolicy) -> float:
+    """How long a caller waits for `method`: its own timeout, else the call's."""
+    return method.timeout if method.timeout is not None else policy.timeout
+
+
+def retry_policy(
+    policy: CallPolicy, method: Method | None, timeout: float, cost: str = CHEAP
+) -> dict[str, Any]:
+    """Envoy's retries of a call to `method` (None: one the contracts do not name).
+
+    Every method is retried where its request never reached an app (or an app refused
+    it unstarted: `admission.NOT_APPLIED_HEADER`). Only a method that is safe to repeat
+    and cheap is also retried after failures that may have done its work, a per-try
+    timeout among them:
+    an expensive one (password hashing) sent again while its first try still runs would
+    double the work of a service that is already slow.
+    """
     retries = policy.retries
-    safe = method is not None and method.idempotency.retry_safe
-    # A per-try timeout only helps where the try that timed out is retried; a method that
-    # is not safe to retry gets the whole route timeout for its one try instead.
-    per_try = {"per_try_timeout": duration(retries.per_try_timeout)} if safe else {}
+    safe = method is not None and method.idempotency.retry_safe and cost != EXPENSIVE
+    # A per-try timeout only helps where the try that timed out is retried and another
+    # try still fits in the call's timeout; otherwise the one try gets the whole timeout.
+    per_try = (
+        {"per_try_timeout": duration(retries.per_try_timeout)}
+        if safe and retries.per_try_timeout < timeout
+        else {}
+    )
     return {
         "retry_on": RETRY_ON_IDEMPOTENT if safe else RETRY_ON_NOT_APPLIED,
-        "retriable_headers": [{"name": NOT_APPLIED_HEADER, "present_match": True}],
+        "retriable_headers": [{"name": admission.NOT_APPLIED_HEADER, "present_match": True}],
         "num_retries": retries.attempts,
         **per_try,
         "retry_back_off": {
@@ -427,14 +534,32 @@ def retry_policy(policy: CallPolicy, method: Method | None) -> dict[str, Any]:
     }
 
 
-def _outbound_routes(dependency: str, policy: CallPolicy, api: Api) -> list[dict[str, Any]]:
+def deadline(timeout: float) -> dict[str, Any]:
+    """A route's timeout as a deadline passed on: the caller's own `grpc-timeout` when it
+    is sooner, else `timeout`. Envoy enforces it and forwards what is left of it as
+    `grpc-timeout` (adding one to a request that had none), so the app, and every hop
+    after it, knows how long its caller still waits (`mesh.deadlines`)."""
+    limit = duration(timeout)
+    return {
+        "timeout": limit,
+        "max_stream_duration": {"max_stream_duration": limit, "grpc_timeout_header_max": limit},
+    }
+
+
+def _outbound_routes(
+    topology: Topology, dependency: str, policy: CallPolicy, api: Api
+) -> list[dict[str, Any]]:
+    costs = method_policies(topology, api, dependency)
+
     def route(match: dict[str, Any], method: Method | None) -> dict[str, Any]:
+        declared = costs[method.path] if method else MethodPolicy()
+        timeout = route_timeout(policy, declared)
         return {
             "match": match,
             "route": {
                 "cluster": dependency,
-                "timeout": duration(policy.timeout),
-                "retry_policy": retry_policy(policy, method),
+                **deadline(timeout),
+                "retry_policy": retry_policy(policy, method, timeout, declared.cost),
             },
             # The client span is named after the method it carries.
             "decorator": {"operation": method.path if method else f"{dependency} (unknown)"},
@@ -459,7 +584,7 @@ def _outbound(
                 "filters": [
                     connection_manager(
                         f"outbound_{dependency}",
-                        _outbound_routes(dependency, policy, api),
+                        _outbound_routes(topology, dependency, policy, api),
                         [],
                         **tracing(topology, sidecar_name(service)),
                     )
@@ -472,6 +597,14 @@ def _outbound(
 def sidecar_name(service: str) -> str:
     """How a sidecar's spans name it: beside its app's, told apart (`orders-sidecar`)."""
     return f"{service}-sidecar"
+
+
+def admitted(topology: Topology, service: str) -> int:
+    """How many calls all of `service`'s apps admit at once: more in flight from one
+    caller would only be refused by the callee's sidecars, so the caller's Envoy refuses
+    them itself, at once and without a hop (503, UO)."""
+    callee = topology.services[service]
+    return callee.replicas * callee.admission.max_in_flight
 
 
 def dependency_cluster(
@@ -488,7 +621,7 @@ def dependency_cluster(
                     "priority": "DEFAULT",
                     "max_connections": limits.max_connections,
                     "max_pending_requests": limits.max_pending_requests,
-                    "max_requests": limits.max_requests,
+                    "max_requests": min(limits.max_requests, admitted(topology, dependency)),
                     # The budget replaces Envoy's default of 3 concurrent retries.
                     "retry_budget": {
                         "budget_percent": {"value": retries.budget_percent},
@@ -529,7 +662,7 @@ def sidecar_config(
         ),
     ]
     clusters = [
-        loopback_cluster("local_app", instance.app_port),
+        *local_app_clusters(topology.services[instance.service], instance.app_port),
         trace_cluster(topology, plan),
         *(
             dependency_cluster(topology, plan, dependency, calls[dependency], sds)
@@ -538,7 +671,7 @@ def sidecar_config(
     ]
     if instance.probe_port:
         probe, probe_clusters = probe_resources(
-            plan, instance.probe_port, instance.admin_port, "local_app", instance.metrics_port
+            plan, instance.probe_port, instance.admin_port, LOCAL_APP, instance.metrics_port
         )
         listeners.append(probe)
         clusters += probe_clusters
@@ -581,7 +714,7 @@ def probe_resources(
         get("/stats/prometheus", "admin"),
         {
             "match": {"path": "/grpc.health.v1.Health/Check"},
-            "route": {"cluster": app_cluster, "timeout": "2s"},
+            "route": {"cluster": app_cluster, "timeout": "2s", "priority": "HIGH"},
         },
     ]
     clusters = [upstream("admin", [(LOOPBACK, admin_port)])]

@@ -2,6 +2,11 @@
 
 From the outside in, each unary-unary call gets:
 
+* admission (`mesh.admission`): beyond the app's limit of calls in flight (for its
+  class of method) it is refused at once, UNAVAILABLE and marked not applied, before any
+  other work; the refusal is counted in the RED metrics and in `shop_rpc_refused_total`;
+* its deadline kept for the calls it makes (`mesh.deadlines`); one whose deadline has
+  already passed is refused unstarted;
 * a server span (`mesh.telemetry.traced`), outermost, so it covers and records the
   errors below; the caller's trace context is continued;
 * RED metrics: counted by the status code it ended with, and timed (`mesh.metrics`);
@@ -28,7 +33,7 @@ import grpc
 from google.protobuf.message import Message
 from google.rpc import status_pb2
 
-from mesh import metrics, telemetry
+from mesh import admission, deadlines, metrics, telemetry
 from mesh.errors import (
     STATUS_DETAILS_KEY,
     InvalidArgument,
@@ -50,9 +55,10 @@ if TYPE_CHECKING:
 class MeshInterceptor(grpc.aio.ServerInterceptor):
     """Every unary-unary method in the mesh's layers (see the module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, limits: admission.Limits | None = None) -> None:
         #: Wrapped handlers by method; only methods the server has (a finite set).
         self._wrapped: dict[str, _Handler] = {}
+        self._gates = admission.Gates(limits or admission.Limits())
 
     async def intercept_service(
         self, continuation: _Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -63,17 +69,19 @@ class MeshInterceptor(grpc.aio.ServerInterceptor):
             handler = await continuation(handler_call_details)
             if handler is None:
                 return None
-            wrapped = self._wrapped[method] = _wrap_unary(handler, method)
+            wrapped = _wrap_unary(handler, method, self._gates.of(method))
+            self._wrapped[method] = wrapped
         return wrapped
 
 
-def _wrap_unary(handler: _Handler, method: str) -> _Handler:
+def _wrap_unary(handler: _Handler, method: str, gates: tuple[admission.Gate, ...]) -> _Handler:
     """`handler` with its unary-unary behavior in the mesh's layers."""
     if handler.request_streaming or handler.response_streaming or handler.unary_unary is None:
         return handler
     behavior = cast(Behavior, handler.unary_unary)
-    for layer in (_validated, _mapped_errors, _measured, telemetry.traced):
+    for layer in (_validated, _mapped_errors, _measured, telemetry.traced, deadlines.served):
         behavior = layer(behavior, method)
+    behavior = _admitted(behavior, method, gates)
     return grpc.unary_unary_rpc_method_handler(
         behavior,
         request_deserializer=handler.request_deserializer,
@@ -96,6 +104,33 @@ async def _abort(context: _Context, status: status_pb2.Status) -> None:
         status.message,
         trailing_metadata=((STATUS_DETAILS_KEY, status.SerializeToString()),),
     )
+
+
+def _admitted(behavior: Behavior, method: str, gates: tuple[admission.Gate, ...]) -> Behavior:
+    """Calls beyond a gate's limit refused unstarted; see `mesh.admission`."""
+    status = admission.refusal(_domain(method))
+    trailers = (
+        (admission.NOT_APPLIED_HEADER, "1"),
+        (STATUS_DETAILS_KEY, status.SerializeToString()),
+    )
+    refused = metrics.REFUSED.labels(method)
+
+    async def call(request: Any, context: _Context) -> Any:
+        if any(gate.full for gate in gates):
+            refused.inc()
+            metrics.observe_rpc(method, "UNAVAILABLE", 0.0)
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE, status.message, trailing_metadata=trailers
+            )
+        for gate in gates:
+            gate.in_flight += 1
+        try:
+            return await behavior(request, context)
+        finally:
+            for gate in gates:
+                gate.in_flight -= 1
+
+    return call
 
 
 def _mapped_errors(behavior: Behavior, method: str) -> Behavior:

@@ -3,7 +3,9 @@
 RED per RPC, from the runner's `MetricsInterceptor`:
 
 * `shop_rpc_requests_total{method, code}`: RPCs served, by gRPC status code;
-* `shop_rpc_duration_seconds{method}`: how long they took (histogram).
+* `shop_rpc_duration_seconds{method}`: how long they took (histogram);
+* `shop_rpc_refused_total{method}`: RPCs refused unstarted, the app being at its limit of
+  calls in flight (`mesh.admission`; also counted above as UNAVAILABLE).
 
 The saga's health, from the event bus:
 
@@ -39,6 +41,11 @@ DURATION = Histogram(
     "How long RPCs took to serve, by method.",
     ["method"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+REFUSED = Counter(
+    "shop_rpc_refused",
+    "RPCs refused unstarted: the app was at its limit of calls in flight.",
+    ["method"],
 )
 OUTBOX_PENDING = Gauge("shop_outbox_pending", "Events committed and not yet published.")
 CONSUMER_PENDING = Gauge(

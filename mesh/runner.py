@@ -3,8 +3,8 @@
 A service hands the runner its servicers; the runner adds what every service needs and
 no service writes again:
 
-* the interceptors of `mesh.interceptors` (AIP-193 error mapping, validation from the
-  proto declarations);
+* the interceptors of `mesh.interceptors` (admission control, deadlines, AIP-193 error
+  mapping, validation from the proto declarations);
 * the standard health service (`grpc.health.v1.Health`): SERVING for each service once
   the server is up, NOT_SERVING as soon as it starts to stop, so load balancers drain it;
 * server reflection for every registered service, so `grpcurl list/describe` work;
@@ -29,6 +29,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from mesh.admission import Limits
 from mesh.interceptors import MeshInterceptor
 
 log = logging.getLogger(__name__)
@@ -76,10 +77,11 @@ class ServiceRunner:
         grace: float = DEFAULT_GRACE_SECONDS,
         reflected: Sequence[str] = (),
         pool: descriptor_pool.DescriptorPool | None = None,
+        limits: Limits | None = None,
     ) -> None:
         """`reflected` names services reflection describes beside the registered ones,
         from `pool` (default: the generated code's pool); the edge's reflection endpoint
-        serves nothing but those."""
+        serves nothing but those. `limits` bound the calls served at once (`mesh.admission`)."""
         if not registrations and not reflected:
             raise ValueError("a runner needs at least one service to serve")
         self._registrations = tuple(registrations)
@@ -87,7 +89,7 @@ class ServiceRunner:
         self._pool = pool
         self._address = f"{host}:{port}"
         self._grace = grace
-        self._interceptor = MeshInterceptor()
+        self._interceptor = MeshInterceptor(limits)
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self.port: int | None = None

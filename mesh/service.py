@@ -14,6 +14,9 @@ once, here, from the command line and environment variables:
 | the Prometheus metrics port (loopback) | | `SHOP_METRICS_PORT` | none: not served |
 | TLS to NATS: CA, own certificate, own key | | `SHOP_NATS_{CA,CERT,KEY}_FILE` | none: no TLS |
 | the name NATS's certificate carries | | `SHOP_NATS_SERVER_NAME` | the URL's host |
+| calls served at once | | `SHOP_MAX_IN_FLIGHT` | 8 (`mesh.admission`) |
+| of those, calls to expensive methods | | `SHOP_EXPENSIVE_IN_FLIGHT` | 2 |
+| the expensive methods | | `SHOP_EXPENSIVE_METHODS` | none |
 
 A service's `bootstrap(settings, stack)` builds its adapters (entering them on the
 `AsyncExitStack`, which closes them after the server stops) and returns the servicers to
@@ -27,17 +30,18 @@ import asyncio
 import os
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 
-from mesh import metrics, natsconf, telemetry
+from mesh import deadlines, metrics, natsconf, telemetry
+from mesh.admission import Limits
 from mesh.events import NatsSettings
 from mesh.plan import InstancePlan
 from mesh.runner import DEFAULT_GRACE_SECONDS, Registration, ServiceRunner
 from mesh.storage import Database, Migration
-from mesh.topology import TelemetrySettings
+from mesh.topology import Service, TelemetrySettings
 
 
 def sqlite_path(run_dir: Path, service: str) -> Path:
@@ -60,6 +64,7 @@ class ServiceSettings:
     database_url: str | None = None
     grace: float = DEFAULT_GRACE_SECONDS
     nats: NatsSettings | None = None
+    limits: Limits = field(default_factory=Limits)
 
     def database(self, migrations: Sequence[Migration]) -> Database:
         """This service's own database: the configured URL, or its SQLite file."""
@@ -78,6 +83,7 @@ class ServiceSettings:
 
 def environment(
     instance: InstancePlan,
+    service: Service,
     *,
     run_dir: Path,
     telemetry_settings: TelemetrySettings,
@@ -91,6 +97,7 @@ def environment(
         "SHOP_INSTANCE": instance.name,
         **telemetry.tracing_environment(telemetry_settings, trace_endpoint),
         metrics.PORT_VARIABLE: str(instance.metrics_port),
+        **limits_of(service).environment(),
         **natsconf.service_environment(nats),
         **{
             f"SHOP_{dependency.upper()}_ADDRESS": f"127.0.0.1:{port}"
@@ -99,11 +106,24 @@ def environment(
     }
 
 
+def limits_of(service: Service) -> Limits:
+    """The admission limits mesh.yaml gives `service`'s apps."""
+    return Limits(
+        max_in_flight=service.admission.max_in_flight,
+        expensive_in_flight=service.admission.expensive_in_flight,
+        expensive_methods=service.expensive_methods,
+    )
+
+
 def channel_to(
     settings: ServiceSettings, dependency: str, stack: AsyncExitStack
 ) -> grpc.aio.Channel:
-    """A traced channel to `dependency` (through the sidecar), closed when `stack` unwinds."""
-    channel = telemetry.instrumented_channel(settings.address_of(dependency))
+    """A channel to `dependency` (through the sidecar) whose calls are traced and keep the
+    deadline of the call being served (`mesh.deadlines`); closed when `stack` unwinds."""
+    channel = grpc.aio.insecure_channel(
+        settings.address_of(dependency),
+        interceptors=[*telemetry.client_interceptors(), deadlines.Propagation()],
+    )
     stack.push_async_callback(channel.close)
     return channel
 
@@ -126,7 +146,11 @@ async def run(settings: ServiceSettings, bootstrap: Bootstrap) -> None:
     async with AsyncExitStack() as stack:
         registrations = await bootstrap(settings, stack)
         runner = ServiceRunner(
-            registrations, host=settings.host, port=settings.port, grace=settings.grace
+            registrations,
+            host=settings.host,
+            port=settings.port,
+            grace=settings.grace,
+            limits=settings.limits,
         )
         await runner.serve()
 
@@ -146,6 +170,7 @@ def settings_from_environment(name: str, argv: Sequence[str] | None = None) -> S
         database_url=args.database_url,
         grace=args.grace,
         nats=nats_from_environment(name),
+        limits=Limits.from_environment(os.environ),
     )
 
 

@@ -188,6 +188,7 @@ class Supervisor:
     def _environment(self, instance: InstancePlan) -> dict[str, str]:
         return app_service.environment(
             instance,
+            self.topology.services[instance.service],
             run_dir=self.run_dir,
             telemetry_settings=self.topology.telemetry,
             trace_endpoint=(

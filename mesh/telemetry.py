@@ -5,7 +5,7 @@
   (the OpenTelemetry variable; the local mesh points it at its trace store, compose and
   Kubernetes at a collector). Without it, spans are still made and propagated, just
   not exported. W3C trace context travels in gRPC metadata (the runner's server
-  interceptor and `instrumented_channel`'s client interceptors) and, for events, in
+  interceptor and `client_interceptors`) and, for events, in
   the envelope's `trace_context` and the NATS message headers (`event_context`).
 * **Logs.** `setup_logging` writes one JSON object per line: time, level, service,
   instance, logger, message, and the `trace_id` / `span_id` of the span the line was
@@ -76,7 +76,8 @@ def traced(behavior: Behavior, method: str) -> Behavior:
     caller's trace context (the runner's `mesh.interceptors.MeshInterceptor`).
 
     A call the sampler leaves out gets a non-recording span: the trace context still
-    flows on, and nothing else is computed for it.
+    flows on, and nothing else is computed for it. A recorded span notes how long the
+    caller gave the call (`DEADLINE_ATTRIBUTE`, in ms), when it gave a deadline.
     """
     service, _, name = method.lstrip("/").partition("/")
     attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
@@ -91,6 +92,8 @@ def traced(behavior: Behavior, method: str) -> Behavior:
             record_exception=False,
             set_status_on_exception=False,
         ) as span:
+            if span.is_recording():
+                _record_deadline(span, servicer_context.time_remaining())
             try:
                 return await behavior(request, servicer_context)
             finally:
@@ -98,6 +101,15 @@ def traced(behavior: Behavior, method: str) -> Behavior:
                     _record_status(span, servicer_context.code())
 
     return call
+
+
+#: The server span's attribute of the time its caller gave it (`grpc-timeout`), in ms.
+DEADLINE_ATTRIBUTE = "shop.rpc.deadline_ms"
+
+
+def _record_deadline(span: trace.Span, left: float | None) -> None:
+    if left is not None:
+        span.set_attribute(DEADLINE_ATTRIBUTE, round(left * 1000))
 
 
 def _record_status(span: trace.Span, code: grpc.StatusCode | None) -> None:
@@ -108,10 +120,10 @@ def _record_status(span: trace.Span, code: grpc.StatusCode | None) -> None:
         span.set_status(trace.Status(trace.StatusCode.ERROR, code.name))
 
 
-def instrumented_channel(address: str) -> grpc.aio.Channel:
-    """A channel to `address` whose calls are client spans and carry the trace context."""
-    interceptors = aio_client_interceptors()  # type: ignore[no-untyped-call]
-    return grpc.aio.insecure_channel(address, interceptors=interceptors)
+def client_interceptors() -> list[grpc.aio.ClientInterceptor]:
+    """Interceptors that make a channel's calls client spans carrying the trace context."""
+    interceptors: list[grpc.aio.ClientInterceptor] = aio_client_interceptors()  # type: ignore[no-untyped-call]
+    return interceptors
 
 
 def inject(carrier: MutableMapping[str, str]) -> None:

@@ -165,6 +165,31 @@ class Faults:
     """Seconds a delayed call is held."""
 
 
+#: What a method costs its service: `expensive` ones (password hashing) are admitted a
+#: few at a time and never sent again after their caller's sidecar gave up on a try.
+CHEAP, EXPENSIVE = "cheap", "expensive"
+COSTS = (CHEAP, EXPENSIVE)
+
+
+@dataclass(frozen=True)
+class MethodPolicy:
+    """What `mesh.yaml` says of one method of a service, where it differs from the rest."""
+
+    cost: str = CHEAP
+    timeout: float | None = None
+    """Seconds every caller (the edge included) waits for it; None: the caller's policy."""
+    line: int | None = dataclasses.field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class Admission:
+    """How many calls one app instance works on at once; one more is refused at once."""
+
+    max_in_flight: int = 8
+    expensive_in_flight: int = 2
+    """Of those, calls to its `expensive` methods."""
+
+
 @dataclass(frozen=True)
 class Service:
     """One service of the mesh: its replicas, fixed ports and the calls it makes."""
@@ -177,6 +202,18 @@ class Service:
     """The events it handles, as `<producer>.<event>`; its subjects are `shop.` + each."""
     faults: Faults | None = None
     """Failures to inject into calls it receives (none unless configured)."""
+    methods: Mapping[str, MethodPolicy] = dataclasses.field(default_factory=dict)
+    """Its methods (by name, e.g. `Login`) whose cost or timeout differs from the rest."""
+    admission: Admission = Admission()
+
+    @property
+    def expensive_methods(self) -> frozenset[str]:
+        """The names of its methods of cost `expensive`."""
+        return frozenset(name for name, m in self.methods.items() if m.cost == EXPENSIVE)
+
+    def method(self, name: str) -> MethodPolicy:
+        """The policy of its method `name` (the default one unless mesh.yaml names it)."""
+        return self.methods.get(name, _DEFAULT_METHOD)
 
     @property
     def consumed_subjects(self) -> list[str]:
@@ -227,11 +264,25 @@ class EdgeAuth:
 
 
 @dataclass(frozen=True)
-class RateLimit:
-    """A token bucket shared by every client of the edge."""
+class Bucket:
+    """A token bucket: refilled at `requests_per_second`, holding `burst` at most."""
 
-    requests_per_second: int = 200
-    burst: int = 400
+    requests_per_second: int
+    burst: int
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """The edge's token buckets; a request that finds one of its buckets empty gets 429.
+
+    Every request takes from `total`; a request with a token also from its subject's own
+    `per_client` bucket; one without from its client address's `per_client` bucket and
+    from `anonymous`, which all of them share. Health checks take from none.
+    """
+
+    total: Bucket = Bucket(1000, 2000)
+    per_client: Bucket = Bucket(200, 400)
+    anonymous: Bucket = Bucket(400, 800)
 
 
 @dataclass(frozen=True)
@@ -294,6 +345,8 @@ class Topology:
         if name not in self.services:
             raise ValueError(f"unknown service {name!r} (known: {', '.join(self.services)})")
 
+
+_DEFAULT_METHOD = MethodPolicy()
 
 DEFAULT_TRUST_DOMAIN = "shop.local"
 DEFAULT_NAMESPACE = "shop"
@@ -392,7 +445,16 @@ class _Reader:
         top = self.mapping(
             root,
             "the topology",
-            {"trust_domain", "namespace", "defaults", "nats", "edge", "services", "telemetry"},
+            {
+                "trust_domain",
+                "namespace",
+                "defaults",
+                "admission",
+                "nats",
+                "edge",
+                "services",
+                "telemetry",
+            },
         )
         trust_domain = self.optional(top, "trust_domain", DEFAULT_TRUST_DOMAIN, self.trust_domain)
         namespace = self.optional(
@@ -409,8 +471,14 @@ class _Reader:
         )
         if "services" not in top:
             raise self.error(root, "no services: the topology needs a `services:` mapping")
+        admission = self.optional(
+            top,
+            "admission",
+            Admission(),
+            lambda node: self.admission(node, Admission(), "admission"),
+        )
         services_key, services_node = top["services"]
-        services = self.services(services_key, services_node, defaults)
+        services = self.services(services_key, services_node, defaults, admission)
         nats = self.optional(top, "nats", NatsSettings(port=None), self.nats)
         edge = self.optional(
             top, "edge", EdgeSettings(DEFAULT_EDGE_PORT, ()), lambda node: self.edge(node, services)
@@ -438,7 +506,9 @@ class _Reader:
             )
         return value
 
-    def services(self, key: Node, node: Node, defaults: CallPolicy) -> dict[str, Service]:
+    def services(
+        self, key: Node, node: Node, defaults: CallPolicy, admission: Admission
+    ) -> dict[str, Service]:
         if self.is_null(node):
             raise self.error(key, "no services: `services:` is empty")
         entries = self.mapping(node, "services", None)
@@ -452,7 +522,9 @@ class _Reader:
         call_lines: dict[tuple[str, str], int] = {}
         services: dict[str, Service] = {}
         for name, (_, service_node) in entries.items():
-            services[name] = self.service(name, service_node, entries, defaults, call_lines)
+            services[name] = self.service(
+                name, service_node, entries, (defaults, admission), call_lines
+            )
         self.check_no_cycle(services, call_lines)
         return services
 
@@ -461,13 +533,13 @@ class _Reader:
         name: str,
         node: Node,
         known: Mapping[str, object],
-        defaults: CallPolicy,
+        inherited: tuple[CallPolicy, Admission],
         call_lines: dict[tuple[str, str], int],
     ) -> Service:
         where = f"services.{name}"
-        entries = self.mapping(
-            node, where, {"replicas", "calls", "ports", "consumes", "faults"}, null_is_empty=True
-        )
+        defaults, admission = inherited
+        keys = {"replicas", "calls", "ports", "consumes", "faults", "methods", "admission"}
+        entries = self.mapping(node, where, keys, null_is_empty=True)
         replicas = self.optional(
             entries, "replicas", 1, lambda n: self.integer(n, f"{where}.replicas", 1, MAX_REPLICAS)
         )
@@ -500,7 +572,74 @@ class _Reader:
         )
         consumes = self.consumes(entries, name, known)
         faults = self.optional(entries, "faults", None, lambda n: self.faults(n, where))
-        return Service(name, replicas, MappingProxyType(calls), ports, consumes, faults)
+        methods: dict[str, MethodPolicy] = self.optional(
+            entries, "methods", {}, lambda n: self.methods(n, where)
+        )
+        admission = self.optional(
+            entries,
+            "admission",
+            admission,
+            lambda n: self.admission(n, admission, f"{where}.admission"),
+        )
+        return Service(
+            name,
+            replicas,
+            MappingProxyType(calls),
+            ports,
+            consumes,
+            faults,
+            MappingProxyType(methods),
+            admission,
+        )
+
+    def methods(self, node: Node, where: str) -> dict[str, MethodPolicy]:
+        where = f"{where}.methods"
+        return {
+            method: self.method_policy(key, value, f"{where}.{method}")
+            for method, (key, value) in self.mapping(node, where, None).items()
+        }
+
+    def method_policy(self, key: Node, node: Node, where: str) -> MethodPolicy:
+        if not re.fullmatch(r"[A-Z][A-Za-z0-9]*", str(key.value)):
+            raise self.error(key, f"{where} does not name a method like GetProduct")
+        entries = self.mapping(node, where, {"cost", "timeout"})
+        cost = self.optional(entries, "cost", CHEAP, lambda n: self.cost(n, f"{where}.cost"))
+        timeout = self.optional(
+            entries, "timeout", None, lambda n: self.duration(n, f"{where}.timeout")
+        )
+        return MethodPolicy(cost, timeout, _line(key))
+
+    def cost(self, node: Node, where: str) -> str:
+        value = self.string(node, where)
+        if value not in COSTS:
+            raise self.error(node, f"{where} must be one of {', '.join(COSTS)}, got {value!r}")
+        return value
+
+    def admission(self, node: Node, base: Admission, where: str) -> Admission:
+        entries = self.mapping(
+            node, where, {"max_in_flight", "expensive_in_flight"}, null_is_empty=True
+        )
+        admission = Admission(
+            max_in_flight=self.optional(
+                entries,
+                "max_in_flight",
+                base.max_in_flight,
+                lambda n: self.integer(n, f"{where}.max_in_flight", 1, 100_000),
+            ),
+            expensive_in_flight=self.optional(
+                entries,
+                "expensive_in_flight",
+                base.expensive_in_flight,
+                lambda n: self.integer(n, f"{where}.expensive_in_flight", 1, 100_000),
+            ),
+        )
+        if admission.expensive_in_flight > admission.max_in_flight:
+            raise self.error(
+                node,
+                f"{where}: expensive_in_flight ({admission.expensive_in_flight}) is more "
+                f"than max_in_flight ({admission.max_in_flight})",
+            )
+        return admission
 
     def faults(self, node: Node, where: str) -> Faults:
         where = f"{where}.faults"
@@ -717,21 +856,34 @@ class _Reader:
         )
 
     def rate_limit(self, node: Node) -> RateLimit:
-        entries = self.mapping(node, "edge.rate_limit", {"requests_per_second", "burst"})
+        entries = self.mapping(node, "edge.rate_limit", {"total", "per_client", "anonymous"})
         default = RateLimit()
-        rate = self.optional(
-            entries,
-            "requests_per_second",
-            default.requests_per_second,
-            lambda n: self.integer(n, "edge.rate_limit.requests_per_second", 1, 1_000_000),
+
+        def bucket(name: str, fallback: Bucket) -> Bucket:
+            where = f"edge.rate_limit.{name}"
+            return self.optional(entries, name, fallback, lambda n: self.bucket(n, where))
+
+        return RateLimit(
+            total=bucket("total", default.total),
+            per_client=bucket("per_client", default.per_client),
+            anonymous=bucket("anonymous", default.anonymous),
+        )
+
+    def bucket(self, node: Node, where: str) -> Bucket:
+        entries = self.mapping(node, where, {"requests_per_second", "burst"})
+        rate = self.integer(
+            self.required(entries, "requests_per_second", where, node),
+            f"{where}.requests_per_second",
+            1,
+            1_000_000,
         )
         burst = self.optional(
             entries,
             "burst",
-            max(default.burst, rate),
-            lambda n: self.integer(n, "edge.rate_limit.burst", 1, 10_000_000),
+            2 * rate,
+            lambda n: self.integer(n, f"{where}.burst", 1, 10_000_000),
         )
-        return RateLimit(rate, burst)
+        return Bucket(rate, burst)
 
     def cors(self, node: Node) -> tuple[str, ...]:
         entries = self.mapping(node, "edge.cors", {"allow_origins"})

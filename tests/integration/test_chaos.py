@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from mesh import chaos
+from mesh import chaos, overload, scenario
 from mesh.binaries import find_binary
 from tests.integration.conftest import ROOT, RunningMesh
 
@@ -142,12 +142,12 @@ def test_crashing_saga_participants_and_nats_loses_no_order_and_captures_none_tw
     targets = chaos.crash_targets(len(plan.kill_at))
     assert int(figures["kills"]) == len(targets)
     for n, target in enumerate(targets, 1):
-        victim = "nats server" if target == chaos.NATS else f"{target}-0 app"
+        victim = "nats server" if target == scenario.NATS else f"{target}-0 app"
         assert re.fullmatch(rf"{victim} pid \d+ died, replaced by pid \d+", figures[f"kill {n}"])
     restarts = re.findall(r"([\w-]+) (\d+)[,)]", figures["supervisor restarts"])
     restarted = {instance: int(n) for instance, n in restarts}
     for target in set(targets):
-        instance = chaos.NATS if target == chaos.NATS else f"{target}-0"
+        instance = scenario.NATS if target == scenario.NATS else f"{target}-0"
         assert restarted[instance] >= targets.count(target)
     # The stock went down by the units of the orders, all confirmed, and none is held back.
     sold = sum(chaos.order_units(orders))
@@ -181,3 +181,31 @@ def test_failing_payment_calls_are_retried_and_every_saga_ends_with_the_stock_ri
     assert int(figures["tries past the per-try timeout"]) > 0
     assert int(figures["stock reserved"]) == 0
     assert 0 <= int(figures["stock on hand"]) < int(figures["stock at the start"])
+
+
+def test_under_overload_the_mesh_refuses_the_excess_at_once_and_recovers(
+    run_dir: Path, full: bool
+) -> None:
+    outcome = meshctl_chaos("overload", run_dir, full)
+    assert outcome.code == 0, outcome.stdout + outcome.stderr
+    plan = overload.FULL if full else overload.SHORT
+    assert outcome.verdict == f"PASS: {overload.criterion(plan)}"
+    figures = outcome.figures
+    capacity = float(figures["read: capacity"].removesuffix("/s"))
+    assert capacity > 50  # the read really ran
+    judged = figures["read: 3x"]
+    offered = float(re.search(r"offered (\d+)/s", judged)[1])  # type: ignore[index]
+    assert offered >= 2.9 * capacity
+    # The mesh was overloaded and said so: hundreds of refusals, every one a 503.
+    failed = re.search(r"failed (\d+) \(HTTP 503 (\d+)\)", judged)
+    assert failed is not None, judged
+    assert int(failed[1]) == int(failed[2]) > 100
+    light = re.search(r"1 s after: (\d+) of (\d+) succeeded", judged)
+    assert light is not None
+    assert light[1] == light[2]
+    # Identity hashed two passwords at a time and refused the rest at once.
+    logins = figures["login burst"]
+    refused = re.search(r"HTTP 503 (\d+)", logins)
+    assert refused is not None
+    assert int(refused[1]) >= 40, logins
+    assert figures["restarts"] == "none"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import subprocess
@@ -25,6 +26,7 @@ from tests.integration.conftest import (
     bearer,
     customer,
     grpcurl,
+    mesh_up,
     stream_events,
 )
 
@@ -213,32 +215,84 @@ def test_openapi_and_docs_are_served(edge: httpx.Client) -> None:
     assert len(bundle.content) > 100_000
 
 
-def test_over_the_rate_limit_the_edge_answers_429_in_json(tmp_path: Path) -> None:
-    """A small mesh of its own, with a bucket of 10 requests refilled at 5 a second."""
+SMALL_MESH = """\
+services:
+  identity: {}
+  inventory: {}
+edge:
+  expose: [identity, inventory]
+  auth: {public: [identity.GetJwks, inventory.GetStock]}
+  rate_limit:
+%s
+"""
+
+
+@contextlib.contextmanager
+def small_mesh(tmp_path: Path, rate_limit: str) -> Iterator[RunningMesh]:
+    """A mesh of its own: identity and inventory behind an edge with `rate_limit`."""
     config = tmp_path / "mesh.yaml"
-    config.write_text(
-        "services:\n"
-        "  identity: {}\n"
-        "  inventory: {}\n"
-        "edge:\n"
-        "  expose: [identity, inventory]\n"
-        "  auth: {public: [identity.GetJwks, inventory.GetStock]}\n"
-        "  rate_limit: {requests_per_second: 5, burst: 10}\n"
+    config.write_text(SMALL_MESH % rate_limit)
+    with mesh_up(RunningMesh(tmp_path / "run", config)) as small:
+        yield small
+
+
+def test_over_the_rate_limit_the_edge_answers_429_in_json(tmp_path: Path) -> None:
+    """A total of 10 requests refilled at 5 a second, for everyone."""
+    total = "    total: {requests_per_second: 5, burst: 10}"
+    with (
+        small_mesh(tmp_path, total) as small,
+        httpx.Client(base_url=small.edge_url, timeout=10) as client,
+    ):
+        statuses = [client.get("/v1/products/p/stock") for _ in range(30)]
+    limited = [r for r in statuses if r.status_code == 429]
+    assert 10 <= len(limited) <= 25, [r.status_code for r in statuses]
+    assert_json_error(limited[0], 429, 8)
+    assert {r.status_code for r in statuses} <= {404, 429}
+
+
+def _passed(client: httpx.Client, count: int, headers: dict[str, str] | None = None) -> int:
+    """How many of `count` GetStock calls the edge let through (404: no such product)."""
+    statuses = [client.get("/v1/products/p/stock", headers=headers).status_code
+                for _ in range(count)]  # fmt: skip
+    assert set(statuses) <= {404, 429}, statuses
+    return statuses.count(404)
+
+
+def test_each_client_has_its_own_bucket_and_anonymous_ones_share_one(tmp_path: Path) -> None:
+    """Buckets refilled at 1 a second: 5 per client, 8 for every call without a token.
+
+    An anonymous flood from two addresses takes its 5 from each address's bucket and then
+    finds the shared anonymous one empty; customers with tokens keep their own 5 each,
+    and health checks answer whatever the buckets hold.
+    """
+    buckets = (
+        "    per_client: {requests_per_second: 1, burst: 5}\n"
+        "    anonymous: {requests_per_second: 1, burst: 8}"
     )
-    small = RunningMesh(tmp_path / "run", config)
-    started = small.meshctl(
-        "up", "--detach", "--config", str(config), "--edge-port", "0", check=False
-    )
-    try:
-        assert started.returncode == 0, started.stdout + started.stderr
-        with httpx.Client(base_url=small.edge_url, timeout=10) as client:
-            statuses = [client.get("/v1/products/p/stock") for _ in range(30)]
-        limited = [r for r in statuses if r.status_code == 429]
-        assert 10 <= len(limited) <= 25, [r.status_code for r in statuses]
-        assert_json_error(limited[0], 429, 8)
-        assert {r.status_code for r in statuses} <= {404, 429}
-    finally:
-        assert small.down() == []
+    with small_mesh(tmp_path, buckets) as small:
+        alice, bob = (bearer(small.token(subject)) for subject in ("alice", "bob"))
+
+        def client_at(address: str) -> httpx.Client:
+            transport = httpx.HTTPTransport(local_address=address)
+            return httpx.Client(base_url=small.edge_url, timeout=10, transport=transport)
+
+        with client_at("127.0.0.2") as first, client_at("127.0.0.3") as second:
+            from_first = _passed(first, 10)
+            from_second = _passed(second, 10)
+            # A refill may add a token to any bucket while this runs: at most one each.
+            assert 5 <= from_first <= 6, from_first
+            assert 3 <= from_second <= 4, from_second  # the shared bucket held 8
+            assert from_first + from_second <= 8 + 2
+            as_alice = _passed(first, 8, alice)
+            as_bob = _passed(second, 8, bob)
+            assert 5 <= as_alice <= 6, as_alice
+            assert 5 <= as_bob <= 6, as_bob
+            assert _passed(first, 3) <= 1  # still empty for the anonymous
+            health = [first.get("/healthz").status_code for _ in range(20)]
+            assert health == [200] * 20
+            limited = first.get("/v1/products/p/stock")
+    assert_json_error(limited, 429, 8)
+    assert limited.headers["x-ratelimit-limit"].startswith("5")
 
 
 def test_the_python_client_example_places_an_order(edge: httpx.Client, mesh: RunningMesh) -> None:

@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 
-from mesh import envoy, natsconf
+from mesh import admission, edge, envoy, natsconf
 from mesh.api import Api
 from mesh.binaries import find_binary
 from mesh.contracts import DESCRIPTOR_SET
 from mesh.pki import MeshPKI
 from mesh.plan import MeshPlan, make_plan
-from mesh.topology import Faults, TelemetrySettings, Topology, load
+from mesh.topology import Faults, TelemetrySettings, Topology, TopologyError, load
 from tests.integration.conftest import ROOT
 
 pytestmark = pytest.mark.integration
@@ -144,7 +144,12 @@ def test_call_policy_and_budget_come_from_mesh_yaml(
     assert (
         thresholds["retry_budget"]["min_retry_concurrency"] == policy.retries.min_retry_concurrency
     )
-    assert thresholds["max_requests"] == policy.circuit_breaker.max_requests
+    # No more in flight than inventory's apps admit (its sidecars would refuse the rest).
+    inventory = topology.services["inventory"]
+    assert thresholds["max_requests"] == min(
+        policy.circuit_breaker.max_requests,
+        inventory.replicas * inventory.admission.max_in_flight,
+    )
     assert (
         cluster["outlier_detection"]["consecutive_5xx"] == policy.outlier_detection.consecutive_5xx
     )
@@ -291,3 +296,102 @@ def test_faults_are_injected_inbound_after_authorization_and_envoy_accepts_them(
             "percentage": {"numerator": 125_000, "denominator": "MILLION"},
         }
     assert_envoy_accepts(paths["catalog-0"], "catalog-0")
+
+
+# -- overload: admission, deadlines, retries of expensive methods ---------------------------
+
+LOGIN = "/shop.identity.v1.IdentityService/Login"
+GET_JWKS = "/shop.identity.v1.IdentityService/GetJwks"
+
+
+@pytest.fixture(scope="module")
+def edge_config(
+    topology: Topology, api: Api, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[dict[str, Any], Path]:
+    run_dir = tmp_path_factory.mktemp("edge")
+    plan = make_plan(topology, run_dir)
+    pki = MeshPKI(run_dir / "pki", topology.trust_domain, topology.namespace)
+    rules = edge.resolve_rules(topology, api)
+    files = edge.write_files(run_dir / "edge", ROOT / DESCRIPTOR_SET, topology, rules, 8080)
+    cert = pki.ensure("edge", "edge")
+    sds = envoy.write_sds(run_dir / "edge", cert.cert_path, cert.key_path, pki.ca_path)
+    config = edge.edge_config(topology, plan, api, sds, files)
+    return config, envoy.write_config(config, run_dir / "edge" / "envoy.yaml")
+
+
+def _edge_routes(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    routes = manager["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
+    return {r["match"]["path"]: r["route"] for r in routes if "path" in r["match"] and "route" in r}
+
+
+def test_an_expensive_method_is_never_retried_after_it_may_have_started(
+    topology: Topology, edge_config: tuple[dict[str, Any], Path]
+) -> None:
+    """Login hashes a password: no per-try timeout, no retry on a failure after which it
+    may be running still; only a refusal that says it never started is sent again."""
+    config, path = edge_config
+    assert_envoy_accepts(path, "edge")
+    routes = _edge_routes(config)
+    login, jwks = routes[LOGIN], routes[GET_JWKS]
+    assert "per_try_timeout" not in login["retry_policy"]
+    assert set(login["retry_policy"]["retry_on"].split(",")) == set(
+        envoy.RETRY_ON_NOT_APPLIED.split(",")
+    )
+    assert login["retry_policy"]["retriable_headers"] == [
+        {"name": admission.NOT_APPLIED_HEADER, "present_match": True}
+    ]
+    # GetJwks is as idempotent and cheap: retried after a per-try timeout.
+    assert jwks["retry_policy"]["per_try_timeout"] == "1.000s"
+    assert "gateway-error" in jwks["retry_policy"]["retry_on"]
+    # Each waits as long as mesh.yaml says, and no longer than the client's grpc-timeout.
+    declared = topology.services["identity"].method("Login").timeout
+    assert declared is not None
+    assert login["timeout"] == f"{declared:.3f}s"
+    assert login["max_stream_duration"] == {
+        "max_stream_duration": f"{declared:.3f}s", "grpc_timeout_header_max": f"{declared:.3f}s",
+    }  # fmt: skip
+    assert jwks["timeout"] == f"{topology.edge.timeout:.3f}s"
+
+
+def test_a_sidecar_admits_what_its_app_admits_and_health_always(
+    topology: Topology, rendered: tuple[MeshPlan, dict[str, Any], dict[str, Path]]
+) -> None:
+    _, configs, _ = rendered
+    config = configs["identity-0"]
+    clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
+    admitted = topology.services["identity"].admission
+
+    def limits(cluster: str) -> dict[str, int]:
+        thresholds = clusters[cluster]["circuit_breakers"]["thresholds"]
+        return {t["priority"]: t["max_requests"] for t in thresholds}
+
+    assert limits(envoy.LOCAL_APP) == {
+        "DEFAULT": admitted.max_in_flight, "HIGH": envoy.LOOPBACK_MAX_REQUESTS,
+    }  # fmt: skip
+    assert limits(envoy.LOCAL_APP_EXPENSIVE)["DEFAULT"] == admitted.expensive_in_flight
+    inbound = next(
+        item for item in config["static_resources"]["listeners"] if item["name"] == "inbound"
+    )
+    manager = inbound["filter_chains"][0]["filters"][0]["typed_config"]
+    routes = manager["route_config"]["virtual_hosts"][0]["routes"]
+    by_match = {r["match"].get("path") or r["match"]["prefix"]: r["route"] for r in routes}
+    assert by_match["/grpc."] == {"cluster": envoy.LOCAL_APP, "timeout": "0s", "priority": "HIGH"}
+    assert by_match[LOGIN]["cluster"] == envoy.LOCAL_APP_EXPENSIVE
+    assert by_match["/"]["cluster"] == envoy.LOCAL_APP
+    # A service without expensive methods has no second cluster.
+    catalog = {c["name"] for c in configs["catalog-0"]["static_resources"]["clusters"]}
+    assert envoy.LOCAL_APP_EXPENSIVE not in catalog
+
+
+def test_a_method_mesh_yaml_names_must_exist(topology: Topology, api: Api) -> None:
+    identity = topology.services["identity"]
+    misnamed = dataclasses.replace(
+        identity, methods={"Logon": dataclasses.replace(identity.method("Login"), line=7)}
+    )
+    broken = dataclasses.replace(topology, services={**topology.services, "identity": misnamed})
+    with pytest.raises(TopologyError) as caught:
+        envoy.method_policies(broken, api, "identity")
+    assert caught.value.line == 7
+    assert "identity has no method 'Logon'" in str(caught.value)
+    assert "Login" in str(caught.value)

@@ -5,12 +5,20 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Iterator
+from typing import Any
 
+import grpc
 import httpx
 import pytest
+from google.type import postal_address_pb2
 
+from mesh.telemetry import DEADLINE_ATTRIBUTE
+from mesh.topology import load
 from mesh.tracestore import Span, TraceStore
+from shop.orders.v1 import orders_service_pb2 as orders_pb
+from shop.orders.v1 import orders_service_pb2_grpc as orders_grpc
 from tests.integration.conftest import RunningMesh, bearer, customer
 from tests.support.saga import CANCELLED, CONFIRMED, place, stocked_product, wait_until_terminal
 
@@ -145,3 +153,46 @@ def assert_logged_in_trace(
         assert {r["trace_id"] for r in records} == {trace_id}
         assert any(order_id in r["message"] for r in records)
         assert all(len(r["span_id"]) == 16 and r["service"] == service for r in records)
+
+
+def _deadline_ms(spans: list[Span], service: str, method: str) -> int:
+    """How long the caller gave `service`'s server span of `method`, as it recorded it."""
+    span = next(
+        s for s in spans if (s.service, s.kind) == (service, "SERVER") and s.name.endswith(method)
+    )
+    return int(span.attributes[DEADLINE_ATTRIBUTE])
+
+
+def test_each_hop_gets_only_the_time_its_caller_has_left(
+    edge: httpx.Client, mesh: RunningMesh
+) -> None:
+    """A REST call gets the edge's timeout as its deadline, a native gRPC one its own
+    `grpc-timeout`; orders passes what is left on to catalog, and orders' sidecar gives
+    catalog no more than its route's timeout either way."""
+    admin = bearer(mesh.token("trace-admin", "catalog:write"))
+    product_id = stocked_product(edge, admin, 5)
+    _, token = customer(edge)
+    by_rest = place(edge, token, product_id)
+    with grpc.insecure_channel(mesh.edge_url.removeprefix("http://")) as channel:
+        stub: Any = orders_grpc.OrdersServiceStub(channel)
+        request = orders_pb.PlaceOrderRequest(
+            lines=[orders_pb.OrderLine(product_id=product_id, quantity=1)],
+            shipping_address=postal_address_pb2.PostalAddress(
+                region_code="DE", postal_code="10115", address_lines=["Hauptstr. 1"]
+            ),
+            payment_token="tok_visa",
+            request_id=str(uuid.uuid4()),
+        )
+        by_grpc = stub.PlaceOrder(
+            request, metadata=[("authorization", f"Bearer {token}")], timeout=1.5
+        ).order.id
+    topology = load(mesh.config)
+    route_ms = topology.services["orders"].calls["catalog"].timeout * 1000
+    for order_id, given_ms in ((by_rest, topology.edge.timeout * 1000), (by_grpc, 1500)):
+        spans = order_trace(mesh, order_id)
+        at_orders = _deadline_ms(spans, "orders", "/PlaceOrder")
+        at_catalog = _deadline_ms(spans, "catalog", "/BatchGetProducts")
+        assert given_ms - 1000 < at_orders <= given_ms
+        assert 0 < at_catalog <= min(at_orders, route_ms)
+    # Under the sidecar's 2 s: catalog got what orders had left, not the route's timeout.
+    assert at_catalog < 1500

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from google.protobuf.message import DecodeError
 
-from mesh import chaos, cli, loadgen
+from mesh import chaos, cli, loadgen, scenario
 from mesh.deadletters import DeadLetter
 from mesh.shopper import CANCELLED, CONFIRMED
 from mesh.storage import event_subject
@@ -39,7 +39,7 @@ def replaced(instance: str, part: str = "app") -> chaos.Kill:
 
 
 def test_a_verdict_passes_until_a_requirement_fails_and_then_says_which() -> None:
-    verdict = chaos.Verdict("all is well", {"calls": 3})
+    verdict = scenario.Verdict("all is well", {"calls": 3})
     verdict.require(True, "never said")
     assert verdict.passed
     assert verdict.report().splitlines() == ["  calls: 3", "PASS: all is well"]
@@ -156,14 +156,14 @@ def test_kill_finds_nats_server_where_the_supervisor_records_it(tmp_path: Path) 
     ]}  # fmt: skip
     (tmp_path / STATE_FILE).write_text(json.dumps(state))
     mesh = TrialMesh(ROOT, tmp_path)
-    assert chaos.pid_of(mesh, chaos.NATS, chaos.NATS_PART) == 41
+    assert chaos.pid_of(mesh, scenario.NATS, scenario.NATS_PART) == 41
     assert chaos.pid_of(mesh, "orders-0", "app") == 42
     assert chaos.pid_of(mesh, "orders-0", "sidecar") == 43
 
 
 def test_crash_saga_kills_each_participant_then_nats_round_after_round() -> None:
     assert chaos.crash_targets(7) == [
-        "shipping", "payments", "inventory", "orders", chaos.NATS, "shipping", "payments",
+        "shipping", "payments", "inventory", "orders", scenario.NATS, "shipping", "payments",
     ]  # fmt: skip
     short, full = chaos.SHORT_CRASH, chaos.FULL_CRASH
     assert Counter(chaos.crash_targets(len(short.kill_at))) == Counter(chaos.CRASHED)
@@ -248,7 +248,7 @@ def crashed(orders: int = 3) -> chaos.CrashOutcome:
     )  # fmt: skip
 
 
-def judged(outcome: chaos.CrashOutcome) -> chaos.Verdict:
+def judged(outcome: chaos.CrashOutcome) -> scenario.Verdict:
     return chaos.judge_crash(outcome, chaos.SHORT_CRASH)
 
 
@@ -328,7 +328,7 @@ def test_stock_left_reserved_or_miscounted_fails_crash_saga(stock: chaos.Stock |
 def test_a_placement_never_acknowledged_or_a_kill_not_replaced_fails_crash_saga() -> None:
     outcome = crashed()
     outcome.placements.append(chaos.Placement(b"", 1, failure="HttpStatusError: HTTP 503: x"))
-    outcome.kills[4] = chaos.Kill(chaos.NATS, chaos.NATS_PART, pid=7, died=True)
+    outcome.kills[4] = chaos.Kill(scenario.NATS, scenario.NATS_PART, pid=7, died=True)
     verdict = judged(outcome)
     assert verdict.failures == [
         f"1 placements never acknowledged, the first after {chaos.PLACE_ATTEMPTS} tries: "
@@ -344,7 +344,7 @@ def test_every_scenario_is_named_in_the_command_line_help(
     with pytest.raises(SystemExit):
         cli.main(["chaos", "--help"])
     shown = " ".join(capsys.readouterr().out.split())
-    assert sorted(chaos.SCENARIOS) == ["crash-saga", "faults", "kill-replica", "poison"]
+    assert sorted(chaos.SCENARIOS) == ["crash-saga", "faults", "kill-replica", "overload", "poison"]
     assert all(name in shown for name in chaos.SCENARIOS)
 
 
@@ -352,7 +352,7 @@ def test_an_unknown_scenario_is_refused_before_any_mesh_starts(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     assert cli.main(["chaos", "no-such", "--run-dir", str(tmp_path / "trial")]) == 2
-    assert "kill-replica, poison" in capsys.readouterr().err
+    assert "kill-replica, poison, crash-saga, faults, overload" in capsys.readouterr().err
     assert not (tmp_path / "trial").exists()
 
 

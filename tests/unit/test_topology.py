@@ -10,10 +10,14 @@ from textwrap import dedent
 import pytest
 
 from mesh.topology import (
+    CHEAP,
     DEFAULT_CALL_POLICY,
+    EXPENSIVE,
+    Admission,
     CallPolicy,
     Faults,
     FixedPorts,
+    MethodPolicy,
     Topology,
     TopologyError,
     load,
@@ -673,3 +677,77 @@ def test_bad_faults_are_refused_with_their_line(faults: str, expected: str) -> N
     error = _error(f"services:\n  a:\n    faults: {faults}\n")
     assert expected in str(error)
     assert error.line == 3
+
+
+# -- methods and admission -----------------------------------------------------------------
+
+
+def test_methods_and_admission_are_read_with_their_defaults() -> None:
+    topology = parse(
+        dedent("""\
+        admission: {max_in_flight: 32}
+        services:
+          identity:
+            methods:
+              Login: {cost: expensive, timeout: 5s}
+              GetJwks: {timeout: 250ms}
+          orders:
+            admission: {max_in_flight: 4, expensive_in_flight: 1}
+        """)
+    )
+    identity, orders = topology.services["identity"], topology.services["orders"]
+    assert identity.method("Login") == MethodPolicy(EXPENSIVE, 5.0)
+    assert identity.method("GetJwks") == MethodPolicy(CHEAP, 0.25)
+    assert identity.method("Register") == MethodPolicy()  # not named: the defaults
+    assert identity.expensive_methods == {"Login"}
+    assert identity.admission == Admission(max_in_flight=32, expensive_in_flight=2)
+    assert orders.admission == Admission(max_in_flight=4, expensive_in_flight=1)
+
+
+def test_the_repository_marks_password_hashing_expensive() -> None:
+    identity = load(REPOSITORY_MESH_YAML).services["identity"]
+    assert identity.expensive_methods == {"Login", "Register"}
+    assert identity.admission.expensive_in_flight < identity.admission.max_in_flight
+
+
+@pytest.mark.parametrize(
+    ("snippet", "line", "expected"),
+    [
+        (
+            "  a:\n    methods:\n      Login: {cost: pricey}\n",
+            4,
+            "services.a.methods.Login.cost must be one of cheap, expensive, got 'pricey'",
+        ),
+        (
+            "  a:\n    methods:\n      login: {cost: expensive}\n",
+            4,
+            "services.a.methods.login does not name a method like GetProduct",
+        ),
+        (
+            "  a:\n    methods:\n      Login: {costs: expensive}\n",
+            4,
+            "unknown key 'costs' in services.a.methods.Login",
+        ),
+        (
+            "  a:\n    methods:\n      Login: {timeout: 0s}\n",
+            4,
+            "services.a.methods.Login.timeout must be longer than zero",
+        ),
+        (
+            "  a:\n    admission: {max_in_flight: 0}\n",
+            3,
+            "services.a.admission.max_in_flight must be between 1 and 100000",
+        ),
+        (
+            "  a:\n    admission: {max_in_flight: 2, expensive_in_flight: 3}\n",
+            3,
+            "services.a.admission: expensive_in_flight (3) is more than max_in_flight (2)",
+        ),
+    ],
+)
+def test_bad_methods_and_admission_are_refused_at_their_line(
+    snippet: str, line: int, expected: str
+) -> None:
+    error = _error(f"services:\n{snippet}")
+    assert expected in str(error)
+    assert error.line == line

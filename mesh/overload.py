@@ -1,0 +1,427 @@
+"""`meshctl chaos overload`: offered more than it can serve, the mesh sheds the excess.
+
+Two targets through the edge's REST API, one after the other (the short form: the read
+alone):
+
+    read   `GET /v1/products/{id}`: a cheap read (edge -> catalog)
+    order  `POST /v1/orders`: an order placed (edge -> orders -> catalog), whose saga
+           then runs on the event bus
+
+For each target:
+
+1. **capacity**: a closed loop of as many callers as the edge lets the target's
+   service have calls in flight (`mesh.envoy.admitted`: what its apps admit); the
+   successes per second.
+2. **unloaded**: an open loop at `UNLOADED_SHARE` of capacity, `MIN_UNLOADED_CALLS`
+   calls at least; the p99 that accepted calls under overload are judged against.
+3. **each multiple** of capacity (1x, 2x, 3x and 4x; the short form 3x only) as an open
+   loop (`mesh.loadgen`: calls start on schedule, whatever the earlier ones are doing),
+   then, `RECOVERY_SECONDS` after the overload's last planned call, a light load again.
+   Reported: goodput, the accepted calls' p99, how the others failed and how fast the
+   refusals came. Orders are followed to their end before the next run, so a run does
+   not inherit the saga's backlog of the one before.
+
+Then the **login burst**: `LOGIN_BURST` sign-ins with a wrong password at once (each an
+scrypt hash in identity) while the read runs at the unloaded rate; its median is
+compared with the median just before.
+
+The mesh runs on every CPU but the last and the load generator on the last (as
+`meshctl bench` does), so the generator's own work does not take the mesh's CPU; the
+edge's rate limit is lifted, so what is tested is the mesh's own admission control.
+
+Criterion, at 3x capacity (held 20 s in the full form): goodput >= 80% of capacity;
+>= 99% of the failed calls are explicit refusals (HTTP 429 or 503) with a p99 <= 50 ms;
+the accepted calls' p99 <= 5x the unloaded p99; no process restarted; every call of the
+light load started 1 s after the overload succeeds. And the login burst leaves the
+read's median within 2x. The short form (5 s of the read at 3x) judges all but goodput
+and the latencies (`criterion`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import os
+import statistics
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from mesh import bench, envoy, loadgen, trial
+from mesh.loadgen import HttpConnections, http_request
+from mesh.scenario import Verdict, counts, restarts
+from mesh.shopper import PASSWORD, Shopper
+from mesh.trial import say
+
+UNLOADED_SHARE = 0.2
+MULTIPLES = (1.0, 2.0, 3.0, 4.0)
+JUDGED_MULTIPLE = 3.0
+RECOVERY_SECONDS = 1.0
+#: A call the client gives up on: the mesh held it far past any useful answer.
+CALL_TIMEOUT_SECONDS = 5.0
+#: Calls the generator keeps in flight at most; a call due beyond that is dropped (and
+#: counted as a failure that was not a refusal: the mesh was holding the others).
+MAX_OUTSTANDING = 2000
+#: How an explicit refusal reaches a REST client.
+REFUSALS = frozenset({"HTTP 429", "HTTP 503"})
+MIN_GOODPUT_SHARE = 0.8
+MIN_REFUSAL_SHARE = 0.99
+MAX_REFUSAL_P99_SECONDS = 0.050
+MAX_ACCEPTED_P99_RATIO = 5.0
+LOGIN_BURST = 50
+MAX_LOGIN_MEDIAN_RATIO = 2.0
+#: How long the orders a run placed may take to end before the next run starts.
+DRAIN_SECONDS = 300.0
+STOCK = 10_000_000
+
+
+@dataclass(frozen=True)
+class Plan:
+    capacity_seconds: float
+    unloaded_seconds: float
+    multiples: tuple[float, ...]
+    overload_seconds: float
+    """How long the judged multiple is held."""
+    other_seconds: float
+    """How long each other multiple is held."""
+    probe_seconds: float
+    """How long the light load after each overload runs."""
+    orders: bool
+    """Whether PlaceOrder is a target too (the read always is)."""
+    timed: bool
+    """Whether the verdict also judges goodput and latencies (see `criterion`)."""
+
+    def seconds_at(self, multiple: float) -> float:
+        return self.overload_seconds if multiple == JUDGED_MULTIPLE else self.other_seconds
+
+
+SHORT = Plan(5.0, 3.0, (JUDGED_MULTIPLE,), 5.0, 5.0, 2.0, orders=False, timed=False)
+FULL = Plan(10.0, 10.0, MULTIPLES, 20.0, 10.0, 3.0, orders=True, timed=True)
+#: The unloaded run lasts until it has made this many calls at least.
+MIN_UNLOADED_CALLS = 300
+
+
+# -- the targets ------------------------------------------------------------------------
+
+
+def timed_out(call: Callable[[], Awaitable[bytes]]) -> loadgen.Call:
+    """`call` given up after CALL_TIMEOUT_SECONDS (a `TimeoutError`, as the client sees it)."""
+
+    async def bounded() -> bytes:
+        async with asyncio.timeout(CALL_TIMEOUT_SECONDS):
+            return await call()
+
+    return bounded
+
+
+@dataclass
+class Target:
+    """One kind of call through the edge, and what its successful calls returned."""
+
+    name: str
+    call: loadgen.Call
+    callers: int
+    """How many calls the edge lets the target's service have in flight."""
+    placed: list[str]
+    """Orders placed by the successful calls (the order target only)."""
+    settle: Callable[[], Awaitable[float]]
+    """Waits until the calls' work is done (the orders' sagas); the seconds it took."""
+
+
+async def nothing_to_settle() -> float:
+    return 0.0
+
+
+def edge_address(mesh: trial.TrialMesh) -> tuple[str, int]:
+    host, port = mesh.edge_url.removeprefix("http://").rsplit(":", 1)
+    return host, int(port)
+
+
+@contextlib.asynccontextmanager
+async def read_target(mesh: trial.TrialMesh, product_id: str) -> AsyncIterator[Target]:
+    host, port = edge_address(mesh)
+    connections = HttpConnections(host, port)
+    request = http_request("GET", f"/v1/products/{product_id}", f"{host}:{port}")
+    try:
+        yield Target("read", timed_out(lambda: connections.send(request)),
+                     envoy.admitted(mesh.topology(), "catalog"), [], nothing_to_settle)  # fmt: skip
+    finally:
+        await connections.close()
+
+
+@contextlib.asynccontextmanager
+async def order_target(mesh: trial.TrialMesh) -> AsyncIterator[Target]:
+    async with Shopper.opened(mesh, STOCK) as shopper:
+        placed: list[str] = []
+
+        async def place() -> bytes:
+            placed.append(await shopper.place(shopper.order_request()))
+            return b""
+
+        async def settle() -> float:
+            began = time.monotonic()
+            pending = await shopper.wait(placed, DRAIN_SECONDS)
+            if pending:
+                say(f"  note: {len(pending)} of {len(placed)} orders had not ended")
+            placed.clear()
+            return time.monotonic() - began
+
+        callers = envoy.admitted(mesh.topology(), "orders")
+        yield Target("order", timed_out(place), callers, placed, settle)
+
+
+# -- the runs ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Overloaded:
+    """One multiple of capacity: the overload's run and the light load after it."""
+
+    multiple: float
+    rate: float
+    seconds: float
+    run: loadgen.Run
+    after: loadgen.Run
+
+    @property
+    def goodput(self) -> float:
+        return len(self.run.latencies) / self.seconds
+
+    @property
+    def failures(self) -> int:
+        return sum(self.run.errors.values()) + self.run.dropped
+
+    @property
+    def refusals(self) -> int:
+        return sum(n for kind, n in self.run.errors.items() if kind in REFUSALS)
+
+    def failed_kinds(self) -> Counter[str]:
+        failed = self.run.errors.copy()
+        if self.run.dropped:
+            failed["dropped by the generator"] = self.run.dropped
+        return failed
+
+    def refusal_p99(self) -> float | None:
+        latencies = [
+            latency
+            for kind, found in self.run.failure_latencies.items()
+            if kind in REFUSALS
+            for latency in found
+        ]
+        return loadgen.nearest_rank(latencies, 0.99)
+
+
+@dataclass(frozen=True)
+class TargetOutcome:
+    name: str
+    capacity: float
+    unloaded: loadgen.Run
+    overloaded: Sequence[Overloaded]
+
+
+#: The capacity run is cut in this many slices; capacity is their median throughput, so
+#: a passing stall of the machine does not set the scale of everything after it.
+CAPACITY_SLICES = 5
+
+
+async def capacity_of(target: Target, seconds: float) -> float:
+    """Successes per second with every call the edge admits in flight (the median of
+    CAPACITY_SLICES runs), after a warm-up as long (connections, caches)."""
+    await loadgen.closed_loop(target.call, concurrency=target.callers, duration=seconds)
+    await target.settle()
+    throughputs = []
+    for _ in range(CAPACITY_SLICES):
+        run = await loadgen.closed_loop(
+            target.call, concurrency=target.callers, duration=seconds / CAPACITY_SLICES
+        )
+        if run.errors:
+            say(f"  note: {counts(run.errors)} while measuring {target.name}'s capacity")
+        throughputs.append(len(run.latencies) / run.seconds)
+    await target.settle()
+    return statistics.median(throughputs)
+
+
+async def overload(target: Target, multiple: float, capacity: float, plan: Plan) -> Overloaded:
+    rate, seconds = multiple * capacity, plan.seconds_at(multiple)
+    load = asyncio.create_task(
+        loadgen.open_loop(target.call, rate=rate, duration=seconds,
+                          max_outstanding=MAX_OUTSTANDING)
+    )  # fmt: skip
+    await asyncio.sleep(seconds + RECOVERY_SECONDS)
+    after = await loadgen.open_loop(
+        target.call, rate=UNLOADED_SHARE * capacity, duration=plan.probe_seconds
+    )
+    found = Overloaded(multiple, rate, seconds, await load, after)
+    drained = await target.settle()
+    settled = f"; its work was done {drained:.1f} s later" if drained else ""
+    say(f"  {target.name} {multiple:g}x: {describe(found)}{settled}")
+    return found
+
+
+async def measure_target(target: Target, plan: Plan) -> TargetOutcome:
+    await target.call()  # the path works before it is loaded
+    capacity = await capacity_of(target, plan.capacity_seconds)
+    say(f"  {target.name}: capacity {capacity:.0f}/s")
+    rate = UNLOADED_SHARE * capacity
+    seconds = max(plan.unloaded_seconds, MIN_UNLOADED_CALLS / rate)
+    unloaded = await loadgen.open_loop(target.call, rate=rate, duration=seconds)
+    await target.settle()
+    runs = [await overload(target, m, capacity, plan) for m in plan.multiples]
+    return TargetOutcome(target.name, capacity, unloaded, runs)
+
+
+@dataclass(frozen=True)
+class LoginBurst:
+    before: loadgen.Run
+    during: loadgen.Run
+    logins: loadgen.Run
+
+
+async def login_burst(mesh: trial.TrialMesh, read: Target, rate: float) -> LoginBurst:
+    """The read's median before and during LOGIN_BURST wrong-password sign-ins at once."""
+    host, port = edge_address(mesh)
+    connections = HttpConnections(host, port)
+    headers = {"content-type": "application/json"}
+    email = f"overload-{uuid.uuid4().hex[:12]}@example.org"
+    account = json.dumps({"email": email, "password": PASSWORD}).encode()
+    wrong = json.dumps({"email": email, "password": "not the password"}).encode()
+    try:
+        await connections.send(http_request("POST", "/v1/users", f"{host}:{port}", headers,
+                                            account))  # fmt: skip
+        login = http_request("POST", "/v1/tokens", f"{host}:{port}", headers, wrong)
+        before = await loadgen.open_loop(read.call, rate=rate, duration=2.0)
+        logins = loadgen.closed_loop(
+            timed_out(lambda: connections.send(login)), concurrency=LOGIN_BURST,
+            duration=60.0, max_requests=LOGIN_BURST,
+        )  # fmt: skip
+        during = loadgen.open_loop(read.call, rate=rate, duration=2.0)
+        logins_run, during_run = await asyncio.gather(logins, during)
+    finally:
+        await connections.close()
+    return LoginBurst(before, during_run, logins_run)
+
+
+# -- the verdict ------------------------------------------------------------------------
+
+
+def ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.1f} ms"
+
+
+def describe(found: Overloaded) -> str:
+    failed = found.failed_kinds()
+    return (
+        f"offered {found.rate:.0f}/s, goodput {found.goodput:.0f}/s, "
+        f"accepted p99 {ms(found.run.percentile(0.99))}, "
+        f"failed {found.failures} ({counts(failed)}), refusals' p99 {ms(found.refusal_p99())}, "
+        f"generator late by {ms(found.run.max_lag)} at most; "
+        f"{RECOVERY_SECONDS:g} s after: {len(found.after.latencies)} of "
+        f"{found.after.completed + found.after.dropped} succeeded"
+    )
+
+
+def judge_target(verdict: Verdict, outcome: TargetOutcome, timed: bool = True) -> None:
+    """Judge the target's run at JUDGED_MULTIPLE: how it failed and how it recovered, and
+    when `timed` its goodput and latencies too."""
+    name, unloaded_p99 = outcome.name, outcome.unloaded.percentile(0.99)
+    verdict.figures[f"{name}: capacity"] = f"{outcome.capacity:.0f}/s"
+    verdict.figures[f"{name}: unloaded"] = (
+        f"{outcome.unloaded.completed / outcome.unloaded.seconds:.0f}/s, "
+        f"p50 {ms(outcome.unloaded.percentile(0.5))}, p99 {ms(unloaded_p99)}, "
+        f"errors {counts(outcome.unloaded.errors)}"
+    )
+    for found in outcome.overloaded:
+        label = f"{name}: {found.multiple:g}x"
+        verdict.figures[label] = describe(found)
+        if found.multiple != JUDGED_MULTIPLE:
+            continue
+        share = found.goodput / outcome.capacity
+        refused = found.refusals / found.failures if found.failures else 1.0
+        refusal_p99, accepted_p99 = found.refusal_p99(), found.run.percentile(0.99)
+        ratio = (accepted_p99 / unloaded_p99) if accepted_p99 and unloaded_p99 else math.inf
+        verdict.figures[f"{label} judged"] = (
+            f"goodput {share:.0%} of capacity, refusals {refused:.1%} of failures, "
+            f"accepted p99 {ratio:.1f}x unloaded"
+        )
+        verdict.require(
+            refused >= MIN_REFUSAL_SHARE, f"{label} only {refused:.1%} of failures were refusals"
+        )
+        if timed:
+            verdict.require(
+                share >= MIN_GOODPUT_SHARE, f"{label} goodput is {share:.0%} of capacity"
+            )
+            verdict.require(
+                refusal_p99 is None or refusal_p99 <= MAX_REFUSAL_P99_SECONDS,
+                f"{label} refusals' p99 is {ms(refusal_p99)}",
+            )
+            verdict.require(
+                ratio <= MAX_ACCEPTED_P99_RATIO,
+                f"{label} accepted p99 is {ms(accepted_p99)} against {ms(unloaded_p99)} unloaded",
+            )
+        verdict.require(
+            not found.after.errors and not found.after.dropped,
+            f"{label} {RECOVERY_SECONDS:g} s after the overload: {counts(found.after.errors)}",
+        )
+
+
+def judge_logins(verdict: Verdict, burst: LoginBurst) -> None:
+    before, during = burst.before.percentile(0.5), burst.during.percentile(0.5)
+    verdict.figures["login burst"] = (
+        f"{LOGIN_BURST} wrong-password sign-ins: {counts(burst.logins.errors)}; "
+        f"read median {ms(before)} before, {ms(during)} during"
+    )
+    verdict.require(
+        before is not None and during is not None and during <= MAX_LOGIN_MEDIAN_RATIO * before,
+        f"the read's median went from {ms(before)} to {ms(during)} during the login burst",
+    )
+
+
+def beside_the_generator(edge_pid: int) -> None:
+    """The edge on this process's CPUs: a gateway runs apart from the services behind it,
+    and the services' sidecars and apps keep the other CPUs to themselves."""
+    cpus = os.sched_getaffinity(0)
+    for thread in Path(f"/proc/{edge_pid}/task").iterdir():  # Envoy's workers among them
+        os.sched_setaffinity(int(thread.name), cpus)
+
+
+def criterion(plan: Plan) -> str:
+    """What the verdict of `plan` judges. The short form leaves out goodput and latencies:
+    in its seconds on a small machine they measure the machine's passing stalls as much as
+    the mesh; it judges how the mesh fails, which such stalls do not change."""
+    timed = (
+        f"goodput >= {MIN_GOODPUT_SHARE:.0%} of capacity, accepted p99 <= "
+        f"{MAX_ACCEPTED_P99_RATIO:g}x unloaded, "
+        if plan.timed
+        else ""
+    )
+    refusals = f" with p99 <= {MAX_REFUSAL_P99_SECONDS * 1000:g} ms" if plan.timed else ""
+    return (
+        f"at {JUDGED_MULTIPLE:g}x capacity: {timed}>= {MIN_REFUSAL_SHARE:.0%} of failures "
+        f"explicit refusals{refusals}, full service {RECOVERY_SECONDS:g} s after, no "
+        f"restarts; {LOGIN_BURST} wrong-password logins keep a read's median within "
+        f"{MAX_LOGIN_MEDIAN_RATIO:g}x"
+    )
+
+
+async def play(mesh: trial.TrialMesh, short: bool) -> Verdict:
+    plan = SHORT if short else FULL
+    verdict = Verdict(criterion(plan))
+    restarts_before = restarts(mesh)
+    product_id = mesh.stocked_product(STOCK)
+    bench.settle(say)
+    async with read_target(mesh, product_id) as read:
+        read_outcome = await measure_target(read, plan)
+        judge_target(verdict, read_outcome, plan.timed)
+        if plan.orders:
+            async with order_target(mesh) as order:
+                judge_target(verdict, await measure_target(order, plan), plan.timed)
+        judge_logins(verdict, await login_burst(mesh, read, UNLOADED_SHARE * read_outcome.capacity))
+    restarted = restarts(mesh) - restarts_before
+    verdict.figures["restarts"] = counts(restarted)
+    verdict.require(not restarted, f"processes restarted: {counts(restarted)}")
+    return verdict
