@@ -9,9 +9,8 @@ alone):
 
 For each target:
 
-1. **capacity**: a closed loop of as many callers as the edge lets the target's
-   service have calls in flight (`mesh.envoy.admitted`: what its apps admit); the
-   successes per second.
+1. **capacity**: a closed loop of as many callers as the target's service works on at
+   once (`admission.max_in_flight` of all its replicas); the successes per second.
 2. **unloaded**: an open loop at `UNLOADED_SHARE` of capacity, `MIN_UNLOADED_CALLS`
    calls at least; the p99 that accepted calls under overload are judged against.
 3. **each multiple** of capacity (1x, 2x, 3x and 4x; the short form 3x only) as an open
@@ -52,7 +51,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from mesh import bench, envoy, loadgen, trial
+from mesh import bench, loadgen, trial
 from mesh.loadgen import HttpConnections, http_request
 from mesh.scenario import Verdict, counts, restarts
 from mesh.shopper import PASSWORD, Shopper
@@ -126,7 +125,7 @@ class Target:
     name: str
     call: loadgen.Call
     callers: int
-    """How many calls the edge lets the target's service have in flight."""
+    """How many calls the target's service works on at once."""
     placed: list[str]
     """Orders placed by the successful calls (the order target only)."""
     settle: Callable[[], Awaitable[float]]
@@ -135,6 +134,12 @@ class Target:
 
 async def nothing_to_settle() -> float:
     return 0.0
+
+
+def working(mesh: trial.TrialMesh, service: str) -> int:
+    """How many calls all of `service`'s apps work on at once."""
+    found = mesh.topology().services[service]
+    return found.replicas * found.admission.max_in_flight
 
 
 def edge_address(mesh: trial.TrialMesh) -> tuple[str, int]:
@@ -149,7 +154,7 @@ async def read_target(mesh: trial.TrialMesh, product_id: str) -> AsyncIterator[T
     request = http_request("GET", f"/v1/products/{product_id}", f"{host}:{port}")
     try:
         yield Target("read", timed_out(lambda: connections.send(request)),
-                     envoy.admitted(mesh.topology(), "catalog"), [], nothing_to_settle)  # fmt: skip
+                     working(mesh, "catalog"), [], nothing_to_settle)  # fmt: skip
     finally:
         await connections.close()
 
@@ -171,7 +176,7 @@ async def order_target(mesh: trial.TrialMesh) -> AsyncIterator[Target]:
             placed.clear()
             return time.monotonic() - began
 
-        callers = envoy.admitted(mesh.topology(), "orders")
+        callers = working(mesh, "orders")
         yield Target("order", timed_out(place), callers, placed, settle)
 
 
@@ -329,14 +334,14 @@ def judge_target(verdict: Verdict, outcome: TargetOutcome, timed: bool = True) -
     """Judge the target's run at JUDGED_MULTIPLE: how it failed and how it recovered, and
     when `timed` its goodput and latencies too."""
     name, unloaded_p99 = outcome.name, outcome.unloaded.percentile(0.99)
-    verdict.figures[f"{name}: capacity"] = f"{outcome.capacity:.0f}/s"
-    verdict.figures[f"{name}: unloaded"] = (
+    verdict.figures[f"{name} capacity"] = f"{outcome.capacity:.0f}/s"
+    verdict.figures[f"{name} unloaded"] = (
         f"{outcome.unloaded.completed / outcome.unloaded.seconds:.0f}/s, "
         f"p50 {ms(outcome.unloaded.percentile(0.5))}, p99 {ms(unloaded_p99)}, "
         f"errors {counts(outcome.unloaded.errors)}"
     )
     for found in outcome.overloaded:
-        label = f"{name}: {found.multiple:g}x"
+        label = f"{name} {found.multiple:g}x"
         verdict.figures[label] = describe(found)
         if found.multiple != JUDGED_MULTIPLE:
             continue

@@ -11,6 +11,7 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from mesh.admission import Limits
 from mesh.runner import Registration, ServiceRunner
 from mesh.storage import Database, Migration
 from services.catalog import adapters as catalog_adapters
@@ -62,10 +63,18 @@ class SqliteDatabases:
         return {}  # the run directory's file is where a service looks by default
 
 
+#: Admission limits no component test reaches.
+EVERY_CALL = Limits(max_in_flight=10_000, expensive_in_flight=10_000)
+
+
 @asynccontextmanager
 async def serving(*registrations: Registration) -> AsyncIterator[grpc.aio.Channel]:
-    """Serve `registrations` through the shared runner on a free port; yield a channel to it."""
-    runner = ServiceRunner(registrations, port=0, grace=1.0)
+    """Serve `registrations` through the shared runner on a free port; yield a channel to it.
+
+    The runner admits every call at once: these tests send many calls together to check
+    what a service does with them concurrently, not what it admits (that is
+    tests/integration/test_admission.py)."""
+    runner = ServiceRunner(registrations, port=0, grace=1.0, limits=EVERY_CALL)
     await runner.start()
     try:
         async with grpc.aio.insecure_channel(runner.address) as channel:

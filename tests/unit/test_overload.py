@@ -34,29 +34,29 @@ def judged(found: overload.TargetOutcome) -> Verdict:
 def test_fast_refusals_at_capacity_pass() -> None:
     verdict = judged(outcome(run(90, 0.040, HTTP_503=(210, 0.005))))
     assert verdict.passed, verdict.failures
-    assert verdict.figures["read: 3x judged"] == (
+    assert verdict.figures["read 3x judged"] == (
         "goodput 90% of capacity, refusals 100.0% of failures, accepted p99 4.0x unloaded"
     )
 
 
 def test_each_criterion_fails_on_its_own() -> None:
     slow_refusals = judged(outcome(run(90, 0.040, HTTP_503=(210, 0.080))))
-    assert slow_refusals.failures == ["read: 3x refusals' p99 is 80.0 ms"]
+    assert slow_refusals.failures == ["read 3x refusals' p99 is 80.0 ms"]
     timeouts = judged(outcome(run(90, 0.040, HTTP_503=(200, 0.005), HTTP_504=(10, 1.0))))
-    assert timeouts.failures == ["read: 3x only 95.2% of failures were refusals"]
+    assert timeouts.failures == ["read 3x only 95.2% of failures were refusals"]
     little = judged(outcome(run(70, 0.040, HTTP_503=(230, 0.005))))
-    assert little.failures == ["read: 3x goodput is 70% of capacity"]
+    assert little.failures == ["read 3x goodput is 70% of capacity"]
     queued = judged(outcome(run(90, 0.060, HTTP_503=(210, 0.005))))
-    assert queued.failures == ["read: 3x accepted p99 is 60.0 ms against 10.0 ms unloaded"]
+    assert queued.failures == ["read 3x accepted p99 is 60.0 ms against 10.0 ms unloaded"]
     unrecovered = judged(outcome(run(90, 0.040), after=run(15, 0.01, HTTP_503=(5, 0.005))))
-    assert unrecovered.failures == ["read: 3x 1 s after the overload: HTTP 503 5"]
+    assert unrecovered.failures == ["read 3x 1 s after the overload: HTTP 503 5"]
 
 
 def test_calls_the_generator_dropped_count_as_failures_that_were_no_refusals() -> None:
     held = run(90, 0.040, HTTP_503=(100, 0.005))
     held.dropped = 110
     verdict = judged(outcome(held))
-    assert "read: 3x only 47.6% of failures were refusals" in verdict.failures
+    assert "read 3x only 47.6% of failures were refusals" in verdict.failures
     found = overload.Overloaded(3.0, 300.0, 1.0, held, run(1, 0.01))
     assert found.failed_kinds() == Counter({"HTTP 503": 100, "dropped by the generator": 110})
 
@@ -82,6 +82,6 @@ def test_the_short_form_judges_how_calls_fail_not_how_fast() -> None:
     timeouts = outcome(run(90, 0.040, HTTP_503=(200, 0.005), HTTP_504=(10, 1.0)))
     verdict = Verdict("test")
     overload.judge_target(verdict, timeouts, timed=False)
-    assert verdict.failures == ["read: 3x only 95.2% of failures were refusals"]
+    assert verdict.failures == ["read 3x only 95.2% of failures were refusals"]
     assert "goodput" not in overload.criterion(overload.SHORT)
     assert "goodput >= 80% of capacity" in overload.criterion(overload.FULL)
