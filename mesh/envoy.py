@@ -264,14 +264,12 @@ PLATFORM_PREFIX = "/grpc."
 
 def local_app_clusters(service: Service, port: int) -> list[dict[str, Any]]:
     """The app behind a sidecar, as the clusters its inbound routes go to: admitting what
-    the app takes (`mesh.admission`: calls it works on and calls waiting), so a sidecar
-    holds back what its app would refuse and refuses it itself, before the app spends
-    anything on it."""
+    the app admits (`mesh.admission`), so a sidecar holds back what its app would refuse
+    and refuses it itself, before the app spends anything on it."""
     admitted = service.admission
-    clusters = [loopback_cluster(LOCAL_APP, port, admitted.max_taken)]
+    clusters = [loopback_cluster(LOCAL_APP, port, admitted.max_in_flight)]
     if service.expensive_methods:
-        expensive = admitted.expensive_in_flight
-        clusters.append(loopback_cluster(LOCAL_APP_EXPENSIVE, port, expensive))
+        clusters.append(loopback_cluster(LOCAL_APP_EXPENSIVE, port, admitted.expensive_in_flight))
     return clusters
 
 
@@ -606,7 +604,7 @@ def admitted(topology: Topology, service: str) -> int:
     caller would only be refused by the callee's sidecars, so the caller's Envoy refuses
     them itself, at once and without a hop (503, UO)."""
     callee = topology.services[service]
-    return callee.replicas * callee.admission.max_taken
+    return callee.replicas * callee.admission.max_in_flight
 
 
 def dependency_cluster(

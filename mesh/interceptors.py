@@ -3,9 +3,8 @@
 From the outside in, each unary-unary call gets:
 
 * admission (`mesh.admission`): beyond the app's limit of calls in flight (for its
-  class of method) it waits briefly for a slot, or is refused, UNAVAILABLE and marked
-  not applied, before any other work; a refusal is counted in the RED metrics and in
-  `shop_rpc_refused_total`;
+  class of method) it is refused at once, UNAVAILABLE and marked not applied, before any
+  other work; the refusal is counted in the RED metrics and in `shop_rpc_refused_total`;
 * its deadline kept for the calls it makes (`mesh.deadlines`); one whose deadline has
   already passed is refused unstarted;
 * a server span (`mesh.telemetry.traced`), outermost, so it covers and records the
@@ -118,16 +117,19 @@ def _admitted(behavior: Behavior, method: str, gates: tuple[admission.Gate, ...]
     refused = metrics.REFUSED.labels(method)
 
     async def call(request: Any, context: _Context) -> Any:
-        if not await admission.enter_all(gates):
+        if any(gate.full for gate in gates):
             refused.inc()
             metrics.observe_rpc(method, "UNAVAILABLE", 0.0)
             await context.abort(
                 grpc.StatusCode.UNAVAILABLE, status.message, trailing_metadata=trailers
             )
+        for gate in gates:
+            gate.in_flight += 1
         try:
             return await behavior(request, context)
         finally:
-            admission.leave_all(gates)
+            for gate in gates:
+                gate.in_flight -= 1
 
     return call
 

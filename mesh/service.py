@@ -14,10 +14,8 @@ once, here, from the command line and environment variables:
 | the Prometheus metrics port (loopback) | | `SHOP_METRICS_PORT` | none: not served |
 | TLS to NATS: CA, own certificate, own key | | `SHOP_NATS_{CA,CERT,KEY}_FILE` | none: no TLS |
 | the name NATS's certificate carries | | `SHOP_NATS_SERVER_NAME` | the URL's host |
-| calls served at once | | `SHOP_MAX_IN_FLIGHT` | 8 (`mesh.admission`) |
+| calls served at once | | `SHOP_MAX_IN_FLIGHT` | 32 (`mesh.admission`) |
 | of those, calls to expensive methods | | `SHOP_EXPENSIVE_IN_FLIGHT` | 2 |
-| calls that may wait for a slot | | `SHOP_MAX_QUEUED` | 32 |
-| how long one may wait, in ms | | `SHOP_MAX_QUEUE_WAIT_MS` | 25 |
 | the expensive methods | | `SHOP_EXPENSIVE_METHODS` | none |
 
 A service's `bootstrap(settings, stack)` builds its adapters (entering them on the
@@ -110,12 +108,9 @@ def environment(
 
 def limits_of(service: Service) -> Limits:
     """The admission limits mesh.yaml gives `service`'s apps."""
-    admitted = service.admission
     return Limits(
-        max_in_flight=admitted.max_in_flight,
-        expensive_in_flight=admitted.expensive_in_flight,
-        max_queued=admitted.max_queued,
-        max_queue_wait=admitted.max_queue_wait,
+        max_in_flight=service.admission.max_in_flight,
+        expensive_in_flight=service.admission.expensive_in_flight,
         expensive_methods=service.expensive_methods,
     )
 

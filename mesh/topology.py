@@ -183,20 +183,11 @@ class MethodPolicy:
 
 @dataclass(frozen=True)
 class Admission:
-    """How many calls one app instance works on at once, and how many may wait for a
-    slot, and for how long; a call beyond is refused at once (`mesh.admission`)."""
+    """How many calls one app instance works on at once; one more is refused at once."""
 
-    max_in_flight: int = 8
+    max_in_flight: int = 32
     expensive_in_flight: int = 2
     """Of those, calls to its `expensive` methods."""
-    max_queued: int = 32
-    """Calls that may wait for a slot (an expensive call never waits)."""
-    max_queue_wait: float = 0.025
-
-    @property
-    def max_taken(self) -> int:
-        """How many calls an app takes at once: those it works on and those waiting."""
-        return self.max_in_flight + self.max_queued
 
 
 @dataclass(frozen=True)
@@ -625,23 +616,21 @@ class _Reader:
         return value
 
     def admission(self, node: Node, base: Admission, where: str) -> Admission:
-        keys = {"max_in_flight", "expensive_in_flight", "max_queued", "max_queue_wait"}
-        entries = self.mapping(node, where, keys, null_is_empty=True)
-
-        def count(key: str, fallback: int, low: int) -> int:
-            return self.optional(
-                entries, key, fallback, lambda n: self.integer(n, f"{where}.{key}", low, 100_000)
-            )
-
+        entries = self.mapping(
+            node, where, {"max_in_flight", "expensive_in_flight"}, null_is_empty=True
+        )
         admission = Admission(
-            max_in_flight=count("max_in_flight", base.max_in_flight, 1),
-            expensive_in_flight=count("expensive_in_flight", base.expensive_in_flight, 1),
-            max_queued=count("max_queued", base.max_queued, 0),
-            max_queue_wait=self.optional(
+            max_in_flight=self.optional(
                 entries,
-                "max_queue_wait",
-                base.max_queue_wait,
-                lambda n: self.duration(n, f"{where}.max_queue_wait"),
+                "max_in_flight",
+                base.max_in_flight,
+                lambda n: self.integer(n, f"{where}.max_in_flight", 1, 100_000),
+            ),
+            expensive_in_flight=self.optional(
+                entries,
+                "expensive_in_flight",
+                base.expensive_in_flight,
+                lambda n: self.integer(n, f"{where}.expensive_in_flight", 1, 100_000),
             ),
         )
         if admission.expensive_in_flight > admission.max_in_flight:

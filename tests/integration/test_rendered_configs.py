@@ -146,8 +146,10 @@ def test_call_policy_and_budget_come_from_mesh_yaml(
     )
     # No more in flight than inventory's apps admit (its sidecars would refuse the rest).
     inventory = topology.services["inventory"]
-    taken = inventory.replicas * inventory.admission.max_taken
-    assert thresholds["max_requests"] == min(policy.circuit_breaker.max_requests, taken)
+    assert thresholds["max_requests"] == min(
+        policy.circuit_breaker.max_requests,
+        inventory.replicas * inventory.admission.max_in_flight,
+    )
     assert (
         cluster["outlier_detection"]["consecutive_5xx"] == policy.outlier_detection.consecutive_5xx
     )
@@ -365,9 +367,8 @@ def test_a_sidecar_admits_what_its_app_admits_and_health_always(
         return {t["priority"]: t["max_requests"] for t in thresholds}
 
     assert limits(envoy.LOCAL_APP) == {
-        "DEFAULT": admitted.max_in_flight + admitted.max_queued,
-        "HIGH": envoy.LOOPBACK_MAX_REQUESTS,
-    }
+        "DEFAULT": admitted.max_in_flight, "HIGH": envoy.LOOPBACK_MAX_REQUESTS,
+    }  # fmt: skip
     assert limits(envoy.LOCAL_APP_EXPENSIVE)["DEFAULT"] == admitted.expensive_in_flight
     inbound = next(
         item for item in config["static_resources"]["listeners"] if item["name"] == "inbound"

@@ -692,8 +692,7 @@ def test_methods_and_admission_are_read_with_their_defaults() -> None:
               Login: {cost: expensive, timeout: 5s}
               GetJwks: {timeout: 250ms}
           orders:
-            admission: {max_in_flight: 4, expensive_in_flight: 1, max_queued: 0,
-                        max_queue_wait: 10ms}
+            admission: {max_in_flight: 4, expensive_in_flight: 1}
         """)
     )
     identity, orders = topology.services["identity"], topology.services["orders"]
@@ -702,8 +701,7 @@ def test_methods_and_admission_are_read_with_their_defaults() -> None:
     assert identity.method("Register") == MethodPolicy()  # not named: the defaults
     assert identity.expensive_methods == {"Login"}
     assert identity.admission == Admission(max_in_flight=32, expensive_in_flight=2)
-    assert orders.admission == Admission(4, 1, max_queued=0, max_queue_wait=0.01)
-    assert orders.admission.max_taken == 4
+    assert orders.admission == Admission(max_in_flight=4, expensive_in_flight=1)
 
 
 def test_the_repository_marks_password_hashing_expensive() -> None:
