@@ -13,9 +13,10 @@ instead of silently lowering the rate.
 
 Both loops are bounded by a duration and, optionally, a number of calls. A call is any
 coroutine function; an exception counts as an error, named by its gRPC status code when
-it has one (or its `kind`, as `HttpStatusError`'s "HTTP 503").
+it has one (or its `kind`, as `HttpStatusError`'s "HTTP 503"), and how long it took is
+kept by that kind too (how fast a server refuses is a figure of its own).
 
-`HttpConnections` is the REST side's client: keep-alive HTTP/1.1 over asyncio streams,
+`HttpConnections` is the REST side's client: keep-alive HTTP/1.1 on an asyncio protocol,
 one request per connection at a time, with requests built once as bytes. It costs a
 fraction of a general-purpose client's CPU per request, which on a small machine is CPU
 the server under test keeps.

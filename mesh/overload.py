@@ -9,8 +9,8 @@ alone):
 
 For each target:
 
-1. **capacity**: a closed loop of as many callers as the target's service works on at
-   once (`admission.max_in_flight` of all its replicas); the successes per second.
+1. **capacity**: a closed loop of as many callers as the edge lets the target's service
+   have in flight (`mesh.envoy.admitted`: what its apps admit); the successes per second.
 2. **unloaded**: an open loop at `UNLOADED_SHARE` of capacity, `MIN_UNLOADED_CALLS`
    calls at least; the p99 that accepted calls under overload are judged against.
 3. **each multiple** of capacity (1x, 2x, 3x and 4x; the short form 3x only) as an open
@@ -51,7 +51,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from mesh import bench, loadgen, trial
+from mesh import bench, envoy, loadgen, trial
 from mesh.loadgen import HttpConnections, http_request
 from mesh.scenario import Verdict, counts, restarts
 from mesh.shopper import PASSWORD, Shopper
@@ -120,26 +120,18 @@ def timed_out(call: Callable[[], Awaitable[bytes]]) -> loadgen.Call:
 
 @dataclass
 class Target:
-    """One kind of call through the edge, and what its successful calls returned."""
+    """One kind of call through the edge."""
 
     name: str
     call: loadgen.Call
     callers: int
-    """How many calls the target's service works on at once."""
-    placed: list[str]
-    """Orders placed by the successful calls (the order target only)."""
+    """How many calls the edge lets the target's service have in flight."""
     settle: Callable[[], Awaitable[float]]
     """Waits until the calls' work is done (the orders' sagas); the seconds it took."""
 
 
 async def nothing_to_settle() -> float:
     return 0.0
-
-
-def working(mesh: trial.TrialMesh, service: str) -> int:
-    """How many calls all of `service`'s apps work on at once."""
-    found = mesh.topology().services[service]
-    return found.replicas * found.admission.max_in_flight
 
 
 def edge_address(mesh: trial.TrialMesh) -> tuple[str, int]:
@@ -154,7 +146,7 @@ async def read_target(mesh: trial.TrialMesh, product_id: str) -> AsyncIterator[T
     request = http_request("GET", f"/v1/products/{product_id}", f"{host}:{port}")
     try:
         yield Target("read", timed_out(lambda: connections.send(request)),
-                     working(mesh, "catalog"), [], nothing_to_settle)  # fmt: skip
+                     envoy.admitted(mesh.topology(), "catalog"), nothing_to_settle)  # fmt: skip
     finally:
         await connections.close()
 
@@ -176,8 +168,8 @@ async def order_target(mesh: trial.TrialMesh) -> AsyncIterator[Target]:
             placed.clear()
             return time.monotonic() - began
 
-        callers = working(mesh, "orders")
-        yield Target("order", timed_out(place), callers, placed, settle)
+        callers = envoy.admitted(mesh.topology(), "orders")
+        yield Target("order", timed_out(place), callers, settle)
 
 
 # -- the runs ---------------------------------------------------------------------------
