@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
+from mesh.api import PLATFORM_PREFIX
+
 #: The response header (a trailer, for an app's refusal) saying the request was not
 #: applied: a caller's sidecar may send it again, whatever the method.
 NOT_APPLIED_HEADER = "x-shop-not-applied"
@@ -91,7 +93,7 @@ class Gates:
     def of(self, method: str) -> tuple[Gate, ...]:
         """The gates a call to `method` (a gRPC path) passes: none for the platform's own
         (health, reflection), which must answer however busy the app is."""
-        if method.startswith("/grpc."):
+        if method.startswith(PLATFORM_PREFIX):
             return ()
         if method.rsplit("/", 1)[-1] in self._limits.expensive_methods:
             return (self._every, self._expensive)

@@ -450,7 +450,7 @@ def _routes(
         declared = envoy.method_policies(topology, api, service)
         for method in methods:
             cost = declared[method.path]
-            timeout = topology.edge.timeout if cost.timeout is None else cost.timeout
+            timeout = envoy.route_timeout(cost, topology.edge.timeout)
             routes.append(
                 {
                     "match": {"path": method.path},

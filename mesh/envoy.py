@@ -44,7 +44,7 @@ import grpc
 import yaml
 
 from mesh import admission
-from mesh.api import Api, Method
+from mesh.api import PLATFORM_PREFIX, Api, Method
 from mesh.binaries import find_binary
 from mesh.plan import InstancePlan, MeshPlan
 from mesh.topology import (
@@ -258,8 +258,6 @@ def loopback_cluster(
 
 #: The sidecar's clusters of its app: every call, and calls to its expensive methods.
 LOCAL_APP, LOCAL_APP_EXPENSIVE = "local_app", "local_app_expensive"
-#: Paths of the platform's own services in every app: answered however busy it is.
-PLATFORM_PREFIX = "/grpc."
 
 
 def local_app_clusters(service: Service, port: int) -> list[dict[str, Any]]:
@@ -483,9 +481,10 @@ def method_policies(topology: Topology, api: Api, service: str) -> dict[str, Met
     return {path: topology.services[service].method(name) for name, path in paths.items()}
 
 
-def route_timeout(policy: CallPolicy, method: MethodPolicy) -> float:
-    """How long a caller waits for `method`: its own timeout, else the call's."""
-    return method.timeout if method.timeout is not None else policy.timeout
+def route_timeout(method: MethodPolicy, fallback: float) -> float:
+    """How long a caller waits for `method`: its own timeout, else `fallback` (the
+    call's, or at the edge `edge.timeout`)."""
+    return method.timeout if method.timeout is not None else fallback
 
 
 def retry_policy(
@@ -553,7 +552,7 @@ def _outbound_routes(
 
     def route(match: dict[str, Any], method: Method | None) -> dict[str, Any]:
         declared = costs[method.path] if method else MethodPolicy()
-        timeout = route_timeout(policy, declared)
+        timeout = route_timeout(declared, policy.timeout)
         return {
             "match": match,
             "route": {

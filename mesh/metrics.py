@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 
+from mesh.api import PLATFORM_PREFIX
+
 #: The port a service serves its metrics on (0 or unset: none).
 PORT_VARIABLE = "SHOP_METRICS_PORT"
 
@@ -58,7 +60,7 @@ EVENTS = Counter(
 
 def observe_rpc(method: str, code: str, seconds: float) -> None:
     """Count and time one RPC; the platform's own (health, reflection) are not counted."""
-    if method.startswith("/grpc."):
+    if method.startswith(PLATFORM_PREFIX):
         return
     REQUESTS.labels(method, code).inc()
     DURATION.labels(method).observe(seconds)

@@ -33,6 +33,8 @@ import yaml
 from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from mesh.admission import Limits
+
 #: The most replicas one service may run; more is a typo or belongs in a real cluster.
 MAX_REPLICAS = 16
 
@@ -185,8 +187,8 @@ class MethodPolicy:
 class Admission:
     """How many calls one app instance works on at once; one more is refused at once."""
 
-    max_in_flight: int = 32
-    expensive_in_flight: int = 2
+    max_in_flight: int = Limits.max_in_flight
+    expensive_in_flight: int = Limits.expensive_in_flight
     """Of those, calls to its `expensive` methods."""
 
 
