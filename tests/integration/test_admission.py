@@ -182,7 +182,8 @@ async def test_a_call_made_while_serving_gets_only_the_time_its_caller_has_left(
     await forwarding.BatchGetProducts(pb.BatchGetProductsRequest(ids=["b"]))
     with_deadline, without = held.started
     assert with_deadline is not None
-    assert 2.0 < with_deadline < 3.0
+    # gRPC writes a timeout rounded up to a few significant digits: up to 1% more.
+    assert 2.0 < with_deadline < 3.0 * 1.01
     assert without is None  # no deadline is made up where the caller gave none
 
 
