@@ -1,8 +1,9 @@
 """`meshctl bench`: what the mesh costs a request, measured on this machine.
 
 One invocation starts a mesh of its own (`mesh.trial`: mesh.yaml with the edge's rate
-limit lifted and tracing sampled at `--sampling` percent), stores one product and calls
-the same cheap RPC, catalog's GetProduct, along five paths:
+limit lifted, catalog admitting every call the load keeps in flight, and tracing sampled
+at `--sampling` percent), stores one product and calls the same cheap RPC, catalog's
+GetProduct, along five paths:
 
     direct     the app's own port: no Envoy
     sidecar    catalog's inbound listener: mTLS into its sidecar, speaking as orders
@@ -479,7 +480,10 @@ def write_results(measured: Sequence[Measured], options: Options, saw: dict[str,
     return json_path, chart(measured, title, options.output / "bench.png")
 
 
-def bench_topology(sampling: float) -> trial.Adjust:
+def bench_topology(sampling: float, admitted: int | None = None) -> trial.Adjust:
+    """mesh.yaml without the edge's rate limit, traced at `sampling` percent; with
+    `admitted`, catalog admits that many calls at once instead of its own limit."""
+
     def adjust(topology: dict[str, Any]) -> None:
         # The edge's token buckets would measure the policy, not the
         # proxy; everything else stays as mesh.yaml has it.
@@ -488,6 +492,9 @@ def bench_topology(sampling: float) -> trial.Adjust:
             ("total", "per_client", "anonymous"), lifted
         )
         topology.setdefault("telemetry", {})["sampling_percent"] = sampling
+        if admitted is not None:
+            catalog = topology["services"]["catalog"]
+            catalog["admission"] = {**catalog.get("admission", {}), "max_in_flight": admitted}
 
     return adjust
 
@@ -527,7 +534,11 @@ def bench(root: Path, run_dir: Path, options: Options) -> int:
     if other is not None:
         say("note: the mesh of .mesh/ is running and shares this machine's CPUs")
     mesh_cpus, generator_cpus = split_cpus(options.pin)
-    adjust = bench_topology(options.sampling)
+    # Every call the load keeps in flight admitted: the bench measures what a hop costs,
+    # not catalog's admission limit (`meshctl chaos overload` measures that).
+    adjust = bench_topology(
+        options.sampling, admitted=max(options.concurrency, loadgen.MAX_OUTSTANDING)
+    )
     with trial.started(root, run_dir, adjust, say, mesh_cpus) as mesh:
         found = paths(mesh, mesh.stocked_product(10))
         chosen = [found[name] for name in PATHS if name in options.paths]

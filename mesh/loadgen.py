@@ -131,13 +131,17 @@ async def closed_loop(
     return run
 
 
+#: Calls an open loop keeps in flight at most, unless told otherwise.
+MAX_OUTSTANDING = 1000
+
+
 async def open_loop(
     call: Call,
     *,
     rate: float,
     duration: float,
     max_requests: int | None = None,
-    max_outstanding: int = 1000,
+    max_outstanding: int = MAX_OUTSTANDING,
 ) -> Run:
     """Calls started at `rate` per second on schedule, each timed from its planned start."""
     if rate <= 0 or duration <= 0 or max_outstanding < 1:

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 from array import array
 from pathlib import Path
 
-from mesh import bench, bench_saga, loadgen
+import yaml
+
+from mesh import bench, bench_saga, loadgen, scenario
 from mesh.shopper import CONFIRMED
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def no_connection() -> contextlib.AbstractAsyncContextManager[loadgen.Call]:
@@ -109,3 +114,16 @@ def test_the_saga_report_names_the_ceiling_and_where_the_cpu_went() -> None:
     # 200 sagas from the first order (0 s) to the last end (9.95 + 0.1 + 5 s): 13.3/s.
     assert "ceiling: 13.3 sagas/s completed at 20/s offered; highest rate sustained: 10/s" in text
     assert "CPU ms per saga at 20/s: orders app 2.5, nats 0.5" in text
+
+
+def test_the_bench_lifts_catalogs_admission_and_the_scenarios_keep_it() -> None:
+    """The bench measures what a hop costs, so catalog admits all its load keeps in flight;
+    the chaos scenarios (`meshctl chaos overload` among them) measure the limits as set."""
+    topology = yaml.safe_load((ROOT / "mesh.yaml").read_text())
+    limit = topology["services"]["catalog"]["admission"]["max_in_flight"]
+    lifted, kept = copy.deepcopy(topology), copy.deepcopy(topology)
+    bench.bench_topology(1.0, admitted=loadgen.MAX_OUTSTANDING)(lifted)
+    scenario.adjusted()(kept)
+    assert lifted["services"]["catalog"]["admission"]["max_in_flight"] == loadgen.MAX_OUTSTANDING
+    assert kept["services"]["catalog"]["admission"]["max_in_flight"] == limit
+    assert limit < loadgen.MAX_OUTSTANDING
