@@ -39,6 +39,10 @@ EXPENSIVE_METHODS_VARIABLE = "SHOP_EXPENSIVE_METHODS"
 
 #: How soon a refused client may try again (`RetryInfo`).
 RETRY_DELAY_MS = 50
+#: The same for a REST client (`Retry-After` counts whole seconds).
+RETRY_AFTER_SECONDS = 1
+#: What a refused caller is told, by an app or by the Envoy that refused for it.
+REFUSAL_MESSAGE = "the service is at its limit of calls in flight; try again shortly"
 
 
 @dataclass(frozen=True)
@@ -111,6 +115,6 @@ def refusal(domain: str) -> status_pb2.Status:
     )
     return status_pb2.Status(
         code=code_pb2.UNAVAILABLE,
-        message="the service is at its limit of calls in flight; try again shortly",
+        message=REFUSAL_MESSAGE,
         details=[info, retry],
     )

@@ -40,7 +40,7 @@ from typing import Any
 import swagger_ui_bundle  # type: ignore[import-untyped]
 from google.protobuf import descriptor_pb2
 
-from mesh import envoy, openapi
+from mesh import admission, envoy, openapi
 from mesh.api import Api, Method
 from mesh.caller import SUBJECT_METADATA_KEY
 from mesh.plan import EdgePlan, MeshPlan
@@ -141,47 +141,65 @@ def resolve_rules(topology: Topology, api: Api) -> EdgeRules:
 _DEFAULT_MESSAGES = {404: "no such route", 405: "method not allowed here"}
 
 
+def _from_grpc_client(grpc: bool) -> dict[str, Any]:
+    """Matches a request whose client spoke gRPC (`grpc`), or one that did not: the edge's
+    errors are a gRPC status for the one and JSON for the other."""
+    return {
+        "header_filter": {
+            "header": {
+                "name": CLIENT_CONTENT_TYPE,
+                "string_match": {"prefix": "application/grpc"},
+                "invert_match": not grpc,
+                "treat_missing_header_as_empty": True,
+            }
+        }
+    }
+
+
+def _json_body(status: int) -> dict[str, Any]:
+    name, code = _LOCAL_REPLY_CODES[status]
+    return {
+        "body_format_override": {
+            "json_format": {"code": code, "status": name, "message": "%LOCAL_REPLY_BODY%"},
+            "content_type": "application/json",
+        }
+    }
+
+
+def _refused_for_load() -> dict[str, Any]:
+    """A call the edge's circuit breaker refused (UO: the service's apps admit no more):
+    the apps' own words for it instead of Envoy's, and when to try again. The route has
+    already dropped the client's content type when the router refuses, so gRPC clients
+    get this JSON as their status message too."""
+    return {
+        "filter": {"response_flag_filter": {"flags": ["UO"]}},
+        "body": {"inline_string": admission.REFUSAL_MESSAGE},
+        "headers_to_add": [
+            {
+                "header": {"key": "retry-after", "value": str(admission.RETRY_AFTER_SECONDS)},
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            }
+        ],
+        **_json_body(503),
+    }
+
+
 def _local_reply_config() -> dict[str, Any]:
-    mappers = []
-    for status, (name, code) in sorted(_LOCAL_REPLY_CODES.items()):
+    mappers = [_refused_for_load()]
+    for status in sorted(_LOCAL_REPLY_CODES):
+        status_is = {
+            "status_code_filter": {
+                "comparison": {
+                    "op": "EQ",
+                    "value": {"default_value": status, "runtime_key": f"edge.{status}"},
+                }
+            }
+        }
         mappers.append(
             {
-                "filter": {
-                    "and_filter": {
-                        "filters": [
-                            {
-                                "status_code_filter": {
-                                    "comparison": {
-                                        "op": "EQ",
-                                        "value": {
-                                            "default_value": status,
-                                            "runtime_key": f"edge.{status}",
-                                        },
-                                    }
-                                }
-                            },
-                            # gRPC clients get a gRPC status (Envoy maps it); REST gets JSON.
-                            {
-                                "header_filter": {
-                                    "header": {
-                                        "name": CLIENT_CONTENT_TYPE,
-                                        "string_match": {"prefix": "application/grpc"},
-                                        "invert_match": True,
-                                        "treat_missing_header_as_empty": True,
-                                    }
-                                }
-                            },
-                        ]
-                    }
-                },
-                "body_format_override": {
-                    "json_format": {
-                        "code": code,
-                        "status": name,
-                        "message": "%LOCAL_REPLY_BODY%",
-                    },
-                    "content_type": "application/json",
-                },
+                # gRPC clients get a gRPC status (Envoy maps it); REST gets JSON.
+                "filter": {"and_filter": {"filters": [status_is, _from_grpc_client(False)]}},
+                **_json_body(status),
                 **(
                     {"body": {"inline_string": _DEFAULT_MESSAGES[status]}}
                     if status in _DEFAULT_MESSAGES

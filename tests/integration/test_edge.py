@@ -13,11 +13,15 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import httpx
 import pytest
 from openapi_spec_validator import validate
 
+from mesh import admission, envoy, topology
 from mesh.caller import SUBJECT_METADATA_KEY
+from shop.catalog.v1 import catalog_service_pb2 as catalog_pb
+from shop.catalog.v1 import catalog_service_pb2_grpc as catalog_grpc
 from shop.events.v1 import events_pb2
 from tests.integration.conftest import (
     ROOT,
@@ -348,3 +352,23 @@ async def test_each_placed_order_publishes_exactly_one_order_placed_event(
         "tok_visa",
         3,
     )
+
+
+async def test_a_call_beyond_what_catalog_admits_is_refused_in_the_apps_words(
+    mesh: RunningMesh,
+) -> None:
+    """The edge's own refusal (its circuit breaker for catalog, UO) says what the apps say
+    of it, not Envoy's "upstream connect error ... overflow", and when to try again."""
+    admitted = envoy.admitted(topology.load(ROOT / "mesh.yaml"), "catalog")
+    host = mesh.edge_url.removeprefix("http://")
+    async with grpc.aio.insecure_channel(host) as channel:  # one connection: all at once
+        stub = catalog_grpc.CatalogServiceStub(channel)
+        calls = [stub.ListProducts(catalog_pb.ListProductsRequest()) for _ in range(8 * admitted)]
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    refused = [o for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
+    assert refused, "every call was admitted: the burst did not reach catalog's limit"
+    for error in refused:
+        assert error.code() == grpc.StatusCode.UNAVAILABLE
+        assert admission.REFUSAL_MESSAGE in (error.details() or "")
+        metadata = dict(error.initial_metadata() or ()) | dict(error.trailing_metadata() or ())
+        assert metadata.get("retry-after") == str(admission.RETRY_AFTER_SECONDS)
