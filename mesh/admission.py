@@ -21,6 +21,7 @@ The limits come from mesh.yaml (`admission:`) through the environment:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -39,8 +40,8 @@ EXPENSIVE_METHODS_VARIABLE = "SHOP_EXPENSIVE_METHODS"
 
 #: How soon a refused client may try again (`RetryInfo`).
 RETRY_DELAY_MS = 50
-#: The same for a REST client (`Retry-After` counts whole seconds).
-RETRY_AFTER_SECONDS = 1
+#: The same for a REST client: `Retry-After` counts whole seconds.
+RETRY_AFTER_SECONDS = math.ceil(RETRY_DELAY_MS / 1000)
 #: What a refused caller is told, by an app or by the Envoy that refused for it.
 REFUSAL_MESSAGE = "the service is at its limit of calls in flight; try again shortly"
 

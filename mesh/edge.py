@@ -141,15 +141,15 @@ def resolve_rules(topology: Topology, api: Api) -> EdgeRules:
 _DEFAULT_MESSAGES = {404: "no such route", 405: "method not allowed here"}
 
 
-def _from_grpc_client(grpc: bool) -> dict[str, Any]:
-    """Matches a request whose client spoke gRPC (`grpc`), or one that did not: the edge's
-    errors are a gRPC status for the one and JSON for the other."""
+def _from_rest_client() -> dict[str, Any]:
+    """Matches a request whose client did not speak gRPC: the edge's errors are JSON for
+    it, and a gRPC status (Envoy maps it) for a gRPC client."""
     return {
         "header_filter": {
             "header": {
                 "name": CLIENT_CONTENT_TYPE,
                 "string_match": {"prefix": "application/grpc"},
-                "invert_match": not grpc,
+                "invert_match": True,
                 "treat_missing_header_as_empty": True,
             }
         }
@@ -197,8 +197,7 @@ def _local_reply_config() -> dict[str, Any]:
         }
         mappers.append(
             {
-                # gRPC clients get a gRPC status (Envoy maps it); REST gets JSON.
-                "filter": {"and_filter": {"filters": [status_is, _from_grpc_client(False)]}},
+                "filter": {"and_filter": {"filters": [status_is, _from_rest_client()]}},
                 **_json_body(status),
                 **(
                     {"body": {"inline_string": _DEFAULT_MESSAGES[status]}}
