@@ -97,7 +97,7 @@ def supervise(
         supervisor.prepare()
         supervisor.start()
         if foreground:
-            print(status_table(supervisor.state(check_health=True)), flush=True)
+            print(status_table(supervisor.state()), flush=True)
             print("ready; Ctrl-C stops the mesh", flush=True)
         supervisor.run(stop)
         return 0

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
@@ -138,6 +139,14 @@ async def open_database(
     return database
 
 
+def keep_startup_out_of_collections() -> None:
+    """What the process built to start (modules, descriptors, adapters) lives as long as
+    the process: moved out of the garbage collector's sight, a full collection scans only
+    what was made since, a few milliseconds instead of tens with the event loop stopped."""
+    gc.collect()
+    gc.freeze()
+
+
 Bootstrap = Callable[[ServiceSettings, AsyncExitStack], Awaitable[Sequence[Registration]]]
 
 
@@ -145,6 +154,7 @@ async def run(settings: ServiceSettings, bootstrap: Bootstrap) -> None:
     """Build the service, serve it until a stop signal, then close its adapters."""
     async with AsyncExitStack() as stack:
         registrations = await bootstrap(settings, stack)
+        keep_startup_out_of_collections()
         runner = ServiceRunner(
             registrations,
             host=settings.host,

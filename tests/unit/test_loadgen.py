@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import grpc
 import pytest
@@ -118,3 +119,19 @@ def test_percentiles_are_nearest_rank() -> None:
     assert [run.percentile(f) for f in (0.25, 0.5, 0.75, 0.99, 1.0)] == [
         0.001, 0.002, 0.003, 0.004, 0.004,
     ]  # fmt: skip
+
+
+async def test_the_collector_skips_what_predates_a_load_until_the_last_load_ends() -> None:
+    assert gc.get_freeze_count() == 0
+    frozen_during_calls: list[bool] = []
+
+    async def call() -> None:
+        frozen_during_calls.append(gc.get_freeze_count() > 0)
+
+    overload = asyncio.create_task(loadgen.open_loop(call, rate=200, duration=0.3))
+    await asyncio.sleep(0.05)
+    await loadgen.closed_loop(call, concurrency=1, duration=0.05)  # ends first
+    await overload
+    assert frozen_during_calls
+    assert all(frozen_during_calls)
+    assert gc.get_freeze_count() == 0

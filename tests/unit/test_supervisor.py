@@ -1,0 +1,45 @@
+"""The supervisor's bookkeeping while it tends a mesh: whose turn, and what health says."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from mesh.plan import InstancePlan
+from mesh.supervisor import Instance, ManagedProcess, Probed, health, in_turn
+
+
+@pytest.mark.parametrize("count", [1, 7, 8, 9, 20])
+def test_each_instance_has_its_turn_once_an_interval_and_few_share_a_wake(count: int) -> None:
+    slots = 8
+    items = list(range(count))
+    for first in (0, 3, 13):
+        wakes = [in_turn(items, wake, slots) for wake in range(first, first + slots)]
+        assert Counter(item for wake in wakes for item in wake) == Counter(items)
+        assert max(len(wake) for wake in wakes) == math.ceil(count / slots)
+
+
+def instance(started_at: float, restart_at: float | None = None) -> Instance:
+    def process(name: str) -> ManagedProcess:
+        return ManagedProcess(name, ["true"], Path(f"{name}.log"), started_at=started_at)
+
+    made = Instance(InstancePlan("catalog", 0, 1, 2, 3), process("app"), process("sidecar"))
+    made.app.restart_at = restart_at
+    return made
+
+
+def test_health_is_what_the_last_probe_since_the_start_found() -> None:
+    assert health(instance(started_at=10.0), Probed(True, at=11.0)) == "SERVING"
+    assert health(instance(started_at=10.0), Probed(False, at=11.0)) == "NOT_SERVING"
+
+
+def test_a_probe_from_before_a_restart_says_nothing_of_the_restarted_instance() -> None:
+    assert health(instance(started_at=10.0), Probed(True, at=9.0)) == "UNKNOWN"
+    assert health(instance(started_at=10.0), None) == "UNKNOWN"
+
+
+def test_an_instance_waiting_to_restart_is_restarting_whatever_was_probed() -> None:
+    assert health(instance(started_at=10.0, restart_at=12.0), Probed(True, at=11.0)) == "RESTARTING"
