@@ -58,7 +58,10 @@ DOCS_ASSETS = {
     "swagger-ui-standalone-preset.js": "application/javascript",
 }
 
-CLIENT_CONTENT_TYPE = "x-shop-client-content-type"
+#: Where the edge notes the content type the client sent (dynamic metadata), before
+#: transcoding makes every request look like gRPC: it decides how the edge's own replies look.
+CLIENT_METADATA_NAMESPACE = "shop.edge"
+CLIENT_CONTENT_TYPE_KEY = "client_content_type"
 _JWT_PROVIDER = "identity"
 _JWT_PAYLOAD = "jwt_payload"
 _JWT_FILTER = "envoy.filters.http.jwt_authn"
@@ -141,17 +144,17 @@ def resolve_rules(topology: Topology, api: Api) -> EdgeRules:
 _DEFAULT_MESSAGES = {404: "no such route", 405: "method not allowed here"}
 
 
-def _from_rest_client() -> dict[str, Any]:
-    """Matches a request whose client did not speak gRPC: the edge's errors are JSON for
-    it, and a gRPC status (Envoy maps it) for a gRPC client."""
+def _from_grpc_client() -> dict[str, Any]:
+    """Matches a request whose client spoke gRPC: the edge's own replies to it are a gRPC
+    status (Envoy's, or the refusal's message); to any other client, JSON."""
     return {
-        "header_filter": {
-            "header": {
-                "name": CLIENT_CONTENT_TYPE,
-                "string_match": {"prefix": "application/grpc"},
-                "invert_match": True,
-                "treat_missing_header_as_empty": True,
-            }
+        "metadata_filter": {
+            "matcher": {
+                "filter": CLIENT_METADATA_NAMESPACE,
+                "path": [{"key": CLIENT_CONTENT_TYPE_KEY}],
+                "value": {"string_match": {"prefix": "application/grpc"}},
+            },
+            "match_if_key_not_found": False,
         }
     }
 
@@ -166,13 +169,15 @@ def _json_body(status: int) -> dict[str, Any]:
     }
 
 
-def _refused_for_load() -> dict[str, Any]:
-    """A call the edge's circuit breaker refused (UO: the service's apps admit no more):
-    the apps' own words for it instead of Envoy's, and when to try again. The route has
-    already dropped the client's content type when the router refuses, so gRPC clients
-    get this JSON as their status message too."""
+#: A call the edge's circuit breaker refused (UO: the service's apps admit no more).
+_OVERFLOW = {"response_flag_filter": {"flags": ["UO"]}}
+
+
+def _refused_for_load(matched: dict[str, Any], body_format: dict[str, Any]) -> dict[str, Any]:
+    """The refusal of a call that `matched` (an overflow): the apps' own words for it
+    instead of Envoy's, and when to try again."""
     return {
-        "filter": {"response_flag_filter": {"flags": ["UO"]}},
+        "filter": matched,
         "body": {"inline_string": admission.REFUSAL_MESSAGE},
         "headers_to_add": [
             {
@@ -180,12 +185,19 @@ def _refused_for_load() -> dict[str, Any]:
                 "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
             }
         ],
-        **_json_body(503),
+        **body_format,
     }
 
 
 def _local_reply_config() -> dict[str, Any]:
-    mappers = [_refused_for_load()]
+    """The first mapper that matches rewrites a reply: to a gRPC client, the refusal as its
+    status message and otherwise Envoy's own status; to a REST client, JSON."""
+    overflow_to_grpc = {"and_filter": {"filters": [_OVERFLOW, _from_grpc_client()]}}
+    mappers = [
+        _refused_for_load(overflow_to_grpc, {}),
+        {"filter": _from_grpc_client()},
+        _refused_for_load(_OVERFLOW, _json_body(503)),
+    ]
     for status in sorted(_LOCAL_REPLY_CODES):
         status_is = {
             "status_code_filter": {
@@ -197,7 +209,7 @@ def _local_reply_config() -> dict[str, Any]:
         }
         mappers.append(
             {
-                "filter": {"and_filter": {"filters": [status_is, _from_rest_client()]}},
+                "filter": status_is,
                 **_json_body(status),
                 **(
                     {"body": {"inline_string": _DEFAULT_MESSAGES[status]}}
@@ -213,6 +225,20 @@ def _scope_regex(scope: str) -> str:
     return f"(^|.* ){scope.replace('.', '[.]')}( .*|$)"
 
 
+def _client_content_type_noted() -> dict[str, Any]:
+    """The content type the client sent, in the stream's metadata: not a header, which would
+    travel upstream, and whatever removed it on the way would remove it before the router's
+    own replies (a refusal, a timeout) are made."""
+    noted = {"metadata_namespace": CLIENT_METADATA_NAMESPACE, "key": CLIENT_CONTENT_TYPE_KEY}
+    return {
+        "name": "envoy.filters.http.header_to_metadata",
+        "typed_config": {
+            "@type": f"{_FILTERS}.header_to_metadata.v3.Config",
+            "request_rules": [{"header": "content-type", "on_header_present": noted}],
+        },
+    }
+
+
 def _http_filters(
     topology: Topology, plan: EdgePlan, rules: EdgeRules, files: EdgeFiles
 ) -> list[dict[str, Any]]:
@@ -224,6 +250,7 @@ def _http_filters(
         m.path for ms in rules.exposed.values() for m in ms if m.path not in rules.public
     )
     return [
+        _client_content_type_noted(),
         {
             "name": "envoy.filters.http.header_mutation",
             "typed_config": {
@@ -232,17 +259,6 @@ def _http_filters(
                     "request_mutations": [
                         {"remove": SUBJECT_METADATA_KEY},
                         {"remove": "x-forwarded-client-cert"},
-                        # The content type the client sent, before transcoding makes every
-                        # request look like gRPC: it decides how the edge's errors look.
-                        {
-                            "append": {
-                                "header": {
-                                    "key": CLIENT_CONTENT_TYPE,
-                                    "value": "%REQ(content-type)%",
-                                },
-                                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
-                            }
-                        },
                     ]
                 },
             },
@@ -553,7 +569,6 @@ def edge_config(
     config["http_filters"] = [*_http_filters(topology, edge_plan, rules, files), envoy.ROUTER]
     config["local_reply_config"] = _local_reply_config()
     config["route_config"]["max_direct_response_body_size_bytes"] = 8 * 1_048_576
-    config["route_config"]["request_headers_to_remove"] = [CLIENT_CONTENT_TYPE]
     config["route_config"]["virtual_hosts"][0]["typed_per_filter_config"] = {
         "envoy.filters.http.cors": _cors_policy(topology)
     }

@@ -369,6 +369,28 @@ async def test_a_call_beyond_what_catalog_admits_is_refused_in_the_apps_words(
     assert refused, "every call was admitted: the burst did not reach catalog's limit"
     for error in refused:
         assert error.code() == grpc.StatusCode.UNAVAILABLE
-        assert admission.REFUSAL_MESSAGE in (error.details() or "")
+        assert error.details() == admission.REFUSAL_MESSAGE
         metadata = dict(error.initial_metadata() or ()) | dict(error.trailing_metadata() or ())
         assert metadata.get("retry-after") == str(admission.RETRY_AFTER_SECONDS)
+
+
+async def test_a_rest_call_beyond_what_catalog_admits_is_refused_as_json(
+    mesh: RunningMesh,
+) -> None:
+    """The same refusal to a REST client: a JSON body with the gRPC code and the message."""
+    admitted = envoy.admitted(topology.load(ROOT / "mesh.yaml"), "catalog")
+    burst = 16 * admitted
+    limits = httpx.Limits(max_connections=burst)
+    async with httpx.AsyncClient(base_url=mesh.edge_url, limits=limits, timeout=10) as client:
+        replies = await asyncio.gather(*(client.get("/v1/products") for _ in range(burst)))
+    refused = [reply for reply in replies if reply.status_code != 200]
+    assert refused, "every call was admitted: the burst did not reach catalog's limit"
+    for reply in refused:
+        assert reply.status_code == 503
+        assert reply.headers["content-type"] == "application/json"
+        assert reply.json() == {
+            "code": grpc.StatusCode.UNAVAILABLE.value[0],
+            "status": "UNAVAILABLE",
+            "message": admission.REFUSAL_MESSAGE,
+        }
+        assert reply.headers["retry-after"] == str(admission.RETRY_AFTER_SECONDS)
