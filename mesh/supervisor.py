@@ -330,8 +330,8 @@ class Supervisor:
             f"http://127.0.0.1:{self.plan.nats_monitor_port}/healthz?js-enabled-only=true"
         )
 
-    def instance_ready(self, instance: Instance) -> bool:
-        """Probe the app and its sidecar; `state` reports what the last probe found."""
+    def probe(self, instance: Instance) -> bool:
+        """Whether the app and its sidecar are ready now; kept, as `state` reports it."""
         ready = app_serving(instance.plan.app_port) and http_ok(
             f"http://127.0.0.1:{instance.plan.admin_port}/ready"
         )
@@ -360,7 +360,7 @@ class Supervisor:
             processes = [p for i in group for p in (i.app, i.sidecar)]
 
             def group_ready(group: list[Instance] = group) -> bool:
-                return all(self.instance_ready(i) for i in group)
+                return all(self.probe(i) for i in group)
 
             self._wait(service, group_ready, processes)
         if self.edge_envoy is not None and self.edge_companion is not None:
@@ -422,7 +422,7 @@ class Supervisor:
         slots = round(CHECK_INTERVAL_SECONDS / TEND_INTERVAL_SECONDS)
         slot = wake % slots
         for instance in in_turn(self.instances, wake, slots):
-            self.instance_ready(instance)
+            self.probe(instance)
             try:
                 self._sample_metrics(instance)
             except Exception:  # the numbers are for people; tending the mesh is not
