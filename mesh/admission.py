@@ -17,6 +17,14 @@ The limits come from mesh.yaml (`admission:`) through the environment:
 | `SHOP_MAX_IN_FLIGHT` | calls the app works on at once | 32 |
 | `SHOP_EXPENSIVE_IN_FLIGHT` | of those, calls to expensive methods | 2 |
 | `SHOP_EXPENSIVE_METHODS` | the expensive methods' names, comma-separated | none |
+| `SHOP_MAX_BACKLOG` | unfinished work the service accepts, over all its replicas | none |
+| `SHOP_MAX_BACKLOG_PER_CLIENT` | of that, one client's | none |
+
+A backlog bounds work that goes on after the call that started it has returned (an
+order's saga): the service counts what it accepted and has not finished, and refuses
+a new start beyond either bound with RESOURCE_EXHAUSTED (a `QuotaFailure`, a
+`RetryInfo`), since another replica would find the same backlog. How it counts is the
+service's own (orders: `services.orders.handlers.place_order`).
 """
 
 from __future__ import annotations
@@ -37,6 +45,8 @@ NOT_APPLIED_HEADER = "x-shop-not-applied"
 MAX_IN_FLIGHT_VARIABLE = "SHOP_MAX_IN_FLIGHT"
 EXPENSIVE_IN_FLIGHT_VARIABLE = "SHOP_EXPENSIVE_IN_FLIGHT"
 EXPENSIVE_METHODS_VARIABLE = "SHOP_EXPENSIVE_METHODS"
+MAX_BACKLOG_VARIABLE = "SHOP_MAX_BACKLOG"
+MAX_BACKLOG_PER_CLIENT_VARIABLE = "SHOP_MAX_BACKLOG_PER_CLIENT"
 
 #: How soon a refused client may try again (`RetryInfo`).
 RETRY_DELAY_MS = 50
@@ -54,12 +64,15 @@ class Limits:
     expensive_in_flight: int = 2
     expensive_methods: frozenset[str] = field(default_factory=frozenset)
     """Method names (`Login`), as mesh.yaml names them."""
+    backlog: Backlog | None = None
 
     def environment(self) -> dict[str, str]:
+        backlog = {} if self.backlog is None else self.backlog.environment()
         return {
             MAX_IN_FLIGHT_VARIABLE: str(self.max_in_flight),
             EXPENSIVE_IN_FLIGHT_VARIABLE: str(self.expensive_in_flight),
             EXPENSIVE_METHODS_VARIABLE: ",".join(sorted(self.expensive_methods)),
+            **backlog,
         }
 
     @classmethod
@@ -72,7 +85,29 @@ class Limits:
                 environ.get(EXPENSIVE_IN_FLIGHT_VARIABLE) or default.expensive_in_flight
             ),
             expensive_methods=frozenset(name for name in names.split(",") if name),
+            backlog=Backlog.from_environment(environ),
         )
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """How much accepted, unfinished work a service holds, in all and for one client."""
+
+    total: int
+    per_client: int
+
+    def environment(self) -> dict[str, str]:
+        return {
+            MAX_BACKLOG_VARIABLE: str(self.total),
+            MAX_BACKLOG_PER_CLIENT_VARIABLE: str(self.per_client),
+        }
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str]) -> Backlog | None:
+        total = environ.get(MAX_BACKLOG_VARIABLE)
+        if not total:
+            return None
+        return cls(int(total), int(environ.get(MAX_BACKLOG_PER_CLIENT_VARIABLE) or total))
 
 
 class Gate:

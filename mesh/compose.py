@@ -229,13 +229,18 @@ def _instance(
     service = topology.services[instance.service]
     callees = [f"{peer.name}-app" for callee in sorted(service.calls) for peer in plan.of(callee)]
     nats = _nats(topology, pki, instance.service, instance.name)
+    share = containers.cpu_share(topology, instance.service)
+    # Docker's default is 1024 shares; a serving container keeps it.
+    shares = {} if share == 1.0 else {"cpu_shares": round(1024 * share)}
     return {
         instance.name: _envoy(
             directory,
             depends_on=_healthy("certs"),
             restart="unless-stopped",
+            **shares,
         ),
         f"{instance.name}-app": _shop(
+            **shares,
             command=containers.app_command(instance.service),
             network_mode=f"service:{instance.name}",
             environment=containers.app_environment(topology, instance, nats),

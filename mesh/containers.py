@@ -39,7 +39,7 @@ from mesh.events import NatsSettings
 from mesh.pki import MeshPKI
 from mesh.plan import EdgePlan, InstancePlan, MeshPlan
 from mesh.service import environment
-from mesh.topology import Topology
+from mesh.topology import BACKGROUND, Topology
 
 APP_PORT = 50051
 METRICS_PORT = 9090
@@ -73,6 +73,17 @@ USER = "10001:10001"
 ENVOY_BOOTSTRAP = "envoy.yaml"
 NATS_CONFIG = "nats.conf"
 #: The Jaeger release that takes the spans (OTLP/gRPC) and shows them.
+#: The CPU a container of a `background` service (mesh.yaml `priority`) gets against a
+#: serving one's when they contend: about what niceness 10 weighs against 0 in the local
+#: mesh (110 against 1024).
+BACKGROUND_CPU_SHARE = 0.1
+
+
+def cpu_share(topology: Topology, service: str) -> float:
+    """`service`'s containers' share of a contended CPU, relative to a serving service's."""
+    return BACKGROUND_CPU_SHARE if topology.services[service].priority == BACKGROUND else 1.0
+
+
 JAEGER_VERSION = "2.12.0"
 JAEGER_HEALTH_PORT = 13133
 JAEGER_UI_PORT = 16686

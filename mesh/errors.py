@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 #: The trailer gRPC defines for a serialized `google.rpc.Status`.
@@ -126,6 +127,33 @@ class Unavailable(ServiceError):
     """A transient failure: the same request may succeed if retried."""
 
     code = grpc.StatusCode.UNAVAILABLE
+
+
+@dataclass(eq=False)
+class ResourceExhausted(ServiceError):
+    """A quota of the caller's, or of the service's, is used up: the same request may
+    succeed after `retry_after_seconds`, once some of it is free again."""
+
+    subject: str = ""
+    """Whose quota (`customer:<id>`, `service:orders`): a `QuotaFailure` violation."""
+    retry_after_seconds: float = 1.0
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def details(self) -> list[any_pb2.Any]:
+        quota, retry = any_pb2.Any(), any_pb2.Any()
+        quota.Pack(
+            error_details_pb2.QuotaFailure(
+                violations=[
+                    error_details_pb2.QuotaFailure.Violation(
+                        subject=self.subject, description=self.message
+                    )
+                ]
+            )
+        )
+        delay = duration_pb2.Duration()
+        delay.FromTimedelta(timedelta(seconds=self.retry_after_seconds))
+        retry.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+        return [quota, retry]
 
 
 def to_status(error: ServiceError, domain: str) -> status_pb2.Status:

@@ -172,7 +172,15 @@ def _pod_security() -> dict[str, Any]:
     }
 
 
-def _envoy_container(config_map: str, ports: list[tuple[str, int]]) -> dict[str, Any]:
+def _millicores(millicores: int, share: float = 1.0) -> str:
+    """A CPU request of `share` of `millicores`: under contention, a container's CPU is
+    in proportion to its request (`containers.cpu_share`)."""
+    return f"{max(1, round(millicores * share))}m"
+
+
+def _envoy_container(
+    config_map: str, ports: list[tuple[str, int]], cpu_share: float = 1.0
+) -> dict[str, Any]:
     """The Envoy sidecar, as a native sidecar (an init container that keeps running)."""
     ready = _http_probe("/healthz/ready", containers.PROBE_PORT, period=10, failures=3)
     return {
@@ -185,7 +193,7 @@ def _envoy_container(config_map: str, ports: list[tuple[str, int]]) -> dict[str,
         "startupProbe": {**ready, "periodSeconds": 1, "failureThreshold": 60},
         "readinessProbe": ready,
         "livenessProbe": ready,
-        "resources": _resources("50m", "64Mi", "256Mi"),
+        "resources": _resources(_millicores(50, cpu_share), "64Mi", "256Mi"),
         "securityContext": _RESTRICTED,
         "volumeMounts": [
             {
@@ -273,6 +281,7 @@ def _service_objects(
     files = containers.sidecar_files(topology, plan, instance, api, _certificate())
     config_map = f"{name}-envoy"
     environment = containers.app_environment(topology, instance, _nats(topology, name))
+    share = containers.cpu_share(topology, name)
     app_check = ["python", "-m", "mesh.probe", "grpc", f"127.0.0.1:{containers.APP_PORT}"]
     app = {
         "name": "app",
@@ -295,7 +304,7 @@ def _service_objects(
             "timeoutSeconds": 5,
             "failureThreshold": 3,
         },
-        "resources": _resources("100m", "128Mi", "512Mi"),
+        "resources": _resources(_millicores(100, share), "128Mi", "512Mi"),
         "securityContext": _RESTRICTED,
         "volumeMounts": [
             {"name": "identity", "mountPath": str(IDENTITY_DIR), "readOnly": True},
@@ -306,6 +315,7 @@ def _service_objects(
     sidecar = _envoy_container(
         config_map,
         [("mesh", containers.INBOUND_PORT), ("probe", containers.PROBE_PORT)],
+        share,
     )
     pod = {
         "initContainers": [sidecar],

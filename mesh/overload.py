@@ -10,7 +10,8 @@ alone):
 For each target:
 
 1. **capacity**: a closed loop of as many callers as the edge lets the target's service
-   have in flight (`mesh.envoy.admitted`: what its apps admit); the successes per second.
+   have in flight (`mesh.envoy.admitted`: what its apps admit); the calls done per
+   second, until their work is (an order's saga ended too).
 2. **unloaded**: an open loop at `UNLOADED_SHARE` of capacity, `MIN_UNLOADED_CALLS`
    calls at least; the p99 that accepted calls under overload are judged against.
 3. **each multiple** of capacity (3x, then 1x, 2x and 4x; the short form 3x only) as an open
@@ -228,8 +229,11 @@ CAPACITY_SLICES = 5
 
 
 async def capacity_of(target: Target, seconds: float) -> float:
-    """Successes per second with every call the edge admits in flight (the median of
-    CAPACITY_SLICES runs), after a warm-up as long (connections, caches)."""
+    """Calls done per second with every call the edge admits in flight (the median of
+    CAPACITY_SLICES runs), after a warm-up as long (connections, caches). A call's work
+    counts as done when the target has settled it (an order: when its saga has ended),
+    so the capacity is what the mesh sustains, not what it accepts while a backlog
+    grows."""
     await loadgen.closed_loop(target.call, concurrency=target.callers, duration=seconds)
     await target.settle()
     throughputs = []
@@ -239,8 +243,7 @@ async def capacity_of(target: Target, seconds: float) -> float:
         )
         if run.errors:
             say(f"  note: {counts(run.errors)} while measuring {target.name}'s capacity")
-        throughputs.append(len(run.latencies) / run.seconds)
-    await target.settle()
+        throughputs.append(len(run.latencies) / (run.seconds + await target.settle()))
     return statistics.median(throughputs)
 
 

@@ -113,6 +113,7 @@ def limits_of(service: Service) -> Limits:
         max_in_flight=service.admission.max_in_flight,
         expensive_in_flight=service.admission.expensive_in_flight,
         expensive_methods=service.expensive_methods,
+        backlog=service.admission.backlog,
     )
 
 

@@ -44,7 +44,7 @@ from mesh.pki import MeshPKI
 from mesh.plan import InstancePlan, MeshPlan, make_plan
 from mesh.probe import app_serving, http_ok
 from mesh.procstat import rss_kib
-from mesh.topology import Topology
+from mesh.topology import BACKGROUND, Topology
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,11 @@ STOP_GRACE_SECONDS = 10.0
 MAX_BACKOFF_SECONDS = 30.0
 #: A process that ran this long before exiting restarts with the shortest backoff again.
 STABLE_SECONDS = 60.0
+#: The niceness of background processes (services of priority `background`, NATS, the
+#: trace store): a weight of 110 against a serving process's 1024 in the kernel's
+#: scheduler, so they run on what the calls clients wait on leave of a contended CPU.
+BACKGROUND_NICENESS = 10
+
 #: How often the supervisor wakes to reap and restart processes.
 TEND_INTERVAL_SECONDS = 0.25
 #: How often each instance's health is probed and its metrics scraped, and certificates
@@ -85,6 +90,8 @@ class ManagedProcess:
     started_at: float = 0.0
     restart_at: float | None = None
     backoff: float = 0.5
+    niceness: int = 0
+    """Added to the process's niceness (`nice`): what it gets of a CPU others want too."""
     _log: IO[bytes] | None = None
 
     @property
@@ -95,8 +102,10 @@ class ManagedProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         if self._log is None:
             self._log = self.log_path.open("ab")
+        # Through nice(1), so every thread the process starts inherits its niceness.
+        niced = ["nice", "-n", str(self.niceness)] if self.niceness else []
         self.process = subprocess.Popen(
-            self.argv,
+            [*niced, *self.argv],
             cwd=cwd,
             env={**os.environ, **self.env},
             stdin=subprocess.DEVNULL,
@@ -235,14 +244,20 @@ class Supervisor:
                 envoy.sidecar_config(self.topology, self.plan, plan, self.api, sds),
                 self.run_dir / "envoy" / plan.name / "envoy.yaml",
             )
+            background = self.topology.services[plan.service].priority == BACKGROUND
+            niceness = BACKGROUND_NICENESS if background else 0
             app = ManagedProcess(
                 plan.name,
                 [sys.executable, "-m", f"services.{plan.service}", "--port", str(plan.app_port)],
                 logs / f"{plan.name}.log",
                 self._environment(plan),
+                niceness=niceness,
             )
             sidecar = ManagedProcess(
-                f"{plan.name}-sidecar", envoy.command(config), logs / f"{plan.name}.envoy.log"
+                f"{plan.name}-sidecar",
+                envoy.command(config),
+                logs / f"{plan.name}.envoy.log",
+                niceness=niceness,
             )
             self.instances.append(Instance(plan, app, sidecar))
         if self.plan.edge is not None:
@@ -256,7 +271,10 @@ class Supervisor:
         )
         natsconf.admin_settings(self.pki, self.plan.nats_port)
         self.nats = ManagedProcess(
-            "nats", [find_binary("nats-server"), "--config", str(config)], logs / "nats.log"
+            "nats",
+            [find_binary("nats-server"), "--config", str(config)],
+            logs / "nats.log",
+            niceness=BACKGROUND_NICENESS,
         )
         self.trace_store = ManagedProcess(
             "traces",
@@ -265,6 +283,7 @@ class Supervisor:
                 "--port", str(self.plan.trace_port), "--db", str(self.trace_db),
             ],
             logs / "traces.log",
+            niceness=BACKGROUND_NICENESS,
         )  # fmt: skip
 
     @property

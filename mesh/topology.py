@@ -22,7 +22,7 @@ import dataclasses
 import difflib
 import heapq
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -33,7 +33,7 @@ import yaml
 from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from mesh.admission import Limits
+from mesh.admission import Backlog, Limits
 
 #: The most replicas one service may run; more is a typo or belongs in a real cluster.
 MAX_REPLICAS = 16
@@ -171,6 +171,11 @@ class Faults:
 #: few at a time and never sent again after their caller's sidecar gave up on a try.
 CHEAP, EXPENSIVE = "cheap", "expensive"
 COSTS = (CHEAP, EXPENSIVE)
+#: A service's share of a CPU it contends for: `serving` calls that clients wait on, or
+#: `background` work no client waits on (the saga's steps), which gets the CPU the
+#: serving work leaves (`mesh.supervisor`: a higher niceness; containers: fewer shares).
+SERVING, BACKGROUND = "serving", "background"
+PRIORITIES = (SERVING, BACKGROUND)
 
 
 @dataclass(frozen=True)
@@ -190,6 +195,9 @@ class Admission:
     max_in_flight: int = Limits.max_in_flight
     expensive_in_flight: int = Limits.expensive_in_flight
     """Of those, calls to its `expensive` methods."""
+    backlog: Backlog | None = None
+    """The accepted, unfinished work of the whole service it holds at most (None: no
+    bound); only a service whose work outlives its calls (orders' sagas) counts one."""
 
 
 @dataclass(frozen=True)
@@ -207,6 +215,7 @@ class Service:
     methods: Mapping[str, MethodPolicy] = dataclasses.field(default_factory=dict)
     """Its methods (by name, e.g. `Login`) whose cost or timeout differs from the rest."""
     admission: Admission = Admission()
+    priority: str = SERVING
 
     @property
     def expensive_methods(self) -> frozenset[str]:
@@ -540,7 +549,9 @@ class _Reader:
     ) -> Service:
         where = f"services.{name}"
         defaults, admission = inherited
-        keys = {"replicas", "calls", "ports", "consumes", "faults", "methods", "admission"}
+        keys = {
+            "replicas", "calls", "ports", "consumes", "faults", "methods", "admission", "priority"
+        }  # fmt: skip
         entries = self.mapping(node, where, keys, null_is_empty=True)
         replicas = self.optional(
             entries, "replicas", 1, lambda n: self.integer(n, f"{where}.replicas", 1, MAX_REPLICAS)
@@ -583,6 +594,9 @@ class _Reader:
             admission,
             lambda n: self.admission(n, admission, f"{where}.admission"),
         )
+        priority = self.optional(
+            entries, "priority", SERVING, lambda n: self.choice(n, f"{where}.priority", PRIORITIES)
+        )
         return Service(
             name,
             replicas,
@@ -592,6 +606,7 @@ class _Reader:
             faults,
             MappingProxyType(methods),
             admission,
+            priority,
         )
 
     def methods(self, node: Node, where: str) -> dict[str, MethodPolicy]:
@@ -605,21 +620,23 @@ class _Reader:
         if not re.fullmatch(r"[A-Z][A-Za-z0-9]*", str(key.value)):
             raise self.error(key, f"{where} does not name a method like GetProduct")
         entries = self.mapping(node, where, {"cost", "timeout"})
-        cost = self.optional(entries, "cost", CHEAP, lambda n: self.cost(n, f"{where}.cost"))
+        cost = self.optional(
+            entries, "cost", CHEAP, lambda n: self.choice(n, f"{where}.cost", COSTS)
+        )
         timeout = self.optional(
             entries, "timeout", None, lambda n: self.duration(n, f"{where}.timeout")
         )
         return MethodPolicy(cost, timeout, _line(key))
 
-    def cost(self, node: Node, where: str) -> str:
+    def choice(self, node: Node, where: str, choices: Sequence[str]) -> str:
         value = self.string(node, where)
-        if value not in COSTS:
-            raise self.error(node, f"{where} must be one of {', '.join(COSTS)}, got {value!r}")
+        if value not in choices:
+            raise self.error(node, f"{where} must be one of {', '.join(choices)}, got {value!r}")
         return value
 
     def admission(self, node: Node, base: Admission, where: str) -> Admission:
         entries = self.mapping(
-            node, where, {"max_in_flight", "expensive_in_flight"}, null_is_empty=True
+            node, where, {"max_in_flight", "expensive_in_flight", "backlog"}, null_is_empty=True
         )
         admission = Admission(
             max_in_flight=self.optional(
@@ -634,6 +651,9 @@ class _Reader:
                 base.expensive_in_flight,
                 lambda n: self.integer(n, f"{where}.expensive_in_flight", 1, 100_000),
             ),
+            backlog=self.optional(
+                entries, "backlog", base.backlog, lambda n: self.backlog(n, f"{where}.backlog")
+            ),
         )
         if admission.expensive_in_flight > admission.max_in_flight:
             raise self.error(
@@ -642,6 +662,23 @@ class _Reader:
                 f"than max_in_flight ({admission.max_in_flight})",
             )
         return admission
+
+    def backlog(self, node: Node, where: str) -> Backlog:
+        entries = self.mapping(node, where, {"total", "per_client"})
+        total = self.integer(
+            self.required(entries, "total", where, node), f"{where}.total", 1, 10_000_000
+        )
+        per_client = self.optional(
+            entries,
+            "per_client",
+            total,
+            lambda n: self.integer(n, f"{where}.per_client", 1, 10_000_000),
+        )
+        if per_client > total:
+            raise self.error(
+                node, f"{where}: per_client ({per_client}) is more than total ({total})"
+            )
+        return Backlog(total, per_client)
 
     def faults(self, node: Node, where: str) -> Faults:
         where = f"{where}.faults"

@@ -88,6 +88,17 @@ MIGRATIONS = (
             """,
         ],
     ),
+    Migration(
+        2,
+        "the PENDING orders by time, in all and by customer: the backlog of sagas",
+        [
+            "CREATE INDEX orders_pending ON orders (create_time) WHERE status = 'PENDING'",
+            """
+            CREATE INDEX orders_pending_by_customer ON orders (customer_id, create_time)
+                WHERE status = 'PENDING'
+            """,
+        ],
+    ),
 )
 
 metadata = sa.MetaData()
@@ -230,6 +241,16 @@ _STEP_COUNT = (
     .select_from(order_history)
     .where(order_history.c.order_id == sa.bindparam("order_id"))
 )
+_PENDING = (
+    sa.select(orders.c.id)
+    .where(orders.c.status == OrderStatus.PENDING.value)
+    .where(orders.c.create_time >= sa.bindparam("since"))
+    .limit(sa.bindparam("limit"))
+)
+_COUNT_PENDING = sa.select(sa.func.count()).select_from(_PENDING.subquery())
+_COUNT_PENDING_OF = sa.select(sa.func.count()).select_from(
+    _PENDING.where(orders.c.customer_id == sa.bindparam("customer_id")).subquery()
+)
 #: The row's columns come from the parameters; its id and `b_was` pick the row.
 _SAVE = whole_row_update(orders, orders.c.status == sa.bindparam("b_was"))
 
@@ -271,6 +292,18 @@ class SqlOrdersTransaction(SqlTransaction):
         if new_steps:
             await self._connection.execute(_ADD_STEPS, new_steps)
         return True
+
+    async def count_pending(
+        self, placed_since: datetime, limit: int, customer_id: str | None = None
+    ) -> int:
+        parameters = {"since": placed_since, "limit": limit}
+        if customer_id is None:
+            counted = await self._connection.execute(_COUNT_PENDING, parameters)
+        else:
+            counted = await self._connection.execute(
+                _COUNT_PENDING_OF, {**parameters, "customer_id": customer_id}
+            )
+        return int(counted.scalar_one())
 
     async def page(
         self, customer_id: str, before: tuple[datetime, str] | None, limit: int

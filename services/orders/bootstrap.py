@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 
+from mesh.admission import Backlog
 from mesh.eventbus import start_event_bus
 from mesh.runner import Registration
 from mesh.service import ServiceSettings, channel_to, open_database
@@ -16,8 +17,10 @@ from shop.orders.v1 import orders_service_pb2 as pb
 from shop.orders.v1 import orders_service_pb2_grpc as pb_grpc
 
 
-def registration(store: OrdersStore, catalog: Catalog) -> Registration:
-    return Registration.of(OrdersServicer(store, catalog), pb, pb_grpc)
+def registration(
+    store: OrdersStore, catalog: Catalog, backlog: Backlog | None = None
+) -> Registration:
+    return Registration.of(OrdersServicer(store, catalog, backlog), pb, pb_grpc)
 
 
 async def bootstrap(settings: ServiceSettings, stack: AsyncExitStack) -> Sequence[Registration]:
@@ -25,4 +28,4 @@ async def bootstrap(settings: ServiceSettings, stack: AsyncExitStack) -> Sequenc
     store = SqlOrdersStore(database)
     await start_event_bus(database, settings.nats, stack, saga.handlers(store.within))
     channel = channel_to(settings, "catalog", stack)
-    return [registration(store, GrpcCatalog(channel))]
+    return [registration(store, GrpcCatalog(channel), settings.limits.backlog)]

@@ -5,14 +5,27 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 
-from mesh.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from mesh.errors import (
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+)
 from mesh.money import Money
 
 MAX_LINES = 100
 MAX_QUANTITY = 1000
+
+#: An order still PENDING this long after it was placed is stuck (its saga waits on a
+#: dead letter), not queued: it no longer counts in the backlog of sagas, so a few stuck
+#: orders cannot close the shop to new ones.
+BACKLOG_WINDOW = timedelta(minutes=1)
+#: When a customer refused for the backlog may try again: about the time the saga takes.
+BACKLOG_RETRY_SECONDS = 1.0
 
 #: The first step of every order's history: the order was accepted, PENDING.
 ORDER_PLACED = "OrderPlaced"
@@ -126,6 +139,27 @@ def order_not_found(order_id: str) -> NotFound:
         f"order {order_id!r} does not exist",
         reason="ORDER_NOT_FOUND",
         metadata={"order_id": order_id},
+    )
+
+
+def too_many_pending(customer_id: str, limit: int) -> ResourceExhausted:
+    return ResourceExhausted(
+        message=f"you have {limit} orders still being processed; "
+        "place this one when some of them are done",
+        reason="TOO_MANY_PENDING_ORDERS",
+        metadata={"customer_id": customer_id, "limit": str(limit)},
+        subject=f"customer:{customer_id}",
+        retry_after_seconds=BACKLOG_RETRY_SECONDS,
+    )
+
+
+def shop_backlog_full(limit: int) -> ResourceExhausted:
+    return ResourceExhausted(
+        message=f"the shop is processing {limit} orders already; try again shortly",
+        reason="ORDER_BACKLOG_FULL",
+        metadata={"limit": str(limit)},
+        subject="service:orders",
+        retry_after_seconds=BACKLOG_RETRY_SECONDS,
     )
 
 

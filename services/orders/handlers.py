@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mesh.admission import Backlog
 from mesh.caller import acting_customer
 from mesh.errors import Aborted
 from mesh.pagination import decode_time_cursor, encode_time_cursor, page_size
 from mesh.storage import utc_now
 from services.orders.domain import (
+    BACKLOG_WINDOW,
     Order,
     ProductNotInCatalog,
     RequestedLine,
@@ -22,11 +24,13 @@ from services.orders.domain import (
     new_order,
     order_not_found,
     priced_lines,
+    shop_backlog_full,
+    too_many_pending,
     unknown_product,
     visible_to,
 )
 from services.orders.messages import order_ended, order_placed
-from services.orders.ports import Catalog, OrdersStore
+from services.orders.ports import Catalog, OrdersStore, OrdersTransaction
 
 
 @dataclass(frozen=True)
@@ -61,9 +65,13 @@ class OrderPage:
     next_page_token: str
 
 
-async def place_order(store: OrdersStore, catalog: Catalog, command: PlaceOrder) -> Order:
+async def place_order(
+    store: OrdersStore, catalog: Catalog, command: PlaceOrder, backlog: Backlog | None = None
+) -> Order:
     """Price the lines from the catalog and store the order PENDING, once per request id.
 
+    A new order is refused while the customer's, or the shop's, orders still PENDING
+    reach the `backlog` (`check_backlog`); a request already served returns its order.
     The catalog is asked outside the write transaction so no lock is held over the
     network; the request log is checked again inside it, so a retry racing the first
     request still stores one order.
@@ -74,9 +82,10 @@ async def place_order(store: OrdersStore, catalog: Catalog, command: PlaceOrder)
     async with store.snapshot() as tx:
         prior = await tx.find_request("PlaceOrder", request_key)
         order = await tx.get(prior["order_id"]) if prior else None
-    if order is not None:
-        return order
-    check_request(command.lines, command.shipping_address)
+        if order is not None:
+            return order
+        check_request(command.lines, command.shipping_address)
+        await check_backlog(tx, backlog, customer_id)
     try:
         products = await catalog.products(sorted({line.product_id for line in command.lines}))
     except ProductNotInCatalog as error:
@@ -98,6 +107,20 @@ async def place_order(store: OrdersStore, catalog: Catalog, command: PlaceOrder)
             await tx.enqueue_event(order_placed(order, weight))
             await tx.record_request("PlaceOrder", request_key, {"order_id": order.id})
     return order
+
+
+async def check_backlog(tx: OrdersTransaction, backlog: Backlog | None, customer_id: str) -> None:
+    """Refuse a new order while the customer's PENDING orders, or everyone's, reach the
+    backlog's bounds: sagas that fall behind are not fed faster than they finish, and one
+    customer cannot take the whole of it. Orders placed before `BACKLOG_WINDOW` are stuck
+    rather than queued and do not count."""
+    if backlog is None:
+        return
+    since = utc_now() - BACKLOG_WINDOW
+    if await tx.count_pending(since, backlog.per_client, customer_id) >= backlog.per_client:
+        raise too_many_pending(customer_id, backlog.per_client)
+    if await tx.count_pending(since, backlog.total) >= backlog.total:
+        raise shop_backlog_full(backlog.total)
 
 
 async def get_order(store: OrdersStore, caller: str | None, order_id: str) -> Order:

@@ -30,6 +30,13 @@ class OrdersTransaction(Protocol):
         """The customer's orders, newest first, after the (create_time, id) `before`."""
         ...
 
+    async def count_pending(
+        self, placed_since: datetime, limit: int, customer_id: str | None = None
+    ) -> int:
+        """How many orders (of `customer_id`, if given) placed since `placed_since` are
+        PENDING, counted up to `limit`."""
+        ...
+
     async def enqueue_event(self, envelope: events_pb2.EventEnvelope) -> None:
         """Publish `envelope` if, and only if, this transaction commits (the outbox)."""
         ...

@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from mesh import telemetry
+from mesh.admission import Backlog
 from mesh.caller import caller_subject
 from mesh.timestamps import to_timestamp
 from services.orders import handlers
@@ -75,9 +76,12 @@ def to_proto(order: Order) -> pb.Order:
 
 
 class OrdersServicer(pb_grpc.OrdersServiceServicer):
-    def __init__(self, store: OrdersStore, catalog: Catalog) -> None:
+    def __init__(
+        self, store: OrdersStore, catalog: Catalog, backlog: Backlog | None = None
+    ) -> None:
         self._store = store
         self._catalog = catalog
+        self._backlog = backlog
 
     async def PlaceOrder(
         self, request: pb.PlaceOrderRequest, context: Any
@@ -96,6 +100,7 @@ class OrdersServicer(pb_grpc.OrdersServiceServicer):
                 payment_token=request.payment_token,
                 request_id=request.request_id,
             ),
+            self._backlog,
         )
         telemetry.mark_order(order.id)
         log.info("order %s placed by %s: %s", order.id, order.customer_id, order.total)

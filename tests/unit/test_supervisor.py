@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
+import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -43,3 +46,35 @@ def test_a_probe_from_before_a_restart_says_nothing_of_the_restarted_instance() 
 
 def test_an_instance_waiting_to_restart_is_restarting_whatever_was_probed() -> None:
     assert health(instance(started_at=10.0, restart_at=12.0), Probed(True, at=11.0)) == "RESTARTING"
+
+
+def niceness_of_every_thread(pid: int) -> set[int]:
+    """The niceness of each thread of `pid` (field 19 of /proc/PID/task/TID/stat)."""
+    tasks = Path(f"/proc/{pid}/task")
+    return {
+        int((task / "stat").read_text().rsplit(")", 1)[1].split()[16]) for task in tasks.iterdir()
+    }
+
+
+@pytest.mark.parametrize("niceness", [0, 10])
+def test_a_process_and_every_thread_it_starts_run_at_its_niceness(
+    tmp_path: Path, niceness: int
+) -> None:
+    threads = "import threading, time; threading.Thread(target=time.sleep, args=(30,)).start()"
+    process = ManagedProcess(
+        "threads", [sys.executable, "-c", f"{threads}; time.sleep(30)"], tmp_path / "log",
+        niceness=niceness,
+    )  # fmt: skip
+    process.start(tmp_path)
+    try:
+        assert process.pid is not None
+        deadline = time.monotonic() + 10
+        while len(list(Path(f"/proc/{process.pid}/task").iterdir())) < 2:
+            assert time.monotonic() < deadline, "the process never started its thread"
+            time.sleep(0.02)
+        assert niceness_of_every_thread(process.pid) == {
+            os.getpriority(os.PRIO_PROCESS, 0) + niceness
+        }
+    finally:
+        process.terminate()
+        process.wait_or_kill(time.monotonic() + 5)

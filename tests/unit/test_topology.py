@@ -9,10 +9,13 @@ from textwrap import dedent
 
 import pytest
 
+from mesh.admission import Backlog
 from mesh.topology import (
+    BACKGROUND,
     CHEAP,
     DEFAULT_CALL_POLICY,
     EXPENSIVE,
+    SERVING,
     Admission,
     CallPolicy,
     Faults,
@@ -704,6 +707,30 @@ def test_methods_and_admission_are_read_with_their_defaults() -> None:
     assert orders.admission == Admission(max_in_flight=4, expensive_in_flight=1)
 
 
+def test_a_backlog_and_a_priority_are_read_and_a_service_inherits_the_default_backlog() -> None:
+    topology = parse(
+        dedent("""\
+        admission: {backlog: {total: 50}}
+        services:
+          orders:
+            admission: {backlog: {total: 400, per_client: 100}}
+          payments: {priority: background}
+        """)
+    )
+    orders, payments = topology.services["orders"], topology.services["payments"]
+    assert orders.admission.backlog == Backlog(total=400, per_client=100)
+    assert orders.priority == SERVING
+    assert payments.admission.backlog == Backlog(total=50, per_client=50)
+    assert payments.priority == BACKGROUND
+
+
+def test_the_repository_runs_the_sagas_steps_in_the_background_and_bounds_their_backlog() -> None:
+    topology = load(REPOSITORY_MESH_YAML)
+    background = {name for name, s in topology.services.items() if s.priority == BACKGROUND}
+    assert background == {"inventory", "payments", "processor", "shipping", "notifications"}
+    assert {name for name, s in topology.services.items() if s.admission.backlog} == {"orders"}
+
+
 def test_the_repository_marks_password_hashing_expensive() -> None:
     identity = load(REPOSITORY_MESH_YAML).services["identity"]
     assert identity.expensive_methods == {"Login", "Register"}
@@ -742,6 +769,21 @@ def test_the_repository_marks_password_hashing_expensive() -> None:
             "  a:\n    admission: {max_in_flight: 2, expensive_in_flight: 3}\n",
             3,
             "services.a.admission: expensive_in_flight (3) is more than max_in_flight (2)",
+        ),
+        (
+            "  a:\n    admission: {backlog: {total: 10, per_client: 11}}\n",
+            3,
+            "services.a.admission.backlog: per_client (11) is more than total (10)",
+        ),
+        (
+            "  a:\n    admission: {backlog: {per_client: 11}}\n",
+            3,
+            "services.a.admission.backlog needs `total`",
+        ),
+        (
+            "  a:\n    priority: low\n",
+            3,
+            "services.a.priority must be one of serving, background, got 'low'",
         ),
     ],
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -10,12 +11,17 @@ import grpc
 import pytest
 import sqlalchemy as sa
 from google.protobuf import field_mask_pb2
+from google.rpc import error_details_pb2
 from google.type import money_pb2, postal_address_pb2
+from grpc_status import rpc_status
 
+from mesh.admission import Backlog
 from mesh.caller import SUBJECT_METADATA_KEY
 from mesh.storage import Database
 from services.orders.adapters import MIGRATIONS, GrpcCatalog, SqlOrdersStore
+from services.orders.adapters import orders as orders_table
 from services.orders.bootstrap import registration
+from services.orders.domain import BACKLOG_WINDOW
 from shop.catalog.v1 import catalog_service_pb2 as catalog_pb
 from shop.catalog.v1 import catalog_service_pb2_grpc as catalog_grpc
 from shop.orders.v1 import orders_service_pb2 as pb
@@ -356,7 +362,7 @@ async def test_orders_survive_a_restart(
     ):
         placed = await place(pb_grpc.OrdersServiceStub(channel), line(tea, 4))
     async with databases.open(tmp_path / "first", "orders", MIGRATIONS) as database:
-        assert await database.applied_versions() == [1]
+        assert await database.applied_versions() == [m.version for m in MIGRATIONS]
         async with serving(
             registration(SqlOrdersStore(database), GrpcCatalog(catalog_channel))
         ) as channel:
@@ -364,3 +370,63 @@ async def test_orders_survive_a_restart(
                 pb.GetOrderRequest(id=placed.id), metadata=ALICE
             )
     assert fetched.order == placed
+
+
+@pytest.fixture
+async def bounded_orders(
+    database: Database, catalog_channel: grpc.aio.Channel
+) -> AsyncIterator[Any]:
+    """Orders that hold at most 3 PENDING orders placed in the last minute, 2 a customer's."""
+    backlog = Backlog(total=3, per_client=2)
+    store = SqlOrdersStore(database)
+    async with serving(registration(store, GrpcCatalog(catalog_channel), backlog)) as channel:
+        yield pb_grpc.OrdersServiceStub(channel)
+
+
+def quota_and_retry(error: grpc.aio.AioRpcError) -> tuple[list[str], float]:
+    """The subjects of a refusal's QuotaFailure, and its RetryInfo's delay in seconds."""
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    assert status is not None
+    quota, retry = error_details_pb2.QuotaFailure(), error_details_pb2.RetryInfo()
+    assert status.details[1].Unpack(quota)
+    assert status.details[2].Unpack(retry)
+    return [v.subject for v in quota.violations], retry.retry_delay.ToTimedelta().total_seconds()
+
+
+async def test_a_customer_with_a_full_backlog_is_refused_until_an_order_ends(
+    bounded_orders: Any, tea: str
+) -> None:
+    first = await place(bounded_orders, line(tea), request_id="r1")
+    await place(bounded_orders, line(tea), request_id="r2")
+    refused = await failure_of(bounded_orders.PlaceOrder, place_request(line(tea)))
+    assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert error_reason(refused) == "TOO_MANY_PENDING_ORDERS"
+    assert "2 orders still being processed" in (refused.details() or "")
+    assert quota_and_retry(refused) == (["customer:alice"], 1.0)
+    # A request already served is served again: the backlog refuses only new orders.
+    assert (await place(bounded_orders, line(tea), request_id="r1")).id == first.id
+    await bounded_orders.CancelOrder(pb.CancelOrderRequest(id=first.id), metadata=ALICE)
+    assert (await place(bounded_orders, line(tea))).status == pb.ORDER_STATUS_PENDING
+
+
+async def test_when_the_shops_backlog_is_full_every_customer_is_refused(
+    bounded_orders: Any, tea: str
+) -> None:
+    await place(bounded_orders, line(tea))
+    await place(bounded_orders, line(tea))
+    await place(bounded_orders, line(tea), metadata=BOB)
+    refused = await failure_of(bounded_orders.PlaceOrder, place_request(line(tea)), metadata=BOB)
+    assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert error_reason(refused) == "ORDER_BACKLOG_FULL"
+    assert quota_and_retry(refused) == (["service:orders"], 1.0)
+
+
+async def test_orders_pending_for_longer_than_the_window_are_stuck_not_backlog(
+    bounded_orders: Any, database: Database, tea: str
+) -> None:
+    for _ in range(2):
+        await place(bounded_orders, line(tea))
+    placed = datetime.now(UTC) - BACKLOG_WINDOW - timedelta(seconds=1)
+    async with database.transaction() as connection:
+        await connection.execute(orders_table.update().values(create_time=placed))
+    assert (await place(bounded_orders, line(tea))).status == pb.ORDER_STATUS_PENDING

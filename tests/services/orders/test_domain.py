@@ -9,7 +9,14 @@ from typing import Any
 
 import pytest
 
-from mesh.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from mesh.admission import Backlog
+from mesh.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+)
 from mesh.money import Money
 from services.orders import handlers
 from services.orders.domain import (
@@ -63,6 +70,18 @@ class FakeOrders:
         if before is not None:
             mine = [o for o in mine if (o.create_time, o.id) < before]
         return mine[:limit]
+
+    async def count_pending(
+        self, placed_since: datetime, limit: int, customer_id: str | None = None
+    ) -> int:
+        pending = [
+            o
+            for o in self.orders.values()
+            if o.status is OrderStatus.PENDING
+            and o.create_time >= placed_since
+            and customer_id in (None, o.customer_id)
+        ]
+        return min(len(pending), limit)
 
     async def enqueue_event(self, envelope: events_pb2.EventEnvelope) -> None:
         self.events.append(envelope)
@@ -290,3 +309,21 @@ async def test_list_pages_through_the_callers_orders_newest_first(
     assert seen == newest_first
     with pytest.raises(PermissionDenied):
         await handlers.list_orders(store, handlers.ListOrders("alice", "bob", 0, ""))
+
+
+async def test_a_full_backlog_refuses_new_orders_before_the_catalog_is_asked(
+    store: FakeOrders, catalog: FakeCatalog
+) -> None:
+    backlog = Backlog(total=3, per_client=1)
+    await handlers.place_order(store, catalog, place(("tea", 1)), backlog)
+    with pytest.raises(ResourceExhausted) as mine:
+        await handlers.place_order(store, catalog, place(("tea", 1)), backlog)
+    assert mine.value.reason == "TOO_MANY_PENDING_ORDERS"
+    await handlers.place_order(store, catalog, place(("tea", 1), caller="bob"), backlog)
+    await handlers.place_order(store, catalog, place(("tea", 1), caller="carol"), backlog)
+    asked = catalog.calls
+    with pytest.raises(ResourceExhausted) as everyones:
+        await handlers.place_order(store, catalog, place(("tea", 1), caller="dave"), backlog)
+    assert everyones.value.reason == "ORDER_BACKLOG_FULL"
+    assert catalog.calls == asked
+    assert len(store.orders) == 3
