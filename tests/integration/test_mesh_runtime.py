@@ -22,6 +22,7 @@ import pytest
 
 from mesh import events
 from mesh.pki import leaf, self_signed_ca
+from mesh.supervisor import BACKGROUND_NICENESS
 from shop.catalog.v1 import catalog_service_pb2 as catalog_pb
 from shop.catalog.v1 import catalog_service_pb2_grpc as catalog_grpc
 from shop.events.v1 import events_pb2
@@ -30,6 +31,7 @@ from shop.inventory.v1 import inventory_service_pb2_grpc as inventory_grpc
 from shop.payments.v1 import payments_service_pb2 as payments_pb
 from shop.payments.v1 import payments_service_pb2_grpc as payments_grpc
 from tests.integration.conftest import RunningMesh, grpcurl
+from tests.support.processes import niceness_of_every_thread
 
 pytestmark = pytest.mark.integration
 
@@ -61,6 +63,22 @@ def _outbound(mesh: RunningMesh, instance: str, dependency: str) -> str:
 
 
 # -- status -------------------------------------------------------------------------------
+
+
+def test_the_sagas_services_nats_and_the_trace_store_run_behind_the_serving_ones(
+    mesh: RunningMesh,
+) -> None:
+    state = mesh.state()
+    ours = os.getpriority(os.PRIO_PROCESS, 0)
+    background = {"inventory", "payments", "processor", "shipping", "notifications"}
+    for instance in state["instances"]:
+        expected = ours + (BACKGROUND_NICENESS if instance["service"] in background else 0)
+        for pid in (instance["app_pid"], instance["sidecar_pid"]):
+            assert niceness_of_every_thread(pid) == {expected}, instance["instance"]
+    for behind in (state["nats"]["pid"], state["traces"]["pid"]):
+        assert niceness_of_every_thread(behind) == {ours + BACKGROUND_NICENESS}
+    for serving in (state["edge"]["pid"], state["edge"]["companion_pid"]):
+        assert niceness_of_every_thread(serving) == {ours}
 
 
 def test_status_reports_every_instance_healthy(mesh: RunningMesh) -> None:

@@ -13,6 +13,7 @@ import pytest
 
 from mesh.plan import InstancePlan
 from mesh.supervisor import Instance, ManagedProcess, Probed, health, in_turn
+from tests.support.processes import niceness_of_every_thread
 
 
 @pytest.mark.parametrize("count", [1, 7, 8, 9, 20])
@@ -46,14 +47,6 @@ def test_a_probe_from_before_a_restart_says_nothing_of_the_restarted_instance() 
 
 def test_an_instance_waiting_to_restart_is_restarting_whatever_was_probed() -> None:
     assert health(instance(started_at=10.0, restart_at=12.0), Probed(True, at=11.0)) == "RESTARTING"
-
-
-def niceness_of_every_thread(pid: int) -> set[int]:
-    """The niceness of each thread of `pid` (field 19 of /proc/PID/task/TID/stat)."""
-    tasks = Path(f"/proc/{pid}/task")
-    return {
-        int((task / "stat").read_text().rsplit(")", 1)[1].split()[16]) for task in tasks.iterdir()
-    }
 
 
 @pytest.mark.parametrize("niceness", [0, 10])
