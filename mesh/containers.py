@@ -72,7 +72,6 @@ USER = "10001:10001"
 
 ENVOY_BOOTSTRAP = "envoy.yaml"
 NATS_CONFIG = "nats.conf"
-#: The Jaeger release that takes the spans (OTLP/gRPC) and shows them.
 #: The CPU a container of a `background` service (mesh.yaml `priority`) gets against a
 #: serving one's when they contend: about what niceness 10 weighs against 0 in the local
 #: mesh (110 against 1024).
@@ -84,6 +83,7 @@ def cpu_share(topology: Topology, service: str) -> float:
     return BACKGROUND_CPU_SHARE if topology.services[service].priority == BACKGROUND else 1.0
 
 
+#: The Jaeger release that takes the spans (OTLP/gRPC) and shows them.
 JAEGER_VERSION = "2.12.0"
 JAEGER_HEALTH_PORT = 13133
 JAEGER_UI_PORT = 16686

@@ -154,7 +154,11 @@ _ERRORS: tuple[tuple[str, str, str], ...] = (
     ("401", "Unauthenticated", "UNAUTHENTICATED: the bearer token is missing or invalid."),
     ("403", "PermissionDenied", "PERMISSION_DENIED: the token lacks a scope or a right."),
     ("404", "NotFound", "NOT_FOUND: the resource does not exist or is not the caller's."),
-    ("429", "ResourceExhausted", "RESOURCE_EXHAUSTED: rate limited; retry later."),
+    (
+        "429",
+        "ResourceExhausted",
+        "RESOURCE_EXHAUSTED: a rate limit or quota is used up; retry later.",
+    ),
     ("500", "Internal", "INTERNAL, UNKNOWN or DATA_LOSS: a fault of the service."),
     ("503", "Unavailable", "UNAVAILABLE: the service cannot be reached now; retry later."),
     ("default", "Error", "Any other failure, as a google.rpc.Status."),

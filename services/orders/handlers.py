@@ -113,7 +113,8 @@ async def check_backlog(tx: OrdersTransaction, backlog: Backlog | None, customer
     """Refuse a new order while the customer's PENDING orders, or everyone's, reach the
     backlog's bounds: sagas that fall behind are not fed faster than they finish, and one
     customer cannot take the whole of it. Orders placed before `BACKLOG_WINDOW` are stuck
-    rather than queued and do not count."""
+    rather than queued and do not count. Counted before the write, as a bound on the
+    saga's lag rather than an exact quota: the few orders in flight at once may pass it."""
     if backlog is None:
         return
     since = utc_now() - BACKLOG_WINDOW
