@@ -548,6 +548,13 @@ CRASH_STOCK = 1_000_000
 #: in all, pausing between them; orders takes a few seconds to come back.
 PLACE_ATTEMPTS = 10
 RETRY_PAUSE_SECONDS = 0.5
+#: A placement refused with a 429 that carries a `RetryInfo` (the customer's orders still
+#: being processed fill orders' backlog while the kills hold the saga up) is sent again
+#: after the delay it names, doubled for each refusal before (at most the longest pause
+#: below), so the clients waiting do not take the CPU the saga needs to catch up; for
+#: as long as this after it was first sent.
+BACKLOG_PATIENCE_SECONDS = 120.0
+LONGEST_BACKLOG_PAUSE_SECONDS = 8.0
 #: How long the stock may take to follow the orders once they ended: inventory takes a
 #: confirmed order's units out when it consumes `order_confirmed`, after orders decided.
 STOCK_SETTLE_SECONDS = 30.0
@@ -599,6 +606,9 @@ class Placement:
     order_id: str | None = None
     """Set once PlaceOrder answered 200: the order is acknowledged."""
     retries: int = 0
+    """Tries sent again after a 5xx or no answer."""
+    waits: int = 0
+    """Tries sent again after a refusal to wait (429 with a `RetryInfo`)."""
     failure: str = ""
     """Why the last try failed."""
     sent_at: float = 0.0
@@ -621,10 +631,27 @@ async def place_with_retries(
             return
         except CALL_ERRORS as error:
             placement.failure = f"{type(error).__name__}: {error}"
-            if not worth_retrying(error) or placement.retries + 1 >= PLACE_ATTEMPTS:
+            pause = retry_pause(error, placement)
+            if pause is None:
                 return
-        placement.retries += 1
-        await asyncio.sleep(RETRY_PAUSE_SECONDS)
+        await asyncio.sleep(pause)
+
+
+def retry_pause(error: Exception, placement: Placement) -> float | None:
+    """How long to wait before sending `placement` again after `error`; None: give up.
+    A refusal to wait (429 with a `RetryInfo`) waits what it says and more each time,
+    within BACKLOG_PATIENCE_SECONDS; a 5xx or no answer counts against PLACE_ATTEMPTS."""
+    delay = loadgen.retry_delay(error) if isinstance(error, loadgen.HttpStatusError) else None
+    if delay is not None:
+        pause = min(delay * 2.0**placement.waits, max(delay, LONGEST_BACKLOG_PAUSE_SECONDS))
+        if time.perf_counter() - placement.sent_at + pause > BACKLOG_PATIENCE_SECONDS:
+            return None
+        placement.waits += 1
+        return pause
+    if not worth_retrying(error) or placement.retries + 1 >= PLACE_ATTEMPTS:
+        return None
+    placement.retries += 1
+    return RETRY_PAUSE_SECONDS
 
 
 async def burst(shopper: Shopper, orders: int, rate: float) -> tuple[list[Placement], float]:
@@ -780,7 +807,10 @@ def judge_crash(outcome: CrashOutcome, plan: CrashPlan) -> Verdict:
         "orders attempted": len(placements),
         "orders acknowledged": len(acknowledged),
         "client retries": sum(p.retries for p in placements),
-        "most tries of one placement": max((p.retries + 1 for p in placements), default=0),
+        "refusals to wait, waited out": sum(p.waits for p in placements),
+        "most tries of one placement": max(
+            (p.retries + p.waits + 1 for p in placements), default=0
+        ),
         "kills": len(outcome.kills),
         **{f"kill {n}": k.describe() for n, k in enumerate(outcome.kills, 1)},
         "supervisor restarts": f"{outcome.restarted.total()} ({counts(outcome.restarted)})",

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import json
 import math
 import time
 from array import array
@@ -212,6 +213,25 @@ class HttpStatusError(Exception):
         self.status = status
         self.body = body
         self.kind = f"HTTP {status}"
+
+
+def retry_delay(error: HttpStatusError) -> float | None:
+    """The seconds a refusal to wait (429) asks for in its JSON body's `RetryInfo`
+    (`{"@type": ".../google.rpc.RetryInfo", "retryDelay": "1s"}`); None if it names none."""
+    if error.status != 429:
+        return None
+    try:
+        details = json.loads(error.body).get("details", [])
+    except (ValueError, AttributeError):
+        return None
+    delays = [
+        float(str(detail["retryDelay"]).removesuffix("s"))
+        for detail in details
+        if isinstance(detail, dict)
+        and str(detail.get("@type", "")).endswith("/google.rpc.RetryInfo")
+        and "retryDelay" in detail
+    ]
+    return max(delays, default=None)
 
 
 def http_request(

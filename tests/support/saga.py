@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 
+from mesh import loadgen
 from tests.integration.conftest import RunningMesh, bearer
 
 ADDRESS = {"regionCode": "DE", "postalCode": "10115", "addressLines": ["Hauptstr. 1"]}
@@ -40,21 +41,28 @@ def place(
     address: dict[str, Any] = ADDRESS,
     attempts: int = 1,
 ) -> str:
-    """Place an order; on a 5xx, try again with the same request id (`attempts` in all),
-    as a client does while the orders service restarts."""
+    """Place an order; on a 5xx (the orders service restarting, or refusing for load), or a
+    429 with a `RetryInfo` (the customer's orders still being processed fill the backlog),
+    try again with the same request id after a while (`attempts` in all), as a client does."""
     order = {"lines": [{"productId": product_id, "quantity": quantity}],
              "shippingAddress": address, "paymentToken": payment_token,
              "requestId": str(uuid.uuid4())}  # fmt: skip
-    for _ in range(attempts - 1):
+    for attempt in range(1, attempts + 1):
         placed = edge.post("/v1/orders", json=order, headers=bearer(token))
-        if placed.status_code < 500:
+        delay = _retry_delay(placed)
+        if delay is None or attempt == attempts:
             break
-        time.sleep(0.25)
-    else:
-        placed = edge.post("/v1/orders", json=order, headers=bearer(token))
+        time.sleep(delay)
     assert placed.status_code == 200, placed.text
     order_id: str = placed.json()["order"]["id"]
     return order_id
+
+
+def _retry_delay(response: httpx.Response) -> float | None:
+    """How long a client waits before sending a refused request again; None: it does not."""
+    if response.status_code >= 500:
+        return 0.25
+    return loadgen.retry_delay(loadgen.HttpStatusError(response.status_code, response.content))
 
 
 def get_order(edge: httpx.Client, token: str, order_id: str) -> dict[str, Any]:

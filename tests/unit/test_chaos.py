@@ -413,3 +413,50 @@ def test_faults_fails_when_no_fault_was_injected_or_the_stock_is_off() -> None:
         "no aborts injected: the faults did not happen",
         "no delays injected: the faults did not happen",
     ]
+
+
+def backlog_full(delay: str = "1s") -> loadgen.HttpStatusError:
+    body = {"code": 8, "message": "you have 100 orders still being processed",
+            "details": [{"@type": "type.googleapis.com/google.rpc.RetryInfo",
+                         "retryDelay": delay}]}  # fmt: skip
+    return loadgen.HttpStatusError(429, json.dumps(body).encode())
+
+
+@pytest.mark.parametrize(
+    ("error", "delay"),
+    [
+        (backlog_full("1s"), 1.0),
+        (backlog_full("0.050s"), 0.05),
+        (loadgen.HttpStatusError(429, b'{"code": 8, "message": "rate limited"}'), None),
+        (loadgen.HttpStatusError(429, b"not json"), None),
+        (loadgen.HttpStatusError(503, json.dumps({"details": []}).encode()), None),
+    ],
+)
+def test_a_refusal_to_wait_names_its_delay_in_its_retry_info(
+    error: loadgen.HttpStatusError, delay: float | None
+) -> None:
+    assert loadgen.retry_delay(error) == delay
+
+
+@pytest.mark.usefixtures("no_pause")
+async def test_a_placement_refused_for_the_backlog_waits_as_told_within_its_patience(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pauses: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+
+    monkeypatch.setattr(asyncio, "sleep", sleep)
+    monkeypatch.setattr(chaos, "BACKLOG_PATIENCE_SECONDS", 1000.0)
+    orders = FlakyOrders(*[backlog_full("1s")] * 12)
+    placement = chaos.Placement(b"request", units=1)
+    await chaos.place_with_retries(orders.place, placement)
+    # More refusals than PLACE_ATTEMPTS: a refusal to wait is not a failure to answer.
+    assert (placement.order_id, placement.retries, placement.waits) == ("order-1", 0, 12)
+    assert pauses == [1.0, 2.0, 4.0] + [chaos.LONGEST_BACKLOG_PAUSE_SECONDS] * 9
+    monkeypatch.setattr(chaos, "BACKLOG_PATIENCE_SECONDS", 0.5)
+    placement = chaos.Placement(b"request", units=1)
+    await chaos.place_with_retries(FlakyOrders(backlog_full("1s")).place, placement)
+    assert placement.order_id is None
+    assert placement.failure.startswith("HttpStatusError: HTTP 429")
