@@ -236,11 +236,12 @@ def test_a_non_idempotent_call_that_may_have_been_applied_is_not_retried(
         for pid in inventory_pids:
             os.kill(pid, signal.SIGSTOP)
         try:
-            with pytest.raises(grpc.RpcError):
+            with pytest.raises(grpc.RpcError) as failed:
                 stub.CreateProduct(request, timeout=10)
         finally:
             for pid in inventory_pids:
                 os.kill(pid, signal.SIGCONT)
+        ended = f"{failed.value.code()}: {failed.value.details()}"
         after = mesh.stats("orders-0")
         # One try, given the whole deadline of the route (a per-try timeout would only cut
         # it short): it ended at that deadline, cut by orders' sidecar, or a moment
@@ -248,7 +249,7 @@ def test_a_non_idempotent_call_that_may_have_been_applied_is_not_retried(
         cut = "http.outbound_catalog.downstream_rq_max_duration_reached"
         cut_on = "http.outbound_inventory.downstream_rq_max_duration_reached"
         cut_before = before.get(cut, 0) + catalog_before.get(cut_on, 0)
-        assert after.get(cut, 0) + mesh.stats("catalog-0").get(cut_on, 0) > cut_before
+        assert after.get(cut, 0) + mesh.stats("catalog-0").get(cut_on, 0) > cut_before, ended
         assert after.get("cluster.catalog.upstream_rq_per_try_timeout", 0) == before.get(
             "cluster.catalog.upstream_rq_per_try_timeout", 0
         )
