@@ -543,18 +543,16 @@ async def play_poison(mesh: trial.TrialMesh, short: bool) -> Verdict:
 CRASHED = ("shipping", "payments", "inventory", "orders", NATS)
 #: Enough that no order is refused for want of stock: every one must be CONFIRMED.
 CRASH_STOCK = 1_000_000
-#: A client sends a placement that met a 5xx or no answer again (the same bytes, so the
-#: same request id: PlaceOrder stores one order per request id), up to this many tries
-#: in all, pausing between them; orders takes a few seconds to come back.
-PLACE_ATTEMPTS = 10
+#: A client sends a placement that met a 5xx, no answer or a 429 that says when to try
+#: again (the same bytes, so the same request id: PlaceOrder stores one order per request
+#: id) after a pause: the delay the refusal names (`RetryInfo`: orders' backlog full while
+#: the kills hold the saga up), else RETRY_PAUSE_SECONDS, doubled for each try before
+#: (at most LONGEST_PAUSE_SECONDS), so the clients waiting do not take the CPU the saga
+#: needs to catch up; for as long as PATIENCE_SECONDS after it was first sent. Orders
+#: takes a few seconds to come back from a kill.
 RETRY_PAUSE_SECONDS = 0.5
-#: A placement refused with a 429 that carries a `RetryInfo` (the customer's orders still
-#: being processed fill orders' backlog while the kills hold the saga up) is sent again
-#: after the delay it names, doubled for each refusal before (at most the longest pause
-#: below), so the clients waiting do not take the CPU the saga needs to catch up; for
-#: as long as this after it was first sent.
-BACKLOG_PATIENCE_SECONDS = 120.0
-LONGEST_BACKLOG_PAUSE_SECONDS = 8.0
+LONGEST_PAUSE_SECONDS = 8.0
+PATIENCE_SECONDS = 120.0
 #: How long the stock may take to follow the orders once they ended: inventory takes a
 #: confirmed order's units out when it consumes `order_confirmed`, after orders decided.
 STOCK_SETTLE_SECONDS = 30.0
@@ -606,9 +604,6 @@ class Placement:
     order_id: str | None = None
     """Set once PlaceOrder answered 200: the order is acknowledged."""
     retries: int = 0
-    """Tries sent again after a 5xx or no answer."""
-    waits: int = 0
-    """Tries sent again after a refusal to wait (429 with a `RetryInfo`)."""
     failure: str = ""
     """Why the last try failed."""
     sent_at: float = 0.0
@@ -623,7 +618,7 @@ async def place_with_retries(
     place: Callable[[bytes], Awaitable[str]], placement: Placement
 ) -> None:
     """Place the order with `place` (`Shopper.place`) as a client does while orders
-    restarts (see PLACE_ATTEMPTS)."""
+    restarts or refuses (see PATIENCE_SECONDS)."""
     placement.sent_at = time.perf_counter()
     while True:
         try:
@@ -638,20 +633,17 @@ async def place_with_retries(
 
 
 def retry_pause(error: Exception, placement: Placement) -> float | None:
-    """How long to wait before sending `placement` again after `error`; None: give up.
-    A refusal to wait (429 with a `RetryInfo`) waits what it says and more each time,
-    within BACKLOG_PATIENCE_SECONDS; a 5xx or no answer counts against PLACE_ATTEMPTS."""
+    """How long to wait before sending `placement` again after `error` (see
+    PATIENCE_SECONDS); None: give up."""
     delay = loadgen.retry_delay(error) if isinstance(error, loadgen.HttpStatusError) else None
-    if delay is not None:
-        pause = min(delay * 2.0**placement.waits, max(delay, LONGEST_BACKLOG_PAUSE_SECONDS))
-        if time.perf_counter() - placement.sent_at + pause > BACKLOG_PATIENCE_SECONDS:
-            return None
-        placement.waits += 1
-        return pause
-    if not worth_retrying(error) or placement.retries + 1 >= PLACE_ATTEMPTS:
+    if delay is None and not worth_retrying(error):
+        return None
+    base = RETRY_PAUSE_SECONDS if delay is None else delay
+    pause = min(base * 2.0**placement.retries, max(base, LONGEST_PAUSE_SECONDS))
+    if time.perf_counter() - placement.sent_at + pause > PATIENCE_SECONDS:
         return None
     placement.retries += 1
-    return RETRY_PAUSE_SECONDS
+    return pause
 
 
 async def burst(shopper: Shopper, orders: int, rate: float) -> tuple[list[Placement], float]:
@@ -807,10 +799,7 @@ def judge_crash(outcome: CrashOutcome, plan: CrashPlan) -> Verdict:
         "orders attempted": len(placements),
         "orders acknowledged": len(acknowledged),
         "client retries": sum(p.retries for p in placements),
-        "refusals to wait, waited out": sum(p.waits for p in placements),
-        "most tries of one placement": max(
-            (p.retries + p.waits + 1 for p in placements), default=0
-        ),
+        "most tries of one placement": max((p.retries + 1 for p in placements), default=0),
         "kills": len(outcome.kills),
         **{f"kill {n}": k.describe() for n, k in enumerate(outcome.kills, 1)},
         "supervisor restarts": f"{outcome.restarted.total()} ({counts(outcome.restarted)})",
@@ -830,8 +819,8 @@ def judge_crash(outcome: CrashOutcome, plan: CrashPlan) -> Verdict:
     })  # fmt: skip
     verdict.require(
         not unacknowledged,
-        f"{len(unacknowledged)} placements never acknowledged, the first after "
-        f"{PLACE_ATTEMPTS} tries: {unacknowledged[0].failure if unacknowledged else ''}",
+        f"{len(unacknowledged)} placements never acknowledged within {PATIENCE_SECONDS:g} s, "
+        f"the first: {unacknowledged[0].failure if unacknowledged else ''}",
     )
     planned = len(plan.kill_at)
     verdict.require(len(outcome.kills) == planned, f"{len(outcome.kills)} of {planned} kills")

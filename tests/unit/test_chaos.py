@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from array import array
 from collections import Counter
 from pathlib import Path
@@ -216,13 +217,16 @@ async def test_a_placement_is_sent_again_as_it_was_until_acknowledged() -> None:
     assert orders.requests == [b"POST /v1/orders request-1"] * 3
 
 
-@pytest.mark.usefixtures("no_pause")
-async def test_a_placement_gives_up_after_its_tries_and_never_retries_a_refusal() -> None:
-    down = FlakyOrders(*[loadgen.HttpStatusError(503, b"no healthy upstream")] * 20)
+async def test_a_placement_gives_up_after_its_patience_and_never_retries_a_refusal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pauses = pauses_taken(monkeypatch)
+    down = FlakyOrders(*[loadgen.HttpStatusError(503, b"no healthy upstream")] * 100)
     placement = chaos.Placement(b"request", units=1)
     await chaos.place_with_retries(down.place, placement)
     assert placement.order_id is None
-    assert len(down.requests) == chaos.PLACE_ATTEMPTS
+    assert sum(pauses) <= chaos.PATIENCE_SECONDS < sum(pauses) + chaos.LONGEST_PAUSE_SECONDS
+    assert len(down.requests) == len(pauses) + 1
     assert placement.failure == "HttpStatusError: HTTP 503: no healthy upstream"
     refused = FlakyOrders(loadgen.HttpStatusError(400, b"bad request"))
     placement = chaos.Placement(b"request", units=1)
@@ -331,7 +335,7 @@ def test_a_placement_never_acknowledged_or_a_kill_not_replaced_fails_crash_saga(
     outcome.kills[4] = chaos.Kill(scenario.NATS, scenario.NATS_PART, pid=7, died=True)
     verdict = judged(outcome)
     assert verdict.failures == [
-        f"1 placements never acknowledged, the first after {chaos.PLACE_ATTEMPTS} tries: "
+        f"1 placements never acknowledged within {chaos.PATIENCE_SECONDS:g} s, the first: "
         "HttpStatusError: HTTP 503: x",
         "nats server pid 7 died, not replaced",
     ]
@@ -438,24 +442,32 @@ def test_a_refusal_to_wait_names_its_delay_in_its_retry_info(
     assert loadgen.retry_delay(error) == delay
 
 
-@pytest.mark.usefixtures("no_pause")
-async def test_a_placement_refused_for_the_backlog_waits_as_told_within_its_patience(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def pauses_taken(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The pauses `place_with_retries` takes from now on, none of them slept, and each
+    counted as passed time."""
     pauses: list[float] = []
+    clock = [0.0]
 
     async def sleep(seconds: float) -> None:
         pauses.append(seconds)
+        clock[0] += seconds
 
     monkeypatch.setattr(asyncio, "sleep", sleep)
-    monkeypatch.setattr(chaos, "BACKLOG_PATIENCE_SECONDS", 1000.0)
-    orders = FlakyOrders(*[backlog_full("1s")] * 12)
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
+    return pauses
+
+
+async def test_a_placement_refused_for_the_backlog_waits_as_told_and_longer_each_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pauses = pauses_taken(monkeypatch)
+    orders = FlakyOrders(*[backlog_full("1s")] * 8, loadgen.HttpStatusError(503, b""))
     placement = chaos.Placement(b"request", units=1)
     await chaos.place_with_retries(orders.place, placement)
-    # More refusals than PLACE_ATTEMPTS: a refusal to wait is not a failure to answer.
-    assert (placement.order_id, placement.retries, placement.waits) == ("order-1", 0, 12)
-    assert pauses == [1.0, 2.0, 4.0] + [chaos.LONGEST_BACKLOG_PAUSE_SECONDS] * 9
-    monkeypatch.setattr(chaos, "BACKLOG_PATIENCE_SECONDS", 0.5)
+    assert (placement.order_id, placement.retries) == ("order-1", 9)
+    longest = chaos.LONGEST_PAUSE_SECONDS
+    assert pauses == [1.0, 2.0, 4.0, longest, longest, longest, longest, longest, longest]
+    monkeypatch.setattr(chaos, "PATIENCE_SECONDS", 0.5)
     placement = chaos.Placement(b"request", units=1)
     await chaos.place_with_retries(FlakyOrders(backlog_full("1s")).place, placement)
     assert placement.order_id is None
