@@ -3,8 +3,8 @@
 Every step another service reports is added to the order's history, with its time.
 The order ends exactly once, and says so with one event:
 
-* `ShipmentScheduled` -> CONFIRMED (`OrderConfirmed`): stock held, money taken, parcel
-  scheduled.
+* `ShipmentScheduled` and `PaymentCaptured`, whichever comes last -> CONFIRMED
+  (`OrderConfirmed`): stock held, money taken, parcel scheduled.
 * `StockRejected` -> CANCELLED (`OrderCancelled`): nothing was done, nothing to undo.
 * `PaymentDeclined` or `ShipmentFailed` -> a failed step; the other services compensate
   in reverse (payments refunds after a failed shipment, inventory releases after a
@@ -63,7 +63,7 @@ def _captured(order: Order, envelope: events_pb2.EventEnvelope) -> Order:
     event = envelope.payment_captured
     detail = f"{Money.from_proto(event.amount)} captured."
     captured = with_step(order, "PaymentCaptured", StepOutcome.SUCCEEDED, detail, _now(envelope))
-    return replace(captured, payment_id=event.payment_id)
+    return _confirmed_when_done(replace(captured, payment_id=event.payment_id), envelope)
 
 
 def _declined(order: Order, envelope: events_pb2.EventEnvelope) -> Order:
@@ -79,9 +79,22 @@ def _scheduled(order: Order, envelope: events_pb2.EventEnvelope) -> Order:
         shipment_id=event.shipment_id,
         tracking_number=event.tracking_number,
     )
-    if scheduled.status is not OrderStatus.PENDING:
-        return scheduled
-    return ended(scheduled, OrderStatus.CONFIRMED, "The order is confirmed.", _now(envelope))
+    return _confirmed_when_done(scheduled, envelope)
+
+
+#: The steps a PENDING order is CONFIRMED after, in whichever order their events come.
+CONFIRMING_STEPS = frozenset({"PaymentCaptured", "ShipmentScheduled"})
+
+
+def _confirmed_when_done(order: Order, envelope: events_pb2.EventEnvelope) -> Order:
+    """`order` CONFIRMED once its history has every one of CONFIRMING_STEPS, if it is
+    still PENDING. Shipping schedules only after the capture, but after a crash of
+    orders' consumer the capture's event comes again after the scheduling's, and an
+    order is not confirmed without the payment it records."""
+    recorded = {step.name for step in order.history}
+    if order.status is not OrderStatus.PENDING or not CONFIRMING_STEPS.issubset(recorded):
+        return order
+    return ended(order, OrderStatus.CONFIRMED, "The order is confirmed.", _now(envelope))
 
 
 def _shipment_failed(order: Order, envelope: events_pb2.EventEnvelope) -> Order:

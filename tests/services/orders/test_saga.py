@@ -63,6 +63,27 @@ def test_a_scheduled_shipment_confirms_a_pending_order() -> None:
     assert captured.history[-1].detail == "6.00 EUR captured."
 
 
+def test_a_capture_that_comes_after_the_scheduling_confirms_the_order_then() -> None:
+    reserved = apply(order(), "inventory", "stock_reserved", events_pb2.StockReserved())
+    scheduled = apply(
+        reserved,
+        "shipping",
+        "shipment_scheduled",
+        events_pb2.ShipmentScheduled(shipment_id="s1", tracking_number="SHPX", carrier="DHL"),
+    )
+    assert (scheduled.status, scheduled.payment_id) == (OrderStatus.PENDING, "")
+    confirmed = apply(
+        scheduled,
+        "payments",
+        "payment_captured",
+        events_pb2.PaymentCaptured(payment_id="pay1", amount=Money("EUR", 600).to_proto()),
+    )
+    assert (confirmed.status, confirmed.payment_id) == (OrderStatus.CONFIRMED, "pay1")
+    assert [s.name for s in confirmed.history] == [
+        "OrderPlaced", "StockReserved", "ShipmentScheduled", "PaymentCaptured", "OrderConfirmed",
+    ]  # fmt: skip
+
+
 def test_a_failure_cancels_only_once_its_compensation_is_done() -> None:
     declined = apply(
         order(), "payments", "payment_declined", events_pb2.PaymentDeclined(reason="card_declined")
