@@ -635,7 +635,9 @@ async def place_with_retries(
 def retry_pause(error: Exception, placement: Placement) -> float | None:
     """How long to wait before sending `placement` again after `error` (see
     PATIENCE_SECONDS); None: give up."""
-    delay = loadgen.retry_delay(error) if isinstance(error, loadgen.HttpStatusError) else None
+    delay = None
+    if isinstance(error, loadgen.HttpStatusError):
+        delay = loadgen.retry_delay(error.status, error.body)
     if delay is None and not worth_retrying(error):
         return None
     base = RETRY_PAUSE_SECONDS if delay is None else delay

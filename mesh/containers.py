@@ -39,7 +39,7 @@ from mesh.events import NatsSettings
 from mesh.pki import MeshPKI
 from mesh.plan import EdgePlan, InstancePlan, MeshPlan
 from mesh.service import environment
-from mesh.topology import BACKGROUND, Topology
+from mesh.topology import Topology
 
 APP_PORT = 50051
 METRICS_PORT = 9090
@@ -80,7 +80,7 @@ BACKGROUND_CPU_SHARE = 0.1
 
 def cpu_share(topology: Topology, service: str) -> float:
     """`service`'s containers' share of a contended CPU, relative to a serving service's."""
-    return BACKGROUND_CPU_SHARE if topology.services[service].priority == BACKGROUND else 1.0
+    return BACKGROUND_CPU_SHARE if topology.services[service].background else 1.0
 
 
 #: The Jaeger release that takes the spans (OTLP/gRPC) and shows them.

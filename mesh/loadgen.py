@@ -215,13 +215,13 @@ class HttpStatusError(Exception):
         self.kind = f"HTTP {status}"
 
 
-def retry_delay(error: HttpStatusError) -> float | None:
+def retry_delay(status: int, body: bytes) -> float | None:
     """The seconds a refusal to wait (429) asks for in its JSON body's `RetryInfo`
     (`{"@type": ".../google.rpc.RetryInfo", "retryDelay": "1s"}`); None if it names none."""
-    if error.status != 429:
+    if status != 429:
         return None
     try:
-        details = json.loads(error.body).get("details", [])
+        details = json.loads(body).get("details", [])
     except (ValueError, AttributeError):
         return None
     delays = [

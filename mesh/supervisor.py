@@ -44,7 +44,7 @@ from mesh.pki import MeshPKI
 from mesh.plan import InstancePlan, MeshPlan, make_plan
 from mesh.probe import app_serving, http_ok
 from mesh.procstat import rss_kib
-from mesh.topology import BACKGROUND, Topology
+from mesh.topology import Topology
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +244,7 @@ class Supervisor:
                 envoy.sidecar_config(self.topology, self.plan, plan, self.api, sds),
                 self.run_dir / "envoy" / plan.name / "envoy.yaml",
             )
-            background = self.topology.services[plan.service].priority == BACKGROUND
+            background = self.topology.services[plan.service].background
             niceness = BACKGROUND_NICENESS if background else 0
             app = ManagedProcess(
                 plan.name,

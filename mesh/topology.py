@@ -218,6 +218,11 @@ class Service:
     priority: str = SERVING
 
     @property
+    def background(self) -> bool:
+        """Whether its processes run on the CPU the serving ones leave (`priority`)."""
+        return self.priority == BACKGROUND
+
+    @property
     def expensive_methods(self) -> frozenset[str]:
         """The names of its methods of cost `expensive`."""
         return frozenset(name for name, m in self.methods.items() if m.cost == EXPENSIVE)

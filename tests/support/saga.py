@@ -62,7 +62,7 @@ def _retry_delay(response: httpx.Response) -> float | None:
     """How long a client waits before sending a refused request again; None: it does not."""
     if response.status_code >= 500:
         return 0.25
-    return loadgen.retry_delay(loadgen.HttpStatusError(response.status_code, response.content))
+    return loadgen.retry_delay(response.status_code, response.content)
 
 
 def get_order(edge: httpx.Client, token: str, order_id: str) -> dict[str, Any]:

@@ -439,7 +439,7 @@ def backlog_full(delay: str = "1s") -> loadgen.HttpStatusError:
 def test_a_refusal_to_wait_names_its_delay_in_its_retry_info(
     error: loadgen.HttpStatusError, delay: float | None
 ) -> None:
-    assert loadgen.retry_delay(error) == delay
+    assert loadgen.retry_delay(error.status, error.body) == delay
 
 
 def pauses_taken(monkeypatch: pytest.MonkeyPatch) -> list[float]:
