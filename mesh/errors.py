@@ -67,6 +67,8 @@ class InvalidArgument(ServiceError):
         return cls(message=f"invalid request: {summary}", violations=violations)
 
     def details(self) -> list[any_pb2.Any]:
+        if not self.violations:
+            return []
         bad_request = error_details_pb2.BadRequest(
             field_violations=[
                 error_details_pb2.BadRequest.FieldViolation(

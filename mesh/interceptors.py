@@ -16,21 +16,27 @@ From the outside in, each unary-unary call gets:
   them is refused with INVALID_ARGUMENT and `BadRequest` details before the servicer
   sees it.
 
+A request whose bytes are not a message of its method's type (corrupt protobuf, a string
+that is not UTF-8) is INVALID_ARGUMENT, saying only that, on every method, streaming
+ones included: gRPC's own answer (UNKNOWN, with the decoder's exception in its message)
+never reaches the caller.
+
 `MeshInterceptor` builds these layers around a method's handler once, on its first call,
 and hands out the same wrapped handler from then on: a call pays for the layers' work,
 not for building them. Every RPC of the shop's contracts is unary; streaming methods
-(health `Watch`, reflection) pass through untouched.
+(health `Watch`, reflection) get only the refusal of undecodable requests.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, cast
 
 import grpc
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 from google.rpc import status_pb2
 
 from mesh import admission, deadlines, metrics, telemetry
@@ -69,15 +75,45 @@ class MeshInterceptor(grpc.aio.ServerInterceptor):
             handler = await continuation(handler_call_details)
             if handler is None:
                 return None
-            wrapped = _wrap_unary(handler, method, self._gates.of(method))
+            wrapped = _wrap(handler, method, self._gates.of(method))
             self._wrapped[method] = wrapped
         return wrapped
 
 
-def _wrap_unary(handler: _Handler, method: str, gates: tuple[admission.Gate, ...]) -> _Handler:
-    """`handler` with its unary-unary behavior in the mesh's layers."""
-    if handler.request_streaming or handler.response_streaming or handler.unary_unary is None:
-        return handler
+class _Undecodable:
+    """What a request becomes whose bytes are not a message of its method's type."""
+
+
+_UNDECODABLE = _Undecodable()
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """`deserializer`, answering `_UNDECODABLE` where it would raise on bad bytes."""
+    if deserializer is None:
+        return None
+
+    def decode(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except DecodeError:
+            return _UNDECODABLE
+
+    return decode
+
+
+def _undecodable() -> InvalidArgument:
+    return InvalidArgument(
+        message="the request could not be decoded: its bytes are not a message of the "
+        "method's request type",
+        reason="MALFORMED_REQUEST",
+    )
+
+
+def _wrap(handler: _Handler, method: str, gates: tuple[admission.Gate, ...]) -> _Handler:
+    """`handler` with its unary-unary behavior in the mesh's layers, or a streaming one
+    refusing undecodable requests."""
+    if handler.request_streaming or handler.response_streaming:
+        return _streaming(handler, method)
     behavior = cast(Behavior, handler.unary_unary)
     for layer in (_validated, _mapped_errors, _measured, telemetry.traced, deadlines.served):
         behavior = layer(behavior, method)
@@ -85,8 +121,60 @@ def _wrap_unary(handler: _Handler, method: str, gates: tuple[admission.Gate, ...
         behavior = _admitted(behavior, method, gates)
     return grpc.unary_unary_rpc_method_handler(
         behavior,
-        request_deserializer=handler.request_deserializer,
+        request_deserializer=_tolerant(handler.request_deserializer),
         response_serializer=handler.response_serializer,
+    )
+
+
+def _streaming(handler: _Handler, method: str) -> _Handler:
+    """A streaming `handler` whose undecodable requests end the call with INVALID_ARGUMENT
+    (the status `_mapped_errors` gives, without the unary layers). Its behavior may be an
+    async generator or a coroutine writing through its context; the wrapper is an async
+    generator for a streamed response, a coroutine for a single one, as gRPC tells them
+    apart by the function's kind."""
+    status = to_status(_undecodable(), _domain(method))
+    behavior: Any = handler.unary_stream or handler.stream_unary or handler.stream_stream
+
+    async def received(requests: AsyncIterator[Any], context: _Context) -> AsyncIterator[Any]:
+        async for request in requests:
+            if isinstance(request, _Undecodable):
+                await _abort(context, status)
+            yield request
+
+    def given(request: Any, context: _Context) -> Any:
+        """What `behavior` takes: the request, or the stream of them checked one by one."""
+        return received(request, context) if handler.request_streaming else request
+
+    async def responses(request: Any, context: _Context) -> AsyncIterator[Any]:
+        if isinstance(request, _Undecodable):
+            await _abort(context, status)
+        produced = behavior(given(request, context), context)
+        if inspect.isasyncgen(produced):
+            async for response in produced:
+                yield response
+        else:
+            await produced
+
+    async def response(requests: Any, context: _Context) -> Any:
+        return await behavior(given(requests, context), context)
+
+    if not handler.response_streaming:
+        make: Any = grpc.stream_unary_rpc_method_handler
+        wrapped: Any = response
+    else:
+        make = (
+            grpc.stream_stream_rpc_method_handler
+            if handler.request_streaming
+            else grpc.unary_stream_rpc_method_handler
+        )
+        wrapped = responses
+    return cast(
+        "_Handler",
+        make(
+            wrapped,
+            request_deserializer=_tolerant(handler.request_deserializer),
+            response_serializer=handler.response_serializer,
+        ),
     )
 
 
@@ -155,7 +243,9 @@ def _mapped_errors(behavior: Behavior, method: str) -> Behavior:
 def _validated(behavior: Behavior, method: str) -> Behavior:
     """Requests that break their proto declarations refused; see the module docstring."""
 
-    async def call(request: Message, context: _Context) -> Any:
+    async def call(request: Message | _Undecodable, context: _Context) -> Any:
+        if isinstance(request, _Undecodable):
+            raise _undecodable()
         violations = validate(request)
         if violations:
             raise InvalidArgument.of(violations)

@@ -29,6 +29,7 @@ import asyncio
 import json
 import os
 import re
+import secrets
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from mesh import telemetry
 from mesh.connection import Connection, Engine, PostgresEngine
 from mesh.errors import AlreadyExists
+from mesh.pagination import PageTokens
 from shop.events.v1 import events_pb2
 
 #: Marks a connection whose transaction wrote to the outbox (see `Database.transaction`).
@@ -148,6 +150,14 @@ processed_events = sa.Table(
     sa.Column("event_id", sa.String(36), primary_key=True),
     sa.Column("processed_time", UtcDateTime, nullable=False),
 )
+#: The service's own secret keys by use (`page_tokens`), each made on its first start.
+service_keys = sa.Table(
+    "service_keys",
+    _metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("secret", sa.LargeBinary, nullable=False),
+    sa.Column("create_time", UtcDateTime, nullable=False),
+)
 saga_orders = sa.Table(
     "saga_orders",
     _metadata,
@@ -213,7 +223,23 @@ _MESH_MIGRATIONS = (
             """,
         ],
     ),
+    Migration(
+        4,
+        "the service's secret keys (page tokens' signatures)",
+        [
+            """
+            CREATE TABLE service_keys (
+                name VARCHAR(64) PRIMARY KEY,
+                secret BLOB NOT NULL,
+                create_time TIMESTAMP NOT NULL
+            )
+            """,
+        ],
+    ),
 )
+
+#: Bytes of a service key: 256 bits, as HMAC-SHA256 takes them.
+_KEY_BYTES = 32
 
 
 class Database:
@@ -233,6 +259,7 @@ class Database:
         self._writer = asyncio.Lock()
         #: Outbox rows published and not marked yet (see `mark_published`).
         self._published: list[str] = []
+        self._page_tokens: PageTokens | None = None
 
     @classmethod
     def sqlite(cls, path: Path, component: str, migrations: Sequence[Migration]) -> Database:
@@ -259,9 +286,32 @@ class Database:
         try:
             await self._migrate("mesh", _MESH_MIGRATIONS)
             await self._migrate(self.component, self._migrations)
+            self._page_tokens = PageTokens(await self._key("page_tokens"))
         except BaseException:
             await self.close()
             raise
+
+    @property
+    def page_tokens(self) -> PageTokens:
+        """The service's page tokens, signed with its key (the same for every replica)."""
+        if self._page_tokens is None:
+            raise RuntimeError(f"the {self.component} database is not open")
+        return self._page_tokens
+
+    async def _key(self, name: str) -> bytes:
+        """The service's secret key `name`, made (by the first replica to ask) if missing."""
+        async with self.transaction() as connection:
+            secret: bytes | None = (
+                await connection.execute(
+                    sa.select(service_keys.c.secret).where(service_keys.c.name == name)
+                )
+            ).scalar_one_or_none()
+            if secret is None:
+                secret = secrets.token_bytes(_KEY_BYTES)
+                await connection.execute(
+                    service_keys.insert().values(name=name, secret=secret, create_time=utc_now())
+                )
+        return secret
 
     async def close(self) -> None:
         if self._engine is not None:
@@ -532,9 +582,14 @@ class SqlStore(Generic[View]):
         async with self._database.snapshot() as connection:
             yield self._view(connection)
 
+    @property
+    def page_tokens(self) -> PageTokens:
+        """The service's page tokens (see `Database.page_tokens`)."""
+        return self._database.page_tokens
+
     def within(self, connection: Connection) -> JoinedStore[View]:
         """This store inside `connection`'s open transaction (an event's, say)."""
-        return JoinedStore(connection, self._view)
+        return JoinedStore(connection, self._view, self.page_tokens)
 
 
 class JoinedStore(Generic[View]):
@@ -545,9 +600,12 @@ class JoinedStore(Generic[View]):
     rolls back its own writes (the savepoint) and nothing else.
     """
 
-    def __init__(self, connection: Connection, view: Callable[[Connection], View]):
+    def __init__(
+        self, connection: Connection, view: Callable[[Connection], View], page_tokens: PageTokens
+    ):
         self._connection = connection
         self._view = view
+        self.page_tokens = page_tokens
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[View]:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from mesh.errors import FieldViolation, InvalidArgument
 from mesh.money import Money
-from mesh.pagination import decode_time_cursor, encode_time_cursor, page_size
+from mesh.pagination import page_size
 from mesh.storage import utc_now
 from services.catalog.domain import Product, new_product, product_not_found, updated_product
 from services.catalog.ports import CatalogStore, StockLevels
@@ -103,12 +103,12 @@ async def list_products(store: CatalogStore, query: ListProducts) -> ProductPage
     """One page of products, oldest first, continuing after the page token."""
     limit = page_size(query.page_size)
     filters = {"category": query.category}
-    cursor = decode_time_cursor(query.page_token, filters)
+    cursor = store.page_tokens.decode_time_cursor(query.page_token, filters)
     async with store.snapshot() as tx:
         rows = await tx.page(query.category, cursor, limit + 1)
     products, more = rows[:limit], len(rows) > limit
     last = products[-1] if more else None
-    token = encode_time_cursor(last.create_time, last.id, filters) if last else ""
+    token = store.page_tokens.encode_time_cursor(last.create_time, last.id, filters) if last else ""
     return ProductPage(products, token)
 
 

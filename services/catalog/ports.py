@@ -9,6 +9,7 @@ from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any, Protocol
 
+from mesh.pagination import PageTokens
 from services.catalog.domain import Product
 
 
@@ -34,6 +35,11 @@ class CatalogStore(Protocol):
 
     def transaction(self) -> AbstractAsyncContextManager[CatalogTransaction]: ...
     def snapshot(self) -> AbstractAsyncContextManager[CatalogTransaction]: ...
+
+    @property
+    def page_tokens(self) -> PageTokens:
+        """Its page tokens, signed with the service's key."""
+        ...
 
 
 class StockLevels(Protocol):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mesh.caller import acting_customer
-from mesh.pagination import decode_time_cursor, encode_time_cursor, page_size
+from mesh.pagination import page_size
 from mesh.storage import utc_now
 from services.notifications.domain import Notification, NotificationKind, compose_notification
 from services.notifications.ports import NotificationsStore
@@ -68,10 +68,10 @@ async def list_notifications(
     customer_id = acting_customer(query.caller, query.customer_id)
     limit = page_size(query.page_size)
     filters = {"customer_id": customer_id}
-    cursor = decode_time_cursor(query.page_token, filters)
+    cursor = store.page_tokens.decode_time_cursor(query.page_token, filters)
     async with store.snapshot() as tx:
         rows = await tx.page(customer_id, cursor, limit + 1)
     notifications, more = rows[:limit], len(rows) > limit
     last = notifications[-1] if more else None
-    token = encode_time_cursor(last.create_time, last.id, filters) if last else ""
+    token = store.page_tokens.encode_time_cursor(last.create_time, last.id, filters) if last else ""
     return NotificationPage(notifications, token)

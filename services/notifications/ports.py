@@ -9,6 +9,7 @@ from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Protocol
 
+from mesh.pagination import PageTokens
 from services.notifications.domain import Notification, NotificationKind
 
 
@@ -29,3 +30,8 @@ class NotificationsStore(Protocol):
 
     def transaction(self) -> AbstractAsyncContextManager[NotificationsTransaction]: ...
     def snapshot(self) -> AbstractAsyncContextManager[NotificationsTransaction]: ...
+
+    @property
+    def page_tokens(self) -> PageTokens:
+        """Its page tokens, signed with the service's key."""
+        ...

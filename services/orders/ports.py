@@ -11,6 +11,7 @@ from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any, Protocol
 
+from mesh.pagination import PageTokens
 from services.orders.domain import Order, OrderStatus, PricedProduct
 from shop.events.v1 import events_pb2
 
@@ -52,6 +53,11 @@ class OrdersStore(Protocol):
 
     def transaction(self) -> AbstractAsyncContextManager[OrdersTransaction]: ...
     def snapshot(self) -> AbstractAsyncContextManager[OrdersTransaction]: ...
+
+    @property
+    def page_tokens(self) -> PageTokens:
+        """Its page tokens, signed with the service's key."""
+        ...
 
 
 class Catalog(Protocol):

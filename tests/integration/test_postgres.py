@@ -32,6 +32,7 @@ from mesh.storage import (
     request_log,
     saga_orders,
     schema_migrations,
+    service_keys,
     utc_now,
 )
 from services.catalog import adapters as catalog
@@ -80,7 +81,7 @@ SERVICES: dict[str, tuple[Sequence[Migration], sa.MetaData]] = {
     "notifications": (notifications.MIGRATIONS, notifications.metadata),
     "processor": (processor.MIGRATIONS, processor.metadata),
 }
-MESH_TABLES = (request_log, outbox, processed_events, saga_orders)
+MESH_TABLES = (request_log, outbox, processed_events, saga_orders, service_keys)
 NOON = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 TEA = Product(
     id="p1", name="Tea", description="", price=Money("EUR", 450), category="food",
@@ -136,8 +137,8 @@ async def test_migrations_apply_to_a_fresh_database_once(
         database = await opened(url, service, migrations)
         try:
             assert await database.applied_versions() == [m.version for m in migrations]
-            assert await database.applied_versions("mesh") == [1, 2, 3]
-            assert await count(database, schema_migrations) == len(migrations) + 3
+            assert await database.applied_versions("mesh") == [1, 2, 3, 4]
+            assert await count(database, schema_migrations) == len(migrations) + 4
             async with database.snapshot() as connection:
                 for table in [*MESH_TABLES, *metadata.tables.values()]:
                     columns = await connection.run_sync(
@@ -153,7 +154,10 @@ async def test_replicas_starting_together_migrate_once(postgres: PostgresServer)
     replicas = [Database(url, "orders", orders.MIGRATIONS) for _ in range(5)]
     try:
         await asyncio.gather(*(replica.open() for replica in replicas))
-        assert await count(replicas[0], schema_migrations) == len(orders.MIGRATIONS) + 3
+        assert await count(replicas[0], schema_migrations) == len(orders.MIGRATIONS) + 4
+        # One of them made the page tokens' key, and every one signs with it.
+        token = replicas[0].page_tokens.encode({"id": "x"}, {})
+        assert all(r.page_tokens.decode(token, {}) == {"id": "x"} for r in replicas)
     finally:
         for replica in replicas:
             await replica.close()

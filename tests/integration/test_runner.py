@@ -176,6 +176,59 @@ async def test_unexpected_errors_are_internal_and_leak_nothing(
     assert "Traceback" not in everything
 
 
+#: Bytes no message decodes: a string field (1) holding bytes that are not UTF-8, and a
+#: length that runs past the end.
+UNDECODABLE = (b"\x0a\x02\xff\xfe", b"\x0a\x7f\x01")
+
+
+async def _send_raw(channel: grpc.aio.Channel, kind: str, path: str, raw: bytes) -> None:
+    """Call `path` (a method of `kind`) with `raw` as its request, reading every answer."""
+    generic: Any = channel  # its calls untyped: bytes in, bytes out
+    if kind == "unary":
+        await generic.unary_unary(path)(raw)
+    elif kind == "server-streaming":
+        [_ async for _ in generic.unary_stream(path)(raw)]
+    else:
+        [_ async for _ in generic.stream_stream(path)(iter([raw]))]
+
+
+@pytest.mark.parametrize("raw", UNDECODABLE)
+@pytest.mark.parametrize(
+    ("kind", "path"),
+    [
+        ("unary", "/shop.catalog.v1.CatalogService/GetProduct"),
+        ("unary", "/grpc.health.v1.Health/Check"),
+        ("server-streaming", "/grpc.health.v1.Health/Watch"),
+        ("bidi", "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"),
+    ],
+)
+async def test_undecodable_requests_are_invalid_argument_and_leak_nothing(
+    channel: grpc.aio.Channel, kind: str, path: str, raw: bytes
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await _send_raw(channel, kind, path, raw)
+    assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert failure.value.details() == (
+        "the request could not be decoded: its bytes are not a message of the method's request type"
+    )
+    info, details = rich_status(failure.value)
+    assert info.reason == "MALFORMED_REQUEST"
+    assert details == []
+
+
+async def test_streaming_methods_still_serve_decodable_requests(
+    channel: grpc.aio.Channel, runner: ServiceRunner
+) -> None:
+    health: Any = health_pb2_grpc.HealthStub(channel)
+    watched = health.Watch(health_pb2.HealthCheckRequest())
+    first = await watched.read()
+    assert first.status == health_pb2.HealthCheckResponse.SERVING
+    watched.cancel()
+    code, listing = await grpcurl("-plaintext", runner.address, "list")
+    assert code == 0, listing
+    assert "shop.catalog.v1.CatalogService" in listing.split()
+
+
 @pytest.fixture
 def served_process() -> Iterator[tuple[subprocess.Popen[str], str]]:
     """The tiny catalog in its own process, as a service runs; stopped by pid."""

@@ -9,6 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from mesh.connection import Connection
+from mesh.errors import InvalidArgument
 from mesh.storage import (
     Database,
     Migration,
@@ -61,6 +62,24 @@ async def test_the_database_file_is_readable_by_its_owner_only(tmp_path: Path) -
         await database.close()
 
 
+async def test_replicas_and_restarts_sign_page_tokens_with_one_key(tmp_path: Path) -> None:
+    """The key is made once, in the database: a page token issued by one replica, or
+    before a restart, is read by every other; another service's database has its own."""
+    first, second = await opened(tmp_path / "t.db"), await opened(tmp_path / "t.db")
+    other = await opened(tmp_path / "other" / "t.db")
+    try:
+        token = first.page_tokens.encode({"id": "x"}, {})
+        assert second.page_tokens.decode(token, {}) == {"id": "x"}
+        await first.close()
+        first = await opened(tmp_path / "t.db")
+        assert first.page_tokens.decode(token, {}) == {"id": "x"}
+        with pytest.raises(InvalidArgument):
+            other.page_tokens.decode(token, {})
+    finally:
+        for database in (first, second, other):
+            await database.close()
+
+
 async def test_migrations_apply_once_and_in_order(tmp_path: Path) -> None:
     for _ in range(2):
         database = await opened(tmp_path / "t.db")
@@ -68,7 +87,7 @@ async def test_migrations_apply_once_and_in_order(tmp_path: Path) -> None:
     database = await opened(tmp_path / "t.db")
     try:
         assert await database.applied_versions() == [1, 2]
-        assert await database.applied_versions("mesh") == [1, 2, 3]
+        assert await database.applied_versions("mesh") == [1, 2, 3, 4]
         async with database.snapshot() as connection:
             rows = (await connection.exec_driver_sql("SELECT n FROM counter")).all()
         assert rows == [(0,)]  # migration 2 ran exactly once

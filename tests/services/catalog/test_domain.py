@@ -11,6 +11,7 @@ import pytest
 
 from mesh.errors import InvalidArgument, NotFound, Unavailable
 from mesh.money import Money
+from mesh.pagination import PageTokens
 from services.catalog import handlers
 from services.catalog.domain import Product, new_product, updated_product
 from services.catalog.ports import CatalogTransaction
@@ -24,6 +25,7 @@ class MemoryCatalog:
     def __init__(self) -> None:
         self.products: dict[str, Product] = {}
         self.requests: dict[tuple[str, str], dict[str, Any]] = {}
+        self.page_tokens = PageTokens(b"a key for tests")
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[CatalogTransaction]:

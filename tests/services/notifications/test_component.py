@@ -11,7 +11,7 @@ import grpc
 import pytest
 from sqlalchemy.exc import IntegrityError
 
-from mesh.pagination import encode_token
+from mesh.pagination import PageTokens
 from mesh.storage import Database
 from services.notifications import handlers
 from services.notifications.adapters import MIGRATIONS, SqlNotificationsStore
@@ -158,7 +158,12 @@ async def test_a_customer_without_notifications_gets_an_empty_page(
         ({"customer_id": "c1", "page_size": -1}, "page_size"),
         ({"customer_id": "c1", "page_token": "not-a-token"}, "page_token"),
         (
-            {"customer_id": "c1", "page_token": encode_token({"id": "x"}, {"customer_id": "c1"})},
+            {
+                "customer_id": "c1",
+                "page_token": PageTokens(b"not the service's key").encode_time_cursor(
+                    SAME_TIME, "x", {"customer_id": "c1"}
+                ),
+            },
             "page_token",
         ),
     ],

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from mesh.errors import InvalidArgument, PermissionDenied
+from mesh.pagination import PageTokens
 from services.notifications import handlers
 from services.notifications.domain import (
     Notification,
@@ -27,6 +28,7 @@ class InMemoryNotifications:
 
     def __init__(self) -> None:
         self.notifications: list[Notification] = []
+        self.page_tokens = PageTokens(b"a key for tests")
 
     async def find(self, order_id: str, kind: NotificationKind) -> Notification | None:
         return next(

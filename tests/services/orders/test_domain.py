@@ -18,6 +18,7 @@ from mesh.errors import (
     ResourceExhausted,
 )
 from mesh.money import Money
+from mesh.pagination import PageTokens
 from services.orders import handlers
 from services.orders.domain import (
     Order,
@@ -38,6 +39,7 @@ class FakeOrders:
         self.orders: dict[str, Order] = {}
         self.requests: dict[tuple[str, str], dict[str, Any]] = {}
         self.events: list[events_pb2.EventEnvelope] = []
+        self.page_tokens = PageTokens(b"a key for tests")
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[FakeOrders]:
