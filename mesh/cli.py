@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -37,8 +38,24 @@ def _proto_vendor(args: argparse.Namespace) -> int:
 
 
 def _proto_lint(args: argparse.Namespace) -> int:
-    contracts.lint(contracts.Workspace.find())
+    from mesh import validation  # needs the code `meshctl proto gen` makes
+
+    ws = contracts.Workspace.find()
+    contracts.lint(ws)
     print("buf lint: clean")
+    with tempfile.TemporaryDirectory() as scratch:
+        files = contracts.load_descriptor_set(
+            contracts.build_descriptor_set(ws, Path(scratch) / "lint.binpb")
+        )
+    unbounded = validation.unbounded_fields(files)
+    if unbounded:
+        print(
+            "fields without (shop.options.v1.limits), which a request could fill without"
+            " bound:\n  " + "\n  ".join(unbounded),
+            file=sys.stderr,
+        )
+        return 1
+    print("limits: every string, bytes, list and map field of the shop's messages is bounded")
     return 0
 
 

@@ -23,6 +23,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from google.protobuf import descriptor_pb2
+
 from mesh.binaries import find_binary
 
 #: Third-party protos imported by ours, vendored from googleapis-common-protos.
@@ -129,6 +131,11 @@ def build_descriptor_set(ws: Workspace, output: Path) -> Path:
         "buf build",
     )
     return output
+
+
+def load_descriptor_set(path: Path) -> descriptor_pb2.FileDescriptorSet:
+    """Read a FileDescriptorSet as `buf build` writes it."""
+    return descriptor_pb2.FileDescriptorSet.FromString(path.read_bytes())
 
 
 def generate(ws: Workspace) -> tuple[Path, Path]:

@@ -104,6 +104,14 @@ class FailedPrecondition(ServiceError):
 
 
 @dataclass(eq=False)
+class OutOfRange(ServiceError):
+    """The request is well formed, but what it asks for lies past a limit the system can
+    hold (an order total past the largest amount)."""
+
+    code = grpc.StatusCode.OUT_OF_RANGE
+
+
+@dataclass(eq=False)
 class Aborted(ServiceError):
     """A concurrency conflict: the caller may retry the whole read-modify-write."""
 

@@ -53,6 +53,7 @@ from opentelemetry.trace import Span, SpanKind
 from mesh import metrics, telemetry
 from mesh.storage import Database, outbox, utc_now
 from mesh.timestamps import to_timestamp
+from mesh.validation import fit
 from shop.events.v1 import events_pb2
 
 log = logging.getLogger(__name__)
@@ -321,7 +322,8 @@ _PAYLOAD_FIELDS = {
 
 
 def new_event(producer: str, order_id: str, payload: Message) -> events_pb2.EventEnvelope:
-    """An event of `producer` about an order: a new id, the time now, `payload` in its slot."""
+    """An event of `producer` about an order: a new id, the time now, `payload` in its
+    slot, its texts shortened to their declared bounds."""
     name = payload.DESCRIPTOR.full_name
     envelope = events_pb2.EventEnvelope(
         event_id=str(uuid.uuid4()),
@@ -331,6 +333,9 @@ def new_event(producer: str, order_id: str, payload: Message) -> events_pb2.Even
         occurred_at=to_timestamp(utc_now()),
     )
     getattr(envelope, _PAYLOAD_FIELDS[name]).CopyFrom(payload)
+    # A reason may quote another event's: kept to the contract's bounds, so no event
+    # outgrows what the bus carries.
+    fit(envelope)
     return envelope
 
 

@@ -230,6 +230,8 @@ def _mapped_errors(behavior: Behavior, method: str) -> Behavior:
         try:
             return await behavior(request, context)
         except ServiceError as error:
+            if error.__cause__ is not None:  # what failed underneath is the operator's to see
+                log.warning("%s: %s, from %r", method, error.reason, error.__cause__)
             await _abort(context, to_status(error, domain))
         except grpc.aio.AbortError:
             raise  # the servicer aborted on purpose; its status stands

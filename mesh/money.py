@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from google.type import money_pb2
 
-from mesh.errors import FieldViolation, InvalidArgument
+from mesh.errors import FieldViolation, InvalidArgument, OutOfRange
 
 #: ISO 4217 currencies the shop accepts, with their number of minor-unit digits.
 CURRENCIES: dict[str, int] = {
@@ -21,21 +21,37 @@ CURRENCIES: dict[str, int] = {
 
 _NANOS_PER_UNIT = 1_000_000_000
 
+#: The largest amount in minor units: what a BIGINT column and an int64 field hold.
+MAX_MINOR_UNITS = 2**63 - 1
+
+_UNKNOWN_CURRENCY = "unknown currency; use an ISO 4217 code the shop accepts, such as EUR"
+
 
 class MoneyError(ValueError):
-    """An amount that cannot be represented: unknown currency or sub-minor-unit precision."""
+    """An amount that cannot be represented: unknown currency, sub-minor-unit precision,
+    or more than `MAX_MINOR_UNITS`."""
 
 
 @dataclass(frozen=True, order=True)
 class Money:
-    """An amount of one currency, in its minor units."""
+    """An amount of one currency, in its minor units.
+
+    Arithmetic is checked: a result past `MAX_MINOR_UNITS` either way is OUT_OF_RANGE
+    (AMOUNT_OUT_OF_RANGE), raised where it is computed rather than where it is stored.
+    """
 
     currency: str
     minor_units: int
 
     def __post_init__(self) -> None:
         if self.currency not in CURRENCIES:
-            raise MoneyError(f"unknown currency {self.currency!r}; use an ISO 4217 code")
+            raise MoneyError(_UNKNOWN_CURRENCY)
+        if abs(self.minor_units) > MAX_MINOR_UNITS:
+            raise OutOfRange(
+                f"the amount is larger than the shop can hold ({MAX_MINOR_UNITS} minor units)",
+                reason="AMOUNT_OUT_OF_RANGE",
+                metadata={"currency": self.currency},
+            )
 
     @property
     def _scale(self) -> int:
@@ -66,7 +82,7 @@ class Money:
         """Parse the wire form; raise MoneyError if it is not a valid amount."""
         currency = money.currency_code.upper()
         if currency not in CURRENCIES:
-            raise MoneyError(f"unknown currency {money.currency_code!r}; use an ISO 4217 code")
+            raise MoneyError(_UNKNOWN_CURRENCY)
         if (money.units > 0 and money.nanos < 0) or (money.units < 0 and money.nanos > 0):
             raise MoneyError("units and nanos must have the same sign")
         if not -_NANOS_PER_UNIT < money.nanos < _NANOS_PER_UNIT:
@@ -75,7 +91,10 @@ class Money:
         nanos_per_minor = _NANOS_PER_UNIT // scale
         if money.nanos % nanos_per_minor:
             raise MoneyError(f"{currency} has no unit smaller than 1/{scale}")
-        return cls(currency, money.units * scale + money.nanos // nanos_per_minor)
+        minor_units = money.units * scale + money.nanos // nanos_per_minor
+        if abs(minor_units) > MAX_MINOR_UNITS:
+            raise MoneyError(f"the amount is larger than the shop can hold in {currency}")
+        return cls(currency, minor_units)
 
     @classmethod
     def from_request(cls, money: money_pb2.Money, field: str) -> Money:

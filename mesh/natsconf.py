@@ -31,6 +31,9 @@ from mesh.topology import Topology
 SERVER_IDENTITY = "nats"
 #: The identity that administers streams, consumers and dead letters.
 ADMIN_IDENTITY = "meshctl"
+#: The most bytes of one message, headers included, that the server accepts (NATS's
+#: default, stated so the contracts' bounds can be held against it).
+MAX_PAYLOAD = 1024 * 1024
 
 
 def service_permissions(service: str) -> tuple[list[str], list[str]]:
@@ -118,6 +121,7 @@ def render_config(
         f'listen: "{host}:{port}"\n'
         f'http: "{host}:{monitor_port}"\n'
         f"server_name: {server_name}\n"
+        f"max_payload: {MAX_PAYLOAD}\n"
         "jetstream {\n"
         f'  store_dir: "{store_dir}"\n'
         "  sync_interval: always\n"

@@ -17,6 +17,9 @@ from it:
   types in their special JSON forms;
 * `google.api.field_behavior` as `required`, `readOnly` and `writeOnly`, and the proto
   comments as descriptions, so the contracts stay the one place to document the API;
+* `shop.options.v1.limits` as `maxLength`, `maxItems`, `maxProperties`, `minimum` and
+  `maximum`; a message whose fields take their bounds from the field holding it
+  (`google.type.PostalAddress`) is written out in place, with those bounds;
 * errors as `google.rpc.Status` JSON bodies, and the edge's JWT rules as security.
 
 No library turns a descriptor set into OpenAPI 3.1 with these rules, so this one is ours.
@@ -33,6 +36,8 @@ from typing import Any
 
 from google.api import annotations_pb2, field_behavior_pb2, visibility_pb2
 from google.protobuf import descriptor_pb2
+
+from mesh.validation import Limits
 
 Schema = dict[str, Any]
 
@@ -87,6 +92,22 @@ _WRAPPERS: dict[str, int] = {
     "google.protobuf.FloatValue": _T.TYPE_FLOAT,
     "google.protobuf.BytesValue": _T.TYPE_BYTES,
 }
+
+
+def _bounded(schema: Schema, kind: int, bound: Limits | None) -> Schema:
+    """A scalar's schema with the limits that hold on it."""
+    if bound is None:
+        return schema
+    if kind == _T.TYPE_STRING and bound.max_length:
+        schema["maxLength"] = bound.max_length
+    elif kind == _T.TYPE_BYTES and bound.max_length:
+        schema["maxLength"] = 4 * -(-bound.max_length // 3)  # its base64 form
+    elif schema.get("type") == "integer":  # 64-bit integers are strings in JSON
+        if bound.minimum is not None:
+            schema["minimum"] = bound.minimum
+        if bound.maximum is not None:
+            schema["maximum"] = bound.maximum
+    return schema
 
 
 def _well_known(full_name: str) -> Schema | None:
@@ -270,12 +291,15 @@ class _Schemas:
     index: _Index
     components: dict[str, Schema] = field(default_factory=dict)
 
-    def message(self, type_name: str) -> Schema:
-        """A schema for a message-typed value: a well-known form inline, else a `$ref`."""
+    def message(self, type_name: str, inherited: Limits | None = None) -> Schema:
+        """A schema for a message-typed value: a well-known form inline, the message in
+        place if `inherited` bounds fields of it, else a `$ref`."""
         name = type_name.lstrip(".")
         known = _well_known(name)
         if known is not None:
             return dict(known)
+        if inherited is not None and self._takes_bounds(name):
+            return self.object(self.index.message(name), inherited=inherited)
         if name == _ANY:
             self.components[_ANY] = _any_schema()
         elif name not in self.components:
@@ -298,13 +322,25 @@ class _Schemas:
             self.components[name] = schema
         return {"$ref": f"#/components/schemas/{name}"}
 
-    def value(self, proto: _Field) -> Schema:
-        """The schema of one value of a field, ignoring `repeated`."""
+    def _takes_bounds(self, name: str) -> bool:
+        """Whether a field of message `name` declares no limits where it could take some
+        from the field holding the message."""
+        return any(
+            Limits.of_proto(proto) is None
+            and (
+                proto.label == _Field.LABEL_REPEATED
+                or proto.type in (_T.TYPE_STRING, _T.TYPE_BYTES, _T.TYPE_MESSAGE)
+            )
+            for proto in self.index.message(name).proto.field
+        )
+
+    def value(self, proto: _Field, bound: Limits | None = None) -> Schema:
+        """The schema of one value of a field, ignoring `repeated`, within `bound`."""
         if proto.type == _T.TYPE_ENUM:
             return self.enum(proto.type_name)
         if proto.type in (_T.TYPE_MESSAGE, _T.TYPE_GROUP):
-            return self.message(proto.type_name)
-        return dict(_SCALARS[proto.type])
+            return self.message(proto.type_name, bound.passed_down() if bound else None)
+        return _bounded(dict(_SCALARS[proto.type]), proto.type, bound)
 
     def map_entry(self, proto: _Field) -> descriptor_pb2.DescriptorProto | None:
         if proto.type != _T.TYPE_MESSAGE or proto.label != _Field.LABEL_REPEATED:
@@ -312,21 +348,33 @@ class _Schemas:
         entry: descriptor_pb2.DescriptorProto = self.index.message(proto.type_name).proto
         return entry if entry.options.map_entry else None
 
-    def field_type(self, proto: _Field) -> Schema:
-        """The schema of a field's JSON value: maps and repeated fields included."""
+    def field_type(self, proto: _Field, inherited: Limits | None = None) -> Schema:
+        """The schema of a field's JSON value: maps and repeated fields included, within
+        the field's limits (its own, else `inherited`)."""
+        bound = Limits.of_proto(proto) or inherited
         entry = self.map_entry(proto)
         if entry is not None:
             key, value = entry.field[0], entry.field[1]
-            schema: Schema = {"type": "object", "additionalProperties": self.value(value)}
+            schema: Schema = {"type": "object", "additionalProperties": self.value(value, bound)}
+            names: Schema = {}
             if key.type not in (_T.TYPE_STRING, _T.TYPE_BOOL):
-                schema["propertyNames"] = {"pattern": _SCALARS[key.type].get("pattern", _INT64)}
+                names["pattern"] = _SCALARS[key.type].get("pattern", _INT64)
+            elif key.type == _T.TYPE_STRING and bound is not None and bound.max_length:
+                names["maxLength"] = bound.max_length
+            if names:
+                schema["propertyNames"] = names
+            if bound is not None and bound.max_items:
+                schema["maxProperties"] = bound.max_items
             return schema
         if proto.label == _Field.LABEL_REPEATED:
-            return {"type": "array", "items": self.value(proto)}
-        return self.value(proto)
+            schema = {"type": "array", "items": self.value(proto, bound)}
+            if bound is not None and bound.max_items:
+                schema["maxItems"] = bound.max_items
+            return schema
+        return self.value(proto, bound)
 
-    def property(self, proto: _Field, comment: str) -> Schema:
-        schema = self.field_type(proto)
+    def property(self, proto: _Field, comment: str, inherited: Limits | None = None) -> Schema:
+        schema = self.field_type(proto, inherited)
         if comment:
             schema["description"] = comment
         behaviors = _field_behaviors(proto)
@@ -338,15 +386,18 @@ class _Schemas:
             schema["deprecated"] = True
         return schema
 
-    def object(self, message: _Located, without: Collection[str] = ()) -> Schema:
-        """A message as a JSON object, leaving out the fields named in `without`."""
+    def object(
+        self, message: _Located, without: Collection[str] = (), inherited: Limits | None = None
+    ) -> Schema:
+        """A message as a JSON object, leaving out the fields named in `without`, its
+        fields bounded by `inherited` where they declare no limits of their own."""
         properties: dict[str, Schema] = {}
         required: list[str] = []
         for proto, comment in self.index.fields(message):
             if proto.name in without:
                 continue
             name = _json_name(proto)
-            properties[name] = self.property(proto, comment)
+            properties[name] = self.property(proto, comment, inherited)
             behaviors = _field_behaviors(proto)
             # Responses omit default values, so an output-only field is never guaranteed.
             if (
@@ -608,11 +659,6 @@ def build_openapi(
             },
         },
     }
-
-
-def load_descriptor_set(path: Path) -> descriptor_pb2.FileDescriptorSet:
-    """Read a FileDescriptorSet as `buf build` writes it."""
-    return descriptor_pb2.FileDescriptorSet.FromString(path.read_bytes())
 
 
 def write_openapi(document: Mapping[str, Any], path: Path) -> Path:

@@ -150,7 +150,7 @@ class GrpcStockLevels:
             await self._stub.SetStock(request, timeout=5)
         except grpc.aio.AioRpcError as error:
             raise Unavailable(
-                f"the product was created, but its stock could not be set: {error.details()}; "
+                "the product was created, but its stock could not be set; "
                 "retry with the same request_id",
                 reason="INVENTORY_UNAVAILABLE",
                 metadata={"product_id": product_id},

@@ -346,7 +346,7 @@ class GrpcCatalog:
             if error.code() == grpc.StatusCode.NOT_FOUND:
                 raise ProductNotInCatalog(_missing_product(error)) from error
             raise Unavailable(
-                f"the catalog could not price the order: {error.details()}; retry later",
+                "the catalog could not price the order; retry later",
                 reason="CATALOG_UNAVAILABLE",
             ) from error
         try:
@@ -358,6 +358,6 @@ class GrpcCatalog:
             }
         except MoneyError as error:
             raise Unavailable(
-                f"the catalog returned a price orders cannot use: {error}",
+                "the catalog returned a price orders cannot use",
                 reason="CATALOG_UNAVAILABLE",
             ) from error

@@ -13,12 +13,15 @@ from mesh.errors import (
     FieldViolation,
     InvalidArgument,
     NotFound,
+    OutOfRange,
     ResourceExhausted,
 )
 from mesh.money import Money
 
 MAX_LINES = 100
 MAX_QUANTITY = 1000
+#: The heaviest order, in grams: what `OrderPlaced.weight_grams` (an int32) holds.
+MAX_WEIGHT_GRAMS = 2**31 - 1
 
 #: An order still PENDING this long after it was placed is stuck (its saga waits on a
 #: dead letter), not queued: it no longer counts in the backlog of sagas, so a few stuck
@@ -120,10 +123,27 @@ class Order:
 
     @property
     def total(self) -> Money:
-        total = Money.zero(self.lines[0].unit_price.currency)
-        for line in self.lines:
-            total += line.line_total
-        return total
+        return lines_total(self.lines)
+
+
+def lines_total(lines: Sequence[OrderLine]) -> Money:
+    """What the lines cost together; OUT_OF_RANGE past the largest amount."""
+    total = Money.zero(lines[0].unit_price.currency)
+    for line in lines:
+        total += line.line_total
+    return total
+
+
+def order_weight(lines: Sequence[OrderLine], catalog: Mapping[str, PricedProduct]) -> int:
+    """What the lines weigh together, in grams; OUT_OF_RANGE past `MAX_WEIGHT_GRAMS`."""
+    weight = sum(catalog[line.product_id].weight_grams * line.quantity for line in lines)
+    if weight > MAX_WEIGHT_GRAMS:
+        raise OutOfRange(
+            f"the order weighs {weight} grams, more than an order can ({MAX_WEIGHT_GRAMS})",
+            reason="ORDER_TOO_HEAVY",
+            metadata={"weight_grams": str(weight), "limit": str(MAX_WEIGHT_GRAMS)},
+        )
+    return weight
 
 
 class ProductNotInCatalog(Exception):
@@ -218,7 +238,8 @@ def check_request(lines: Sequence[RequestedLine], address: ShippingAddress) -> N
 def priced_lines(
     lines: Sequence[RequestedLine], catalog: Mapping[str, PricedProduct]
 ) -> tuple[OrderLine, ...]:
-    """The lines with the catalog's names and prices, all in one currency."""
+    """The lines with the catalog's names and prices, all in one currency, whose total
+    is an amount the shop can hold."""
     priced = []
     for line in lines:
         product = catalog.get(line.product_id)
@@ -233,6 +254,7 @@ def priced_lines(
             reason="MIXED_CURRENCIES",
             metadata={"currencies": ",".join(currencies)},
         )
+    lines_total(priced)
     return tuple(priced)
 
 

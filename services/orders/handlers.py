@@ -23,6 +23,7 @@ from services.orders.domain import (
     check_request,
     new_order,
     order_not_found,
+    order_weight,
     priced_lines,
     shop_backlog_full,
     too_many_pending,
@@ -91,6 +92,7 @@ async def place_order(
     except ProductNotInCatalog as error:
         raise unknown_product(command.lines, error.product_id) from None
     lines = priced_lines(command.lines, products)
+    weight = order_weight(lines, products)
     async with store.transaction() as tx:
         prior = await tx.find_request("PlaceOrder", request_key)
         order = await tx.get(prior["order_id"]) if prior else None
@@ -103,7 +105,6 @@ async def place_order(
                 now=utc_now(),
             )
             await tx.add(order)
-            weight = sum(products[line.product_id].weight_grams * line.quantity for line in lines)
             await tx.enqueue_event(order_placed(order, weight))
             await tx.record_request("PlaceOrder", request_key, {"order_id": order.id})
     return order

@@ -265,7 +265,7 @@ def _provider_error(error: grpc.aio.AioRpcError) -> Exception:
     info, violations = _details(error)
     if code in _TRANSIENT_CODES:
         return Unavailable(
-            f"the card processor is unavailable: {error.details()}; retry with the same request_id",
+            "the card processor is unavailable; retry with the same request_id",
             reason="PROVIDER_UNAVAILABLE",
         )
     if code == grpc.StatusCode.INVALID_ARGUMENT and violations:

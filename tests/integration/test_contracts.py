@@ -136,16 +136,20 @@ def _edit(ws: contracts.Workspace, old: str, new: str) -> None:
     path.write_text(text.replace(old, new, 1))
 
 
-FIELD_TYPE_CHANGE = ("  int32 initial_stock = 2;", "  string initial_stock = 2;")
-FIELD_REMOVAL = ("  string description = 3;\n", "  reserved 3;\n")
+FIELD_TYPE_CHANGE = ("  int32 initial_stock = 2 [", "  int64 initial_stock = 2 [")
+FIELD_REMOVAL = (
+    "  string description = 3 [(shop.options.v1.limits) = {max_length: 10000}];\n",
+    "  reserved 3;\n",
+)
 ANCHOR = "  // The REST path of this product's stock level"
-ADDITION = (ANCHOR, f"  // The brand the product is sold under.\n  string brand = 10;\n{ANCHOR}")
+BRAND = "  string brand = 10 [(shop.options.v1.limits) = {max_length: 64}];"
+ADDITION = (ANCHOR, f"  // The brand the product is sold under.\n{BRAND}\n{ANCHOR}")
 
 
 @pytest.mark.parametrize(
     ("edit", "expected"),
     [
-        (FIELD_TYPE_CHANGE, 'changed type from "int32" to "string"'),
+        (FIELD_TYPE_CHANGE, 'changed type from "int32" to "int64"'),
         (FIELD_REMOVAL, 'Previously present field "3" with name "description"'),
     ],
     ids=["field-type-changed", "field-removed"],

@@ -16,7 +16,7 @@ import grpc
 import httpx
 import pytest
 
-from tests.integration.conftest import RunningMesh, assert_json_error
+from tests.integration.conftest import RunningMesh, assert_json_error, customer
 
 pytestmark = pytest.mark.integration
 
@@ -32,6 +32,15 @@ def edge(mesh: RunningMesh) -> Iterator[httpx.Client]:
 
 def _leaks_nothing(text: str) -> None:
     assert not [word for word in LEAKS if word.lower() in text.lower()], text
+
+
+def _bad_request(response: httpx.Response) -> list[dict[str, str]]:
+    """The field violations of a 400 INVALID_ARGUMENT that leaks nothing."""
+    body = assert_json_error(response, 400, grpc.StatusCode.INVALID_ARGUMENT.value[0])
+    _leaks_nothing(response.text)
+    violations = next(d for d in body["details"] if d["@type"].endswith("BadRequest"))
+    fields: list[dict[str, str]] = violations["fieldViolations"]
+    return fields
 
 
 # -- undecodable requests ------------------------------------------------------------------
@@ -87,10 +96,7 @@ def test_a_page_token_the_service_did_not_issue_is_a_bad_request(
     edge: httpx.Client, token: str
 ) -> None:
     response = edge.get("/v1/products", params={"pageToken": token})
-    body = assert_json_error(response, 400, grpc.StatusCode.INVALID_ARGUMENT.value[0])
-    violations = next(d for d in body["details"] if d["@type"].endswith("BadRequest"))
-    assert [v["field"] for v in violations["fieldViolations"]] == ["page_token"]
-    _leaks_nothing(response.text)
+    assert [v["field"] for v in _bad_request(response)] == ["page_token"]
 
 
 def test_a_page_token_the_service_issued_still_leads_on(
@@ -108,3 +114,103 @@ def test_a_page_token_the_service_issued_still_leads_on(
     assert len(first["products"]) == 2
     assert len(second["products"]) >= 1
     assert {p["id"] for p in first["products"]}.isdisjoint(p["id"] for p in second["products"])
+
+
+# -- bounds and checked arithmetic ----------------------------------------------------------
+
+ADDRESS = {"regionCode": "DE", "postalCode": "10115", "addressLines": ["Hauptstr. 1"]}
+
+
+def _reason(body: dict[str, Any]) -> str:
+    info = next(d for d in body["details"] if d["@type"].endswith("ErrorInfo"))
+    reason: str = info["reason"]
+    return reason
+
+
+def _products(edge: httpx.Client, mesh: RunningMesh, *products: dict[str, Any]) -> list[str]:
+    admin = {"authorization": f"Bearer {mesh.token('admin', 'catalog:write')}"}
+    ids = []
+    for product in products:
+        created = edge.post("/v1/products", json={"product": product}, headers=admin)
+        assert created.status_code == 200, created.text
+        ids.append(created.json()["product"]["id"])
+    return ids
+
+
+def _order(edge: httpx.Client, token: str, lines: list[tuple[str, int]], **address: Any) -> Any:
+    order = {
+        "lines": [{"productId": product, "quantity": quantity} for product, quantity in lines],
+        "shippingAddress": {**ADDRESS, **address},
+        "paymentToken": "tok_visa",
+    }
+    return edge.post("/v1/orders", json=order, headers={"authorization": f"Bearer {token}"})
+
+
+def _orders_of(edge: httpx.Client, token: str) -> list[Any]:
+    listed = edge.get("/v1/orders", headers={"authorization": f"Bearer {token}"})
+    assert listed.status_code == 200, listed.text
+    orders: list[Any] = listed.json().get("orders", [])
+    return orders
+
+
+def test_a_text_past_its_bound_is_refused_without_an_echo_or_an_order(
+    edge: httpx.Client, mesh: RunningMesh
+) -> None:
+    [tea] = _products(edge, mesh, {"name": "Tea", "category": "bounded",
+                                   "price": {"currencyCode": "EUR", "units": "3"}})  # fmt: skip
+    _, token = customer(edge)
+    line = "Hauptstr. " + "x" * 1_000_000
+    response = _order(edge, token, [(tea, 1)], addressLines=[line])
+    assert _bad_request(response) == [
+        {
+            "field": "shipping_address.address_lines[0]",
+            "description": "shipping_address.address_lines[0] is longer than 200 characters.",
+            "reason": "TOO_LONG",
+        }
+    ]
+    assert len(response.content) < 2000
+    assert _orders_of(edge, token) == []
+
+
+def test_a_list_past_its_bound_is_refused(edge: httpx.Client, mesh: RunningMesh) -> None:
+    ids = {"ids": [f"p{i}" for i in range(101)]}
+    response = edge.get("/v1/products:batchGet", params=ids)
+    assert [(v["field"], v["reason"]) for v in _bad_request(response)] == [
+        ("ids", "TOO_MANY_ITEMS")
+    ]
+
+
+def test_an_order_total_past_the_largest_amount_is_out_of_range(
+    edge: httpx.Client, mesh: RunningMesh
+) -> None:
+    price = {"currencyCode": "EUR", "units": "90000000000000000"}  # 9e18 cents: just fits
+    [dear] = _products(edge, mesh, {"name": "Yacht", "category": "dear", "price": price})
+    _, token = customer(edge)
+    response = _order(edge, token, [(dear, 2)])
+    body = assert_json_error(response, 400, grpc.StatusCode.OUT_OF_RANGE.value[0])
+    assert _reason(body) == "AMOUNT_OUT_OF_RANGE"
+    _leaks_nothing(response.text)
+    assert _orders_of(edge, token) == []
+
+
+def test_a_price_past_the_largest_amount_is_a_bad_request(
+    edge: httpx.Client, mesh: RunningMesh
+) -> None:
+    admin = {"authorization": f"Bearer {mesh.token('admin', 'catalog:write')}"}
+    price = {"currencyCode": "EUR", "units": "9223372036854775807"}
+    product = {"name": "Too dear", "category": "dear", "price": price}
+    response = edge.post("/v1/products", json={"product": product}, headers=admin)
+    assert [v["field"] for v in _bad_request(response)] == ["product.price"]
+
+
+def test_an_order_heavier_than_an_order_can_weigh_is_out_of_range(
+    edge: httpx.Client, mesh: RunningMesh
+) -> None:
+    anvil = {"name": "Anvil", "category": "heavy", "weightGrams": 1_000_000,
+             "price": {"currencyCode": "EUR", "units": "1"}}  # fmt: skip
+    ids = _products(edge, mesh, anvil, anvil, anvil)
+    _, token = customer(edge)
+    response = _order(edge, token, [(product, 1000) for product in ids])  # 3e9 grams
+    body = assert_json_error(response, 400, grpc.StatusCode.OUT_OF_RANGE.value[0])
+    assert _reason(body) == "ORDER_TOO_HEAVY"
+    assert _orders_of(edge, token) == []

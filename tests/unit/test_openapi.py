@@ -12,8 +12,8 @@ from google.api import annotations_pb2
 from google.protobuf import descriptor_pb2, wrappers_pb2
 from openapi_spec_validator import validate
 
-from mesh.contracts import DESCRIPTOR_SET, Workspace
-from mesh.openapi import build_openapi, load_descriptor_set, write_openapi
+from mesh.contracts import DESCRIPTOR_SET, Workspace, load_descriptor_set
+from mesh.openapi import build_openapi, write_openapi
 
 _T = descriptor_pb2.FieldDescriptorProto
 
@@ -117,7 +117,11 @@ def test_list_products_takes_query_parameters(doc: dict[str, Any]) -> None:
 def test_repeated_query_parameter_is_an_exploded_array(doc: dict[str, Any]) -> None:
     operation = doc["paths"]["/v1/products:batchGet"]["get"]
     ids = _params(operation, "query")["ids"]
-    assert ids["schema"] == {"type": "array", "items": {"type": "string"}}
+    assert ids["schema"] == {
+        "type": "array",
+        "items": {"type": "string", "maxLength": 64},
+        "maxItems": 100,
+    }
     assert (ids["style"], ids["explode"], ids["required"]) == ("form", True, True)
 
 
@@ -141,7 +145,7 @@ def test_get_product_binds_the_id_in_the_path(doc: dict[str, Any]) -> None:
             "name": "id",
             "in": "path",
             "required": True,
-            "schema": {"type": "string"},
+            "schema": {"type": "string", "maxLength": 64},
             "description": "The id of the product to return.",
         }
     ]
@@ -185,7 +189,7 @@ def test_input_only_field_is_write_only_and_still_required(doc: dict[str, Any]) 
 
 
 def test_money_units_is_a_64_bit_string(doc: dict[str, Any]) -> None:
-    units = _schema(doc, "google.type.Money")["properties"]["units"]
+    units = _schema(doc, "shop.catalog.v1.Product")["properties"]["price"]["properties"]["units"]
     assert units["type"] == "string"
     assert units["format"] == "int64"
     assert units["pattern"] == "^-?[0-9]+$"
@@ -346,3 +350,21 @@ def test_additional_bindings_become_operations(files: descriptor_pb2.FileDescrip
     assert list(_params(primary, "query")) == ["blob", "ratio"]
     assert "requestBody" in extra
     assert "parameters" not in extra
+
+
+def test_declared_limits_are_schema_bounds(doc: dict[str, Any]) -> None:
+    request = _schema(doc, "shop.orders.v1.PlaceOrderRequest")["properties"]
+    assert request["lines"]["maxItems"] == 100
+    assert request["customerId"]["maxLength"] == 64
+    quantity = _schema(doc, "shop.orders.v1.OrderLine")["properties"]["quantity"]
+    assert (quantity["minimum"], quantity["maximum"]) == (1, 1000)
+
+
+def test_a_message_bounded_by_its_field_is_written_in_place(doc: dict[str, Any]) -> None:
+    address = _schema(doc, "shop.orders.v1.PlaceOrderRequest")["properties"]["shippingAddress"]
+    assert "$ref" not in address
+    lines = address["properties"]["addressLines"]
+    assert lines["maxItems"] == 5
+    assert lines["items"]["maxLength"] == 200
+    assert address["properties"]["regionCode"]["maxLength"] == 200
+    assert "google.type.PostalAddress" not in doc["components"]["schemas"]

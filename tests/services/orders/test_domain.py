@@ -14,10 +14,11 @@ from mesh.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    OutOfRange,
     PermissionDenied,
     ResourceExhausted,
 )
-from mesh.money import Money
+from mesh.money import MAX_MINOR_UNITS, Money
 from mesh.pagination import PageTokens
 from services.orders import handlers
 from services.orders.domain import (
@@ -201,6 +202,27 @@ async def test_mixed_currencies_are_refused(store: FakeOrders, catalog: FakeCata
     with pytest.raises(FailedPrecondition) as failure:
         await handlers.place_order(store, catalog, place(("tea", 1), ("mug", 1)))
     assert failure.value.reason == "MIXED_CURRENCIES"
+    assert store.orders == {}
+
+
+async def test_a_total_past_the_largest_amount_is_out_of_range(store: FakeOrders) -> None:
+    dear = PricedProduct("yacht", "Yacht", Money("EUR", MAX_MINOR_UNITS // 2 + 1))
+    with pytest.raises(OutOfRange) as failure:
+        await handlers.place_order(store, FakeCatalog(dear), place(("yacht", 2)))
+    assert failure.value.reason == "AMOUNT_OUT_OF_RANGE"
+    assert store.orders == {}
+    assert store.events == []
+
+
+async def test_an_order_heavier_than_its_event_can_say_is_out_of_range(
+    store: FakeOrders,
+) -> None:
+    anvils = [PricedProduct(f"a{i}", "Anvil", Money("EUR", 1), 1_000_000) for i in range(3)]
+    command = place(*((anvil.id, 1000) for anvil in anvils))
+    with pytest.raises(OutOfRange) as failure:
+        await handlers.place_order(store, FakeCatalog(*anvils), command)
+    assert failure.value.reason == "ORDER_TOO_HEAVY"
+    assert failure.value.metadata["weight_grams"] == "3000000000"
     assert store.orders == {}
 
 
