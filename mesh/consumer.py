@@ -36,11 +36,12 @@ from mesh import metrics, telemetry
 from mesh.connection import Connection
 from mesh.events import (
     DEAD_CONSUMER,
-    DEAD_LETTER_PREFIX,
     DEAD_REASON,
+    DEAD_SEQUENCE,
     DEAD_SUBJECT,
     EVENTS_STREAM,
     MSG_ID,
+    consumer_dead_subject,
     messaging_attributes,
     waves,
 )
@@ -233,14 +234,16 @@ class EventConsumer:
 
     async def _dead_letter(self, message: Msg, reason: str) -> None:
         metrics.EVENTS.labels(self.name, "dead").inc()
+        sequence = message.metadata.sequence.stream
         await self._js.publish(
-            f"{DEAD_LETTER_PREFIX}.{self.name}",
+            consumer_dead_subject(self.name),
             message.data,
             headers={
                 DEAD_REASON: reason[:500],
                 DEAD_CONSUMER: self.name,
                 DEAD_SUBJECT: message.subject,
-                MSG_ID: f"dead-{self.name}-{message.metadata.sequence.stream}",
+                DEAD_SEQUENCE: str(sequence),
+                MSG_ID: f"dead-{self.name}-{sequence}",
             },
         )
         await message.term()

@@ -195,6 +195,11 @@ def _rates_cells(rates: dict[str, Any]) -> tuple[str, str, str]:
     )
 
 
+def _health_cell(instance: dict[str, Any]) -> str:
+    health: str = instance["health"]
+    return f"{health}, DEGRADED" if instance.get("degraded") else health
+
+
 def status_table(state: dict[str, Any]) -> str:
     rows = [
         ("SERVICE", "INSTANCE", "APP PID", "SIDECAR PID", "APP", "INBOUND", "HEALTH", "RESTARTS",
@@ -205,11 +210,16 @@ def status_table(state: dict[str, Any]) -> str:
             (
                 i["service"], i["instance"], str(i["app_pid"]), str(i["sidecar_pid"]),
                 f"127.0.0.1:{i['app_port']}", f"127.0.0.1:{i['inbound_port']}",
-                i["health"], str(i["restarts"]), *_rates_cells(i.get("rates", {})),
+                _health_cell(i), str(i["restarts"]), *_rates_cells(i.get("rates", {})),
             )
         )  # fmt: skip
     widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    lines += [
+        f"degraded: {i['instance']}: {reason}"
+        for i in state["instances"]
+        for reason in i.get("degraded", [])
+    ]
     nats = state["nats"]
     lines.append(f"nats: {nats['url']} (monitor {nats['monitor']}, pid {nats['pid']})")
     edge = state.get("edge")
@@ -338,6 +348,26 @@ async def _with_jetstream(
         await client.close()
 
 
+def _letter_row(letter: deadletters.DeadLetter) -> str:
+    """One dead letter in `meshctl dlq list`: who wrote it, the event's subject, why."""
+    writer = f"{letter.producer} (outbox)" if letter.producer else letter.consumer
+    return f"{letter.sequence:>6}  {writer:<24} {letter.subject:<36} {letter.reason}"
+
+
+async def _replay_all(js: JetStreamContext) -> int:
+    """Replay every dead letter that holds up; say why each other one is left."""
+    refused = 0
+    for letter in await deadletters.dead_letters(js):
+        try:
+            await deadletters.replay(js, letter.sequence)
+        except deadletters.ReplayRefused as error:
+            refused += 1
+            print(f"left {letter.sequence}: {error}", file=sys.stderr)
+            continue
+        print(f"replayed {letter.sequence} to {letter.subject} (was dead for {letter.consumer})")
+    return 1 if refused else 0
+
+
 def dlq(run_dir: Path, action: str, sequence: int | None, as_json: bool) -> int:
     """`meshctl dlq list | show SEQ | replay SEQ | replay --all`."""
     state = running_state(run_dir)
@@ -352,22 +382,17 @@ def dlq(run_dir: Path, action: str, sequence: int | None, as_json: bool) -> int:
             else:
                 print(f"{len(letters)} dead letters")
                 for letter in letters:
-                    row = f"{letter.sequence:>6}  {letter.consumer:<24} {letter.subject:<36}"
-                    print(f"  {row} {letter.reason}")
+                    print(f"  {_letter_row(letter)}")
             return 0
         if action == "show":
             assert sequence is not None
             print(json.dumps((await deadletters.dead_letter(js, sequence)).describe(), indent=2))
             return 0
-        targets = (
-            [sequence]
-            if sequence is not None
-            else [d.sequence for d in await deadletters.dead_letters(js)]
-        )
-        for target in targets:
-            letter = await deadletters.replay(js, target)
-            print(f"replayed {target} to {letter.subject} (was dead for {letter.consumer})")
-        return 0
+        if sequence is not None:
+            letter = await deadletters.replay(js, sequence)
+            print(f"replayed {sequence} to {letter.subject} (was dead for {letter.consumer})")
+            return 0
+        return await _replay_all(js)
 
     try:
         return asyncio.run(_with_jetstream(natsconf.admin_from_state(state), work))

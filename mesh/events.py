@@ -11,7 +11,11 @@ Every event is a `shop.events.v1.EventEnvelope`, binary on the wire, published o
   and has them marked published only after JetStream acknowledged them, by the
   service's next write transaction (`Database.mark_published`); it retries with
   backoff and, after a crash, publishes again what was not marked, which JetStream
-  drops as duplicates within the dedup window.
+  drops as duplicates within the dedup window. An event the bus refuses for itself
+  (too large, a bad request) or keeps failing while it takes the others is **parked**:
+  kept in the outbox with the reason, skipped from then on, and reported on
+  `dead.<producer>.outbox` (the reason and the event's id and subject, never its
+  payload); one event cannot hold up the queue behind it.
 * **Streams.** `SHOP_EVENTS` holds `shop.>`: file storage (the server fsyncs every write,
   `sync_interval: always`), kept for 7 days (limits retention: events are facts that
   several consumers read at their own pace, and a replay needs them), and a 10 minute
@@ -34,20 +38,22 @@ import ssl
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import nats
 import sqlalchemy as sa
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 from nats.aio.client import Client as NatsClient
+from nats.errors import MaxPayloadError
 from nats.js import JetStreamContext
 from nats.js.api import (
     RetentionPolicy,
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import NotFoundError
+from nats.js.errors import BadRequestError, NotFoundError
 from opentelemetry.trace import Span, SpanKind
 
 from mesh import metrics, telemetry
@@ -82,7 +88,28 @@ DEAD_LETTERS_MAX_AGE_SECONDS = 30 * 24 * 3600.0
 DEAD_REASON = "Shop-Dead-Reason"
 DEAD_CONSUMER = "Shop-Dead-Consumer"
 DEAD_SUBJECT = "Shop-Dead-Subject"
+#: The event a parked-event notice is about (`dead.<producer>.outbox`).
+DEAD_EVENT_ID = "Shop-Dead-Event-Id"
+#: Where in `SHOP_EVENTS` the event a consumer gave up on is kept.
+DEAD_SEQUENCE = "Shop-Dead-Sequence"
 MSG_ID = "Nats-Msg-Id"
+#: The last token of the subject of a producer's parked-event notices.
+PARKED = "outbox"
+#: Failed publications of one event, while the bus takes other events, before it is
+#: parked: a few rounds of the relay's backoff, about 15 s.
+MAX_PUBLISH_ATTEMPTS = 5
+#: Errors that say the bus will never take this message as it is: parked at once.
+_REFUSED_FOR_GOOD = (MaxPayloadError, BadRequestError, DecodeError)
+
+
+def consumer_dead_subject(consumer: str) -> str:
+    """Where the consumer `consumer` puts the events it gives up on."""
+    return f"{DEAD_LETTER_PREFIX}.{consumer}"
+
+
+def parked_subject(producer: str) -> str:
+    """Where the relay of `producer` reports the events it parks."""
+    return f"{DEAD_LETTER_PREFIX}.{producer}.{PARKED}"
 
 
 async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
@@ -118,6 +145,80 @@ async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
             await js.add_stream(config)
 
 
+@dataclass(frozen=True)
+class _Outgoing:
+    """An outbox row on its way to the bus."""
+
+    event_id: str
+    subject: str
+    payload: bytes
+    attempts: int
+    envelope: events_pb2.EventEnvelope | None  # None: the row does not decode
+
+    @property
+    def order_id(self) -> str:
+        """What orders the row among the others: its order's events go one at a time."""
+        return self.envelope.order_id if self.envelope is not None else self.event_id
+
+    @classmethod
+    def of(cls, row: sa.Row[Any]) -> _Outgoing:
+        try:
+            envelope: events_pb2.EventEnvelope | None = events_pb2.EventEnvelope.FromString(
+                row.payload
+            )
+        except DecodeError:
+            envelope = None
+        return cls(row.event_id, row.subject, row.payload, row.attempts, envelope)
+
+
+_PENDING = outbox.c.published_time.is_(None) & outbox.c.parked_time.is_(None)
+_PENDING_COUNT = sa.select(
+    sa.func.count().label("waiting"), sa.func.min(outbox.c.create_time).label("oldest")
+).where(_PENDING)
+_COUNT_ATTEMPT = (
+    outbox.update()
+    .where(outbox.c.event_id == sa.bindparam("id"))
+    .values(attempts=sa.bindparam("attempts"))
+)
+_PARK = (
+    outbox.update()
+    .where(outbox.c.event_id == sa.bindparam("id"))
+    .values(
+        attempts=sa.bindparam("attempts"),
+        parked_time=sa.bindparam("now"),
+        park_reason=sa.bindparam("reason"),
+    )
+)
+
+
+def _next_in_line(events: Sequence[_Outgoing], done: set[str], held: set[str]) -> list[_Outgoing]:
+    """The first event not `done` of each order, in written order, but for `held` ones."""
+    orders: set[str] = set()
+    heads = []
+    for event in events:
+        if event.event_id in done or event.order_id in orders or event.order_id in held:
+            continue
+        orders.add(event.order_id)
+        heads.append(event)
+    return heads
+
+
+def _park_reason(event: _Outgoing, error: BaseException, attempts: int) -> str | None:
+    """Why `event` is parked after failing with `error`, or None to try it again."""
+    if isinstance(error, MaxPayloadError):
+        return f"the event is {len(event.payload)} bytes, more than the bus takes"
+    if isinstance(error, DecodeError):
+        return "the outbox row does not decode as an event"
+    if isinstance(error, BadRequestError):
+        return f"the bus refused the event: {error}"[:500]
+    if attempts >= MAX_PUBLISH_ATTEMPTS:
+        return (
+            f"failed {attempts} times while the bus took other events; "
+            f"last: {type(error).__name__}: {error}"
+        )[:500]
+    return None
+
+
 class OutboxRelay:
     """Publishes a service's committed events, in order, at least once (see module doc)."""
 
@@ -136,72 +237,130 @@ class OutboxRelay:
         self._idle = idle_seconds
         self._max_backoff = max_backoff_seconds
         self._pending = (
-            sa.select(outbox.c.event_id, outbox.c.subject, outbox.c.payload)
-            .where(outbox.c.published_time.is_(None))
+            sa.select(outbox.c.event_id, outbox.c.subject, outbox.c.payload, outbox.c.attempts)
+            .where(_PENDING)
             .order_by(outbox.c.create_time, outbox.c.event_id)
             .limit(batch)
         )
 
     async def publish_pending(self) -> int:
-        """Publish what is pending (one batch); return how many were published.
+        """Publish what is pending (one batch); return how many rows it took on.
 
         Events go out side by side, their acknowledgements awaited together, except that
-        an order's events go one after the other, in the order they were written: the
-        batch is cut into waves where each order appears once. The events JetStream
+        an order's events go one after the other, in the order they were written: each
+        step sends the next event of every order (`_next_in_line`). The events JetStream
         acknowledged are handed to the database to be marked published together by its
         next write transaction (`Database.mark_published`; at the latest by the next
-        round's), also when a failure stops the batch after a wave, which leaves the
-        rest pending, in order, for the next round. A crash before the marking
-        publishes them again later, and JetStream drops those copies (same message id,
-        within the duplicate window).
+        round's). A crash before the marking publishes them again later, and JetStream
+        drops those copies (same message id, within the duplicate window).
+
+        An event that fails holds back its order's later events, not the others'; a
+        step in which every event failed ends the round (the bus is away). Failures are
+        then counted or parked (`_park_reason`), and if any event is left to try again
+        the first failure is raised, for `run` to back off.
         """
         await self._database.flush_published_marks()
         async with self._database.snapshot() as connection:
             rows = (await connection.execute(self._pending)).all()
-        pending = [
-            (
-                row.event_id,
-                row.subject,
-                row.payload,
-                events_pb2.EventEnvelope.FromString(row.payload),
-            )
-            for row in rows
-        ]
+        outgoing = [_Outgoing.of(row) for row in rows]
         acknowledged: list[str] = []
+        failed: dict[str, tuple[_Outgoing, BaseException]] = {
+            event.event_id: (event, DecodeError()) for event in outgoing if event.envelope is None
+        }
+        held = {event.order_id for event, _ in failed.values()}
         try:
-            for wave in waves(pending, key=lambda event: event[3].order_id):
+            while sent := _next_in_line(outgoing, set(acknowledged) | set(failed), held):
                 results = await asyncio.gather(
-                    *(self._publish(*event) for event in wave), return_exceptions=True
+                    *(self._publish(event) for event in sent), return_exceptions=True
                 )
-                acknowledged += [e[0] for e, r in zip(wave, results, strict=True) if r is None]
-                failed = [r for r in results if isinstance(r, BaseException)]
-                if failed:
-                    raise failed[0]
+                for event, result in zip(sent, results, strict=True):
+                    if result is None:
+                        acknowledged.append(event.event_id)
+                    else:
+                        failed[event.event_id] = (event, result)
+                        held.add(event.order_id)
+                if all(result is not None for result in results):
+                    break
         finally:
             self._database.mark_published(acknowledged)
+        retried = await self._settle(list(failed.values()), bus_works=bool(acknowledged))
+        if retried:
+            raise retried[0]
         return len(rows)
 
-    async def _publish(
-        self, event_id: str, subject: str, payload: bytes, envelope: events_pb2.EventEnvelope
-    ) -> None:
+    async def _publish(self, event: _Outgoing) -> None:
         """Publish one event in a producer span of the trace that raised it."""
-        parent = telemetry.event_context(envelope.trace_context)
+        assert event.envelope is not None
+        parent = telemetry.event_context(event.envelope.trace_context)
         with telemetry.tracer.start_as_current_span(
-            f"{subject} publish", context=parent, kind=SpanKind.PRODUCER
+            f"{event.subject} publish", context=parent, kind=SpanKind.PRODUCER
         ) as span:
-            messaging_attributes(span, subject, envelope)
-            headers = {MSG_ID: event_id}
+            messaging_attributes(span, event.subject, event.envelope)
+            headers = {MSG_ID: event.event_id}
             telemetry.inject(headers)
-            await self._js.publish(subject, payload, headers=headers)  # the bytes as written
+            await self._js.publish(event.subject, event.payload, headers=headers)  # as written
+
+    async def _settle(
+        self, failed: Sequence[tuple[_Outgoing, BaseException]], *, bus_works: bool
+    ) -> list[BaseException]:
+        """Count the failures of events the bus refused while it took others, park those
+        past their chances (`_park_reason`); return the failures left to try again.
+
+        Failures while the bus takes nothing are the bus's, not the events': they count
+        for nothing, so an outage parks no event.
+        """
+        parked: list[tuple[_Outgoing, str]] = []
+        retried: list[BaseException] = []
+        if not failed:
+            return retried
+        async with self._database.transaction() as connection:
+            for event, error in failed:
+                counted = isinstance(error, _REFUSED_FOR_GOOD) or bus_works
+                attempts = event.attempts + counted
+                reason = _park_reason(event, error, attempts) if counted else None
+                if reason is not None:
+                    await connection.execute(
+                        _PARK, {"id": event.event_id, "attempts": attempts,
+                                "now": utc_now(), "reason": reason},
+                    )  # fmt: skip
+                    parked.append((event, reason))
+                    continue
+                retried.append(error)
+                if counted:
+                    await connection.execute(
+                        _COUNT_ATTEMPT, {"id": event.event_id, "attempts": attempts}
+                    )
+        for event, reason in parked:
+            await self._report_parked(event, reason)
+        return retried
+
+    async def _report_parked(self, event: _Outgoing, reason: str) -> None:
+        """Say on the dead-letter stream that `event` was parked, without its payload."""
+        log.error("outbox: parked event %s (%s): %s", event.event_id, event.subject, reason)
+        metrics.OUTBOX_PARKED.inc()
+        producer = event.subject.split(".")[1]
+        headers = {
+            DEAD_REASON: reason,
+            DEAD_SUBJECT: event.subject,
+            DEAD_EVENT_ID: event.event_id,
+            MSG_ID: f"parked-{event.event_id}",
+        }
+        try:
+            await self._js.publish(parked_subject(producer), b"", headers=headers)
+        except Exception as error:  # the row keeps the reason; the log has said it
+            log.warning("outbox: could not report parked event %s: %r", event.event_id, error)
 
     async def _count_pending(self) -> None:
-        """Set `shop_outbox_pending`: counted while events wait (a full batch went out,
-        or NATS is away); a round that published less than a batch left none behind."""
+        """Set `shop_outbox_pending` and `shop_outbox_oldest_pending_seconds`: counted
+        while events wait (a full batch went out, or the bus is away or refused one);
+        a round that published all it found left none behind."""
         async with self._database.snapshot() as connection:
-            pending = await connection.execute(
-                sa.select(sa.func.count()).where(outbox.c.published_time.is_(None))
-            )
-            metrics.OUTBOX_PENDING.set(pending.scalar_one() - self._database.unmarked)
+            row = (await connection.execute(_PENDING_COUNT)).one()
+        count: int = row.waiting
+        oldest: datetime | None = row.oldest
+        metrics.OUTBOX_PENDING.set(max(count - self._database.unmarked, 0))
+        age = 0.0 if oldest is None else (utc_now() - oldest).total_seconds()
+        metrics.OUTBOX_OLDEST_PENDING.set(max(age, 0.0))
 
     async def run(self, stop: asyncio.Event) -> None:
         """Publish until `stop` is set; back off (up to a few seconds) while NATS is away.
@@ -223,13 +382,14 @@ class OutboxRelay:
                 published = await self.publish_pending()
                 if published < self._batch:
                     metrics.OUTBOX_PENDING.set(0)
+                    metrics.OUTBOX_OLDEST_PENDING.set(0)
                 else:
                     await self._count_pending()
                 backoff = self._idle
                 delay = 0.0 if published >= self._batch else self._idle
                 wakers.append(written)
-            except Exception as error:  # NATS away, timeouts: try again later
-                log.warning("outbox relay: %s; retrying in %.1fs", error, backoff)
+            except Exception as error:  # NATS away, timeouts, a refused event: try again
+                log.warning("outbox relay: %r; retrying in %.1fs", error, backoff)
                 delay, backoff = backoff, min(backoff * 2, self._max_backoff)
                 with contextlib.suppress(Exception):
                     await self._count_pending()

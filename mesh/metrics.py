@@ -9,7 +9,10 @@ RED per RPC, from the runner's `MetricsInterceptor`:
 
 The saga's health, from the event bus:
 
-* `shop_outbox_pending`: events committed and not yet published;
+* `shop_outbox_pending`: events committed and not yet published, and
+  `shop_outbox_oldest_pending_seconds`: how long the first of them has waited (the
+  supervisor marks an instance DEGRADED past `OUTBOX_DEGRADED_SECONDS`);
+* `shop_outbox_parked_total`: events the bus would not take, parked in the outbox;
 * `shop_consumer_pending{consumer}`: events JetStream holds for the consumer, not yet
   delivered (its lag);
 * `shop_events_total{consumer, outcome}`: events handled: applied, duplicate, retried,
@@ -50,6 +53,17 @@ REFUSED = Counter(
     ["method"],
 )
 OUTBOX_PENDING = Gauge("shop_outbox_pending", "Events committed and not yet published.")
+OUTBOX_OLDEST_PENDING = Gauge(
+    "shop_outbox_oldest_pending_seconds",
+    "How long the oldest event committed and not yet published has waited.",
+)
+#: How long an event may wait in an outbox before its service is DEGRADED: the relay
+#: retries for a few seconds at most while the bus is there, so this is a bus away or
+#: an event the bus will not take.
+OUTBOX_DEGRADED_SECONDS = 30.0
+OUTBOX_PARKED = Counter(
+    "shop_outbox_parked_total", "Events the bus would not take, parked in the outbox."
+)
 CONSUMER_PENDING = Gauge(
     "shop_consumer_pending", "Events waiting in JetStream for the consumer.", ["consumer"]
 )
@@ -84,6 +98,24 @@ class Sample:
     errors: float
     #: Cumulative counts of the duration histogram, by upper bound (seconds).
     buckets: dict[float, float]
+    #: How long the oldest event of the service's outbox has waited, in seconds.
+    outbox_oldest_seconds: float = 0.0
+    #: Events its outbox parked since the process started.
+    outbox_parked: float = 0.0
+
+    def degraded(self) -> list[str]:
+        """Why the service, serving as it may be, needs an operator: its outbox is stuck
+        past `OUTBOX_DEGRADED_SECONDS`, or parked events."""
+        reasons = []
+        if self.outbox_oldest_seconds > OUTBOX_DEGRADED_SECONDS:
+            reasons.append(
+                f"the oldest event in its outbox has waited {self.outbox_oldest_seconds:.0f} s"
+            )
+        if self.outbox_parked:
+            reasons.append(
+                f"its outbox parked {self.outbox_parked:.0f} events (`meshctl dlq list`)"
+            )
+        return reasons
 
 
 @dataclass(frozen=True)
@@ -106,7 +138,7 @@ def scrape(port: int, timeout: float = 0.5) -> Sample | None:
 
 
 def sample_of(text: str, at: float) -> Sample:
-    requests = errors = 0.0
+    requests = errors = oldest = parked = 0.0
     buckets: dict[float, float] = {}
     for family in text_string_to_metric_families(text):
         for point in family.samples:
@@ -117,7 +149,11 @@ def sample_of(text: str, at: float) -> Sample:
             elif point.name == "shop_rpc_duration_seconds_bucket":
                 bound = float(point.labels["le"])
                 buckets[bound] = buckets.get(bound, 0.0) + point.value
-    return Sample(at, requests, errors, buckets)
+            elif point.name == "shop_outbox_oldest_pending_seconds":
+                oldest = point.value
+            elif point.name == "shop_outbox_parked_total":
+                parked = point.value
+    return Sample(at, requests, errors, buckets, oldest, parked)
 
 
 def rates(before: Sample, after: Sample) -> Rates:

@@ -4,8 +4,10 @@ Every client shows a certificate from the mesh CA; `verify_and_map` makes the SP
 in it (`spiffe://<trust domain>/ns/<namespace>/sa/<identity>`) the client's user, and
 a user may do only what its identity needs:
 
-* a service `X` publishes its own events (`shop.X.>`) and its dead letters
-  (`dead.X`), pulls from and acknowledges its own durable consumer `X` (created by
+* a service `X` publishes its own events (`shop.X.>`), its dead letters (`dead.X`) and
+  the notices of the events its outbox parked (`dead.X.outbox`), so a dead letter's
+  subject names the one who wrote it; it pulls from and acknowledges its own durable
+  consumer `X` (created by
   the mesh with the subjects of `consumes:` in mesh.yaml), and reads replies only under
   its own inbox prefix `_INBOX_X.`. It cannot create consumers, read a stream directly,
   or publish another service's events;
@@ -23,7 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from mesh import consumer, events
-from mesh.events import DEAD_LETTER_PREFIX, EVENTS_STREAM, NatsSettings, inbox_prefix
+from mesh.events import (
+    EVENTS_STREAM,
+    NatsSettings,
+    consumer_dead_subject,
+    inbox_prefix,
+    parked_subject,
+)
 from mesh.pki import MeshPKI, service_dns_name
 from mesh.topology import Topology
 
@@ -40,7 +48,8 @@ def service_permissions(service: str) -> tuple[list[str], list[str]]:
     """What the service `service` may publish and subscribe to (allow lists)."""
     publish = [
         f"shop.{service}.>",
-        f"{DEAD_LETTER_PREFIX}.{service}",
+        consumer_dead_subject(service),
+        parked_subject(service),
         f"$JS.API.CONSUMER.MSG.NEXT.{EVENTS_STREAM}.{service}",
         f"$JS.API.CONSUMER.INFO.{EVENTS_STREAM}.{service}",
         f"$JS.ACK.{EVENTS_STREAM}.{service}.>",

@@ -134,6 +134,7 @@ request_log = sa.Table(
 
 #: Events waiting to be published (`mesh.events.OutboxRelay`), written by `enqueue_event`
 #: in the transaction of the change they report, and the event ids a consumer applied.
+#: An event the bus refused too often is parked: kept, with the reason, and skipped.
 outbox = sa.Table(
     "outbox",
     _metadata,
@@ -142,6 +143,9 @@ outbox = sa.Table(
     sa.Column("payload", sa.LargeBinary, nullable=False),
     sa.Column("create_time", UtcDateTime, nullable=False),
     sa.Column("published_time", UtcDateTime),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("parked_time", UtcDateTime),
+    sa.Column("park_reason", sa.String(500)),
 )
 processed_events = sa.Table(
     "processed_events",
@@ -234,6 +238,15 @@ _MESH_MIGRATIONS = (
                 create_time TIMESTAMP NOT NULL
             )
             """,
+        ],
+    ),
+    Migration(
+        5,
+        "outbox events the bus refused: counted, then parked with the reason",
+        [
+            "ALTER TABLE outbox ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE outbox ADD COLUMN parked_time TIMESTAMP",
+            "ALTER TABLE outbox ADD COLUMN park_reason VARCHAR(500)",
         ],
     ),
 )

@@ -510,6 +510,11 @@ class Supervisor:
             self._rates[name] = metrics.rates(self._samples[name], sample)
         self._samples[name] = sample
 
+    def _degraded(self, instance: Instance) -> list[str]:
+        """Why the instance needs an operator though it serves (`Sample.degraded`)."""
+        sample = self._samples.get(instance.plan.name)
+        return sample.degraded() if sample is not None else []
+
     def _rates_of(self, instance: Instance) -> dict[str, Any]:
         rates = self._rates.get(instance.plan.name)
         if rates is None:
@@ -556,6 +561,7 @@ class Supervisor:
                     "admin_port": i.plan.admin_port,
                     "outbound": dict(i.plan.outbound),
                     "health": health(i, self._probed.get(i.plan.name)),
+                    "degraded": self._degraded(i),
                     "restarts": i.app.restarts + i.sidecar.restarts,
                     "last_exit": i.app.last_exit,
                     "app_rss_kib": rss_kib(i.app.pid),

@@ -101,8 +101,8 @@ def stock_set_to(stock: Stock, on_hand: int, now: datetime) -> Stock:
     return replace(stock, on_hand=on_hand, update_time=now)
 
 
-#: The most units of one product: stock levels are int32 in the contract.
-MAX_ON_HAND = 2**31 - 1
+#: The most units of one product on hand, as the contract bounds `Stock.on_hand`.
+MAX_ON_HAND = 1_000_000_000
 
 
 def stock_adjusted_by(stock: Stock, delta: int, now: datetime) -> Stock:
@@ -118,7 +118,7 @@ def stock_adjusted_by(stock: Stock, delta: int, now: datetime) -> Stock:
         )
     if stock.on_hand + delta > MAX_ON_HAND:
         raise InvalidArgument.of(
-            [FieldViolation("delta", f"The units on hand cannot exceed {MAX_ON_HAND}.")]
+            [FieldViolation("delta", f"The units on hand cannot exceed {MAX_ON_HAND:,}.")]
         )
     return replace(stock, on_hand=stock.on_hand + delta, update_time=now)
 

@@ -12,6 +12,7 @@ import uuid
 import warnings
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -621,3 +622,183 @@ async def test_the_relay_publishes_side_by_side_keeping_each_orders_events_in_or
             e.event_id for e in written if e.order_id == order_id
         ]
     assert await stream_messages(js, events.EVENTS_STREAM) == 6
+
+
+# Parking ---------------------------------------------------------------------------------
+
+
+async def enqueue(database: Database, *envelopes: events_pb2.EventEnvelope) -> None:
+    async with database.transaction() as connection:
+        for envelope in envelopes:
+            await SqlTransaction(connection).enqueue_event(envelope)
+
+
+async def outbox_rows(database: Database) -> dict[str, sa.Row[Any]]:
+    async with database.snapshot() as connection:
+        rows = (await connection.execute(sa.select(outbox))).all()
+    return {row.event_id: row for row in rows}
+
+
+@contextlib.asynccontextmanager
+async def service_jetstream(bus: Bus, identity: str) -> AsyncIterator[JetStreamContext]:
+    """JetStream as the service `identity` sees it, replies awaited half a second."""
+    client = await bus.settings(identity).connect(max_reconnect_attempts=2)
+    try:
+        yield client.jetstream(timeout=0.5)
+    finally:
+        await client.close()
+
+
+async def test_an_event_larger_than_the_bus_takes_is_parked_and_the_queue_moves_on(
+    bus: Bus, js: JetStreamContext, database: Database
+) -> None:
+    huge = order_placed("big")
+    huge.order_placed.customer_id = "c" * (natsconf.MAX_PAYLOAD + 1)
+    later = [order_placed("big"), order_placed("o2"), order_placed("o3")]
+    await enqueue(database, huge, *later)
+    async with service_jetstream(bus, "orders") as orders:
+        relay = events.OutboxRelay(database, orders)
+        assert await relay.publish_pending() == 4  # the others of "big" wait a round
+        assert await relay.publish_pending() == 1
+    rows = await outbox_rows(database)
+    parked = rows[huge.event_id]
+    assert parked.parked_time is not None
+    assert parked.published_time is None
+    assert parked.park_reason.startswith(f"the event is {len(huge.SerializeToString())} bytes")
+    await database.flush_published_marks()
+    assert all(rows[e.event_id].parked_time is None for e in later)
+    assert await stream_messages(js, events.EVENTS_STREAM) == 3
+    assert await unpublished(database) == 1  # the parked one, kept
+
+    [notice] = await deadletters.dead_letters(js)
+    assert (notice.producer, notice.consumer) == ("orders", "")
+    assert (notice.event_id, notice.subject) == (huge.event_id, "shop.orders.order_placed")
+    assert notice.data == b""  # the payload stays in the outbox
+    with pytest.raises(deadletters.ReplayRefused, match="parked in the outbox of orders"):
+        await deadletters.replay(js, notice.sequence)
+
+
+async def test_an_event_that_fails_while_the_others_go_is_parked_after_its_attempts(
+    bus: Bus, js: JetStreamContext, database: Database
+) -> None:
+    theirs = order_placed("forged")
+    theirs.producer = "payments"  # a subject orders may not publish on: NATS drops it
+    await enqueue(database, theirs)
+    async with service_jetstream(bus, "orders") as orders:
+        relay = events.OutboxRelay(database, orders)
+        for attempt in range(1, events.MAX_PUBLISH_ATTEMPTS):
+            await enqueue(database, order_placed(f"good-{attempt}"))
+            with pytest.raises(nats.errors.TimeoutError):
+                await relay.publish_pending()
+            assert (await outbox_rows(database))[theirs.event_id].attempts == attempt
+        await enqueue(database, order_placed("good-last"))
+        assert await relay.publish_pending() == 2  # parked now: nothing left to retry
+    row = (await outbox_rows(database))[theirs.event_id]
+    assert row.parked_time is not None
+    assert row.park_reason.startswith(f"failed {events.MAX_PUBLISH_ATTEMPTS} times")
+    assert await stream_messages(js, events.EVENTS_STREAM) == events.MAX_PUBLISH_ATTEMPTS
+
+
+async def test_an_outbox_row_that_is_no_event_is_parked_and_the_others_go(
+    bus: Bus, js: JetStreamContext, database: Database
+) -> None:
+    good = order_placed()
+    async with database.transaction() as connection:
+        await connection.execute(
+            outbox.insert().values(
+                event_id="garbage", subject="shop.orders.order_placed",
+                payload=b"\xff\xff\xff", create_time=datetime.now(UTC),
+            )
+        )  # fmt: skip
+    await enqueue(database, good)
+    async with service_jetstream(bus, "orders") as orders:
+        assert await events.OutboxRelay(database, orders).publish_pending() == 2
+    row = (await outbox_rows(database))["garbage"]
+    assert row.park_reason == "the outbox row does not decode as an event"
+    assert await stream_messages(js, events.EVENTS_STREAM) == 1
+
+
+async def test_an_outage_parks_nothing_and_the_oldest_events_age_is_measured(
+    bus: Bus, database: Database
+) -> None:
+    waiting = order_placed()
+    enqueued = time.monotonic()
+    await enqueue(database, waiting)
+    closed = await natsconf.admin_settings(bus.pki, bus.port).connect()
+    await closed.close()  # the bus is away: every publish fails
+    relay = events.OutboxRelay(database, closed.jetstream(), idle_seconds=0.05)
+    for _ in range(events.MAX_PUBLISH_ATTEMPTS + 1):
+        with pytest.raises(nats.errors.ConnectionClosedError):
+            await relay.publish_pending()
+    row = (await outbox_rows(database))[waiting.event_id]
+    assert (row.attempts, row.parked_time) == (0, None)
+    async with running(relay.run):
+        await asyncio.sleep(0.3)
+    oldest = REGISTRY.get_sample_value("shop_outbox_oldest_pending_seconds")
+    assert oldest is not None
+    assert 0 < oldest <= time.monotonic() - enqueued
+
+
+# Forged dead letters ----------------------------------------------------------------------
+
+
+async def published(js: JetStreamContext, subject: str, envelope: events_pb2.EventEnvelope) -> int:
+    """Publish `envelope` on `subject` as the mesh's administrator; its stream sequence."""
+    ack = await js.publish(
+        subject, envelope.SerializeToString(), headers={events.MSG_ID: envelope.event_id}
+    )
+    return ack.seq
+
+
+async def forge(bus: Bus, identity: str, subject: str, body: bytes, **claims: str) -> None:
+    async with service_jetstream(bus, identity) as forger:
+        await forger.publish(
+            events.consumer_dead_subject(identity),
+            body,
+            headers={events.DEAD_REASON: "forged", **claims},
+        )
+
+
+async def test_a_dead_letter_is_its_writers_whatever_its_headers_claim(
+    bus: Bus, js: JetStreamContext
+) -> None:
+    await ensure_consumer(js, "inventory", ["shop.orders.order_placed"])
+    placed = order_placed()
+    sequence = await published(js, "shop.orders.order_placed", placed)
+    forged = order_placed()  # a body of its own, under a real event's sequence
+    claims = {events.DEAD_CONSUMER: "payments", events.DEAD_SUBJECT: "shop.orders.order_placed",
+              events.DEAD_SEQUENCE: str(sequence)}  # fmt: skip
+    await forge(bus, "inventory", "shop.orders.order_placed", forged.SerializeToString(), **claims)
+    async with service_jetstream(bus, "inventory") as inventory:
+        with pytest.raises(nats.errors.TimeoutError):  # nor on another's dead letters
+            await inventory.publish(events.consumer_dead_subject("payments"), b"forged")
+
+    [letter] = await deadletters.dead_letters(js)
+    assert letter.consumer == "inventory"
+    with pytest.raises(deadletters.ReplayRefused, match=f"is not event {sequence}"):
+        await deadletters.replay(js, letter.sequence)
+    assert await stream_messages(js, events.EVENTS_STREAM) == 1
+    assert [d.sequence for d in await deadletters.dead_letters(js)] == [letter.sequence]
+
+
+@pytest.mark.parametrize(
+    ("subject", "producer", "refusal"),
+    [
+        ("shop.orders.order_cancelled", "orders", "does not take shop.orders.order_cancelled"),
+        ("shop.orders.order_placed", "payments", "producer does not own shop.orders.order_placed"),
+    ],
+    ids=["a-subject-the-consumer-does-not-take", "an-event-its-producer-does-not-own"],
+)
+async def test_a_replay_is_refused_unless_the_consumer_takes_what_its_producer_owns(
+    bus: Bus, js: JetStreamContext, subject: str, producer: str, refusal: str
+) -> None:
+    await ensure_consumer(js, "inventory", ["shop.orders.order_placed"])
+    event = order_placed()
+    event.producer = producer
+    sequence = await published(js, subject, event)
+    claims = {events.DEAD_SUBJECT: subject, events.DEAD_SEQUENCE: str(sequence)}
+    await forge(bus, "inventory", subject, event.SerializeToString(), **claims)
+    [letter] = await deadletters.dead_letters(js)
+    with pytest.raises(deadletters.ReplayRefused, match=refusal):
+        await deadletters.replay(js, letter.sequence)
+    assert await stream_messages(js, events.EVENTS_STREAM) == 1

@@ -372,31 +372,42 @@ def test_a_second_mesh_runs_beside_the_first_and_one_run_dir_runs_one_mesh(
 
 
 async def test_meshctl_dlq_lists_shows_and_replays_dead_letters(mesh: RunningMesh) -> None:
+    subject = "shop.orders.order_cancelled"
+    cancelled = events_pb2.OrderCancelled(order_id="o-dlq", customer_id="c-dlq", reason="test")
+    event = events.new_event("orders", "o-dlq", cancelled).SerializeToString()
     async with mesh.jetstream() as js:
-        event = events_pb2.EventEnvelope(
-            event_id=str(uuid.uuid4()),
-            order_id="o-dlq",
-            order_cancelled=events_pb2.OrderCancelled(order_id="o-dlq", reason="test"),
-        )
-        await js.publish(
-            "dead.test-consumer",
-            event.SerializeToString(),
-            headers={
-                events.DEAD_CONSUMER: "test-consumer",
-                events.DEAD_SUBJECT: "shop.test.replayed",  # no consumer reads it
-                events.DEAD_REASON: "failed 5 times: boom",
-            },
-        )
+        kept = await js.publish(subject, event, headers={events.MSG_ID: str(uuid.uuid4())})
+
+        async def dead_letter(body: bytes, reason: str) -> None:
+            await js.publish(
+                events.consumer_dead_subject("notifications"),
+                body,
+                headers={events.DEAD_CONSUMER: "payments", events.DEAD_SUBJECT: subject,
+                         events.DEAD_SEQUENCE: str(kept.seq), events.DEAD_REASON: reason},
+            )  # fmt: skip
+
+        await dead_letter(event, "failed 5 times: boom")
         listed = json.loads(mesh.meshctl("dlq", "list", "--json").stdout)
-        [letter] = [d for d in listed if d["consumer"] == "test-consumer"]
+        [letter] = [d for d in listed if d.get("event", {}).get("orderId") == "o-dlq"]
+        assert letter["consumer"] == "notifications"  # its subject's, not its header's
         assert letter["reason"] == "failed 5 times: boom"
-        assert letter["event"]["orderId"] == "o-dlq"
         shown = json.loads(mesh.meshctl("dlq", "show", str(letter["sequence"])).stdout)
-        assert shown["subject"] == "shop.test.replayed"
+        assert (shown["subject"], shown["event_sequence"]) == (subject, kept.seq)
         before = (await js.stream_info(events.EVENTS_STREAM)).state.messages
         replayed = mesh.meshctl("dlq", "replay", str(letter["sequence"]))
-        assert "replayed" in replayed.stdout
+        assert f"replayed {letter['sequence']} to {subject}" in replayed.stdout
         after = (await js.stream_info(events.EVENTS_STREAM)).state.messages
         assert after == before + 1
         again = json.loads(mesh.meshctl("dlq", "list", "--json").stdout)
         assert all(d["sequence"] != letter["sequence"] for d in again)
+
+        await dead_letter(b"a body of its own", "forged")
+        [forged] = [
+            d
+            for d in json.loads(mesh.meshctl("dlq", "list", "--json").stdout)
+            if d["reason"] == "forged"
+        ]
+        refused = mesh.meshctl("dlq", "replay", str(forged["sequence"]), check=False)
+        assert refused.returncode != 0
+        assert f"is not event {kept.seq} of SHOP_EVENTS" in refused.stderr
+        assert (await js.stream_info(events.EVENTS_STREAM)).state.messages == after

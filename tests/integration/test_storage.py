@@ -87,7 +87,7 @@ async def test_migrations_apply_once_and_in_order(tmp_path: Path) -> None:
     database = await opened(tmp_path / "t.db")
     try:
         assert await database.applied_versions() == [1, 2]
-        assert await database.applied_versions("mesh") == [1, 2, 3, 4]
+        assert await database.applied_versions("mesh") == [1, 2, 3, 4, 5]
         async with database.snapshot() as connection:
             rows = (await connection.exec_driver_sql("SELECT n FROM counter")).all()
         assert rows == [(0,)]  # migration 2 ran exactly once

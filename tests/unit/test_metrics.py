@@ -46,3 +46,21 @@ def test_a_restart_in_between_counts_everything_after_it_as_new() -> None:
     assert rates(before, restarted).requests_per_second == pytest.approx(5.0)
     empty = sample_of("", 4.0)
     assert rates(restarted, empty).p99_ms is None
+
+
+OUTBOX = """# TYPE shop_outbox_oldest_pending_seconds gauge
+shop_outbox_oldest_pending_seconds {oldest}
+# TYPE shop_outbox_parked_total counter
+shop_outbox_parked_total {parked}
+"""
+
+
+def test_a_service_whose_outbox_waits_past_the_threshold_is_degraded() -> None:
+    stuck = sample_of(OUTBOX.format(oldest=45.2, parked=0), 1.0)
+    assert stuck.degraded() == ["the oldest event in its outbox has waited 45 s"]
+    assert sample_of(OUTBOX.format(oldest=2.0, parked=0), 1.0).degraded() == []
+
+
+def test_a_service_whose_outbox_parked_events_is_degraded() -> None:
+    parked = sample_of(OUTBOX.format(oldest=0, parked=2), 1.0)
+    assert parked.degraded() == ["its outbox parked 2 events (`meshctl dlq list`)"]

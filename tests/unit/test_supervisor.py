@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from mesh.control import status_table
 from mesh.plan import InstancePlan
 from mesh.supervisor import Instance, ManagedProcess, Probed, health, in_turn
 from tests.support.processes import niceness_of_every_thread
@@ -71,3 +72,19 @@ def test_a_process_and_every_thread_it_starts_run_at_its_niceness(
     finally:
         process.terminate()
         process.wait_or_kill(time.monotonic() + 5)
+
+
+def _state(degraded: list[str]) -> dict[str, object]:
+    one = {"service": "orders", "instance": "orders-0", "app_pid": 1, "sidecar_pid": 2,
+           "app_port": 3, "inbound_port": 4, "health": "SERVING", "restarts": 0,
+           "degraded": degraded}  # fmt: skip
+    return {"instances": [one], "nats": {"url": "tls://127.0.0.1:5", "monitor": 6, "pid": 7}}
+
+
+def test_status_marks_an_instance_degraded_and_says_why() -> None:
+    stuck = status_table(_state(["the oldest event in its outbox has waited 45 s"]))
+    assert "SERVING, DEGRADED" in stuck
+    assert "degraded: orders-0: the oldest event in its outbox has waited 45 s" in stuck
+    fine = status_table(_state([]))
+    assert "DEGRADED" not in fine
+    assert "degraded:" not in fine

@@ -14,6 +14,7 @@ import pytest
 from mesh.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.inventory import handlers
 from services.inventory.domain import (
+    MAX_ON_HAND,
     Reservation,
     ReservationLine,
     ReservationStatus,
@@ -169,12 +170,12 @@ def test_adjusting_by_zero_is_refused() -> None:
 
 
 def test_adjusting_past_the_largest_stock_level_is_refused() -> None:
-    """Stock levels are int32 in the contract; a bigger one could not even be answered."""
+    """The contract bounds `Stock.on_hand`; a level past it could not be answered."""
     level = Stock("tea", 5, 0, NOW)
     with pytest.raises(InvalidArgument) as failure:
-        stock_adjusted_by(level, 2**31 - 1, NOW)
+        stock_adjusted_by(level, MAX_ON_HAND - 4, NOW)
     assert [v.field for v in failure.value.violations] == ["delta"]
-    assert stock_adjusted_by(level, 2**31 - 6, NOW).on_hand == 2**31 - 1
+    assert stock_adjusted_by(level, MAX_ON_HAND - 5, NOW).on_hand == MAX_ON_HAND
 
 
 # --- use cases ------------------------------------------------------------------------
