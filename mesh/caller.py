@@ -4,13 +4,18 @@ The edge verifies the caller's bearer token and passes its subject (a user id) i
 `x-shop-subject` metadata entry, after removing any entry of that name the client sent;
 services read it with `caller_subject`. Inside the mesh only sidecars can reach a
 service, so the entry cannot be forged once the edge and mTLS are in place.
+
+A method that acts for a customer (reads their orders, shipments, payments or
+notifications, places or cancels an order) takes the customer from the subject alone,
+through `customer_of` or `acting_customer`, and refuses a call without one: no call,
+from the edge or from another service, reads a customer's data without naming them.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from mesh.errors import FieldViolation, InvalidArgument, PermissionDenied
+from mesh.errors import PermissionDenied, Unauthenticated
 
 SUBJECT_METADATA_KEY = "x-shop-subject"
 
@@ -23,22 +28,24 @@ def caller_subject(context: Any) -> str | None:
     return None
 
 
-def acting_customer(caller: str | None, named: str) -> str:
-    """The customer a request acts for: the caller, who may name only themself.
+def customer_of(caller: str | None) -> str:
+    """The customer a customer-scoped call acts for: its caller. A call that names none is
+    refused (UNAUTHENTICATED), wherever it comes from: such methods fail closed."""
+    if not caller:
+        raise Unauthenticated(
+            "this method acts for a signed-in customer, and the call names none",
+            reason="NO_SUBJECT",
+        )
+    return caller
 
-    A call without a caller comes from inside the mesh (another service), which must
-    then name the customer.
-    """
-    if caller is None:
-        if not named:
-            raise InvalidArgument.of(
-                [FieldViolation("customer_id", "customer_id is required.", "REQUIRED")]
-            )
-        return named
-    if named and named != caller:
+
+def acting_customer(caller: str | None, named: str) -> str:
+    """The customer a request acts for: the caller, who may name only themself."""
+    customer = customer_of(caller)
+    if named and named != customer:
         raise PermissionDenied(
             "a customer may act only for themself",
             reason="CUSTOMER_MISMATCH",
             metadata={"customer_id": named},
         )
-    return caller
+    return customer

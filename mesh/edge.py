@@ -19,7 +19,8 @@ h2c. A request goes through, in order:
 7. the clients' rate limits -> 429: a bucket per token subject, and for calls without a
    token one per client address and one all of them share (`edge.rate_limit`); health
    checks are outside every bucket;
-8. authorization by scope, per method, as `mesh.yaml` declares;
+8. authorization: a verified token without a subject (`sub`) is refused, whatever the
+   method (it would act for no one); then scopes, per method, as `mesh.yaml` declares;
 9. routing: each public method to its service's instances, over mTLS with the edge's
    SPIFFE identity (internal methods have no route: 404 / UNIMPLEMENTED); reflection and
    health to the edge companion; `/openapi.json`, `/docs` and `/healthz` answered by the
@@ -350,25 +351,11 @@ def _http_filters(
                 "rules": {
                     "action": "DENY",
                     "policies": {
-                        f"needs-{scope}-for-{path}": {
-                            "permissions": [{"url_path": {"path": {"exact": path}}}],
-                            "principals": [
-                                {
-                                    "not_id": {
-                                        "metadata": {
-                                            "filter": _JWT_FILTER,
-                                            "path": [{"key": _JWT_PAYLOAD}, {"key": "scope"}],
-                                            "value": {
-                                                "string_match": {
-                                                    "safe_regex": {"regex": _scope_regex(scope)}
-                                                }
-                                            },
-                                        }
-                                    }
-                                }
-                            ],
-                        }
-                        for path, scope in scoped
+                        "token-without-subject": _token_without_subject(),
+                        **{
+                            f"needs-{scope}-for-{path}": _needs_scope(path, scope)
+                            for path, scope in scoped
+                        },
                     },
                 },
             },
@@ -454,6 +441,47 @@ _UNLIMITED = {
     name: {"@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig", "disabled": True}
     for name in (TOTAL_LIMIT, CLIENT_LIMITS)
 }
+
+
+_NOT_EMPTY = {"string_match": {"safe_regex": {"regex": ".+"}}}
+
+
+def _claim(name: str, value: dict[str, Any]) -> dict[str, Any]:
+    """A principal: the verified token's claim `name` matches `value`."""
+    return {
+        "metadata": {
+            "filter": _JWT_FILTER,
+            "path": [{"key": _JWT_PAYLOAD}, {"key": name}],
+            "value": value,
+        }
+    }
+
+
+def _needs_scope(path: str, scope: str) -> dict[str, Any]:
+    """The method `path` without a verified token that grants `scope`."""
+    regex = {"string_match": {"safe_regex": {"regex": _scope_regex(scope)}}}
+    return {
+        "permissions": [{"url_path": {"path": {"exact": path}}}],
+        "principals": [{"not_id": _claim("scope", regex)}],
+    }
+
+
+def _token_without_subject() -> dict[str, Any]:
+    """Any request with a verified token (it has an issuer: the provider checks it) whose
+    `sub` is missing or empty: it would act for no one, so it may not act at all."""
+    return {
+        "permissions": [{"any": True}],
+        "principals": [
+            {
+                "and_ids": {
+                    "ids": [
+                        _claim("iss", {"present_match": True}),
+                        {"not_id": _claim("sub", _NOT_EMPTY)},
+                    ]
+                }
+            }
+        ],
+    }
 
 
 def _token_optional() -> dict[str, Any]:

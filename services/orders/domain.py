@@ -319,6 +319,6 @@ def first_failure(order: Order) -> str:
     return next((s.detail for s in order.history if s.outcome is StepOutcome.FAILED), "")
 
 
-def visible_to(order: Order, caller: str | None) -> bool:
-    """Whether `caller` may see `order`; no caller means a trusted call inside the mesh."""
-    return caller is None or order.customer_id == caller
+def visible_to(order: Order, customer: str) -> bool:
+    """Whether `customer` may see `order`: only its own customer may."""
+    return order.customer_id == customer

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mesh.admission import Backlog
-from mesh.caller import acting_customer
+from mesh.caller import acting_customer, customer_of
 from mesh.errors import Aborted
 from mesh.pagination import page_size
 from mesh.storage import utc_now
@@ -127,9 +127,10 @@ async def check_backlog(tx: OrdersTransaction, backlog: Backlog | None, customer
 
 async def get_order(store: OrdersStore, caller: str | None, order_id: str) -> Order:
     """The order, if the caller may see it; another customer's order does not exist."""
+    customer = customer_of(caller)
     async with store.snapshot() as tx:
         order = await tx.get(order_id)
-    if order is None or not visible_to(order, caller):
+    if order is None or not visible_to(order, customer):
         raise order_not_found(order_id)
     return order
 
@@ -150,10 +151,11 @@ async def list_orders(store: OrdersStore, query: ListOrders) -> OrderPage:
 
 async def cancel_order(store: OrdersStore, command: CancelOrder) -> Order:
     """Cancel a PENDING order; a retry with the same request id returns it again."""
+    customer = customer_of(command.caller)
     async with store.transaction() as tx:
         prior = await tx.find_request("CancelOrder", command.request_id)
         order = await tx.get(command.order_id)
-        if order is None or not visible_to(order, command.caller):
+        if order is None or not visible_to(order, customer):
             raise order_not_found(command.order_id)
         if prior and prior["order_id"] == order.id:
             return order

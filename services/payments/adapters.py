@@ -88,6 +88,11 @@ MIGRATIONS = (
         "the card processor is a service of its own, which remembers its transient failures",
         ["DROP TABLE provider_transient_failures"],
     ),
+    Migration(
+        3,
+        "payments belong to the customer who pays; earlier ones to no one",
+        ["ALTER TABLE payments ADD COLUMN customer_id VARCHAR(64) NOT NULL DEFAULT ''"],
+    ),
 )
 
 metadata = sa.MetaData()
@@ -104,6 +109,7 @@ payments = sa.Table(
     sa.Column("refunded_minor_units", sa.BigInteger, nullable=False),
     sa.Column("create_time", UtcDateTime, nullable=False),
     sa.Column("update_time", UtcDateTime, nullable=False),
+    sa.Column("customer_id", sa.String(64), nullable=False),
 )
 captures = sa.Table(
     "captures",
@@ -127,6 +133,7 @@ def _row(payment: Payment) -> dict[str, Any]:
     return {
         "id": payment.id,
         "order_id": payment.order_id,
+        "customer_id": payment.customer_id,
         "currency": payment.amount.currency,
         "amount_minor_units": payment.amount.minor_units,
         "status": payment.status.value,
@@ -142,6 +149,7 @@ def _payment(row: sa.Row[Any]) -> Payment:
     return Payment(
         id=row.id,
         order_id=row.order_id,
+        customer_id=row.customer_id,
         amount=Money(row.currency, row.amount_minor_units),
         status=PaymentStatus(row.status),
         decline_reason=row.decline_reason,

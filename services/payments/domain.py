@@ -27,6 +27,7 @@ class Payment:
 
     id: str
     order_id: str
+    customer_id: str
     amount: Money
     status: PaymentStatus
     decline_reason: str
@@ -76,6 +77,11 @@ def payment_not_found(payment_id: str) -> NotFound:
     )
 
 
+def visible_to(payment: Payment, customer: str) -> bool:
+    """Whether `payment` is `customer`'s: only they may see it."""
+    return payment.customer_id == customer
+
+
 def payment_declined(payment: Payment) -> FailedPrecondition:
     return FailedPrecondition(
         f"payment {payment.id!r} was declined: {payment.decline_reason}",
@@ -90,7 +96,12 @@ def check_positive(amount: Money, field: str = "amount") -> None:
 
 
 def new_payment(
-    *, order_id: str, amount: Money, decision: ProviderDecision, now: datetime
+    *,
+    order_id: str,
+    customer_id: str,
+    amount: Money,
+    decision: ProviderDecision,
+    now: datetime,
 ) -> Payment:
     """The payment the provider's `decision` on `amount` leaves: authorized or declined."""
     check_positive(amount)
@@ -98,6 +109,7 @@ def new_payment(
     return Payment(
         id=str(uuid.uuid4()),
         order_id=order_id,
+        customer_id=customer_id,
         amount=amount,
         status=PaymentStatus.DECLINED if declined else PaymentStatus.AUTHORIZED,
         decline_reason=decision.reason if isinstance(decision, Declined) else "",

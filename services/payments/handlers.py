@@ -1,10 +1,15 @@
-"""The payments use cases: each takes a command and the ports, and returns a payment."""
+"""The payments use cases: each takes a command and the ports, and returns a payment.
+
+`caller` is the subject the call names (`mesh.caller`); reading a customer's payment
+refuses a call that names none.
+"""
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
 
+from mesh.caller import customer_of
 from mesh.money import Money
 from mesh.storage import utc_now
 from services.payments.domain import (
@@ -18,6 +23,7 @@ from services.payments.domain import (
     payment_declined,
     payment_not_found,
     refunded,
+    visible_to,
     voided,
 )
 from services.payments.ports import PaymentProvider, PaymentsStore, PaymentsTransaction
@@ -26,6 +32,7 @@ from services.payments.ports import PaymentProvider, PaymentsStore, PaymentsTran
 @dataclass(frozen=True)
 class AuthorizePayment:
     order_id: str
+    customer_id: str
     amount: Money
     payment_token: str
     request_id: str
@@ -84,7 +91,11 @@ async def record_authorization(
         payment = await _prior_payment(tx, "AuthorizePayment", command.request_id)
         if payment is None:
             payment = new_payment(
-                order_id=command.order_id, amount=command.amount, decision=decision, now=utc_now()
+                order_id=command.order_id,
+                customer_id=command.customer_id,
+                amount=command.amount,
+                decision=decision,
+                now=utc_now(),
             )
             await tx.add(payment)
             await tx.record_request(
@@ -146,9 +157,11 @@ async def refund_payment(store: PaymentsStore, command: RefundPayment) -> Paymen
     return payment
 
 
-async def get_payment(store: PaymentsStore, payment_id: str) -> Payment:
+async def get_payment(store: PaymentsStore, caller: str | None, payment_id: str) -> Payment:
+    """The payment, if it is the caller's; another customer's payment does not exist."""
+    customer = customer_of(caller)
     async with store.snapshot() as tx:
         payment = await tx.get(payment_id)
-    if payment is None:
+    if payment is None or not visible_to(payment, customer):
         raise payment_not_found(payment_id)
     return payment

@@ -1,6 +1,6 @@
 """Payments' part in the order saga.
 
-* `OrderPlaced` -> remember the amount and card token (`mesh.saga`).
+* `OrderPlaced` -> remember the customer, amount and card token (`mesh.saga`).
 * `StockReserved` -> authorize and capture the order's total: `PaymentCaptured`, or
   `PaymentDeclined` when the provider declines the card or does not know the token.
   The processor is asked outside the event's transaction with the key `order-<id>`, so
@@ -58,6 +58,7 @@ def handlers(
             return
         command = AuthorizePayment(
             order_id=order_id,
+            customer_id=placed.customer_id,
             amount=Money.from_proto(placed.total),
             payment_token=placed.payment_token,
             request_id=_key(order_id),

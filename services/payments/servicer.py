@@ -6,6 +6,7 @@ from typing import Any
 
 from google.type import money_pb2
 
+from mesh.caller import caller_subject
 from mesh.money import Money
 from mesh.timestamps import to_timestamp
 from services.payments import handlers
@@ -27,6 +28,7 @@ def to_proto(payment: Payment) -> pb.Payment:
     return pb.Payment(
         id=payment.id,
         order_id=payment.order_id,
+        customer_id=payment.customer_id,
         amount=payment.amount.to_proto(),
         status=_STATUSES[payment.status],
         decline_reason=payment.decline_reason,
@@ -54,6 +56,7 @@ class PaymentsServicer(pb_grpc.PaymentsServiceServicer):
             self._provider,
             handlers.AuthorizePayment(
                 order_id=request.order_id,
+                customer_id=request.customer_id,
                 amount=_amount(request.amount),
                 payment_token=request.payment_token,
                 request_id=request.request_id,
@@ -86,5 +89,5 @@ class PaymentsServicer(pb_grpc.PaymentsServiceServicer):
     async def GetPayment(
         self, request: pb.GetPaymentRequest, context: Any
     ) -> pb.GetPaymentResponse:
-        payment = await handlers.get_payment(self._store, request.id)
+        payment = await handlers.get_payment(self._store, caller_subject(context), request.id)
         return pb.GetPaymentResponse(payment=to_proto(payment))

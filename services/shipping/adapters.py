@@ -45,6 +45,11 @@ MIGRATIONS = (
             """,
         ],
     ),
+    Migration(
+        2,
+        "shipments owned by a customer",
+        ["ALTER TABLE shipments ADD COLUMN customer_id VARCHAR(64) NOT NULL DEFAULT ''"],
+    ),
 )
 
 metadata = sa.MetaData()
@@ -64,6 +69,7 @@ shipments = sa.Table(
     sa.Column("cancel_reason", sa.Text, nullable=False),
     sa.Column("create_time", UtcDateTime, nullable=False),
     sa.Column("update_time", UtcDateTime, nullable=False),
+    sa.Column("customer_id", sa.String(64), nullable=False),
 )
 
 
@@ -71,6 +77,7 @@ def _row(shipment: Shipment) -> dict[str, Any]:
     return {
         "id": shipment.id,
         "order_id": shipment.order_id,
+        "customer_id": shipment.customer_id,
         "destination": json.dumps(asdict(shipment.destination)),
         "region_code": shipment.destination.region_code,
         "weight_grams": shipment.weight_grams,
@@ -100,6 +107,7 @@ def _shipment(row: sa.Row[Any]) -> Shipment:
     return Shipment(
         id=row.id,
         order_id=row.order_id,
+        customer_id=row.customer_id,
         destination=_destination(row.destination),
         weight_grams=row.weight_grams,
         cost=Money(row.cost_currency, row.cost_minor_units),

@@ -93,6 +93,8 @@ class Shipment:
 
     id: str
     order_id: str
+    customer_id: str
+    """The customer whose order it carries: the only one who may read it."""
     destination: Destination
     weight_grams: int
     cost: Money
@@ -110,6 +112,11 @@ def shipment_not_found(shipment_id: str) -> NotFound:
         reason="SHIPMENT_NOT_FOUND",
         metadata={"shipment_id": shipment_id},
     )
+
+
+def visible_to(shipment: Shipment, customer: str) -> bool:
+    """Whether `customer` may see `shipment`: only its own customer may."""
+    return shipment.customer_id == customer
 
 
 def _violations(destination: Destination, weight_grams: int) -> list[FieldViolation]:
@@ -168,13 +175,19 @@ def new_tracking_number() -> str:
 
 
 def new_shipment(
-    *, order_id: str, destination: Destination, weight_grams: int, now: datetime
+    *,
+    order_id: str,
+    customer_id: str,
+    destination: Destination,
+    weight_grams: int,
+    now: datetime,
 ) -> Shipment:
-    """A scheduled shipment of an order, costing what it is quoted."""
+    """A scheduled shipment of a customer's order, costing what it is quoted."""
     priced = quote(destination, weight_grams)
     return Shipment(
         id=str(uuid.uuid4()),
         order_id=order_id,
+        customer_id=customer_id,
         destination=destination,
         weight_grams=weight_grams,
         cost=priced.cost,

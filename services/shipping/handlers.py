@@ -1,9 +1,14 @@
-"""Shipping's use cases: each takes a command and the store, and returns domain objects."""
+"""Shipping's use cases: each takes a command and the store, and returns domain objects.
+
+`caller` is the subject the call names (`mesh.caller`); a read of a customer's shipment
+refuses a call that names none.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mesh.caller import customer_of
 from mesh.storage import utc_now
 from services.shipping.domain import (
     Destination,
@@ -13,6 +18,7 @@ from services.shipping.domain import (
     new_shipment,
     quote,
     shipment_not_found,
+    visible_to,
 )
 from services.shipping.ports import ShippingStore
 
@@ -26,6 +32,7 @@ class QuoteShipment:
 @dataclass(frozen=True)
 class CreateShipment:
     order_id: str
+    customer_id: str
     destination: Destination
     weight_grams: int
     request_id: str
@@ -42,10 +49,12 @@ def quote_shipment(command: QuoteShipment) -> Quote:
     return quote(command.destination, command.weight_grams)
 
 
-async def get_shipment(store: ShippingStore, shipment_id: str) -> Shipment:
+async def get_shipment(store: ShippingStore, caller: str | None, shipment_id: str) -> Shipment:
+    """The shipment, if the caller may see it; another customer's shipment does not exist."""
+    customer = customer_of(caller)
     async with store.snapshot() as tx:
         shipment = await tx.get(shipment_id)
-    if shipment is None:
+    if shipment is None or not visible_to(shipment, customer):
         raise shipment_not_found(shipment_id)
     return shipment
 
@@ -65,6 +74,7 @@ async def create_shipment(store: ShippingStore, command: CreateShipment) -> Ship
         if shipment is None:
             shipment = new_shipment(
                 order_id=command.order_id,
+                customer_id=command.customer_id,
                 destination=command.destination,
                 weight_grams=command.weight_grams,
                 now=utc_now(),

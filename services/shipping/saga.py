@@ -1,7 +1,7 @@
 """Shipping's part in the order saga.
 
-* `OrderPlaced` -> remember the address and weight (`mesh.saga`; the card token is
-  not kept).
+* `OrderPlaced` -> remember the customer, address and weight (`mesh.saga`; the card
+  token is not kept).
 * `PaymentCaptured` -> schedule the order's one shipment: `ShipmentScheduled`, or
   `ShipmentFailed` when the parcel cannot be sent (no postal code or address line, a
   malformed region, too heavy), which makes payments refund and inventory release.
@@ -45,6 +45,7 @@ def handlers(joined: Callable[[Connection], ShippingStore]) -> dict[str, Handler
                 return
             command = CreateShipment(
                 order_id=order_id,
+                customer_id=placed.customer_id,
                 destination=destination_from_proto(placed.shipping_address),
                 weight_grams=placed.weight_grams,
                 request_id=f"order-{order_id}",

@@ -6,6 +6,7 @@ from typing import Any
 
 from google.type import postal_address_pb2
 
+from mesh.caller import caller_subject
 from mesh.timestamps import to_timestamp
 from services.shipping import handlers
 from services.shipping.domain import Destination, Shipment, ShipmentStatus
@@ -54,6 +55,7 @@ def to_proto(shipment: Shipment) -> pb.Shipment:
         tracking_number=shipment.tracking_number,
         status=_STATUSES[shipment.status],
         create_time=to_timestamp(shipment.create_time),
+        customer_id=shipment.customer_id,
     )
 
 
@@ -76,7 +78,7 @@ class ShippingServicer(pb_grpc.ShippingServiceServicer):
     async def GetShipment(
         self, request: pb.GetShipmentRequest, context: Any
     ) -> pb.GetShipmentResponse:
-        shipment = await handlers.get_shipment(self._store, request.id)
+        shipment = await handlers.get_shipment(self._store, caller_subject(context), request.id)
         return pb.GetShipmentResponse(shipment=to_proto(shipment))
 
     async def CreateShipment(
@@ -86,6 +88,7 @@ class ShippingServicer(pb_grpc.ShippingServiceServicer):
             self._store,
             handlers.CreateShipment(
                 order_id=request.order_id,
+                customer_id=request.customer_id,
                 destination=destination_from_proto(request.destination),
                 weight_grams=request.weight_grams,
                 request_id=request.request_id,

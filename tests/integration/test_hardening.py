@@ -214,3 +214,15 @@ def test_an_order_heavier_than_an_order_can_weigh_is_out_of_range(
     body = assert_json_error(response, 400, grpc.StatusCode.OUT_OF_RANGE.value[0])
     assert _reason(body) == "ORDER_TOO_HEAVY"
     assert _orders_of(edge, token) == []
+
+
+# -- fail closed --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/v1/orders", "/v1/products", "/v1/users/me"])
+def test_a_token_without_a_subject_is_refused_at_the_edge(
+    edge: httpx.Client, mesh: RunningMesh, path: str
+) -> None:
+    nobody = mesh.token("", "orders:read", "catalog:read")
+    response = edge.get(path, headers={"authorization": f"Bearer {nobody}"})
+    assert_json_error(response, 403, grpc.StatusCode.PERMISSION_DENIED.value[0])

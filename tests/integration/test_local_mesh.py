@@ -141,6 +141,7 @@ def test_a_customer_journey_across_the_services(mesh: RunningMesh) -> None:
         "shop.payments.v1.PaymentsService/AuthorizePayment",
         {
             "order_id": order["id"],
+            "customer_id": user["id"],
             "amount": {"currency_code": "EUR", "units": 9},
             "payment_token": "tok_visa",
             "request_id": "journey-1",
@@ -155,6 +156,7 @@ def test_a_customer_journey_across_the_services(mesh: RunningMesh) -> None:
             at["notifications"],
             "shop.notifications.v1.NotificationsService/ListNotifications",
             {"customer_id": user["id"]},
+            f"{SUBJECT_METADATA_KEY}: {user['id']}",
         ).get("notifications", [])
     ):
         assert time.monotonic() < deadline, "no notification of the order"

@@ -173,6 +173,32 @@ def test_the_edge_identity_reaches_public_methods_only(mesh: RunningMesh) -> Non
     assert "Code: PermissionDenied" in internal.stderr
 
 
+@pytest.mark.parametrize(
+    ("service", "method", "body"),
+    [
+        ("orders", "shop.orders.v1.OrdersService/ListOrders", {"customer_id": "someone"}),
+        ("orders", "shop.orders.v1.OrdersService/GetOrder", {"id": str(uuid.uuid4())}),
+        ("shipping", "shop.shipping.v1.ShippingService/GetShipment", {"id": str(uuid.uuid4())}),
+        ("payments", "shop.payments.v1.PaymentsService/GetPayment", {"id": str(uuid.uuid4())}),
+        (
+            "notifications",
+            "shop.notifications.v1.NotificationsService/ListNotifications",
+            {"customer_id": "someone"},
+        ),
+    ],
+    ids=["list-orders", "get-order", "get-shipment", "get-payment", "list-notifications"],
+)
+def test_the_edge_identity_without_a_subject_reads_no_customers_data(
+    mesh: RunningMesh, service: str, method: str, body: dict[str, str]
+) -> None:
+    cert, key = mesh.pki("edge")
+    inbound = f"127.0.0.1:{mesh.instance(f'{service}-0')['inbound_port']}"
+    tls = ["-cacert", str(mesh.ca), "-cert", str(cert), "-key", str(key),
+           "-servername", f"{service}.shop.svc"]  # fmt: skip
+    answer = grpcurl(*tls, "-d", json.dumps(body), inbound, method)
+    assert "Code: Unauthenticated" in answer.stderr, answer.stdout + answer.stderr
+
+
 def test_the_app_learns_its_callers_identity(mesh: RunningMesh) -> None:
     # catalog's sidecar calls inventory for catalog; inventory's sidecar verified who it is.
     outbound = _outbound(mesh, "catalog-0", "inventory")
@@ -204,6 +230,7 @@ def test_a_transient_unavailable_is_retried_for_an_idempotent_call(mesh: Running
         payment = stub.AuthorizePayment(
             payments_pb.AuthorizePaymentRequest(
                 order_id=str(uuid.uuid4()),
+                customer_id="customer-1",
                 amount={"currency_code": "EUR", "units": 5},
                 payment_token="tok_transient",
                 request_id=str(uuid.uuid4()),

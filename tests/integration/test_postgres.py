@@ -315,7 +315,7 @@ async def test_concurrent_partial_refunds_all_count(
         authorized = await authorize_payment(
             store,
             ApprovingProvider(),
-            AuthorizePayment("order-1", Money("EUR", 1000), "tok_visa", "a"),
+            AuthorizePayment("order-1", "alice", Money("EUR", 1000), "tok_visa", "a"),
         )
         await capture_payment(store, CapturePayment(authorized.id, "c"))
         results = await outcomes(
@@ -362,7 +362,9 @@ async def test_concurrent_shipments_of_one_order_create_one(
         store = shipping.SqlShippingStore(await warmed(database))
         results = await outcomes(
             *(
-                create_shipment(store, CreateShipment("order-1", destination, 500, f"r{n}"))
+                create_shipment(
+                    store, CreateShipment("order-1", "alice", destination, 500, f"r{n}")
+                )
                 for n in range(5)
             )
         )

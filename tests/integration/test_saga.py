@@ -58,7 +58,7 @@ def edge(mesh: RunningMesh) -> Iterator[httpx.Client]:
 
 @pytest.fixture(scope="module")
 def admin(mesh: RunningMesh) -> dict[str, str]:
-    return bearer(mesh.token("saga-admin", "catalog:write", "inventory:write", "payments:read"))
+    return bearer(mesh.token("saga-admin", "catalog:write", "inventory:write"))
 
 
 def test_an_order_placed_through_the_edge_is_confirmed_with_every_step_once(
@@ -79,7 +79,9 @@ def test_an_order_placed_through_the_edge_is_confirmed_with_every_step_once(
     # Stock taken out once: the reservation was committed, nothing stays reserved.
     assert eventually(lambda: stock(edge, product_id) == (3, 0), "stock committed")
     # One capture, of the order's total.
-    payment = edge.get(f"/v1/payments/{order['paymentId']}", headers=admin).json()["payment"]
+    # Read as the customer who paid: only they may see the payment.
+    paid = edge.get(f"/v1/payments/{order['paymentId']}", headers=bearer(token))
+    payment = paid.json()["payment"]
     assert payment["status"] == "PAYMENT_STATUS_CAPTURED"
     assert payment["capturedAmount"] == order["total"] == {
         "currencyCode": "EUR", "units": "51"
@@ -143,7 +145,9 @@ def test_a_failed_shipment_refunds_the_payment_and_releases_the_stock(
         "SAGA_STEP_OUTCOME_COMPENSATED",
     ]  # fmt: skip
     assert order["cancelReason"].startswith("Shipment failed: invalid request:")
-    payment = edge.get(f"/v1/payments/{order['paymentId']}", headers=admin).json()["payment"]
+    # Read as the customer who paid: only they may see the payment.
+    paid = edge.get(f"/v1/payments/{order['paymentId']}", headers=bearer(token))
+    payment = paid.json()["payment"]
     assert payment["status"] == "PAYMENT_STATUS_REFUNDED"
     assert payment["refundedAmount"] == payment["capturedAmount"] == order["total"]
     assert stock(edge, product_id) == (5, 0)

@@ -11,6 +11,7 @@ import grpc
 import pytest
 from sqlalchemy.exc import IntegrityError
 
+from mesh.caller import SUBJECT_METADATA_KEY
 from mesh.pagination import PageTokens
 from mesh.storage import Database
 from services.notifications import handlers
@@ -57,6 +58,11 @@ async def record(
     return notification.id
 
 
+def as_customer(customer_id: str) -> tuple[tuple[str, str], ...]:
+    """The metadata of a call the edge passes on for a customer's token."""
+    return ((SUBJECT_METADATA_KEY, customer_id),)
+
+
 async def list_all(notifications: Any, customer_id: str, page_size: int) -> list[pb.Notification]:
     seen: list[pb.Notification] = []
     token = ""
@@ -64,7 +70,8 @@ async def list_all(notifications: Any, customer_id: str, page_size: int) -> list
         page = await notifications.ListNotifications(
             pb.ListNotificationsRequest(
                 customer_id=customer_id, page_size=page_size, page_token=token
-            )
+            ),
+            metadata=as_customer(customer_id),
         )
         assert len(page.notifications) <= page_size
         seen += page.notifications
@@ -78,7 +85,9 @@ async def test_a_recorded_notification_is_listed_as_sent(
 ) -> None:
     await record(store, "c1", "o1", CANCELLED, "payment declined")
     listed = (
-        await notifications.ListNotifications(pb.ListNotificationsRequest(customer_id="c1"))
+        await notifications.ListNotifications(
+            pb.ListNotificationsRequest(customer_id="c1"), metadata=as_customer("c1")
+        )
     ).notifications
     assert len(listed) == 1
     (sent,) = listed
@@ -146,7 +155,9 @@ async def test_the_database_allows_one_notification_per_outcome(
 async def test_a_customer_without_notifications_gets_an_empty_page(
     notifications: Any,
 ) -> None:
-    page = await notifications.ListNotifications(pb.ListNotificationsRequest(customer_id="c9"))
+    page = await notifications.ListNotifications(
+        pb.ListNotificationsRequest(), metadata=as_customer("c9")
+    )
     assert list(page.notifications) == []
     assert page.next_page_token == ""
 
@@ -154,7 +165,6 @@ async def test_a_customer_without_notifications_gets_an_empty_page(
 @pytest.mark.parametrize(
     ("request_fields", "violation"),
     [
-        ({}, "customer_id"),
         ({"customer_id": "c1", "page_size": -1}, "page_size"),
         ({"customer_id": "c1", "page_token": "not-a-token"}, "page_token"),
         (
@@ -167,15 +177,32 @@ async def test_a_customer_without_notifications_gets_an_empty_page(
             "page_token",
         ),
     ],
-    ids=["no-customer", "negative-page-size", "garbage-token", "forged-token"],
+    ids=["negative-page-size", "garbage-token", "forged-token"],
 )
 async def test_bad_list_requests_name_the_field(
     notifications: Any, request_fields: dict[str, Any], violation: str
 ) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as failure:
-        await notifications.ListNotifications(pb.ListNotificationsRequest(**request_fields))
+        await notifications.ListNotifications(
+            pb.ListNotificationsRequest(**request_fields), metadata=as_customer("c1")
+        )
     assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert field_violations(failure.value) == [violation]
+
+
+@pytest.mark.parametrize("named", ["", "c1"], ids=["no-one-named", "a-customer-named"])
+async def test_a_list_without_a_caller_is_refused(notifications: Any, named: str) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await notifications.ListNotifications(pb.ListNotificationsRequest(customer_id=named))
+    assert failure.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_a_customer_may_not_list_anothers_notifications(notifications: Any) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await notifications.ListNotifications(
+            pb.ListNotificationsRequest(customer_id="c1"), metadata=as_customer("c2")
+        )
+    assert failure.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
 async def test_a_token_cannot_be_reused_for_another_customer(
@@ -184,11 +211,12 @@ async def test_a_token_cannot_be_reused_for_another_customer(
     for i in range(3):
         await record(store, "c1", f"o{i}")
     page = await notifications.ListNotifications(
-        pb.ListNotificationsRequest(customer_id="c1", page_size=1)
+        pb.ListNotificationsRequest(customer_id="c1", page_size=1), metadata=as_customer("c1")
     )
     with pytest.raises(grpc.aio.AioRpcError) as failure:
         await notifications.ListNotifications(
-            pb.ListNotificationsRequest(customer_id="c2", page_token=page.next_page_token)
+            pb.ListNotificationsRequest(page_token=page.next_page_token),
+            metadata=as_customer("c2"),
         )
     assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert field_violations(failure.value) == ["page_token"]

@@ -16,6 +16,7 @@ from google.rpc import error_details_pb2
 from google.type import money_pb2
 from grpc_status import rpc_status
 
+from mesh.caller import SUBJECT_METADATA_KEY
 from mesh.storage import Database, utc_now
 from services.payments.adapters import (
     MIGRATIONS,
@@ -43,6 +44,9 @@ from tests.support.component import (
 )
 
 pytestmark = pytest.mark.integration
+
+ALICE = ((SUBJECT_METADATA_KEY, "alice"),)
+BOB = ((SUBJECT_METADATA_KEY, "bob"),)
 
 
 @pytest.fixture
@@ -84,6 +88,7 @@ def new_id() -> str:
 def authorize_request(**fields: Any) -> pb.AuthorizePaymentRequest:
     return pb.AuthorizePaymentRequest(
         order_id=fields.pop("order_id", "order-1"),
+        customer_id=fields.pop("customer_id", "alice"),
         amount=fields.pop("amount", eur(25)),
         payment_token=fields.pop("payment_token", "tok_visa"),
         request_id=fields.pop("request_id", new_id()),
@@ -109,9 +114,17 @@ async def refund(payments: Any, payment_id: str, **fields: Any) -> pb.Payment:
     return payment
 
 
-async def get(payments: Any, payment_id: str) -> pb.Payment:
-    payment: pb.Payment = (await payments.GetPayment(pb.GetPaymentRequest(id=payment_id))).payment
+async def get(payments: Any, payment_id: str, metadata: Any = ALICE) -> pb.Payment:
+    request = pb.GetPaymentRequest(id=payment_id)
+    payment: pb.Payment = (await payments.GetPayment(request, metadata=metadata)).payment
     return payment
+
+
+async def get_failure(payments: Any, payment_id: str, metadata: Any) -> grpc.aio.AioRpcError:
+    """The error reading the payment fails with, for the caller `metadata` names."""
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await get(payments, payment_id, metadata)
+    return failure.value
 
 
 async def captured_payment(payments: Any, amount: money_pb2.Money | None = None) -> pb.Payment:
@@ -137,6 +150,7 @@ async def test_visa_is_authorized_captured_and_refunded(payments: Any) -> None:
     authorized = await authorize(payments, order_id="order-7", amount=eur(25, 500_000_000))
     assert len(authorized.id) == 36
     assert authorized.order_id == "order-7"
+    assert authorized.customer_id == "alice"
     assert authorized.status == pb.PAYMENT_STATUS_AUTHORIZED
     assert authorized.amount == eur(25, 500_000_000)
     assert authorized.captured_amount == eur(0)
@@ -314,7 +328,7 @@ async def test_a_capture_retried_with_its_request_id_returns_its_payment(payment
 async def test_unknown_payments_are_not_found(payments: Any) -> None:
     unknown = new_id()
     calls = [
-        payments.GetPayment(pb.GetPaymentRequest(id=unknown)),
+        payments.GetPayment(pb.GetPaymentRequest(id=unknown), metadata=ALICE),
         payments.CapturePayment(pb.CapturePaymentRequest(payment_id=unknown, request_id=new_id())),
         payments.RefundPayment(pb.RefundPaymentRequest(payment_id=unknown, request_id=new_id())),
     ]
@@ -447,29 +461,105 @@ async def test_data_survives_a_restart(
         stub = pb_grpc.PaymentsServiceStub(channel)
         payment = await refund(stub, (await captured_payment(stub)).id, amount=eur(5))
     async with databases.open(tmp_path, "payments", MIGRATIONS) as database:
-        assert await database.applied_versions() == [1, 2]
+        assert await database.applied_versions() == [1, 2, 3]
         async with served(database, processor) as channel:
             fetched = await get(pb_grpc.PaymentsServiceStub(channel), payment.id)
     assert fetched == payment
     assert fetched.refunded_amount == eur(5)
 
 
+def old_payment_row(payment_id: str) -> dict[str, Any]:
+    """A payment as the tables before `customer_id` stored it."""
+    now = utc_now()
+    return {
+        "id": payment_id,
+        "order_id": "order-1",
+        "currency": "EUR",
+        "amount_minor_units": 2500,
+        "status": "AUTHORIZED",
+        "decline_reason": "",
+        "captured_minor_units": 0,
+        "refunded_minor_units": 0,
+        "create_time": now,
+        "update_time": now,
+    }
+
+
+async def insert_old_payment(database: Database) -> str:
+    payment_id = new_id()
+    async with database.transaction() as connection:
+        await connection.execute(payments_table.insert(), old_payment_row(payment_id))
+    return payment_id
+
+
 async def test_upgrading_drops_the_old_in_process_providers_table_and_keeps_payments(
-    tmp_path: Path, processor: grpc.aio.Channel
+    tmp_path: Path,
 ) -> None:
     before_the_processor = MIGRATIONS[:1]
     async with sqlite_database(tmp_path, "payments", before_the_processor) as database:
-        async with served(database, processor) as channel:
-            payment = await authorize(pb_grpc.PaymentsServiceStub(channel))
+        payment_id = await insert_old_payment(database)
         async with database.snapshot() as connection:
             tables = await connection.run_sync(lambda sync: sa.inspect(sync).get_table_names())
         assert "provider_transient_failures" in tables
     async with sqlite_database(tmp_path, "payments", MIGRATIONS) as database:
-        assert await database.applied_versions() == [1, 2]
+        assert await database.applied_versions() == [1, 2, 3]
         async with database.snapshot() as connection:
             tables = await connection.run_sync(lambda sync: sa.inspect(sync).get_table_names())
-        async with served(database, processor) as channel:
-            fetched = await get(pb_grpc.PaymentsServiceStub(channel), payment.id)
+            rows = (await connection.execute(sa.select(payments_table.c.id))).all()
     assert "provider_transient_failures" not in tables
     assert {"payments", "captures", "refunds"} <= set(tables)
-    assert fetched == payment
+    assert [row.id for row in rows] == [payment_id]
+
+
+async def test_payments_from_before_owners_belong_to_no_one(
+    tmp_path: Path, processor: grpc.aio.Channel
+) -> None:
+    before_owners = MIGRATIONS[:2]
+    async with sqlite_database(tmp_path, "payments", before_owners) as database:
+        payment_id = await insert_old_payment(database)
+    async with sqlite_database(tmp_path, "payments", MIGRATIONS) as database:
+        async with database.snapshot() as connection:
+            row = (await connection.execute(sa.select(payments_table))).one()
+        async with served(database, processor) as channel:
+            error = await get_failure(pb_grpc.PaymentsServiceStub(channel), payment_id, ALICE)
+    assert (row.id, row.customer_id) == (payment_id, "")
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+    assert error_reason(error) == "PAYMENT_NOT_FOUND"
+
+
+async def test_the_owner_reads_their_payment(payments: Any) -> None:
+    authorized = await authorize(payments, customer_id="alice")
+    assert authorized.customer_id == "alice"
+    fetched = await get(payments, authorized.id, ALICE)
+    assert fetched == authorized
+
+
+async def test_another_customers_payment_is_not_found_like_a_missing_one(payments: Any) -> None:
+    theirs = await authorize(payments, customer_id="alice")
+    missing = new_id()
+    for payment_id in (theirs.id, missing):
+        error = await get_failure(payments, payment_id, BOB)
+        assert error.code() == grpc.StatusCode.NOT_FOUND
+        assert error_reason(error) == "PAYMENT_NOT_FOUND"
+        assert error_metadata(error) == {"payment_id": payment_id}
+        assert error.details() == f"payment {payment_id!r} does not exist"
+    assert await get(payments, theirs.id, ALICE) == theirs
+
+
+@pytest.mark.parametrize("metadata", [None, ((SUBJECT_METADATA_KEY, ""),)], ids=["none", "empty"])
+async def test_reading_a_payment_without_a_subject_is_unauthenticated(
+    payments: Any, metadata: Any
+) -> None:
+    known = (await authorize(payments)).id
+    for payment_id in (known, new_id()):
+        error = await get_failure(payments, payment_id, metadata)
+        assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert error_reason(error) == "NO_SUBJECT"
+
+
+async def test_an_authorization_must_name_the_customer(payments: Any, database: Database) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await authorize(payments, customer_id="")
+    assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field_violations(failure.value) == ["customer_id"]
+    assert await row_count(database, payments_table) == 0

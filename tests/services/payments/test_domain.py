@@ -10,7 +10,13 @@ from typing import Any
 
 import pytest
 
-from mesh.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from mesh.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unauthenticated,
+    Unavailable,
+)
 from mesh.money import Money
 from services.payments import handlers
 from services.payments.domain import (
@@ -89,16 +95,22 @@ class ScriptedProvider:
 
 
 def authorized(amount: int = 2500) -> Payment:
-    return new_payment(order_id="o-1", amount=eur(amount), decision=Approved(), now=NOW)
+    return new_payment(
+        order_id="o-1", customer_id="alice", amount=eur(amount), decision=Approved(), now=NOW
+    )
 
 
 def authorize_command(request_id: str = "r-1", amount: int = 2500) -> handlers.AuthorizePayment:
-    return handlers.AuthorizePayment("o-1", eur(amount), "tok_visa", request_id)
+    return handlers.AuthorizePayment("o-1", "alice", eur(amount), "tok_visa", request_id)
 
 
 def test_a_declined_decision_makes_a_declined_payment_with_its_reason() -> None:
     payment = new_payment(
-        order_id="o-1", amount=eur(100), decision=Declined("card_declined"), now=NOW
+        order_id="o-1",
+        customer_id="alice",
+        amount=eur(100),
+        decision=Declined("card_declined"),
+        now=NOW,
     )
     assert payment.status is PaymentStatus.DECLINED
     assert payment.decline_reason == "card_declined"
@@ -197,3 +209,35 @@ async def test_an_unknown_payment_is_not_found() -> None:
     with pytest.raises(NotFound) as failure:
         await handlers.capture_payment(InMemoryPayments(), handlers.CapturePayment("nope", "r-1"))
     assert failure.value.reason == "PAYMENT_NOT_FOUND"
+
+
+async def test_an_authorized_payment_belongs_to_the_customer_of_the_command() -> None:
+    payment = await handlers.authorize_payment(
+        InMemoryPayments(), ScriptedProvider(), authorize_command()
+    )
+    assert payment.customer_id == "alice"
+
+
+async def test_a_customer_reads_their_own_payment() -> None:
+    store = InMemoryPayments()
+    payment = authorized()
+    await store.add(payment)
+    assert await handlers.get_payment(store, "alice", payment.id) == payment
+
+
+async def test_another_customers_payment_is_not_found() -> None:
+    store = InMemoryPayments()
+    payment = authorized()
+    await store.add(payment)
+    with pytest.raises(NotFound) as failure:
+        await handlers.get_payment(store, "bob", payment.id)
+    assert failure.value.reason == "PAYMENT_NOT_FOUND"
+
+
+async def test_reading_a_payment_without_a_caller_is_refused() -> None:
+    store = InMemoryPayments()
+    payment = authorized()
+    await store.add(payment)
+    with pytest.raises(Unauthenticated) as failure:
+        await handlers.get_payment(store, None, payment.id)
+    assert failure.value.reason == "NO_SUBJECT"

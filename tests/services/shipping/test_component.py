@@ -5,23 +5,32 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import pytest
 import sqlalchemy as sa
+from google.protobuf.message import Message
 from google.type import money_pb2, postal_address_pb2
 from sqlalchemy.exc import IntegrityError
 
+from mesh.caller import SUBJECT_METADATA_KEY
+from mesh.consumer import Delivery, EventConsumer, Handler
+from mesh.events import new_event, subject
 from mesh.storage import Database
-from services.shipping.adapters import MIGRATIONS, SqlShippingStore
+from services.shipping import saga
+from services.shipping.adapters import MIGRATIONS, SqlShippingStore, shipments
 from services.shipping.bootstrap import registration
 from services.shipping.domain import TRACKING_NUMBER
+from shop.events.v1 import events_pb2
 from shop.shipping.v1 import shipping_service_pb2 as pb
 from shop.shipping.v1 import shipping_service_pb2_grpc as pb_grpc
 from tests.support.component import Databases, error_reason, field_violations, serving
 
 pytestmark = pytest.mark.integration
+
+ALICE = ((SUBJECT_METADATA_KEY, "alice"),)
+BOB = ((SUBJECT_METADATA_KEY, "bob"),)
 
 
 @pytest.fixture
@@ -49,6 +58,7 @@ async def create(shipping: Any, order_id: str = "order-1", **fields: Any) -> pb.
     response = await shipping.CreateShipment(
         pb.CreateShipmentRequest(
             order_id=order_id,
+            customer_id=fields.pop("customer_id", "alice"),
             destination=fields.pop("destination", address()),
             weight_grams=fields.pop("weight_grams", 2_000),
             request_id=fields.pop("request_id", f"request-{order_id}"),
@@ -56,6 +66,18 @@ async def create(shipping: Any, order_id: str = "order-1", **fields: Any) -> pb.
     )
     created: pb.Shipment = response.shipment
     return created
+
+
+async def get(shipping: Any, shipment_id: str, metadata: Any = ALICE) -> pb.Shipment:
+    response = await shipping.GetShipment(pb.GetShipmentRequest(id=shipment_id), metadata=metadata)
+    fetched: pb.Shipment = response.shipment
+    return fetched
+
+
+async def get_failure(shipping: Any, shipment_id: str, metadata: Any) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await get(shipping, shipment_id, metadata)
+    return failure.value
 
 
 @pytest.mark.parametrize(
@@ -132,8 +154,36 @@ async def test_create_schedules_a_shipment_at_its_quoted_cost(shipping: Any) -> 
     assert created.carrier == quote.carrier
     assert TRACKING_NUMBER.fullmatch(created.tracking_number)
     assert created.destination == destination
-    fetched = (await shipping.GetShipment(pb.GetShipmentRequest(id=created.id))).shipment
-    assert fetched == created
+    assert created.customer_id == "alice"
+    assert await get(shipping, created.id) == created
+
+
+async def test_the_owner_reads_their_shipment(shipping: Any) -> None:
+    alices = await create(shipping, "order-1")
+    bobs = await create(shipping, "order-2", customer_id="bob")
+    assert (await get(shipping, alices.id, ALICE)).customer_id == "alice"
+    assert (await get(shipping, bobs.id, BOB)).customer_id == "bob"
+
+
+async def test_another_customers_shipment_is_not_found_like_a_missing_one(
+    shipping: Any,
+) -> None:
+    created = await create(shipping)
+    theirs = await get_failure(shipping, created.id, BOB)
+    missing = await get_failure(shipping, "nope", BOB)
+    assert theirs.code() == missing.code() == grpc.StatusCode.NOT_FOUND
+    assert error_reason(theirs) == error_reason(missing) == "SHIPMENT_NOT_FOUND"
+
+
+@pytest.mark.parametrize("metadata", [(), ((SUBJECT_METADATA_KEY, ""),)], ids=["none", "empty"])
+async def test_reading_a_shipment_without_a_subject_is_unauthenticated(
+    shipping: Any, metadata: Any
+) -> None:
+    created = await create(shipping)
+    for shipment_id in (created.id, "nope"):
+        failure = await get_failure(shipping, shipment_id, metadata)
+        assert failure.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert error_reason(failure) == "NO_SUBJECT"
 
 
 async def test_shipments_get_distinct_tracking_numbers(shipping: Any) -> None:
@@ -179,18 +229,18 @@ async def test_an_invalid_create_is_refused_and_can_be_retried(shipping: Any) ->
     assert created.weight_grams == 300
 
 
-async def test_create_requires_order_and_request_ids(shipping: Any) -> None:
+async def test_create_requires_order_customer_and_request_ids(shipping: Any) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as failure:
         await shipping.CreateShipment(
             pb.CreateShipmentRequest(destination=address(), weight_grams=100)
         )
     assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert sorted(field_violations(failure.value)) == ["order_id", "request_id"]
+    assert sorted(field_violations(failure.value)) == ["customer_id", "order_id", "request_id"]
 
 
 async def test_unknown_shipment_is_not_found(shipping: Any) -> None:
     for call in (
-        shipping.GetShipment(pb.GetShipmentRequest(id="nope")),
+        shipping.GetShipment(pb.GetShipmentRequest(id="nope"), metadata=ALICE),
         shipping.CancelShipment(pb.CancelShipmentRequest(shipment_id="nope")),
     ):
         with pytest.raises(grpc.aio.AioRpcError) as failure:
@@ -206,7 +256,7 @@ async def test_cancel_cancels_once_and_a_repeat_returns_it_unchanged(shipping: A
     again = (await shipping.CancelShipment(cancel)).shipment
     assert cancelled.status == pb.SHIPMENT_STATUS_CANCELLED
     assert again == cancelled
-    fetched = (await shipping.GetShipment(pb.GetShipmentRequest(id=created.id))).shipment
+    fetched = await get(shipping, created.id)
     assert fetched.status == pb.SHIPMENT_STATUS_CANCELLED
     assert (await create(shipping)).status == pb.SHIPMENT_STATUS_CANCELLED
 
@@ -221,12 +271,45 @@ async def test_data_survives_a_restart(databases: Databases, tmp_path: Path) -> 
         await create(stub, "order-2")
         await stub.CancelShipment(pb.CancelShipmentRequest(shipment_id=created.id))
     async with databases.open(tmp_path, "shipping", MIGRATIONS) as database:
-        assert await database.applied_versions() == [1]
+        assert await database.applied_versions() == [1, 2]
         async with serving(registration(SqlShippingStore(database))) as channel:
             stub = pb_grpc.ShippingServiceStub(channel)
-            fetched = (await stub.GetShipment(pb.GetShipmentRequest(id=created.id))).shipment
+            fetched = await get(stub, created.id)
             retried = await create(stub, "order-1", request_id="another")
     assert fetched.status == pb.SHIPMENT_STATUS_CANCELLED
     assert fetched.destination.address_lines == ["1 rue X"]
     assert fetched.tracking_number == created.tracking_number
     assert retried.id == created.id
+    assert fetched.customer_id == "alice"
+
+
+async def deliver(database: Database, handler: Handler, producer: str, payload: Message) -> None:
+    """Hand `handler` `producer`'s event about order-1 as the consumer does, inside a
+    transaction of the database."""
+    async with database.transaction() as connection:
+        delivery = Delivery(cast(EventConsumer, None), new_event(producer, "order-1", payload))
+        delivery.granted.set_result(connection)
+        await handler(delivery)
+
+
+async def test_the_saga_ships_to_the_customer_who_placed_the_order(
+    shipping: Any, database: Database
+) -> None:
+    steps = saga.handlers(SqlShippingStore(database).within)
+    placed = events_pb2.OrderPlaced(
+        order_id="order-1",
+        customer_id="alice",
+        shipping_address=address(),
+        weight_grams=1_200,
+        payment_token="tok_visa",
+    )
+    await deliver(database, steps[subject("orders", "order_placed")], "orders", placed)
+    captured = events_pb2.PaymentCaptured(order_id="order-1", payment_id="pay-1")
+    await deliver(database, steps[subject("payments", "payment_captured")], "payments", captured)
+    async with database.snapshot() as connection:
+        stored = (
+            await connection.execute(shipments.select().where(shipments.c.order_id == "order-1"))
+        ).one()
+    assert stored.customer_id == "alice"
+    assert (await get(shipping, stored.id, ALICE)).customer_id == "alice"
+    assert (await get_failure(shipping, stored.id, BOB)).code() == grpc.StatusCode.NOT_FOUND

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from mesh.errors import InvalidArgument, NotFound
+from mesh.errors import InvalidArgument, NotFound, Unauthenticated
 from mesh.money import Money
 from services.shipping import handlers
 from services.shipping.domain import (
@@ -126,6 +126,7 @@ def test_tracking_numbers_are_well_formed_and_differ() -> None:
 def create(order_id: str = "order-1", request_id: str = "", **fields: Any) -> Any:
     return handlers.CreateShipment(
         order_id=order_id,
+        customer_id=fields.get("customer_id", "alice"),
         destination=fields.get("destination", PARIS),
         weight_grams=fields.get("weight_grams", 2_000),
         request_id=request_id,
@@ -139,7 +140,8 @@ async def test_create_schedules_a_shipment_costing_its_quote() -> None:
     assert shipment.cost == Money("EUR", 1_499)
     assert shipment.carrier == "DHL"
     assert TRACKING_NUMBER.fullmatch(shipment.tracking_number)
-    assert await handlers.get_shipment(store, shipment.id) == shipment
+    assert shipment.customer_id == "alice"
+    assert await handlers.get_shipment(store, "alice", shipment.id) == shipment
 
 
 async def test_an_order_gets_one_shipment_however_often_it_is_asked_for() -> None:
@@ -183,8 +185,28 @@ async def test_cancel_is_idempotent_and_keeps_the_first_reason() -> None:
 async def test_unknown_shipments_are_not_found() -> None:
     store = InMemoryShipping()
     with pytest.raises(NotFound) as failure:
-        await handlers.get_shipment(store, "nope")
+        await handlers.get_shipment(store, "alice", "nope")
     assert failure.value.reason == "SHIPMENT_NOT_FOUND"
     with pytest.raises(NotFound) as failure:
         await handlers.cancel_shipment(store, handlers.CancelShipment("nope", "", ""))
     assert failure.value.reason == "SHIPMENT_NOT_FOUND"
+
+
+async def test_a_customer_reads_only_their_own_shipments() -> None:
+    store = InMemoryShipping()
+    alices = await handlers.create_shipment(store, create("order-1"))
+    bobs = await handlers.create_shipment(store, create("order-2", customer_id="bob"))
+    assert await handlers.get_shipment(store, "alice", alices.id) == alices
+    assert await handlers.get_shipment(store, "bob", bobs.id) == bobs
+    with pytest.raises(NotFound) as failure:
+        await handlers.get_shipment(store, "bob", alices.id)
+    assert failure.value.reason == "SHIPMENT_NOT_FOUND"
+
+
+@pytest.mark.parametrize("caller", [None, ""])
+async def test_a_read_without_a_caller_is_refused(caller: str | None) -> None:
+    store = InMemoryShipping()
+    shipment = await handlers.create_shipment(store, create())
+    with pytest.raises(Unauthenticated) as failure:
+        await handlers.get_shipment(store, caller, shipment.id)
+    assert failure.value.reason == "NO_SUBJECT"
