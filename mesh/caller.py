@@ -9,11 +9,23 @@ A method that acts for a customer (reads their orders, shipments, payments or
 notifications, places or cancels an order) takes the customer from the subject alone,
 through `customer_of` or `acting_customer`, and refuses a call without one: no call,
 from the edge or from another service, reads a customer's data without naming them.
+
+The runner marks the code that serves a call with the call's subject and request
+(`serving`, `current_call`): the request log (`mesh.storage`) scopes request ids by it
+and tells a retry from a different request that reuses an id.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import hashlib
+from collections.abc import Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
+
+from google.protobuf.message import Message
 
 from mesh.errors import PermissionDenied, Unauthenticated
 
@@ -49,3 +61,35 @@ def acting_customer(caller: str | None, named: str) -> str:
             metadata={"customer_id": named},
         )
     return customer
+
+
+@dataclass(frozen=True)
+class Call:
+    """The request being served, as the request log scopes and compares it (AIP-155)."""
+
+    subject: str
+    """The customer the call names, or "" for a service's own call."""
+    request: Message
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """What tells two requests apart: a digest of the request's canonical bytes."""
+        return hashlib.sha256(self.request.SerializeToString(deterministic=True)).hexdigest()
+
+
+_CALL: ContextVar[Call | None] = ContextVar("shop_call", default=None)
+
+
+def current_call() -> Call | None:
+    """The call being served, if the code runs for one (not for an event, say)."""
+    return _CALL.get()
+
+
+@contextlib.contextmanager
+def serving(subject: str | None, request: Message) -> Iterator[None]:
+    """Mark the code run inside as serving `request` for `subject` (see `current_call`)."""
+    token = _CALL.set(Call(subject or "", request))
+    try:
+        yield
+    finally:
+        _CALL.reset(token)

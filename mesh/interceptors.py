@@ -14,7 +14,9 @@ From the outside in, each unary-unary call gets:
   a bare INTERNAL status (the traceback goes to the service's log, never to the caller);
 * validation from the proto declarations (`mesh.validation`): a request that breaks
   them is refused with INVALID_ARGUMENT and `BadRequest` details before the servicer
-  sees it.
+  sees it;
+* the call's subject and request marked for the code that serves it
+  (`mesh.caller.serving`), which the request log reads (AIP-155).
 
 A request whose bytes are not a message of its method's type (corrupt protobuf, a string
 that is not UTF-8) is INVALID_ARGUMENT, saying only that, on every method, streaming
@@ -39,7 +41,7 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 from google.rpc import status_pb2
 
-from mesh import admission, deadlines, metrics, telemetry
+from mesh import admission, caller, deadlines, metrics, telemetry
 from mesh.errors import (
     STATUS_DETAILS_KEY,
     InvalidArgument,
@@ -115,7 +117,8 @@ def _wrap(handler: _Handler, method: str, gates: tuple[admission.Gate, ...]) -> 
     if handler.request_streaming or handler.response_streaming:
         return _streaming(handler, method)
     behavior = cast(Behavior, handler.unary_unary)
-    for layer in (_validated, _mapped_errors, _measured, telemetry.traced, deadlines.served):
+    layers = (_served, _validated, _mapped_errors, _measured, telemetry.traced, deadlines.served)
+    for layer in layers:
         behavior = layer(behavior, method)
     if gates:  # the platform's own methods (health) pass no gate
         behavior = _admitted(behavior, method, gates)
@@ -252,6 +255,16 @@ def _validated(behavior: Behavior, method: str) -> Behavior:
         if violations:
             raise InvalidArgument.of(violations)
         return await behavior(request, context)
+
+    return call
+
+
+def _served(behavior: Behavior, method: str) -> Behavior:
+    """The handler run as serving the call's subject and request (`mesh.caller`)."""
+
+    async def call(request: Message, context: _Context) -> Any:
+        with caller.serving(caller.caller_subject(context), request):
+            return await behavior(request, context)
 
     return call
 

@@ -41,6 +41,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mesh import telemetry
+from mesh.caller import current_call
 from mesh.connection import Connection, Engine, PostgresEngine
 from mesh.errors import AlreadyExists
 from mesh.pagination import PageTokens
@@ -127,7 +128,9 @@ request_log = sa.Table(
     "request_log",
     _metadata,
     sa.Column("method", sa.String(128), primary_key=True),
+    sa.Column("caller", sa.String(64), primary_key=True),
     sa.Column("request_id", sa.String(128), primary_key=True),
+    sa.Column("fingerprint", sa.String(64), nullable=False),
     sa.Column("result", sa.Text, nullable=False),
     sa.Column("create_time", UtcDateTime, nullable=False),
 )
@@ -247,6 +250,30 @@ _MESH_MIGRATIONS = (
             "ALTER TABLE outbox ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0",
             "ALTER TABLE outbox ADD COLUMN parked_time TIMESTAMP",
             "ALTER TABLE outbox ADD COLUMN park_reason VARCHAR(500)",
+        ],
+    ),
+    Migration(
+        6,
+        "request ids scoped by the caller, with the request they were first used for",
+        [
+            """
+            CREATE TABLE request_log_scoped (
+                method VARCHAR(128) NOT NULL,
+                caller VARCHAR(64) NOT NULL,
+                request_id VARCHAR(128) NOT NULL,
+                fingerprint VARCHAR(64) NOT NULL,
+                result TEXT NOT NULL,
+                create_time TIMESTAMP NOT NULL,
+                PRIMARY KEY (method, caller, request_id)
+            )
+            """,
+            """
+            INSERT INTO request_log_scoped
+                (method, caller, request_id, fingerprint, result, create_time)
+            SELECT method, '', request_id, '', result, create_time FROM request_log
+            """,
+            "DROP TABLE request_log",
+            "ALTER TABLE request_log_scoped RENAME TO request_log",
         ],
     ),
 )
@@ -451,8 +478,9 @@ def _postgres_ddl(statement: str) -> str:
 #: The statements every request or event runs, built once: SQLAlchemy then finds each
 #: one's compiled form by a cache key it computed already, where a statement built anew
 #: for each call costs about three times the query itself on SQLite.
-_FIND_REQUEST = sa.select(request_log.c.result).where(
+_FIND_REQUEST = sa.select(request_log.c.result, request_log.c.fingerprint).where(
     request_log.c.method == sa.bindparam("method"),
+    request_log.c.caller == sa.bindparam("caller"),
     request_log.c.request_id == sa.bindparam("request_id"),
 )
 _RECORD_REQUEST = request_log.insert()
@@ -481,15 +509,45 @@ _MARK_PUBLISHED = (
 )
 
 
+def _request_reused(method: str, request_id: str) -> AlreadyExists:
+    return AlreadyExists(
+        f"request_id {request_id!r} was already used for another {method} request; send a new one",
+        reason="REQUEST_ID_REUSED",
+        metadata={"request_id": request_id},
+    )
+
+
+def _scope() -> tuple[str, str]:
+    """(caller, fingerprint) of the call being served (`mesh.caller.current_call`);
+    ("", "") for work that serves no call, such as an event."""
+    call = current_call()
+    return (call.subject, call.fingerprint) if call is not None else ("", "")
+
+
 async def find_request(
     connection: Connection, method: str, request_id: str
 ) -> dict[str, Any] | None:
-    """The recorded result of an earlier request with this id, if there was one."""
+    """The recorded result of an earlier request with this id, if there was one.
+
+    Request ids are the caller's (AIP-155): one customer's id never finds another's
+    request, and a service's own calls share one scope. An id recorded for a different
+    request is ALREADY_EXISTS (`REQUEST_ID_REUSED`): the id names the request it was
+    first used for, as a client-assigned id names the resource it created, so the
+    second request can never succeed with it; a retry of the same request (the same
+    canonical bytes) gets the first result.
+    """
     if not request_id:
         return None
-    found = await connection.execute(_FIND_REQUEST, {"method": method, "request_id": request_id})
+    caller, fingerprint = _scope()
+    found = await connection.execute(
+        _FIND_REQUEST, {"method": method, "caller": caller, "request_id": request_id}
+    )
     row = found.first()
-    return None if row is None else dict(json.loads(row.result))
+    if row is None:
+        return None
+    if fingerprint and row.fingerprint and fingerprint != row.fingerprint:
+        raise _request_reused(method, request_id)
+    return dict(json.loads(row.result))
 
 
 async def record_request(
@@ -503,23 +561,21 @@ async def record_request(
     """
     if not request_id:
         return
+    caller, fingerprint = _scope()
     try:
         await connection.execute(
             _RECORD_REQUEST,
             {
                 "method": method,
+                "caller": caller,
                 "request_id": request_id,
+                "fingerprint": fingerprint,
                 "result": json.dumps(dict(result)),
                 "create_time": utc_now(),
             },
         )
     except sa.exc.IntegrityError:
-        raise AlreadyExists(
-            f"request_id {request_id!r} was already used for another {method} request; "
-            "send a new one",
-            reason="REQUEST_ID_REUSED",
-            metadata={"request_id": request_id},
-        ) from None
+        raise _request_reused(method, request_id) from None
 
 
 def event_subject(envelope: events_pb2.EventEnvelope) -> str:

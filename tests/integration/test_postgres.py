@@ -127,7 +127,7 @@ async def outcomes(*calls: Any) -> list[Any]:
 # Migrations ---------------------------------------------------------------------------
 
 #: The versions of the mesh's own migrations, in every service's database.
-MESH_VERSIONS = [1, 2, 3, 4, 5]
+MESH_VERSIONS = [1, 2, 3, 4, 5, 6]
 
 
 @pytest.mark.parametrize("service", sorted(SERVICES))

@@ -8,15 +8,18 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from mesh.caller import serving
 from mesh.connection import Connection
-from mesh.errors import InvalidArgument
+from mesh.errors import AlreadyExists, InvalidArgument
 from mesh.storage import (
     Database,
     Migration,
     SqlStore,
     SqlTransaction,
+    find_request,
     outbox,
     processed_events,
+    record_request,
     request_log,
     saga_orders,
 )
@@ -87,7 +90,7 @@ async def test_migrations_apply_once_and_in_order(tmp_path: Path) -> None:
     database = await opened(tmp_path / "t.db")
     try:
         assert await database.applied_versions() == [1, 2]
-        assert await database.applied_versions("mesh") == [1, 2, 3, 4, 5]
+        assert await database.applied_versions("mesh") == [1, 2, 3, 4, 5, 6]
         async with database.snapshot() as connection:
             rows = (await connection.exec_driver_sql("SELECT n FROM counter")).all()
         assert rows == [(0,)]  # migration 2 ran exactly once
@@ -345,5 +348,37 @@ async def test_published_marks_wait_out_a_failed_transaction_for_the_next(
         database.mark_published(["e2"])
         await database.flush_published_marks()
         assert (await marked(), database.unmarked) == ({"e1", "e2"}, 0)
+    finally:
+        await database.close()
+
+
+async def test_request_ids_are_scoped_by_caller_and_bound_to_their_request(
+    tmp_path: Path,
+) -> None:
+    database = await opened(tmp_path / "t.db")
+    first, other = events_pb2.OrderPlaced(order_id="a"), events_pb2.OrderPlaced(order_id="b")
+
+    async def record(subject: str | None, request: events_pb2.OrderPlaced, result: str) -> None:
+        with serving(subject, request):
+            async with database.transaction() as connection:
+                await record_request(connection, "M", "r1", {"result": result})
+
+    async def find(subject: str | None, request: events_pb2.OrderPlaced) -> object:
+        with serving(subject, request):
+            async with database.snapshot() as connection:
+                return await find_request(connection, "M", "r1")
+
+    try:
+        await record("alice", first, "alice's")
+        await record("bob", first, "bob's")  # another caller's id: a request of its own
+        await record(None, first, "a service's")
+        assert await find("alice", first) == {"result": "alice's"}
+        assert await find("bob", first) == {"result": "bob's"}
+        assert await find(None, first) == {"result": "a service's"}
+        with pytest.raises(AlreadyExists) as reused:
+            await find("alice", other)
+        assert reused.value.reason == "REQUEST_ID_REUSED"
+        async with database.snapshot() as connection:  # serving no call: the services' scope
+            assert await find_request(connection, "M", "r1") == {"result": "a service's"}
     finally:
         await database.close()

@@ -335,6 +335,29 @@ async def test_a_retried_place_with_the_same_request_id_places_once(orders: Any,
     assert [o.id for o in listed.orders] == [first.id]
 
 
+async def test_a_request_id_reused_for_another_request_is_already_exists(
+    orders: Any, tea: str
+) -> None:
+    request_id = "5f0b7c1e-0000-4000-8000-0000000000a2"
+    first = await place(orders, line(tea, 2), request_id=request_id)
+    error = await failure_of(orders.PlaceOrder, place_request(line(tea, 3), request_id=request_id))
+    assert error.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert error_reason(error) == "REQUEST_ID_REUSED"
+    listed = await orders.ListOrders(pb.ListOrdersRequest(), metadata=ALICE)
+    assert [o.id for o in listed.orders] == [first.id]
+
+
+async def test_request_ids_are_each_customers_own_for_every_mutation(orders: Any, tea: str) -> None:
+    request_id = "5f0b7c1e-0000-4000-8000-0000000000a3"
+    alices = await place(orders, line(tea), request_id=request_id)
+    bobs = await place(orders, line(tea), request_id=request_id, metadata=BOB)
+    assert (alices.customer_id, bobs.customer_id) == ("alice", "bob")
+    for order, metadata in ((alices, ALICE), (bobs, BOB)):
+        cancel = pb.CancelOrderRequest(id=order.id, request_id=request_id)
+        cancelled = await orders.CancelOrder(cancel, metadata=metadata)
+        assert cancelled.order.status == pb.ORDER_STATUS_CANCELLED
+
+
 async def test_the_database_refuses_impossible_rows(database: Database) -> None:
     async with database.transaction() as connection:
         await connection.exec_driver_sql(

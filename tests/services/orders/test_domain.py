@@ -277,17 +277,6 @@ async def test_a_placed_order_starts_its_saga_with_an_order_placed_event(
     ]
 
 
-async def test_another_customers_request_id_places_their_own_order(
-    store: FakeOrders, catalog: FakeCatalog
-) -> None:
-    alices = await handlers.place_order(store, catalog, place(("tea", 1), request_id="r1"))
-    bobs = await handlers.place_order(
-        store, catalog, place(("tea", 1), caller="bob", request_id="r1")
-    )
-    assert bobs.id != alices.id
-    assert bobs.customer_id == "bob"
-
-
 async def test_another_customers_order_is_not_found(
     store: FakeOrders, catalog: FakeCatalog
 ) -> None:

@@ -216,8 +216,11 @@ async def test_an_order_has_one_shipment_even_under_new_request_ids(shipping: An
 
 async def test_a_retried_create_returns_the_first_shipment(shipping: Any) -> None:
     first = await create(shipping, "order-1", request_id="retry")
-    again = await create(shipping, "order-2", request_id="retry")
+    again = await create(shipping, "order-1", request_id="retry")
     assert again == first
+    with pytest.raises(grpc.aio.AioRpcError) as reused:
+        await create(shipping, "order-2", request_id="retry")
+    assert reused.value.code() == grpc.StatusCode.ALREADY_EXISTS
 
 
 async def test_an_invalid_create_is_refused_and_can_be_retried(shipping: Any) -> None:
