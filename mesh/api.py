@@ -10,7 +10,7 @@ away from the edge.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +44,10 @@ _LEVELS = {
 }
 
 
+class ApiError(ValueError):
+    """mesh.yaml names a method the contracts do not have."""
+
+
 @dataclass(frozen=True)
 class Method:
     """One RPC: `/shop.catalog.v1.CatalogService/GetProduct` and what is known of it."""
@@ -51,6 +55,11 @@ class Method:
     path: str
     idempotency: Idempotency
     internal: bool
+
+    @property
+    def name(self) -> str:
+        """The method's own name: `GetProduct`."""
+        return self.path.rsplit("/", 1)[1]
 
 
 @dataclass(frozen=True)
@@ -65,6 +74,17 @@ class Api:
     def public(self, service: str) -> tuple[Method, ...]:
         """The methods the edge may call: every one not marked INTERNAL."""
         return tuple(m for m in self.of(service) if not m.internal)
+
+    def named(self, service: str, names: Sequence[str]) -> tuple[Method, ...]:
+        """The methods of `service` called `names`; `ApiError` for a name it lacks."""
+        methods = {m.name: m for m in self.of(service)}
+        unknown = [name for name in names if name not in methods]
+        if unknown:
+            raise ApiError(
+                f"{service} has no method {', '.join(unknown)} "
+                f"(it has: {', '.join(sorted(methods)) or 'none in the contracts'})"
+            )
+        return tuple(methods[name] for name in names)
 
     @classmethod
     def from_descriptor_set(cls, path: Path) -> Api:

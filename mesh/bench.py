@@ -481,8 +481,9 @@ def write_results(measured: Sequence[Measured], options: Options, saw: dict[str,
 
 
 def bench_topology(sampling: float, admitted: int | None = None) -> trial.Adjust:
-    """mesh.yaml without the edge's rate limit, traced at `sampling` percent; with
-    `admitted`, catalog admits that many calls at once instead of its own limit."""
+    """mesh.yaml without the edge's rate limit, traced at `sampling` percent, `CALLER`
+    granted the RPC the paths call on `CALLEE`; with `admitted`, catalog admits that many
+    calls at once instead of its own limit."""
 
     def adjust(topology: dict[str, Any]) -> None:
         # The edge's token buckets would measure the policy, not the
@@ -492,6 +493,9 @@ def bench_topology(sampling: float, admitted: int | None = None) -> trial.Adjust
             ("total", "per_client", "anonymous"), lifted
         )
         topology.setdefault("telemetry", {})["sampling_percent"] = sampling
+        call = topology["services"][CALLER]["calls"][CALLEE]
+        if isinstance(call.get("methods"), list):
+            call["methods"] = [*call["methods"], GET_PRODUCT.rsplit("/", 1)[1]]
         if admitted is not None:
             catalog = topology["services"]["catalog"]
             catalog["admission"] = {**catalog.get("admission", {}), "max_in_flight": admitted}

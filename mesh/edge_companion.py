@@ -2,7 +2,10 @@
 
 Clients reach it through the edge (`grpcurl -plaintext 127.0.0.1:8080 list`), so they can
 list and describe the whole public API in one place, from the same descriptor set the
-edge transcodes with. It also answers gRPC health for the edge as a whole.
+edge transcodes with. It knows nothing else: its descriptors are the public part of the
+set (`public_files`), so neither `list` nor `describe` shows a service the edge does not
+expose, a method marked INTERNAL, or a message or enum only those use (the events
+among them). It also answers gRPC health for the edge as a whole.
 
 Run as `python -m mesh.edge_companion --port P --descriptor-set FILE --service NAME...`.
 """
@@ -12,18 +15,119 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 
+from google.api import visibility_pb2
 from google.protobuf import descriptor_pb2, descriptor_pool
 
 from mesh.runner import ServiceRunner
 
+_File = descriptor_pb2.FileDescriptorProto
+_Message = descriptor_pb2.DescriptorProto
+#: The packages of the shop's own contracts, which `public_files` prunes.
+_OWNED = "shop."
 
-def descriptor_pool_of(path: Path) -> descriptor_pool.DescriptorPool:
-    """A pool holding every file of the descriptor set (which lists imports first)."""
+
+def _internal(method: descriptor_pb2.MethodDescriptorProto) -> bool:
+    visibility = method.options.Extensions[visibility_pb2.method_visibility]
+    return bool(visibility.restriction == "INTERNAL")
+
+
+def _nested(prefix: str, message: _Message) -> Iterator[tuple[str, _Message]]:
+    """`message` (named `prefix`) and every message nested in it, with full names."""
+    yield prefix, message
+    for inner in message.nested_type:
+        yield from _nested(f"{prefix}.{inner.name}", inner)
+
+
+def _tops(files: Sequence[_File]) -> dict[str, str]:
+    """The top-level message or enum each full name (nested ones included) lies in."""
+    tops: dict[str, str] = {}
+    for file in files:
+        for message in file.message_type:
+            top = f".{file.package}.{message.name}"
+            for name, inner in _nested(top, message):
+                tops[name] = top
+                tops.update({f"{name}.{enum.name}": top for enum in inner.enum_type})
+        tops.update(
+            {f".{file.package}.{e.name}": f".{file.package}.{e.name}" for e in file.enum_type}
+        )
+    return tops
+
+
+def _referenced(files: Sequence[_File]) -> dict[str, set[str]]:
+    """The type names the fields of each top-level message (nested ones included) use."""
+    uses: dict[str, set[str]] = {}
+    for file in files:
+        for message in file.message_type:
+            top = f".{file.package}.{message.name}"
+            uses[top] = {
+                field.type_name
+                for _, inner in _nested(top, message)
+                for field in inner.field
+                if field.type_name
+            }
+    return uses
+
+
+def _reachable(starts: set[str], files: Sequence[_File]) -> set[str]:
+    """The top-level types `starts` reach through fields, transitively."""
+    tops, uses = _tops(files), _referenced(files)
+    found: set[str] = set()
+    pending = [tops[name] for name in starts if name in tops]
+    while pending:
+        top = pending.pop()
+        if top not in found:
+            found.add(top)
+            pending += [tops[name] for name in uses.get(top, ()) if name in tops]
+    return found
+
+
+def public_files(files: Sequence[_File], services: Collection[str]) -> list[_File]:
+    """The descriptor set as the edge's clients may see it: of the shop's packages, only
+    `services` (full names), without their INTERNAL methods, and the messages and enums
+    those methods reach; other packages (google's) as they are."""
+    public = [descriptor_pb2.FileDescriptorProto.FromString(f.SerializeToString()) for f in files]
+    for file in public:
+        if not file.package.startswith(_OWNED):
+            continue
+        kept = [s for s in file.service if f"{file.package}.{s.name}" in services]
+        del file.service[:]
+        file.service.extend(kept)
+        for service in file.service:
+            methods = [m for m in service.method if not _internal(m)]
+            del service.method[:]
+            service.method.extend(methods)
+    starts = {
+        name
+        for file in public
+        for service in file.service
+        for method in service.method
+        for name in (method.input_type, method.output_type)
+    } | {extension.type_name for file in public for extension in file.extension}
+    reached = _reachable(starts, public)
+    for file in public:
+        if file.package.startswith(_OWNED):
+            _keep(file, reached)
+    return public
+
+
+def _keep(file: _File, reached: set[str]) -> None:
+    """Drop the top-level messages and enums of `file` that are not in `reached`."""
+    messages = [m for m in file.message_type if f".{file.package}.{m.name}" in reached]
+    enums = [e for e in file.enum_type if f".{file.package}.{e.name}" in reached]
+    del file.message_type[:]
+    file.message_type.extend(messages)
+    del file.enum_type[:]
+    file.enum_type.extend(enums)
+
+
+def descriptor_pool_of(path: Path, services: Collection[str]) -> descriptor_pool.DescriptorPool:
+    """A pool holding the public part of the descriptor set (which lists imports first)."""
     pool = descriptor_pool.DescriptorPool()
-    for file in descriptor_pb2.FileDescriptorSet.FromString(path.read_bytes()).file:
+    files = descriptor_pb2.FileDescriptorSet.FromString(path.read_bytes()).file
+    for file in public_files(files, services):
         pool.Add(file)
     return pool
 
@@ -40,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         port=args.port,
         grace=2.0,
         reflected=args.services,
-        pool=descriptor_pool_of(args.descriptor_set),
+        pool=descriptor_pool_of(args.descriptor_set, args.services),
     )
     asyncio.run(runner.serve())
 

@@ -44,12 +44,14 @@ import grpc
 import yaml
 
 from mesh import admission
-from mesh.api import PLATFORM_PREFIX, Api, Method
+from mesh.api import PLATFORM_PREFIX, Api, ApiError, Method
 from mesh.binaries import find_binary
 from mesh.plan import InstancePlan, MeshPlan
 from mesh.topology import (
+    ALL_METHODS,
     CHEAP,
     EXPENSIVE,
+    PUBLIC_METHODS,
     CallPolicy,
     Faults,
     MethodPolicy,
@@ -300,13 +302,34 @@ def principal(spiffe_id: str) -> dict[str, Any]:
     return {"authenticated": {"principal_name": {"exact": spiffe_id}}}
 
 
+def _granted(topology: Topology, api: Api, caller: str, service: str) -> list[dict[str, Any]]:
+    """RBAC permissions for the methods of `service` that `caller`'s `calls:` entry names;
+    a method the contracts do not have is an error."""
+    grant = topology.services[caller].grants[service]
+    if grant == ALL_METHODS:
+        return [{"any": True}]
+    if grant == PUBLIC_METHODS:
+        methods = api.public(service)
+    else:
+        try:
+            methods = api.named(service, grant)
+        except ApiError as error:
+            raise TopologyError(
+                f"services.{caller}.calls.{service}.methods: {error}",
+                str(topology.source or "mesh.yaml"),
+                None,
+            ) from None
+    return [{"url_path": {"path": {"exact": m.path}}} for m in methods]
+
+
 def _rbac(topology: Topology, api: Api, service: str) -> dict[str, Any]:
+    """Who may call `service`'s sidecar, and which methods: each declared caller the
+    methods its `calls:` entry grants, the edge the public ones."""
     policies: dict[str, Any] = {}
-    callers = topology.callers_of(service)
-    if callers:
-        policies["declared-callers"] = {
-            "permissions": [{"any": True}],
-            "principals": [principal(topology.spiffe_id(c)) for c in callers],
+    for caller in topology.callers_of(service):
+        policies[f"caller-{caller}"] = {
+            "permissions": _granted(topology, api, caller, service),
+            "principals": [principal(topology.spiffe_id(caller))],
         }
     public = api.public(service)
     if service in topology.edge.expose and public:

@@ -135,6 +135,14 @@ class CallPolicy:
     circuit_breaker: CircuitBreaker
 
 
+#: The groups of methods `calls.<service>.methods` may name instead of a list: every
+#: method of the callee, or those it serves the edge (the ones not marked INTERNAL).
+ALL_METHODS, PUBLIC_METHODS = "all", "public"
+METHOD_GROUPS = (ALL_METHODS, PUBLIC_METHODS)
+#: The methods a service may call on another: a group name, or method names.
+Grant = str | tuple[str, ...]
+
+
 @dataclass(frozen=True)
 class FixedPorts:
     """A service's fixed base ports; None means "pick a free port"."""
@@ -216,6 +224,9 @@ class Service:
     """Its methods (by name, e.g. `Login`) whose cost or timeout differs from the rest."""
     admission: Admission = Admission()
     priority: str = SERVING
+    grants: Mapping[str, Grant] = dataclasses.field(default_factory=dict)
+    """The methods it may call on each service of `calls` (`methods:` there): its sidecar's
+    callees admit it to those only."""
 
     @property
     def background(self) -> bool:
@@ -562,6 +573,7 @@ class _Reader:
             entries, "replicas", 1, lambda n: self.integer(n, f"{where}.replicas", 1, MAX_REPLICAS)
         )
         calls: dict[str, CallPolicy] = {}
+        grants: dict[str, Grant] = {}
         if "calls" in entries:
             calls_node = entries["calls"][1]
             if isinstance(calls_node, SequenceNode):
@@ -583,8 +595,10 @@ class _Reader:
                     )
                 call_lines[(name, callee)] = _line(callee_node)
                 calls[callee] = self.call_policy(
-                    policy_node, defaults, f"{where}.calls.{callee}", _line(callee_node)
-                )
+                    policy_node, defaults, f"{where}.calls.{callee}", _line(callee_node),
+                    extra={"methods"},
+                )  # fmt: skip
+                grants[callee] = self.grant(policy_node, f"{where}.calls.{callee}", callee_node)
         ports = self.optional(
             entries, "ports", FixedPorts(None, None, None), lambda n: self.ports(n, where, replicas)
         )
@@ -612,7 +626,39 @@ class _Reader:
             MappingProxyType(methods),
             admission,
             priority,
+            MappingProxyType(grants),
         )
+
+    def grant(self, node: Node, where: str, at: Node) -> Grant:
+        """The methods a call entry lets the caller use: `methods:` is required, a group
+        (`all`, `public`) or a list of method names, so no caller gets more than it names."""
+        # The entry was read as a call policy already (merge keys flattened, last wins).
+        found = [
+            value
+            for key, value in (node.value if isinstance(node, MappingNode) else ())
+            if str(key.value) == "methods"
+        ]
+        if not found:
+            raise self.error(
+                at,
+                f"{where} needs `methods`: the methods it calls there "
+                "(e.g. `methods: [GetProduct]`), or `methods: public` or `methods: all`",
+            )
+        value = found[-1]
+        if isinstance(value, ScalarNode):
+            return self.choice(value, f"{where}.methods", METHOD_GROUPS)
+        names: list[str] = []
+        entries = {"methods": (value, value)}
+        for item in self.sequence(entries, "methods", f"{where}.methods must be a list or a group"):
+            method = self.string(item, f"a {where}.methods entry")
+            if not re.fullmatch(r"[A-Z][A-Za-z0-9]*", method):
+                raise self.error(item, f"{where}.methods entry {method!r} is not a method name")
+            if method in names:
+                raise self.error(item, f"{where}.methods lists {method!r} twice")
+            names.append(method)
+        if not names:
+            raise self.error(value, f"{where}.methods names no method; drop the call instead")
+        return tuple(names)
 
     def methods(self, node: Node, where: str) -> dict[str, MethodPolicy]:
         where = f"{where}.methods"
@@ -944,12 +990,18 @@ class _Reader:
     # -- call policies: each level overrides only what it names --------------------------
 
     def call_policy(
-        self, node: Node, base: CallPolicy, where: str, line: int | None = None
+        self,
+        node: Node,
+        base: CallPolicy,
+        where: str,
+        line: int | None = None,
+        extra: set[str] | frozenset[str] = frozenset(),
     ) -> CallPolicy:
+        """A call policy; `extra` names keys of the entry read elsewhere (`grant`)."""
         entries = self.mapping(
             node,
             where,
-            {"timeout", "retries", "outlier_detection", "circuit_breaker"},
+            {"timeout", "retries", "outlier_detection", "circuit_breaker", *extra},
             null_is_empty=True,
         )
         policy = CallPolicy(

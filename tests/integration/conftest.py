@@ -164,8 +164,12 @@ def grpcurl(*args: str) -> subprocess.CompletedProcess[str]:
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
     directory = tmp_path_factory.mktemp("mesh")
     topology = yaml.safe_load((ROOT / "mesh.yaml").read_text())
-    topology["services"]["inventory"]["replicas"] = 2
-    topology["services"]["orders"]["calls"]["payments"] = {}
+    services = topology["services"]
+    services["inventory"]["replicas"] = 2
+    # The runtime tests also call these through the callers' sidecars.
+    services["orders"]["calls"]["payments"] = {"methods": ["AuthorizePayment"]}
+    services["orders"]["calls"]["catalog"]["methods"] += ["CreateProduct", "ListProducts"]
+    services["catalog"]["calls"]["inventory"]["methods"].append("GetStock")
     config = directory / "mesh.yaml"
     config.write_text(yaml.safe_dump(topology))
     with mesh_up(RunningMesh(directory / "run", config)) as running:

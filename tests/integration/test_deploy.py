@@ -394,7 +394,8 @@ def _changed_topology() -> Topology:
     text = text.replace("  orders:\n    replicas: 1\n", "  orders:\n    replicas: 3\n", 1)
     text = text.replace(
         "  notifications:\n    replicas: 1\n",
-        "  notifications:\n    replicas: 1\n    calls:\n      orders: {timeout: 3s}\n",
+        "  notifications:\n    replicas: 1\n"
+        "    calls:\n      orders: {methods: all, timeout: 3s}\n",
         1,
     )
     return parse(text)

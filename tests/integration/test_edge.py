@@ -19,6 +19,7 @@ import pytest
 from openapi_spec_validator import validate
 
 from mesh import admission, envoy, topology
+from mesh.binaries import find_binary
 from mesh.caller import SUBJECT_METADATA_KEY
 from shop.catalog.v1 import catalog_service_pb2 as catalog_pb
 from shop.catalog.v1 import catalog_service_pb2_grpc as catalog_grpc
@@ -160,6 +161,35 @@ def test_cors_preflight_allows_the_configured_origins_only(edge: httpx.Client) -
     assert "authorization" in allowed.headers.get("access-control-allow-headers", "")
     other = edge.options("/v1/orders", headers={"origin": "http://evil.example", **request})
     assert "access-control-allow-origin" not in other.headers
+
+
+@pytest.mark.parametrize(
+    "symbol",
+    [
+        "shop.processor.v1.ProcessorService",  # a service the edge does not expose
+        "shop.shipping.v1.ShippingService.CreateShipment",  # an INTERNAL method
+        "shop.shipping.v1.CreateShipmentRequest",  # a message only INTERNAL methods take
+        "shop.events.v1.EventEnvelope",  # the bus's, not the API's
+    ],
+)
+def test_the_edges_reflection_describes_nothing_but_the_public_api(
+    mesh: RunningMesh, symbol: str
+) -> None:
+    address = mesh.edge_url.removeprefix("http://")
+
+    def described(name: str) -> subprocess.CompletedProcess[str]:
+        """`grpcurl describe` through the edge's reflection (no local descriptor set)."""
+        return subprocess.run(
+            [find_binary("grpcurl"), "-plaintext", address, "describe", name],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+
+    refused = described(symbol)
+    assert refused.returncode != 0
+    assert "not found" in refused.stderr.lower(), refused.stderr
+    shipping = described("shop.shipping.v1.ShippingService")
+    assert "QuoteShipment" in shipping.stdout, shipping.stderr
+    assert "CreateShipment" not in shipping.stdout
 
 
 def test_grpc_through_the_edge_lists_describes_and_authenticates(mesh: RunningMesh) -> None:

@@ -230,7 +230,9 @@ def test_bad_input_is_never_answered_with_internal_or_unknown(
 
 def test_up_names_the_line_of_a_bad_topology(tmp_path: Path) -> None:
     config = tmp_path / "mesh.yaml"
-    config.write_text("services:\n  catalog:\n    calls:\n      inventroy: {}\n  inventory: {}\n")
+    config.write_text(
+        "services:\n  catalog:\n    calls:\n      inventroy: {methods: all}\n  inventory: {}\n"
+    )
     result = subprocess.run(
         [find_binary("meshctl"), "up", "--detach", "--config", str(config), "--run-dir",
          str(tmp_path / "run")],

@@ -219,6 +219,21 @@ def test_the_app_learns_its_callers_identity(mesh: RunningMesh) -> None:
 # -- resilience ---------------------------------------------------------------------------
 
 
+def test_a_declared_caller_may_call_only_the_methods_it_names(mesh: RunningMesh) -> None:
+    """orders may call catalog's BatchGetProducts (and, in this mesh, CreateProduct), not
+    DeleteProduct: catalog's sidecar refuses it before the app sees it."""
+    with grpc.insecure_channel(_outbound(mesh, "orders-0", "catalog")) as channel:
+        stub: Any = catalog_grpc.CatalogServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.DeleteProduct(catalog_pb.DeleteProductRequest(id=str(uuid.uuid4())), timeout=5)
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        with pytest.raises(grpc.RpcError) as answered:  # by catalog itself: none such
+            stub.BatchGetProducts(
+                catalog_pb.BatchGetProductsRequest(ids=[str(uuid.uuid4())]), timeout=5
+            )
+        assert answered.value.code() == grpc.StatusCode.NOT_FOUND
+
+
 def test_a_transient_unavailable_is_retried_for_an_idempotent_call(mesh: RunningMesh) -> None:
     """tok_transient fails UNAVAILABLE on the first try of an idempotency key: payments'
     sidecar retries Authorize (IDEMPOTENT in the contract), so orders sees one success."""
@@ -384,7 +399,9 @@ def test_a_second_mesh_runs_beside_the_first_and_one_run_dir_runs_one_mesh(
     mesh: RunningMesh, tmp_path: Path
 ) -> None:
     config = tmp_path / "mesh.yaml"
-    config.write_text("services:\n  inventory: {}\n  catalog:\n    calls: {inventory: {}}\n")
+    config.write_text(
+        "services:\n  inventory: {}\n  catalog:\n    calls: {inventory: {methods: all}}\n"
+    )
     second = RunningMesh(tmp_path / "run", config)
     started = second.meshctl("up", "--detach", "--config", str(config), check=False)
     try:

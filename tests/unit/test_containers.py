@@ -15,8 +15,8 @@ from mesh.topology import parse
 TOPOLOGY = parse(
     "services:\n"
     "  inventory: {replicas: 2}\n"
-    "  catalog: {calls: {inventory: {}}}\n"
-    "  orders: {replicas: 3, calls: {inventory: {}, catalog: {}}}\n"
+    "  catalog: {calls: {inventory: {methods: all}}}\n"
+    "  orders: {replicas: 3, calls: {inventory: {methods: all}, catalog: {methods: all}}}\n"
 )
 
 

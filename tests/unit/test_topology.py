@@ -65,12 +65,13 @@ services:
   notifications: {}
   catalog:
     calls:
-      inventory: {timeout: 1s}
+      inventory: {methods: [SetStock], timeout: 1s}
   orders:
     replicas: 2
     ports: {app: 0, inbound: 0, admin: 0}
     calls:
       catalog:
+        methods: [BatchGetProducts]
         retries: {attempts: 3}
 """
 
@@ -113,7 +114,7 @@ def test_example_loads_with_deep_merged_call_policies() -> None:
 
 
 def test_built_in_defaults_apply_when_the_file_leaves_everything_out() -> None:
-    topology = parse("services: {a: {calls: {b: }}, b: {}}\n")
+    topology = parse("services: {a: {calls: {b: {methods: all}}}, b: {}}\n")
 
     assert (topology.trust_domain, topology.namespace) == ("shop.local", "shop")
     assert topology.services["a"].calls["b"] == DEFAULT_CALL_POLICY
@@ -140,7 +141,7 @@ def test_merge_runs_built_ins_then_defaults_then_the_call() -> None:
         services:
           a:
             calls:
-              b: {retries: {attempts: 5, backoff: {base: 50ms}}}
+              b: {methods: all, retries: {attempts: 5, backoff: {base: 50ms}}}
           b: {}
         """
     )
@@ -165,7 +166,7 @@ def test_anchors_and_merge_keys_share_a_policy() -> None:
         services:
           a:
             calls:
-              b: &slow {timeout: 5s, retries: {per_try_timeout: 2s}}
+              b: &slow {methods: all, timeout: 5s, retries: {per_try_timeout: 2s}}
               c: {<<: *slow, timeout: 3s}
           b: {}
           c: {}
@@ -215,8 +216,8 @@ def test_start_order_puts_callees_first_and_breaks_ties_by_name() -> None:
     topology = parse(
         """\
         services:
-          zeta: {calls: {alpha: {}}}
-          mid: {calls: {zeta: {}, beta: {}}}
+          zeta: {calls: {alpha: {methods: all}}}
+          mid: {calls: {zeta: {methods: all}, beta: {methods: all}}}
           beta: {}
           alpha: {}
         """
@@ -231,7 +232,9 @@ def test_start_order_of_the_example() -> None:
 
 
 def test_callers_of_lists_callers_sorted() -> None:
-    topology = parse("services: {c: {calls: {a: }}, b: {calls: {a: }}, a: {}}\n")
+    topology = parse(
+        "services: {c: {calls: {a: {methods: all}}}, b: {calls: {a: {methods: all}}}, a: {}}\n"
+    )
     assert topology.callers_of("a") == ["b", "c"]
     assert topology.callers_of("b") == []
     with pytest.raises(ValueError, match="unknown service 'nope'"):
@@ -427,12 +430,12 @@ def test_a_cycle_in_calls_names_its_services_and_the_closing_call() -> None:
     error = _error(
         """\
         services:
-          a: {calls: {b: {}}}
-          b: {calls: {c: {}}}
+          a: {calls: {b: {methods: all}}}
+          b: {calls: {c: {methods: all}}}
           c:
             calls:
-              a: {}
-          d: {calls: {a: {}}}
+              a: {methods: all}
+          d: {calls: {a: {methods: all}}}
         """
     )
     assert error.line == 6
@@ -460,12 +463,15 @@ def test_out_of_range_policy_values_are_refused(snippet: str, expected: str) -> 
 
 def test_a_per_try_timeout_beyond_the_merged_timeout_is_refused_at_the_call() -> None:
     # Lowering only `timeout` leaves the default per-try timeout (1s) longer than the call.
-    error = _error("services:\n  a:\n    calls:\n      b: {timeout: 500ms}\n  b: {}\n")
+    error = _error(
+        "services:\n  a:\n    calls:\n      b: {methods: all, timeout: 500ms}\n  b: {}\n"
+    )
     assert error.line == 4
     assert "per_try_timeout (1s) is longer than timeout (0.5s)" in str(error)
     # Without retries there is nothing to start, so the same timeout is fine.
     assert _policy(
-        "services:\n  a: {calls: {b: {timeout: 500ms, retries: {attempts: 0}}}}\n  b: {}\n"
+        "services:\n  a: {calls: {b: {methods: all, timeout: 500ms, retries: {attempts: 0}}}}\n"
+        "  b: {}\n"
     ).timeout == pytest.approx(0.5)
 
 
@@ -567,7 +573,7 @@ def test_names_must_be_usable_in_dns_and_spiffe_ids(text: str, expected: str) ->
 
 
 def test_a_topology_built_by_hand_with_a_cycle_has_no_start_order() -> None:
-    good = parse("services: {a: {calls: {b: }}, b: {}}\n")
+    good = parse("services: {a: {calls: {b: {methods: all}}}, b: {}}\n")
     b = dataclasses.replace(good.services["b"], calls={"a": DEFAULT_CALL_POLICY})
     looped = dataclasses.replace(good, services={"a": good.services["a"], "b": b})
     assert isinstance(looped, Topology)
@@ -793,3 +799,30 @@ def test_bad_methods_and_admission_are_refused_at_their_line(
     error = _error(f"services:\n{snippet}")
     assert expected in str(error)
     assert error.line == line
+
+
+# -- what a caller may call ----------------------------------------------------------------
+
+
+def test_a_call_names_the_methods_it_may_use_or_a_group() -> None:
+    topology = parse(
+        "services:\n  a: {calls: {b: {methods: [GetX, ListX]}, c: {methods: public}}}\n"
+        "  b: {}\n  c: {}\n"
+    )
+    assert topology.services["a"].grants == {"b": ("GetX", "ListX"), "c": "public"}
+
+
+@pytest.mark.parametrize(
+    ("entry", "expected"),
+    [
+        ("{}", "services.a.calls.b needs `methods`"),
+        ("{methods: some}", "must be one of"),
+        ("{methods: [getX]}", "'getX' is not a method name"),
+        ("{methods: [GetX, GetX]}", "lists 'GetX' twice"),
+        ("{methods: []}", "names no method"),
+    ],
+)
+def test_a_call_without_a_proper_list_of_methods_is_refused(entry: str, expected: str) -> None:
+    error = _error(f"services:\n  a:\n    calls:\n      b: {entry}\n  b: {{}}\n")
+    assert error.line == 4
+    assert expected in str(error)
