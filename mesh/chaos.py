@@ -264,9 +264,10 @@ async def load_while_killing(
         return await asyncio.gather(load, kill_on_schedule(mesh, replica_schedule(mesh, plan)))
 
 
-def envoy_counters(admin_port: int, prefix: str) -> Counter[str]:
-    """The counters under `prefix` (without it) of the Envoy whose admin is `admin_port`."""
-    found = envoy.admin_stats(admin_port, f"^{re.escape(prefix)}")
+def envoy_counters(admin_socket: str, prefix: str) -> Counter[str]:
+    """The counters under `prefix` (without it) of the Envoy whose admin is at the unix
+    socket `admin_socket`."""
+    found = envoy.admin_stats(admin_socket, f"^{re.escape(prefix)}")
     return Counter({name.removeprefix(prefix): count for name, count in found.items()})
 
 
@@ -314,7 +315,7 @@ def judge_kills(
 async def play_kill_replica(mesh: trial.TrialMesh, short: bool) -> Verdict:
     plan = SHORT_KILLS if short else FULL_KILLS
     product_id = mesh.stocked_product(10)
-    edge_admin, cluster = mesh.edge["admin_port"], f"cluster.{KILLED_SERVICE}."
+    edge_admin, cluster = mesh.edge["admin_socket"], f"cluster.{KILLED_SERVICE}."
     restarts_before, edge_before = restarts(mesh), envoy_counters(edge_admin, cluster)
     kill_times = ", ".join(f"{at:g}" for at in plan.kill_at)
     say(f"{plan.load_seconds:g} s of load, killing at {kill_times} s ...")
@@ -1016,8 +1017,8 @@ def history_of(order: dict[str, Any]) -> list[str]:
 async def play_faults(mesh: trial.TrialMesh, short: bool) -> Verdict:
     plan = SHORT_FAULTS if short else FULL_FAULTS
     initial = int(STOCK_SHARE * sum(order_units(plan.orders)))
-    caller_admin = mesh.instances(FAULT_CALLER)[0]["admin_port"]
-    faulty_admin = mesh.instances(FAULTY)[0]["admin_port"]
+    caller_admin = mesh.instances(FAULT_CALLER)[0]["admin_socket"]
+    faulty_admin = mesh.instances(FAULTY)[0]["admin_socket"]
     caller_prefix, faulty_prefix = f"cluster.{FAULTY}.", "http.inbound."
     caller_before = envoy_counters(caller_admin, caller_prefix)
     faulty_before = envoy_counters(faulty_admin, faulty_prefix)

@@ -27,7 +27,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mesh import containers, edge, natsconf
+from mesh import containers, edge, envoy, natsconf
 from mesh.api import Api
 from mesh.containers import Certificate, Rendered
 from mesh.events import NatsSettings
@@ -82,10 +82,13 @@ def _health(test: list[str]) -> dict[str, Any]:
 
 
 def _envoy_health() -> dict[str, Any]:
-    """Envoy's admin `/ready` from inside its container (the image has bash, not curl)."""
+    """Envoy's readiness from inside its container, on the probe listener (its
+    `/healthz/ready` is the admin `/ready`; the admin itself is a unix socket, which
+    bash cannot speak to). The image has bash, not curl."""
     request = (
-        f"exec 3<>/dev/tcp/127.0.0.1/{containers.ADMIN_PORT}"
-        " && printf 'GET /ready HTTP/1.0\\r\\n\\r\\n' >&3"
+        f"exec 3<>/dev/tcp/127.0.0.1/{containers.PROBE_PORT}"
+        f" && printf 'GET {envoy.READY_PATH} HTTP/1.1\\r\\nHost: localhost\\r\\n"
+        "Connection: close\\r\\n\\r\\n' >&3"
         " && head -n 1 <&3 | grep -q ' 200 '"
     )
     return _health(["bash", "-c", request])

@@ -13,13 +13,17 @@ bind address and the paths of the certificates differ.
 | --- | --- | --- |
 | 50051 | the app's gRPC server | its sidecar (loopback) |
 | 9090 | the app's Prometheus metrics | loopback; `/metrics` on 15021 |
-| 15000 | Envoy's admin interface | loopback |
 | 15006 | the sidecar's inbound listener: mTLS, RBAC | other instances, the edge |
 | 15021 | the sidecar's probe listener: `/healthz/ready`, gRPC health, `/metrics` | orchestrator |
 | 15101+ | one outbound listener per dependency (sorted by name) | the app (loopback) |
 | 8080 | the edge (REST and gRPC) | clients |
 | 50052 | the edge companion (reflection, health) | the edge Envoy (loopback) |
 | 4222, 8222, 6222 | NATS clients, monitoring, cluster routes | the mesh |
+
+Envoy's admin interface has no port here either: it is the unix socket `ADMIN_SOCKET`
+(mode 0600) in the Envoy container's own filesystem, which no other container sees, not
+even the app sharing its network namespace. The orchestrator's health checks use the
+probe listener (its `/healthz/ready` is the admin `/ready`, through the socket).
 """
 
 from __future__ import annotations
@@ -43,7 +47,6 @@ from mesh.topology import Topology
 
 APP_PORT = 50051
 METRICS_PORT = 9090
-ADMIN_PORT = 15000
 INBOUND_PORT = 15006
 PROBE_PORT = 15021
 OUTBOUND_BASE_PORT = 15101
@@ -65,6 +68,11 @@ NATS_DATA_DIR = STATE_DIR / "nats"
 EDGE_FILES_DIR = STATE_DIR / "edge"
 #: Where an Envoy container finds its bootstrap and SDS files.
 ENVOY_CONFIG_DIR = Path("/etc/envoy")
+#: The Envoy container's directory for its admin socket: the image's /tmp (1777) under
+#: Compose, a volume of the Envoy container's own on Kubernetes (its root is read-only).
+ADMIN_SOCKET_DIR = Path("/tmp")
+#: The unix socket of Envoy's admin interface in an Envoy container.
+ADMIN_SOCKET = ADMIN_SOCKET_DIR / "envoy-admin.sock"
 #: Where the NATS container finds nats.conf.
 NATS_CONFIG_DIR = Path("/etc/nats")
 #: The uid and gid every container of the mesh runs as (the image's `shop` user).
@@ -162,7 +170,7 @@ def plan(
                     index=index,
                     app_port=APP_PORT,
                     inbound_port=INBOUND_PORT,
-                    admin_port=ADMIN_PORT,
+                    admin_socket=str(ADMIN_SOCKET),
                     outbound={
                         dependency: OUTBOUND_BASE_PORT + offset
                         for offset, dependency in enumerate(sorted(service.calls))
@@ -176,7 +184,7 @@ def plan(
     if topology.edge.expose:
         edge = EdgePlan(
             port=EDGE_PORT,
-            admin_port=ADMIN_PORT,
+            admin_socket=str(ADMIN_SOCKET),
             companion_port=COMPANION_PORT,
             probe_port=PROBE_PORT,
         )

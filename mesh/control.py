@@ -27,11 +27,13 @@ from nats.js.errors import NotFoundError
 from mesh import contracts, deadletters, natsconf, telemetry
 from mesh.events import NatsSettings
 from mesh.pki import MeshPKI, format_table
+from mesh.plan import PlanError, check_run_dir
 from mesh.supervisor import (
     STATE_FILE,
     Supervisor,
     SupervisorError,
     all_pids,
+    make_private,
     pid_alive,
     read_state,
 )
@@ -60,14 +62,17 @@ def _supervisor(
     descriptor_set = root / contracts.DESCRIPTOR_SET
     if not descriptor_set.is_file():
         raise ControlError(f"{descriptor_set} is missing: run `make gen` first")
-    return Supervisor(
-        root,
-        load_topology(root, config),
-        run_dir.resolve(),
-        descriptor_set,
-        on_line=(lambda line: print(line, flush=True)) if stream else None,
-        edge_port=edge_port,
-    )
+    try:
+        return Supervisor(
+            root,
+            load_topology(root, config),
+            run_dir.resolve(),
+            descriptor_set,
+            on_line=(lambda line: print(line, flush=True)) if stream else None,
+            edge_port=edge_port,
+        )
+    except SupervisorError as error:
+        raise ControlError(str(error)) from None
 
 
 def running_state(run_dir: Path) -> dict[str, Any] | None:
@@ -117,8 +122,13 @@ def up_detached(
     """Start a supervisor in the background; return once the mesh is healthy."""
     if running_state(run_dir) is not None:
         raise ControlError(f"a mesh is already running from {run_dir}; `meshctl down` first")
-    load_topology(root, config)  # fail here, in the user's terminal, on a bad mesh.yaml
-    run_dir.mkdir(parents=True, exist_ok=True)
+    # Fail here, in the user's terminal, on a bad mesh.yaml or a run directory too deep
+    # for the Envoys' admin sockets.
+    try:
+        check_run_dir(load_topology(root, config), run_dir.resolve())
+    except PlanError as error:
+        raise ControlError(str(error)) from None
+    make_private(run_dir)  # supervisor.log too is its owner's only
     (run_dir / STATE_FILE).unlink(missing_ok=True)
     log_path = run_dir / "supervisor.log"
     argv = [sys.executable, "-m", "mesh.cli", "supervise", "--run-dir", str(run_dir.resolve())]
@@ -221,7 +231,7 @@ def status_table(state: dict[str, Any]) -> str:
         for reason in i.get("degraded", [])
     ]
     nats = state["nats"]
-    lines.append(f"nats: {nats['url']} (monitor {nats['monitor']}, pid {nats['pid']})")
+    lines.append(f"nats: {nats['url']} (TLS with the mesh's certificates; pid {nats['pid']})")
     edge = state.get("edge")
     if edge:
         lines.append(
@@ -230,8 +240,17 @@ def status_table(state: dict[str, Any]) -> str:
         )
     lines.append(
         "REQ/S, ERR%, P99: the last 2 s, from each app's Prometheus metrics "
-        "(`curl 127.0.0.1:METRICS_PORT/metrics`; Envoy's: ADMIN_PORT/stats/prometheus)"
+        "(`curl 127.0.0.1:METRICS_PORT/metrics`; Envoy's: "
+        "`curl --unix-socket ADMIN_SOCKET http://envoy/stats/prometheus`)"
     )
+    sockets = [i["admin_socket"] for i in state["instances"] if i.get("admin_socket")]
+    if sockets:
+        where = Path(sockets[0]).parent
+        lines.append(
+            f"envoy admin: unix sockets {where}/INSTANCE.sock"
+            + (f" and {edge['admin_socket']}" if edge and edge.get("admin_socket") else "")
+            + ", owner only (no admin port)"
+        )
     traces = state.get("traces", {})
     if traces:
         lines.append(

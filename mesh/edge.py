@@ -623,13 +623,13 @@ def edge_config(
     ]
     if edge_plan.probe_port:
         probe, probe_clusters = envoy.probe_resources(
-            plan, edge_plan.probe_port, edge_plan.admin_port, "edge_companion"
+            plan, edge_plan.probe_port, edge_plan.admin_socket, "edge_companion"
         )
         listeners.append(probe)
         clusters += probe_clusters
     return {
         "node": {"id": "edge", "cluster": "edge"},
-        "admin": {"address": envoy.socket_address(edge_plan.admin_port)},
+        "admin": envoy.admin(edge_plan.admin_socket),
         "static_resources": {"listeners": listeners, "clusters": clusters},
     }
 
@@ -703,10 +703,11 @@ def companion_arguments(rules: EdgeRules, port: int, descriptor_set: Path) -> li
     ]  # fmt: skip
 
 
-def jwks_fetched(admin_port: int) -> bool:
-    """Whether the edge has loaded identity's JWKS (so tokens can be verified)."""
+def jwks_fetched(admin_socket: str) -> bool:
+    """Whether the edge (its admin at the unix socket `admin_socket`) has loaded
+    identity's JWKS (so tokens can be verified)."""
     try:
-        fetched = envoy.admin_stats(admin_port, "jwks_fetch_success", timeout=1)
+        fetched = envoy.admin_stats(admin_socket, "jwks_fetch_success", timeout=1)
     except OSError:
         return False
     return any(count > 0 for count in fetched.values())

@@ -20,7 +20,9 @@ Every service instance gets one Envoy with:
   more in flight than the dependency's apps admit: `admitted`).
 * certificates from SDS files in watched directories, so rotating a certificate on disk
   reaches Envoy without a restart.
-* an admin interface on loopback only.
+* an admin interface on a unix socket only (`admin`), mode 0600: no port, so no other
+  user of the machine can stop the Envoy (`/quitquitquit`) or fail its health checks
+  (`/healthcheck/fail`); the mesh's own tools reach it through the socket (`admin_get`).
 * in containers only, a plaintext **probe** listener for the orchestrator, which probes
   the pod's address rather than loopback: Envoy's readiness, the app's gRPC health and
   both sets of metrics, nothing else (`probe_resources`).
@@ -31,9 +33,10 @@ Peers are reached at fixed addresses locally (loopback ports) and by name in con
 
 from __future__ import annotations
 
+import http.client
 import ipaddress
+import socket
 import urllib.parse
-import urllib.request
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -115,6 +118,36 @@ LOOPBACK = "127.0.0.1"
 
 def socket_address(port: int, host: str = LOOPBACK) -> dict[str, Any]:
     return {"socket_address": {"address": host, "port_value": port}}
+
+
+#: The mode of every admin socket: read and write (connect) for its owner only.
+ADMIN_SOCKET_MODE = 0o600
+
+
+def pipe_address(path: str | Path, mode: int | None = None) -> dict[str, Any]:
+    """A unix socket's address (Envoy's `pipe`); with `mode`, the mode Envoy gives it."""
+    pipe: dict[str, Any] = {"path": str(path)}
+    if mode is not None:
+        pipe["mode"] = mode
+    return {"pipe": pipe}
+
+
+def admin(socket_path: str | Path) -> dict[str, Any]:
+    """The bootstrap's `admin`: on the unix socket `socket_path`, owner only, never a port."""
+    return {"address": pipe_address(socket_path, ADMIN_SOCKET_MODE)}
+
+
+def pipe_cluster(name: str, socket_path: str | Path) -> dict[str, Any]:
+    """A cluster of one HTTP/1.1 server on a unix socket (an Envoy's own admin)."""
+    return {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": pipe_address(socket_path)}}]}],
+        },
+    }
 
 
 def _is_ip(host: str) -> bool:
@@ -693,13 +726,13 @@ def sidecar_config(
     ]
     if instance.probe_port:
         probe, probe_clusters = probe_resources(
-            plan, instance.probe_port, instance.admin_port, LOCAL_APP, instance.metrics_port
+            plan, instance.probe_port, instance.admin_socket, LOCAL_APP, instance.metrics_port
         )
         listeners.append(probe)
         clusters += probe_clusters
     return {
         "node": {"id": instance.name, "cluster": instance.service},
-        "admin": {"address": socket_address(instance.admin_port)},
+        "admin": admin(instance.admin_socket),
         "static_resources": {"listeners": listeners, "clusters": clusters},
     }
 
@@ -709,7 +742,7 @@ READY_PATH = "/healthz/ready"
 
 
 def probe_resources(
-    plan: MeshPlan, port: int, admin_port: int, app_cluster: str, metrics_port: int = 0
+    plan: MeshPlan, port: int, admin_socket: str, app_cluster: str, metrics_port: int = 0
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """A plaintext listener for an orchestrator's probes and scrapes (which come from
     outside the pod), and the clusters it needs.
@@ -717,8 +750,9 @@ def probe_resources(
     Only these answer, and none takes a request body: `GET /healthz/ready` (Envoy's
     admin `/ready`: the proxy has its configuration and certificates), gRPC health
     `Check` of the app behind it (the kubelet's gRPC probe), `GET /metrics` (the app's
-    Prometheus metrics) and `GET /stats/prometheus` (Envoy's). The admin interface and
-    the app stay on loopback.
+    Prometheus metrics) and `GET /stats/prometheus` (Envoy's). The admin interface stays
+    on its unix socket (`admin_socket`, which the two admin routes lead to), the app on
+    loopback.
     """
 
     def get(path: str, cluster: str, rewrite: str | None = None) -> dict[str, Any]:
@@ -739,7 +773,7 @@ def probe_resources(
             "route": {"cluster": app_cluster, "timeout": "2s", "priority": "HIGH"},
         },
     ]
-    clusters = [upstream("admin", [(LOOPBACK, admin_port)])]
+    clusters = [pipe_cluster("admin", admin_socket)]
     if metrics_port:
         routes.append(get("/metrics", "app_metrics"))
         clusters.append(upstream("app_metrics", [(LOOPBACK, metrics_port)]))
@@ -751,13 +785,67 @@ def probe_resources(
     return listener, clusters
 
 
-def admin_stats(admin_port: int, pattern: str = "", timeout: float = 10.0) -> Counter[str]:
-    """The counters and gauges, by name, of the Envoy whose admin listens on `admin_port`
-    (on loopback); only those whose name matches the regular expression `pattern`."""
+class AdminError(OSError):
+    """An Envoy's admin interface answered with an error status."""
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP/1.1 over a unix socket (an Envoy's admin has no TCP port)."""
+
+    def __init__(self, socket_path: str | Path, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._socket_path = str(socket_path)
+
+    def connect(self) -> None:
+        connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        connection.settimeout(self.timeout)
+        try:
+            connection.connect(self._socket_path)
+        except BaseException:
+            connection.close()
+            raise
+        self.sock = connection
+
+
+def admin_request(
+    socket_path: str | Path, path: str, method: str = "GET", timeout: float = 10.0
+) -> tuple[int, bytes]:
+    """(status, body) of `method path` on the admin interface at the unix socket
+    `socket_path`; OSError when nothing answers there."""
+    connection = _UnixHTTPConnection(socket_path, timeout)
+    try:
+        connection.request(method, path)
+        response = connection.getresponse()
+        return response.status, response.read()
+    except http.client.HTTPException as error:  # a broken answer: as if none came
+        raise OSError(f"{socket_path}: {error!r}") from error
+    finally:
+        connection.close()
+
+
+def admin_get(socket_path: str | Path, path: str, timeout: float = 10.0) -> bytes:
+    """The body of `GET path` on the admin interface at `socket_path`; AdminError unless
+    it answers 200."""
+    status, body = admin_request(socket_path, path, timeout=timeout)
+    if status != 200:
+        raise AdminError(f"GET {path} on {socket_path}: {status} {body[:200]!r}")
+    return body
+
+
+def admin_ready(socket_path: str | Path, timeout: float = 1.0) -> bool:
+    """Whether the Envoy whose admin is at `socket_path` is ready (its `/ready` is 200:
+    configuration and certificates loaded, health checks not failed)."""
+    try:
+        return admin_request(socket_path, "/ready", timeout=timeout)[0] == 200
+    except OSError:
+        return False
+
+
+def admin_stats(socket_path: str | Path, pattern: str = "", timeout: float = 10.0) -> Counter[str]:
+    """The counters and gauges, by name, of the Envoy whose admin is at the unix socket
+    `socket_path`; only those whose name matches the regular expression `pattern`."""
     query = urllib.parse.urlencode({"filter": pattern}) if pattern else ""
-    url = f"http://{LOOPBACK}:{admin_port}/stats" + (f"?{query}" if query else "")
-    with urllib.request.urlopen(url, timeout=timeout) as response:
-        text = response.read().decode()
+    text = admin_get(socket_path, "/stats" + (f"?{query}" if query else ""), timeout).decode()
     found: Counter[str] = Counter()
     for line in text.splitlines():
         name, _, value = line.partition(": ")
@@ -767,7 +855,12 @@ def admin_stats(admin_port: int, pattern: str = "", timeout: float = 10.0) -> Co
 
 
 def write_config(config: Mapping[str, Any], path: Path) -> Path:
+    """Write the bootstrap `config` to `path`, and make the directory its admin socket
+    goes in (Envoy makes the socket, not its directory)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    pipe = config.get("admin", {}).get("address", {}).get("pipe")
+    if pipe is not None:
+        Path(pipe["path"]).parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(dict(config), sort_keys=False))
     return path
 

@@ -7,10 +7,12 @@ base (namespace `<mesh.yaml namespace>`):
   PodDisruptionBudget. A pod is the app plus its Envoy sidecar, a native sidecar (an
   init container that keeps running: it is ready before the app starts and stops after
   it). Envoy's bootstrap and SDS files come from a ConfigMap, the identity from the
-  Secret `<service>-identity` (`tls.crt`, `tls.key`, `ca.crt`). The app listens on
-  loopback only; the kubelet probes it with gRPC health through the sidecar's probe
-  port (readiness: the whole path), and liveness runs the same check on loopback
-  inside the app's container, so a sidecar restart never restarts the app.
+  Secret `<service>-identity` (`tls.crt`, `tls.key`, `ca.crt`); its admin interface is
+  a unix socket on a volume of the Envoy container's own (`envoy-admin`), which the app
+  container does not mount. The app listens on loopback only; the kubelet probes it
+  with gRPC health through the sidecar's probe port (readiness: the whole path), and
+  liveness runs the same check on loopback inside the app's container, so a sidecar
+  restart never restarts the app.
 * the edge (Envoy and its companion) behind the Service `edge`, its static files
   written by an init container;
 * NATS: a three-server JetStream cluster (StatefulSet, a volume each, routes over mutual
@@ -54,6 +56,10 @@ _HEADER = (
     "# Rendered from mesh.yaml by `meshctl render k8s`: do not edit by hand\n"
     "# (`make test` fails when this file differs from a fresh rendering).\n"
 )
+
+#: The volume of an Envoy container's admin socket (`containers.ADMIN_SOCKET_DIR`),
+#: mounted by no other container of the pod.
+ENVOY_ADMIN_VOLUME = "envoy-admin"
 
 _RESTRICTED = {
     "allowPrivilegeEscalation": False,
@@ -202,6 +208,8 @@ def _envoy_container(
                 "readOnly": True,
             },
             {"name": "identity", "mountPath": str(IDENTITY_DIR), "readOnly": True},
+            # Envoy's admin socket: writable, and the Envoy container's only.
+            {"name": ENVOY_ADMIN_VOLUME, "mountPath": str(containers.ADMIN_SOCKET_DIR)},
         ],
     }
 
@@ -229,6 +237,7 @@ def _volumes(identity: str, config_map: str, *extra: dict[str, Any]) -> list[dic
         {"name": "envoy-config", "configMap": {"name": config_map}},
         {"name": "identity", "secret": {"secretName": identity_secret(identity)}},
         {"name": "tmp", "emptyDir": {}},
+        {"name": ENVOY_ADMIN_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
         *extra,
     ]
 

@@ -75,7 +75,7 @@ def render_config(
     pki: MeshPKI,
     *,
     port: int,
-    monitor_port: int,
+    monitor_port: int | None,
     store_dir: Path,
     cert_path: Path,
     key_path: Path,
@@ -126,10 +126,10 @@ def render_config(
             + tls("  ", "verify: true")
             + "}\n"
         )
+    # The monitor has no authentication: only where an orchestrator's probes need it.
+    monitor = f'http: "{host}:{monitor_port}"\n' if monitor_port is not None else ""
     return (
-        f'listen: "{host}:{port}"\n'
-        f'http: "{host}:{monitor_port}"\n'
-        f"server_name: {server_name}\n"
+        f'listen: "{host}:{port}"\n' + monitor + f"server_name: {server_name}\n"
         f"max_payload: {MAX_PAYLOAD}\n"
         "jetstream {\n"
         f'  store_dir: "{store_dir}"\n'
@@ -141,9 +141,11 @@ def render_config(
 
 
 def write_config(
-    topology: Topology, pki: MeshPKI, directory: Path, port: int, monitor_port: int
+    topology: Topology, pki: MeshPKI, directory: Path, port: int, monitor_port: int | None = None
 ) -> Path:
-    """Issue the server's certificate and write `<directory>/nats.conf`."""
+    """Issue the server's certificate and write `<directory>/nats.conf`: without HTTP
+    monitoring unless `monitor_port` is given, as NATS's monitor takes no credentials
+    (the local mesh asks JetStream itself over TLS instead: `jetstream_ready`)."""
     directory.mkdir(parents=True, exist_ok=True)
     cert = pki.ensure(SERVER_IDENTITY, SERVER_IDENTITY)
     config = directory / "nats.conf"
@@ -223,6 +225,23 @@ def settings_from_environment(identity: str, environment: dict[str, str]) -> Nat
 def admin_from_state(state: dict[str, Any]) -> NatsSettings:
     """meshctl's way into a running mesh's NATS, from its state.json."""
     return settings_from_environment(ADMIN_IDENTITY, state["nats"]["admin"])
+
+
+async def jetstream_ready(settings: NatsSettings) -> bool:
+    """Whether NATS takes `settings`' client over TLS and JetStream answers it."""
+    try:
+        client = await settings.connect(
+            allow_reconnect=False, connect_timeout=1, max_reconnect_attempts=0
+        )
+    except Exception:  # not up yet, or refusing: not ready
+        return False
+    try:
+        await client.jetstream().account_info()
+    except Exception:  # JetStream not ready yet
+        return False
+    finally:
+        await client.close()
+    return True
 
 
 async def prepare_event_bus(

@@ -9,11 +9,17 @@ In containers (`mesh.deploy`) every instance has a network namespace of its own,
 ports are the same fixed ones everywhere (`CONTAINER_PORTS`) and peers are reached by
 name: `orders-0` under Docker Compose, the Service `orders.<namespace>.svc.cluster.local`
 on Kubernetes.
+
+No Envoy of the mesh has an admin port: each one's admin interface (which can stop it,
+`/quitquitquit`, or fail its health checks, `/healthcheck/fail`) is a unix socket, mode
+0600, that only the mesh's owner can connect to; locally in the run directory's `envoy/`
+(`admin_socket`), in containers in the Envoy container's own `/tmp`.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -25,6 +31,48 @@ from mesh.topology import Topology
 PLAN_FILE = "plan.json"
 #: Where a checkout's mesh keeps its state, certificates, logs and databases (git-ignored).
 DEFAULT_RUN_DIR = Path(".mesh")
+#: Where the run directory keeps each Envoy's admin socket (`admin_socket`).
+ADMIN_SOCKET_DIR = "envoy"
+#: The longest path a unix socket may have on Linux (`sun_path` is 108 bytes, NUL included).
+MAX_SOCKET_PATH_BYTES = 107
+
+
+class PlanError(ValueError):
+    """The mesh cannot be laid out in this run directory; the message says why."""
+
+
+def admin_socket(run_dir: Path, envoy_name: str) -> str:
+    """The unix socket of the admin interface of the Envoy `envoy_name` (an instance's
+    sidecar, `orders-0`, or `edge`): `RUN_DIR/envoy/<name>.sock`, for a sidecar beside
+    the directory of its configuration (`RUN_DIR/envoy/<name>/`). As short as that, since
+    a socket's path may not be longer than `MAX_SOCKET_PATH_BYTES` (PlanError if it
+    would be)."""
+    path = run_dir.absolute() / ADMIN_SOCKET_DIR / f"{envoy_name}.sock"
+    length = len(os.fsencode(path))
+    if length > MAX_SOCKET_PATH_BYTES:
+        raise PlanError(
+            f"the admin socket {path} would be {length} bytes long, and a unix socket's "
+            f"path may be at most {MAX_SOCKET_PATH_BYTES}: use a run directory with a "
+            f"path {length - MAX_SOCKET_PATH_BYTES} bytes shorter (--run-dir)"
+        )
+    return str(path)
+
+
+def envoy_names(topology: Topology) -> list[str]:
+    """The name of every Envoy a local mesh of `topology` runs: each instance's sidecar
+    and, when something is exposed, the edge."""
+    names = [
+        f"{name}-{index}"
+        for name in topology.start_order()
+        for index in range(topology.services[name].replicas)
+    ]
+    return [*names, "edge"] if topology.edge.expose else names
+
+
+def check_run_dir(topology: Topology, run_dir: Path) -> None:
+    """Raise PlanError if a mesh of `topology` cannot run from `run_dir`."""
+    for name in envoy_names(topology):
+        admin_socket(run_dir, name)
 
 
 @dataclass(frozen=True)
@@ -35,7 +83,8 @@ class InstancePlan:
     index: int
     app_port: int
     inbound_port: int
-    admin_port: int
+    admin_socket: str
+    """The path of the unix socket of the sidecar's admin interface (it has no port)."""
     outbound: Mapping[str, int] = field(default_factory=dict)
     """Dependency name -> the port of this instance's sidecar that leads to it."""
     metrics_port: int = 0
@@ -52,10 +101,11 @@ class InstancePlan:
 
 @dataclass(frozen=True)
 class EdgePlan:
-    """The edge Envoy's ports, and its companion's (reflection and health)."""
+    """The edge Envoy's port and admin socket, and its companion's port (reflection and
+    health)."""
 
     port: int
-    admin_port: int
+    admin_socket: str
     companion_port: int
     probe_port: int = 0
 
@@ -67,7 +117,9 @@ class MeshPlan:
     run_dir: Path
     instances: tuple[InstancePlan, ...]
     nats_port: int
-    nats_monitor_port: int
+    #: NATS's HTTP monitor, which takes no credentials: only in containers, for the
+    #: orchestrator's probes; None in the local mesh.
+    nats_monitor_port: int | None
     #: The trace store's OTLP/gRPC port (`mesh.tracestore`), where every span goes.
     trace_port: int = 0
     edge: EdgePlan | None = None
@@ -99,7 +151,7 @@ class MeshPlan:
             run_dir=Path(data["run_dir"]),
             instances=tuple(InstancePlan(**i) for i in data["instances"]),
             nats_port=data["nats_port"],
-            nats_monitor_port=data["nats_monitor_port"],
+            nats_monitor_port=data.get("nats_monitor_port"),
             trace_port=data.get("trace_port", 0),
             edge=EdgePlan(**data["edge"]) if data.get("edge") else None,
             listen_host=data.get("listen_host", "127.0.0.1"),
@@ -162,7 +214,7 @@ def make_plan(
                     index=index,
                     app_port=ports.take(fixed.app),
                     inbound_port=ports.take(fixed.inbound),
-                    admin_port=ports.take(fixed.admin),
+                    admin_socket=admin_socket(run_dir, f"{name}-{index}"),
                     outbound={dependency: ports.take() for dependency in sorted(service.calls)},
                     metrics_port=ports.take(),
                 )
@@ -171,13 +223,15 @@ def make_plan(
     if topology.edge.expose:
         port = topology.edge.port if edge_port is None else edge_port
         edge = EdgePlan(
-            port=ports.take(port or None), admin_port=ports.take(), companion_port=ports.take()
+            port=ports.take(port or None),
+            admin_socket=admin_socket(run_dir, "edge"),
+            companion_port=ports.take(),
         )
     return MeshPlan(
         run_dir=run_dir,
         instances=tuple(instances),
         nats_port=ports.take(topology.nats.port),
-        nats_monitor_port=ports.take(),
+        nats_monitor_port=None,
         trace_port=ports.take(),
         edge=edge,
     )

@@ -16,16 +16,22 @@ place; the sidecars reload them from their watched directories.
 
 The supervisor writes `state.json` in the run directory (atomically) for `meshctl status`
 and `meshctl down`.
+
+Everything of a local mesh is its owner's only (`make_private`): the run directory is
+0700 and every file the supervisor and its children create in it is 0600, and each
+Envoy's admin interface is a unix socket, 0600 (`mesh.plan.admin_socket`), with no port.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import logging
 import os
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -41,8 +47,8 @@ from mesh import service as app_service
 from mesh.api import Api
 from mesh.binaries import find_binary
 from mesh.pki import MeshPKI
-from mesh.plan import InstancePlan, MeshPlan, make_plan
-from mesh.probe import app_serving, http_ok
+from mesh.plan import InstancePlan, MeshPlan, PlanError, make_plan
+from mesh.probe import app_serving
 from mesh.procstat import rss_kib
 from mesh.topology import Topology
 
@@ -69,11 +75,49 @@ TEND_INTERVAL_SECONDS = 0.25
 CHECK_INTERVAL_SECONDS = 2.0
 
 
+#: The umask of the supervisor, and so of every process it starts: what they create is
+#: their owner's only (files 0600, directories 0700, sockets 0700 before Envoy's chmod).
+PRIVATE_UMASK = 0o077
+#: The mode of the run directory.
+RUN_DIR_MODE = 0o700
+
+
 T = TypeVar("T")
 
 
 class SupervisorError(RuntimeError):
     """The mesh could not be brought up; the message says which part and where its log is."""
+
+
+def make_private(run_dir: Path) -> None:
+    """From now on, create everything owner-only (umask 0o077), and make `run_dir` 0700.
+
+    Why: the run directory holds the shop's customer data. The services' SQLite files
+    hold customers, orders, payments and password hashes; `traces/traces.db` holds spans
+    whose attributes carry customer and order ids; the logs name them too; NATS's store
+    holds every event of the saga; `pki/` holds the private keys. Under a usual umask
+    (0o022) every one of those that is not created with an explicit mode would be
+    readable by every user of the machine. Setting the umask here, in the process that
+    creates the run directory and starts every other process of the mesh, before it
+    creates anything, covers every file whoever creates it (the supervisor's logs and
+    state, Envoy's configurations and sockets, NATS's store, the trace store's database,
+    what the apps write), since children inherit the umask; no file has to remember.
+
+    mkdir's mode is filtered by the umask and ignored for an existing directory, so the
+    run directory's mode is set explicitly, and what an earlier mesh (from before this
+    umask) left in it loses every group and other permission the same way. (Certificates
+    are the one exception `pki.py` makes on purpose: public, 0644, in 0700 directories.)
+    """
+    os.umask(PRIVATE_UMASK)
+    run_dir.mkdir(mode=RUN_DIR_MODE, parents=True, exist_ok=True)
+    os.chmod(run_dir, RUN_DIR_MODE)
+    for directory, names, files in os.walk(run_dir):
+        for name in [*names, *files]:
+            path = os.path.join(directory, name)
+            with contextlib.suppress(FileNotFoundError):
+                mode = os.lstat(path).st_mode
+                if not stat.S_ISLNK(mode) and stat.S_IMODE(mode) & 0o077:
+                    os.chmod(path, stat.S_IMODE(mode) & ~0o077)
 
 
 @dataclass
@@ -197,7 +241,10 @@ class Supervisor:
         self.descriptor_set = descriptor_set
         self.api = Api.from_descriptor_set(descriptor_set)
         self.pki = MeshPKI(run_dir / "pki", topology.trust_domain, topology.namespace)
-        self.plan: MeshPlan = make_plan(topology, run_dir, edge_port=edge_port)
+        try:
+            self.plan: MeshPlan = make_plan(topology, run_dir, edge_port=edge_port)
+        except PlanError as error:
+            raise SupervisorError(str(error)) from None
         self.instances: list[Instance] = []
         self.nats: ManagedProcess | None = None
         self.trace_store: ManagedProcess | None = None
@@ -230,8 +277,9 @@ class Supervisor:
         )
 
     def prepare(self) -> None:
-        """Write the plan, certificates and every sidecar's configuration."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        """Write the plan, certificates and every sidecar's configuration, all private
+        (`make_private`)."""
+        make_private(self.run_dir)
         self.plan.save()
         self.pki.ensure_ca()
         logs = self.run_dir / "logs"
@@ -267,7 +315,6 @@ class Supervisor:
             self.pki,
             self.run_dir / "nats",
             self.plan.nats_port,
-            self.plan.nats_monitor_port,
         )
         natsconf.admin_settings(self.pki, self.plan.nats_port)
         self.nats = ManagedProcess(
@@ -320,8 +367,8 @@ class Supervisor:
         assert self.plan.edge is not None
         return (
             app_serving(self.plan.edge.companion_port)
-            and http_ok(f"http://127.0.0.1:{self.plan.edge.admin_port}/ready")
-            and edge.jwks_fetched(self.plan.edge.admin_port)
+            and envoy.admin_ready(self.plan.edge.admin_socket)
+            and edge.jwks_fetched(self.plan.edge.admin_socket)
         )
 
     # -- start ----------------------------------------------------------------------------
@@ -345,14 +392,14 @@ class Supervisor:
             time.sleep(0.1)
 
     def nats_ready(self) -> bool:
-        return http_ok(
-            f"http://127.0.0.1:{self.plan.nats_monitor_port}/healthz?js-enabled-only=true"
-        )
+        """Whether JetStream answers the mesh's administrator (NATS runs no monitor here)."""
+        settings = natsconf.admin_settings(self.pki, self.plan.nats_port)
+        return asyncio.run(natsconf.jetstream_ready(settings))
 
     def probe(self, instance: Instance) -> bool:
         """Whether the app and its sidecar are ready now; kept, as `state` reports it."""
-        ready = app_serving(instance.plan.app_port) and http_ok(
-            f"http://127.0.0.1:{instance.plan.admin_port}/ready"
+        ready = app_serving(instance.plan.app_port) and envoy.admin_ready(
+            instance.plan.admin_socket
         )
         self._probed[instance.plan.name] = Probed(ready, time.monotonic())
         return ready
@@ -538,7 +585,6 @@ class Supervisor:
                 "admin": natsconf.service_environment(
                     natsconf.admin_settings(self.pki, self.plan.nats_port)
                 ),
-                "monitor": f"http://127.0.0.1:{self.plan.nats_monitor_port}",
                 "restarts": self.nats.restarts if self.nats else 0,
                 "rss_kib": rss_kib(self.nats.pid if self.nats else None),
             },
@@ -558,7 +604,7 @@ class Supervisor:
                     "sidecar_pid": i.sidecar.pid,
                     "app_port": i.plan.app_port,
                     "inbound_port": i.plan.inbound_port,
-                    "admin_port": i.plan.admin_port,
+                    "admin_socket": i.plan.admin_socket,
                     "outbound": dict(i.plan.outbound),
                     "health": health(i, self._probed.get(i.plan.name)),
                     "degraded": self._degraded(i),
@@ -580,7 +626,7 @@ class Supervisor:
             "url": f"http://127.0.0.1:{self.plan.edge.port}",
             "pid": self.edge_envoy.pid,
             "companion_pid": self.edge_companion.pid,
-            "admin_port": self.plan.edge.admin_port,
+            "admin_socket": self.plan.edge.admin_socket,
             "restarts": self.edge_envoy.restarts + self.edge_companion.restarts,
             "rss_kib": rss_kib(self.edge_envoy.pid) + rss_kib(self.edge_companion.pid),
         }

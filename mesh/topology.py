@@ -145,19 +145,19 @@ Grant = str | tuple[str, ...]
 
 @dataclass(frozen=True)
 class FixedPorts:
-    """A service's fixed base ports; None means "pick a free port"."""
+    """A service's fixed base ports; None means "pick a free port".
+
+    Envoy's admin interface has no port: it is a unix socket in the run directory
+    (`mesh.plan.admin_socket`).
+    """
 
     app: int | None
     inbound: int | None
-    admin: int | None
 
     def for_replica(self, index: int) -> FixedPorts:
         """The ports of replica `index`: replica i uses each base port + i."""
         return FixedPorts(
-            *(
-                None if port is None else port + index
-                for port in (self.app, self.inbound, self.admin)
-            )
+            *(None if port is None else port + index for port in (self.app, self.inbound))
         )
 
 
@@ -600,7 +600,7 @@ class _Reader:
                 )  # fmt: skip
                 grants[callee] = self.grant(policy_node, f"{where}.calls.{callee}", callee_node)
         ports = self.optional(
-            entries, "ports", FixedPorts(None, None, None), lambda n: self.ports(n, where, replicas)
+            entries, "ports", FixedPorts(None, None), lambda n: self.ports(n, where, replicas)
         )
         consumes = self.consumes(entries, name, known)
         faults = self.optional(entries, "faults", None, lambda n: self.faults(n, where))
@@ -797,9 +797,15 @@ class _Reader:
         return tuple(events)
 
     def ports(self, node: Node, where: str, replicas: int) -> FixedPorts:
-        entries = self.mapping(
-            node, f"{where}.ports", {"app", "inbound", "admin"}, null_is_empty=True
-        )
+        if isinstance(node, MappingNode):
+            for key, _ in node.value:
+                if isinstance(key, ScalarNode) and str(key.value) == "admin":
+                    raise self.error(
+                        key,
+                        f"{where}.ports.admin: Envoy's admin interface has no port any more, "
+                        "it is a unix socket in the run directory, owner only; remove the key",
+                    )
+        entries = self.mapping(node, f"{where}.ports", {"app", "inbound"}, null_is_empty=True)
 
         def base_port(kind: str) -> int | None:
             if kind not in entries:
@@ -815,7 +821,7 @@ class _Reader:
                 )
             return port or None
 
-        return FixedPorts(base_port("app"), base_port("inbound"), base_port("admin"))
+        return FixedPorts(base_port("app"), base_port("inbound"))
 
     def telemetry(self, node: Node) -> TelemetrySettings:
         keys = {"tracing", "sampling_percent", "otlp_endpoint"}
@@ -1190,7 +1196,7 @@ class _Reader:
         for name, service in services.items():
             for index in range(service.replicas):
                 replica = service.ports.for_replica(index)
-                for kind in ("app", "inbound", "admin"):
+                for kind in ("app", "inbound"):
                     claim(
                         getattr(replica, kind),
                         f"{name} replica {index} {kind}",

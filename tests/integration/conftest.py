@@ -100,12 +100,21 @@ class RunningMesh:
         return self.run_dir / "pki" / "ca" / "ca.pem"
 
     def stats(self, instance: str) -> dict[str, int]:
-        """The Envoy counters and gauges of `instance`'s sidecar."""
-        return dict(envoy.admin_stats(self.instance(instance)["admin_port"]))
+        """The Envoy counters and gauges of `instance`'s sidecar (through its admin socket)."""
+        return dict(envoy.admin_stats(self.instance(instance)["admin_socket"]))
 
 
 def bearer(token: str) -> dict[str, str]:
     return {"authorization": f"Bearer {token}"}
+
+
+#: What must never reach a client: the words of a Python exception or traceback.
+LEAKS = ("Traceback", "Error parsing", "DecodeError", "Unexpected <class", "exception")
+
+
+def leaks_nothing(text: str) -> None:
+    """Assert `text` (an answer's message or body) holds no exception's words."""
+    assert not [word for word in LEAKS if word.lower() in text.lower()], text
 
 
 def assert_json_error(response: httpx.Response, status: int, code: int) -> dict[str, Any]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import dataclasses
 import http.server
 import os
 import re
@@ -39,6 +38,7 @@ from mesh.plan import free_port, make_plan
 from mesh.probe import grpc_serving, http_ok
 from mesh.topology import Topology, load, parse
 from tests.support import tiny_catalog
+from tests.support.sidecar import started_sidecar
 
 pytestmark = pytest.mark.integration
 
@@ -625,7 +625,7 @@ def _get(url: str, method: str = "GET") -> tuple[int, str]:
         return 0, ""
 
 
-def test_the_probe_port_answers_the_orchestrator_and_nothing_else(tmp_path: Path, api: Api) -> None:
+def test_the_probe_port_answers_the_orchestrator_and_nothing_else(tmp_path: Path) -> None:
     """A sidecar with a probe port (as in a pod) in front of a real app: Envoy's readiness,
     the app's gRPC health and both sets of metrics answer; anything else does not."""
     metrics = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Metrics)
@@ -634,25 +634,9 @@ def test_the_probe_port_answers_the_orchestrator_and_nothing_else(tmp_path: Path
         stack.callback(metrics.server_close)
         stack.callback(metrics.shutdown)
         app, address = stack.enter_context(tiny_catalog.served())
-        topology = parse("services:\n  catalog: {}\n")
-        plan = make_plan(topology, tmp_path)
-        instance = dataclasses.replace(
-            plan.instances[0],
-            app_port=int(address.rsplit(":", 1)[1]),
-            metrics_port=metrics.server_address[1],
-            probe_port=free_port(),
+        instance, sidecar = started_sidecar(
+            stack, tmp_path, address, metrics_port=metrics.server_address[1]
         )
-        pki = MeshPKI(tmp_path / "pki", topology.trust_domain, topology.namespace)
-        cert = pki.ensure("catalog", "catalog-0")
-        sds = envoy.write_sds(tmp_path / "envoy", cert.cert_path, cert.key_path, pki.ca_path)
-        config = envoy.write_config(
-            envoy.sidecar_config(topology, plan, instance, api, sds), tmp_path / "envoy.yaml"
-        )
-        sidecar = subprocess.Popen(
-            envoy.command(config), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        stack.callback(sidecar.wait, 10)
-        stack.callback(sidecar.terminate)
         probe = f"127.0.0.1:{instance.probe_port}"
         deadline = time.monotonic() + 30
         while _get(f"http://{probe}{envoy.READY_PATH}")[0] != 200:

@@ -34,7 +34,6 @@ from mesh.consumer import (
 )
 from mesh.pki import MeshPKI, leaf, self_signed_ca
 from mesh.plan import free_port
-from mesh.probe import http_ok
 from mesh.storage import Database, Migration, SqlTransaction, outbox
 from mesh.topology import parse
 from shop.events.v1 import events_pb2
@@ -59,16 +58,17 @@ class Bus:
 @pytest.fixture
 def bus(tmp_path: Path) -> Iterator[Bus]:
     """A nats-server of the test's own, configured as the mesh configures it; stopped by pid."""
-    port, monitor = free_port(), free_port()
+    port = free_port()
     pki = MeshPKI(tmp_path / "pki", TOPOLOGY.trust_domain, TOPOLOGY.namespace)
-    config = natsconf.write_config(TOPOLOGY, pki, tmp_path / "nats", port, monitor)
+    config = natsconf.write_config(TOPOLOGY, pki, tmp_path / "nats", port)
     process = subprocess.Popen(
         [find_binary("nats-server"), "--config", str(config)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 20
-        while not http_ok(f"http://127.0.0.1:{monitor}/healthz?js-enabled-only=true"):
+        admin = natsconf.admin_settings(pki, port)
+        while not asyncio.run(natsconf.jetstream_ready(admin)):
             assert process.poll() is None, "nats-server exited"
             assert time.monotonic() < deadline, "nats-server not ready"
             time.sleep(0.05)

@@ -11,6 +11,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from mesh import envoy
 from tests.integration.conftest import RunningMesh, bearer, customer
 from tests.support.saga import (
     CONFIRMED,
@@ -34,7 +35,11 @@ def edge(mesh: RunningMesh) -> Iterator[httpx.Client]:
 def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """Every sample at `url`, parsed by prometheus-client: (name, labels) -> value."""
     with urllib.request.urlopen(url, timeout=10) as response:
-        text = response.read().decode()
+        return parse(response.read().decode())
+
+
+def parse(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of Prometheus `text`: (name, labels) -> value."""
     return {
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value
         for family in text_string_to_metric_families(text)
@@ -86,7 +91,8 @@ def test_the_saga_is_visible_in_the_event_metrics(edge: httpx.Client, mesh: Runn
 
 
 def test_envoy_stats_are_prometheus_text_too(mesh: RunningMesh) -> None:
-    samples = scrape(f"http://127.0.0.1:{mesh.instance('orders-0')['admin_port']}/stats/prometheus")
+    admin = mesh.instance("orders-0")["admin_socket"]
+    samples = parse(envoy.admin_get(admin, "/stats/prometheus").decode())
     assert any(name.startswith("envoy_cluster_upstream_rq") for name, _ in samples)
 
 

@@ -52,7 +52,7 @@ def stopped(mesh: RunningMesh, instance: str) -> Iterator[None]:
 
 
 def edge_counters(mesh: RunningMesh, cluster: str) -> dict[str, int]:
-    found = envoy.admin_stats(mesh.state()["edge"]["admin_port"], f"^cluster\\.{cluster}\\.")
+    found = envoy.admin_stats(mesh.state()["edge"]["admin_socket"], f"^cluster\\.{cluster}\\.")
     return {name.removeprefix(f"cluster.{cluster}."): n for name, n in found.items()}
 
 

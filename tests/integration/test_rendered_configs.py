@@ -172,10 +172,14 @@ def test_inbound_authorizes_declared_callers_and_the_edge_for_public_methods(
     )
     manager = inbound["filter_chains"][0]["filters"][0]["typed_config"]
     policies = manager["http_filters"][0]["typed_config"]["rules"]["policies"]
-    callers = policies["declared-callers"]["principals"]
-    assert [p["authenticated"]["principal_name"]["exact"] for p in callers] == [
+    callers = {name: policy for name, policy in policies.items() if name.startswith("caller-")}
+    assert list(callers) == ["caller-catalog"]
+    catalog = callers["caller-catalog"]
+    assert [p["authenticated"]["principal_name"]["exact"] for p in catalog["principals"]] == [
         "spiffe://shop.local/ns/shop/sa/catalog"
     ]
+    granted = {p["url_path"]["path"]["exact"] for p in catalog["permissions"]}
+    assert granted == {"/shop.inventory.v1.InventoryService/SetStock"}
     edge_paths = {
         p["url_path"]["path"]["exact"] for p in policies["edge-public-methods"]["permissions"]
     }
@@ -190,10 +194,9 @@ def test_nats_config_is_valid_and_fsyncs_every_write(
 ) -> None:
     plan, _, _ = rendered
     pki = MeshPKI(tmp_path / "pki", topology.trust_domain, topology.namespace)
-    config = natsconf.write_config(
-        topology, pki, tmp_path / "nats", plan.nats_port, plan.nats_monitor_port
-    )
+    config = natsconf.write_config(topology, pki, tmp_path / "nats", plan.nats_port)
     text = config.read_text()
+    assert "http:" not in text  # no monitor: it takes no credentials
     assert "sync_interval: always" in text
     assert f'listen: "127.0.0.1:{plan.nats_port}"' in text
     assert "verify_and_map: true" in text

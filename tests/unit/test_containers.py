@@ -42,9 +42,8 @@ def test_the_container_plan_has_fixed_ports_and_named_peers() -> None:
         "inventory-0", "inventory-1", "catalog-0", "orders-0", "orders-1", "orders-2",
     ]  # fmt: skip
     orders = plan.instance("orders-2")
-    assert (orders.app_port, orders.inbound_port, orders.admin_port, orders.probe_port) == (
-        50051, 15006, 15000, 15021,
-    )  # fmt: skip
+    assert (orders.app_port, orders.inbound_port, orders.probe_port) == (50051, 15006, 15021)
+    assert orders.admin_socket == "/tmp/envoy-admin.sock"
     assert dict(orders.outbound) == {"catalog": 15101, "inventory": 15102}
     assert plan.listen_host == "0.0.0.0"
     assert plan.endpoints_of("inventory") == [("inventory-0", 15006), ("inventory-1", 15006)]

@@ -31,7 +31,8 @@ def instance(started_at: float, restart_at: float | None = None) -> Instance:
     def process(name: str) -> ManagedProcess:
         return ManagedProcess(name, ["true"], Path(f"{name}.log"), started_at=started_at)
 
-    made = Instance(InstancePlan("catalog", 0, 1, 2, 3), process("app"), process("sidecar"))
+    plan = InstancePlan("catalog", 0, 1, 2, "admin.sock")
+    made = Instance(plan, process("app"), process("sidecar"))
     made.app.restart_at = restart_at
     return made
 

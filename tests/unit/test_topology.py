@@ -68,7 +68,7 @@ services:
       inventory: {methods: [SetStock], timeout: 1s}
   orders:
     replicas: 2
-    ports: {app: 0, inbound: 0, admin: 0}
+    ports: {app: 0, inbound: 0}
     calls:
       catalog:
         methods: [BatchGetProducts]
@@ -98,7 +98,7 @@ def test_example_loads_with_deep_merged_call_policies() -> None:
     assert topology.edge.expose[:2] == ("catalog", "orders")
     orders = topology.services["orders"]
     assert orders.replicas == 2
-    assert orders.ports == FixedPorts(app=None, inbound=None, admin=None)
+    assert orders.ports == FixedPorts(app=None, inbound=None)
     assert topology.source is None
 
     to_inventory = topology.services["catalog"].calls["inventory"]
@@ -154,10 +154,16 @@ def test_merge_runs_built_ins_then_defaults_then_the_call() -> None:
 
 
 def test_fixed_ports_are_bases_for_replicas() -> None:
-    topology = parse("services:\n  a: {replicas: 3, ports: {app: 9000, admin: 9100}}\n")
+    topology = parse("services:\n  a: {replicas: 3, ports: {app: 9000, inbound: 9100}}\n")
     ports = topology.services["a"].ports
-    assert ports == FixedPorts(app=9000, inbound=None, admin=9100)
-    assert ports.for_replica(2) == FixedPorts(app=9002, inbound=None, admin=9102)
+    assert ports == FixedPorts(app=9000, inbound=9100)
+    assert ports.for_replica(2) == FixedPorts(app=9002, inbound=9102)
+
+
+def test_an_admin_port_is_refused_the_admin_is_a_unix_socket() -> None:
+    error = _error("services:\n  a:\n    ports: {app: 9000, admin: 9100}\n")
+    assert error.line == 3
+    assert "a.ports.admin: Envoy's admin interface has no port" in str(error)
 
 
 def test_anchors_and_merge_keys_share_a_policy() -> None:
@@ -482,7 +488,7 @@ def test_a_per_try_timeout_beyond_the_merged_timeout_is_refused_at_the_call() ->
         ("nats: {port: -1}\nservices: {a: {}}\n", 1, "nats.port must be between 0 and 65535"),
         ("services:\n  a: {ports: {app: 65536}}\n", 2, "must be between 0 and 65535"),
         (
-            "services:\n  a: {replicas: 3, ports: {admin: 65534}}\n",
+            "services:\n  a: {replicas: 3, ports: {inbound: 65534}}\n",
             2,
             "replica 2 would listen on 65536",
         ),
@@ -508,9 +514,9 @@ def test_out_of_range_ports_are_refused(text: str, line: int, expected: str) -> 
             "a replica 1 app port 9001 collides with the a replica 0 inbound port 9001",
         ),
         (
-            "edge: {port: 9000}\nservices:\n  a: {ports: {admin: 9000}}\n",
+            "edge: {port: 9000}\nservices:\n  a: {ports: {inbound: 9000}}\n",
             3,
-            "a replica 0 admin port 9000 collides with the edge port 9000",
+            "a replica 0 inbound port 9000 collides with the edge port 9000",
         ),
         (
             "nats: {port: 8080}\nservices: {a: {}}\n",
@@ -528,10 +534,10 @@ def test_fixed_ports_may_not_collide(text: str, line: int, expected: str) -> Non
 def test_free_ports_never_collide() -> None:
     topology = parse(
         "edge: {port: 0}\nnats: {port: 0}\n"
-        "services:\n  a: {replicas: 4, ports: {app: 0, inbound: 0, admin: 0}}\n  b: {}\n"
+        "services:\n  a: {replicas: 4, ports: {app: 0, inbound: 0}}\n  b: {}\n"
     )
     assert topology.edge.port == 0
-    assert topology.services["a"].ports == FixedPorts(None, None, None)
+    assert topology.services["a"].ports == FixedPorts(None, None)
 
 
 @pytest.mark.parametrize(
