@@ -41,6 +41,7 @@ lint: gen
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/meshctl proto lint
 
 breaking: bootstrap

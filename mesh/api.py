@@ -19,9 +19,6 @@ from google.protobuf import descriptor_pb2
 
 #: Our contracts' packages are `shop.<service>.v1`.
 _PACKAGE_PREFIX = "shop."
-#: The path prefix of the platform's own services in every app (health, reflection):
-#: not the service's traffic, neither counted nor held back.
-PLATFORM_PREFIX = "/grpc."
 
 
 class Idempotency(enum.Enum):

@@ -64,7 +64,9 @@ import grpc
 from google.type import money_pb2
 from nats.js import JetStreamContext
 
-from mesh import bench, control, deadletters, envoy, events, loadgen, overload, trial
+from mesh import bench, control, deadletters, envoy, loadgen, overload, trial
+from mesh.runtime import events
+from mesh.runtime.service import sqlite_path
 from mesh.scenario import (
     NATS,
     NATS_PART,
@@ -75,7 +77,6 @@ from mesh.scenario import (
     poll,
     restarts,
 )
-from mesh.service import sqlite_path
 from mesh.shopper import CANCELLED, CONFIRMED, Shopper
 from mesh.supervisor import pid_alive
 from mesh.topology import Topology

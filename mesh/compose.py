@@ -30,9 +30,9 @@ from typing import Any
 from mesh import containers, edge, envoy, natsconf
 from mesh.api import Api
 from mesh.containers import Certificate, Rendered
-from mesh.events import NatsSettings
 from mesh.pki import MeshPKI
 from mesh.plan import InstancePlan, MeshPlan
+from mesh.runtime.events import NatsSettings
 from mesh.topology import Topology
 
 COMPOSE_FILE = "docker-compose.yml"
@@ -185,9 +185,9 @@ def render(topology: Topology, api: Api) -> Rendered:
         },
         "events-init": _shop(
             command=["meshctl", "events", "init"],
-            environment=natsconf.service_environment(
-                _nats(topology, pki, natsconf.ADMIN_IDENTITY, natsconf.ADMIN_IDENTITY)
-            ),
+            environment=_nats(
+                topology, pki, natsconf.ADMIN_IDENTITY, natsconf.ADMIN_IDENTITY
+            ).environment(),
             volumes=[f"pki:{containers.PKI_DIR}:ro"],
             depends_on=_healthy("nats"),
             restart="no",

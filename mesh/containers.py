@@ -39,10 +39,10 @@ import yaml
 
 from mesh import envoy, natsconf
 from mesh.api import Api
-from mesh.events import NatsSettings
+from mesh.launch import environment
 from mesh.pki import MeshPKI
 from mesh.plan import EdgePlan, InstancePlan, MeshPlan
-from mesh.service import environment
+from mesh.runtime.events import NatsSettings
 from mesh.topology import Topology
 
 APP_PORT = 50051
@@ -261,7 +261,7 @@ def app_command(service: str) -> list[str]:
 def app_environment(
     topology: Topology, instance: InstancePlan, nats: NatsSettings
 ) -> dict[str, str]:
-    """An app container's environment, as the local mesh gives it (`mesh.service`)."""
+    """An app container's environment, as the local mesh gives it (`mesh.runtime.service`)."""
     endpoint = topology.telemetry.otlp_endpoint
     return environment(
         instance,

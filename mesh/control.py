@@ -24,10 +24,11 @@ from typing import Any
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from mesh import contracts, deadletters, natsconf, telemetry
-from mesh.events import NatsSettings
+from mesh import contracts, deadletters, natsconf
 from mesh.pki import MeshPKI, format_table
 from mesh.plan import PlanError, check_run_dir
+from mesh.runtime import telemetry
+from mesh.runtime.events import NatsSettings
 from mesh.supervisor import (
     STATE_FILE,
     Supervisor,

@@ -1,8 +1,8 @@
 """Dead letters: the events a consumer gave up on, and the events an outbox parked.
 
-A consumer (`mesh.consumer.EventConsumer`) republishes a message it gives up on to
+A consumer (`mesh.runtime.consumer.EventConsumer`) republishes a message it gives up on to
 `dead.<consumer>`, with the reason, the original subject and where the event is kept in
-`SHOP_EVENTS` in headers, and the original body. A relay (`mesh.events.OutboxRelay`)
+`SHOP_EVENTS` in headers, and the original body. A relay (`mesh.runtime.events.OutboxRelay`)
 reports an event it parked on `dead.<producer>.outbox`, with the reason and the event's
 id and subject and no body: the event never reached the bus and stays in the producer's
 outbox. `meshctl dlq list/show/replay` reads them from here.
@@ -25,7 +25,7 @@ from google.protobuf.message import DecodeError
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from mesh.events import (
+from mesh.runtime.events import (
     DEAD_EVENT_ID,
     DEAD_LETTER_PREFIX,
     DEAD_LETTER_STREAM,
@@ -36,7 +36,7 @@ from mesh.events import (
     MSG_ID,
     PARKED,
 )
-from mesh.storage import event_subject
+from mesh.runtime.storage import event_subject
 from shop.events.v1 import events_pb2
 
 

@@ -21,6 +21,7 @@ from mesh import compose, contracts, edge, kube, natsconf
 from mesh.api import Api
 from mesh.containers import EDGE_PORT, Rendered
 from mesh.pki import CertificateInfo, MeshPKI, PKIError, utc_now
+from mesh.runtime.events import NatsSettings
 from mesh.topology import Topology
 
 
@@ -130,7 +131,7 @@ def init_events(topology: Topology, stream_replicas: int) -> int:
     """Create the streams and every consumer, as meshctl (settings from `SHOP_NATS_*`)."""
     if not os.environ.get("SHOP_NATS_URL"):
         raise DeployError("set SHOP_NATS_URL (and SHOP_NATS_CA_FILE, _CERT_FILE, _KEY_FILE)")
-    settings = natsconf.settings_from_environment(natsconf.ADMIN_IDENTITY, dict(os.environ))
+    settings = NatsSettings.from_environment(natsconf.ADMIN_IDENTITY, dict(os.environ))
     asyncio.run(natsconf.prepare_event_bus(settings, topology, stream_replicas))
     consumers = sorted(name for name, service in topology.services.items() if service.consumes)
     print(f"streams ready ({stream_replicas} replicas); consumers: {', '.join(consumers)}")

@@ -41,10 +41,11 @@ from typing import Any
 import swagger_ui_bundle  # type: ignore[import-untyped]
 from google.protobuf import descriptor_pb2
 
-from mesh import admission, envoy, openapi
+from mesh import envoy, openapi
 from mesh.api import Api, Method
-from mesh.caller import SUBJECT_METADATA_KEY
 from mesh.plan import EdgePlan, MeshPlan
+from mesh.runtime import admission
+from mesh.runtime.caller import SUBJECT_METADATA_KEY
 from mesh.topology import DEFAULT_CALL_POLICY, Bucket, RateLimit, Topology
 
 #: The edge's own pages; they need no token.

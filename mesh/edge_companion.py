@@ -21,7 +21,7 @@ from pathlib import Path
 from google.api import visibility_pb2
 from google.protobuf import descriptor_pb2, descriptor_pool
 
-from mesh.runner import ServiceRunner
+from mesh.runtime.runner import ServiceRunner
 
 _File = descriptor_pb2.FileDescriptorProto
 _Message = descriptor_pb2.DescriptorProto

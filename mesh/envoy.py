@@ -8,7 +8,7 @@ Every service instance gets one Envoy with:
   may call any method, the edge only the public (non-INTERNAL) methods of an exposed
   service; anyone else gets PERMISSION_DENIED. Requests go on, plaintext, to the app on
   loopback, with the caller's identity in `x-forwarded-client-cert`, no more of them at
-  once than the app admits (`mesh.admission`; its expensive methods counted apart): one
+  once than the app admits (`mesh.runtime.admission`; its expensive methods counted apart): one
   more is refused at once, marked not applied. Health checks always pass.
 * one **outbound** listener per dependency, on loopback, where the app sends plaintext
   gRPC. The sidecar balances over every replica of the dependency, opens mTLS with this
@@ -46,10 +46,11 @@ from typing import Any
 import grpc
 import yaml
 
-from mesh import admission
-from mesh.api import PLATFORM_PREFIX, Api, ApiError, Method
+from mesh.api import Api, ApiError, Method
 from mesh.binaries import find_binary
 from mesh.plan import InstancePlan, MeshPlan
+from mesh.runtime import admission
+from mesh.runtime.metrics import PLATFORM_PREFIX
 from mesh.topology import (
     ALL_METHODS,
     CHEAP,
@@ -297,7 +298,7 @@ LOCAL_APP, LOCAL_APP_EXPENSIVE = "local_app", "local_app_expensive"
 
 def local_app_clusters(service: Service, port: int) -> list[dict[str, Any]]:
     """The app behind a sidecar, as the clusters its inbound routes go to: admitting what
-    the app admits (`mesh.admission`), so a sidecar holds back what its app would refuse
+    the app admits (`mesh.runtime.admission`), so a sidecar holds back what its app would refuse
     and refuses it itself, before the app spends anything on it."""
     admitted = service.admission
     clusters = [loopback_cluster(LOCAL_APP, port, admitted.max_in_flight)]
@@ -593,7 +594,7 @@ def deadline(timeout: float) -> dict[str, Any]:
     """A route's timeout as a deadline passed on: the caller's own `grpc-timeout` when it
     is sooner, else `timeout`. Envoy enforces it and forwards what is left of it as
     `grpc-timeout` (adding one to a request that had none), so the app, and every hop
-    after it, knows how long its caller still waits (`mesh.deadlines`)."""
+    after it, knows how long its caller still waits (`mesh.runtime.deadlines`)."""
     limit = duration(timeout)
     return {
         "timeout": limit,

@@ -37,9 +37,9 @@ from typing import Any
 from mesh import containers, edge, natsconf
 from mesh.api import Api
 from mesh.containers import Certificate, Rendered, dump
-from mesh.events import NatsSettings
 from mesh.pki import MeshPKI, service_dns_name
 from mesh.plan import InstancePlan, MeshPlan
+from mesh.runtime.events import NatsSettings
 from mesh.topology import Topology
 
 K8S_DIR = Path("deploy/k8s")
@@ -499,7 +499,7 @@ def _events_job(topology: Topology) -> dict[str, Any]:
         "name": "events-init",
         "image": containers.images()["shop"],
         "command": ["meshctl", "events", "init", "--replicas", str(NATS_REPLICAS)],
-        "env": _env(natsconf.service_environment(_nats(topology, admin))),
+        "env": _env(_nats(topology, admin).environment()),
         "resources": _resources("50m", "64Mi", "256Mi"),
         "securityContext": _RESTRICTED,
         "volumeMounts": [

@@ -24,15 +24,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mesh import consumer, events
-from mesh.events import (
+from mesh.pki import MeshPKI, service_dns_name
+from mesh.runtime import consumer, events
+from mesh.runtime.events import (
     EVENTS_STREAM,
     NatsSettings,
     consumer_dead_subject,
     inbox_prefix,
     parked_subject,
 )
-from mesh.pki import MeshPKI, service_dns_name
 from mesh.topology import Topology
 
 #: The server's own identity (its certificate's DNS name is what clients verify).
@@ -192,39 +192,9 @@ def admin_settings(pki: MeshPKI, port: int) -> NatsSettings:
     return client_settings(pki, port, ADMIN_IDENTITY, ADMIN_IDENTITY)
 
 
-def service_environment(settings: NatsSettings) -> dict[str, str]:
-    """The `SHOP_NATS_*` variables that give a service `settings` (see `mesh.service`)."""
-    files = {
-        "SHOP_NATS_CA_FILE": settings.ca_path,
-        "SHOP_NATS_CERT_FILE": settings.cert_path,
-        "SHOP_NATS_KEY_FILE": settings.key_path,
-    }
-    return {
-        "SHOP_NATS_URL": settings.url,
-        **{key: str(path) for key, path in files.items() if path is not None},
-        "SHOP_NATS_SERVER_NAME": settings.server_name or "",
-    }
-
-
-def settings_from_environment(identity: str, environment: dict[str, str]) -> NatsSettings:
-    """The settings `service_environment` wrote, read back (meshctl's, from state.json)."""
-
-    def path(key: str) -> Path | None:
-        return Path(environment[key]) if environment.get(key) else None
-
-    return NatsSettings(
-        url=environment["SHOP_NATS_URL"],
-        identity=identity,
-        ca_path=path("SHOP_NATS_CA_FILE"),
-        cert_path=path("SHOP_NATS_CERT_FILE"),
-        key_path=path("SHOP_NATS_KEY_FILE"),
-        server_name=environment.get("SHOP_NATS_SERVER_NAME") or None,
-    )
-
-
 def admin_from_state(state: dict[str, Any]) -> NatsSettings:
     """meshctl's way into a running mesh's NATS, from its state.json."""
-    return settings_from_environment(ADMIN_IDENTITY, state["nats"]["admin"])
+    return NatsSettings.from_environment(ADMIN_IDENTITY, state["nats"]["admin"])
 
 
 async def jetstream_ready(settings: NatsSettings) -> bool:

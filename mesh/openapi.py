@@ -37,7 +37,7 @@ from typing import Any
 from google.api import annotations_pb2, field_behavior_pb2, visibility_pb2
 from google.protobuf import descriptor_pb2
 
-from mesh.validation import Limits
+from mesh.runtime.validation import Limits
 
 Schema = dict[str, Any]
 

@@ -88,7 +88,7 @@ class InstancePlan:
     outbound: Mapping[str, int] = field(default_factory=dict)
     """Dependency name -> the port of this instance's sidecar that leads to it."""
     metrics_port: int = 0
-    """Where the app serves its Prometheus metrics (`mesh.metrics`)."""
+    """Where the app serves its Prometheus metrics (`mesh.runtime.metrics`)."""
     host: str = "127.0.0.1"
     """The name or address peers reach this instance's inbound listener on."""
     probe_port: int = 0

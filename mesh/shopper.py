@@ -23,8 +23,8 @@ from typing import Any
 
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from mesh import events
 from mesh.loadgen import HttpConnections, http_request
+from mesh.runtime import events
 from mesh.trial import TrialMesh
 from shop.events.v1 import events_pb2
 

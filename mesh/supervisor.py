@@ -42,14 +42,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
-from mesh import edge, envoy, metrics, natsconf, telemetry
-from mesh import service as app_service
+from mesh import edge, envoy, launch, natsconf
 from mesh.api import Api
 from mesh.binaries import find_binary
 from mesh.pki import MeshPKI
 from mesh.plan import InstancePlan, MeshPlan, PlanError, make_plan
 from mesh.probe import app_serving
 from mesh.procstat import rss_kib
+from mesh.runtime import metrics, telemetry
 from mesh.topology import Topology
 
 log = logging.getLogger(__name__)
@@ -263,7 +263,7 @@ class Supervisor:
     # -- preparation ----------------------------------------------------------------------
 
     def _environment(self, instance: InstancePlan) -> dict[str, str]:
-        return app_service.environment(
+        return launch.environment(
             instance,
             self.topology.services[instance.service],
             run_dir=self.run_dir,
@@ -582,9 +582,7 @@ class Supervisor:
             "nats": {
                 "pid": self.nats.pid if self.nats else None,
                 "url": f"tls://127.0.0.1:{self.plan.nats_port}",
-                "admin": natsconf.service_environment(
-                    natsconf.admin_settings(self.pki, self.plan.nats_port)
-                ),
+                "admin": natsconf.admin_settings(self.pki, self.plan.nats_port).environment(),
                 "restarts": self.nats.restarts if self.nats else 0,
                 "rss_kib": rss_kib(self.nats.pid if self.nats else None),
             },

@@ -33,7 +33,8 @@ import yaml
 from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from mesh.admission import Backlog, Limits
+from mesh.runtime.admission import Backlog, Limits
+from mesh.runtime.telemetry import TelemetrySettings
 
 #: The most replicas one service may run; more is a typo or belongs in a real cluster.
 MAX_REPLICAS = 16
@@ -248,25 +249,6 @@ class Service:
 
 
 @dataclass(frozen=True)
-class TelemetrySettings:
-    """Tracing of every Envoy and app: on or off, and the share of traces started that
-    are kept (a caller's decision is always followed)."""
-
-    tracing: bool = True
-    sampling_percent: float = 100.0
-    #: `host:port` of an OTLP/gRPC collector (Jaeger, an OpenTelemetry Collector);
-    #: empty: the mesh's own trace store (`meshctl trace` reads only that one).
-    otlp_endpoint: str = ""
-
-    def endpoint(self) -> tuple[str, int] | None:
-        """The collector's host and port, if one is configured."""
-        if not self.otlp_endpoint:
-            return None
-        host, _, port = self.otlp_endpoint.rpartition(":")
-        return host, int(port)
-
-
-@dataclass(frozen=True)
 class NatsSettings:
     """The event bus: None means "pick a free port"."""
 
@@ -335,7 +317,7 @@ class Topology:
     nats: NatsSettings
     edge: EdgeSettings
     source: Path | None
-    telemetry: TelemetrySettings = TelemetrySettings()
+    telemetry: TelemetrySettings = dataclasses.field(default_factory=TelemetrySettings)
 
     def start_order(self) -> list[str]:
         """Every service after the services it calls; among equals, by name."""

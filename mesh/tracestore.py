@@ -33,7 +33,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-from mesh.runner import Registration, ServiceRunner
+from mesh.runtime.runner import Registration, ServiceRunner
 
 log = logging.getLogger(__name__)
 

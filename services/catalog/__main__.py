@@ -1,6 +1,6 @@
-"""`python -m services.catalog`: serve the catalog (see `mesh.service` for settings)."""
+"""`python -m services.catalog`: serve the catalog (see `mesh.runtime.service` for settings)."""
 
-from mesh.service import main
+from mesh.runtime.service import main
 from services.catalog.bootstrap import bootstrap
 
 main("catalog", bootstrap)

@@ -8,9 +8,9 @@ from typing import Any
 import grpc
 import sqlalchemy as sa
 
-from mesh.errors import Unavailable
-from mesh.money import Money
-from mesh.storage import (
+from mesh.runtime.errors import Unavailable
+from mesh.runtime.money import Money
+from mesh.runtime.storage import (
     Database,
     Migration,
     SqlStore,
@@ -91,7 +91,7 @@ def _product(row: sa.Row[Any]) -> Product:
     )
 
 
-#: The catalog's statements, built once (see `mesh.storage`).
+#: The catalog's statements, built once (see `mesh.runtime.storage`).
 _GET = products.select().where(products.c.id == sa.bindparam("product_id"))
 _GET_MANY = products.select().where(products.c.id.in_(sa.bindparam("ids", expanding=True)))
 _ADD = products.insert()

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 
-from mesh.runner import Registration
-from mesh.service import ServiceSettings, channel_to, open_database
+from mesh.runtime.runner import Registration
+from mesh.runtime.service import ServiceSettings, channel_to, open_database
 from services.catalog.adapters import MIGRATIONS, GrpcStockLevels, SqlCatalogStore
 from services.catalog.ports import CatalogStore, StockLevels
 from services.catalog.servicer import CatalogServicer

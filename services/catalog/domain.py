@@ -6,8 +6,8 @@ import uuid
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from mesh.errors import FieldViolation, InvalidArgument, NotFound
-from mesh.money import Money
+from mesh.runtime.errors import FieldViolation, InvalidArgument, NotFound
+from mesh.runtime.money import Money
 
 MAX_NAME_LENGTH = 200
 MAX_CATEGORY_LENGTH = 64

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mesh.errors import FieldViolation, InvalidArgument
-from mesh.money import Money
-from mesh.pagination import page_size
-from mesh.storage import utc_now
+from mesh.runtime.errors import FieldViolation, InvalidArgument
+from mesh.runtime.money import Money
+from mesh.runtime.pagination import page_size
+from mesh.runtime.storage import utc_now
 from services.catalog.domain import Product, new_product, product_not_found, updated_product
 from services.catalog.ports import CatalogStore, StockLevels
 

@@ -9,7 +9,7 @@ from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any, Protocol
 
-from mesh.pagination import PageTokens
+from mesh.runtime.pagination import PageTokens
 from services.catalog.domain import Product
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from mesh.money import Money
-from mesh.timestamps import to_timestamp
+from mesh.runtime.money import Money
+from mesh.runtime.timestamps import to_timestamp
 from services.catalog import handlers
 from services.catalog.domain import UPDATABLE_FIELDS, Product
 from services.catalog.ports import CatalogStore, StockLevels

@@ -1,6 +1,6 @@
-"""`python -m services.identity`: serve identity (see `mesh.service` for settings)."""
+"""`python -m services.identity`: serve identity (see `mesh.runtime.service` for settings)."""
 
-from mesh.service import main
+from mesh.runtime.service import main
 from services.identity.bootstrap import bootstrap
 
 main("identity", bootstrap)

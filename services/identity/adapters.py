@@ -14,7 +14,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from mesh.storage import Database, Migration, SqlStore, SqlTransaction, UtcDateTime
+from mesh.runtime.storage import Database, Migration, SqlStore, SqlTransaction, UtcDateTime
 from services.identity.domain import User, email_taken
 from services.identity.tokens import SigningKey
 

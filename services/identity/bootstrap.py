@@ -15,8 +15,8 @@ import os
 from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
 
-from mesh.runner import Registration
-from mesh.service import ServiceSettings, SettingsError, open_database
+from mesh.runtime.runner import Registration
+from mesh.runtime.service import ServiceSettings, SettingsError, open_database
 from services.identity.adapters import MIGRATIONS, SqlIdentityStore, SqlSigningKeyStore
 from services.identity.handlers import open_signer
 from services.identity.ports import IdentityStore

@@ -7,7 +7,13 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from mesh.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound, Unauthenticated
+from mesh.runtime.errors import (
+    AlreadyExists,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    Unauthenticated,
+)
 
 MIN_PASSWORD_LENGTH = 8
 #: scrypt reads the whole password; a ceiling keeps one request from costing much more.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from mesh.storage import utc_now
+from mesh.runtime.storage import utc_now
 from services.identity.domain import (
     User,
     check_registration,

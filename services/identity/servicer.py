@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from mesh.caller import caller_subject
-from mesh.timestamps import to_timestamp
+from mesh.runtime.caller import caller_subject
+from mesh.runtime.timestamps import to_timestamp
 from services.identity import handlers
 from services.identity.domain import User
 from services.identity.ports import IdentityStore

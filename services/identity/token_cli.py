@@ -13,7 +13,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from mesh.service import ServiceSettings, SettingsError
+from mesh.runtime.service import ServiceSettings, SettingsError
 from services.identity.adapters import MIGRATIONS, SqlSigningKeyStore
 from services.identity.bootstrap import token_settings_from_environment
 from services.identity.domain import DEFAULT_SCOPES

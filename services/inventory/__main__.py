@@ -1,6 +1,6 @@
-"""`python -m services.inventory`: serve the inventory (see `mesh.service` for settings)."""
+"""`python -m services.inventory`: serve the inventory (see `mesh.runtime.service` for settings)."""
 
-from mesh.service import main
+from mesh.runtime.service import main
 from services.inventory.bootstrap import bootstrap
 
 main("inventory", bootstrap)

@@ -13,7 +13,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from mesh.storage import Database, Migration, SqlStore, SqlTransaction, UtcDateTime
+from mesh.runtime.storage import Database, Migration, SqlStore, SqlTransaction, UtcDateTime
 from services.inventory.domain import Reservation, ReservationLine, ReservationStatus, Stock
 
 MIGRATIONS = (
@@ -99,7 +99,7 @@ def _stock_update(condition: Any, **values: Any) -> sa.Update:
     )
 
 
-#: The statements of the saga's steps, built once (see `mesh.storage`'s note on that).
+#: The statements of the saga's steps, built once (see `mesh.runtime.storage`'s note on that).
 _GET_STOCK = stock.select().where(stock.c.product_id == sa.bindparam("product_id"))
 _GET_STOCKS = stock.select().where(stock.c.product_id.in_(sa.bindparam("ids", expanding=True)))
 _ADD_STOCK = stock.insert()

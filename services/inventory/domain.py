@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from mesh.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from mesh.runtime.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from mesh.errors import Aborted
-from mesh.storage import utc_now
+from mesh.runtime.errors import Aborted
+from mesh.runtime.storage import utc_now
 from services.inventory.domain import (
     Reservation,
     ReservationLine,

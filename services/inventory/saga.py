@@ -13,12 +13,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from mesh import telemetry
-from mesh.connection import Connection
-from mesh.consumer import Delivery, Handler
-from mesh.errors import FailedPrecondition, InvalidArgument, NotFound
-from mesh.events import new_event, subject
-from mesh.storage import enqueue_event
+from mesh.runtime import telemetry
+from mesh.runtime.connection import Connection
+from mesh.runtime.consumer import Delivery, Handler
+from mesh.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
+from mesh.runtime.events import new_event, subject
+from mesh.runtime.storage import enqueue_event
 from services.inventory.domain import ReservationLine, ReservationStatus
 from services.inventory.handlers import (
     ReserveStock,

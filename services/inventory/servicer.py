@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mesh.timestamps import to_timestamp
+from mesh.runtime.timestamps import to_timestamp
 from services.inventory import handlers
 from services.inventory.domain import Reservation, ReservationLine, ReservationStatus, Stock
 from services.inventory.ports import InventoryStore

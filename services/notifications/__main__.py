@@ -1,6 +1,7 @@
-"""`python -m services.notifications`: serve notifications (see `mesh.service` for settings)."""
+"""`python -m services.notifications`: serve notifications (settings:
+`mesh.runtime.service`)."""
 
-from mesh.service import main
+from mesh.runtime.service import main
 from services.notifications.bootstrap import bootstrap
 
 main("notifications", bootstrap)

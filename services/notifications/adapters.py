@@ -7,7 +7,14 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from mesh.storage import Database, Migration, SqlStore, SqlTransaction, UtcDateTime, keyset_page
+from mesh.runtime.storage import (
+    Database,
+    Migration,
+    SqlStore,
+    SqlTransaction,
+    UtcDateTime,
+    keyset_page,
+)
 from services.notifications.domain import Notification, NotificationChannel, NotificationKind
 
 MIGRATIONS = (
@@ -78,7 +85,7 @@ def _notification(row: sa.Row[Any]) -> Notification:
     )
 
 
-#: The statements of a saga's outcome, built once (see `mesh.storage`'s note on that).
+#: The statements of a saga's outcome, built once (see `mesh.runtime.storage`'s note on that).
 _FIND = notifications.select().where(
     notifications.c.order_id == sa.bindparam("order_id"),
     notifications.c.kind == sa.bindparam("kind"),

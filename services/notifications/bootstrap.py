@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 
-from mesh.eventbus import start_event_bus
-from mesh.runner import Registration
-from mesh.service import ServiceSettings, open_database
+from mesh.runtime.eventbus import start_event_bus
+from mesh.runtime.runner import Registration
+from mesh.runtime.service import ServiceSettings, open_database
 from services.notifications import saga
 from services.notifications.adapters import MIGRATIONS, SqlNotificationsStore
 from services.notifications.ports import NotificationsStore

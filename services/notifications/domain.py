@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
 
-from mesh.errors import FieldViolation, InvalidArgument
+from mesh.runtime.errors import FieldViolation, InvalidArgument
 
 
 class NotificationKind(Enum):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mesh.caller import acting_customer
-from mesh.pagination import page_size
-from mesh.storage import utc_now
+from mesh.runtime.caller import acting_customer
+from mesh.runtime.pagination import page_size
+from mesh.runtime.storage import utc_now
 from services.notifications.domain import Notification, NotificationKind, compose_notification
 from services.notifications.ports import NotificationsStore
 

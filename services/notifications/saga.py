@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from mesh.connection import Connection
-from mesh.consumer import Delivery, Handler
-from mesh.events import subject
+from mesh.runtime.connection import Connection
+from mesh.runtime.consumer import Delivery, Handler
+from mesh.runtime.events import subject
 from services.notifications.domain import NotificationKind
 from services.notifications.handlers import RecordNotification, record_notification
 from services.notifications.ports import NotificationsStore

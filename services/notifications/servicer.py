@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from mesh.caller import caller_subject
-from mesh.timestamps import to_timestamp
+from mesh.runtime.caller import caller_subject
+from mesh.runtime.timestamps import to_timestamp
 from services.notifications import handlers
 from services.notifications.domain import Notification, NotificationChannel, NotificationKind
 from services.notifications.ports import NotificationsStore

@@ -1,6 +1,6 @@
-"""`python -m services.orders`: serve the orders (see `mesh.service` for settings)."""
+"""`python -m services.orders`: serve the orders (see `mesh.runtime.service` for settings)."""
 
-from mesh.service import main
+from mesh.runtime.service import main
 from services.orders.bootstrap import bootstrap
 
 main("orders", bootstrap)

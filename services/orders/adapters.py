@@ -14,9 +14,9 @@ import sqlalchemy as sa
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from mesh.errors import Unavailable
-from mesh.money import Money, MoneyError
-from mesh.storage import (
+from mesh.runtime.errors import Unavailable
+from mesh.runtime.money import Money, MoneyError
+from mesh.runtime.storage import (
     Database,
     Migration,
     SqlStore,
@@ -221,7 +221,7 @@ def _order(row: sa.Row[Any], lines: list[sa.Row[Any]], steps: list[sa.Row[Any]])
     )
 
 
-#: The statements of the saga's hot path, built once (see `mesh.storage`).
+#: The statements of the saga's hot path, built once (see `mesh.runtime.storage`).
 _GET = orders.select().where(orders.c.id == sa.bindparam("order_id"))
 _ADD = orders.insert()
 _ADD_LINES = order_lines.insert()

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 
-from mesh.admission import Backlog
-from mesh.eventbus import start_event_bus
-from mesh.runner import Registration
-from mesh.service import ServiceSettings, channel_to, open_database
+from mesh.runtime.admission import Backlog
+from mesh.runtime.eventbus import start_event_bus
+from mesh.runtime.runner import Registration
+from mesh.runtime.service import ServiceSettings, channel_to, open_database
 from services.orders import saga
 from services.orders.adapters import MIGRATIONS, GrpcCatalog, SqlOrdersStore
 from services.orders.ports import Catalog, OrdersStore

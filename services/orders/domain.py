@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from mesh.errors import (
+from mesh.runtime.errors import (
     FailedPrecondition,
     FieldViolation,
     InvalidArgument,
@@ -16,7 +16,7 @@ from mesh.errors import (
     OutOfRange,
     ResourceExhausted,
 )
-from mesh.money import Money
+from mesh.runtime.money import Money
 
 MAX_LINES = 100
 MAX_QUANTITY = 1000

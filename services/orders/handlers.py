@@ -1,18 +1,18 @@
 """The orders' use cases: each takes a command and the ports, and returns domain objects.
 
 `caller` is the customer the request comes from, or None for a trusted call from inside
-the mesh (no caller identity at all); see `mesh.caller`.
+the mesh (no caller identity at all); see `mesh.runtime.caller`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mesh.admission import Backlog
-from mesh.caller import acting_customer, customer_of
-from mesh.errors import Aborted
-from mesh.pagination import page_size
-from mesh.storage import utc_now
+from mesh.runtime.admission import Backlog
+from mesh.runtime.caller import acting_customer, customer_of
+from mesh.runtime.errors import Aborted
+from mesh.runtime.pagination import page_size
+from mesh.runtime.storage import utc_now
 from services.orders.domain import (
     BACKLOG_WINDOW,
     Order,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from google.type import postal_address_pb2
 
-from mesh.events import new_event
+from mesh.runtime.events import new_event
 from services.orders.domain import Order, OrderStatus, ShippingAddress
 from shop.events.v1 import events_pb2
 

@@ -11,7 +11,7 @@ from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any, Protocol
 
-from mesh.pagination import PageTokens
+from mesh.runtime.pagination import PageTokens
 from services.orders.domain import Order, OrderStatus, PricedProduct
 from shop.events.v1 import events_pb2
 

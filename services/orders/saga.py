@@ -23,11 +23,11 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 
-from mesh.connection import Connection
-from mesh.consumer import Delivery, Handler
-from mesh.events import subject
-from mesh.money import Money
-from mesh.storage import utc_now
+from mesh.runtime.connection import Connection
+from mesh.runtime.consumer import Delivery, Handler
+from mesh.runtime.events import subject
+from mesh.runtime.money import Money
+from mesh.runtime.storage import utc_now
 from services.orders.domain import (
     Order,
     OrderStatus,

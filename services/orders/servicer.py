@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from mesh import telemetry
-from mesh.admission import Backlog
-from mesh.caller import caller_subject
-from mesh.timestamps import to_timestamp
+from mesh.runtime import telemetry
+from mesh.runtime.admission import Backlog
+from mesh.runtime.caller import caller_subject
+from mesh.runtime.timestamps import to_timestamp
 from services.orders import handlers
 from services.orders.domain import (
     Order,

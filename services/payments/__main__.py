@@ -1,6 +1,6 @@
-"""`python -m services.payments`: serve payments (see `mesh.service` for settings)."""
+"""`python -m services.payments`: serve payments (see `mesh.runtime.service` for settings)."""
 
-from mesh.service import main
+from mesh.runtime.service import main
 from services.payments.bootstrap import bootstrap
 
 main("payments", bootstrap)

@@ -9,9 +9,15 @@ import sqlalchemy as sa
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from mesh.errors import Aborted, FailedPrecondition, FieldViolation, InvalidArgument, Unavailable
-from mesh.money import Money
-from mesh.storage import (
+from mesh.runtime.errors import (
+    Aborted,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    Unavailable,
+)
+from mesh.runtime.money import Money
+from mesh.runtime.storage import (
     Database,
     Migration,
     SqlStore,
@@ -160,7 +166,7 @@ def _payment(row: sa.Row[Any]) -> Payment:
     )
 
 
-#: The statements of the saga's steps, built once (see `mesh.storage`'s note on that).
+#: The statements of the saga's steps, built once (see `mesh.runtime.storage`'s note on that).
 _GET = payments.select().where(payments.c.id == sa.bindparam("payment_id"))
 _ADD = payments.insert()
 _SAVE = whole_row_update(payments)

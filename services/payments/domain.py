@@ -7,8 +7,8 @@ import uuid
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from mesh.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
-from mesh.money import Money
+from mesh.runtime.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from mesh.runtime.money import Money
 
 
 class PaymentStatus(enum.Enum):

@@ -1,6 +1,6 @@
 """The payments use cases: each takes a command and the ports, and returns a payment.
 
-`caller` is the subject the call names (`mesh.caller`); reading a customer's payment
+`caller` is the subject the call names (`mesh.runtime.caller`); reading a customer's payment
 refuses a call that names none.
 """
 
@@ -9,9 +9,9 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-from mesh.caller import customer_of
-from mesh.money import Money
-from mesh.storage import utc_now
+from mesh.runtime.caller import customer_of
+from mesh.runtime.money import Money
+from mesh.runtime.storage import utc_now
 from services.payments.domain import (
     Payment,
     PaymentStatus,

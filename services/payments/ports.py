@@ -9,7 +9,7 @@ from __future__ import annotations
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
-from mesh.money import Money
+from mesh.runtime.money import Money
 from services.payments.domain import Payment, ProviderDecision, Refund
 
 

@@ -1,6 +1,6 @@
 """Payments' part in the order saga.
 
-* `OrderPlaced` -> remember the customer, amount and card token (`mesh.saga`).
+* `OrderPlaced` -> remember the customer, amount and card token (`mesh.runtime.saga`).
 * `StockReserved` -> authorize and capture the order's total: `PaymentCaptured`, or
   `PaymentDeclined` when the provider declines the card or does not know the token.
   The processor is asked outside the event's transaction with the key `order-<id>`, so
@@ -16,13 +16,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from mesh.connection import Connection
-from mesh.consumer import Delivery, Handler
-from mesh.errors import InvalidArgument
-from mesh.events import new_event, subject
-from mesh.money import Money
-from mesh.saga import placed_order, remember_cancelled, remember_placements, saga_order
-from mesh.storage import enqueue_event
+from mesh.runtime.connection import Connection
+from mesh.runtime.consumer import Delivery, Handler
+from mesh.runtime.errors import InvalidArgument
+from mesh.runtime.events import new_event, subject
+from mesh.runtime.money import Money
+from mesh.runtime.saga import placed_order, remember_cancelled, remember_placements, saga_order
+from mesh.runtime.storage import enqueue_event
 from services.payments.domain import Declined, PaymentStatus, ProviderDecision
 from services.payments.handlers import (
     AuthorizePayment,

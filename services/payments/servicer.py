@@ -6,9 +6,9 @@ from typing import Any
 
 from google.type import money_pb2
 
-from mesh.caller import caller_subject
-from mesh.money import Money
-from mesh.timestamps import to_timestamp
+from mesh.runtime.caller import caller_subject
+from mesh.runtime.money import Money
+from mesh.runtime.timestamps import to_timestamp
 from services.payments import handlers
 from services.payments.domain import Payment, PaymentStatus
 from services.payments.ports import PaymentProvider, PaymentsStore

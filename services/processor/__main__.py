@@ -1,6 +1,7 @@
-"""`python -m services.processor`: serve the card processor (see `mesh.service` for settings)."""
+"""`python -m services.processor`: serve the card processor (settings:
+`mesh.runtime.service`)."""
 
-from mesh.service import main
+from mesh.runtime.service import main
 from services.processor.bootstrap import bootstrap
 
 main("processor", bootstrap)

@@ -7,8 +7,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from mesh.money import Money
-from mesh.storage import Database, Migration, SqlStore, SqlTransaction, UtcDateTime
+from mesh.runtime.money import Money
+from mesh.runtime.storage import Database, Migration, SqlStore, SqlTransaction, UtcDateTime
 from services.processor.domain import Authorization, Decision
 
 MIGRATIONS = (
@@ -88,7 +88,7 @@ def _authorization(row: sa.Row[Any]) -> Authorization:
     )
 
 
-#: The statements of an authorization, built once (see `mesh.storage`'s note on that).
+#: The statements of an authorization, built once (see `mesh.runtime.storage`'s note on that).
 _FIND = authorizations.select().where(
     authorizations.c.idempotency_key == sa.bindparam("idempotency_key")
 )

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 
-from mesh.runner import Registration
-from mesh.service import ServiceSettings, open_database
+from mesh.runtime.runner import Registration
+from mesh.runtime.service import ServiceSettings, open_database
 from services.processor.adapters import MIGRATIONS, SqlProcessorStore
 from services.processor.ports import ProcessorStore
 from services.processor.servicer import ProcessorServicer

@@ -8,8 +8,8 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from mesh.errors import FailedPrecondition, FieldViolation, InvalidArgument, Unavailable
-from mesh.money import Money
+from mesh.runtime.errors import FailedPrecondition, FieldViolation, InvalidArgument, Unavailable
+from mesh.runtime.money import Money
 
 #: The test tokens the processor knows (see the contract).
 VISA_TOKEN = "tok_visa"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mesh.money import Money
-from mesh.storage import utc_now
+from mesh.runtime.money import Money
+from mesh.runtime.storage import utc_now
 from services.processor.domain import (
     Authorization,
     check_request,

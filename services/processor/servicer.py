@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mesh.money import Money
+from mesh.runtime.money import Money
 from services.processor import handlers
 from services.processor.domain import Authorization, Decision
 from services.processor.ports import ProcessorStore

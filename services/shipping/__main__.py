@@ -1,6 +1,6 @@
-"""`python -m services.shipping`: serve shipping (see `mesh.service` for settings)."""
+"""`python -m services.shipping`: serve shipping (see `mesh.runtime.service` for settings)."""
 
-from mesh.service import main
+from mesh.runtime.service import main
 from services.shipping.bootstrap import bootstrap
 
 main("shipping", bootstrap)

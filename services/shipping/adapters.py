@@ -8,8 +8,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from mesh.money import Money
-from mesh.storage import (
+from mesh.runtime.money import Money
+from mesh.runtime.storage import (
     Database,
     Migration,
     SqlStore,
@@ -120,7 +120,7 @@ def _shipment(row: sa.Row[Any]) -> Shipment:
     )
 
 
-#: The statements of the saga's steps, built once (see `mesh.storage`'s note on that).
+#: The statements of the saga's steps, built once (see `mesh.runtime.storage`'s note on that).
 _GET = shipments.select().where(shipments.c.id == sa.bindparam("key"))
 _GET_BY_ORDER = shipments.select().where(shipments.c.order_id == sa.bindparam("key"))
 _ADD = shipments.insert()

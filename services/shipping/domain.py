@@ -9,8 +9,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import Enum
 
-from mesh.errors import FieldViolation, InvalidArgument, NotFound
-from mesh.money import Money
+from mesh.runtime.errors import FieldViolation, InvalidArgument, NotFound
+from mesh.runtime.money import Money
 
 #: The region the shop ships from; parcels that stay in it are domestic.
 HOME_REGION = "DE"

@@ -1,6 +1,6 @@
 """Shipping's use cases: each takes a command and the store, and returns domain objects.
 
-`caller` is the subject the call names (`mesh.caller`); a read of a customer's shipment
+`caller` is the subject the call names (`mesh.runtime.caller`); a read of a customer's shipment
 refuses a call that names none.
 """
 
@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mesh.caller import customer_of
-from mesh.storage import utc_now
+from mesh.runtime.caller import customer_of
+from mesh.runtime.storage import utc_now
 from services.shipping.domain import (
     Destination,
     Quote,
@@ -63,7 +63,7 @@ async def create_shipment(store: ShippingStore, command: CreateShipment) -> Ship
     """Schedule the shipment of an order; an order that has one already gets it back.
 
     A retry of the request (the same `request_id`) returns the first result, and another
-    request with that id is refused (`mesh.storage.find_request`); a second request for
+    request with that id is refused (`mesh.runtime.storage.find_request`); a second request for
     the same order returns the order's shipment, so the saga can redeliver its command
     without shipping twice.
     """

@@ -1,6 +1,6 @@
 """Shipping's part in the order saga.
 
-* `OrderPlaced` -> remember the customer, address and weight (`mesh.saga`; the card
+* `OrderPlaced` -> remember the customer, address and weight (`mesh.runtime.saga`; the card
   token is not kept).
 * `PaymentCaptured` -> schedule the order's one shipment: `ShipmentScheduled`, or
   `ShipmentFailed` when the parcel cannot be sent (no postal code or address line, a
@@ -13,12 +13,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from mesh.connection import Connection
-from mesh.consumer import Delivery, Handler
-from mesh.errors import InvalidArgument
-from mesh.events import new_event, subject
-from mesh.saga import placed_order, remember_cancelled, remember_placements
-from mesh.storage import enqueue_event
+from mesh.runtime.connection import Connection
+from mesh.runtime.consumer import Delivery, Handler
+from mesh.runtime.errors import InvalidArgument
+from mesh.runtime.events import new_event, subject
+from mesh.runtime.saga import placed_order, remember_cancelled, remember_placements
+from mesh.runtime.storage import enqueue_event
 from services.shipping.handlers import (
     CancelShipment,
     CreateShipment,

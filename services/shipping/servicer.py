@@ -6,8 +6,8 @@ from typing import Any
 
 from google.type import postal_address_pb2
 
-from mesh.caller import caller_subject
-from mesh.timestamps import to_timestamp
+from mesh.runtime.caller import caller_subject
+from mesh.runtime.timestamps import to_timestamp
 from services.shipping import handlers
 from services.shipping.domain import Destination, Shipment, ShipmentStatus
 from services.shipping.ports import ShippingStore

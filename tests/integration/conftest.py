@@ -25,10 +25,11 @@ import yaml
 from google.protobuf.message import DecodeError
 from nats.js import JetStreamContext
 
-from mesh import envoy, events, natsconf
+from mesh import envoy, natsconf
 from mesh.binaries import find_binary
 from mesh.contracts import DESCRIPTOR_SET, Workspace
-from mesh.service import sqlite_path
+from mesh.runtime import events
+from mesh.runtime.service import sqlite_path
 from mesh.supervisor import all_pids, pid_alive
 from shop.events.v1 import events_pb2
 

@@ -1,8 +1,8 @@
 """Admission control and deadlines in the shared runner, against real gRPC servers.
 
 A servicer whose calls wait until the test releases them shows what an app admits at
-once, what it refuses and how (`mesh.admission`); a second runner that calls the first
-while serving shows the deadline it passes on (`mesh.deadlines`).
+once, what it refuses and how (`mesh.runtime.admission`); a second runner that calls the first
+while serving shows the deadline it passes on (`mesh.runtime.deadlines`).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
-from mesh import admission, deadlines, metrics
-from mesh.runner import Registration, ServiceRunner
+from mesh.runtime import admission, deadlines, metrics
+from mesh.runtime.runner import Registration, ServiceRunner
 from mesh.scenario import poll
 from shop.catalog.v1 import catalog_service_pb2 as pb
 from shop.catalog.v1 import catalog_service_pb2_grpc as pb_grpc
@@ -56,7 +56,7 @@ class Held(pb_grpc.CatalogServiceServicer):
 
 class Forwarding(pb_grpc.CatalogServiceServicer):
     """BatchGetProducts asks another catalog for the first id, as a service calls its
-    dependency while serving, on a channel made as `mesh.service.channel_to` makes it."""
+    dependency while serving, on a channel made as `mesh.runtime.service.channel_to` makes it."""
 
     def __init__(self, channel: grpc.aio.Channel) -> None:
         self._stub: Any = pb_grpc.CatalogServiceStub(channel)

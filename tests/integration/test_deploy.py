@@ -573,7 +573,7 @@ def test_events_init_replicates_the_streams_over_the_tls_cluster(
 ) -> None:
     pki, ports = nats_cluster
     admin = natsconf.admin_settings(pki, ports[0])
-    result = _meshctl("events", "init", "--replicas", "3", env=natsconf.service_environment(admin))
+    result = _meshctl("events", "init", "--replicas", "3", env=admin.environment())
     assert result.returncode == 0, result.stdout + result.stderr
 
     async def inspect() -> tuple[int, int, int, list[str]]:

@@ -18,9 +18,10 @@ import httpx
 import pytest
 from openapi_spec_validator import validate
 
-from mesh import admission, envoy, topology
+from mesh import envoy, topology
 from mesh.binaries import find_binary
-from mesh.caller import SUBJECT_METADATA_KEY
+from mesh.runtime import admission
+from mesh.runtime.caller import SUBJECT_METADATA_KEY
 from shop.catalog.v1 import catalog_service_pb2 as catalog_pb
 from shop.catalog.v1 import catalog_service_pb2_grpc as catalog_grpc
 from shop.events.v1 import events_pb2

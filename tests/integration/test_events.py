@@ -22,9 +22,12 @@ import sqlalchemy as sa
 from nats.js import JetStreamContext
 from prometheus_client import REGISTRY
 
-from mesh import deadletters, events, natsconf
+from mesh import deadletters, natsconf
 from mesh.binaries import find_binary
-from mesh.consumer import (
+from mesh.pki import MeshPKI, leaf, self_signed_ca
+from mesh.plan import free_port
+from mesh.runtime import events
+from mesh.runtime.consumer import (
     ConsumerMismatch,
     ConsumerPolicy,
     Delivery,
@@ -32,9 +35,7 @@ from mesh.consumer import (
     Handler,
     ensure_consumer,
 )
-from mesh.pki import MeshPKI, leaf, self_signed_ca
-from mesh.plan import free_port
-from mesh.storage import Database, Migration, SqlTransaction, outbox
+from mesh.runtime.storage import Database, Migration, SqlTransaction, outbox
 from mesh.topology import parse
 from shop.events.v1 import events_pb2
 from tests.support.component import sqlite_database

@@ -21,8 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mesh.api import Api
-from mesh.caller import SUBJECT_METADATA_KEY
 from mesh.contracts import DESCRIPTOR_SET
+from mesh.runtime.caller import SUBJECT_METADATA_KEY
 from tests.integration.conftest import ROOT, RunningMesh, leaks_nothing
 
 pytestmark = pytest.mark.integration

@@ -22,7 +22,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from mesh.binaries import find_binary
-from mesh.caller import SUBJECT_METADATA_KEY
+from mesh.runtime.caller import SUBJECT_METADATA_KEY
 from tests.integration.conftest import RunningMesh
 
 pytestmark = pytest.mark.integration

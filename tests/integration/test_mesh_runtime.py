@@ -19,8 +19,9 @@ from typing import Any
 import grpc
 import pytest
 
-from mesh import envoy, events, topology
+from mesh import envoy, topology
 from mesh.pki import leaf, self_signed_ca
+from mesh.runtime import events
 from mesh.supervisor import BACKGROUND_NICENESS
 from shop.catalog.v1 import catalog_service_pb2 as catalog_pb
 from shop.catalog.v1 import catalog_service_pb2_grpc as catalog_grpc

@@ -19,12 +19,12 @@ import pytest
 import sqlalchemy as sa
 from nats.js import JetStreamContext
 
-from mesh.connection import AwaitedConnection
-from mesh.consumer import EventConsumer, Handler, Outcome
-from mesh.errors import Unavailable
-from mesh.events import OutboxRelay, new_event
-from mesh.money import Money
-from mesh.storage import (
+from mesh.runtime.connection import AwaitedConnection
+from mesh.runtime.consumer import EventConsumer, Handler, Outcome
+from mesh.runtime.errors import Unavailable
+from mesh.runtime.events import OutboxRelay, new_event
+from mesh.runtime.money import Money
+from mesh.runtime.storage import (
     Database,
     Migration,
     outbox,

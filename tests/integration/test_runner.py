@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
 from mesh.binaries import find_binary
-from mesh.runner import ServiceRunner
+from mesh.runtime.runner import ServiceRunner
 from shop.catalog.v1 import catalog_service_pb2 as pb
 from shop.catalog.v1 import catalog_service_pb2_grpc as pb_grpc
 from tests.support import tiny_catalog

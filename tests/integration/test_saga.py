@@ -23,7 +23,7 @@ import httpx
 import pytest
 from nats.js.api import ConsumerInfo
 
-from mesh import events
+from mesh.runtime import events
 from shop.events.v1 import events_pb2
 from shop.inventory.v1 import inventory_service_pb2 as inventory_pb
 from shop.inventory.v1 import inventory_service_pb2_grpc as inventory_grpc

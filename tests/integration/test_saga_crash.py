@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from mesh.consumer import CHAOS_KILL_AFTER_COMMIT, CHAOS_KILL_IN_BATCH
+from mesh.runtime.consumer import CHAOS_KILL_AFTER_COMMIT, CHAOS_KILL_IN_BATCH
 from mesh.supervisor import pid_alive
 from tests.integration.conftest import (
     ROOT,

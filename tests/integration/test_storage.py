@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from mesh.caller import serving
-from mesh.connection import Connection
-from mesh.errors import AlreadyExists, InvalidArgument
-from mesh.storage import (
+from mesh.runtime.caller import serving
+from mesh.runtime.connection import Connection
+from mesh.runtime.errors import AlreadyExists, InvalidArgument
+from mesh.runtime.storage import (
     Database,
     Migration,
     SqlStore,

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from google.type import postal_address_pb2
 
-from mesh.telemetry import DEADLINE_ATTRIBUTE
+from mesh.runtime.telemetry import DEADLINE_ATTRIBUTE
 from mesh.topology import load
 from mesh.tracestore import Span, TraceStore
 from shop.orders.v1 import orders_service_pb2 as orders_pb

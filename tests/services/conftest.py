@@ -1,6 +1,6 @@
 """Every component test runs twice: on SQLite files and on a PostgreSQL server.
 
-A service's storage code is the same on both (`mesh.storage`); these runs are what backs
+A service's storage code is the same on both (`mesh.runtime.storage`); these runs are what backs
 the claim that `SHOP_<SERVICE>_DATABASE_URL=postgresql+asyncpg://...` changes nothing
 else. Select one backend with `-k sqlite` or `-k postgres`.
 """

@@ -11,9 +11,9 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from mesh.admission import Limits
-from mesh.runner import Registration, ServiceRunner
-from mesh.storage import Database, Migration
+from mesh.runtime.admission import Limits
+from mesh.runtime.runner import Registration, ServiceRunner
+from mesh.runtime.storage import Database, Migration
 from services.catalog import adapters as catalog_adapters
 from services.catalog.bootstrap import registration as catalog_registration
 from services.inventory import adapters as inventory_adapters

@@ -38,7 +38,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from mesh.storage import Database, Migration
+from mesh.runtime.storage import Database, Migration
 
 #: The server's time zone: +12:45/+13:45, far from UTC and not a whole hour from it.
 SERVER_TIME_ZONE = "Pacific/Chatham"

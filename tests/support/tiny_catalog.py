@@ -20,8 +20,8 @@ from typing import Any
 
 from google.type import money_pb2
 
-from mesh.errors import NotFound
-from mesh.runner import Registration, serve
+from mesh.runtime.errors import NotFound
+from mesh.runtime.runner import Registration, serve
 from shop.catalog.v1 import catalog_service_pb2 as pb
 from shop.catalog.v1 import catalog_service_pb2_grpc as pb_grpc
 

@@ -15,8 +15,8 @@ from google.protobuf.message import DecodeError
 
 from mesh import chaos, cli, loadgen, scenario
 from mesh.deadletters import DeadLetter
+from mesh.runtime.storage import event_subject
 from mesh.shopper import CANCELLED, CONFIRMED
-from mesh.storage import event_subject
 from mesh.supervisor import STATE_FILE
 from mesh.topology import load
 from mesh.trial import TrialMesh

@@ -14,7 +14,7 @@ from google.type import postal_address_pb2
 
 from mesh.contracts import DESCRIPTOR_SET, Workspace, load_descriptor_set
 from mesh.natsconf import MAX_PAYLOAD
-from mesh.validation import Limits, limits, unbounded_fields, validate
+from mesh.runtime.validation import Limits, limits, unbounded_fields, validate
 from shop.events.v1 import events_pb2
 from shop.options.v1 import limits_pb2
 

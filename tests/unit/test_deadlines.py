@@ -1,4 +1,4 @@
-"""`mesh.deadlines` against a fake servicer context (the real gRPC paths are in
+"""`mesh.runtime.deadlines` against a fake servicer context (the real gRPC paths are in
 tests/integration/test_admission.py)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from typing import Any
 import grpc
 import pytest
 
-from mesh import deadlines
+from mesh.runtime import deadlines
 
 
 class Context:

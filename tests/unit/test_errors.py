@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from google.rpc import code_pb2, error_details_pb2
 
-from mesh.errors import (
+from mesh.runtime.errors import (
     FailedPrecondition,
     FieldViolation,
     InvalidArgument,

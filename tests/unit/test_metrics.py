@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mesh.metrics import Sample, rates, sample_of
+from mesh.runtime.metrics import Sample, rates, sample_of
 
 TEXT = """# TYPE shop_rpc_requests_total counter
 shop_rpc_requests_total{{method="/a",code="OK"}} {ok}

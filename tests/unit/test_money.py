@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from google.type import money_pb2
 
-from mesh.errors import InvalidArgument, OutOfRange
-from mesh.money import MAX_MINOR_UNITS, Money, MoneyError
+from mesh.runtime.errors import InvalidArgument, OutOfRange
+from mesh.runtime.money import MAX_MINOR_UNITS, Money, MoneyError
 
 
 def test_the_largest_amount_either_way_is_an_amount() -> None:

@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from mesh.errors import InvalidArgument
-from mesh.pagination import PageTokens
+from mesh.runtime.errors import InvalidArgument
+from mesh.runtime.pagination import PageTokens
 
 TOKENS = PageTokens(b"the service's key")
 FILTERS = {"customer_id": "c1"}

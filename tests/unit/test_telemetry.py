@@ -7,7 +7,7 @@ import logging
 
 from opentelemetry.sdk.trace import TracerProvider
 
-from mesh.telemetry import JsonFormatter, readable
+from mesh.runtime.telemetry import JsonFormatter, readable
 
 
 def test_a_log_line_in_a_span_names_its_trace_and_span() -> None:

@@ -9,7 +9,7 @@ from textwrap import dedent
 
 import pytest
 
-from mesh.admission import Backlog
+from mesh.runtime.admission import Backlog
 from mesh.topology import (
     BACKGROUND,
     CHEAP,

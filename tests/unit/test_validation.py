@@ -6,7 +6,7 @@ from __future__ import annotations
 from google.protobuf import field_mask_pb2
 from google.type import money_pb2, postal_address_pb2
 
-from mesh.validation import ELLIPSIS, fit, validate
+from mesh.runtime.validation import ELLIPSIS, fit, validate
 from shop.catalog.v1 import catalog_service_pb2 as catalog
 from shop.events.v1 import events_pb2 as events
 from shop.orders.v1 import orders_service_pb2 as orders

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from mesh.errors import InvalidArgument, NotFound, Unavailable
-from mesh.money import Money
-from mesh.pagination import PageTokens
+from mesh.runtime.errors import InvalidArgument, NotFound, Unavailable
+from mesh.runtime.money import Money
+from mesh.runtime.pagination import PageTokens
 from services.catalog import handlers
 from services.catalog.domain import Product, new_product, updated_product
 from services.catalog.ports import CatalogTransaction

@@ -14,8 +14,8 @@ import pytest
 import sqlalchemy as sa
 from google.protobuf import json_format
 
-from mesh.caller import SUBJECT_METADATA_KEY
-from mesh.storage import Database
+from mesh.runtime.caller import SUBJECT_METADATA_KEY
+from mesh.runtime.storage import Database
 from services.identity import token_cli
 from services.identity.adapters import MIGRATIONS, SqlIdentityStore, SqlSigningKeyStore, users
 from services.identity.bootstrap import registration

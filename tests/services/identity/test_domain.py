@@ -12,8 +12,8 @@ from typing import Any
 import jwt
 import pytest
 
-from mesh.errors import AlreadyExists, InvalidArgument, NotFound, Unauthenticated
-from mesh.service import SettingsError
+from mesh.runtime.errors import AlreadyExists, InvalidArgument, NotFound, Unauthenticated
+from mesh.runtime.service import SettingsError
 from services.identity import handlers
 from services.identity.bootstrap import token_settings_from_environment
 from services.identity.domain import DEFAULT_SCOPES, User, registration_violations

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from mesh.storage import Database
+from mesh.runtime.storage import Database
 from services.inventory.adapters import MIGRATIONS, SqlInventoryStore
 from services.inventory.bootstrap import registration
 from shop.inventory.v1 import inventory_service_pb2 as pb

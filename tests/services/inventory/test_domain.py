@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from mesh.errors import FailedPrecondition, InvalidArgument, NotFound
+from mesh.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.inventory import handlers
 from services.inventory.domain import (
     MAX_ON_HAND,

@@ -11,9 +11,9 @@ import grpc
 import pytest
 from sqlalchemy.exc import IntegrityError
 
-from mesh.caller import SUBJECT_METADATA_KEY
-from mesh.pagination import PageTokens
-from mesh.storage import Database
+from mesh.runtime.caller import SUBJECT_METADATA_KEY
+from mesh.runtime.pagination import PageTokens
+from mesh.runtime.storage import Database
 from services.notifications import handlers
 from services.notifications.adapters import MIGRATIONS, SqlNotificationsStore
 from services.notifications.bootstrap import registration

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from mesh.errors import InvalidArgument, PermissionDenied, Unauthenticated
-from mesh.pagination import PageTokens
+from mesh.runtime.errors import InvalidArgument, PermissionDenied, Unauthenticated
+from mesh.runtime.pagination import PageTokens
 from services.notifications import handlers
 from services.notifications.domain import (
     Notification,

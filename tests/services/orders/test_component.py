@@ -15,9 +15,9 @@ from google.rpc import error_details_pb2
 from google.type import money_pb2, postal_address_pb2
 from grpc_status import rpc_status
 
-from mesh.admission import Backlog
-from mesh.caller import SUBJECT_METADATA_KEY
-from mesh.storage import Database
+from mesh.runtime.admission import Backlog
+from mesh.runtime.caller import SUBJECT_METADATA_KEY
+from mesh.runtime.storage import Database
 from services.orders.adapters import MIGRATIONS, GrpcCatalog, SqlOrdersStore
 from services.orders.adapters import orders as orders_table
 from services.orders.bootstrap import registration

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from mesh.admission import Backlog
-from mesh.errors import (
+from mesh.runtime.admission import Backlog
+from mesh.runtime.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -19,8 +19,8 @@ from mesh.errors import (
     ResourceExhausted,
     Unauthenticated,
 )
-from mesh.money import MAX_MINOR_UNITS, Money
-from mesh.pagination import PageTokens
+from mesh.runtime.money import MAX_MINOR_UNITS, Money
+from mesh.runtime.pagination import PageTokens
 from services.orders import handlers
 from services.orders.domain import (
     Order,

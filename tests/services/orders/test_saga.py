@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 from google.protobuf.message import Message
 
-from mesh.events import new_event, subject
-from mesh.money import Money
+from mesh.runtime.events import new_event, subject
+from mesh.runtime.money import Money
 from services.orders.domain import (
     Order,
     OrderLine,

@@ -16,8 +16,8 @@ from google.rpc import error_details_pb2
 from google.type import money_pb2
 from grpc_status import rpc_status
 
-from mesh.caller import SUBJECT_METADATA_KEY
-from mesh.storage import Database, utc_now
+from mesh.runtime.caller import SUBJECT_METADATA_KEY
+from mesh.runtime.storage import Database, utc_now
 from services.payments.adapters import (
     MIGRATIONS,
     GrpcPaymentProvider,

@@ -10,14 +10,14 @@ from typing import Any
 
 import pytest
 
-from mesh.errors import (
+from mesh.runtime.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
     Unauthenticated,
     Unavailable,
 )
-from mesh.money import Money
+from mesh.runtime.money import Money
 from services.payments import handlers
 from services.payments.domain import (
     Approved,

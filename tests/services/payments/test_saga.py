@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from google.protobuf.message import Message
 
-from mesh.connection import Connection
-from mesh.events import new_event, subject
-from mesh.money import Money
-from mesh.storage import Database
+from mesh.runtime.connection import Connection
+from mesh.runtime.events import new_event, subject
+from mesh.runtime.money import Money
+from mesh.runtime.storage import Database
 from services.payments import handlers as payment_handlers
 from services.payments import saga
 from services.payments.adapters import MIGRATIONS, SqlPaymentsStore

@@ -16,7 +16,7 @@ from google.rpc import error_details_pb2
 from google.type import money_pb2
 from grpc_status import rpc_status
 
-from mesh.storage import Database, utc_now
+from mesh.runtime.storage import Database, utc_now
 from services.processor.adapters import (
     MIGRATIONS,
     SqlProcessorStore,

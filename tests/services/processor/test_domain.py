@@ -9,8 +9,8 @@ from datetime import datetime
 
 import pytest
 
-from mesh.errors import FailedPrecondition, InvalidArgument, Unavailable
-from mesh.money import Money
+from mesh.runtime.errors import FailedPrecondition, InvalidArgument, Unavailable
+from mesh.runtime.money import Money
 from services.processor import handlers
 from services.processor.domain import Authorization, Decision, fingerprint
 

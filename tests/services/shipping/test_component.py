@@ -14,10 +14,10 @@ from google.protobuf.message import Message
 from google.type import money_pb2, postal_address_pb2
 from sqlalchemy.exc import IntegrityError
 
-from mesh.caller import SUBJECT_METADATA_KEY
-from mesh.consumer import Delivery, EventConsumer, Handler
-from mesh.events import new_event, subject
-from mesh.storage import Database
+from mesh.runtime.caller import SUBJECT_METADATA_KEY
+from mesh.runtime.consumer import Delivery, EventConsumer, Handler
+from mesh.runtime.events import new_event, subject
+from mesh.runtime.storage import Database
 from services.shipping import saga
 from services.shipping.adapters import MIGRATIONS, SqlShippingStore, shipments
 from services.shipping.bootstrap import registration

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from mesh.errors import InvalidArgument, NotFound, Unauthenticated
-from mesh.money import Money
+from mesh.runtime.errors import InvalidArgument, NotFound, Unauthenticated
+from mesh.runtime.money import Money
 from services.shipping import handlers
 from services.shipping.domain import (
     MAX_WEIGHT_GRAMS,

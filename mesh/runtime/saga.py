@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from mesh.connection import Connection
-from mesh.consumer import Delivery, Handler
-from mesh.storage import saga_orders, utc_now
+from mesh.runtime.connection import Connection
+from mesh.runtime.consumer import Delivery, Handler
+from mesh.runtime.storage import saga_orders, utc_now
 from shop.events.v1 import events_pb2
 
 
@@ -34,7 +34,7 @@ class SagaOrder:
     cancelled: bool
 
 
-#: The statements, built once (see `mesh.storage`'s note on prepared statements).
+#: The statements, built once (see `mesh.runtime.storage`'s note on prepared statements).
 _SELECT = saga_orders.select().where(saga_orders.c.order_id == sa.bindparam("order_id"))
 _INSERT = saga_orders.insert()
 #: `b_order_id` picks the row; the parameters name the columns it sets.

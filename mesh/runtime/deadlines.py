@@ -4,7 +4,7 @@ the call being served has left.
 A caller's deadline reaches a service as `grpc-timeout` (the edge and every sidecar
 forward it, each shortening it to its own route timeout). The runner's interceptor keeps
 the deadline of the call being served (`served`), and the channels a service calls its
-dependencies on (`mesh.service.channel_to`) give each call the time that is left
+dependencies on (`mesh.runtime.service.channel_to`) give each call the time that is left
 (`Propagation`): once the first caller has given up, nobody downstream works on its
 behalf. A call whose deadline has passed before it starts is refused unstarted with
 DEADLINE_EXCEEDED; one whose caller goes away while it runs is cancelled by gRPC.

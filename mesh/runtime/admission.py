@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from mesh.api import PLATFORM_PREFIX
+from mesh.runtime.metrics import PLATFORM_PREFIX
 
 #: The response header (a trailer, for an app's refusal) saying the request was not
 #: applied: a caller's sidecar may send it again, whatever the method.

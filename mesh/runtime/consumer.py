@@ -32,9 +32,9 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from mesh import metrics, telemetry
-from mesh.connection import Connection
-from mesh.events import (
+from mesh.runtime import metrics, telemetry
+from mesh.runtime.connection import Connection
+from mesh.runtime.events import (
     DEAD_CONSUMER,
     DEAD_REASON,
     DEAD_SEQUENCE,
@@ -45,7 +45,7 @@ from mesh.events import (
     messaging_attributes,
     waves,
 )
-from mesh.storage import Database, event_subject, processed_events, utc_now
+from mesh.runtime.storage import Database, event_subject, processed_events, utc_now
 from shop.events.v1 import events_pb2
 
 log = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ class Outcome(enum.Enum):
 class Delivery:
     """One event handed to a handler, with the transaction its effect belongs in.
 
-    A handler makes its change, and writes the events it emits (`mesh.storage.
+    A handler makes its change, and writes the events it emits (`mesh.runtime.storage.
     enqueue_event`), inside `transaction()`: its part (a savepoint) of the one database
     transaction of its batch, which also records the event id as processed by this
     consumer, so the effect, the follow-up events and the record commit together or not

@@ -16,9 +16,9 @@ from contextlib import AsyncExitStack
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
-from mesh.consumer import ConsumerMismatch, EventConsumer, Handler
-from mesh.events import NatsSettings, OutboxRelay
-from mesh.storage import Database
+from mesh.runtime.consumer import ConsumerMismatch, EventConsumer, Handler
+from mesh.runtime.events import NatsSettings, OutboxRelay
+from mesh.runtime.storage import Database
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 A service hands the runner its servicers; the runner adds what every service needs and
 no service writes again:
 
-* the interceptors of `mesh.interceptors` (admission control, deadlines, AIP-193 error
+* the interceptors of `mesh.runtime.interceptors` (admission control, deadlines, AIP-193 error
   mapping, validation from the proto declarations);
 * the standard health service (`grpc.health.v1.Health`): SERVING for each service once
   the server is up, NOT_SERVING as soon as it starts to stop, so load balancers drain it;
@@ -29,8 +29,8 @@ from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from mesh.admission import Limits
-from mesh.interceptors import MeshInterceptor
+from mesh.runtime.admission import Limits
+from mesh.runtime.interceptors import MeshInterceptor
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,8 @@ class ServiceRunner:
     ) -> None:
         """`reflected` names services reflection describes beside the registered ones,
         from `pool` (default: the generated code's pool); the edge's reflection endpoint
-        serves nothing but those. `limits` bound the calls served at once (`mesh.admission`)."""
+        serves nothing but those. `limits` bound the calls served at once
+        (`mesh.runtime.admission`)."""
         if not registrations and not reflected:
             raise ValueError("a runner needs at least one service to serve")
         self._registrations = tuple(registrations)

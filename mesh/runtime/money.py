@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from google.type import money_pb2
 
-from mesh.errors import FieldViolation, InvalidArgument, OutOfRange
+from mesh.runtime.errors import FieldViolation, InvalidArgument, OutOfRange
 
 #: ISO 4217 currencies the shop accepts, with their number of minor-unit digits.
 CURRENCIES: dict[str, int] = {

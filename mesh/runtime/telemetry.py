@@ -19,6 +19,7 @@ import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,8 +32,6 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-from mesh.topology import TelemetrySettings
-
 #: Where spans go (host:port of an OTLP/gRPC receiver); unset: nowhere.
 ENDPOINT_VARIABLE = "OTEL_EXPORTER_OTLP_ENDPOINT"
 #: The span attribute that names the order a span worked on (`meshctl trace ORDER_ID`).
@@ -42,6 +41,25 @@ tracer = trace.get_tracer("shop.mesh")
 
 #: A unary method's behavior, as a gRPC server calls it: (request, context) -> response.
 Behavior = Callable[[Any, Any], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class TelemetrySettings:
+    """Tracing of every Envoy and app: on or off, and the share of traces started that
+    are kept (a caller's decision is always followed)."""
+
+    tracing: bool = True
+    sampling_percent: float = 100.0
+    #: `host:port` of an OTLP/gRPC collector (Jaeger, an OpenTelemetry Collector);
+    #: empty: the mesh's own trace store (`meshctl trace` reads only that one).
+    otlp_endpoint: str = ""
+
+    def endpoint(self) -> tuple[str, int] | None:
+        """The collector's host and port, if one is configured."""
+        if not self.otlp_endpoint:
+            return None
+        host, _, port = self.otlp_endpoint.rpartition(":")
+        return host, int(port)
 
 
 def setup_tracing(service: str, instance: str) -> TracerProvider:
@@ -73,7 +91,7 @@ def tracing_environment(settings: TelemetrySettings, endpoint: str) -> dict[str,
 
 def traced(behavior: Behavior, method: str) -> Behavior:
     """`behavior` (a unary method's) in a server span named after `method`, continuing the
-    caller's trace context (the runner's `mesh.interceptors.MeshInterceptor`).
+    caller's trace context (the runner's `mesh.runtime.interceptors.MeshInterceptor`).
 
     A call the sampler leaves out gets a non-recording span: the trace context still
     flows on, and nothing else is computed for it. A recorded span notes how long the

@@ -4,7 +4,7 @@ Every event is a `shop.events.v1.EventEnvelope`, binary on the wire, published o
 `shop.<producer>.<event>` (snake case, e.g. `shop.orders.order_placed`).
 
 * **Outbox.** A service never publishes from a request: `SqlTransaction.enqueue_event`
-  (`mesh.storage`) writes the event into
+  (`mesh.runtime.storage`) writes the event into
   the service's own `outbox` table in the transaction that makes the change, so an event
   exists exactly when its change was committed. `OutboxRelay` publishes pending events
   with `Nats-Msg-Id` = event id, side by side but each order's in the order written,
@@ -21,10 +21,10 @@ Every event is a `shop.events.v1.EventEnvelope`, binary on the wire, published o
   several consumers read at their own pace, and a replay needs them), and a 10 minute
   duplicate window, longer than any relay retry loop. `SHOP_DEAD_LETTERS` holds
   `dead.>` for 30 days. (`mesh.deadletters` reads and replays them.)
-* **Consumers** (`mesh.consumer`): one durable pull consumer per consuming service,
+* **Consumers** (`mesh.runtime.consumer`): one durable pull consumer per consuming service,
   idempotent, applying a fetched batch in one database transaction; what it gives up
   on is a dead letter on `dead.<consumer>` (`mesh.deadletters`).
-* **A service's bus** (`mesh.eventbus.start_event_bus`): its relay and its consumer.
+* **A service's bus** (`mesh.runtime.eventbus.start_event_bus`): its relay and its consumer.
 * **Security.** Over TLS with the mesh's certificates, each service limited to its own
   subjects and consumer: see `mesh.natsconf`.
 """
@@ -36,7 +36,7 @@ import contextlib
 import logging
 import ssl
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -56,10 +56,10 @@ from nats.js.api import (
 from nats.js.errors import BadRequestError, NotFoundError
 from opentelemetry.trace import Span, SpanKind
 
-from mesh import metrics, telemetry
-from mesh.storage import Database, outbox, utc_now
-from mesh.timestamps import to_timestamp
-from mesh.validation import fit
+from mesh.runtime import metrics, telemetry
+from mesh.runtime.storage import Database, outbox, utc_now
+from mesh.runtime.timestamps import to_timestamp
+from mesh.runtime.validation import fit
 from shop.events.v1 import events_pb2
 
 log = logging.getLogger(__name__)
@@ -455,6 +455,36 @@ class NatsSettings:
     cert_path: Path | None = None
     key_path: Path | None = None
     server_name: str | None = None
+
+    def environment(self) -> dict[str, str]:
+        """The `SHOP_NATS_*` variables that give a service these settings."""
+        files = {
+            "SHOP_NATS_CA_FILE": self.ca_path,
+            "SHOP_NATS_CERT_FILE": self.cert_path,
+            "SHOP_NATS_KEY_FILE": self.key_path,
+        }
+        return {
+            "SHOP_NATS_URL": self.url,
+            **{key: str(path) for key, path in files.items() if path is not None},
+            "SHOP_NATS_SERVER_NAME": self.server_name or "",
+        }
+
+    @classmethod
+    def from_environment(cls, identity: str, environment: Mapping[str, str]) -> NatsSettings:
+        """The settings `environment` wrote, read back (a service's, or meshctl's from
+        state.json)."""
+
+        def path(key: str) -> Path | None:
+            return Path(environment[key]) if environment.get(key) else None
+
+        return cls(
+            url=environment["SHOP_NATS_URL"],
+            identity=identity,
+            ca_path=path("SHOP_NATS_CA_FILE"),
+            cert_path=path("SHOP_NATS_CERT_FILE"),
+            key_path=path("SHOP_NATS_KEY_FILE"),
+            server_name=environment.get("SHOP_NATS_SERVER_NAME") or None,
+        )
 
     async def connect(self, **options: Any) -> NatsClient:
         tls = None

@@ -35,7 +35,7 @@ from google.protobuf import descriptor_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
-from mesh.errors import FieldViolation
+from mesh.runtime.errors import FieldViolation
 from shop.options.v1 import limits_pb2
 
 _REQUIRED = field_behavior_pb2.FieldBehavior.REQUIRED

@@ -2,21 +2,21 @@
 
 From the outside in, each unary-unary call gets:
 
-* admission (`mesh.admission`): beyond the app's limit of calls in flight (for its
+* admission (`mesh.runtime.admission`): beyond the app's limit of calls in flight (for its
   class of method) it is refused at once, UNAVAILABLE and marked not applied, before any
   other work; the refusal is counted in the RED metrics and in `shop_rpc_refused_total`;
-* its deadline kept for the calls it makes (`mesh.deadlines`); one whose deadline has
+* its deadline kept for the calls it makes (`mesh.runtime.deadlines`); one whose deadline has
   already passed is refused unstarted;
-* a server span (`mesh.telemetry.traced`), outermost, so it covers and records the
+* a server span (`mesh.runtime.telemetry.traced`), outermost, so it covers and records the
   errors below; the caller's trace context is continued;
-* RED metrics: counted by the status code it ended with, and timed (`mesh.metrics`);
+* RED metrics: counted by the status code it ended with, and timed (`mesh.runtime.metrics`);
 * AIP-193 errors: a `ServiceError` becomes its status with details, any other exception
   a bare INTERNAL status (the traceback goes to the service's log, never to the caller);
-* validation from the proto declarations (`mesh.validation`): a request that breaks
+* validation from the proto declarations (`mesh.runtime.validation`): a request that breaks
   them is refused with INVALID_ARGUMENT and `BadRequest` details before the servicer
   sees it;
 * the call's subject and request marked for the code that serves it
-  (`mesh.caller.serving`), which the request log reads (AIP-155).
+  (`mesh.runtime.caller.serving`), which the request log reads (AIP-155).
 
 A request whose bytes are not a message of its method's type (corrupt protobuf, a string
 that is not UTF-8) is INVALID_ARGUMENT, saying only that, on every method, streaming
@@ -41,16 +41,16 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 from google.rpc import status_pb2
 
-from mesh import admission, caller, deadlines, metrics, telemetry
-from mesh.errors import (
+from mesh.runtime import admission, caller, deadlines, metrics, telemetry
+from mesh.runtime.errors import (
     STATUS_DETAILS_KEY,
     InvalidArgument,
     ServiceError,
     internal_status,
     to_status,
 )
-from mesh.telemetry import Behavior
-from mesh.validation import validate
+from mesh.runtime.telemetry import Behavior
+from mesh.runtime.validation import validate
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +199,7 @@ async def _abort(context: _Context, status: status_pb2.Status) -> None:
 
 
 def _admitted(behavior: Behavior, method: str, gates: tuple[admission.Gate, ...]) -> Behavior:
-    """Calls beyond a gate's limit refused unstarted; see `mesh.admission`."""
+    """Calls beyond a gate's limit refused unstarted; see `mesh.runtime.admission`."""
     status = admission.refusal(_domain(method))
     trailers = (
         (admission.NOT_APPLIED_HEADER, "1"),
@@ -260,7 +260,7 @@ def _validated(behavior: Behavior, method: str) -> Behavior:
 
 
 def _served(behavior: Behavior, method: str) -> Behavior:
-    """The handler run as serving the call's subject and request (`mesh.caller`)."""
+    """The handler run as serving the call's subject and request (`mesh.runtime.caller`)."""
 
     async def call(request: Message, context: _Context) -> Any:
         with caller.serving(caller.caller_subject(context), request):
@@ -270,7 +270,7 @@ def _served(behavior: Behavior, method: str) -> Behavior:
 
 
 def _measured(behavior: Behavior, method: str) -> Behavior:
-    """Every call counted and timed, by the status code it ended with (`mesh.metrics`)."""
+    """Every call counted and timed, by the status code it ended with (`mesh.runtime.metrics`)."""
 
     async def call(request: Any, context: _Context) -> Any:
         start = time.perf_counter()

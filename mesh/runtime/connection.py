@@ -1,7 +1,7 @@
 """A service's connection to its database, the same to its code on SQLite and Postgres.
 
 Adapters run SQLAlchemy Core statements with `await connection.execute(...)` inside a
-transaction that `mesh.storage.Database` opened; how the statement reaches the
+transaction that `mesh.runtime.storage.Database` opened; how the statement reaches the
 database depends on the backend:
 
 * **SQLite** (`SqliteEngine`): a statement on a local file takes microseconds, so it
@@ -16,7 +16,7 @@ database depends on the backend:
 
 Both engines give the same two transactions, `transaction()` (a write transaction that
 waits its turn, on SQLite's file lock or on a Postgres advisory lock) and `snapshot()`
-(a read-only one that never waits for writers), so `mesh.storage.Database` is the same
+(a read-only one that never waits for writers), so `mesh.runtime.storage.Database` is the same
 code on both.
 """
 
@@ -159,7 +159,7 @@ class AwaitedConnection(Connection):
 
 
 class Engine(ABC):
-    """A database's transactions, as `mesh.storage.Database` uses them."""
+    """A database's transactions, as `mesh.runtime.storage.Database` uses them."""
 
     @abstractmethod
     def transaction(self) -> AbstractAsyncContextManager[Connection]:

@@ -2,7 +2,7 @@
 
 A page token carries the sort key of the last item returned plus the request's filters,
 signed with the service's own key (HMAC-SHA256, `PageTokens`; the key lives in the
-service's database, see `mesh.storage.Database.page_tokens`). Only what the service
+service's database, see `mesh.runtime.storage.Database.page_tokens`). Only what the service
 issued is ever decoded: a token it did not sign (made up, altered, or another service's)
 is INVALID_ARGUMENT on `page_token` before any of its content is read, and so is a
 signed one reused with other filters, as AIP-158 asks.
@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from mesh.errors import FieldViolation, InvalidArgument
+from mesh.runtime.errors import FieldViolation, InvalidArgument
 
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100

@@ -5,7 +5,7 @@ RED per RPC, from the runner's `MetricsInterceptor`:
 * `shop_rpc_requests_total{method, code}`: RPCs served, by gRPC status code;
 * `shop_rpc_duration_seconds{method}`: how long they took (histogram);
 * `shop_rpc_refused_total{method}`: RPCs refused unstarted, the app being at its limit of
-  calls in flight (`mesh.admission`; also counted above as UNAVAILABLE).
+  calls in flight (`mesh.runtime.admission`; also counted above as UNAVAILABLE).
 
 The saga's health, from the event bus:
 
@@ -33,10 +33,12 @@ from dataclasses import dataclass
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 
-from mesh.api import PLATFORM_PREFIX
-
 #: The port a service serves its metrics on (0 or unset: none).
 PORT_VARIABLE = "SHOP_METRICS_PORT"
+
+#: The path prefix of the platform's own services in every app (health, reflection):
+#: not the service's traffic, neither counted nor held back.
+PLATFORM_PREFIX = "/grpc."
 
 REQUESTS = Counter(
     "shop_rpc_requests", "RPCs served, by method and status code.", ["method", "code"]

@@ -11,7 +11,7 @@ through `customer_of` or `acting_customer`, and refuses a call without one: no c
 from the edge or from another service, reads a customer's data without naming them.
 
 The runner marks the code that serves a call with the call's subject and request
-(`serving`, `current_call`): the request log (`mesh.storage`) scopes request ids by it
+(`serving`, `current_call`): the request log (`mesh.runtime.storage`) scopes request ids by it
 and tells a retry from a different request that reuses an id.
 """
 
@@ -27,7 +27,7 @@ from typing import Any
 
 from google.protobuf.message import Message
 
-from mesh.errors import PermissionDenied, Unauthenticated
+from mesh.runtime.errors import PermissionDenied, Unauthenticated
 
 SUBJECT_METADATA_KEY = "x-shop-subject"
 

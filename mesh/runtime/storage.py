@@ -1,6 +1,6 @@
 """Each service's own database: connection set-up, versioned migrations, transactions.
 
-Storage is SQLAlchemy Core (`mesh.connection`: SQLite inline on the event loop, Postgres
+Storage is SQLAlchemy Core (`mesh.runtime.connection`: SQLite inline on the event loop, Postgres
 on asyncpg). Services write their queries against
 SQLAlchemy `Table` objects, not SQL strings, so the same adapters run on SQLite (the
 local mesh: one file per service under the run directory) and on Postgres (a DSN such as
@@ -40,11 +40,11 @@ from typing import Any, Generic, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from mesh import telemetry
-from mesh.caller import current_call
-from mesh.connection import Connection, Engine, PostgresEngine
-from mesh.errors import AlreadyExists
-from mesh.pagination import PageTokens
+from mesh.runtime import telemetry
+from mesh.runtime.caller import current_call
+from mesh.runtime.connection import Connection, Engine, PostgresEngine
+from mesh.runtime.errors import AlreadyExists
+from mesh.runtime.pagination import PageTokens
 from shop.events.v1 import events_pb2
 
 #: Marks a connection whose transaction wrote to the outbox (see `Database.transaction`).
@@ -135,7 +135,7 @@ request_log = sa.Table(
     sa.Column("create_time", UtcDateTime, nullable=False),
 )
 
-#: Events waiting to be published (`mesh.events.OutboxRelay`), written by `enqueue_event`
+#: Events waiting to be published (`mesh.runtime.events.OutboxRelay`), written by `enqueue_event`
 #: in the transaction of the change they report, and the event ids a consumer applied.
 #: An event the bus refused too often is parked: kept, with the reason, and skipped.
 outbox = sa.Table(
@@ -194,7 +194,7 @@ _MESH_MIGRATIONS = (
     ),
     Migration(
         2,
-        "transactional outbox and processed event ids (mesh.events)",
+        "transactional outbox and processed event ids (mesh.runtime.events)",
         [
             """
             CREATE TABLE outbox (
@@ -218,7 +218,7 @@ _MESH_MIGRATIONS = (
     ),
     Migration(
         3,
-        "what a saga participant remembers of each order (mesh.saga)",
+        "what a saga participant remembers of each order (mesh.runtime.saga)",
         [
             """
             CREATE TABLE saga_orders (
@@ -518,7 +518,7 @@ def _request_reused(method: str, request_id: str) -> AlreadyExists:
 
 
 def _scope() -> tuple[str, str]:
-    """(caller, fingerprint) of the call being served (`mesh.caller.current_call`);
+    """(caller, fingerprint) of the call being served (`mesh.runtime.caller.current_call`);
     ("", "") for work that serves no call, such as an event."""
     call = current_call()
     return (call.subject, call.fingerprint) if call is not None else ("", "")

@@ -14,7 +14,7 @@ once, here, from the command line and environment variables:
 | the Prometheus metrics port (loopback) | | `SHOP_METRICS_PORT` | none: not served |
 | TLS to NATS: CA, own certificate, own key | | `SHOP_NATS_{CA,CERT,KEY}_FILE` | none: no TLS |
 | the name NATS's certificate carries | | `SHOP_NATS_SERVER_NAME` | the URL's host |
-| calls served at once | | `SHOP_MAX_IN_FLIGHT` | 32 (`mesh.admission`) |
+| calls served at once | | `SHOP_MAX_IN_FLIGHT` | 32 (`mesh.runtime.admission`) |
 | of those, calls to expensive methods | | `SHOP_EXPENSIVE_IN_FLIGHT` | 2 |
 | the expensive methods | | `SHOP_EXPENSIVE_METHODS` | none |
 
@@ -36,13 +36,11 @@ from pathlib import Path
 
 import grpc
 
-from mesh import deadlines, metrics, natsconf, telemetry
-from mesh.admission import Limits
-from mesh.events import NatsSettings
-from mesh.plan import InstancePlan
-from mesh.runner import DEFAULT_GRACE_SECONDS, Registration, ServiceRunner
-from mesh.storage import Database, Migration
-from mesh.topology import Service, TelemetrySettings
+from mesh.runtime import deadlines, metrics, telemetry
+from mesh.runtime.admission import Limits
+from mesh.runtime.events import NatsSettings
+from mesh.runtime.runner import DEFAULT_GRACE_SECONDS, Registration, ServiceRunner
+from mesh.runtime.storage import Database, Migration
 
 
 def sqlite_path(run_dir: Path, service: str) -> Path:
@@ -82,46 +80,11 @@ class ServiceSettings:
         return address
 
 
-def environment(
-    instance: InstancePlan,
-    service: Service,
-    *,
-    run_dir: Path,
-    telemetry_settings: TelemetrySettings,
-    trace_endpoint: str,
-    nats: NatsSettings,
-) -> dict[str, str]:
-    """The variables (see the table above) that start `instance`'s app in the mesh."""
-    return {
-        "SHOP_RUN_DIR": str(run_dir),
-        "PYTHONUNBUFFERED": "1",
-        "SHOP_INSTANCE": instance.name,
-        **telemetry.tracing_environment(telemetry_settings, trace_endpoint),
-        metrics.PORT_VARIABLE: str(instance.metrics_port),
-        **limits_of(service).environment(),
-        **natsconf.service_environment(nats),
-        **{
-            f"SHOP_{dependency.upper()}_ADDRESS": f"127.0.0.1:{port}"
-            for dependency, port in sorted(instance.outbound.items())
-        },
-    }
-
-
-def limits_of(service: Service) -> Limits:
-    """The admission limits mesh.yaml gives `service`'s apps."""
-    return Limits(
-        max_in_flight=service.admission.max_in_flight,
-        expensive_in_flight=service.admission.expensive_in_flight,
-        expensive_methods=service.expensive_methods,
-        backlog=service.admission.backlog,
-    )
-
-
 def channel_to(
     settings: ServiceSettings, dependency: str, stack: AsyncExitStack
 ) -> grpc.aio.Channel:
     """A channel to `dependency` (through the sidecar) whose calls are traced and keep the
-    deadline of the call being served (`mesh.deadlines`); closed when `stack` unwinds."""
+    deadline of the call being served (`mesh.runtime.deadlines`); closed when `stack` unwinds."""
     channel = grpc.aio.insecure_channel(
         settings.address_of(dependency),
         interceptors=[*telemetry.client_interceptors(), deadlines.Propagation()],
@@ -189,7 +152,7 @@ def nats_from_environment(name: str) -> NatsSettings | None:
     """How the service `name` reaches NATS, from `SHOP_NATS_*`; None without a URL."""
     if not os.environ.get("SHOP_NATS_URL", "").strip():
         return None
-    return natsconf.settings_from_environment(name, dict(os.environ))
+    return NatsSettings.from_environment(name, dict(os.environ))
 
 
 def main(name: str, bootstrap: Bootstrap, argv: Sequence[str] | None = None) -> None:
