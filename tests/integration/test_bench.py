@@ -17,7 +17,7 @@ import pytest
 
 from mesh.binaries import find_binary
 from mesh.supervisor import all_pids, pid_alive
-from tests.integration.conftest import ROOT
+from tests.support.mesh import ROOT
 
 pytestmark = pytest.mark.integration
 

@@ -19,7 +19,7 @@ import pytest
 
 from mesh import chaos, overload, scenario
 from mesh.binaries import find_binary
-from tests.integration.conftest import ROOT, RunningMesh
+from tests.support.mesh import ROOT, RunningMesh
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos, pytest.mark.timeout(900)]
 

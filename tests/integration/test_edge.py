@@ -25,7 +25,7 @@ from mesh.runtime.caller import SUBJECT_METADATA_KEY
 from shop.catalog.v1 import catalog_service_pb2 as catalog_pb
 from shop.catalog.v1 import catalog_service_pb2_grpc as catalog_grpc
 from shop.events.v1 import events_pb2
-from tests.integration.conftest import (
+from tests.support.mesh import (
     ROOT,
     RunningMesh,
     assert_json_error,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import RunningMesh
+from tests.support.mesh import RunningMesh
 
 pytestmark = pytest.mark.integration
 

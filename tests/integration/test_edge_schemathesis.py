@@ -15,7 +15,7 @@ import sys
 import pytest
 
 from mesh.binaries import find_binary
-from tests.integration.conftest import RunningMesh
+from tests.support.mesh import RunningMesh
 
 pytestmark = pytest.mark.integration
 

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from mesh.api import Api
 from mesh.contracts import DESCRIPTOR_SET
 from mesh.runtime.caller import SUBJECT_METADATA_KEY
-from tests.integration.conftest import ROOT, RunningMesh, leaks_nothing
+from tests.support.mesh import ROOT, RunningMesh, leaks_nothing
 
 pytestmark = pytest.mark.integration
 

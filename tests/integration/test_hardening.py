@@ -16,7 +16,7 @@ import grpc
 import httpx
 import pytest
 
-from tests.integration.conftest import RunningMesh, assert_json_error, customer, leaks_nothing
+from tests.support.mesh import RunningMesh, assert_json_error, customer, leaks_nothing
 
 pytestmark = pytest.mark.integration
 

@@ -23,7 +23,7 @@ from google.protobuf.message import Message
 
 from mesh.binaries import find_binary
 from mesh.runtime.caller import SUBJECT_METADATA_KEY
-from tests.integration.conftest import RunningMesh
+from tests.support.mesh import RunningMesh
 
 pytestmark = pytest.mark.integration
 

@@ -30,8 +30,8 @@ from mesh.plan import MAX_SOCKET_PATH_BYTES, PlanError, make_plan
 from mesh.probe import grpc_serving
 from mesh.supervisor import PRIVATE_UMASK, all_pids, pid_alive
 from mesh.topology import parse
-from tests.integration.conftest import ROOT, RunningMesh
 from tests.support import tiny_catalog
+from tests.support.mesh import ROOT, RunningMesh
 from tests.support.sidecar import started_sidecar
 
 pytestmark = pytest.mark.integration

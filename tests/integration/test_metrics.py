@@ -12,7 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from mesh import envoy
-from tests.integration.conftest import RunningMesh, bearer, customer
+from tests.support.mesh import RunningMesh, bearer, customer
 from tests.support.saga import (
     CONFIRMED,
     eventually,

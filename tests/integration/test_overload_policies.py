@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 from mesh import envoy
-from tests.integration.conftest import RunningMesh, grpcurl, mesh_up
+from tests.support.mesh import RunningMesh, grpcurl, mesh_up
 
 pytestmark = pytest.mark.integration
 

@@ -19,7 +19,7 @@ from mesh.plan import MeshPlan, make_plan
 from mesh.runtime import admission
 from mesh.runtime.telemetry import TelemetrySettings
 from mesh.topology import Faults, Topology, TopologyError, load
-from tests.integration.conftest import ROOT
+from tests.support.mesh import ROOT
 
 pytestmark = pytest.mark.integration
 

@@ -29,7 +29,7 @@ from shop.inventory.v1 import inventory_service_pb2 as inventory_pb
 from shop.inventory.v1 import inventory_service_pb2_grpc as inventory_grpc
 from shop.orders.v1 import orders_service_pb2 as orders_pb
 from shop.orders.v1 import orders_service_pb2_grpc as orders_grpc
-from tests.integration.conftest import RunningMesh, bearer, customer, stream_events
+from tests.support.mesh import RunningMesh, bearer, customer, stream_events
 from tests.support.saga import (
     CANCELLED,
     CONFIRMED,

@@ -26,7 +26,7 @@ import pytest
 
 from mesh.runtime.consumer import CHAOS_KILL_AFTER_COMMIT, CHAOS_KILL_IN_BATCH
 from mesh.supervisor import pid_alive
-from tests.integration.conftest import (
+from tests.support.mesh import (
     ROOT,
     RunningMesh,
     bearer,

@@ -19,7 +19,7 @@ from mesh.topology import load
 from mesh.tracestore import Span, TraceStore
 from shop.orders.v1 import orders_service_pb2 as orders_pb
 from shop.orders.v1 import orders_service_pb2_grpc as orders_grpc
-from tests.integration.conftest import RunningMesh, bearer, customer
+from tests.support.mesh import RunningMesh, bearer, customer
 from tests.support.saga import CANCELLED, CONFIRMED, place, stocked_product, wait_until_terminal
 
 pytestmark = pytest.mark.integration

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 
 from mesh import loadgen
-from tests.integration.conftest import RunningMesh, bearer
+from tests.support.mesh import RunningMesh, bearer
 
 ADDRESS = {"regionCode": "DE", "postalCode": "10115", "addressLines": ["Hauptstr. 1"]}
 #: Orders accepts it (a region is all it needs); shipping cannot send a parcel there.
