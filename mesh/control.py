@@ -26,7 +26,7 @@ from nats.js.errors import NotFoundError
 
 from mesh import contracts, deadletters, natsconf
 from mesh.pki import MeshPKI, format_table
-from mesh.plan import PlanError, check_run_dir
+from mesh.plan import PlanError, make_plan
 from mesh.runtime import telemetry
 from mesh.runtime.events import NatsSettings
 from mesh.supervisor import (
@@ -124,9 +124,9 @@ def up_detached(
     if running_state(run_dir) is not None:
         raise ControlError(f"a mesh is already running from {run_dir}; `meshctl down` first")
     # Fail here, in the user's terminal, on a bad mesh.yaml or a run directory too deep
-    # for the Envoys' admin sockets.
+    # for the Envoys' admin sockets (the plan the supervisor will make lays them out).
     try:
-        check_run_dir(load_topology(root, config), run_dir.resolve())
+        make_plan(load_topology(root, config), run_dir.resolve())
     except PlanError as error:
         raise ControlError(str(error)) from None
     make_private(run_dir)  # supervisor.log too is its owner's only

@@ -58,23 +58,6 @@ def admin_socket(run_dir: Path, envoy_name: str) -> str:
     return str(path)
 
 
-def envoy_names(topology: Topology) -> list[str]:
-    """The name of every Envoy a local mesh of `topology` runs: each instance's sidecar
-    and, when something is exposed, the edge."""
-    names = [
-        f"{name}-{index}"
-        for name in topology.start_order()
-        for index in range(topology.services[name].replicas)
-    ]
-    return [*names, "edge"] if topology.edge.expose else names
-
-
-def check_run_dir(topology: Topology, run_dir: Path) -> None:
-    """Raise PlanError if a mesh of `topology` cannot run from `run_dir`."""
-    for name in envoy_names(topology):
-        admin_socket(run_dir, name)
-
-
 @dataclass(frozen=True)
 class InstancePlan:
     """One replica of a service: its app and its sidecar."""
