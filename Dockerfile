@@ -6,9 +6,9 @@
 #   docker run --rm shop-mesh                                   # meshctl --help
 #   docker run --rm shop-mesh python -m services.identity --port 50051
 #
-# Ports, as the container layout (mesh/containers.py) uses them: a service's app gRPC on
+# Ports, as the container layout (mesh/deploy/containers.py) uses them: a service's app gRPC on
 # 50051 (`--port`), its Prometheus metrics on 9090 (`SHOP_METRICS_PORT`), the edge
-# companion (`python -m mesh.edge_companion --descriptor-set
+# companion (`python -m mesh.control.edge_companion --descriptor-set
 # gen/descriptors/shop.binpb ...`) on 50052. Compose and Kubernetes declare the ports and
 # the health checks, so this file declares neither.
 #

@@ -9,7 +9,7 @@ which also records the event id in `processed_events`, so a redelivered event (a
 crash between commit and ack) changes nothing twice. A fetched batch is applied in one
 database transaction (`EventConsumer`). An undecodable message, an event on a subject
 that is not its own, or one that failed on its last allowed delivery, is a dead letter
-(`mesh.deadletters`).
+(`mesh.control.deadletters`).
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ async def ensure_consumer(
     """Create the durable consumer `name`, or bring its subjects and policy up to date.
 
     The mesh creates every consumer (a service's identity may only use its own, see
-    `mesh.natsconf`), so what a service reads is decided by `mesh.yaml`, not by the
+    `mesh.control.natsconf`), so what a service reads is decided by `mesh.yaml`, not by the
     service.
     """
     await js.add_consumer(EVENTS_STREAM, consumer_config(name, subjects, policy))

@@ -20,13 +20,13 @@ Every event is a `shop.events.v1.EventEnvelope`, binary on the wire, published o
   `sync_interval: always`), kept for 7 days (limits retention: events are facts that
   several consumers read at their own pace, and a replay needs them), and a 10 minute
   duplicate window, longer than any relay retry loop. `SHOP_DEAD_LETTERS` holds
-  `dead.>` for 30 days. (`mesh.deadletters` reads and replays them.)
+  `dead.>` for 30 days. (`mesh.control.deadletters` reads and replays them.)
 * **Consumers** (`mesh.runtime.consumer`): one durable pull consumer per consuming service,
   idempotent, applying a fetched batch in one database transaction; what it gives up
-  on is a dead letter on `dead.<consumer>` (`mesh.deadletters`).
+  on is a dead letter on `dead.<consumer>` (`mesh.control.deadletters`).
 * **A service's bus** (`mesh.runtime.eventbus.start_event_bus`): its relay and its consumer.
 * **Security.** Over TLS with the mesh's certificates, each service limited to its own
-  subjects and consumer: see `mesh.natsconf`.
+  subjects and consumer: see `mesh.control.natsconf`.
 """
 
 from __future__ import annotations
@@ -436,7 +436,7 @@ def messaging_attributes(span: Span, subject: str, envelope: events_pb2.EventEnv
 
 
 def inbox_prefix(identity: str) -> str:
-    """Where `identity`'s replies arrive; only it may subscribe there (`mesh.natsconf`)."""
+    """Where `identity`'s replies arrive; only it may subscribe there (`mesh.control.natsconf`)."""
     return f"_INBOX_{identity}"
 
 
@@ -445,7 +445,7 @@ class NatsSettings:
     """How a process reaches NATS: the URL and, for TLS, the mesh CA and its own leaf.
 
     `identity` names the process to NATS: its certificate maps to that user (see
-    `mesh.natsconf`), and its replies arrive under `_INBOX_<identity>.`, the only
+    `mesh.control.natsconf`), and its replies arrive under `_INBOX_<identity>.`, the only
     inbox that user may read.
     """
 

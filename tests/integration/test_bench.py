@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from mesh.binaries import find_binary
-from mesh.supervisor import all_pids, pid_alive
+from mesh.control.binaries import find_binary
+from mesh.control.supervisor import all_pids, pid_alive
 from tests.support.mesh import ROOT
 
 pytestmark = pytest.mark.integration

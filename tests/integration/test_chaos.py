@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from mesh import chaos, overload, scenario
-from mesh.binaries import find_binary
+from mesh.control.binaries import find_binary
+from mesh.tools import chaos, overload, scenario
 from tests.support.mesh import ROOT, RunningMesh
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos, pytest.mark.timeout(900)]

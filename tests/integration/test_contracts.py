@@ -11,7 +11,7 @@ import pytest
 from google.api import annotations_pb2, field_behavior_pb2, visibility_pb2
 from google.protobuf import descriptor_pb2
 
-from mesh import contracts
+from mesh.control import contracts
 
 pytestmark = pytest.mark.integration
 

@@ -29,14 +29,14 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from mesh import compose, containers, contracts, envoy, kube, natsconf
-from mesh.api import Api
-from mesh.binaries import find_binary
-from mesh.deploy import rendered
-from mesh.pki import MeshPKI
-from mesh.plan import free_port, make_plan
-from mesh.probe import grpc_serving, http_ok
-from mesh.topology import Topology, load, parse
+from mesh.control import contracts, envoy, natsconf
+from mesh.control.api import Api
+from mesh.control.binaries import find_binary
+from mesh.control.pki import MeshPKI
+from mesh.control.plan import free_port, make_plan
+from mesh.control.probe import grpc_serving, http_ok
+from mesh.control.topology import Topology, load, parse
+from mesh.deploy import compose, containers, kube, rendered
 from tests.support import tiny_catalog
 from tests.support.sidecar import started_sidecar
 

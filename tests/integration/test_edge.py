@@ -18,8 +18,8 @@ import httpx
 import pytest
 from openapi_spec_validator import validate
 
-from mesh import envoy, topology
-from mesh.binaries import find_binary
+from mesh.control import envoy, topology
+from mesh.control.binaries import find_binary
 from mesh.runtime import admission
 from mesh.runtime.caller import SUBJECT_METADATA_KEY
 from shop.catalog.v1 import catalog_service_pb2 as catalog_pb

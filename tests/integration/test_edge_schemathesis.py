@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from mesh.binaries import find_binary
+from mesh.control.binaries import find_binary
 from tests.support.mesh import RunningMesh
 
 pytestmark = pytest.mark.integration

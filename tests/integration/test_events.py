@@ -22,10 +22,11 @@ import sqlalchemy as sa
 from nats.js import JetStreamContext
 from prometheus_client import REGISTRY
 
-from mesh import deadletters, natsconf
-from mesh.binaries import find_binary
-from mesh.pki import MeshPKI, leaf, self_signed_ca
-from mesh.plan import free_port
+from mesh.control import deadletters, natsconf
+from mesh.control.binaries import find_binary
+from mesh.control.pki import MeshPKI, leaf, self_signed_ca
+from mesh.control.plan import free_port
+from mesh.control.topology import parse
 from mesh.runtime import events
 from mesh.runtime.consumer import (
     ConsumerMismatch,
@@ -36,7 +37,6 @@ from mesh.runtime.consumer import (
     ensure_consumer,
 )
 from mesh.runtime.storage import Database, Migration, SqlTransaction, outbox
-from mesh.topology import parse
 from shop.events.v1 import events_pb2
 from tests.support.component import sqlite_database
 

@@ -20,8 +20,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mesh.api import Api
-from mesh.contracts import DESCRIPTOR_SET
+from mesh.control.api import Api
+from mesh.control.contracts import DESCRIPTOR_SET
 from mesh.runtime.caller import SUBJECT_METADATA_KEY
 from tests.support.mesh import ROOT, RunningMesh, leaks_nothing
 

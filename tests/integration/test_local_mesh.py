@@ -21,7 +21,7 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
-from mesh.binaries import find_binary
+from mesh.control.binaries import find_binary
 from mesh.runtime.caller import SUBJECT_METADATA_KEY
 from tests.support.mesh import RunningMesh
 

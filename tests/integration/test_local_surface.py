@@ -25,11 +25,12 @@ from typing import Any
 import pytest
 import yaml
 
-from mesh import compose, containers, envoy
-from mesh.plan import MAX_SOCKET_PATH_BYTES, PlanError, make_plan
-from mesh.probe import grpc_serving
-from mesh.supervisor import PRIVATE_UMASK, all_pids, pid_alive
-from mesh.topology import parse
+from mesh.control import envoy
+from mesh.control.plan import MAX_SOCKET_PATH_BYTES, PlanError, make_plan
+from mesh.control.probe import grpc_serving
+from mesh.control.supervisor import PRIVATE_UMASK, all_pids, pid_alive
+from mesh.control.topology import parse
+from mesh.deploy import compose, containers
 from tests.support import tiny_catalog
 from tests.support.mesh import ROOT, RunningMesh
 from tests.support.sidecar import started_sidecar
@@ -313,7 +314,7 @@ def test_an_earlier_run_dir_is_made_private_too(tmp_path: Path) -> None:
     old.write_text("spans")
     old.chmod(0o644)
     program = (
-        "import sys, pathlib; from mesh.supervisor import make_private; "
+        "import sys, pathlib; from mesh.control.supervisor import make_private; "
         "make_private(pathlib.Path(sys.argv[1])); "
         "open(pathlib.Path(sys.argv[1]) / 'new.log', 'w').close()"
     )

@@ -19,10 +19,10 @@ from typing import Any
 import grpc
 import pytest
 
-from mesh import envoy, topology
-from mesh.pki import leaf, self_signed_ca
+from mesh.control import envoy, topology
+from mesh.control.pki import leaf, self_signed_ca
+from mesh.control.supervisor import BACKGROUND_NICENESS
 from mesh.runtime import events
-from mesh.supervisor import BACKGROUND_NICENESS
 from shop.catalog.v1 import catalog_service_pb2 as catalog_pb
 from shop.catalog.v1 import catalog_service_pb2_grpc as catalog_grpc
 from shop.events.v1 import events_pb2

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from mesh import envoy
+from mesh.control import envoy
 from tests.support.mesh import RunningMesh, bearer, customer
 from tests.support.saga import (
     CONFIRMED,

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from mesh import envoy
+from mesh.control import envoy
 from tests.support.mesh import RunningMesh, grpcurl, mesh_up
 
 pytestmark = pytest.mark.integration

@@ -10,15 +10,15 @@ from typing import Any
 
 import pytest
 
-from mesh import edge, envoy, natsconf
-from mesh.api import Api
-from mesh.binaries import find_binary
-from mesh.contracts import DESCRIPTOR_SET
-from mesh.pki import MeshPKI
-from mesh.plan import MeshPlan, make_plan
+from mesh.control import edge, envoy, natsconf
+from mesh.control.api import Api
+from mesh.control.binaries import find_binary
+from mesh.control.contracts import DESCRIPTOR_SET
+from mesh.control.pki import MeshPKI
+from mesh.control.plan import MeshPlan, make_plan
+from mesh.control.topology import Faults, Topology, TopologyError, load
 from mesh.runtime import admission
 from mesh.runtime.telemetry import TelemetrySettings
-from mesh.topology import Faults, Topology, TopologyError, load
 from tests.support.mesh import ROOT
 
 pytestmark = pytest.mark.integration

@@ -15,7 +15,7 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
-from mesh.binaries import find_binary
+from mesh.control.binaries import find_binary
 from mesh.runtime.runner import ServiceRunner
 from shop.catalog.v1 import catalog_service_pb2 as pb
 from shop.catalog.v1 import catalog_service_pb2_grpc as pb_grpc

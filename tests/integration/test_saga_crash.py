@@ -24,8 +24,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from mesh.control.supervisor import pid_alive
 from mesh.runtime.consumer import CHAOS_KILL_AFTER_COMMIT, CHAOS_KILL_IN_BATCH
-from mesh.supervisor import pid_alive
 from tests.support.mesh import (
     ROOT,
     RunningMesh,

@@ -20,8 +20,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import SpanKind, format_trace_id
 
-from mesh.plan import free_port
-from mesh.tracestore import TraceStore, trace_store_runner
+from mesh.control.plan import free_port
+from mesh.control.tracestore import TraceStore, trace_store_runner
 
 pytestmark = pytest.mark.integration
 
@@ -104,7 +104,7 @@ def wait_until_serving(port: int) -> None:
 def test_runs_as_a_process_that_others_read_and_stops_cleanly(tmp_path: Path) -> None:
     port, db = free_port(), tmp_path / "traces.db"
     process = subprocess.Popen(
-        [sys.executable, "-m", "mesh.tracestore", "--port", str(port), "--db", str(db),
+        [sys.executable, "-m", "mesh.control.tracestore", "--port", str(port), "--db", str(db),
          "--max-spans", "1000"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip

@@ -14,9 +14,9 @@ import httpx
 import pytest
 from google.type import postal_address_pb2
 
+from mesh.control.topology import load
+from mesh.control.tracestore import Span, TraceStore
 from mesh.runtime.telemetry import DEADLINE_ATTRIBUTE
-from mesh.topology import load
-from mesh.tracestore import Span, TraceStore
 from shop.orders.v1 import orders_service_pb2 as orders_pb
 from shop.orders.v1 import orders_service_pb2_grpc as orders_grpc
 from tests.support.mesh import RunningMesh, bearer, customer

@@ -18,12 +18,12 @@ import httpx
 from google.protobuf.message import DecodeError
 from nats.js import JetStreamContext
 
-from mesh import envoy, natsconf
-from mesh.binaries import find_binary
-from mesh.contracts import DESCRIPTOR_SET, Workspace
+from mesh.control import envoy, natsconf
+from mesh.control.binaries import find_binary
+from mesh.control.contracts import DESCRIPTOR_SET, Workspace
+from mesh.control.supervisor import all_pids, pid_alive
 from mesh.runtime import events
 from mesh.runtime.service import sqlite_path
-from mesh.supervisor import all_pids, pid_alive
 from shop.events.v1 import events_pb2
 
 ROOT = Workspace.find(Path(__file__).parent).root

@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from mesh import loadgen
+from mesh.tools import loadgen
 from tests.support.mesh import RunningMesh, bearer
 
 ADDRESS = {"regionCode": "DE", "postalCode": "10115", "addressLines": ["Hauptstr. 1"]}

@@ -8,12 +8,12 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from mesh import envoy
-from mesh.api import Api
-from mesh.contracts import DESCRIPTOR_SET, Workspace
-from mesh.pki import MeshPKI
-from mesh.plan import InstancePlan, free_port, make_plan
-from mesh.topology import parse
+from mesh.control import envoy
+from mesh.control.api import Api
+from mesh.control.contracts import DESCRIPTOR_SET, Workspace
+from mesh.control.pki import MeshPKI
+from mesh.control.plan import InstancePlan, free_port, make_plan
+from mesh.control.topology import parse
 
 
 def started_sidecar(

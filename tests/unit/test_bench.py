@@ -9,8 +9,8 @@ from pathlib import Path
 
 import yaml
 
-from mesh import bench, bench_saga, loadgen, scenario
-from mesh.shopper import CONFIRMED
+from mesh.tools import bench, bench_saga, loadgen, scenario
+from mesh.tools.shopper import CONFIRMED
 
 ROOT = Path(__file__).resolve().parents[2]
 

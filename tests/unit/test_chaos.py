@@ -13,13 +13,14 @@ from typing import Any
 import pytest
 from google.protobuf.message import DecodeError
 
-from mesh import chaos, cli, loadgen, scenario
-from mesh.deadletters import DeadLetter
+from mesh import cli
+from mesh.control.deadletters import DeadLetter
+from mesh.control.supervisor import STATE_FILE
+from mesh.control.topology import load
 from mesh.runtime.storage import event_subject
-from mesh.shopper import CANCELLED, CONFIRMED
-from mesh.supervisor import STATE_FILE
-from mesh.topology import load
-from mesh.trial import TrialMesh
+from mesh.tools import chaos, loadgen, scenario
+from mesh.tools.shopper import CANCELLED, CONFIRMED
+from mesh.tools.trial import TrialMesh
 from shop.events.v1 import events_pb2
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import yaml
 
-from mesh import containers, envoy, natsconf
-from mesh.containers import Rendered
-from mesh.pki import MeshPKI
-from mesh.topology import parse
+from mesh.control import envoy, natsconf
+from mesh.control.pki import MeshPKI
+from mesh.control.topology import parse
+from mesh.deploy import containers
+from mesh.deploy.containers import Rendered
 
 TOPOLOGY = parse(
     "services:\n"

@@ -12,8 +12,8 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from google.type import postal_address_pb2
 
-from mesh.contracts import DESCRIPTOR_SET, Workspace, load_descriptor_set
-from mesh.natsconf import MAX_PAYLOAD
+from mesh.control.contracts import DESCRIPTOR_SET, Workspace, load_descriptor_set
+from mesh.control.natsconf import MAX_PAYLOAD
 from mesh.runtime.validation import Limits, limits, unbounded_fields, validate
 from shop.events.v1 import events_pb2
 from shop.options.v1 import limits_pb2

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from google.protobuf import descriptor_pool
 
-from mesh.contracts import DESCRIPTOR_SET, Workspace
-from mesh.edge_companion import descriptor_pool_of
+from mesh.control.contracts import DESCRIPTOR_SET, Workspace
+from mesh.control.edge_companion import descriptor_pool_of
 
 EXPOSED = ["shop.catalog.v1.CatalogService", "shop.shipping.v1.ShippingService"]
 

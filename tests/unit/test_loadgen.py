@@ -8,7 +8,7 @@ import gc
 import grpc
 import pytest
 
-from mesh import loadgen
+from mesh.tools import loadgen
 
 
 class Server:

@@ -12,8 +12,8 @@ from google.api import annotations_pb2
 from google.protobuf import descriptor_pb2, wrappers_pb2
 from openapi_spec_validator import validate
 
-from mesh.contracts import DESCRIPTOR_SET, Workspace, load_descriptor_set
-from mesh.openapi import build_openapi, write_openapi
+from mesh.control.contracts import DESCRIPTOR_SET, Workspace, load_descriptor_set
+from mesh.control.openapi import build_openapi, write_openapi
 
 _T = descriptor_pb2.FieldDescriptorProto
 

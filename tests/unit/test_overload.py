@@ -5,8 +5,8 @@ from __future__ import annotations
 from array import array
 from collections import Counter
 
-from mesh import loadgen, overload
-from mesh.scenario import Verdict
+from mesh.tools import loadgen, overload
+from mesh.tools.scenario import Verdict
 
 
 def run(ok: int, latency: float, **failed: tuple[int, float]) -> loadgen.Run:

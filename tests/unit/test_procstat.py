@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from mesh import procstat
+from mesh.control import procstat
 
 
 def test_cpu_time_is_counted_from_the_last_parenthesis() -> None:
@@ -32,7 +32,7 @@ def test_cpu_time_counts_every_thread_of_the_process() -> None:
             sys.executable, "-c",
             "import os, sys, threading, time\n"
             "sys.path.insert(0, os.getcwd())\n"
-            "from mesh import procstat\n"
+            "from mesh.control import procstat\n"
             "before = procstat.usage(os.getpid()).cpu_seconds\n"
             "def burn():\n"
             "    while time.thread_time() < 0.3: pass\n"

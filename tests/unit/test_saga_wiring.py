@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from mesh.contracts import Workspace
-from mesh.topology import load
+from mesh.control.contracts import Workspace
+from mesh.control.topology import load
 from services.inventory import saga as inventory
 from services.notifications import saga as notifications
 from services.orders import saga as orders

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from mesh.control import status_table
-from mesh.plan import InstancePlan
-from mesh.supervisor import Instance, ManagedProcess, Probed, health, in_turn
+from mesh.control.local import status_table
+from mesh.control.plan import InstancePlan
+from mesh.control.supervisor import Instance, ManagedProcess, Probed, health, in_turn
 from tests.support.processes import niceness_of_every_thread
 
 

@@ -9,8 +9,7 @@ from textwrap import dedent
 
 import pytest
 
-from mesh.runtime.admission import Backlog
-from mesh.topology import (
+from mesh.control.topology import (
     BACKGROUND,
     CHEAP,
     DEFAULT_CALL_POLICY,
@@ -27,6 +26,7 @@ from mesh.topology import (
     parse,
     parse_duration,
 )
+from mesh.runtime.admission import Backlog
 
 REPOSITORY_MESH_YAML = Path(__file__).resolve().parents[2] / "mesh.yaml"
 

@@ -10,7 +10,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyVa
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-from mesh.tracestore import Span, TraceStore, TraceSummary, render_waterfall
+from mesh.control.tracestore import Span, TraceStore, TraceSummary, render_waterfall
 
 #: An arbitrary moment, so offsets in the tests read as milliseconds from it.
 EPOCH_NS = 1_700_000_000_000_000_000

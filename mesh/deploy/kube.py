@@ -34,13 +34,14 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from mesh import containers, edge, natsconf
-from mesh.api import Api
-from mesh.containers import Certificate, Rendered, dump
-from mesh.pki import MeshPKI, service_dns_name
-from mesh.plan import InstancePlan, MeshPlan
+from mesh.control import edge, natsconf
+from mesh.control.api import Api
+from mesh.control.pki import MeshPKI, service_dns_name
+from mesh.control.plan import InstancePlan, MeshPlan
+from mesh.control.topology import Topology
+from mesh.deploy import containers
+from mesh.deploy.containers import Certificate, Rendered, dump
 from mesh.runtime.events import NatsSettings
-from mesh.topology import Topology
 
 K8S_DIR = Path("deploy/k8s")
 BASE = K8S_DIR / "base"
@@ -291,7 +292,7 @@ def _service_objects(
     config_map = f"{name}-envoy"
     environment = containers.app_environment(topology, instance, _nats(topology, name))
     share = containers.cpu_share(topology, name)
-    app_check = ["python", "-m", "mesh.probe", "grpc", f"127.0.0.1:{containers.APP_PORT}"]
+    app_check = ["python", "-m", "mesh.control.probe", "grpc", f"127.0.0.1:{containers.APP_PORT}"]
     app = {
         "name": "app",
         "image": containers.images()["shop"],

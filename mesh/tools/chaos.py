@@ -1,6 +1,6 @@
 """`meshctl chaos SCENARIO`: break part of a mesh on purpose and check that it copes.
 
-Each scenario runs against a mesh of its own (`mesh.trial`: mesh.yaml with the scenario's
+Each scenario runs against a mesh of its own (`mesh.tools.trial`: mesh.yaml with the scenario's
 changes, from a throwaway run directory, the edge on a free port), is bounded in time
 and in count, prints what it measured and ends with one line, `PASS` or `FAIL`, against
 its criterion; the command exits 0 on PASS and 1 on FAIL. The full form is the default;
@@ -33,7 +33,7 @@ its criterion; the command exits 0 on PASS and 1 on FAIL. The full form is the d
                   of those calls succeed after the mesh's retries, no order is cancelled
                   but for stock, and the stock never goes below zero.
     overload      a read and PlaceOrder through the edge at 1x-4x their measured capacity,
-                  and a burst of wrong-password logins (`mesh.overload`). Criterion, at
+                  and a burst of wrong-password logins (`mesh.tools.overload`). Criterion, at
                   3x: goodput >= 80% of capacity, the failures fast explicit refusals,
                   accepted calls' p99 <= 5x unloaded, full service 1 s after, no
                   restarts; the logins keep a read's median within 2x.
@@ -64,10 +64,14 @@ import grpc
 from google.type import money_pb2
 from nats.js import JetStreamContext
 
-from mesh import bench, control, deadletters, envoy, loadgen, overload, trial
+from mesh.control import deadletters, envoy
+from mesh.control import local as control
+from mesh.control.supervisor import pid_alive
+from mesh.control.topology import Topology
 from mesh.runtime import events
 from mesh.runtime.service import sqlite_path
-from mesh.scenario import (
+from mesh.tools import bench, loadgen, overload, trial
+from mesh.tools.scenario import (
     NATS,
     NATS_PART,
     Scenario,
@@ -77,10 +81,8 @@ from mesh.scenario import (
     poll,
     restarts,
 )
-from mesh.shopper import CANCELLED, CONFIRMED, Shopper
-from mesh.supervisor import pid_alive
-from mesh.topology import Topology
-from mesh.trial import say
+from mesh.tools.shopper import CANCELLED, CONFIRMED, Shopper
+from mesh.tools.trial import say
 from shop.events.v1 import events_pb2
 from shop.processor.v1 import processor_service_pb2 as processor_pb
 

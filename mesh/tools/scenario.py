@@ -10,7 +10,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from mesh import bench, trial
+from mesh.tools import bench, trial
 
 #: Tracing as in production (see `meshctl bench`): the scenarios are about failures.
 SAMPLING_PERCENT = 1.0

@@ -23,9 +23,9 @@ from typing import Any
 
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from mesh.loadgen import HttpConnections, http_request
 from mesh.runtime import events
-from mesh.trial import TrialMesh
+from mesh.tools.loadgen import HttpConnections, http_request
+from mesh.tools.trial import TrialMesh
 from shop.events.v1 import events_pb2
 
 ADDRESS = {"regionCode": "DE", "postalCode": "10115", "addressLines": ["Hauptstr. 1"]}

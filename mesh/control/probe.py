@@ -1,7 +1,8 @@
 """Health probes: is a gRPC server SERVING, does an HTTP endpoint answer 200.
 
 The supervisor waits on them locally; in containers they are the health checks
-(`python -m mesh.probe grpc 127.0.0.1:50051`, `python -m mesh.probe http URL`), exiting
+(`python -m mesh.control.probe grpc 127.0.0.1:50051`, `python -m mesh.control.probe http
+URL`), exiting
 0 when healthy and 1 otherwise, with the reason on stderr.
 """
 
@@ -43,7 +44,7 @@ def http_ok(url: str, timeout: float = 1.0) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mesh.probe", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m mesh.control.probe", description=__doc__)
     parser.add_argument("kind", choices=["grpc", "http"])
     parser.add_argument("target", help="host:port of a gRPC server, or an http:// URL")
     parser.add_argument("--timeout", type=float, default=2.0, help="seconds")

@@ -1,8 +1,8 @@
 """`meshctl bench saga`: how many orders per second the saga completes, and how fast.
 
 Orders are placed through the edge's REST API at a fixed rate (an open loop, so a slow
-saga cannot slow the arrivals down; `mesh.loadgen`), each followed to CONFIRMED or
-CANCELLED by the event that ends it (`mesh.shopper`). A step reports the orders placed
+saga cannot slow the arrivals down; `mesh.tools.loadgen`), each followed to CONFIRMED or
+CANCELLED by the event that ends it (`mesh.tools.shopper`). A step reports the orders placed
 and refused, the sagas completed per second (orders ended over the time from the first
 order to the last end), the time from placing an order to its end (p50/p99) and the CPU
 each part of the mesh spent per completed saga, which is where to look when the
@@ -23,10 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mesh import bench, control, loadgen, procstat, trial
-from mesh.binaries import find_binary
-from mesh.shopper import CONFIRMED, Shopper
-from mesh.trial import say
+from mesh.control import local as control
+from mesh.control import procstat
+from mesh.control.binaries import find_binary
+from mesh.tools import bench, loadgen, trial
+from mesh.tools.shopper import CONFIRMED, Shopper
+from mesh.tools.trial import say
 
 #: How long a step's orders may take to end after the last one was placed.
 DRAIN_SECONDS = 30.0

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mesh.topology import Topology
+from mesh.control.topology import Topology
 
 PLAN_FILE = "plan.json"
 #: Where a checkout's mesh keeps its state, certificates, logs and databases (git-ignored).
@@ -103,7 +103,7 @@ class MeshPlan:
     #: NATS's HTTP monitor, which takes no credentials: only in containers, for the
     #: orchestrator's probes; None in the local mesh.
     nats_monitor_port: int | None
-    #: The trace store's OTLP/gRPC port (`mesh.tracestore`), where every span goes.
+    #: The trace store's OTLP/gRPC port (`mesh.control.tracestore`), where every span goes.
     trace_port: int = 0
     edge: EdgePlan | None = None
     #: Where the listeners other hosts reach (each inbound, the edge) bind.

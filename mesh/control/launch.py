@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mesh.plan import InstancePlan
+from mesh.control.plan import InstancePlan
+from mesh.control.topology import Service
 from mesh.runtime import metrics, telemetry
 from mesh.runtime.admission import Limits
 from mesh.runtime.events import NatsSettings
 from mesh.runtime.telemetry import TelemetrySettings
-from mesh.topology import Service
 
 
 def environment(

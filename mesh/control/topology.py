@@ -149,7 +149,7 @@ class FixedPorts:
     """A service's fixed base ports; None means "pick a free port".
 
     Envoy's admin interface has no port: it is a unix socket in the run directory
-    (`mesh.plan.admin_socket`).
+    (`mesh.control.plan.admin_socket`).
     """
 
     app: int | None
@@ -182,7 +182,7 @@ CHEAP, EXPENSIVE = "cheap", "expensive"
 COSTS = (CHEAP, EXPENSIVE)
 #: A service's share of a CPU it contends for: `serving` calls that clients wait on, or
 #: `background` work no client waits on (the saga's steps), which gets the CPU the
-#: serving work leaves (`mesh.supervisor`: a higher niceness; containers: fewer shares).
+#: serving work leaves (`mesh.control.supervisor`: a higher niceness; containers: fewer shares).
 SERVING, BACKGROUND = "serving", "background"
 PRIORITIES = (SERVING, BACKGROUND)
 

@@ -9,8 +9,8 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from mesh import contracts
-from mesh.plan import DEFAULT_RUN_DIR
+from mesh.control import contracts
+from mesh.control.plan import DEFAULT_RUN_DIR
 
 DEFAULT_TRIAL_DIR = DEFAULT_RUN_DIR / "trial"
 
@@ -76,60 +76,62 @@ def _run_dir(args: argparse.Namespace) -> Path:
 
 
 def _up(args: argparse.Namespace) -> int:
-    from mesh import control  # needs the code `meshctl proto gen` makes
+    from mesh.control import local
 
     if args.detach:
-        return control.up_detached(_root(), _run_dir(args), args.config, args.edge_port)
-    return control.supervise(
+        return local.up_detached(_root(), _run_dir(args), args.config, args.edge_port)
+    return local.supervise(
         _root(), _run_dir(args), args.config, foreground=True, edge_port=args.edge_port
     )
 
 
 def _supervise(args: argparse.Namespace) -> int:
-    from mesh import control  # needs the code `meshctl proto gen` makes
+    from mesh.control import local
 
-    return control.supervise(
+    return local.supervise(
         _root(), _run_dir(args), args.config, foreground=False, edge_port=args.edge_port
     )
 
 
 def _down(args: argparse.Namespace) -> int:
-    from mesh import control  # needs the code `meshctl proto gen` makes
+    from mesh.control import local
 
-    return control.down(_run_dir(args))
+    return local.down(_run_dir(args))
 
 
 def _status(args: argparse.Namespace) -> int:
-    from mesh import control  # needs the code `meshctl proto gen` makes
+    from mesh.cli import control  # needs the code `meshctl proto gen` makes
 
     return control.status(_run_dir(args), args.json)
 
 
 def _logs(args: argparse.Namespace) -> int:
-    from mesh import control  # needs the code `meshctl proto gen` makes
+    from mesh.cli import control  # needs the code `meshctl proto gen` makes
 
     return control.logs(_run_dir(args), args.service, args.lines, args.trace, args.json)
 
 
 def _trace(args: argparse.Namespace) -> int:
-    from mesh import control  # needs the code `meshctl proto gen` makes
+    from mesh.cli import control  # needs the code `meshctl proto gen` makes
 
     return control.show_trace(_run_dir(args), args.id)
 
 
 def _traces(args: argparse.Namespace) -> int:
-    from mesh import control  # needs the code `meshctl proto gen` makes
+    from mesh.cli import control  # needs the code `meshctl proto gen` makes
 
     return control.slow_traces(_run_dir(args), args.limit)
 
 
 def _certs(args: argparse.Namespace) -> int:
-    from mesh import control, deploy  # needs the code `meshctl proto gen` makes
-    from mesh.pki import MeshPKI
+    from mesh import deploy  # needs the code `meshctl proto gen` makes
+    from mesh.cli import control  # needs the code `meshctl proto gen` makes
+    from mesh.control import local
+    from mesh.control.pki import MeshPKI
 
     root, run_dir = _root(), _run_dir(args)
     if args.verify or args.every:
-        topology = control.load_topology(root, args.config)
+        topology = local.load_topology(root, args.config)
         pki = MeshPKI(run_dir / "pki", topology.trust_domain, topology.namespace)
         if args.verify:
             return deploy.verify_certificates(topology, pki)
@@ -138,10 +140,11 @@ def _certs(args: argparse.Namespace) -> int:
 
 
 def _render(args: argparse.Namespace) -> int:
-    from mesh import control, deploy  # needs the code `meshctl proto gen` makes
+    from mesh import deploy  # needs the code `meshctl proto gen` makes
+    from mesh.control import local
 
     root = _root()
-    topology = control.load_topology(root, args.config)
+    topology = local.load_topology(root, args.config)
     if args.target == "edge-files":
         if args.directory is None:
             print("meshctl render edge-files: give the DIRECTORY to write", file=sys.stderr)
@@ -153,13 +156,14 @@ def _render(args: argparse.Namespace) -> int:
 
 
 def _events(args: argparse.Namespace) -> int:
-    from mesh import control, deploy  # needs the code `meshctl proto gen` makes
+    from mesh import deploy  # needs the code `meshctl proto gen` makes
+    from mesh.control import local
 
-    return deploy.init_events(control.load_topology(_root(), args.config), args.replicas)
+    return deploy.init_events(local.load_topology(_root(), args.config), args.replicas)
 
 
 def _dlq(args: argparse.Namespace) -> int:
-    from mesh import control  # needs the code `meshctl proto gen` makes
+    from mesh.cli import control  # needs the code `meshctl proto gen` makes
 
     if args.action == "replay" and (args.sequence is None) == (not args.all):
         print("meshctl dlq replay: give one SEQUENCE or --all", file=sys.stderr)
@@ -171,7 +175,7 @@ def _dlq(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from mesh import bench, bench_saga  # needs the code `meshctl proto gen` makes
+    from mesh.tools import bench, bench_saga  # needs the code `meshctl proto gen` makes
 
     output = args.output if args.output.is_absolute() else _root() / args.output
     if args.what == "saga":
@@ -200,7 +204,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _chaos(args: argparse.Namespace) -> int:
-    from mesh import chaos  # needs the code `meshctl proto gen` makes
+    from mesh.tools import chaos  # needs the code `meshctl proto gen` makes
 
     if args.scenario not in chaos.SCENARIOS:
         known = ", ".join(chaos.SCENARIOS)
@@ -444,7 +448,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         known = tuple(
             getattr(module, name)
             for module, name in (
-                (sys.modules.get("mesh.control"), "ControlError"),
+                (sys.modules.get("mesh.control.local"), "ControlError"),
                 (sys.modules.get("mesh.deploy"), "DeployError"),
             )
             if module is not None

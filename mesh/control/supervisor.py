@@ -19,7 +19,7 @@ and `meshctl down`.
 
 Everything of a local mesh is its owner's only (`make_private`): the run directory is
 0700 and every file the supervisor and its children create in it is 0600, and each
-Envoy's admin interface is a unix socket, 0600 (`mesh.plan.admin_socket`), with no port.
+Envoy's admin interface is a unix socket, 0600 (`mesh.control.plan.admin_socket`), with no port.
 """
 
 from __future__ import annotations
@@ -42,15 +42,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
-from mesh import edge, envoy, launch, natsconf
-from mesh.api import Api
-from mesh.binaries import find_binary
-from mesh.pki import MeshPKI
-from mesh.plan import InstancePlan, MeshPlan, PlanError, make_plan
-from mesh.probe import app_serving
-from mesh.procstat import rss_kib
+from mesh.control import edge, envoy, launch, natsconf
+from mesh.control.api import Api
+from mesh.control.binaries import find_binary
+from mesh.control.pki import MeshPKI
+from mesh.control.plan import InstancePlan, MeshPlan, PlanError, make_plan
+from mesh.control.probe import app_serving
+from mesh.control.procstat import rss_kib
+from mesh.control.topology import Topology
 from mesh.runtime import metrics, telemetry
-from mesh.topology import Topology
 
 log = logging.getLogger(__name__)
 
@@ -326,7 +326,7 @@ class Supervisor:
         self.trace_store = ManagedProcess(
             "traces",
             [
-                sys.executable, "-m", "mesh.tracestore",
+                sys.executable, "-m", "mesh.control.tracestore",
                 "--port", str(self.plan.trace_port), "--db", str(self.trace_db),
             ],
             logs / "traces.log",

@@ -41,12 +41,12 @@ from typing import Any
 import swagger_ui_bundle  # type: ignore[import-untyped]
 from google.protobuf import descriptor_pb2
 
-from mesh import envoy, openapi
-from mesh.api import Api, Method
-from mesh.plan import EdgePlan, MeshPlan
+from mesh.control import envoy, openapi
+from mesh.control.api import Api, Method
+from mesh.control.plan import EdgePlan, MeshPlan
+from mesh.control.topology import DEFAULT_CALL_POLICY, Bucket, RateLimit, Topology
 from mesh.runtime import admission
 from mesh.runtime.caller import SUBJECT_METADATA_KEY
-from mesh.topology import DEFAULT_CALL_POLICY, Bucket, RateLimit, Topology
 
 #: The edge's own pages; they need no token.
 OPENAPI_PATH = "/openapi.json"
@@ -697,7 +697,7 @@ def write_files(
 def companion_arguments(rules: EdgeRules, port: int, descriptor_set: Path) -> list[str]:
     """The edge companion's arguments after the Python interpreter."""
     return [
-        "-m", "mesh.edge_companion",
+        "-m", "mesh.control.edge_companion",
         "--port", str(port),
         "--descriptor-set", str(descriptor_set),
         *(arg for service in rules.grpc_services for arg in ("--service", service)),

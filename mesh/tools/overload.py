@@ -10,12 +10,12 @@ alone):
 For each target:
 
 1. **capacity**: a closed loop of as many callers as the edge lets the target's service
-   have in flight (`mesh.envoy.admitted`: what its apps admit); the calls done per
+   have in flight (`mesh.control.envoy.admitted`: what its apps admit); the calls done per
    second, until their work is (an order's saga ended too).
 2. **unloaded**: an open loop at `UNLOADED_SHARE` of capacity, `MIN_UNLOADED_CALLS`
    calls at least; the p99 that accepted calls under overload are judged against.
 3. **each multiple** of capacity (3x, then 1x, 2x and 4x; the short form 3x only) as an open
-   loop (`mesh.loadgen`: calls start on schedule, whatever the earlier ones are doing),
+   loop (`mesh.tools.loadgen`: calls start on schedule, whatever the earlier ones are doing),
    then, `RECOVERY_SECONDS` after the overload's last planned call, a light load again.
    Reported: goodput, the accepted calls' p99, how the others failed and how fast the
    refusals came. Orders are followed to their end before the next run, so a run does
@@ -50,11 +50,12 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from mesh import bench, envoy, loadgen, trial
-from mesh.loadgen import HttpConnections, http_request
-from mesh.scenario import Verdict, counts, restarts
-from mesh.shopper import PASSWORD, Shopper
-from mesh.trial import say
+from mesh.control import envoy
+from mesh.tools import bench, loadgen, trial
+from mesh.tools.loadgen import HttpConnections, http_request
+from mesh.tools.scenario import Verdict, counts, restarts
+from mesh.tools.shopper import PASSWORD, Shopper
+from mesh.tools.trial import say
 
 UNLOADED_SHARE = 0.2
 JUDGED_MULTIPLE = 3.0

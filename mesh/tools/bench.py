@@ -1,6 +1,6 @@
 """`meshctl bench`: what the mesh costs a request, measured on this machine.
 
-One invocation starts a mesh of its own (`mesh.trial`: mesh.yaml with the edge's rate
+One invocation starts a mesh of its own (`mesh.tools.trial`: mesh.yaml with the edge's rate
 limit lifted, catalog admitting every call the load keeps in flight, and tracing sampled
 at `--sampling` percent), stores one product and calls the same cheap RPC, catalog's
 GetProduct, along five paths:
@@ -14,7 +14,7 @@ GetProduct, along five paths:
 Every path gets three runs: one caller (the latency a hop adds), `--concurrency` callers
 (throughput) and an open loop at one rate for every path, by default half the slowest
 path's throughput (latency under the same load, free of coordinated omission; see
-`mesh.loadgen`). A run reports requests/s, p50/p90/p99, errors, the CPU time per request
+`mesh.tools.loadgen`). A run reports requests/s, p50/p90/p99, errors, the CPU time per request
 of the Envoys on the path, of the app and of the load generator (from /proc), and the
 Envoys' memory. The machine is shared by all of them, so what compares across runs and
 machines is the ratio against the direct path in the same invocation, which the table
@@ -39,9 +39,11 @@ from typing import Any
 
 import grpc
 
-from mesh import control, loadgen, procstat, trial
-from mesh.binaries import find_binary
-from mesh.trial import say
+from mesh.control import local as control
+from mesh.control import procstat
+from mesh.control.binaries import find_binary
+from mesh.tools import loadgen, trial
+from mesh.tools.trial import say
 from shop.catalog.v1 import catalog_service_pb2 as catalog_pb
 
 GET_PRODUCT = "/shop.catalog.v1.CatalogService/GetProduct"

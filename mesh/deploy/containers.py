@@ -1,5 +1,5 @@
-"""The mesh in containers: the layout Docker Compose (`mesh.compose`) and Kubernetes
-(`mesh.kube`) share, rendered from the same topology as the local mesh.
+"""The mesh in containers: the layout Docker Compose (`mesh.deploy.compose`) and Kubernetes
+(`mesh.deploy.kube`) share, rendered from the same topology as the local mesh.
 
 Locally every process of the mesh shares one loopback and gets ports of its own. In
 containers each instance has its own network namespace, shared by its app and its
@@ -37,13 +37,13 @@ from typing import Any
 
 import yaml
 
-from mesh import envoy, natsconf
-from mesh.api import Api
-from mesh.launch import environment
-from mesh.pki import MeshPKI
-from mesh.plan import EdgePlan, InstancePlan, MeshPlan
+from mesh.control import envoy, natsconf
+from mesh.control.api import Api
+from mesh.control.launch import environment
+from mesh.control.pki import MeshPKI
+from mesh.control.plan import EdgePlan, InstancePlan, MeshPlan
+from mesh.control.topology import Topology
 from mesh.runtime.events import NatsSettings
-from mesh.topology import Topology
 
 APP_PORT = 50051
 METRICS_PORT = 9090

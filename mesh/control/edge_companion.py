@@ -7,7 +7,7 @@ set (`public_files`), so neither `list` nor `describe` shows a service the edge 
 expose, a method marked INTERNAL, or a message or enum only those use (the events
 among them). It also answers gRPC health for the edge as a whole.
 
-Run as `python -m mesh.edge_companion --port P --descriptor-set FILE --service NAME...`.
+Run as `python -m mesh.control.edge_companion --port P --descriptor-set FILE --service NAME...`.
 """
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ def descriptor_pool_of(path: Path, services: Collection[str]) -> descriptor_pool
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m mesh.edge_companion")
+    parser = argparse.ArgumentParser(prog="python -m mesh.control.edge_companion")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--descriptor-set", type=Path, required=True)
     parser.add_argument("--service", action="append", default=[], dest="services")

@@ -17,12 +17,13 @@ import sys
 import threading
 from pathlib import Path
 
-from mesh import compose, contracts, edge, kube, natsconf
-from mesh.api import Api
-from mesh.containers import EDGE_PORT, Rendered
-from mesh.pki import CertificateInfo, MeshPKI, PKIError, utc_now
+from mesh.control import contracts, edge, natsconf
+from mesh.control.api import Api
+from mesh.control.pki import CertificateInfo, MeshPKI, PKIError, utc_now
+from mesh.control.topology import Topology
+from mesh.deploy import compose, kube
+from mesh.deploy.containers import EDGE_PORT, Rendered
 from mesh.runtime.events import NatsSettings
-from mesh.topology import Topology
 
 
 class DeployError(RuntimeError):

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mesh.pki import MeshPKI, service_dns_name
+from mesh.control.pki import MeshPKI, service_dns_name
+from mesh.control.topology import Topology
 from mesh.runtime import consumer, events
 from mesh.runtime.events import (
     EVENTS_STREAM,
@@ -33,7 +34,6 @@ from mesh.runtime.events import (
     inbox_prefix,
     parked_subject,
 )
-from mesh.topology import Topology
 
 #: The server's own identity (its certificate's DNS name is what clients verify).
 SERVER_IDENTITY = "nats"

@@ -46,12 +46,10 @@ from typing import Any
 import grpc
 import yaml
 
-from mesh.api import Api, ApiError, Method
-from mesh.binaries import find_binary
-from mesh.plan import InstancePlan, MeshPlan
-from mesh.runtime import admission
-from mesh.runtime.metrics import PLATFORM_PREFIX
-from mesh.topology import (
+from mesh.control.api import Api, ApiError, Method
+from mesh.control.binaries import find_binary
+from mesh.control.plan import InstancePlan, MeshPlan
+from mesh.control.topology import (
     ALL_METHODS,
     CHEAP,
     EXPENSIVE,
@@ -63,6 +61,8 @@ from mesh.topology import (
     Topology,
     TopologyError,
 )
+from mesh.runtime import admission
+from mesh.runtime.metrics import PLATFORM_PREFIX
 
 #: How often a retry may re-pick a host before it settles for one it already tried.
 HOST_SELECTION_ATTEMPTS = 20

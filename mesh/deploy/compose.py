@@ -1,13 +1,13 @@
 """`docker-compose.yml`, rendered from mesh.yaml (`meshctl render compose`).
 
-The same mesh as `meshctl up`, in containers (see `mesh.containers` for the ports):
+The same mesh as `meshctl up`, in containers (see `mesh.deploy.containers` for the ports):
 
 1. `certs` (one-shot, the shop image): `meshctl certs --issue` makes the mesh CA and a
    SPIFFE certificate per instance, the edge, NATS and meshctl on the `pki` volume.
    `edge-files` (one-shot) writes the descriptor set, OpenAPI document and docs page the
    edge serves.
 2. `nats` (official image): JetStream on the `nats-data` volume, TLS with client
-   certificates, the users and permissions of `mesh.natsconf`. `events-init`
+   certificates, the users and permissions of `mesh.control.natsconf`. `events-init`
    (one-shot) creates the streams and each service's durable consumer.
 3. `jaeger`: takes every span over OTLP/gRPC; its UI is published on loopback.
 4. Per instance, in the order services call each other: `<instance>` is its Envoy
@@ -27,13 +27,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mesh import containers, edge, envoy, natsconf
-from mesh.api import Api
-from mesh.containers import Certificate, Rendered
-from mesh.pki import MeshPKI
-from mesh.plan import InstancePlan, MeshPlan
+from mesh.control import edge, envoy, natsconf
+from mesh.control.api import Api
+from mesh.control.pki import MeshPKI
+from mesh.control.plan import InstancePlan, MeshPlan
+from mesh.control.topology import Topology
+from mesh.deploy import containers
+from mesh.deploy.containers import Certificate, Rendered
 from mesh.runtime.events import NatsSettings
-from mesh.topology import Topology
 
 COMPOSE_FILE = "docker-compose.yml"
 ENV_FILE = ".env"
@@ -100,7 +101,9 @@ def _wget(url: str) -> dict[str, Any]:
 
 
 def _app_health() -> dict[str, Any]:
-    return _health(["python", "-m", "mesh.probe", "grpc", f"127.0.0.1:{containers.APP_PORT}"])
+    return _health(
+        ["python", "-m", "mesh.control.probe", "grpc", f"127.0.0.1:{containers.APP_PORT}"]
+    )
 
 
 def _done(*names: str) -> dict[str, dict[str, str]]:
@@ -301,7 +304,13 @@ def _edge(
             network_mode="service:edge",
             volumes=[f"edge-files:{containers.EDGE_FILES_DIR}:ro"],
             healthcheck=_health(
-                ["python", "-m", "mesh.probe", "grpc", f"127.0.0.1:{containers.COMPANION_PORT}"]
+                [
+                    "python",
+                    "-m",
+                    "mesh.control.probe",
+                    "grpc",
+                    f"127.0.0.1:{containers.COMPANION_PORT}",
+                ]
             ),
             depends_on={"edge": {"condition": "service_started"}},
             restart="unless-stopped",

@@ -11,7 +11,7 @@ are deleted, so a mesh left running for days keeps the recent past and a fixed s
 The store keeps what the waterfall and the look-ups need: a span's identity, timing,
 status, service and attributes. Events, links and scopes are dropped.
 
-Run as `python -m mesh.tracestore --port P --db PATH [--max-spans N]`; it is served by
+Run as `python -m mesh.control.tracestore --port P --db PATH [--max-spans N]`; it is served by
 the shared runner, so it answers gRPC health like every app of the mesh.
 """
 
@@ -389,7 +389,7 @@ async def serve(port: int, path: Path, max_spans: int) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m mesh.tracestore")
+    parser = argparse.ArgumentParser(prog="python -m mesh.control.tracestore")
     parser.add_argument("--port", type=int, required=True, help="the OTLP/gRPC port")
     parser.add_argument("--db", type=Path, required=True, help="the SQLite file")
     parser.add_argument(

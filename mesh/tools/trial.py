@@ -25,10 +25,11 @@ from typing import Any
 import yaml
 from nats.js import JetStreamContext
 
-from mesh import control, natsconf
-from mesh.pki import MeshPKI
-from mesh.supervisor import read_state
-from mesh.topology import Topology
+from mesh.control import local as control
+from mesh.control import natsconf
+from mesh.control.pki import MeshPKI
+from mesh.control.supervisor import read_state
+from mesh.control.topology import Topology
 
 log = logging.getLogger(__name__)
 

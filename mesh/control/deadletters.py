@@ -8,7 +8,7 @@ id and subject and no body: the event never reached the bus and stays in the pro
 outbox. `meshctl dlq list/show/replay` reads them from here.
 
 Only the subject of a dead letter is trusted: NATS lets each service publish on its own
-dead-letter subjects only (`mesh.natsconf`), so the subject names who wrote it, whatever
+dead-letter subjects only (`mesh.control.natsconf`), so the subject names who wrote it, whatever
 its headers say. A replay publishes the event as `SHOP_EVENTS` keeps it, not the dead
 letter's body, and only after checking that it is the event the letter names, that the
 consumer who wrote the letter takes its subject, and that its producer owns that

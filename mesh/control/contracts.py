@@ -25,7 +25,7 @@ from pathlib import Path
 
 from google.protobuf import descriptor_pb2
 
-from mesh.binaries import find_binary
+from mesh.control.binaries import find_binary
 
 #: Third-party protos imported by ours, vendored from googleapis-common-protos.
 VENDORED_PROTOS = (

@@ -1,0 +1,1 @@
+"""Tools that drive a mesh of their own: benchmarks, load generation, chaos scenarios."""
