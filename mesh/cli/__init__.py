@@ -124,10 +124,10 @@ def _traces(args: argparse.Namespace) -> int:
 
 
 def _certs(args: argparse.Namespace) -> int:
-    from mesh import deploy  # needs the code `meshctl proto gen` makes
     from mesh.cli import control  # needs the code `meshctl proto gen` makes
     from mesh.control import local
     from mesh.control.pki import MeshPKI
+    from mesh.deploy import commands as deploy  # needs the code `meshctl proto gen` makes
 
     root, run_dir = _root(), _run_dir(args)
     if args.verify or args.every:
@@ -140,8 +140,8 @@ def _certs(args: argparse.Namespace) -> int:
 
 
 def _render(args: argparse.Namespace) -> int:
-    from mesh import deploy  # needs the code `meshctl proto gen` makes
     from mesh.control import local
+    from mesh.deploy import commands as deploy  # needs the code `meshctl proto gen` makes
 
     root = _root()
     topology = local.load_topology(root, args.config)
@@ -156,8 +156,8 @@ def _render(args: argparse.Namespace) -> int:
 
 
 def _events(args: argparse.Namespace) -> int:
-    from mesh import deploy  # needs the code `meshctl proto gen` makes
     from mesh.control import local
+    from mesh.deploy import commands as deploy  # needs the code `meshctl proto gen` makes
 
     return deploy.init_events(local.load_topology(_root(), args.config), args.replicas)
 
@@ -449,7 +449,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             getattr(module, name)
             for module, name in (
                 (sys.modules.get("mesh.control.local"), "ControlError"),
-                (sys.modules.get("mesh.deploy"), "DeployError"),
+                (sys.modules.get("mesh.deploy.commands"), "DeployError"),
             )
             if module is not None
         )

@@ -104,7 +104,7 @@ def slow_traces(run_dir: Path, limit: int) -> int:
 
 def certs(root: Path, run_dir: Path, config: Path | None, rotate: bool, issue: bool) -> int:
     """`meshctl certs [--issue] [--rotate]`: the table, after issuing or rotating."""
-    from mesh.deploy import issue_certificates
+    from mesh.deploy.commands import issue_certificates
 
     topology = load_topology(root, config)
     pki = MeshPKI(run_dir / "pki", topology.trust_domain, topology.namespace)

@@ -36,7 +36,8 @@ from mesh.control.pki import MeshPKI
 from mesh.control.plan import free_port, make_plan
 from mesh.control.probe import grpc_serving, http_ok
 from mesh.control.topology import Topology, load, parse
-from mesh.deploy import compose, containers, kube, rendered
+from mesh.deploy import compose, containers, kube
+from mesh.deploy.commands import rendered
 from tests.support import tiny_catalog
 from tests.support.sidecar import started_sidecar
 

@@ -1,0 +1,149 @@
+"""`meshctl render ...`, `meshctl certs --issue`, `meshctl events init`: the mesh beyond
+one machine.
+
+`render compose` and `render k8s` write the committed deploy files from mesh.yaml and the
+contracts; `make test` renders them again and fails when the committed ones differ. The
+other commands run inside containers, where the mesh has no supervisor: one-shot
+containers issue the certificates, write the edge's files and create the streams and
+consumers, as `meshctl up` does before it starts anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from mesh.control import contracts, edge, natsconf
+from mesh.control.api import Api
+from mesh.control.pki import CertificateInfo, MeshPKI, PKIError, utc_now
+from mesh.control.topology import Topology
+from mesh.deploy import compose, kube
+from mesh.deploy.containers import EDGE_PORT, Rendered
+from mesh.runtime.events import NatsSettings
+
+#: What `meshctl render TARGET` writes.
+TARGETS = ("compose", "k8s")
+
+
+class DeployError(RuntimeError):
+    """A deploy command cannot do what was asked; the message says why."""
+
+
+def api_of(root: Path) -> Api:
+    descriptor_set = root / contracts.DESCRIPTOR_SET
+    if not descriptor_set.is_file():
+        raise DeployError(f"{descriptor_set} is missing: run `make gen` first")
+    return Api.from_descriptor_set(descriptor_set)
+
+
+def rendered(root: Path, topology: Topology, target: str) -> Rendered:
+    """Every file `meshctl render <target>` writes (compose or k8s)."""
+    api = api_of(root)
+    if target == "compose":
+        return compose.render(topology, api)
+    return kube.render(topology, api)
+
+
+def render(root: Path, topology: Topology, target: str, check: bool) -> int:
+    """Write the files of `target`, or with `check` only report the stale ones."""
+    files = rendered(root, topology, target)
+    if check:
+        stale = files.stale(root)
+        for path in stale:
+            print(f"stale: {path} (run `meshctl render {target}`)")
+        return 1 if stale else 0
+    for path in files.write(root):
+        print(f"wrote {path}")
+    return 0
+
+
+def write_edge_files(root: Path, topology: Topology, directory: Path) -> int:
+    """The descriptor set, OpenAPI document and docs page the edge serves, in `directory`."""
+    api = api_of(root)
+    rules = edge.resolve_rules(topology, api)
+    descriptor_set = root / contracts.DESCRIPTOR_SET
+    files = edge.write_files(directory, descriptor_set, topology, rules, EDGE_PORT)
+    print(f"wrote the edge's files to {files.openapi.parent}")
+    return 0
+
+
+def needed_leaves(topology: Topology) -> list[tuple[str, str]]:
+    """(identity, instance) of every leaf the mesh needs, named as in `meshctl up` and
+    Compose: one per instance (`orders-0`), the edge, NATS and meshctl."""
+    leaves = [
+        (name, f"{name}-{index}")
+        for name, service in topology.services.items()
+        for index in range(service.replicas)
+    ]
+    identities = ("edge", natsconf.SERVER_IDENTITY, natsconf.ADMIN_IDENTITY)
+    return leaves + [(identity, identity) for identity in identities]
+
+
+def issue_certificates(topology: Topology, pki: MeshPKI) -> list[CertificateInfo]:
+    """The CA and every leaf the mesh needs; good ones are kept."""
+    pki.ensure_ca()
+    for identity, instance in needed_leaves(topology):
+        pki.ensure(identity, instance)
+    return pki.inspect()
+
+
+def certificate_problems(topology: Topology, pki: MeshPKI) -> list[str]:
+    """What stops the mesh's certificates from being good now (empty when none)."""
+    try:
+        issued = {info.instance: info for info in pki.inspect()}
+    except PKIError as error:
+        return [str(error)]
+    now = utc_now()
+    problems = []
+    for identity, instance in needed_leaves(topology):
+        info = issued.get(instance)
+        if info is None or info.spiffe_id != pki.spiffe_id(identity):
+            problems.append(f"{instance}: no certificate for {identity}")
+        elif pki.needs_renewal(info, now):
+            problems.append(
+                f"{instance}: due for renewal (expires {info.not_after:%Y-%m-%d %H:%M})"
+            )
+    return problems
+
+
+def verify_certificates(topology: Topology, pki: MeshPKI) -> int:
+    """`meshctl certs --verify`: exit 0 only when every certificate is there and good."""
+    problems = certificate_problems(topology, pki)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    return 1 if problems else 0
+
+
+def keep_certificates(topology: Topology, pki: MeshPKI, every: float) -> int:
+    """`meshctl certs --issue --every SECONDS`: issue, then renew what falls due, until
+    SIGTERM or SIGINT. Envoys load renewed certificates from their watched directories."""
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    while True:
+        infos = issue_certificates(topology, pki)
+        print(f"{len(infos)} certificates good; next check in {every:g}s", flush=True)
+        if stop.wait(every):
+            return 0
+
+
+def init_events(topology: Topology, stream_replicas: int) -> int:
+    """Create the streams and every consumer, as meshctl (settings from `SHOP_NATS_*`)."""
+    if not os.environ.get("SHOP_NATS_URL"):
+        raise DeployError("set SHOP_NATS_URL (and SHOP_NATS_CA_FILE, _CERT_FILE, _KEY_FILE)")
+    settings = NatsSettings.from_environment(natsconf.ADMIN_IDENTITY, dict(os.environ))
+    asyncio.run(natsconf.prepare_event_bus(settings, topology, stream_replicas))
+    consumers = sorted(name for name, service in topology.services.items() if service.consumes)
+    print(f"streams ready ({stream_replicas} replicas); consumers: {', '.join(consumers)}")
+    return 0
+
+
+def print_secrets(topology: Topology, run_dir: Path) -> int:
+    """`meshctl render k8s-secrets`: the dev overlay's identity Secrets on stdout."""
+    pki = MeshPKI(run_dir / "k8s-pki", topology.trust_domain, topology.namespace)
+    print(kube.secrets(topology, pki), end="")
+    return 0
