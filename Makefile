@@ -15,7 +15,7 @@ help:
 	@echo "make gen       generate the Python package and descriptor set from protos/"
 	@echo "make lint      ruff, mypy and buf lint"
 	@echo "make fmt       format the code"
-	@echo "make render    write docker-compose.yml, .env, deploy/compose/ and deploy/k8s/ from mesh.yaml"
+	@echo "make render    write docker-compose.yml, .env, envoy/, deploy/compose/ and deploy/k8s/ from mesh.yaml"
 	@echo "make lock      re-pin constraints.txt (the image's and the tests' packages)"
 	@echo "make image     build the container image (needs a Docker engine)"
 	@echo "make clean     remove generated code and the virtual environment"
@@ -50,6 +50,7 @@ breaking: bootstrap
 render: gen
 	$(BIN)/meshctl render compose
 	$(BIN)/meshctl render k8s
+	$(BIN)/meshctl render envoy
 
 lock:
 	scripts/lock-constraints

@@ -20,15 +20,9 @@ from typing import Any
 
 from mesh.control import contracts
 from mesh.control.plan import PlanError, make_plan
-from mesh.control.supervisor import (
-    STATE_FILE,
-    Supervisor,
-    SupervisorError,
-    all_pids,
-    make_private,
-    pid_alive,
-    read_state,
-)
+from mesh.control.process import make_private, pid_alive
+from mesh.control.state import STATE_FILE, all_pids, read_state
+from mesh.control.supervisor import Supervisor, SupervisorError
 from mesh.control.topology import Topology, TopologyError, load
 
 TOPOLOGY_FILE = "mesh.yaml"

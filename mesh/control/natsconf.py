@@ -70,6 +70,15 @@ class Cluster:
     name: str = "shop-mesh"
 
 
+@dataclass(frozen=True)
+class _TlsFiles:
+    """The server's certificate and key, and the CA it trusts its peers from."""
+
+    cert: Path
+    key: Path
+    ca: Path
+
+
 def render_config(
     topology: Topology,
     pki: MeshPKI,
@@ -94,7 +103,47 @@ def render_config(
     certificates; `server_name` may then name an environment variable (`$POD_NAME`), as
     every server needs a name of its own.
     """
-    ca = ca_path or pki.ca_path
+    files = _TlsFiles(cert_path, key_path, ca_path or pki.ca_path)
+    # The monitor has no authentication: only where an orchestrator's probes need it.
+    monitor = f'http: "{host}:{monitor_port}"\n' if monitor_port is not None else ""
+    routes = _cluster_block(cluster, host, files) if cluster is not None else ""
+    return (
+        f'listen: "{host}:{port}"\n' + monitor + f"server_name: {server_name}\n"
+        f"max_payload: {MAX_PAYLOAD}\n"
+        "jetstream {\n"
+        f'  store_dir: "{store_dir}"\n'
+        "  sync_interval: always\n"
+        "}\n"
+        + _tls_block(files, "", "verify_and_map: true")
+        + routes
+        + _authorization(topology, pki)
+    )
+
+
+def _tls_block(files: _TlsFiles, indent: str, *settings: str) -> str:
+    lines = [f'cert_file: "{files.cert}"', f'key_file: "{files.key}"', f'ca_file: "{files.ca}"']
+    body = "".join(f"{indent}  {line}\n" for line in (*lines, *settings, "timeout: 2"))
+    return f"{indent}tls {{\n{body}{indent}}}\n"
+
+
+def _cluster_block(cluster: Cluster, host: str, files: _TlsFiles) -> str:
+    return (
+        "cluster {\n"
+        f"  name: {cluster.name}\n"
+        f'  listen: "{host}:{cluster.port}"\n'
+        "  routes: [\n"
+        + "".join(f'    "{route}"\n' for route in cluster.routes)
+        + "  ]\n"
+        # Servers know each other from the routes above, not from gossip, whose IP
+        # addresses the certificates do not name.
+        + "  no_advertise: true\n"
+        + _tls_block(files, "  ", "verify: true")
+        + "}\n"
+    )
+
+
+def _authorization(topology: Topology, pki: MeshPKI) -> str:
+    """The users: the administrator, and each service with its permissions."""
     users = [f'    {{ user = "{pki.spiffe_id(ADMIN_IDENTITY)}" }}']
     for service in sorted(topology.services):
         publish, subscribe = service_permissions(service)
@@ -105,39 +154,7 @@ def render_config(
             f"        subscribe = {{ allow = {_quoted(subscribe)} }}\n"
             f"      }}\n    }}"
         )
-
-    def tls(indent: str, *settings: str) -> str:
-        lines = [f'cert_file: "{cert_path}"', f'key_file: "{key_path}"', f'ca_file: "{ca}"']
-        body = "".join(f"{indent}  {line}\n" for line in (*lines, *settings, "timeout: 2"))
-        return f"{indent}tls {{\n{body}{indent}}}\n"
-
-    routes = ""
-    if cluster is not None:
-        routes = (
-            "cluster {\n"
-            f"  name: {cluster.name}\n"
-            f'  listen: "{host}:{cluster.port}"\n'
-            "  routes: [\n"
-            + "".join(f'    "{route}"\n' for route in cluster.routes)
-            + "  ]\n"
-            # Servers know each other from the routes above, not from gossip, whose IP
-            # addresses the certificates do not name.
-            + "  no_advertise: true\n"
-            + tls("  ", "verify: true")
-            + "}\n"
-        )
-    # The monitor has no authentication: only where an orchestrator's probes need it.
-    monitor = f'http: "{host}:{monitor_port}"\n' if monitor_port is not None else ""
-    return (
-        f'listen: "{host}:{port}"\n' + monitor + f"server_name: {server_name}\n"
-        f"max_payload: {MAX_PAYLOAD}\n"
-        "jetstream {\n"
-        f'  store_dir: "{store_dir}"\n'
-        "  sync_interval: always\n"
-        "}\n" + tls("", "verify_and_map: true") + routes + "authorization {\n"
-        "  users = [\n" + "\n".join(users) + "\n  ]\n"
-        "}\n"
-    )
+    return "authorization {\n  users = [\n" + "\n".join(users) + "\n  ]\n}\n"
 
 
 def write_config(

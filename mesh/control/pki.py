@@ -14,9 +14,9 @@ Layout under the PKI directory (0700 directories, 0600 keys, 0644 certificates):
 
 Envoy watches each instance directory and reloads when a file is moved into it, so every
 file is written to a temporary file in the same directory, fsynced and renamed over the
-old one: Envoy never reads half a file. The key is written before the certificate; a crash
-between the two leaves a key that does not match the certificate, which `needs_renewal`
-reports, so the next `ensure` repairs it.
+old one (`mesh.control.certfiles`): Envoy never reads half a file. The key is written
+before the certificate; a crash between the two leaves a key that does not match the
+certificate, which `needs_renewal` reports, so the next `ensure` repairs it.
 
 Leaves are short-lived (a day by default) and renewed once half their life has passed;
 `ensure` reuses a certificate that is still good, so re-running `meshctl up` does not
@@ -26,11 +26,8 @@ churn certificates. The module also makes *foreign* CAs and arbitrary leaves
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import re
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -38,18 +35,25 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from mesh.control.certfiles import (
+    PKIError,
+    common_name_of,
+    dns_sans_of,
+    make_private_dir,
+    public_keys_match,
+    read_certificate,
+    read_key,
+    uri_sans_of,
+    write_ca,
+    write_leaf,
+)
 
 log = logging.getLogger(__name__)
 
 #: A CA that expires sooner than this is replaced rather than reused.
 CA_RENEW_BEFORE = timedelta(days=1)
-
-#: How far in the past a new certificate starts, so a peer whose clock is a little behind
-#: does not reject it as "not yet valid".
-CLOCK_SKEW = timedelta(minutes=1)
 
 #: The name of the CA's directory; no workload instance may use it.
 CA_INSTANCE = "ca"
@@ -59,10 +63,6 @@ _KEY_FILE = "key.pem"
 _CA_CERT_FILE = "ca.pem"
 _CA_KEY_FILE = "ca-key.pem"
 
-_DIR_MODE = 0o700
-_KEY_MODE = 0o600
-_CERT_MODE = 0o644
-
 # SPIFFE path segments and trust domains allow only these characters (SPIFFE-ID spec 2.1, 2.2).
 _TRUST_DOMAIN = re.compile(r"[a-z0-9._-]+")
 _PATH_SEGMENT = re.compile(r"[A-Za-z0-9._-]+")
@@ -71,10 +71,6 @@ _PATH_SEGMENT = re.compile(r"[A-Za-z0-9._-]+")
 def service_dns_name(identity: str, namespace: str) -> str:
     """The DNS SAN of `identity`'s certificates (see `MeshPKI.service_dns_name`)."""
     return f"{identity}.{namespace}.svc"
-
-
-class PKIError(RuntimeError):
-    """A certificate or key on disk cannot be used."""
 
 
 @dataclass(frozen=True)
@@ -160,9 +156,9 @@ class MeshPKI:
             if certificate.not_valid_after_utc - now > CA_RENEW_BEFORE:
                 return self._info(certificate, CA_INSTANCE, self.ca_path, self.ca_key_path)
             log.warning("replacing the mesh CA, which expires %s", certificate.not_valid_after_utc)
-        _make_private_dir(self.directory)
-        _make_private_dir(self.ca_path.parent)
-        certificate = _write_ca(
+        make_private_dir(self.directory)
+        make_private_dir(self.ca_path.parent)
+        certificate = write_ca(
             self.ca_path, self.ca_key_path, f"{self.trust_domain} mesh root CA", now, validity
         )
         return self._info(certificate, CA_INSTANCE, self.ca_path, self.ca_key_path)
@@ -199,8 +195,8 @@ class MeshPKI:
         self.ensure_ca()
         ca_certificate, ca_key = self._load_ca()
         directory = self.directory / instance
-        _make_private_dir(directory)
-        certificate = _write_leaf(
+        make_private_dir(directory)
+        certificate = write_leaf(
             directory / _CERT_FILE,
             directory / _KEY_FILE,
             ca_certificate,
@@ -226,12 +222,12 @@ class MeshPKI:
         if not 0.0 <= fraction <= 1.0:
             raise ValueError(f"fraction must be between 0 and 1, not {fraction}")
         try:
-            certificate = _read_certificate(info.cert_path)
-            key = _read_key(info.key_path)
-            ca_certificate = _read_certificate(self.ca_path)
+            certificate = read_certificate(info.cert_path)
+            key = read_key(info.key_path)
+            ca_certificate = read_certificate(self.ca_path)
         except PKIError:
             return True
-        if not _public_keys_match(certificate, key):
+        if not public_keys_match(certificate, key):
             return True
         try:
             certificate.verify_directly_issued_by(ca_certificate)
@@ -292,22 +288,22 @@ class MeshPKI:
         return infos + leaves
 
     def _load_ca(self) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-        certificate = _read_certificate(self.ca_path)
-        key = _read_key(self.ca_key_path)
-        if not _public_keys_match(certificate, key):
+        certificate = read_certificate(self.ca_path)
+        key = read_key(self.ca_key_path)
+        if not public_keys_match(certificate, key):
             raise PKIError(f"{self.ca_key_path} is not the key of {self.ca_path}")
         return certificate, key
 
     def _read_info(self, instance: str, cert_path: Path, key_path: Path) -> CertificateInfo:
-        return self._info(_read_certificate(cert_path), instance, cert_path, key_path)
+        return self._info(read_certificate(cert_path), instance, cert_path, key_path)
 
     @staticmethod
     def _info(
         certificate: x509.Certificate, instance: str, cert_path: Path, key_path: Path
     ) -> CertificateInfo:
-        uris = _uri_sans(certificate)
+        uris = uri_sans_of(certificate)
         return CertificateInfo(
-            identity=CA_INSTANCE if instance == CA_INSTANCE else _common_name(certificate),
+            identity=CA_INSTANCE if instance == CA_INSTANCE else common_name_of(certificate),
             instance=instance,
             spiffe_id=uris[0] if uris else None,
             serial=certificate.serial_number,
@@ -315,7 +311,7 @@ class MeshPKI:
             not_after=certificate.not_valid_after_utc,
             cert_path=cert_path,
             key_path=key_path,
-            dns_names=_dns_sans(certificate),
+            dns_names=dns_sans_of(certificate),
         )
 
 
@@ -348,9 +344,9 @@ def self_signed_ca(
 
     For tests: a client presenting a leaf from this CA must be refused by every Envoy.
     """
-    _make_private_dir(directory)
+    make_private_dir(directory)
     cert_path, key_path = directory / f"{name}.pem", directory / f"{name}-key.pem"
-    _write_ca(cert_path, key_path, name, utc_now(), validity)
+    write_ca(cert_path, key_path, name, utc_now(), validity)
     return cert_path, key_path
 
 
@@ -370,13 +366,13 @@ def leaf(
     of another trust domain, with DNS names only, or with no SAN at all. Otherwise it
     has the profile of a mesh leaf (CN `name`, client and server auth).
     """
-    ca_certificate = _read_certificate(ca_cert_path)
-    ca_key = _read_key(ca_key_path)
-    _make_private_dir(directory)
+    ca_certificate = read_certificate(ca_cert_path)
+    ca_key = read_key(ca_key_path)
+    make_private_dir(directory)
     cert_path, key_path = directory / f"{name}.pem", directory / f"{name}-key.pem"
     sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(uri) for uri in uri_sans]
     sans += [x509.DNSName(dns) for dns in dns_sans]
-    _write_leaf(
+    write_leaf(
         cert_path,
         key_path,
         ca_certificate,
@@ -387,210 +383,6 @@ def leaf(
         validity=validity,
     )
     return cert_path, key_path
-
-
-def _write_ca(
-    cert_path: Path, key_path: Path, common_name: str, now: datetime, validity: timedelta
-) -> x509.Certificate:
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - CLOCK_SKEW)
-        .not_valid_after(now + validity)
-        # Path length 0: the root signs leaves only, never an intermediate.
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    _write_pair(cert_path, key_path, certificate, key)
-    return certificate
-
-
-def _write_leaf(
-    cert_path: Path,
-    key_path: Path,
-    ca_certificate: x509.Certificate,
-    ca_key: ec.EllipticCurvePrivateKey,
-    *,
-    common_name: str,
-    sans: Sequence[x509.GeneralName],
-    now: datetime,
-    validity: timedelta,
-) -> x509.Certificate:
-    key = ec.generate_private_key(ec.SECP256R1())
-    not_after = min(now + validity, ca_certificate.not_valid_after_utc)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-        .issuer_name(ca_certificate.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - CLOCK_SKEW)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=True,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(
-            x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-            ),
-            critical=False,
-        )
-        .add_extension(_authority_key_identifier(ca_certificate), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-    )
-    if sans:
-        builder = builder.add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
-    certificate = builder.sign(ca_key, hashes.SHA256())
-    _write_pair(cert_path, key_path, certificate, key)
-    return certificate
-
-
-def _authority_key_identifier(ca_certificate: x509.Certificate) -> x509.AuthorityKeyIdentifier:
-    try:
-        ski = ca_certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
-    except x509.ExtensionNotFound:
-        public_key = ca_certificate.public_key()
-        if not isinstance(public_key, ec.EllipticCurvePublicKey):
-            raise PKIError("the CA's key is not an EC key") from None
-        return x509.AuthorityKeyIdentifier.from_issuer_public_key(public_key)
-    return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski.value)
-
-
-def _write_pair(
-    cert_path: Path,
-    key_path: Path,
-    certificate: x509.Certificate,
-    key: ec.EllipticCurvePrivateKey,
-) -> None:
-    # Key first: a watcher that sees the new certificate finds its key already in place.
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    _write_atomically(key_path, key_pem, _KEY_MODE)
-    _write_atomically(cert_path, certificate.public_bytes(serialization.Encoding.PEM), _CERT_MODE)
-
-
-def _write_atomically(path: Path, data: bytes, mode: int) -> None:
-    """Replace `path` with `data` so that readers see the old file or the new, never half.
-
-    The temporary file is created 0600 (mkstemp), so a key is never readable by others,
-    even for a moment; its final mode is set before the rename.
-    """
-    descriptor, temporary = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
-    )
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fchmod(file.fileno(), mode)
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
-    _fsync_directory(path.parent)
-
-
-def _fsync_directory(directory: Path) -> None:
-    # Makes the rename itself durable: after a crash the name points at the new file.
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-def _make_private_dir(directory: Path) -> None:
-    directory.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
-    # mkdir's mode is filtered by the umask and ignored for an existing directory.
-    os.chmod(directory, _DIR_MODE)
-
-
-def _read_certificate(path: Path) -> x509.Certificate:
-    try:
-        return x509.load_pem_x509_certificate(path.read_bytes())
-    except (OSError, ValueError) as error:
-        raise PKIError(f"{path}: not a readable PEM certificate ({error})") from error
-
-
-def _read_key(path: Path) -> ec.EllipticCurvePrivateKey:
-    try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    except (OSError, ValueError, TypeError) as error:
-        raise PKIError(f"{path}: not a readable unencrypted PEM key ({error})") from error
-    if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise PKIError(f"{path}: not an EC private key")
-    return key
-
-
-def _public_keys_match(certificate: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> bool:
-    def spki(public_key: ec.EllipticCurvePublicKey) -> bytes:
-        return public_key.public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-
-    public_key = certificate.public_key()
-    return isinstance(public_key, ec.EllipticCurvePublicKey) and spki(public_key) == spki(
-        key.public_key()
-    )
-
-
-def _sans(certificate: x509.Certificate, kind: type[x509.GeneralName]) -> list[str]:
-    try:
-        san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-    except x509.ExtensionNotFound:
-        return []
-    return [str(value) for value in san.value.get_values_for_type(kind)]  # type: ignore[arg-type]
-
-
-def _uri_sans(certificate: x509.Certificate) -> list[str]:
-    return _sans(certificate, x509.UniformResourceIdentifier)
-
-
-def _dns_sans(certificate: x509.Certificate) -> tuple[str, ...]:
-    return tuple(_sans(certificate, x509.DNSName))
-
-
-def _common_name(certificate: x509.Certificate) -> str:
-    names = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    value = names[0].value if names else ""
-    return value if isinstance(value, str) else value.decode()
 
 
 def _format_remaining(remaining: timedelta) -> str:

@@ -1,8 +1,9 @@
 """`meshctl render ...`, `meshctl certs --issue`, `meshctl events init`: the mesh beyond
 one machine.
 
-`render compose` and `render k8s` write the committed deploy files from mesh.yaml and the
-contracts; `make test` renders them again and fails when the committed ones differ. The
+`render compose`, `render k8s` and `render envoy` write the committed deploy files and
+Envoy configuration from mesh.yaml and the contracts; `make test` renders them again and
+fails when the committed ones differ. The
 other commands run inside containers, where the mesh has no supervisor: one-shot
 containers issue the certificates, write the edge's files and create the streams and
 consumers, as `meshctl up` does before it starts anything.
@@ -17,16 +18,18 @@ import sys
 import threading
 from pathlib import Path
 
-from mesh.control import contracts, edge, natsconf
+from mesh.control import contracts, natsconf
 from mesh.control.api import Api
-from mesh.control.pki import CertificateInfo, MeshPKI, PKIError, utc_now
+from mesh.control.certfiles import PKIError
+from mesh.control.envoy import edge
+from mesh.control.pki import CertificateInfo, MeshPKI, utc_now
 from mesh.control.topology import Topology
 from mesh.deploy import compose, kube
 from mesh.deploy.containers import EDGE_PORT, Rendered
 from mesh.runtime.events import NatsSettings
 
 #: What `meshctl render TARGET` writes.
-TARGETS = ("compose", "k8s")
+TARGETS = ("compose", "k8s", "envoy")
 
 
 class DeployError(RuntimeError):
@@ -41,10 +44,12 @@ def api_of(root: Path) -> Api:
 
 
 def rendered(root: Path, topology: Topology, target: str) -> Rendered:
-    """Every file `meshctl render <target>` writes (compose or k8s)."""
+    """Every file `meshctl render <target>` writes (compose, k8s or envoy)."""
     api = api_of(root)
     if target == "compose":
         return compose.render(topology, api)
+    if target == "envoy":
+        return compose.render_envoy(topology, api)
     return kube.render(topology, api)
 
 

@@ -18,8 +18,10 @@ The same mesh as `meshctl up`, in containers (see `mesh.deploy.containers` for t
 5. `edge` (Envoy) and `edge-companion` (reflection, health), the only ports published.
 
 Every long-running container has a health check and starts only when what it needs is
-healthy (or, for one-shot containers, has completed). The Envoy files and nats.conf are
-rendered beside the compose file under `deploy/compose/` and mounted read-only.
+healthy (or, for one-shot containers, has completed). Each Envoy container's bootstrap
+is `envoy/<container>.yaml` (`meshctl render envoy`, the readable form of the mesh's Envoy
+configuration), its SDS files and nats.conf are under `deploy/compose/`; all are mounted
+read-only.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mesh.control import edge, envoy, natsconf
+from mesh.control import envoy, natsconf
 from mesh.control.api import Api
+from mesh.control.envoy import edge
 from mesh.control.pki import MeshPKI
 from mesh.control.plan import InstancePlan, MeshPlan
 from mesh.control.topology import Topology
@@ -40,6 +43,8 @@ COMPOSE_FILE = "docker-compose.yml"
 ENV_FILE = ".env"
 #: The rendered files the compose file mounts, relative to the repository root.
 FILES_DIR = Path("deploy/compose")
+#: The Envoy containers' bootstraps, one file each (`meshctl render envoy`).
+ENVOY_DIR = Path("envoy")
 JAEGER_HOST = "jaeger"
 NATS_HOST = "nats"
 #: How often the certs container renews what is due (leaves live a day, renewed at half).
@@ -119,16 +124,30 @@ def _shop(**fields: Any) -> dict[str, Any]:
     return {"image": "${SHOP_IMAGE}", "build": {"context": "."}, "user": containers.USER, **fields}
 
 
-def _envoy(directory: Path, **fields: Any) -> dict[str, Any]:
+def bootstrap_path(container: str) -> Path:
+    """Where the bootstrap of the Envoy container `container` is rendered."""
+    return ENVOY_DIR / f"{container}.yaml"
+
+
+def _envoy_mounts(container: str, rendered: dict[str, str], files: dict[Path, str]) -> list[str]:
+    """Place an Envoy container's files (its bootstrap in envoy/, its SDS files under
+    deploy/compose/<container>/) and mount each as a file where Envoy looks for it."""
+    mounts = []
+    for name, text in rendered.items():
+        bootstrap = name == containers.ENVOY_BOOTSTRAP
+        source = bootstrap_path(container) if bootstrap else FILES_DIR / container / name
+        files[source] = text
+        mounts.append(f"./{source}:{containers.ENVOY_CONFIG_DIR / name}:ro")
+    return mounts
+
+
+def _envoy(mounts: list[str], **fields: Any) -> dict[str, Any]:
     return {
         "image": "${ENVOY_IMAGE}",
         "entrypoint": ["/usr/local/bin/envoy"],
         "command": containers.envoy_command(),
         "user": containers.USER,
-        "volumes": [
-            f"./{directory}:{containers.ENVOY_CONFIG_DIR}:ro",
-            f"pki:{containers.PKI_DIR}:ro",
-        ],
+        "volumes": [*mounts, f"pki:{containers.PKI_DIR}:ro"],
         "healthcheck": _envoy_health(),
         **fields,
     }
@@ -145,79 +164,113 @@ def _nats(topology: Topology, pki: MeshPKI, identity: str, instance: str) -> Nat
 
 def render(topology: Topology, api: Api) -> Rendered:
     """docker-compose.yml, .env and the files under deploy/compose/ for `topology`."""
+    files = _files(topology, api)
+    return Rendered(
+        {path: text for path, text in files.items() if ENVOY_DIR not in path.parents},
+        owned=(FILES_DIR,),
+    )
+
+
+def render_envoy(topology: Topology, api: Api) -> Rendered:
+    """envoy/: the bootstrap of every Envoy container of the compose file."""
+    files = _files(topology, api)
+    return Rendered(
+        {path: text for path, text in files.items() if ENVOY_DIR in path.parents},
+        owned=(ENVOY_DIR,),
+        pattern="*.yaml",
+    )
+
+
+def _files(topology: Topology, api: Api) -> dict[Path, str]:
+    """Every file the compose file needs, by path relative to the repository."""
     topology = containers.with_collector(topology, JAEGER_HOST)
     plan = containers.plan(topology, lambda service, index: f"{service}-{index}")
     pki = MeshPKI(containers.PKI_DIR, topology.trust_domain, topology.namespace)
-    files: dict[Path, str] = {}
-    services: dict[str, Any] = {
-        "certs": _shop(
-            command=[
-                "meshctl",
-                "certs",
-                "--issue",
-                "--every",
-                str(CERTIFICATE_CHECK_SECONDS),
-                "--run-dir",
-                str(containers.STATE_DIR),
-            ],
-            # Mounted here first, the volumes take the image's ownership of these paths.
-            volumes=[
-                f"pki:{containers.PKI_DIR}",
-                f"nats-data:{containers.NATS_DATA_DIR}",
-            ],
-            healthcheck={
-                **_health(["meshctl", "certs", "--verify", "--run-dir", str(containers.STATE_DIR)]),
-                "interval": "60s",
-            },
-            restart="unless-stopped",
-        ),
-        "nats": {
-            "image": "${NATS_IMAGE}",
-            "command": ["nats-server", "--config", f"{containers.NATS_CONFIG_DIR}/nats.conf"],
-            "user": containers.USER,
-            "volumes": [
-                f"./{FILES_DIR / 'nats'}:{containers.NATS_CONFIG_DIR}:ro",
-                f"pki:{containers.PKI_DIR}:ro",
-                f"nats-data:{containers.NATS_DATA_DIR}",
-            ],
-            "healthcheck": _wget(
-                f"http://127.0.0.1:{containers.NATS_MONITOR_PORT}/healthz?js-enabled-only=true"
-            ),
-            "depends_on": _healthy("certs"),
-            "restart": "unless-stopped",
-        },
-        "events-init": _shop(
-            command=["meshctl", "events", "init"],
-            environment=_nats(
-                topology, pki, natsconf.ADMIN_IDENTITY, natsconf.ADMIN_IDENTITY
-            ).environment(),
-            volumes=[f"pki:{containers.PKI_DIR}:ro"],
-            depends_on=_healthy("nats"),
-            restart="no",
-        ),
-        JAEGER_HOST: {
-            "image": "${JAEGER_IMAGE}",
-            "ports": [f"${{JAEGER_UI_PUBLISH}}:{containers.JAEGER_UI_PORT}"],
-            "healthcheck": _health(
-                ["wget", "-q", "-O", "/dev/null", "http://127.0.0.1:13133/status"]
-            ),
-            "restart": "unless-stopped",
-        },
-    }
     server_cert = _certificate(pki, natsconf.SERVER_IDENTITY)
-    files[FILES_DIR / "nats" / containers.NATS_CONFIG] = containers.nats_config(
-        topology, server_cert
-    )
+    files = {
+        FILES_DIR / "nats" / containers.NATS_CONFIG: containers.nats_config(topology, server_cert)
+    }
+    services = _platform(topology, pki)
     for instance in plan.instances:
         services.update(_instance(topology, plan, api, pki, instance, files))
     if plan.edge is not None:
         services.update(_edge(topology, plan, api, pki, files))
-    volumes: dict[str, dict[str, Any]] = {name: {} for name in ("pki", "nats-data", "edge-files")}
-    volumes.update({f"{name}-data": {} for name in sorted(topology.services)})
-    document = {"name": "shop-mesh", "services": services, "volumes": volumes}
+    document = {"name": "shop-mesh", "services": services, "volumes": _volumes(topology)}
     files[Path(COMPOSE_FILE)] = _HEADER + containers.dump(document)
     files[Path(ENV_FILE)] = _env_file()
-    return Rendered(files, owned=(FILES_DIR,))
+    return files
+
+
+def _volumes(topology: Topology) -> dict[str, dict[str, Any]]:
+    volumes: dict[str, dict[str, Any]] = {name: {} for name in ("pki", "nats-data", "edge-files")}
+    volumes.update({f"{name}-data": {} for name in sorted(topology.services)})
+    return volumes
+
+
+def _platform(topology: Topology, pki: MeshPKI) -> dict[str, Any]:
+    """The containers the services stand on: certificates, the event bus and tracing."""
+    return {
+        "certs": _certs(),
+        "nats": _nats_server(),
+        "events-init": _events_init(topology, pki),
+        JAEGER_HOST: _jaeger(),
+    }
+
+
+def _certs() -> dict[str, Any]:
+    run_dir = ["--run-dir", str(containers.STATE_DIR)]
+    every = ["--every", str(CERTIFICATE_CHECK_SECONDS)]
+    return _shop(
+        command=["meshctl", "certs", "--issue", *every, *run_dir],
+        # Mounted here first, the volumes take the image's ownership of these paths.
+        volumes=[
+            f"pki:{containers.PKI_DIR}",
+            f"nats-data:{containers.NATS_DATA_DIR}",
+        ],
+        healthcheck={
+            **_health(["meshctl", "certs", "--verify", *run_dir]),
+            "interval": "60s",
+        },
+        restart="unless-stopped",
+    )
+
+
+def _nats_server() -> dict[str, Any]:
+    return {
+        "image": "${NATS_IMAGE}",
+        "command": ["nats-server", "--config", f"{containers.NATS_CONFIG_DIR}/nats.conf"],
+        "user": containers.USER,
+        "volumes": [
+            f"./{FILES_DIR / 'nats'}:{containers.NATS_CONFIG_DIR}:ro",
+            f"pki:{containers.PKI_DIR}:ro",
+            f"nats-data:{containers.NATS_DATA_DIR}",
+        ],
+        "healthcheck": _wget(
+            f"http://127.0.0.1:{containers.NATS_MONITOR_PORT}/healthz?js-enabled-only=true"
+        ),
+        "depends_on": _healthy("certs"),
+        "restart": "unless-stopped",
+    }
+
+
+def _events_init(topology: Topology, pki: MeshPKI) -> dict[str, Any]:
+    admin = natsconf.ADMIN_IDENTITY
+    return _shop(
+        command=["meshctl", "events", "init"],
+        environment=_nats(topology, pki, admin, admin).environment(),
+        volumes=[f"pki:{containers.PKI_DIR}:ro"],
+        depends_on=_healthy("nats"),
+        restart="no",
+    )
+
+
+def _jaeger() -> dict[str, Any]:
+    return {
+        "image": "${JAEGER_IMAGE}",
+        "ports": [f"${{JAEGER_UI_PUBLISH}}:{containers.JAEGER_UI_PORT}"],
+        "healthcheck": _wget(f"http://127.0.0.1:{containers.JAEGER_HEALTH_PORT}/status"),
+        "restart": "unless-stopped",
+    }
 
 
 def _instance(
@@ -228,10 +281,9 @@ def _instance(
     instance: InstancePlan,
     files: dict[Path, str],
 ) -> dict[str, Any]:
-    directory = FILES_DIR / instance.name
     certificate = _certificate(pki, instance.name)
-    for name, text in containers.sidecar_files(topology, plan, instance, api, certificate).items():
-        files[directory / name] = text
+    rendered = containers.sidecar_files(topology, plan, instance, api, certificate)
+    mounts = _envoy_mounts(instance.name, rendered, files)
     service = topology.services[instance.service]
     callees = [f"{peer.name}-app" for callee in sorted(service.calls) for peer in plan.of(callee)]
     nats = _nats(topology, pki, instance.service, instance.name)
@@ -240,7 +292,7 @@ def _instance(
     shares = {} if share == 1.0 else {"cpu_shares": round(1024 * share)}
     return {
         instance.name: _envoy(
-            directory,
+            mounts,
             depends_on=_healthy("certs"),
             restart="unless-stopped",
             **shares,
@@ -274,8 +326,7 @@ def _edge(
     rendered = containers.envoy_files(
         lambda sds: edge.edge_config(topology, plan, api, sds, edge_files), certificate
     )
-    for name, text in rendered.items():
-        files[FILES_DIR / "edge" / name] = text
+    mounts = _envoy_mounts("edge", rendered, files)
     exposed = [f"{peer.name}-app" for service in sorted(rules.exposed) for peer in plan.of(service)]
     return {
         "edge-files": _shop(
@@ -284,35 +335,26 @@ def _edge(
             restart="no",
         ),
         "edge": _envoy(
-            FILES_DIR / "edge",
-            volumes=[
-                f"./{FILES_DIR / 'edge'}:{containers.ENVOY_CONFIG_DIR}:ro",
-                f"pki:{containers.PKI_DIR}:ro",
-                f"edge-files:{containers.EDGE_FILES_DIR}:ro",
-            ],
+            [*mounts, f"edge-files:{containers.EDGE_FILES_DIR}:ro"],
             ports=[f"${{EDGE_PUBLISH}}:{containers.EDGE_PORT}"],
             depends_on={**_healthy("certs"), **_done("edge-files"), **_healthy(*exposed)},
             restart="unless-stopped",
         ),
-        "edge-companion": _shop(
-            command=[
-                "python",
-                *edge.companion_arguments(
-                    rules, containers.COMPANION_PORT, edge_files.descriptor_set
-                ),
-            ],
-            network_mode="service:edge",
-            volumes=[f"edge-files:{containers.EDGE_FILES_DIR}:ro"],
-            healthcheck=_health(
-                [
-                    "python",
-                    "-m",
-                    "mesh.control.probe",
-                    "grpc",
-                    f"127.0.0.1:{containers.COMPANION_PORT}",
-                ]
-            ),
-            depends_on={"edge": {"condition": "service_started"}},
-            restart="unless-stopped",
-        ),
+        "edge-companion": _edge_companion(rules, edge_files),
     }
+
+
+def _edge_companion(rules: edge.EdgeRules, edge_files: edge.EdgeFiles) -> dict[str, Any]:
+    """Reflection of the public API and health, in the edge's network namespace."""
+    arguments = edge.companion_arguments(
+        rules, containers.COMPANION_PORT, edge_files.descriptor_set
+    )
+    probe = ["python", "-m", "mesh.control.probe", "grpc", f"127.0.0.1:{containers.COMPANION_PORT}"]
+    return _shop(
+        command=["python", *arguments],
+        network_mode="service:edge",
+        volumes=[f"edge-files:{containers.EDGE_FILES_DIR}:ro"],
+        healthcheck=_health(probe),
+        depends_on={"edge": {"condition": "service_started"}},
+        restart="unless-stopped",
+    )

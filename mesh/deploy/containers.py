@@ -115,10 +115,12 @@ class Rendered:
     files: Mapping[Path, str]
     #: Directories whose every file is rendered: a file there not in `files` is stale.
     owned: tuple[Path, ...] = ()
+    #: Which files of the owned directories are rendered (others there are written by hand).
+    pattern: str = "*"
 
     def write(self, root: Path) -> list[Path]:
         for directory in self.owned:
-            for path in sorted((root / directory).rglob("*")):
+            for path in sorted((root / directory).rglob(self.pattern)):
                 if path.is_file() and path.relative_to(root) not in self.files:
                     path.unlink()
         for relative, text in sorted(self.files.items()):
@@ -137,7 +139,7 @@ class Rendered:
         extra = [
             path.relative_to(root)
             for directory in self.owned
-            for path in sorted((root / directory).rglob("*"))
+            for path in sorted((root / directory).rglob(self.pattern))
             if path.is_file() and path.relative_to(root) not in self.files
         ]
         return differing + extra

@@ -39,60 +39,74 @@ async def start_event_bus(
     if settings is None:
         log.warning("no SHOP_NATS_URL: events stay in the outbox until a relay publishes them")
         return
-    stop = asyncio.Event()
+    bus = _EventBus(database, settings, handlers or {})
+    stack.push_async_callback(bus.stop)
 
-    async def connect() -> NatsClient | None:
+
+class _EventBus:
+    """The relay and the consumer of one service, running from construction to `stop`."""
+
+    def __init__(
+        self, database: Database, settings: NatsSettings, handlers: Mapping[str, Handler]
+    ) -> None:
+        self._database = database
+        self._settings = settings
+        self._handlers = handlers
+        self._stopping = asyncio.Event()
+        self._task = asyncio.create_task(self._serve(), name="event-bus")
+        self._task.add_done_callback(self._crash)
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        with contextlib.suppress(Exception):  # reported by `_crash` already
+            await self._task
+
+    async def _serve(self) -> None:
+        client = await self._connect()
+        if client is None:
+            return
+        try:
+            js = client.jetstream()
+            loops = [OutboxRelay(self._database, js).run(self._stopping)]
+            if self._handlers:
+                loops.append(self._consume(js))
+            await asyncio.gather(*loops)
+        finally:
+            await client.close()
+
+    async def _connect(self) -> NatsClient | None:
         delay = 0.1
-        while not stop.is_set():
+        while not self._stopping.is_set():
             try:
-                return await settings.connect(max_reconnect_attempts=-1, reconnect_time_wait=0.5)
+                return await self._settings.connect(
+                    max_reconnect_attempts=-1, reconnect_time_wait=0.5
+                )
             except Exception as error:  # not up yet: try again
                 log.warning("event bus: cannot reach NATS (%s); retrying", error)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=delay)
+                await self._pause(delay)
                 delay = min(delay * 2, 5.0)
         return None
 
-    async def consume(js: JetStreamContext) -> None:
-        assert handlers
-        consumer = EventConsumer(database, js, name=settings.identity, handlers=handlers)
-        while not stop.is_set():
+    async def _consume(self, js: JetStreamContext) -> None:
+        name = self._settings.identity
+        consumer = EventConsumer(self._database, js, name=name, handlers=self._handlers)
+        while not self._stopping.is_set():
             try:
                 await consumer.bind()
                 break
             except ConsumerMismatch:
                 raise
             except Exception as error:  # the mesh has not created it yet, NATS away
-                log.warning("event bus: consumer %s not ready (%s)", settings.identity, error)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=1.0)
-        await consumer.run(stop)
+                log.warning("event bus: consumer %s not ready (%s)", name, error)
+                await self._pause(1.0)
+        await consumer.run(self._stopping)
 
-    async def serve() -> None:
-        client = await connect()
-        if client is None:
-            return
-        try:
-            js = client.jetstream()
-            loops = [OutboxRelay(database, js).run(stop)]
-            if handlers:
-                loops.append(consume(js))
-            await asyncio.gather(*loops)
-        finally:
-            await client.close()
+    async def _pause(self, seconds: float) -> None:
+        """Wait `seconds`, or less if the bus is stopping."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
 
-    task = asyncio.create_task(serve(), name="event-bus")
-
-    def crash(done: asyncio.Task[None]) -> None:
-        if not done.cancelled() and done.exception() is not None and not stop.is_set():
+    def _crash(self, done: asyncio.Task[None]) -> None:
+        if not done.cancelled() and done.exception() is not None and not self._stopping.is_set():
             log.critical("event bus stopped: %s", done.exception())
             os.kill(os.getpid(), signal.SIGTERM)  # let the supervisor restart the service
-
-    task.add_done_callback(crash)
-
-    async def stop_bus() -> None:
-        stop.set()
-        with contextlib.suppress(Exception):  # reported by `crash` already
-            await task
-
-    stack.push_async_callback(stop_bus)

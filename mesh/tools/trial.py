@@ -28,7 +28,7 @@ from nats.js import JetStreamContext
 from mesh.control import local as control
 from mesh.control import natsconf
 from mesh.control.pki import MeshPKI
-from mesh.control.supervisor import read_state
+from mesh.control.state import read_state
 from mesh.control.topology import Topology
 
 log = logging.getLogger(__name__)

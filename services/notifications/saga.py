@@ -4,7 +4,8 @@
 * `OrderCancelled` -> an "order cancelled" notification with the reason.
 
 One notification per order and outcome (`record_notification` keeps it so), however
-often an event is delivered.
+often an event is delivered. Which notification an event asks for is a pure function
+of the event (`NOTICES`); `handlers` records it in the event's transaction.
 """
 
 from __future__ import annotations
@@ -17,28 +18,39 @@ from mesh.runtime.events import subject
 from services.notifications.domain import NotificationKind
 from services.notifications.handlers import RecordNotification, record_notification
 from services.notifications.ports import NotificationsStore
+from shop.events.v1 import events_pb2
+
+Notice = Callable[[events_pb2.EventEnvelope], RecordNotification]
+
+
+def _confirmed(envelope: events_pb2.EventEnvelope) -> RecordNotification:
+    event = envelope.order_confirmed
+    return RecordNotification(event.customer_id, event.order_id, NotificationKind.ORDER_CONFIRMED)
+
+
+def _cancelled(envelope: events_pb2.EventEnvelope) -> RecordNotification:
+    event = envelope.order_cancelled
+    return RecordNotification(
+        event.customer_id, event.order_id, NotificationKind.ORDER_CANCELLED, event.reason
+    )
+
+
+#: The notification each subject notifications consumes asks for.
+NOTICES: dict[str, Notice] = {
+    subject("orders", "order_confirmed"): _confirmed,
+    subject("orders", "order_cancelled"): _cancelled,
+}
 
 
 def handlers(joined: Callable[[Connection], NotificationsStore]) -> dict[str, Handler]:
-    """The handler of each subject notifications consumes."""
+    """The handler of each subject notifications consumes: each records its notice."""
 
-    async def confirmed(delivery: Delivery) -> None:
-        event = delivery.envelope.order_confirmed
-        command = RecordNotification(
-            event.customer_id, event.order_id, NotificationKind.ORDER_CONFIRMED
-        )
-        async with delivery.transaction() as connection:
-            await record_notification(joined(connection), command)
+    def notify(notice: Notice) -> Handler:
+        async def handle(delivery: Delivery) -> None:
+            command = notice(delivery.envelope)
+            async with delivery.transaction() as connection:
+                await record_notification(joined(connection), command)
 
-    async def cancelled(delivery: Delivery) -> None:
-        event = delivery.envelope.order_cancelled
-        command = RecordNotification(
-            event.customer_id, event.order_id, NotificationKind.ORDER_CANCELLED, event.reason
-        )
-        async with delivery.transaction() as connection:
-            await record_notification(joined(connection), command)
+        return handle
 
-    return {
-        subject("orders", "order_confirmed"): confirmed,
-        subject("orders", "order_cancelled"): cancelled,
-    }
+    return {name: notify(notice) for name, notice in NOTICES.items()}

@@ -9,12 +9,18 @@
   redelivery, with growing delays.
 * `ShipmentFailed`, `OrderCancelled` -> give the money back (`PaymentRefunded`), once;
   and never charge a cancelled order.
+
+The decisions (what to authorize, how to settle an authorization, what to refund, and
+the events that report them) are pure functions of the event and the payment;
+`handlers` reads the state, asks the processor and applies the decisions, with the
+payments' use cases, in the event's transaction.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from mesh.runtime.connection import Connection
 from mesh.runtime.consumer import Delivery, Handler
@@ -23,7 +29,7 @@ from mesh.runtime.events import new_event, subject
 from mesh.runtime.money import Money
 from mesh.runtime.saga import placed_order, remember_cancelled, remember_placements, saga_order
 from mesh.runtime.storage import enqueue_event
-from services.payments.domain import Declined, PaymentStatus, ProviderDecision
+from services.payments.domain import Declined, Payment, PaymentStatus, ProviderDecision
 from services.payments.handlers import (
     AuthorizePayment,
     CapturePayment,
@@ -45,6 +51,101 @@ def _key(order_id: str) -> str:
     return f"order-{order_id}"
 
 
+@dataclass(frozen=True)
+class Capture:
+    """Take the authorized money; `PaymentCaptured` reports it."""
+
+    command: CapturePayment
+
+
+@dataclass(frozen=True)
+class Void:
+    """Let the authorization go, with no event: the order was cancelled while the
+    provider was asked, and the cancellation's refund found nothing captured to give
+    back."""
+
+    command: RefundPayment
+
+
+@dataclass(frozen=True)
+class Decline:
+    """Report the provider's refusal."""
+
+    event: events_pb2.PaymentDeclined
+
+
+#: What becomes of a recorded authorization.
+Settlement = Capture | Void | Decline
+
+
+@dataclass(frozen=True)
+class RefundDue:
+    """A captured payment to give back, and the request that gives it back."""
+
+    payment: Payment
+    command: RefundPayment
+
+
+def authorization_of(
+    order_id: str, placed: events_pb2.OrderPlaced, cancelled: bool
+) -> AuthorizePayment | None:
+    """What `StockReserved` asks of the processor: the order's total on the customer's
+    card, once per order; None for a cancelled order, which is never charged."""
+    if cancelled:
+        return None
+    return AuthorizePayment(
+        order_id=order_id,
+        customer_id=placed.customer_id,
+        amount=Money.from_proto(placed.total),
+        payment_token=placed.payment_token,
+        request_id=_key(order_id),
+    )
+
+
+def settlement(order_id: str, payment: Payment, cancelled: bool) -> Settlement:
+    """What becomes of the payment the order's authorization recorded, now that the
+    order is (or is not) `cancelled`."""
+    if payment.status is PaymentStatus.DECLINED:
+        return Decline(events_pb2.PaymentDeclined(order_id=order_id, reason=payment.decline_reason))
+    if cancelled:
+        return Void(RefundPayment(payment.id, None, "order cancelled", ""))
+    return Capture(CapturePayment(payment.id, f"capture-{order_id}"))
+
+
+def capture_reported(order_id: str, payment: Payment) -> events_pb2.PaymentCaptured:
+    """`PaymentCaptured` for the money the capture took."""
+    return events_pb2.PaymentCaptured(
+        order_id=order_id,
+        payment_id=payment.id,
+        amount=payment.captured_amount.to_proto(),
+    )
+
+
+def refund_reason(envelope: events_pb2.EventEnvelope) -> str:
+    """Why the money goes back: the shipment failed, or the order was cancelled."""
+    if envelope.HasField("shipment_failed"):
+        return f"shipment failed: {envelope.shipment_failed.reason}"
+    return f"order cancelled: {envelope.order_cancelled.reason}"
+
+
+def refund_due(order_id: str, payment: Payment | None, reason: str) -> RefundDue | None:
+    """The refund the order's payment is due; None unless money was captured (nothing
+    was taken, or it was given back before)."""
+    if payment is None or payment.status is not PaymentStatus.CAPTURED:
+        return None
+    return RefundDue(payment, RefundPayment(payment.id, None, reason, f"refund-{order_id}"))
+
+
+def refund_reported(order_id: str, due: RefundDue, refunded: Payment) -> events_pb2.PaymentRefunded:
+    """`PaymentRefunded` for the money this refund gave back."""
+    return events_pb2.PaymentRefunded(
+        order_id=order_id,
+        payment_id=due.payment.id,
+        amount=(refunded.refunded_amount - due.payment.refunded_amount).to_proto(),
+        reason=due.command.reason,
+    )
+
+
 def handlers(
     joined: Callable[[Connection], PaymentsStore], provider: PaymentProvider
 ) -> dict[str, Handler]:
@@ -54,70 +155,30 @@ def handlers(
         order_id = delivery.envelope.order_id
         async with delivery.snapshot() as connection:
             placed, cancelled = await placed_order(connection, order_id)
-        if cancelled:
+        command = authorization_of(order_id, placed, cancelled)
+        if command is None:
             return
-        command = AuthorizePayment(
-            order_id=order_id,
-            customer_id=placed.customer_id,
-            amount=Money.from_proto(placed.total),
-            payment_token=placed.payment_token,
-            request_id=_key(order_id),
-        )
-        decision: ProviderDecision
-        try:
-            decision = await provider.authorize(
-                command.payment_token, command.amount, command.request_id
-            )
-        except InvalidArgument:
-            decision = Declined("unknown_payment_token")
+        decision = await _authorize(provider, command)
         async with delivery.transaction() as connection:
-            joined_store = joined(connection)
-            payment = await record_authorization(joined_store, command, decision)
-            event: events_pb2.PaymentCaptured | events_pb2.PaymentDeclined
-            if payment.status is PaymentStatus.DECLINED:
-                event = events_pb2.PaymentDeclined(order_id=order_id, reason=payment.decline_reason)
-                log.info("payment for order %s declined: %s", order_id, payment.decline_reason)
-            elif (await saga_order(connection, order_id)).cancelled:
-                # Cancelled while the provider was asked: let the authorization go.
-                await refund_payment(
-                    joined_store, RefundPayment(payment.id, None, "order cancelled", "")
-                )
-                return
-            else:
-                payment = await capture_payment(
-                    joined_store, CapturePayment(payment.id, f"capture-{order_id}")
-                )
-                event = events_pb2.PaymentCaptured(
-                    order_id=order_id,
-                    payment_id=payment.id,
-                    amount=payment.captured_amount.to_proto(),
-                )
-            await enqueue_event(connection, new_event(PRODUCER, order_id, event))
+            store = joined(connection)
+            payment = await record_authorization(store, command, decision)
+            # Read again: the order may have been cancelled while the provider was asked.
+            cancelled = (await saga_order(connection, order_id)).cancelled
+            await _settle(connection, store, order_id, settlement(order_id, payment, cancelled))
 
     async def refund(delivery: Delivery) -> None:
         envelope = delivery.envelope
         order_id = envelope.order_id
-        reason = (
-            f"shipment failed: {envelope.shipment_failed.reason}"
-            if envelope.HasField("shipment_failed")
-            else f"order cancelled: {envelope.order_cancelled.reason}"
-        )
         async with delivery.transaction() as connection:
             await remember_cancelled(connection, order_id)
-            joined_store = joined(connection)
-            payment = await authorized_payment(joined_store, _key(order_id))
-            if payment is None or payment.status is not PaymentStatus.CAPTURED:
+            store = joined(connection)
+            payment = await authorized_payment(store, _key(order_id))
+            due = refund_due(order_id, payment, refund_reason(envelope))
+            if due is None:
                 return
-            refunded = await refund_payment(
-                joined_store, RefundPayment(payment.id, None, reason, f"refund-{order_id}")
-            )
-            log.info("payment %s of order %s refunded: %s", payment.id, order_id, reason)
-            event = events_pb2.PaymentRefunded(
-                order_id=order_id,
-                payment_id=payment.id,
-                amount=(refunded.refunded_amount - payment.refunded_amount).to_proto(),
-                reason=reason,
-            )
+            refunded = await refund_payment(store, due.command)
+            event = refund_reported(order_id, due, refunded)
+            log.info("payment %s of order %s refunded: %s", due.payment.id, order_id, event.reason)
             await enqueue_event(connection, new_event(PRODUCER, order_id, event))
 
     return {
@@ -126,3 +187,27 @@ def handlers(
         subject("shipping", "shipment_failed"): refund,
         subject("orders", "order_cancelled"): refund,
     }
+
+
+async def _authorize(provider: PaymentProvider, command: AuthorizePayment) -> ProviderDecision:
+    """The provider's answer; a token it does not know is a declined card."""
+    try:
+        return await provider.authorize(command.payment_token, command.amount, command.request_id)
+    except InvalidArgument:
+        return Declined("unknown_payment_token")
+
+
+async def _settle(
+    connection: Connection, store: PaymentsStore, order_id: str, step: Settlement
+) -> None:
+    """Apply `step` in the event's transaction, with the event that reports it."""
+    event: events_pb2.PaymentCaptured | events_pb2.PaymentDeclined
+    if isinstance(step, Void):
+        await refund_payment(store, step.command)
+        return
+    if isinstance(step, Decline):
+        event = step.event
+        log.info("payment for order %s declined: %s", order_id, event.reason)
+    else:
+        event = capture_reported(order_id, await capture_payment(store, step.command))
+    await enqueue_event(connection, new_event(PRODUCER, order_id, event))

@@ -6,6 +6,11 @@
   `ShipmentFailed` when the parcel cannot be sent (no postal code or address line, a
   malformed region, too heavy), which makes payments refund and inventory release.
 * `OrderCancelled` -> call the shipment off if there is one; never ship a cancelled order.
+
+The decisions (what to ship, what to call off, and the event that reports a shipment)
+are pure functions of the event, the order's placement and its shipment; `handlers`
+reads them, and applies the decisions with shipping's use cases, in the event's
+transaction.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from mesh.runtime.errors import InvalidArgument
 from mesh.runtime.events import new_event, subject
 from mesh.runtime.saga import placed_order, remember_cancelled, remember_placements
 from mesh.runtime.storage import enqueue_event
+from services.shipping.domain import Shipment
 from services.shipping.handlers import (
     CancelShipment,
     CreateShipment,
@@ -34,6 +40,49 @@ PRODUCER = "shipping"
 log = logging.getLogger(__name__)
 
 
+def shipment_of(
+    order_id: str, placed: events_pb2.OrderPlaced, cancelled: bool
+) -> CreateShipment | None:
+    """What `PaymentCaptured` asks of shipping: the order's one parcel, to the address
+    it was placed with; None for a cancelled order, which is never shipped."""
+    if cancelled:
+        return None
+    return CreateShipment(
+        order_id=order_id,
+        customer_id=placed.customer_id,
+        destination=destination_from_proto(placed.shipping_address),
+        weight_grams=placed.weight_grams,
+        request_id=f"order-{order_id}",
+    )
+
+
+def shipment_reported(
+    order_id: str, outcome: Shipment | InvalidArgument
+) -> events_pb2.ShipmentScheduled | events_pb2.ShipmentFailed:
+    """The event that tells the saga whether the parcel was scheduled, or why it cannot
+    be sent."""
+    if isinstance(outcome, InvalidArgument):
+        return events_pb2.ShipmentFailed(order_id=order_id, reason=outcome.message)
+    return events_pb2.ShipmentScheduled(
+        order_id=order_id,
+        shipment_id=outcome.id,
+        tracking_number=outcome.tracking_number,
+        carrier=outcome.carrier,
+    )
+
+
+def call_off_of(
+    envelope: events_pb2.EventEnvelope, shipment: Shipment | None
+) -> CancelShipment | None:
+    """What `OrderCancelled` asks of the order's shipment: to be called off, if there is
+    one."""
+    if shipment is None:
+        return None
+    order_id = envelope.order_id
+    reason = f"order cancelled: {envelope.order_cancelled.reason}"
+    return CancelShipment(shipment.id, reason, f"cancel-{order_id}")
+
+
 def handlers(joined: Callable[[Connection], ShippingStore]) -> dict[str, Handler]:
     """The handler of each subject shipping consumes."""
 
@@ -41,45 +90,36 @@ def handlers(joined: Callable[[Connection], ShippingStore]) -> dict[str, Handler
         order_id = delivery.envelope.order_id
         async with delivery.transaction() as connection:
             placed, cancelled = await placed_order(connection, order_id)
-            if cancelled:
+            command = shipment_of(order_id, placed, cancelled)
+            if command is None:
                 return
-            command = CreateShipment(
-                order_id=order_id,
-                customer_id=placed.customer_id,
-                destination=destination_from_proto(placed.shipping_address),
-                weight_grams=placed.weight_grams,
-                request_id=f"order-{order_id}",
-            )
-            event: events_pb2.ShipmentScheduled | events_pb2.ShipmentFailed
-            try:
-                shipment = await create_shipment(joined(connection), command)
-            except InvalidArgument as refusal:
-                event = events_pb2.ShipmentFailed(order_id=order_id, reason=refusal.message)
-                log.info("shipment of order %s failed: %s", order_id, refusal.message)
-            else:
-                event = events_pb2.ShipmentScheduled(
-                    order_id=order_id,
-                    shipment_id=shipment.id,
-                    tracking_number=shipment.tracking_number,
-                    carrier=shipment.carrier,
-                )
+            outcome = await _create(joined(connection), command)
+            event = shipment_reported(order_id, outcome)
             await enqueue_event(connection, new_event(PRODUCER, order_id, event))
 
     async def call_off(delivery: Delivery) -> None:
         order_id = delivery.envelope.order_id
-        reason = f"order cancelled: {delivery.envelope.order_cancelled.reason}"
         async with delivery.transaction() as connection:
             await remember_cancelled(connection, order_id)
             store = joined(connection)
             async with store.snapshot() as tx:
                 shipment = await tx.get_by_order(order_id)
-            if shipment is not None:
-                await cancel_shipment(
-                    store, CancelShipment(shipment.id, reason, f"cancel-{order_id}")
-                )
+            command = call_off_of(delivery.envelope, shipment)
+            if command is not None:
+                await cancel_shipment(store, command)
 
     return {
         subject("orders", "order_placed"): remember_placements(without=["payment_token"]),
         subject("payments", "payment_captured"): schedule,
         subject("orders", "order_cancelled"): call_off,
     }
+
+
+async def _create(store: ShippingStore, command: CreateShipment) -> Shipment | InvalidArgument:
+    """Schedule the parcel; a parcel that cannot be sent is the answer to report, not a
+    failure to retry."""
+    try:
+        return await create_shipment(store, command)
+    except InvalidArgument as refusal:
+        log.info("shipment of order %s failed: %s", command.order_id, refusal.message)
+        return refusal

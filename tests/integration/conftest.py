@@ -6,15 +6,25 @@ retries of a transient UNAVAILABLE), and a few more methods granted to the calle
 sidecars the runtime tests call through. The edge listens on a free port. The mesh is
 stopped with `meshctl down`, and every process it ran is checked by pid afterwards. The
 helpers the tests use with it are in `tests/support/mesh.py`.
+
+The tests of the event bus each get a nats-server of their own (`bus`, and `js` on it)
+and a service's database (`database`); their helpers are in `tests/support/bus.py`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 import yaml
+from nats.js import JetStreamContext
 
+from mesh.control import natsconf
+from mesh.runtime import events
+from mesh.runtime.storage import Database
+from tests.support.bus import LEDGER, Bus, running_bus
+from tests.support.component import sqlite_database
 from tests.support.mesh import ROOT, RunningMesh, mesh_up
 
 
@@ -32,3 +42,29 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
     config.write_text(yaml.safe_dump(topology))
     with mesh_up(RunningMesh(directory / "run", config)) as running:
         yield running
+
+
+@pytest.fixture
+def bus(tmp_path: Path) -> Iterator[Bus]:
+    """A nats-server of the test's own, configured as the mesh configures it; stopped by pid."""
+    with running_bus(tmp_path) as running:
+        yield running
+
+
+@pytest.fixture
+async def js(bus: Bus) -> AsyncIterator[JetStreamContext]:
+    """JetStream as the mesh's administrator (meshctl) sees it, streams created."""
+    client = await natsconf.admin_settings(bus.pki, bus.port).connect(max_reconnect_attempts=2)
+    context = client.jetstream()
+    await events.ensure_streams(context)
+    try:
+        yield context
+    finally:
+        await client.close()
+
+
+@pytest.fixture
+async def database(tmp_path: Path) -> AsyncIterator[Database]:
+    """A service's SQLite database, with its outbox and a `ledger` for a test's consumer."""
+    async with sqlite_database(tmp_path, "svc", LEDGER) as database:
+        yield database

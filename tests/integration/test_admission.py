@@ -19,7 +19,7 @@ from grpc_status import rpc_status
 
 from mesh.runtime import admission, deadlines, metrics
 from mesh.runtime.runner import Registration, ServiceRunner
-from mesh.tools.scenario import poll
+from mesh.tools.chaos.frame import poll
 from shop.catalog.v1 import catalog_service_pb2 as pb
 from shop.catalog.v1 import catalog_service_pb2_grpc as pb_grpc
 

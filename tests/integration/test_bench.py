@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from mesh.control.binaries import find_binary
-from mesh.control.supervisor import all_pids, pid_alive
+from mesh.control.process import pid_alive
+from mesh.control.state import all_pids
 from tests.support.mesh import ROOT
 
 pytestmark = pytest.mark.integration

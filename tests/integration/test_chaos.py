@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from mesh.control.binaries import find_binary
-from mesh.tools import chaos, overload, scenario
+from mesh.tools.chaos import crash_saga, edge_orders, faults, frame, kill_replica, overload, poison
 from tests.support.mesh import ROOT, RunningMesh
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos, pytest.mark.timeout(900)]
@@ -93,7 +93,7 @@ def test_killing_catalog_replicas_under_load_fails_almost_no_calls(
     calls, successes = int(figures["calls"]), int(figures["successes"])
     assert calls > 300  # the load really ran
     assert successes >= 0.99 * calls
-    planned = len((chaos.FULL_KILLS if full else chaos.SHORT_KILLS).kill_at)
+    planned = len((kill_replica.FULL_KILLS if full else kill_replica.SHORT_KILLS).kill_at)
     assert int(figures["kills"]) == planned
     for n in range(1, planned + 1):
         assert re.fullmatch(
@@ -109,7 +109,7 @@ def test_poison_events_end_as_dead_letters_and_good_orders_are_confirmed(
     assert outcome.code == 0, outcome.stdout + outcome.stderr
     assert outcome.verdict.startswith("PASS: every poison message is dead-lettered")
     figures = outcome.figures
-    plan = chaos.FULL_POISON if full else chaos.SHORT_POISON
+    plan = poison.FULL_POISON if full else poison.SHORT_POISON
     assert int(figures["good orders placed"]) == plan.good_orders
     assert int(figures["confirmed with the normal history"]) == plan.good_orders
     assert int(figures["poison published"]) == plan.poison
@@ -129,7 +129,7 @@ def test_crashing_saga_participants_and_nats_loses_no_order_and_captures_none_tw
     assert outcome.code == 0, outcome.stdout + outcome.stderr
     assert outcome.verdict.startswith("PASS: 0 lost orders and 0 double captures")
     figures = outcome.figures
-    plan = chaos.FULL_CRASH if full else chaos.SHORT_CRASH
+    plan = crash_saga.FULL_CRASH if full else crash_saga.SHORT_CRASH
     orders = plan.orders
     assert int(figures["orders attempted"]) == orders
     assert int(figures["orders acknowledged"]) == orders
@@ -139,18 +139,18 @@ def test_crashing_saga_participants_and_nats_loses_no_order_and_captures_none_tw
     assert int(figures["double captures"]) == 0
     assert int(figures["confirmed, reserved and captured once"]) == orders
     # Each kill hit what the plan says, in turn, and the supervisor brought it back.
-    targets = chaos.crash_targets(len(plan.kill_at))
+    targets = crash_saga.crash_targets(len(plan.kill_at))
     assert int(figures["kills"]) == len(targets)
     for n, target in enumerate(targets, 1):
-        victim = "nats server" if target == scenario.NATS else f"{target}-0 app"
+        victim = "nats server" if target == frame.NATS else f"{target}-0 app"
         assert re.fullmatch(rf"{victim} pid \d+ died, replaced by pid \d+", figures[f"kill {n}"])
     restarts = re.findall(r"([\w-]+) (\d+)[,)]", figures["supervisor restarts"])
     restarted = {instance: int(n) for instance, n in restarts}
     for target in set(targets):
-        instance = scenario.NATS if target == scenario.NATS else f"{target}-0"
+        instance = frame.NATS if target == frame.NATS else f"{target}-0"
         assert restarted[instance] >= targets.count(target)
     # The stock went down by the units of the orders, all confirmed, and none is held back.
-    sold = sum(chaos.order_units(orders))
+    sold = sum(edge_orders.order_units(orders))
     assert int(figures["units confirmed"]) == sold
     assert int(figures["stock on hand"]) == int(figures["stock at the start"]) - sold
     assert int(figures["stock reserved"]) == 0
@@ -163,9 +163,9 @@ def test_failing_payment_calls_are_retried_and_every_saga_ends_with_the_stock_ri
     assert outcome.code == 0, outcome.stdout + outcome.stderr
     assert outcome.verdict.startswith("PASS: with processor calls failing")
     figures = outcome.figures
-    plan = chaos.FULL_FAULTS if full else chaos.SHORT_FAULTS
+    plan = faults.FULL_FAULTS if full else faults.SHORT_FAULTS
     assert int(figures["orders acknowledged"]) == plan.orders
-    assert int(figures[f"ended within {chaos.END_WITHIN_SECONDS:g} s"]) == plan.orders
+    assert int(figures[f"ended within {faults.END_WITHIN_SECONDS:g} s"]) == plan.orders
     confirmed, refused = int(figures["confirmed"]), int(figures["cancelled (out of stock)"])
     assert confirmed + refused == plan.orders
     assert refused > 0  # the stock covered only part of the orders

@@ -1,4 +1,4 @@
-"""The deploy files: docker-compose.yml, deploy/compose/ and deploy/k8s/, rendered from
+"""The deploy files: docker-compose.yml, envoy/, deploy/compose/ and deploy/k8s/, rendered from
 mesh.yaml, checked as far as a machine without a Docker engine or a cluster can check
 them: current, valid against the Compose and Kubernetes schemas, every Envoy and NATS
 configuration accepted by the real binaries (`envoy --mode validate`, `nats-server -t`),
@@ -8,20 +8,12 @@ Kubernetes alike."""
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
-import contextlib
-import http.server
 import os
 import re
 import shutil
 import subprocess
 import sys
-import threading
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,22 +21,25 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from mesh.control import contracts, envoy, natsconf
+from mesh.control import contracts, envoy
 from mesh.control.api import Api
 from mesh.control.binaries import find_binary
 from mesh.control.pki import MeshPKI
-from mesh.control.plan import free_port, make_plan
-from mesh.control.probe import grpc_serving, http_ok
-from mesh.control.topology import Topology, load, parse
+from mesh.control.plan import make_plan
+from mesh.control.topology import Topology, parse
 from mesh.deploy import compose, containers, kube
 from mesh.deploy.commands import rendered
-from tests.support import tiny_catalog
-from tests.support.sidecar import started_sidecar
+from tests.support.deploy import (
+    MESHCTL,
+    ROOT,
+    by_kind,
+    committed_compose_file,
+    documents,
+    repository_topology,
+)
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
-MESHCTL = [sys.executable, "-m", "mesh.cli"]
 #: Absolute paths the containers see; a test maps them into its own directory.
 _CONTAINER_PATHS = ("/etc/envoy", "/etc/shop/identity", "/shop/pki", "/shop/edge", "/shop/nats")
 #: Kinds from CRDs, which the Kubernetes schemas do not know (checked field by field here).
@@ -53,7 +48,7 @@ _CRD_KINDS = {("cert-manager.io/v1", "Certificate")}
 
 @pytest.fixture(scope="module")
 def topology() -> Topology:
-    return load(ROOT / "mesh.yaml")
+    return repository_topology()
 
 
 @pytest.fixture(scope="module")
@@ -63,12 +58,7 @@ def api() -> Api:
 
 @pytest.fixture(scope="module")
 def compose_file() -> dict[str, Any]:
-    document: dict[str, Any] = yaml.safe_load((ROOT / compose.COMPOSE_FILE).read_text())
-    return document
-
-
-def _documents(text: str) -> list[dict[str, Any]]:
-    return [document for document in yaml.safe_load_all(text) if document]
+    return committed_compose_file()
 
 
 def _objects(directory: Path) -> list[dict[str, Any]]:
@@ -80,37 +70,45 @@ def _objects(directory: Path) -> list[dict[str, Any]]:
         [kubectl, "kustomize", str(directory)], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stderr
-    return _documents(result.stdout)
-
-
-def _by_kind(objects: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
-    return {o["metadata"]["name"]: o for o in objects if o["kind"] == kind}
+    return documents(result.stdout)
 
 
 # -- current and valid -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("target", ["compose", "k8s"])
+@pytest.mark.parametrize("target", ["compose", "k8s", "envoy"])
 def test_the_committed_files_are_the_rendered_ones(topology: Topology, target: str) -> None:
     stale = rendered(ROOT, topology, target).stale(ROOT)
     assert stale == [], f"run `meshctl render {target}`"
 
 
-def test_render_check_reports_a_stale_file(tmp_path: Path, topology: Topology) -> None:
-    files = rendered(ROOT, topology, "compose")
+@pytest.mark.parametrize(
+    ("target", "edited", "leftover"),
+    [
+        ("compose", compose.FILES_DIR / "orders-0" / "sds-identity.yaml",
+         compose.FILES_DIR / "orders-7" / "sds-identity.yaml"),
+        ("envoy", compose.bootstrap_path("orders-0"), compose.bootstrap_path("orders-7")),
+    ],
+)  # fmt: skip
+def test_render_check_reports_a_stale_file(
+    tmp_path: Path, topology: Topology, target: str, edited: Path, leftover: Path
+) -> None:
+    files = rendered(ROOT, topology, target)
+    files.write(tmp_path)
+    # envoy/ also holds its README, which is no rendering's.
+    readme = tmp_path / compose.ENVOY_DIR / "README.md"
+    readme.parent.mkdir(exist_ok=True)
+    readme.write_text("# Envoy\n")
+    assert files.stale(tmp_path) == []
+    edited_file = tmp_path / edited
+    edited_file.write_text(edited_file.read_text() + "# edited\n")
+    leftover_file = tmp_path / leftover
+    leftover_file.parent.mkdir(exist_ok=True)
+    leftover_file.write_text("{}")
+    assert files.stale(tmp_path) == [edited, leftover]
     files.write(tmp_path)
     assert files.stale(tmp_path) == []
-    envoy_file = tmp_path / compose.FILES_DIR / "orders-0" / containers.ENVOY_BOOTSTRAP
-    envoy_file.write_text(envoy_file.read_text() + "# edited\n")
-    leftover = tmp_path / compose.FILES_DIR / "orders-7" / "envoy.yaml"
-    leftover.parent.mkdir()
-    leftover.write_text("{}")
-    assert files.stale(tmp_path) == [
-        envoy_file.relative_to(tmp_path),
-        leftover.relative_to(tmp_path),
-    ]
-    files.write(tmp_path)
-    assert files.stale(tmp_path) == []
+    assert readme.is_file()
 
 
 def test_the_compose_file_follows_the_compose_specification() -> None:
@@ -190,11 +188,12 @@ def test_every_envoy_configuration_passes_envoy_validation(
 ) -> None:
     """Each bootstrap the containers run, as committed, with its files where it looks."""
     jobs: list[tuple[Path, dict[str, str]]] = []
-    for directory in sorted((ROOT / compose.FILES_DIR).iterdir()):
-        if (directory / containers.ENVOY_BOOTSTRAP).is_file():
-            jobs.append((directory, {p.name: p.read_text() for p in directory.iterdir()}))
+    for bootstrap in sorted((ROOT / compose.ENVOY_DIR).glob("*.yaml")):
+        sds = ROOT / compose.FILES_DIR / bootstrap.stem
+        files = {p.name: p.read_text() for p in sds.iterdir()}
+        jobs.append((bootstrap, {containers.ENVOY_BOOTSTRAP: bootstrap.read_text(), **files}))
     for path in sorted((ROOT / kube.BASE).glob("*.yaml")):
-        for item in _documents(path.read_text()):
+        for item in documents(path.read_text()):
             if item["kind"] == "ConfigMap" and containers.ENVOY_BOOTSTRAP in item["data"]:
                 jobs.append((path / item["metadata"]["name"], item["data"]))
     services = len(topology.services)
@@ -215,7 +214,7 @@ def test_every_envoy_configuration_passes_envoy_validation(
 def test_every_nats_configuration_passes_nats_validation(
     tmp_path: Path, topology: Topology
 ) -> None:
-    k8s = _by_kind(_documents((ROOT / kube.BASE / "nats.yaml").read_text()), "ConfigMap")
+    k8s = by_kind(documents((ROOT / kube.BASE / "nats.yaml").read_text()), "ConfigMap")
     configs = {
         "compose": (ROOT / compose.FILES_DIR / "nats" / containers.NATS_CONFIG).read_text(),
         "k8s": k8s["nats-config"]["data"][containers.NATS_CONFIG],
@@ -328,9 +327,7 @@ def test_each_compose_app_reaches_its_dependencies_through_its_sidecar(
     for name, service in topology.services.items():
         for index in range(service.replicas):
             instance = f"{name}-{index}"
-            config = yaml.safe_load(
-                (ROOT / compose.FILES_DIR / instance / containers.ENVOY_BOOTSTRAP).read_text()
-            )
+            config = yaml.safe_load((ROOT / compose.bootstrap_path(instance)).read_text())
             listeners = _listeners(config)
             environment = services[f"{instance}-app"]["environment"]
             assert services[f"{instance}-app"]["network_mode"] == f"service:{instance}"
@@ -348,9 +345,9 @@ def test_each_compose_app_reaches_its_dependencies_through_its_sidecar(
 
 def test_kubernetes_pods_are_probed_limited_and_budgeted() -> None:
     objects = _objects(ROOT / kube.K8S_DIR / "overlays" / "prod")
-    deployments = _by_kind(objects, "Deployment")
-    budgets = _by_kind(objects, "PodDisruptionBudget")
-    certificates = _by_kind(objects, "Certificate")
+    deployments = by_kind(objects, "Deployment")
+    budgets = by_kind(objects, "PodDisruptionBudget")
+    certificates = by_kind(objects, "Certificate")
     for name, deployment in deployments.items():
         component = deployment["metadata"]["labels"]["app.kubernetes.io/component"]
         # Jaeger keeps traces in memory, in one replica: nothing to budget.
@@ -372,8 +369,8 @@ def test_kubernetes_pods_are_probed_limited_and_budgeted() -> None:
         variables = {entry["name"]: entry for entry in app["env"]}
         secret = variables[f"SHOP_{name.upper()}_DATABASE_URL"]["valueFrom"]["secretKeyRef"]
         assert secret == {"name": f"{name}-database", "key": "url"}
-        assert f"{name}-postgres" in _by_kind(objects, "StatefulSet")
-    nats = _by_kind(objects, "StatefulSet")["nats"]
+        assert f"{name}-postgres" in by_kind(objects, "StatefulSet")
+    nats = by_kind(objects, "StatefulSet")["nats"]
     assert nats["spec"]["replicas"] == kube.NATS_REPLICAS
     route_names = certificates["nats-identity"]["spec"]["dnsNames"]
     assert set(kube.nats_route_names("shop")) <= set(route_names)
@@ -424,7 +421,8 @@ def test_replicas_and_calls_change_the_local_mesh_compose_and_kubernetes(
     assert {f"orders-{i}" for i in range(3)} | {f"orders-{i}-app" for i in range(3)} <= set(
         services
     )
-    caller = yaml.safe_load(files[compose.FILES_DIR / "notifications-0" / "envoy.yaml"])
+    bootstraps = compose.render_envoy(topology, api).files
+    caller = yaml.safe_load(bootstraps[compose.bootstrap_path("notifications-0")])
     assert _cluster_hosts(caller, "orders") == [(f"orders-{i}", 15006) for i in range(3)]
     route_timeouts = {
         route["route"]["timeout"]
@@ -440,13 +438,13 @@ def test_replicas_and_calls_change_the_local_mesh_compose_and_kubernetes(
     assert {f"orders-{i}-app" for i in range(3)} <= set(app["depends_on"])
     spiffe = "spiffe://shop.local/ns/shop/sa/notifications"
     for i in range(3):
-        assert spiffe in files[compose.FILES_DIR / f"orders-{i}" / "envoy.yaml"]
-    assert spiffe not in (ROOT / compose.FILES_DIR / "orders-0" / "envoy.yaml").read_text()
+        assert spiffe in bootstraps[compose.bootstrap_path(f"orders-{i}")]
+    assert spiffe not in (ROOT / compose.bootstrap_path("orders-0")).read_text()
     # Kubernetes: the Deployment's replicas, the caller's cluster on the headless Service.
     manifests = kube.render(topology, api).files
-    orders = _by_kind(_documents(manifests[kube.BASE / "orders.yaml"]), "Deployment")["orders"]
+    orders = by_kind(documents(manifests[kube.BASE / "orders.yaml"]), "Deployment")["orders"]
     assert orders["spec"]["replicas"] == 3
-    config_maps = _by_kind(_documents(manifests[kube.BASE / "notifications.yaml"]), "ConfigMap")
+    config_maps = by_kind(documents(manifests[kube.BASE / "notifications.yaml"]), "ConfigMap")
     k8s_caller = yaml.safe_load(config_maps["notifications-envoy"]["data"]["envoy.yaml"])
     assert _cluster_hosts(k8s_caller, "orders") == [("orders.shop.svc.cluster.local", 15006)]
     assert (
@@ -454,208 +452,3 @@ def test_replicas_and_calls_change_the_local_mesh_compose_and_kubernetes(
         == "STRICT_DNS"
     )
     assert spiffe in manifests[kube.BASE / "orders.yaml"]
-
-
-# -- what the one-shot containers run ----------------------------------------------------
-
-
-def _meshctl(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*MESHCTL, *args], cwd=ROOT, capture_output=True, text=True, check=False,
-        env={**os.environ, **(env or {})}, timeout=120,
-    )  # fmt: skip
-
-
-def test_meshctl_certs_issue_makes_what_the_containers_mount(
-    tmp_path: Path, topology: Topology, compose_file: dict[str, Any]
-) -> None:
-    """What the compose `certs` container runs: `--verify` (its health check) fails until
-    `--issue --every` has issued every certificate the containers mount; then it passes,
-    and the keeper stops on SIGTERM."""
-    verify = _meshctl("certs", "--verify", "--run-dir", str(tmp_path))
-    assert verify.returncode == 1
-    assert "orders-0: no certificate for orders" in verify.stderr
-    keeper = subprocess.Popen(
-        [*MESHCTL, "certs", "--issue", "--every", "3600", "--run-dir", str(tmp_path)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )  # fmt: skip
-    try:
-        assert keeper.stdout is not None
-        assert "certificates good" in keeper.stdout.readline()
-        assert _meshctl("certs", "--verify", "--run-dir", str(tmp_path)).returncode == 0
-    finally:
-        keeper.terminate()
-        assert keeper.wait(timeout=10) == 0
-        if keeper.stdout is not None:
-            keeper.stdout.close()
-    pki = MeshPKI(tmp_path / "pki", topology.trust_domain, topology.namespace)
-    issued = {info.instance: info for info in pki.inspect()}
-    mounted = set()
-    for text in [yaml.safe_dump(compose_file)] + [
-        p.read_text() for p in (ROOT / compose.FILES_DIR).rglob("*") if p.is_file()
-    ]:
-        mounted |= set(re.findall(r"/shop/pki/([\w-]+)/(?:cert|key|ca)\.pem", text))
-    assert "orders-0" in mounted
-    assert mounted <= set(issued)
-    assert issued["orders-0"].spiffe_id == "spiffe://shop.local/ns/shop/sa/orders"
-    again = _meshctl("certs", "--issue", "--run-dir", str(tmp_path))
-    assert again.returncode == 0, again.stderr
-    assert {i.instance: i.serial for i in pki.inspect()} == {k: v.serial for k, v in issued.items()}
-
-
-def test_k8s_secrets_hold_every_identity_the_manifests_mount(tmp_path: Path) -> None:
-    result = _meshctl("render", "k8s-secrets", "--run-dir", str(tmp_path))
-    assert result.returncode == 0, result.stderr
-    secrets = _by_kind(_documents(result.stdout), "Secret")
-    for secret in secrets.values():
-        kubernetes_validate.validate(secret, kube.KUBERNETES_VERSION, strict=True)
-        assert set(secret["data"]) == {"tls.crt", "tls.key", "ca.crt"}
-    mounted = set(re.findall(r"secretName: ([\w-]+)", "".join(
-        p.read_text() for p in (ROOT / kube.BASE).glob("*.yaml")
-    )))  # fmt: skip
-    assert mounted == set(secrets)
-    pki = MeshPKI(tmp_path / "k8s-pki", "shop.local", "shop")
-    nats = next(info for info in pki.inspect() if info.instance == "nats")
-    assert set(kube.nats_route_names("shop")) <= set(nats.dns_names)
-
-
-# -- a NATS cluster as Kubernetes runs it ------------------------------------------------
-
-
-@pytest.fixture
-def nats_cluster(tmp_path: Path) -> Iterator[tuple[MeshPKI, list[int]]]:
-    """Three nats-servers with the cluster configuration the StatefulSet gets (routes over
-    mutual TLS, names from $POD_NAME), on loopback; stopped by pid."""
-    topology = load(ROOT / "mesh.yaml")
-    pki = MeshPKI(tmp_path / "pki", topology.trust_domain, topology.namespace)
-    server = pki.ensure(natsconf.SERVER_IDENTITY, natsconf.SERVER_IDENTITY, dns_names=["localhost"])
-    ports = [(free_port(), free_port(), free_port()) for _ in range(3)]
-    routes = [f"nats-route://localhost:{cluster}" for _, _, cluster in ports]
-    processes = []
-    try:
-        for index, (client, monitor, cluster) in enumerate(ports):
-            config = tmp_path / f"nats-{index}.conf"
-            config.write_text(
-                natsconf.render_config(
-                    topology, pki, port=client, monitor_port=monitor,
-                    store_dir=tmp_path / f"store-{index}",
-                    cert_path=server.cert_path, key_path=server.key_path,
-                    server_name="$POD_NAME",
-                    cluster=natsconf.Cluster(port=cluster, routes=routes),
-                )
-            )  # fmt: skip
-            processes.append(
-                subprocess.Popen(
-                    [find_binary("nats-server"), "--config", str(config)],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                    env={**os.environ, "POD_NAME": f"nats-{index}"},
-                )
-            )  # fmt: skip
-        deadline = time.monotonic() + 60
-        for process, (_, monitor, _) in zip(processes, ports, strict=True):
-            while not http_ok(f"http://127.0.0.1:{monitor}/healthz?js-enabled-only=true"):
-                assert process.poll() is None, "a nats-server exited"
-                assert time.monotonic() < deadline, "the NATS cluster did not become healthy"
-                time.sleep(0.1)
-        yield pki, [client for client, _, _ in ports]
-    finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
-def test_events_init_replicates_the_streams_over_the_tls_cluster(
-    nats_cluster: tuple[MeshPKI, list[int]],
-) -> None:
-    pki, ports = nats_cluster
-    admin = natsconf.admin_settings(pki, ports[0])
-    result = _meshctl("events", "init", "--replicas", "3", env=admin.environment())
-    assert result.returncode == 0, result.stdout + result.stderr
-
-    async def inspect() -> tuple[int, int, int, list[str]]:
-        # Through another server than the one events init used.
-        client = await natsconf.admin_settings(pki, ports[2]).connect(max_reconnect_attempts=2)
-        try:
-            js = client.jetstream()
-            info = await js.stream_info("SHOP_EVENTS")
-            ack = await js.publish("shop.orders.order_placed", b"x")
-            consumers = [c.name for c in await js.consumers_info("SHOP_EVENTS")]
-            assert info.cluster is not None
-            peers = len(info.cluster.replicas or [])
-            return info.config.num_replicas or 0, peers, ack.seq, sorted(consumers)
-        finally:
-            await client.close()
-
-    replicas, peers, sequence, consumers = asyncio.run(inspect())
-    assert replicas == 3
-    assert peers == 2  # the leader, and a copy on each other server
-    assert sequence == 1
-    assert consumers == ["inventory", "notifications", "orders", "payments", "shipping"]
-
-
-# -- the probe port, for real ------------------------------------------------------------
-
-
-class _Metrics(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        body = b"shop_probe_test 1\n"
-        self.send_response(200)
-        self.send_header("content-type", "text/plain; version=0.0.4")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-def _get(url: str, method: str = "GET") -> tuple[int, str]:
-    """The status and body of a request (0 when nothing listens yet)."""
-    request = urllib.request.Request(url, method=method)
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
-    except urllib.error.URLError:
-        return 0, ""
-
-
-def test_the_probe_port_answers_the_orchestrator_and_nothing_else(tmp_path: Path) -> None:
-    """A sidecar with a probe port (as in a pod) in front of a real app: Envoy's readiness,
-    the app's gRPC health and both sets of metrics answer; anything else does not."""
-    metrics = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Metrics)
-    threading.Thread(target=metrics.serve_forever, daemon=True).start()
-    with contextlib.ExitStack() as stack:
-        stack.callback(metrics.server_close)
-        stack.callback(metrics.shutdown)
-        app, address = stack.enter_context(tiny_catalog.served())
-        instance, sidecar = started_sidecar(
-            stack, tmp_path, address, metrics_port=metrics.server_address[1]
-        )
-        probe = f"127.0.0.1:{instance.probe_port}"
-        deadline = time.monotonic() + 30
-        while _get(f"http://{probe}{envoy.READY_PATH}")[0] != 200:
-            assert sidecar.poll() is None, "envoy exited"
-            assert time.monotonic() < deadline, "the sidecar never became ready"
-            time.sleep(0.1)
-        assert grpc_serving(probe)
-        assert _get(f"http://{probe}/metrics") == (200, "shop_probe_test 1\n")
-        status, stats = _get(f"http://{probe}/stats/prometheus")
-        assert status == 200
-        assert "envoy_server_live" in stats
-        # Nothing else of the admin interface or the app is reachable here.
-        assert _get(f"http://{probe}/ready")[0] == 404
-        assert _get(f"http://{probe}/config_dump")[0] == 404
-        assert _get(f"http://{probe}{envoy.READY_PATH}", "POST")[0] == 404
-        assert _get(f"http://{probe}/quitquitquit", "POST")[0] == 404
-        # The app stops: the pod is no longer ready, but the sidecar itself still is.
-        app.terminate()
-        app.wait(timeout=10)
-        assert not grpc_serving(probe)
-        assert _get(f"http://{probe}{envoy.READY_PATH}")[0] == 200

@@ -8,7 +8,6 @@ import json
 import re
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +34,7 @@ from tests.support.mesh import (
     mesh_up,
     stream_events,
 )
+from tests.support.wait import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -369,13 +369,12 @@ async def test_each_placed_order_publishes_exactly_one_order_placed_event(
     """Through the orders' outbox and relay to JetStream, a retried PlaceOrder included."""
     order_id = await asyncio.to_thread(_place_an_order_twice, mesh)
     async with mesh.jetstream() as js:
-        found: list[events_pb2.EventEnvelope] = []
-        deadline = time.monotonic() + 20
-        while not found and time.monotonic() < deadline:
+
+        async def placements() -> list[events_pb2.EventEnvelope]:
             placed = await stream_events(js, "shop.orders.order_placed")
-            found = [event for event in placed if event.order_id == order_id]
-            if not found:
-                await asyncio.sleep(0.2)
+            return [event for event in placed if event.order_id == order_id]
+
+        found = await eventually(placements, f"OrderPlaced of {order_id} published", 20, 0.2)
     assert len(found) == 1
     event = found[0].order_placed
     assert (event.weight_grams, event.payment_token, event.lines[0].quantity) == (

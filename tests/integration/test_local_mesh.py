@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib
 import json
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from google.protobuf.message import Message
 from mesh.control.binaries import find_binary
 from mesh.runtime.caller import SUBJECT_METADATA_KEY
 from tests.support.mesh import RunningMesh
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -76,18 +76,33 @@ def test_each_service_is_listed_and_described_through_reflection(
 
 def test_a_customer_journey_across_the_services(mesh: RunningMesh) -> None:
     at = _apps(mesh)
+    user = _registered_user(at["identity"])
+    product = _product_in_stock(at["catalog"], at["inventory"])
+    order = _placed_order(at["orders"], user, product)
+    _shipping_quoted(at["shipping"])
+    _payment_authorized(at["payments"], user, order)
+    # The order's saga ends it one way or the other, and the customer is told, once.
+    told = _notifications(at["notifications"], user)
+    assert [n["orderId"] for n in told] == [order["id"]]
 
-    user = call(
-        at["identity"],
+
+def _registered_user(identity: str) -> dict[str, Any]:
+    """A user registered with identity, which signs tokens with RS256 keys it publishes."""
+    user: dict[str, Any] = call(
+        identity,
         "shop.identity.v1.IdentityService/Register",
         {"email": "Ada@Example.org", "password": "correct horse battery"},
     )["user"]
     assert user["email"] == "ada@example.org"
-    jwks = call(at["identity"], "shop.identity.v1.IdentityService/GetJwks", {})
+    jwks = call(identity, "shop.identity.v1.IdentityService/GetJwks", {})
     assert jwks["keys"][0]["alg"] == "RS256"
+    return user
 
-    product = call(
-        at["catalog"],
+
+def _product_in_stock(catalog: str, inventory: str) -> dict[str, Any]:
+    """A product created in the catalog with five in stock, as inventory reports."""
+    product: dict[str, Any] = call(
+        catalog,
         "shop.catalog.v1.CatalogService/CreateProduct",
         {
             "product": {
@@ -99,15 +114,19 @@ def test_a_customer_journey_across_the_services(mesh: RunningMesh) -> None:
         },
     )["product"]
     stock = call(
-        at["inventory"],
+        inventory,
         "shop.inventory.v1.InventoryService/GetStock",
         {"product_id": product["id"]},
     )["stock"]
     assert (stock["onHand"], stock["available"]) == (5, 5)
+    return product
 
+
+def _placed_order(orders: str, user: dict[str, Any], product: dict[str, Any]) -> dict[str, Any]:
+    """Two of `product` ordered by `user`, pending, at the catalog's price."""
     # The client's price is ignored: orders reads it from the catalog.
-    order = call(
-        at["orders"],
+    order: dict[str, Any] = call(
+        orders,
         "shop.orders.v1.OrdersService/PlaceOrder",
         {
             "lines": [
@@ -128,16 +147,21 @@ def test_a_customer_journey_across_the_services(mesh: RunningMesh) -> None:
     )["order"]
     assert order["status"] == "ORDER_STATUS_PENDING"
     assert order["total"] == {"currency_code": "EUR", "units": "9"}  # grpcurl: proto names
+    return order
 
+
+def _shipping_quoted(shipping: str) -> None:
     quote = call(
-        at["shipping"],
+        shipping,
         "shop.shipping.v1.ShippingService/QuoteShipment",
         {"destination": {"region_code": "FR", "postal_code": "75001"}, "weight_grams": 500},
     )
     assert quote["cost"]["currency_code"] == "EUR"
 
+
+def _payment_authorized(payments: str, user: dict[str, Any], order: dict[str, Any]) -> None:
     payment = call(
-        at["payments"],
+        payments,
         "shop.payments.v1.PaymentsService/AuthorizePayment",
         {
             "order_id": order["id"],
@@ -149,19 +173,20 @@ def test_a_customer_journey_across_the_services(mesh: RunningMesh) -> None:
     )["payment"]
     assert payment["status"] == "PAYMENT_STATUS_AUTHORIZED"
 
-    # The order's saga ends it one way or the other, and the customer is told, once.
-    deadline = time.monotonic() + 30
-    while not (
-        told := call(
-            at["notifications"],
+
+def _notifications(notifications: str, user: dict[str, Any]) -> list[dict[str, Any]]:
+    """The user's notifications, once there is one."""
+
+    def listed() -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = call(
+            notifications,
             "shop.notifications.v1.NotificationsService/ListNotifications",
             {"customer_id": user["id"]},
             f"{SUBJECT_METADATA_KEY}: {user['id']}",
         ).get("notifications", [])
-    ):
-        assert time.monotonic() < deadline, "no notification of the order"
-        time.sleep(0.2)
-    assert [n["orderId"] for n in told] == [order["id"]]
+        return found
+
+    return wait_until(listed, "a notification of the order", 30, 0.2)
 
 
 def _methods() -> list[tuple[str, str, type[Message]]]:

@@ -28,12 +28,14 @@ import yaml
 from mesh.control import envoy
 from mesh.control.plan import MAX_SOCKET_PATH_BYTES, PlanError, make_plan
 from mesh.control.probe import grpc_serving
-from mesh.control.supervisor import PRIVATE_UMASK, all_pids, pid_alive
+from mesh.control.process import PRIVATE_UMASK, pid_alive
+from mesh.control.state import all_pids
 from mesh.control.topology import parse
 from mesh.deploy import compose, containers
 from tests.support import tiny_catalog
 from tests.support.mesh import ROOT, RunningMesh
 from tests.support.sidecar import started_sidecar
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -164,14 +166,14 @@ def test_no_tcp_port_of_the_mesh_takes_an_admin_command(mesh: RunningMesh) -> No
         assert pid_alive(one.pid), f"{one.name} stopped"
         assert envoy.admin_ready(one.admin_socket), f"{one.name} failed its health checks"
         assert envoy.admin_stats(one.admin_socket, r"^server\.live$")["server.live"] == 1
-    deadline = time.monotonic() + 10
-    while True:
-        after = mesh.state()
-        health = {i["instance"]: i["health"] for i in after["instances"]}
-        if set(health.values()) == {"SERVING"} or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
-    assert set(health.values()) == {"SERVING"}, health
+    health: dict[str, str] = {}
+
+    def every_instance_serving() -> dict[str, Any] | None:
+        state = mesh.state()
+        health.update({i["instance"]: i["health"] for i in state["instances"]})
+        return state if set(health.values()) == {"SERVING"} else None
+
+    after = wait_until(every_instance_serving, lambda: f"every instance SERVING: {health}", 10, 0.5)
     assert [(i["sidecar_pid"], i["restarts"]) for i in after["instances"]] == [
         (i["sidecar_pid"], i["restarts"]) for i in before["instances"]
     ]
@@ -207,11 +209,11 @@ def test_the_probe_listener_serves_readiness_through_the_socket_and_no_admin_com
             finally:
                 connection.close()
 
-        deadline = time.monotonic() + 30
-        while ready() != 200:
+        def sidecar_ready() -> bool:
             assert sidecar.poll() is None, "envoy exited"
-            assert time.monotonic() < deadline, "the sidecar never became ready"
-            time.sleep(0.1)
+            return ready() == 200
+
+        wait_until(sidecar_ready, "the sidecar ready")
         socket_path = Path(instance.admin_socket)
         assert stat.S_ISSOCK(socket_path.lstat().st_mode)
         assert mode(socket_path) == 0o600
@@ -231,7 +233,7 @@ def test_the_probe_listener_serves_readiness_through_the_socket_and_no_admin_com
         assert subprocess.run(local, timeout=10, check=False).returncode == 0
         for path in ADMIN_COMMANDS:
             assert post(instance.probe_port, path) == 404
-        time.sleep(0.5)
+        time.sleep(0.5)  # a /quitquitquit that got through would have stopped Envoy by now
         assert sidecar.poll() is None, "a POST on the probe port stopped Envoy"
         assert ready() == 200
         assert grpc_serving(probe)
@@ -314,7 +316,7 @@ def test_an_earlier_run_dir_is_made_private_too(tmp_path: Path) -> None:
     old.write_text("spans")
     old.chmod(0o644)
     program = (
-        "import sys, pathlib; from mesh.control.supervisor import make_private; "
+        "import sys, pathlib; from mesh.control.process import make_private; "
         "make_private(pathlib.Path(sys.argv[1])); "
         "open(pathlib.Path(sys.argv[1]) / 'new.log', 'w').close()"
     )

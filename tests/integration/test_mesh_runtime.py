@@ -32,6 +32,7 @@ from shop.payments.v1 import payments_service_pb2 as payments_pb
 from shop.payments.v1 import payments_service_pb2_grpc as payments_grpc
 from tests.support.mesh import RunningMesh, grpcurl
 from tests.support.processes import niceness_of_every_thread
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -312,15 +313,16 @@ def test_a_non_idempotent_call_that_may_have_been_applied_is_not_retried(
         assert after.get("cluster.catalog.upstream_rq_retry", 0) == before.get(
             "cluster.catalog.upstream_rq_retry", 0
         )
-        deadline = time.monotonic() + 15
-        listed: list[Any] = []
-        while time.monotonic() < deadline and not listed:
-            listed = list(
+        listed: list[Any] = wait_until(
+            lambda: list(
                 stub.ListProducts(
                     catalog_pb.ListProductsRequest(category=category), timeout=5
                 ).products
-            )
-            time.sleep(0.2)
+            ),
+            "the product stored by the one try listed",
+            15,
+            0.2,
+        )
     assert len(listed) == 1  # the one try reached catalog and was applied exactly once
 
 
@@ -359,12 +361,12 @@ def test_killing_a_replica_during_load_keeps_calls_succeeding(mesh: RunningMesh)
     )
 
     # The supervisor restarts the killed app with backoff and says so.
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+    def restarted_and_serving() -> dict[str, Any] | None:
         restarted = mesh.instance("inventory-1")
-        if restarted["restarts"] >= 1 and restarted["health"] == "SERVING":
-            break
-        time.sleep(0.5)
+        back = restarted["restarts"] >= 1 and restarted["health"] == "SERVING"
+        return restarted if back else None
+
+    restarted = wait_until(restarted_and_serving, "inventory-1 restarted and SERVING", 30, 0.5)
     assert restarted["app_pid"] != victim["app_pid"]
     assert restarted["restarts"] >= 1
     assert restarted["health"] == "SERVING"
@@ -385,9 +387,12 @@ def test_rotated_certificates_reach_the_sidecars_without_restarts(mesh: RunningM
     old_serial = _serving_serial(mesh, "inventory-0")
     table = mesh.meshctl("certs", "--rotate", "--config", str(mesh.config)).stdout
     assert "spiffe://shop.local/ns/shop/sa/inventory" in table
-    deadline = time.monotonic() + 20
-    while _serving_serial(mesh, "inventory-0") == old_serial and time.monotonic() < deadline:
-        time.sleep(0.2)
+    wait_until(
+        lambda: _serving_serial(mesh, "inventory-0") != old_serial,
+        "inventory-0's sidecar serving the rotated certificate",
+        20,
+        0.2,
+    )
     assert _serving_serial(mesh, "inventory-0") != old_serial
     after = mesh.instance("inventory-0")
     assert (after["app_pid"], after["sidecar_pid"]) == (before["app_pid"], before["sidecar_pid"])

@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
-import time
 import urllib.request
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -15,11 +15,11 @@ from mesh.control import envoy
 from tests.support.mesh import RunningMesh, bearer, customer
 from tests.support.saga import (
     CONFIRMED,
-    eventually,
     place,
     stocked_product,
     wait_until_terminal,
 )
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -81,8 +81,8 @@ def test_the_saga_is_visible_in_the_event_metrics(edge: httpx.Client, mesh: Runn
     applied = ("shop_events_total", (("consumer", "orders"), ("outcome", "applied")))
     # Reserved, captured, scheduled: three steps applied by orders (the count follows
     # each commit, so it may trail the order's status by a moment).
-    orders = eventually(
-        lambda: (found := app_metrics(mesh, "orders-0")).get(applied, 0) >= 3 and found,
+    orders = wait_until(
+        lambda: found if (found := app_metrics(mesh, "orders-0")).get(applied, 0) >= 3 else None,
         "the applied events counted",
     )
     assert ("shop_outbox_pending", ()) in orders
@@ -99,14 +99,15 @@ def test_envoy_stats_are_prometheus_text_too(mesh: RunningMesh) -> None:
 def test_status_shows_requests_per_second_errors_and_p99(
     edge: httpx.Client, mesh: RunningMesh
 ) -> None:
-    deadline = time.monotonic() + 20
-    while True:  # traffic over at least two of the supervisor's 2 s samples
+    def rates_of_failing_calls() -> dict[str, Any] | None:
         for _ in range(20):
             edge.get("/v1/products/no-such-product")
-        rates = mesh.instance("catalog-0")["rates"]
-        if rates and rates["error_ratio"] > 0:  # an interval with our (failing) calls
-            break
-        assert time.monotonic() < deadline, f"no rates of the failing calls: {rates}"
+        rates: dict[str, Any] | None = mesh.instance("catalog-0")["rates"]
+        # The supervisor's last interval held our (failing) calls.
+        return rates if rates and rates["error_ratio"] > 0 else None
+
+    # Traffic without a pause, over at least two of the supervisor's 2 s samples.
+    rates = wait_until(rates_of_failing_calls, "rates of the failing calls", 20, interval=0)
     assert rates["requests_per_second"] > 0
     assert rates["p99_ms"] > 0
     table = mesh.meshctl("status").stdout.splitlines()

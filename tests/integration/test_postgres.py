@@ -113,7 +113,7 @@ async def warmed(database: Database, connections: int = 6) -> Database:
 
     async def hold() -> None:
         async with database.snapshot():
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)  # held while the others open theirs
 
     await asyncio.gather(*(hold() for _ in range(connections)))
     return database
@@ -270,7 +270,7 @@ async def test_conditional_holds_never_oversell_even_without_the_write_lock(
             async with database.engine.connect() as connection, connection.begin():
                 tx = inventory.SqlInventoryTransaction(AwaitedConnection(connection))
                 held = await tx.hold("tea", 1, utc_now())
-                await asyncio.sleep(0.02)
+                await asyncio.sleep(0.02)  # the row lock held while the others try theirs
                 return held
 
         held = await asyncio.gather(*(hold_one() for _ in range(8)))

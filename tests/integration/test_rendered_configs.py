@@ -10,10 +10,11 @@ from typing import Any
 
 import pytest
 
-from mesh.control import edge, envoy, natsconf
+from mesh.control import envoy, natsconf
 from mesh.control.api import Api
 from mesh.control.binaries import find_binary
 from mesh.control.contracts import DESCRIPTOR_SET
+from mesh.control.envoy import edge
 from mesh.control.pki import MeshPKI
 from mesh.control.plan import MeshPlan, make_plan
 from mesh.control.topology import Faults, Topology, TopologyError, load

@@ -246,12 +246,14 @@ async def test_sigterm_stops_gracefully_finishing_calls_in_flight(
         watch = health.Watch(health_pb2.HealthCheckRequest(service=""))
         assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
         in_flight = asyncio.ensure_future(stub.GetProduct(pb.GetProductRequest(id="slow")))
+        # Time for the slow call to reach the server, which shows no sign of it outside.
         await asyncio.sleep(tiny_catalog.SLOW_SECONDS / 4)
         process.send_signal(signal.SIGTERM)
 
         # Watchers (load balancers) hear NOT_SERVING as soon as the stop begins.
         changed = await asyncio.wait_for(watch.read(), timeout=5)
         assert changed.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        # Into the drain, still well before the slow call ends.
         await asyncio.sleep(tiny_catalog.SLOW_SECONDS / 4)
 
         # While it drains, the server takes no new calls.

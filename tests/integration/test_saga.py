@@ -36,7 +36,6 @@ from tests.support.saga import (
     HAPPY_PATH,
     UNSHIPPABLE,
     captures,
-    eventually,
     get_order,
     notifications_for,
     place,
@@ -46,6 +45,7 @@ from tests.support.saga import (
     stocked_product,
     wait_until_terminal,
 )
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -77,7 +77,7 @@ def test_an_order_placed_through_the_edge_is_confirmed_with_every_step_once(
     assert order["trackingNumber"].startswith("SHP")
 
     # Stock taken out once: the reservation was committed, nothing stays reserved.
-    assert eventually(lambda: stock(edge, product_id) == (3, 0), "stock committed")
+    assert wait_until(lambda: stock(edge, product_id) == (3, 0), "stock committed")
     # One capture, of the order's total.
     # Read as the customer who paid: only they may see the payment.
     paid = edge.get(f"/v1/payments/{order['paymentId']}", headers=bearer(token))
@@ -91,7 +91,7 @@ def test_an_order_placed_through_the_edge_is_confirmed_with_every_step_once(
     shipments = query(mesh, "shipping", "SELECT id FROM shipments WHERE order_id = ?", order_id)
     assert shipments == [(order["shipmentId"],)]
     # One notification.
-    told = eventually(lambda: notifications_for(edge, token, order_id), "a notification")
+    told = wait_until(lambda: notifications_for(edge, token, order_id), "a notification")
     assert [n["kind"] for n in told] == ["NOTIFICATION_KIND_ORDER_CONFIRMED"]
 
     # The same order, history included, through the edge over native gRPC.
@@ -124,7 +124,7 @@ def test_a_declined_payment_releases_the_stock_and_cancels_the_order(
     # CANCELLED comes after the release: the stock is back already.
     assert stock(edge, product_id) == (5, 0)
     assert captures(mesh, order_id) == 0
-    told = eventually(lambda: notifications_for(edge, token, order_id), "a notification")
+    told = wait_until(lambda: notifications_for(edge, token, order_id), "a notification")
     assert [n["kind"] for n in told] == ["NOTIFICATION_KIND_ORDER_CANCELLED"]
     assert "Payment declined: card_declined" in told[0]["body"]
 
@@ -193,7 +193,7 @@ def test_a_customer_cancelling_a_pending_order_undoes_what_was_done(
     os.kill(processor_pid, signal.SIGSTOP)
     try:
         order_id = place(edge, token, product_id, 2)
-        eventually(lambda: "StockReserved" in steps(get_order(edge, token, order_id)), "reserved")
+        wait_until(lambda: "StockReserved" in steps(get_order(edge, token, order_id)), "reserved")
         cancelled = edge.post(
             f"/v1/orders/{order_id}:cancel",
             json={"reason": "changed my mind", "requestId": str(uuid.uuid4())},
@@ -203,7 +203,7 @@ def test_a_customer_cancelling_a_pending_order_undoes_what_was_done(
         assert cancelled.json()["order"]["status"] == CANCELLED
         # Payments learns of the cancellation while the charge still waits for the
         # processor, so the charge's next delivery finds the order cancelled.
-        eventually(
+        wait_until(
             lambda: query(
                 mesh, "payments", "SELECT cancelled FROM saga_orders WHERE order_id = ?", order_id
             ) == [(1,)],
@@ -213,15 +213,15 @@ def test_a_customer_cancelling_a_pending_order_undoes_what_was_done(
         os.kill(processor_pid, signal.SIGCONT)
 
     # Whatever the saga had done is undone; what it had not done yet never happens.
-    assert eventually(lambda: stock(edge, product_id) == (5, 0), "stock released")
-    order = eventually(
-        lambda: (o := get_order(edge, token, order_id)) and "StockReleased" in steps(o) and o,
+    assert wait_until(lambda: stock(edge, product_id) == (5, 0), "stock released")
+    order = wait_until(
+        lambda: o if "StockReleased" in steps(o := get_order(edge, token, order_id)) else None,
         "the release in the history",
     )
     assert order["status"] == CANCELLED
     assert order["cancelReason"] == "changed my mind"
     # Past the charge's last delivery: it must have seen the cancellation.
-    eventually(lambda: payments_settled(mesh), "payments done with the order's events")
+    wait_until(lambda: payments_settled(mesh), "payments done with the order's events")
     charged = query(
         mesh, "payments",
         "SELECT coalesce(sum(captured_minor_units - refunded_minor_units), 0) FROM payments "
@@ -257,7 +257,7 @@ def test_200_concurrent_orders_for_50_units_confirm_exactly_50(
     assert {tuple(steps(o)) for o in final if o["status"] == CANCELLED} == {
         ("OrderPlaced", "StockRejected", "OrderCancelled")
     }
-    assert eventually(lambda: stock(edge, product_id) == (0, 0), "every reservation committed")
+    assert wait_until(lambda: stock(edge, product_id) == (0, 0), "every reservation committed")
     stored = query(mesh, "inventory", "SELECT on_hand, reserved FROM stock WHERE product_id = ?",
                    product_id)  # fmt: skip
     assert stored == [(0, 0)]
@@ -297,7 +297,7 @@ def test_a_poison_event_is_a_dead_letter_and_the_good_ones_keep_flowing(
         return [d for d in dead_letters(mesh) if d["event"] == {"undecodable": poison.hex()}]
 
     # Each consumer of order placements set its copy aside, with the reason.
-    letters = eventually(lambda: len(poisoned()) == 3 and poisoned(), "three dead letters")
+    letters = wait_until(lambda: d if len(d := poisoned()) == 3 else None, "three dead letters")
     assert sorted(d["consumer"] for d in letters) == ["inventory", "payments", "shipping"]
     assert {d["subject"] for d in letters} == {"shop.orders.order_placed"}
     assert all(d["reason"].startswith("malformed event:") for d in letters)
@@ -324,7 +324,7 @@ def test_meshctl_dlq_replay_re_drives_a_dead_letter_once_its_cause_is_fixed(
         )  # fmt: skip
 
     # Five deliveries, 1 + 2 + 5 + 10 seconds apart.
-    dead = eventually(letter, "the dead letter", timeout=60)
+    dead = wait_until(letter, "the dead letter", within=60)
     assert dead["reason"].startswith("failed 5 times:")
     assert f"order {order_id!r} has no reservation" in dead["reason"]
     assert stock(edge, product_id) == (5, 0)
@@ -341,5 +341,5 @@ def test_meshctl_dlq_replay_re_drives_a_dead_letter_once_its_cause_is_fixed(
     assert stock(edge, product_id) == (5, 2)
     replayed = mesh.meshctl("dlq", "replay", str(dead["sequence"]))
     assert f"replayed {dead['sequence']} to shop.orders.order_confirmed" in replayed.stdout
-    assert eventually(lambda: stock(edge, product_id) == (3, 0), "the replay committed")
+    assert wait_until(lambda: stock(edge, product_id) == (3, 0), "the replay committed")
     assert letter() is None

@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from mesh.control.supervisor import pid_alive
+from mesh.control.process import pid_alive
 from mesh.runtime.consumer import CHAOS_KILL_AFTER_COMMIT, CHAOS_KILL_IN_BATCH
 from tests.support.mesh import (
     ROOT,
@@ -38,13 +38,13 @@ from tests.support.saga import (
     CANCELLED,
     CONFIRMED,
     captures,
-    eventually,
     place,
     query,
     stock,
     stocked_product,
     wait_until_terminal,
 )
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -132,7 +132,7 @@ def settled_once(
     confirmed = {order["id"] for order in final if order["status"] == CONFIRMED}
 
     left = on_hand - len(confirmed)
-    assert eventually(lambda: stock(edge, product_id) == (left, 0), "stock settled", 120)
+    assert wait_until(lambda: stock(edge, product_id) == (left, 0), "stock settled", 120)
     double = [order_id for order_id in order_ids if captures(mesh, order_id) > 1]
     assert double == []
     assert all(captures(mesh, order_id) == 1 for order_id in confirmed)
@@ -168,7 +168,7 @@ def settled_once(
         assert all(count == 1 for _, count in rows), rows
         return {order_id for order_id, _ in rows} == wanted
 
-    eventually(notified, "one notification per order", 60)
+    wait_until(notified, "one notification per order", 60)
     return {
         "orders": len(order_ids),
         "confirmed": len(confirmed),
@@ -215,7 +215,7 @@ def kill_participants_during_a_burst(chaos: RunningMesh, edge: httpx.Client) -> 
     def all_serving() -> bool:
         return all(i["health"] == "SERVING" for i in chaos.state()["instances"])
 
-    eventually(all_serving, "every killed instance serving again", 30)
+    wait_until(all_serving, "every killed instance serving again", 30)
 
 
 def burst_and_settle(chaos: RunningMesh, edge: httpx.Client) -> dict[str, int]:

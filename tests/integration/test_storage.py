@@ -236,16 +236,18 @@ async def test_a_writer_of_another_process_waits_for_the_lock_without_stalling_t
     first, second = await opened(tmp_path / "t.db"), await opened(tmp_path / "t.db")
     order: list[str] = []
     ticks = 0
+    first_holds = asyncio.Event()
 
     async def hold_the_lock() -> None:
         async with first.transaction() as connection:
             await connection.exec_driver_sql("UPDATE counter SET n = n + 1")
             order.append("first holds")
-            await asyncio.sleep(0.3)
+            first_holds.set()
+            await asyncio.sleep(0.3)  # long enough for the ticks and the second writer
             order.append("first commits")
 
     async def write_meanwhile() -> None:
-        await asyncio.sleep(0.05)
+        await first_holds.wait()
         async with second.transaction() as connection:
             order.append("second begins")
             await connection.exec_driver_sql("UPDATE counter SET n = n + 10")
@@ -253,7 +255,7 @@ async def test_a_writer_of_another_process_waits_for_the_lock_without_stalling_t
     async def tick() -> None:
         nonlocal ticks
         for _ in range(10):
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)  # time passing on the loop while the second writer waits
             ticks += 1
         order.append("ticked")
 
@@ -276,11 +278,13 @@ async def test_a_writer_cancelled_while_it_waits_for_the_lock_leaves_its_connect
     process's lock: once the lock is free its connection goes back to the pool with
     nothing begun, and the next writer of that database proceeds."""
     first, second = await opened(tmp_path / "t.db"), await opened(tmp_path / "t.db")
+    first_holds = asyncio.Event()
 
     async def hold_the_lock() -> None:
         async with first.transaction() as connection:
             await connection.exec_driver_sql("UPDATE counter SET n = n + 1")
-            await asyncio.sleep(0.3)
+            first_holds.set()
+            await asyncio.sleep(0.3)  # long enough for the waiter to wait, and be cancelled
 
     async def never_gets_to_write() -> None:
         async with second.transaction() as connection:
@@ -288,8 +292,9 @@ async def test_a_writer_cancelled_while_it_waits_for_the_lock_leaves_its_connect
 
     try:
         holder = asyncio.create_task(hold_the_lock())
-        await asyncio.sleep(0.05)
+        await first_holds.wait()
         waiter = asyncio.create_task(never_gets_to_write())
+        # Time to reach its `BEGIN IMMEDIATE`, which blocks in SQLite with no sign to await.
         await asyncio.sleep(0.05)
         waiter.cancel()
         with pytest.raises(asyncio.CancelledError):

@@ -4,7 +4,6 @@ trace store; and the services' log lines carry the same trace ids."""
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -21,6 +20,7 @@ from shop.orders.v1 import orders_service_pb2 as orders_pb
 from shop.orders.v1 import orders_service_pb2_grpc as orders_grpc
 from tests.support.mesh import RunningMesh, bearer, customer
 from tests.support.saga import CANCELLED, CONFIRMED, place, stocked_product, wait_until_terminal
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -51,21 +51,23 @@ def edge(mesh: RunningMesh) -> Iterator[httpx.Client]:
 def order_trace(mesh: RunningMesh, order_id: str, timeout: float = 30) -> list[Span]:
     """The spans of the order's trace once every hop has arrived (each process exports
     its spans in batches, on its own schedule)."""
-    deadline = time.monotonic() + timeout
-    while True:
+    steps: set[tuple[str, str]] = set()
+
+    def complete() -> list[Span] | None:
         found = traces_of(mesh, order_id)
         store = TraceStore(mesh.run_dir / "traces" / "traces.db")
         try:
             spans = store.trace(found[-1]) if found else []
         finally:
             store.close()
-        steps = {(span.service, span.name) for span in spans}
-        if all((service, name) in steps for _, service, name in ASYNC_HOPS) and _hops(spans) >= set(
-            SYNC_HOPS
-        ):
-            return spans
-        assert time.monotonic() < deadline, f"trace of {order_id} incomplete: {sorted(steps)}"
-        time.sleep(0.25)
+        steps.clear()
+        steps.update((span.service, span.name) for span in spans)
+        arrived = all((service, name) in steps for _, service, name in ASYNC_HOPS)
+        return spans if arrived and _hops(spans) >= set(SYNC_HOPS) else None
+
+    return wait_until(
+        complete, lambda: f"trace of {order_id} complete: {sorted(steps)}", timeout, 0.25
+    )
 
 
 def _hops(spans: list[Span]) -> set[tuple[str, str, str]]:
@@ -115,10 +117,7 @@ def test_the_log_lines_of_a_failed_order_carry_its_trace_id(
     edge: httpx.Client, mesh: RunningMesh
 ) -> None:
     order_id = ended_order(edge, mesh, "tok_declined", CANCELLED)
-    deadline = time.monotonic() + 30
-    while not (found := traces_of(mesh, order_id)):
-        assert time.monotonic() < deadline, f"no trace of {order_id}"
-        time.sleep(0.25)
+    found = wait_until(lambda: traces_of(mesh, order_id), f"a trace of {order_id}", 30, 0.25)
     # Payments declines the card, inventory gives the stock back, orders cancels.
     assert_logged_in_trace(mesh, ("orders", "inventory", "payments"), found[-1], order_id)
 

@@ -21,7 +21,8 @@ from nats.js import JetStreamContext
 from mesh.control import envoy, natsconf
 from mesh.control.binaries import find_binary
 from mesh.control.contracts import DESCRIPTOR_SET, Workspace
-from mesh.control.supervisor import all_pids, pid_alive
+from mesh.control.process import pid_alive
+from mesh.control.state import all_pids
 from mesh.runtime import events
 from mesh.runtime.service import sqlite_path
 from shop.events.v1 import events_pb2

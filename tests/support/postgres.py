@@ -27,7 +27,6 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
@@ -39,6 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from mesh.runtime.storage import Database, Migration
+from tests.support.wait import wait_until
 
 #: The server's time zone: +12:45/+13:45, far from UTC and not a whole hour from it.
 SERVER_TIME_ZONE = "Pacific/Chatham"
@@ -246,16 +246,20 @@ def _start(binaries: Path, directory: Path, password: str) -> PostgresServer:
             **_unprivileged(),
         )  # fmt: skip
     server = PostgresServer(directory, process, port, password)
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while process.poll() is None and time.monotonic() < deadline:
+
+    def accepting() -> bool:
+        assert process.poll() is None, "postgres exited"
         ready = subprocess.run(
             [binaries / "pg_isready", "-h", "127.0.0.1", "-p", str(port), "-U", USER,
              "-d", "postgres", "-q"],
             check=False, stdin=subprocess.DEVNULL, timeout=10,
         )  # fmt: skip
-        if ready.returncode == 0:
-            return server
-        time.sleep(0.05)
+        return ready.returncode == 0
+
+    # Whether it exited or never answered, the caller is told why, from its log.
+    with contextlib.suppress(AssertionError):
+        wait_until(accepting, "postgres taking connections", START_TIMEOUT_S, 0.05)
+        return server
     log_text = server.log.read_text(errors="replace")
     with contextlib.suppress(Exception):
         if process.poll() is None:

@@ -11,6 +11,7 @@ import httpx
 
 from mesh.tools import loadgen
 from tests.support.mesh import RunningMesh, bearer
+from tests.support.wait import wait_until
 
 ADDRESS = {"regionCode": "DE", "postalCode": "10115", "addressLines": ["Hauptstr. 1"]}
 #: Orders accepts it (a region is all it needs); shipping cannot send a parcel there.
@@ -77,27 +78,18 @@ def wait_until_terminal(
 ) -> dict[str, Any]:
     """Poll the order until it is CONFIRMED or CANCELLED; a 5xx (the orders service
     restarting) is polled through, as a client would."""
-    deadline = time.monotonic() + timeout
-    while True:
+    last: list[httpx.Response] = []
+
+    def terminal() -> dict[str, Any] | None:
         response = edge.get(f"/v1/orders/{order_id}", headers=bearer(token))
-        if response.status_code < 500:
-            assert response.status_code == 200, response.text
-            order: dict[str, Any] = response.json()["order"]
-            if order["status"] in (CONFIRMED, CANCELLED):
-                return order
-        assert time.monotonic() < deadline, f"order {order_id} not terminal: {response.text}"
-        time.sleep(0.1)
+        last[:] = [response]
+        if response.status_code >= 500:
+            return None
+        assert response.status_code == 200, response.text
+        order: dict[str, Any] = response.json()["order"]
+        return order if order["status"] in (CONFIRMED, CANCELLED) else None
 
-
-def eventually(check: Any, what: str, timeout: float = 30) -> Any:
-    """`check()`'s first truthy result, retried for at most `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        assert time.monotonic() < deadline, f"not within {timeout}s: {what}"
-        time.sleep(0.1)
+    return wait_until(terminal, lambda: f"order {order_id} terminal: {last[0].text}", timeout)
 
 
 def steps(order: dict[str, Any]) -> list[str]:
@@ -106,10 +98,12 @@ def steps(order: dict[str, Any]) -> list[str]:
 
 def stock(edge: httpx.Client, product_id: str) -> tuple[int, int]:
     """(on hand, reserved) of the product; a 5xx (inventory restarting) is retried."""
-    deadline = time.monotonic() + 30
-    while (response := edge.get(f"/v1/products/{product_id}/stock")).status_code >= 500:
-        assert time.monotonic() < deadline, response.text
-        time.sleep(0.1)
+
+    def answered() -> httpx.Response | None:
+        response = edge.get(f"/v1/products/{product_id}/stock")
+        return response if response.status_code < 500 else None
+
+    response = wait_until(answered, f"the stock of {product_id} answered")
     assert response.status_code == 200, response.text
     level = response.json()["stock"]
     on_hand = int(level.get("onHand", 0))

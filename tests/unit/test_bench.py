@@ -9,7 +9,8 @@ from pathlib import Path
 
 import yaml
 
-from mesh.tools import bench, bench_saga, loadgen, scenario
+from mesh.tools import bench, bench_saga, loadgen
+from mesh.tools.chaos import frame
 from mesh.tools.shopper import CONFIRMED
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -123,7 +124,7 @@ def test_the_bench_lifts_catalogs_admission_and_the_scenarios_keep_it() -> None:
     limit = topology["services"]["catalog"]["admission"]["max_in_flight"]
     lifted, kept = copy.deepcopy(topology), copy.deepcopy(topology)
     bench.bench_topology(1.0, admitted=loadgen.MAX_OUTSTANDING)(lifted)
-    scenario.adjusted()(kept)
+    frame.adjusted()(kept)
     assert lifted["services"]["catalog"]["admission"]["max_in_flight"] == loadgen.MAX_OUTSTANDING
     assert kept["services"]["catalog"]["admission"]["max_in_flight"] == limit
     assert limit < loadgen.MAX_OUTSTANDING

@@ -15,10 +15,11 @@ from google.protobuf.message import DecodeError
 
 from mesh import cli
 from mesh.control.deadletters import DeadLetter
-from mesh.control.supervisor import STATE_FILE
+from mesh.control.state import STATE_FILE
 from mesh.control.topology import load
 from mesh.runtime.storage import event_subject
-from mesh.tools import chaos, loadgen, scenario
+from mesh.tools import chaos, loadgen
+from mesh.tools.chaos import crash_saga, edge_orders, faults, frame, kill_replica, poison
 from mesh.tools.shopper import CANCELLED, CONFIRMED
 from mesh.tools.trial import TrialMesh
 from shop.events.v1 import events_pb2
@@ -36,12 +37,12 @@ def run(successes: int, errors: int = 0, dropped: int = 0) -> loadgen.Run:
     )
 
 
-def replaced(instance: str, part: str = "app") -> chaos.Kill:
-    return chaos.Kill(instance, part, pid=100, died=True, replacement=200)
+def replaced(instance: str, part: str = "app") -> frame.Kill:
+    return frame.Kill(instance, part, pid=100, died=True, replacement=200)
 
 
 def test_a_verdict_passes_until_a_requirement_fails_and_then_says_which() -> None:
-    verdict = scenario.Verdict("all is well", {"calls": 3})
+    verdict = frame.Verdict("all is well", {"calls": 3})
     verdict.require(True, "never said")
     assert verdict.passed
     assert verdict.report().splitlines() == ["  calls: 3", "PASS: all is well"]
@@ -51,21 +52,21 @@ def test_a_verdict_passes_until_a_requirement_fails_and_then_says_which() -> Non
 
 
 def test_the_success_ratio_counts_errors_and_dropped_calls_as_failures() -> None:
-    assert chaos.success_ratio(run(successes=97, errors=2, dropped=1)) == 0.97
-    assert chaos.success_ratio(run(successes=0)) == 0.0
+    assert frame.success_ratio(run(successes=97, errors=2, dropped=1)) == 0.97
+    assert frame.success_ratio(run(successes=0)) == 0.0
 
 
 def test_kill_replica_passes_at_99_percent_and_fails_below() -> None:
     kills, restarted = [replaced("catalog-0")], Counter({"catalog-0": 1})
-    assert chaos.judge_kills(run(990, errors=10), kills, restarted, planned=1).passed
-    failed = chaos.judge_kills(run(989, errors=11), kills, restarted, planned=1)
+    assert kill_replica.judge_kills(run(990, errors=10), kills, restarted, planned=1).passed
+    failed = kill_replica.judge_kills(run(989, errors=11), kills, restarted, planned=1)
     assert failed.failures == ["989 of 1000 calls succeeded"]
     assert failed.figures["errors"] == "UNAVAILABLE 11"
 
 
 def test_kill_replica_fails_when_a_killed_process_was_not_replaced() -> None:
-    kept = chaos.Kill("catalog-1", "sidecar", pid=100, died=True)
-    verdict = chaos.judge_kills(run(1000), [kept], Counter(), planned=1)
+    kept = frame.Kill("catalog-1", "sidecar", pid=100, died=True)
+    verdict = kill_replica.judge_kills(run(1000), [kept], Counter(), planned=1)
     assert verdict.failures == [
         "catalog-1 sidecar pid 100 died, not replaced",
         "the supervisor reports restarts none for kills catalog-1 1",
@@ -74,13 +75,13 @@ def test_kill_replica_fails_when_a_killed_process_was_not_replaced() -> None:
 
 def test_kill_replica_fails_when_the_supervisor_restarted_what_was_not_killed() -> None:
     restarted = Counter({"catalog-0": 1, "catalog-2": 1})
-    verdict = chaos.judge_kills(run(1000), [replaced("catalog-0")], restarted, planned=1)
+    verdict = kill_replica.judge_kills(run(1000), [replaced("catalog-0")], restarted, planned=1)
     assert not verdict.passed
     assert verdict.figures["catalog restarts"] == "2 (catalog-0 1, catalog-2 1)"
 
 
 def test_kills_alternate_app_and_sidecar_on_the_next_replica_each_time() -> None:
-    targets = chaos.kill_targets(5, replicas=3)
+    targets = kill_replica.kill_targets(5, replicas=3)
     assert targets == [(0, "app"), (1, "sidecar"), (2, "app"), (0, "sidecar"), (1, "app")]
 
 
@@ -88,7 +89,7 @@ def test_kills_alternate_app_and_sidecar_on_the_next_replica_each_time() -> None
 def test_poison_is_spread_among_the_orders_never_before_the_first(
     orders: int, poisons: int
 ) -> None:
-    after = chaos.poison_after(orders, poisons)
+    after = poison.poison_after(orders, poisons)
     assert after.total() == poisons
     assert set(after) <= set(range(orders))  # each follows one of the orders
     if poisons < orders:
@@ -97,21 +98,21 @@ def test_poison_is_spread_among_the_orders_never_before_the_first(
 
 def test_each_kind_of_poison_is_poison_in_its_own_way() -> None:
     with pytest.raises(DecodeError):
-        events_pb2.EventEnvelope.FromString(chaos.undecodable(0).data)
-    misplaced = chaos.misplaced("order-1")
+        events_pb2.EventEnvelope.FromString(poison.undecodable(0).data)
+    misplaced = poison.misplaced("order-1")
     envelope = events_pb2.EventEnvelope.FromString(misplaced.data)
     assert envelope.order_id == "order-1"
     assert event_subject(envelope) != misplaced.subject
-    unknown = chaos.unknown_order()
+    unknown = poison.unknown_order()
     assert event_subject(events_pb2.EventEnvelope.FromString(unknown.data)) == unknown.subject
-    kinds = [chaos.poison(i, "order-1").kind for i in range(6)]
+    kinds = [poison.poison(i, "order-1").kind for i in range(6)]
     assert kinds == ["undecodable", "misplaced", "unknown-order"] * 2
 
 
 def test_poison_is_expected_in_the_dead_letters_of_every_consumer_of_its_subject() -> None:
     topology = load(ROOT / "mesh.yaml")
-    sent = [chaos.undecodable(0), chaos.misplaced("order-1"), chaos.unknown_order()]
-    expected = chaos.expected_dead_letters(sent, topology)
+    sent = [poison.undecodable(0), poison.misplaced("order-1"), poison.unknown_order()]
+    expected = poison.expected_dead_letters(sent, topology)
     reached = {kind: sorted(c for (c, _), k in expected.items() if k == kind)
                for kind in ("undecodable", "misplaced", "unknown-order")}  # fmt: skip
     assert reached == {
@@ -128,26 +129,26 @@ def letter(consumer: str, data: bytes) -> DeadLetter:
 def test_the_tally_tells_missing_poison_from_dead_letters_that_are_not_poison() -> None:
     expected = {("inventory", b"a"): "undecodable", ("payments", b"a"): "undecodable"}
     found = [letter("inventory", b"a"), letter("inventory", b"a"), letter("orders", b"good")]
-    tally = chaos.DeadLetterTally.of(expected, found)
+    tally = poison.DeadLetterTally.of(expected, found)
     assert tally.missing == [("payments", b"a")]
     assert tally.unexpected == 2  # a second copy, and a good event
     assert tally.by_consumer() == "inventory 1/1, payments 0/1"
 
 
-def confirmed(order_id: str, history: tuple[str, ...] = chaos.NORMAL_HISTORY) -> dict[str, object]:
+def confirmed(order_id: str, history: tuple[str, ...] = poison.NORMAL_HISTORY) -> dict[str, object]:
     return {"id": order_id, "status": CONFIRMED, "history": [{"name": s} for s in history]}
 
 
 def test_poison_fails_for_a_good_order_whose_history_the_poison_changed() -> None:
-    plan = chaos.PoisonPlan(good_orders=2, poison=1, settle_seconds=1.0)
-    sent = [chaos.undecodable(0)]
-    tally = chaos.DeadLetterTally.of({("inventory", sent[0].data): "undecodable"},
+    plan = poison.PoisonPlan(good_orders=2, poison=1, settle_seconds=1.0)
+    sent = [poison.undecodable(0)]
+    tally = poison.DeadLetterTally.of({("inventory", sent[0].data): "undecodable"},
                                      [letter("inventory", sent[0].data)])  # fmt: skip
-    odd = (*chaos.NORMAL_HISTORY[:2], "PaymentCaptured", *chaos.NORMAL_HISTORY[2:])
+    odd = (*poison.NORMAL_HISTORY[:2], "PaymentCaptured", *poison.NORMAL_HISTORY[2:])
     orders = {"a": confirmed("a"), "b": confirmed("b")}
-    assert chaos.judge_poison(orders, [], sent, tally, plan).passed
+    assert poison.judge_poison(orders, [], sent, tally, plan).passed
     orders["b"] = confirmed("b", odd)
-    verdict = chaos.judge_poison(orders, [], sent, tally, plan)
+    verdict = poison.judge_poison(orders, [], sent, tally, plan)
     assert verdict.failures == [f"order b is {CONFIRMED} after {list(odd)}"]
     assert verdict.figures["confirmed with the normal history"] == 1
 
@@ -158,18 +159,18 @@ def test_kill_finds_nats_server_where_the_supervisor_records_it(tmp_path: Path) 
     ]}  # fmt: skip
     (tmp_path / STATE_FILE).write_text(json.dumps(state))
     mesh = TrialMesh(ROOT, tmp_path)
-    assert chaos.pid_of(mesh, scenario.NATS, scenario.NATS_PART) == 41
-    assert chaos.pid_of(mesh, "orders-0", "app") == 42
-    assert chaos.pid_of(mesh, "orders-0", "sidecar") == 43
+    assert frame.pid_of(mesh, frame.NATS, frame.NATS_PART) == 41
+    assert frame.pid_of(mesh, "orders-0", "app") == 42
+    assert frame.pid_of(mesh, "orders-0", "sidecar") == 43
 
 
 def test_crash_saga_kills_each_participant_then_nats_round_after_round() -> None:
-    assert chaos.crash_targets(7) == [
-        "shipping", "payments", "inventory", "orders", scenario.NATS, "shipping", "payments",
+    assert crash_saga.crash_targets(7) == [
+        "shipping", "payments", "inventory", "orders", frame.NATS, "shipping", "payments",
     ]  # fmt: skip
-    short, full = chaos.SHORT_CRASH, chaos.FULL_CRASH
-    assert Counter(chaos.crash_targets(len(short.kill_at))) == Counter(chaos.CRASHED)
-    assert Counter(chaos.crash_targets(len(full.kill_at))) == Counter(chaos.CRASHED * 2)
+    short, full = crash_saga.SHORT_CRASH, crash_saga.FULL_CRASH
+    assert Counter(crash_saga.crash_targets(len(short.kill_at))) == Counter(crash_saga.CRASHED)
+    assert Counter(crash_saga.crash_targets(len(full.kill_at))) == Counter(crash_saga.CRASHED * 2)
     for plan in (short, full):  # every kill falls within the burst of orders
         assert max(plan.kill_at) < plan.orders / plan.rate
 
@@ -186,7 +187,7 @@ def test_crash_saga_kills_each_participant_then_nats_round_after_round() -> None
     ],
 )
 def test_only_a_5xx_or_no_answer_is_worth_retrying(error: Exception, again: bool) -> None:
-    assert chaos.worth_retrying(error) is again
+    assert edge_orders.worth_retrying(error) is again
 
 
 class FlakyOrders:
@@ -205,14 +206,14 @@ class FlakyOrders:
 
 @pytest.fixture
 def no_pause(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(chaos, "RETRY_PAUSE_SECONDS", 0.0)
+    monkeypatch.setattr(edge_orders, "RETRY_PAUSE_SECONDS", 0.0)
 
 
 @pytest.mark.usefixtures("no_pause")
 async def test_a_placement_is_sent_again_as_it_was_until_acknowledged() -> None:
     orders = FlakyOrders(loadgen.HttpStatusError(503, b""), ConnectionRefusedError())
-    placement = chaos.Placement(b"POST /v1/orders request-1", units=2)
-    await chaos.place_with_retries(orders.place, placement)
+    placement = edge_orders.Placement(b"POST /v1/orders request-1", units=2)
+    await edge_orders.place_with_retries(orders.place, placement)
     assert placement.order_id == "order-1"
     assert placement.retries == 2
     assert orders.requests == [b"POST /v1/orders request-1"] * 3
@@ -223,38 +224,42 @@ async def test_a_placement_gives_up_after_its_patience_and_never_retries_a_refus
 ) -> None:
     pauses = pauses_taken(monkeypatch)
     down = FlakyOrders(*[loadgen.HttpStatusError(503, b"no healthy upstream")] * 100)
-    placement = chaos.Placement(b"request", units=1)
-    await chaos.place_with_retries(down.place, placement)
+    placement = edge_orders.Placement(b"request", units=1)
+    await edge_orders.place_with_retries(down.place, placement)
     assert placement.order_id is None
-    assert sum(pauses) <= chaos.PATIENCE_SECONDS < sum(pauses) + chaos.LONGEST_PAUSE_SECONDS
+    assert (
+        sum(pauses)
+        <= edge_orders.PATIENCE_SECONDS
+        < sum(pauses) + edge_orders.LONGEST_PAUSE_SECONDS
+    )
     assert len(down.requests) == len(pauses) + 1
     assert placement.failure == "HttpStatusError: HTTP 503: no healthy upstream"
     refused = FlakyOrders(loadgen.HttpStatusError(400, b"bad request"))
-    placement = chaos.Placement(b"request", units=1)
-    await chaos.place_with_retries(refused.place, placement)
+    placement = edge_orders.Placement(b"request", units=1)
+    await edge_orders.place_with_retries(refused.place, placement)
     assert (placement.order_id, placement.retries, len(refused.requests)) == (None, 0, 1)
 
 
 HAPPY = ("OrderPlaced", "StockReserved", "PaymentCaptured", "ShipmentScheduled", "OrderConfirmed")
 
 
-def crashed(orders: int = 3) -> chaos.CrashOutcome:
+def crashed(orders: int = 3) -> crash_saga.CrashOutcome:
     """An outcome that passes: every order acknowledged, confirmed, captured once."""
-    placements = [chaos.Placement(b"", units, f"o{n}")
-                  for n, units in enumerate(chaos.order_units(orders))]  # fmt: skip
+    placements = [edge_orders.Placement(b"", units, f"o{n}")
+                  for n, units in enumerate(edge_orders.order_units(orders))]  # fmt: skip
     ended = {p.order_id: confirmed(p.order_id, HAPPY) for p in placements if p.order_id}
-    kills = [replaced(f"{target}-0") for target in chaos.crash_targets(5)]
+    kills = [replaced(f"{target}-0") for target in crash_saga.crash_targets(5)]
     sold = sum(p.units for p in placements)
-    return chaos.CrashOutcome(
+    return crash_saga.CrashOutcome(
         placements=placements, kills=kills, orders=ended,
         captures=Counter(dict.fromkeys(ended, 1)),
-        stock=(chaos.CRASH_STOCK - sold, 0), drain_seconds=1.0, restarted=Counter(),
+        stock=(crash_saga.CRASH_STOCK - sold, 0), drain_seconds=1.0, restarted=Counter(),
         dead_letters=Counter(),
     )  # fmt: skip
 
 
-def judged(outcome: chaos.CrashOutcome) -> scenario.Verdict:
-    return chaos.judge_crash(outcome, chaos.SHORT_CRASH)
+def judged(outcome: crash_saga.CrashOutcome) -> frame.Verdict:
+    return crash_saga.judge_crash(outcome, crash_saga.SHORT_CRASH)
 
 
 def test_crash_saga_passes_when_every_order_is_confirmed_and_captured_once() -> None:
@@ -266,7 +271,7 @@ def test_crash_saga_passes_when_every_order_is_confirmed_and_captured_once() -> 
     )  # fmt: skip
     assert (figures["captures"], figures["double captures"]) == (3, 0)
     assert figures["units confirmed"] == 1 + 2 + 3
-    assert figures["stock on hand"] == chaos.CRASH_STOCK - 6
+    assert figures["stock on hand"] == crash_saga.CRASH_STOCK - 6
 
 
 def test_a_cancelled_order_is_lost_and_its_units_stay_in_the_stock() -> None:
@@ -277,7 +282,7 @@ def test_a_cancelled_order_is_lost_and_its_units_stay_in_the_stock() -> None:
     }  # fmt: skip
     outcome.orders["o1"] = cancelled
     outcome.captures.pop("o1")
-    outcome.stock = (chaos.CRASH_STOCK - 4, 0)  # order o1 was for 2 units
+    outcome.stock = (crash_saga.CRASH_STOCK - 4, 0)  # order o1 was for 2 units
     verdict = judged(outcome)
     assert verdict.failures == [
         f"1 orders lost: o1 {CANCELLED} after ['OrderPlaced', 'StockRejected'] "
@@ -289,7 +294,7 @@ def test_a_cancelled_order_is_lost_and_its_units_stay_in_the_stock() -> None:
 def test_an_order_the_edge_never_answered_for_is_lost() -> None:
     outcome = crashed()
     del outcome.orders["o2"]
-    outcome.stock = (chaos.CRASH_STOCK - 3, 0)
+    outcome.stock = (crash_saga.CRASH_STOCK - 3, 0)
     verdict = judged(outcome)
     assert verdict.failures == ["1 orders lost: o2 never read after []"]
     assert verdict.figures["unfinished"] == 1
@@ -321,22 +326,26 @@ def test_a_step_twice_in_a_confirmed_order_history_fails_crash_saga() -> None:
     assert verdict.figures["confirmed, reserved and captured once"] == 2
 
 
-@pytest.mark.parametrize("stock", [(chaos.CRASH_STOCK - 6, 1), (chaos.CRASH_STOCK - 5, 0), None])
-def test_stock_left_reserved_or_miscounted_fails_crash_saga(stock: chaos.Stock | None) -> None:
+@pytest.mark.parametrize(
+    "stock", [(crash_saga.CRASH_STOCK - 6, 1), (crash_saga.CRASH_STOCK - 5, 0), None]
+)
+def test_stock_left_reserved_or_miscounted_fails_crash_saga(
+    stock: edge_orders.Stock | None,
+) -> None:
     outcome = crashed()
     outcome.stock = stock
     [failure] = judged(outcome).failures
     assert failure.startswith("the stock is ")
-    assert failure.endswith(f"not {chaos.CRASH_STOCK - 6} and 0")
+    assert failure.endswith(f"not {crash_saga.CRASH_STOCK - 6} and 0")
 
 
 def test_a_placement_never_acknowledged_or_a_kill_not_replaced_fails_crash_saga() -> None:
     outcome = crashed()
-    outcome.placements.append(chaos.Placement(b"", 1, failure="HttpStatusError: HTTP 503: x"))
-    outcome.kills[4] = chaos.Kill(scenario.NATS, scenario.NATS_PART, pid=7, died=True)
+    outcome.placements.append(edge_orders.Placement(b"", 1, failure="HttpStatusError: HTTP 503: x"))
+    outcome.kills[4] = frame.Kill(frame.NATS, frame.NATS_PART, pid=7, died=True)
     verdict = judged(outcome)
     assert verdict.failures == [
-        f"1 placements never acknowledged within {chaos.PATIENCE_SECONDS:g} s, the first: "
+        f"1 placements never acknowledged within {edge_orders.PATIENCE_SECONDS:g} s, the first: "
         "HttpStatusError: HTTP 503: x",
         "nats server pid 7 died, not replaced",
     ]
@@ -364,17 +373,17 @@ def test_an_unknown_scenario_is_refused_before_any_mesh_starts(
 REJECTED = ("OrderPlaced", "StockRejected", "OrderCancelled")
 
 
-def faulted(calls: int = 1000, failed: int = 0) -> chaos.FaultOutcome:
+def faulted(calls: int = 1000, failed: int = 0) -> faults.FaultOutcome:
     """An outcome that passes: orders o0-o2 confirmed, o3 refused for stock, every order
     ended in a few seconds, the faults injected and retried."""
-    placements = [chaos.Placement(b"", units, f"o{n}")
-                  for n, units in enumerate(chaos.order_units(4))]  # fmt: skip
+    placements = [edge_orders.Placement(b"", units, f"o{n}")
+                  for n, units in enumerate(edge_orders.order_units(4))]  # fmt: skip
     ended = {p.order_id: confirmed(p.order_id, HAPPY) for p in placements[:3] if p.order_id}
     ended["o3"] = {"id": "o3", "status": CANCELLED,
                    "history": [{"name": name} for name in REJECTED]}  # fmt: skip
     counters = Counter({"upstream_rq_retry": 300, "fault.aborts_injected": 250,
                         "fault.delays_injected": 120})  # fmt: skip
-    return chaos.FaultOutcome(
+    return faults.FaultOutcome(
         placements=placements, orders=ended, ended_after=dict.fromkeys(ended, 3.0),
         calls=run(calls - failed, errors=failed), stock=(10 - 6, 0), initial_stock=10,
         caller=counters, faulty=counters,
@@ -382,7 +391,7 @@ def faulted(calls: int = 1000, failed: int = 0) -> chaos.FaultOutcome:
 
 
 def test_faults_passes_when_orders_end_in_time_and_retries_save_the_calls() -> None:
-    verdict = chaos.judge_faults(faulted(calls=1000, failed=5))
+    verdict = faults.judge_faults(faulted(calls=1000, failed=5))
     assert verdict.passed, verdict.failures
     figures = verdict.figures
     assert (figures["confirmed"], figures["cancelled (out of stock)"]) == (3, 1)
@@ -391,7 +400,7 @@ def test_faults_passes_when_orders_end_in_time_and_retries_save_the_calls() -> N
 
 
 def test_faults_fails_below_the_success_share_after_retries() -> None:
-    verdict = chaos.judge_faults(faulted(calls=1000, failed=6))
+    verdict = faults.judge_faults(faulted(calls=1000, failed=6))
     assert verdict.failures == ["994 of 1000 processor calls succeeded"]
 
 
@@ -402,7 +411,7 @@ def test_faults_fails_on_a_late_order_or_one_cancelled_for_its_payment() -> None
         {"name": name} for name in ("OrderPlaced", "StockReserved", "PaymentDeclined")
     ]}  # fmt: skip
     outcome.stock = (10 - 3, 0)  # o2 was cancelled: only o0 and o1 (1 + 2 units) sold
-    failures = chaos.judge_faults(outcome).failures
+    failures = faults.judge_faults(outcome).failures
     assert failures[0].startswith("1 orders did not end within 60 s: o1 ")
     assert failures[1].startswith("cancelled for another reason than stock: o2 ")
     assert len(failures) == 2
@@ -412,7 +421,7 @@ def test_faults_fails_when_no_fault_was_injected_or_the_stock_is_off() -> None:
     outcome = faulted()
     outcome.faulty = Counter()
     outcome.stock = (5, 1)
-    failures = chaos.judge_faults(outcome).failures
+    failures = faults.judge_faults(outcome).failures
     assert failures == [
         "the stock is 5 on hand and 1 reserved, not 4 and 0",
         "no aborts injected: the faults did not happen",
@@ -463,13 +472,13 @@ async def test_a_placement_refused_for_the_backlog_waits_as_told_and_longer_each
 ) -> None:
     pauses = pauses_taken(monkeypatch)
     orders = FlakyOrders(*[backlog_full("1s")] * 8, loadgen.HttpStatusError(503, b""))
-    placement = chaos.Placement(b"request", units=1)
-    await chaos.place_with_retries(orders.place, placement)
+    placement = edge_orders.Placement(b"request", units=1)
+    await edge_orders.place_with_retries(orders.place, placement)
     assert (placement.order_id, placement.retries) == ("order-1", 9)
-    longest = chaos.LONGEST_PAUSE_SECONDS
+    longest = edge_orders.LONGEST_PAUSE_SECONDS
     assert pauses == [1.0, 2.0, 4.0, longest, longest, longest, longest, longest, longest]
-    monkeypatch.setattr(chaos, "PATIENCE_SECONDS", 0.5)
-    placement = chaos.Placement(b"request", units=1)
-    await chaos.place_with_retries(FlakyOrders(backlog_full("1s")).place, placement)
+    monkeypatch.setattr(edge_orders, "PATIENCE_SECONDS", 0.5)
+    placement = edge_orders.Placement(b"request", units=1)
+    await edge_orders.place_with_retries(FlakyOrders(backlog_full("1s")).place, placement)
     assert placement.order_id is None
     assert placement.failure.startswith("HttpStatusError: HTTP 429")

@@ -9,6 +9,7 @@ import grpc
 import pytest
 
 from mesh.tools import loadgen
+from tests.support.wait import eventually
 
 
 class Server:
@@ -128,8 +129,11 @@ async def test_the_collector_skips_what_predates_a_load_until_the_last_load_ends
     async def call() -> None:
         frozen_during_calls.append(gc.get_freeze_count() > 0)
 
+    async def collector_frozen() -> bool:
+        return gc.get_freeze_count() > 0
+
     overload = asyncio.create_task(loadgen.open_loop(call, rate=200, duration=0.3))
-    await asyncio.sleep(0.05)
+    await eventually(collector_frozen, "the open loop under way", interval=0.01)
     await loadgen.closed_loop(call, concurrency=1, duration=0.05)  # ends first
     await overload
     assert frozen_during_calls

@@ -5,8 +5,9 @@ from __future__ import annotations
 from array import array
 from collections import Counter
 
-from mesh.tools import loadgen, overload
-from mesh.tools.scenario import Verdict
+from mesh.tools import loadgen
+from mesh.tools.chaos import overload, overload_runs
+from mesh.tools.chaos.frame import Verdict
 
 
 def run(ok: int, latency: float, **failed: tuple[int, float]) -> loadgen.Run:
@@ -19,13 +20,13 @@ def run(ok: int, latency: float, **failed: tuple[int, float]) -> loadgen.Run:
     return made
 
 
-def outcome(at_3x: loadgen.Run, after: loadgen.Run | None = None) -> overload.TargetOutcome:
+def outcome(at_3x: loadgen.Run, after: loadgen.Run | None = None) -> overload_runs.TargetOutcome:
     unloaded = run(100, 0.010)
-    overloaded = overload.Overloaded(3.0, 300.0, 1.0, at_3x, after or run(20, 0.010))
-    return overload.TargetOutcome("read", 100.0, unloaded, [overloaded])
+    overloaded = overload_runs.Overloaded(3.0, 300.0, 1.0, at_3x, after or run(20, 0.010))
+    return overload_runs.TargetOutcome("read", 100.0, unloaded, [overloaded])
 
 
-def judged(found: overload.TargetOutcome) -> Verdict:
+def judged(found: overload_runs.TargetOutcome) -> Verdict:
     verdict = Verdict("test")
     overload.judge_target(verdict, found)
     return verdict
@@ -57,16 +58,16 @@ def test_calls_the_generator_dropped_count_as_failures_that_were_no_refusals() -
     held.dropped = 110
     verdict = judged(outcome(held))
     assert "read 3x only 47.6% of failures were refusals" in verdict.failures
-    found = overload.Overloaded(3.0, 300.0, 1.0, held, run(1, 0.01))
+    found = overload_runs.Overloaded(3.0, 300.0, 1.0, held, run(1, 0.01))
     assert found.failed_kinds() == Counter({"HTTP 503": 100, "dropped by the generator": 110})
 
 
 def test_the_login_burst_passes_while_the_reads_median_at_most_doubles() -> None:
-    calm = overload.LoginBurst(run(50, 0.004), run(50, 0.008), run(0, 0, HTTP_503=(48, 0.01)))
+    calm = overload_runs.LoginBurst(run(50, 0.004), run(50, 0.008), run(0, 0, HTTP_503=(48, 0.01)))
     verdict = Verdict("test")
     overload.judge_logins(verdict, calm)
     assert verdict.passed
-    slowed = overload.LoginBurst(run(50, 0.004), run(50, 0.0081), run(0, 0))
+    slowed = overload_runs.LoginBurst(run(50, 0.004), run(50, 0.0081), run(0, 0))
     verdict = Verdict("test")
     overload.judge_logins(verdict, slowed)
     assert verdict.failures == [

@@ -14,7 +14,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
-from mesh.control.pki import CertificateInfo, MeshPKI, PKIError, format_table, leaf, self_signed_ca
+from mesh.control.certfiles import PKIError
+from mesh.control.pki import CertificateInfo, MeshPKI, format_table, leaf, self_signed_ca
 
 TRUST_DOMAIN = "shop.local"
 NAMESPACE = "default"

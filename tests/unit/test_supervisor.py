@@ -13,8 +13,11 @@ import pytest
 
 from mesh.control.local import status_table
 from mesh.control.plan import InstancePlan
-from mesh.control.supervisor import Instance, ManagedProcess, Probed, health, in_turn
+from mesh.control.process import Instance, ManagedProcess
+from mesh.control.state import Probed, health
+from mesh.control.supervisor import in_turn
 from tests.support.processes import niceness_of_every_thread
+from tests.support.wait import wait_until
 
 
 @pytest.mark.parametrize("count", [1, 7, 8, 9, 20])
@@ -63,10 +66,8 @@ def test_a_process_and_every_thread_it_starts_run_at_its_niceness(
     process.start(tmp_path)
     try:
         assert process.pid is not None
-        deadline = time.monotonic() + 10
-        while len(list(Path(f"/proc/{process.pid}/task").iterdir())) < 2:
-            assert time.monotonic() < deadline, "the process never started its thread"
-            time.sleep(0.02)
+        tasks = Path(f"/proc/{process.pid}/task")
+        wait_until(lambda: len(list(tasks.iterdir())) >= 2, "the process's thread", 10, 0.02)
         assert niceness_of_every_thread(process.pid) == {
             os.getpriority(os.PRIO_PROCESS, 0) + niceness
         }

@@ -1,0 +1,25 @@
+"""`meshctl events init`: the event bus's streams and consumers, as mesh.yaml declares."""
+
+from __future__ import annotations
+
+import argparse
+
+from mesh.cli.command import Command, add_config, root
+from mesh.control.contracts import ContractsError
+from mesh.control.local import ControlError, load_topology
+from mesh.deploy import commands as deploy
+
+
+def _add_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument("action", choices=["init"])
+    command.add_argument(
+        "--replicas", type=int, default=1, help="copies of each stream (3 in a NATS cluster)"
+    )
+    add_config(command)
+
+
+def _run(args: argparse.Namespace) -> int:
+    return deploy.init_events(load_topology(root(), args.config), args.replicas)
+
+
+EVENTS = Command(_add_arguments, _run, errors=(ContractsError, ControlError, deploy.DeployError))

@@ -1,0 +1,46 @@
+"""`meshctl render TARGET [--check]`: the deploy files mesh.yaml implies."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from mesh.cli.command import Command, add_config, add_run_dir, root, run_dir
+from mesh.control.contracts import ContractsError
+from mesh.control.local import ControlError, load_topology
+from mesh.deploy import commands as deploy
+
+#: Targets that print or write somewhere of the caller's choosing, not committed files.
+EDGE_FILES, K8S_SECRETS = "edge-files", "k8s-secrets"
+
+
+def _add_arguments(command: argparse.ArgumentParser) -> None:
+    add_run_dir(command)
+    command.add_argument(
+        "target", choices=[*deploy.TARGETS, EDGE_FILES, K8S_SECRETS],
+        help="compose: docker-compose.yml, .env, deploy/compose/; envoy: envoy/; k8s: deploy/k8s/; "
+        "edge-files DIR: what the edge serves; k8s-secrets: the dev identities as Secrets "
+        "(CA kept in RUN_DIR/k8s-pki) to pipe into `kubectl apply -f -`",
+    )  # fmt: skip
+    command.add_argument("directory", nargs="?", type=Path, help="for edge-files")
+    command.add_argument(
+        "--check", action="store_true", help="write nothing; fail if a committed file is stale"
+    )
+    add_config(command)
+
+
+def _run(args: argparse.Namespace) -> int:
+    checkout = root()
+    topology = load_topology(checkout, args.config)
+    if args.target == EDGE_FILES:
+        if args.directory is None:
+            print("meshctl render edge-files: give the DIRECTORY to write", file=sys.stderr)
+            return 2
+        return deploy.write_edge_files(checkout, topology, args.directory)
+    if args.target == K8S_SECRETS:
+        return deploy.print_secrets(topology, run_dir(args))
+    return deploy.render(checkout, topology, args.target, args.check)
+
+
+RENDER = Command(_add_arguments, _run, errors=(ContractsError, ControlError, deploy.DeployError))

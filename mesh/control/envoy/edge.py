@@ -1,0 +1,243 @@
+"""The edge Envoy: the single entry point for clients, rendered from mesh.yaml and the contracts.
+
+One port (on loopback locally, on every address in a container) speaks HTTP/1.1 and
+h2c. A request goes through, in order (`edge_filters.http_filters`):
+
+1. header mutation: any `x-shop-subject` the client sent is dropped (only a verified
+   token may name the caller);
+2. CORS, for the origins `mesh.yaml` allows;
+3. the edge's total rate limit (a token bucket every request takes from) -> 429;
+4. a body size limit -> 413;
+5. REST<->gRPC transcoding of every public RPC (`google.api.http` rules, from the
+   descriptor set), unknown query parameters refused, gRPC errors turned into their HTTP
+   status with a `google.rpc.Status` JSON body, details included. From here on REST and
+   native gRPC requests look alike: a gRPC method path;
+6. JWT authentication (RS256 from identity, checked against identity's JWKS, which the
+   edge serves itself at `/.well-known/jwks.json`): public methods take a token but do
+   not need one, every other method needs a valid one; the token's subject is passed on
+   as `x-shop-subject`;
+7. the clients' rate limits -> 429: a bucket per token subject, and for calls without a
+   token one per client address and one all of them share (`edge.rate_limit`); health
+   checks are outside every bucket;
+8. authorization: a verified token without a subject (`sub`) is refused, whatever the
+   method (it would act for no one); then scopes, per method, as `mesh.yaml` declares;
+9. routing (`_routes`): each public method to its service's instances, over mTLS with
+   the edge's SPIFFE identity (internal methods have no route: 404 / UNIMPLEMENTED);
+   reflection and health to the edge companion; `/openapi.json`, `/docs` and `/healthz`
+   answered by the edge itself.
+
+Every error the edge itself returns to a REST client is JSON (`edge_replies`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mesh.control.api import Api
+from mesh.control.envoy import admin, edge_filters
+from mesh.control.envoy.bootstrap import LOOPBACK, bootstrap, socket_address
+from mesh.control.envoy.clusters import dependency_cluster, loopback_cluster, upstream
+from mesh.control.envoy.connection_manager import connection_manager
+from mesh.control.envoy.edge_files import (
+    DOCS_ASSETS,
+    DOCS_PATH,
+    HEALTH_PATH,
+    OPENAPI_PATH,
+    EdgeFiles,
+    files_in,
+    write_files,
+)
+from mesh.control.envoy.edge_replies import local_reply_config
+from mesh.control.envoy.edge_rules import (
+    HEALTH_PREFIX,
+    REFLECTION_PREFIX,
+    EdgeConfigError,
+    EdgeRules,
+    resolve_rules,
+)
+from mesh.control.envoy.listeners import probe_resources
+from mesh.control.envoy.routes import method_policies, method_route
+from mesh.control.envoy.tls import SdsFiles
+from mesh.control.envoy.tracing import trace_cluster, tracing
+from mesh.control.plan import MeshPlan
+from mesh.control.topology import DEFAULT_CALL_POLICY, Topology
+
+__all__ = [
+    "EdgeConfigError",
+    "EdgeFiles",
+    "EdgeRules",
+    "companion_arguments",
+    "edge_config",
+    "files_in",
+    "jwks_fetched",
+    "resolve_rules",
+    "write_files",
+]
+
+COMPANION = "edge_companion"
+#: The largest page the edge answers itself (the Swagger UI bundle is about 1.5 MiB).
+MAX_DIRECT_RESPONSE_BYTES = 8 * 1_048_576
+
+
+def _method_routes(topology: Topology, api: Api, rules: EdgeRules) -> list[dict[str, Any]]:
+    """Each public method to its service: the method's deadline (else `edge.timeout`) and
+    the default call policy's retries."""
+    routes = []
+    for service, methods in sorted(rules.exposed.items()):
+        declared = method_policies(topology, api, service)
+        routes += [
+            method_route(service, DEFAULT_CALL_POLICY, m, declared[m.path], topology.edge.timeout)
+            for m in methods
+        ]
+    return routes
+
+
+def _page(path: str, file: Path, content_type: str) -> dict[str, Any]:
+    """A page the edge answers itself, from `file`."""
+    return {
+        "match": {"path": path},
+        "direct_response": {"status": 200, "body": {"filename": str(file)}},
+        "response_headers_to_add": [
+            {"header": {"key": "content-type", "value": content_type}},
+            {"header": {"key": "cache-control", "value": "no-cache"}},
+        ],
+    }
+
+
+def _pages(files: EdgeFiles) -> list[dict[str, Any]]:
+    """The OpenAPI document, the docs page and the Swagger UI files it loads."""
+    html = "text/html; charset=utf-8"
+    return [
+        _page(OPENAPI_PATH, files.openapi, "application/json"),
+        _page(DOCS_PATH, files.docs_page, html),
+        _page(f"{DOCS_PATH}/", files.docs_page, html),
+        *(
+            _page(f"{DOCS_PATH}/{name}", files.docs_assets / name, content_type)
+            for name, content_type in DOCS_ASSETS.items()
+        ),
+    ]
+
+
+def _companion_routes() -> list[dict[str, Any]]:
+    """Reflection (a bidirectional stream: no whole-body buffering, no timeout) and gRPC
+    health (outside every rate limit), both answered by the edge companion."""
+    return [
+        {
+            "match": {"prefix": REFLECTION_PREFIX},
+            "route": {"cluster": COMPANION, "timeout": "0s"},
+            "typed_per_filter_config": edge_filters.buffer_disabled(),
+        },
+        {
+            "match": {"prefix": HEALTH_PREFIX},
+            "route": {"cluster": COMPANION},
+            "typed_per_filter_config": edge_filters.UNLIMITED,
+        },
+    ]
+
+
+def _preflight() -> dict[str, Any]:
+    """CORS preflights name REST paths, which have no route of their own. The CORS filter
+    answers every preflight itself (it stands aside on direct responses, hence a cluster
+    here, which it never forwards to)."""
+    options = {"name": ":method", "string_match": {"exact": "OPTIONS"}}
+    return {"match": {"prefix": "/", "headers": [options]}, "route": {"cluster": COMPANION}}
+
+
+def _healthz() -> dict[str, Any]:
+    """The edge's own health, outside every rate limit."""
+    return {
+        "match": {"path": HEALTH_PATH},
+        "direct_response": {"status": 200, "body": {"inline_string": '{"status":"SERVING"}'}},
+        "response_headers_to_add": [
+            {"header": {"key": "content-type", "value": "application/json"}}
+        ],
+        "typed_per_filter_config": edge_filters.UNLIMITED,
+    }
+
+
+def _routes(
+    topology: Topology, api: Api, rules: EdgeRules, files: EdgeFiles
+) -> list[dict[str, Any]]:
+    return [
+        *_method_routes(topology, api, rules),
+        *_companion_routes(),
+        *_pages(files),
+        _preflight(),
+        _healthz(),
+    ]
+
+
+def _listener(
+    topology: Topology, plan: MeshPlan, api: Api, rules: EdgeRules, files: EdgeFiles
+) -> dict[str, Any]:
+    assert plan.edge is not None
+    manager = connection_manager(
+        "edge",
+        _routes(topology, api, rules, files),
+        edge_filters.http_filters(topology, rules, files, plan.edge.port),
+        local_reply_config=local_reply_config(),
+        stream_idle_timeout="60s",
+        request_headers_timeout="10s",
+        use_remote_address=True,
+        **tracing(topology, "edge"),
+    )
+    # The edge's route table also answers pages itself and carries the CORS policy.
+    route_config = manager["typed_config"]["route_config"]
+    route_config["virtual_hosts"][0]["typed_per_filter_config"] = {
+        edge_filters.CORS_FILTER: edge_filters.cors_policy(topology)
+    }
+    route_config["max_direct_response_body_size_bytes"] = MAX_DIRECT_RESPONSE_BYTES
+    return {
+        "name": "edge",
+        "address": socket_address(plan.edge.port, plan.listen_host),
+        "traffic_direction": "INBOUND",
+        "filter_chains": [{"filters": [manager]}],
+    }
+
+
+def edge_config(
+    topology: Topology, plan: MeshPlan, api: Api, sds: SdsFiles, files: EdgeFiles
+) -> dict[str, Any]:
+    """The edge Envoy's bootstrap."""
+    assert plan.edge is not None, "the plan has no edge: nothing is exposed"
+    edge_plan = plan.edge
+    rules = resolve_rules(topology, api)
+    listeners = [_listener(topology, plan, api, rules, files)]
+    clusters = [
+        *(
+            dependency_cluster(topology, plan, service, DEFAULT_CALL_POLICY, sds)
+            for service in sorted(rules.exposed)
+        ),
+        loopback_cluster(COMPANION, edge_plan.companion_port),
+        trace_cluster(topology, plan),
+        # The edge serves identity's JWKS to its own JWT filter.
+        upstream("edge_self", [(LOOPBACK, edge_plan.port)]),
+    ]
+    if edge_plan.probe_port:
+        probe, probe_clusters = probe_resources(
+            plan, edge_plan.probe_port, edge_plan.admin_socket, COMPANION
+        )
+        listeners.append(probe)
+        clusters += probe_clusters
+    return bootstrap("edge", "edge", edge_plan.admin_socket, listeners, clusters)
+
+
+def companion_arguments(rules: EdgeRules, port: int, descriptor_set: Path) -> list[str]:
+    """The edge companion's arguments after the Python interpreter."""
+    return [
+        "-m", "mesh.control.edge_companion",
+        "--port", str(port),
+        "--descriptor-set", str(descriptor_set),
+        *(arg for service in rules.grpc_services for arg in ("--service", service)),
+    ]  # fmt: skip
+
+
+def jwks_fetched(admin_socket: str) -> bool:
+    """Whether the edge (its admin at the unix socket `admin_socket`) has loaded
+    identity's JWKS (so tokens can be verified)."""
+    try:
+        fetched = admin.admin_stats(admin_socket, "jwks_fetch_success", timeout=1)
+    except OSError:
+        return False
+    return any(count > 0 for count in fetched.values())

@@ -1,0 +1,108 @@
+"""A sidecar's HTTP filters on its inbound listener, in order: RBAC on the caller's SPIFFE
+identity, then the faults mesh.yaml injects; and the replies it makes itself."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from mesh.control.api import Api, ApiError
+from mesh.control.envoy.bootstrap import duration
+from mesh.control.topology import ALL_METHODS, PUBLIC_METHODS, Faults, Topology, TopologyError
+from mesh.runtime import admission
+
+#: A sidecar adds `admission.NOT_APPLIED_HEADER` to its own error replies when the
+#: request never reached its app (it could not connect, or had no healthy app), as an
+#: app does to the calls it refuses unstarted: a caller's sidecar may then retry even a
+#: request that must not be applied twice. The Envoy response flags of those replies:
+#: upstream connection failure, no healthy upstream, upstream overflow (circuit breaker).
+_NOT_APPLIED_FLAGS = ["UF", "UH", "UO"]
+
+
+def principal(spiffe_id: str) -> dict[str, Any]:
+    return {"authenticated": {"principal_name": {"exact": spiffe_id}}}
+
+
+def _methods(paths: list[str]) -> list[dict[str, Any]]:
+    return [{"url_path": {"path": {"exact": path}}} for path in paths]
+
+
+def _granted(topology: Topology, api: Api, caller: str, service: str) -> list[dict[str, Any]]:
+    """RBAC permissions for the methods of `service` that `caller`'s `calls:` entry names;
+    a method the contracts do not have is an error."""
+    grant = topology.services[caller].grants[service]
+    if grant == ALL_METHODS:
+        return [{"any": True}]
+    if grant == PUBLIC_METHODS:
+        methods = api.public(service)
+    else:
+        try:
+            methods = api.named(service, grant)
+        except ApiError as error:
+            raise TopologyError(
+                f"services.{caller}.calls.{service}.methods: {error}",
+                str(topology.source or "mesh.yaml"),
+                None,
+            ) from None
+    return _methods([m.path for m in methods])
+
+
+def rbac(topology: Topology, api: Api, service: str) -> dict[str, Any]:
+    """Who may call `service`'s sidecar, and which methods: each declared caller the
+    methods its `calls:` entry grants, the edge the public ones; anyone else gets
+    PERMISSION_DENIED."""
+    policies: dict[str, Any] = {}
+    for caller in topology.callers_of(service):
+        policies[f"caller-{caller}"] = {
+            "permissions": _granted(topology, api, caller, service),
+            "principals": [principal(topology.spiffe_id(caller))],
+        }
+    public = api.public(service)
+    if service in topology.edge.expose and public:
+        policies["edge-public-methods"] = {
+            "permissions": _methods([m.path for m in public]),
+            "principals": [principal(topology.spiffe_id("edge"))],
+        }
+    return {
+        "name": "envoy.filters.http.rbac",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+            "rules": {"action": "ALLOW", "policies": policies},
+        },
+    }
+
+
+def _share(percent: float) -> dict[str, Any]:
+    return {"numerator": round(percent * 10_000), "denominator": "MILLION"}
+
+
+def faults(injected: Faults | None) -> list[dict[str, Any]]:
+    """Envoy's fault filter for `injected` (after RBAC: only admitted calls are failed)."""
+    if injected is None:
+        return []
+    config: dict[str, Any] = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
+    }
+    if injected.abort_percent:
+        config["abort"] = {
+            "grpc_status": grpc.StatusCode[injected.abort_status].value[0],
+            "percentage": _share(injected.abort_percent),
+        }
+    if injected.delay_percent:
+        config["delay"] = {
+            "fixed_delay": duration(injected.delay),
+            "percentage": _share(injected.delay_percent),
+        }
+    return [{"name": "envoy.filters.http.fault", "typed_config": config}]
+
+
+def not_applied_replies() -> dict[str, Any]:
+    """The sidecar's own error replies for a request its app never saw, marked so
+    (`admission.NOT_APPLIED_HEADER`) that the caller's sidecar may retry them."""
+    marked = {
+        "header": {"key": admission.NOT_APPLIED_HEADER, "value": "1"},
+        "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+    }
+    never_reached = {"response_flag_filter": {"flags": _NOT_APPLIED_FLAGS}}
+    return {"mappers": [{"filter": never_reached, "headers_to_add": [marked]}]}

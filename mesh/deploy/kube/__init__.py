@@ -1,0 +1,97 @@
+"""Kubernetes manifests, rendered from mesh.yaml (`meshctl render k8s`): a kustomize base
+and two overlays under `deploy/k8s/`.
+
+base (namespace `<mesh.yaml namespace>`):
+* per service: a ServiceAccount, a headless Service (the sidecars' STRICT_DNS clusters
+  resolve it to every ready pod), a Deployment of `replicas` pods and a
+  PodDisruptionBudget. A pod is the app plus its Envoy sidecar, a native sidecar (an
+  init container that keeps running: it is ready before the app starts and stops after
+  it). Envoy's bootstrap and SDS files come from a ConfigMap, the identity from the
+  Secret `<service>-identity` (`tls.crt`, `tls.key`, `ca.crt`); its admin interface is
+  a unix socket on a volume of the Envoy container's own (`envoy-admin`), which the app
+  container does not mount. The app listens on loopback only; the kubelet probes it
+  with gRPC health through the sidecar's probe port (readiness: the whole path), and
+  liveness runs the same check on loopback inside the app's container, so a sidecar
+  restart never restarts the app.
+* the edge (Envoy and its companion) behind the Service `edge`, its static files
+  written by an init container;
+* NATS: a three-server JetStream cluster (StatefulSet, a volume each, routes over mutual
+  TLS), streams kept in three replicas, created with the consumers by the Job
+  `events-init`;
+* Jaeger for traces.
+
+overlays/dev: one replica per service (each keeps its SQLite file on the pod's volume,
+which replicas could not share). overlays/prod: Postgres per service (a StatefulSet
+each), the services reading `SHOP_<SERVICE>_DATABASE_URL` from the Secret
+`<service>-database`, and cert-manager issuing every identity (`Certificate` with the
+SPIFFE URI) from the `Issuer` `shop-mesh-ca`.
+
+The modules: `objects` (what every part is made of), `services`, `edge`, `event_bus`,
+`tracing`, `identity` (Secrets and cert-manager Certificates) and `overlays`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mesh.control.api import Api
+from mesh.control.topology import Topology
+from mesh.deploy import containers
+from mesh.deploy.containers import Rendered
+from mesh.deploy.kube import overlays
+from mesh.deploy.kube.edge import edge_objects
+from mesh.deploy.kube.event_bus import NATS_REPLICAS, nats_objects, nats_route_names
+from mesh.deploy.kube.identity import secrets
+from mesh.deploy.kube.objects import documents, fqdn, kustomization, meta
+from mesh.deploy.kube.services import service_objects
+from mesh.deploy.kube.tracing import jaeger_objects
+
+__all__ = [
+    "BASE",
+    "DEV",
+    "K8S_DIR",
+    "KUBERNETES_VERSION",
+    "NATS_REPLICAS",
+    "PROD",
+    "nats_route_names",
+    "render",
+    "secrets",
+]
+
+K8S_DIR = Path("deploy/k8s")
+BASE = K8S_DIR / "base"
+DEV = K8S_DIR / "overlays" / "dev"
+PROD = K8S_DIR / "overlays" / "prod"
+#: The oldest Kubernetes release the manifests are for (native sidecars are GA in 1.33).
+KUBERNETES_VERSION = "1.33"
+
+
+def render(topology: Topology, api: Api) -> Rendered:
+    """The base and the dev and prod overlays for `topology`."""
+    files = _base(topology, api)
+    files.update({DEV / name: text for name, text in overlays.dev(topology).items()})
+    files.update({PROD / name: text for name, text in overlays.prod(topology).items()})
+    return Rendered(files, owned=(K8S_DIR,))
+
+
+def _base(topology: Topology, api: Api) -> dict[Path, str]:
+    """One file of objects for each part of the mesh, and their kustomization."""
+    namespace = topology.namespace
+    topology = containers.with_collector(topology, fqdn("jaeger", namespace))
+    plan = containers.plan(topology, lambda service, _: fqdn(service, namespace), replicas=False)
+    parts = {
+        "namespace.yaml": [
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": meta(namespace, "namespace")}
+        ]
+    }
+    for instance in plan.instances:
+        parts[f"{instance.service}.yaml"] = service_objects(topology, plan, api, instance)
+    if plan.edge is not None:
+        parts["edge.yaml"] = edge_objects(topology, plan, api)
+    parts["nats.yaml"] = nats_objects(topology)
+    parts["jaeger.yaml"] = jaeger_objects()
+    files = {BASE / name: documents(objects) for name, objects in parts.items()}
+    files[BASE / "kustomization.yaml"] = kustomization(
+        list(parts), namespace, labels=[{"pairs": {"app.kubernetes.io/part-of": "shop-mesh"}}]
+    )
+    return files
