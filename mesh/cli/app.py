@@ -1,21 +1,23 @@
 """`meshctl`: the list of its commands, their parser, and running the one chosen.
 
 Each command lives in a module of `mesh.cli` that defines its `Command`; `COMMANDS` lists
-them in the order `meshctl --help` shows. Only the chosen command's module is imported,
-when argparse reaches its name: most of them import the generated code, which
-`meshctl proto gen` makes on a fresh checkout.
+them in the order `meshctl --help` shows (all but the hidden ones, which meshctl runs
+itself). Only the chosen command's module is imported, when argparse reaches its name:
+most of them import the generated code, which `meshctl proto gen` makes on a fresh
+checkout.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mesh.cli.command import Command, Forwarded
+from mesh.cli.command import Command, Forwarded, UsageError
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,8 @@ class Listing:
     summary: str
     #: `module:attribute` of the command's `Command` (or `Forwarded`).
     target: str
+    #: Run by meshctl itself, not by its users: `meshctl --help` leaves it out.
+    hidden: bool = False
 
     def load(self) -> Command | Forwarded:
         module, attribute = self.target.split(":")
@@ -37,7 +41,12 @@ class Listing:
 COMMANDS = (
     Listing("proto", "contracts: generate, lint, guard, vendor", "mesh.cli.proto:PROTO"),
     Listing("up", "start the mesh, wait until healthy, say where to reach it", "mesh.cli.up:UP"),
-    Listing("supervise", argparse.SUPPRESS, "mesh.cli.up:SUPERVISE"),
+    Listing(
+        "supervise",
+        "run a mesh until SIGTERM: what `up --detach` leaves in the background",
+        "mesh.cli.up:SUPERVISE",
+        hidden=True,
+    ),
     Listing("down", "stop a mesh started with `up --detach`", "mesh.cli.down:DOWN"),
     Listing("status", "each instance's pids, ports and health", "mesh.cli.status:STATUS"),
     Listing("logs", "a service's logs (every instance)", "mesh.cli.logs:LOGS"),
@@ -74,7 +83,11 @@ LISTED = {listing.name: listing for listing in COMMANDS}
 
 
 class _CommandParser(argparse.ArgumentParser):
-    """A command's parser, given the command's arguments once argparse reaches it."""
+    """A command's parser, given the command's arguments once argparse reaches it.
+
+    It takes every argument after the command's name, so one it does not know is its own
+    mistake, told with its own usage (`meshctl up --detatch`), not with meshctl's.
+    """
 
     def __init__(self, *, listing: Listing | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -87,11 +100,19 @@ class _CommandParser(argparse.ArgumentParser):
             self._listing = None
             if isinstance(command, Command):
                 command.add_arguments(self)
-        return super().parse_known_args(*args, **kwargs)
+            self.set_defaults(command_parser=self)
+        parsed, unknown = super().parse_known_args(*args, **kwargs)
+        if unknown:
+            self.error(f"unrecognized arguments: {' '.join(unknown)}")
+        return parsed, unknown
 
 
-def parser() -> argparse.ArgumentParser:
-    """meshctl's parser: one sub-parser a command, filled in when chosen."""
+def parser(reveal: str | None = None) -> argparse.ArgumentParser:
+    """meshctl's parser: one sub-parser a command, filled in when chosen.
+
+    A hidden command has a sub-parser only when `reveal` names it: argparse cannot hide
+    one, whose name would show in the usage and in the choices a mistyped command lists.
+    """
     top = argparse.ArgumentParser(
         prog="meshctl", description="Run and inspect the shop's service mesh."
     )
@@ -99,21 +120,36 @@ def parser() -> argparse.ArgumentParser:
         dest="command", required=True, metavar="COMMAND", parser_class=_CommandParser
     )
     for listing in COMMANDS:
-        commands.add_parser(listing.name, help=listing.summary, listing=listing)
+        # A sub-parser added without `help` is left out of `meshctl --help`.
+        if not listing.hidden:
+            commands.add_parser(
+                listing.name, help=listing.summary, description=listing.summary, listing=listing
+            )
+        elif listing.name == reveal:
+            commands.add_parser(listing.name, description=listing.summary, listing=listing)
     return top
+
+
+def _reported(errors: tuple[type[Exception], ...], run: Callable[[], int]) -> int:
+    """`run()`'s exit status; one of the `errors` a command expects is one line, status 1."""
+    try:
+        return run()
+    except errors as error:
+        print(f"meshctl: {error}", file=sys.stderr)
+        return 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    # argparse would take a forwarded command's options (`--subject`) as meshctl's own.
     chosen = LISTED.get(argv[0]) if argv else None
+    # argparse would take a forwarded command's options (`--subject`) as meshctl's own.
     if chosen is not None and isinstance(forwarded := chosen.load(), Forwarded):
-        return forwarded.run(argv[1:])
-    args = parser().parse_args(argv)
+        return _reported(forwarded.errors, functools.partial(forwarded.run, argv[1:]))
+    args = parser(reveal=chosen.name if chosen else None).parse_args(argv)
     command = LISTED[args.command].load()
     assert isinstance(command, Command)
     try:
-        return command.run(args)
-    except command.errors as error:
-        print(f"meshctl: {error}", file=sys.stderr)
-        return 1
+        return _reported(command.errors, functools.partial(command.run, args))
+    except UsageError as error:
+        command_parser: argparse.ArgumentParser = args.command_parser
+        command_parser.error(str(error))

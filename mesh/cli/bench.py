@@ -25,6 +25,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _path_names(text: str) -> tuple[str, ...]:
+    names = tuple(text.split(","))
+    unknown = [name for name in names if name not in bench.PATHS]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"no path {', '.join(unknown)}; choose from {','.join(bench.PATHS)}"
+        )
+    return names
+
+
 def _add_load_arguments(command: argparse.ArgumentParser) -> None:
     """How long, how many, how fast: the arguments of both benchmarks."""
     command.add_argument(
@@ -72,8 +82,9 @@ def _add_output_arguments(command: argparse.ArgumentParser) -> None:
         help="seconds of calls before a path's runs (default 1)",
     )  # fmt: skip
     command.add_argument(
-        "--paths", help="a comma-separated subset of direct,sidecar,mesh,edge-grpc,edge-rest"
-    )
+        "--paths", type=_path_names, default=bench.PATHS,
+        help=f"a comma-separated subset of {','.join(bench.PATHS)}",
+    )  # fmt: skip
     command.add_argument(
         "--output", type=Path, default=Path(".mesh") / "bench",
         help="where bench.json and bench.png go (default .mesh/bench)",
@@ -112,7 +123,7 @@ def _paths_options(args: argparse.Namespace, output: Path) -> bench.Options:
         rate=args.rate,
         sampling=args.sampling,
         warmup=args.warmup,
-        paths=tuple(args.paths.split(",")) if args.paths else bench.PATHS,
+        paths=args.paths,
         pin=not args.no_pin,
     )
 

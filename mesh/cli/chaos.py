@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from mesh.cli.command import Command, add_trial_run_dir, root, run_dir
 from mesh.control.contracts import ContractsError
@@ -14,6 +13,8 @@ from mesh.tools import chaos
 def _add_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument(
         "scenario",
+        choices=chaos.SCENARIOS,
+        metavar="SCENARIO",
         help="kill-replica (catalog replicas killed under load), poison (poison events "
         "among good orders), crash-saga (saga participants and nats-server killed during "
         "a burst of orders), faults (payments' calls to the processor failed and delayed) "
@@ -26,10 +27,6 @@ def _add_arguments(command: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    if args.scenario not in chaos.SCENARIOS:
-        known = ", ".join(chaos.SCENARIOS)
-        print(f"meshctl chaos: no scenario {args.scenario!r}; choose {known}", file=sys.stderr)
-        return 2
     return chaos.run(root(), run_dir(args), args.scenario, short=args.short)
 
 

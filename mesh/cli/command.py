@@ -33,9 +33,19 @@ class Command:
 
 @dataclass(frozen=True)
 class Forwarded:
-    """A command another program parses: every argument after the command's name is its."""
+    """A command another program parses: every argument after the command's name is its.
+
+    Its `errors` are reported as a `Command`'s are: one line, exit status 1.
+    """
 
     run: Callable[[Sequence[str]], int]
+    errors: tuple[type[Exception], ...] = ()
+
+
+class UsageError(Exception):
+    """A mistake in a command's arguments that its parser cannot see (one argument needs
+    another): meshctl prints it under the command's usage, as argparse does, exit status 2.
+    """
 
 
 def root() -> Path:

@@ -12,7 +12,7 @@ from pathlib import Path
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from mesh.cli.command import Command, add_run_dir, run_dir
+from mesh.cli.command import Command, UsageError, add_run_dir, run_dir
 from mesh.control import deadletters, natsconf
 from mesh.control.contracts import ContractsError
 from mesh.control.local import ControlError, running_state
@@ -91,11 +91,9 @@ def _add_arguments(command: argparse.ArgumentParser) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     if args.action == "replay" and (args.sequence is None) == (not args.all):
-        print("meshctl dlq replay: give one SEQUENCE or --all", file=sys.stderr)
-        return 2
+        raise UsageError("replay: give one SEQUENCE or --all")
     if args.action == "show" and args.sequence is None:
-        print("meshctl dlq show: give a SEQUENCE", file=sys.stderr)
-        return 2
+        raise UsageError("show: give a SEQUENCE")
     return dlq(run_dir(args), args.action, args.sequence, args.json)
 
 

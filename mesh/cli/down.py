@@ -1,4 +1,4 @@
-"""`meshctl down`: stop a mesh started with `up --detach`."""
+"""`meshctl down`: stop a mesh started with `up --detach`, or say that none is running."""
 
 from __future__ import annotations
 

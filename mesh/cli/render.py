@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from mesh.cli.command import Command, add_config, add_run_dir, root, run_dir
+from mesh.cli.command import Command, UsageError, add_config, add_run_dir, root, run_dir
 from mesh.control.contracts import ContractsError
 from mesh.control.local import ControlError, load_topology
 from mesh.deploy import commands as deploy
@@ -31,12 +30,11 @@ def _add_arguments(command: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.target == EDGE_FILES and args.directory is None:
+        raise UsageError("edge-files: give the DIRECTORY to write")
     checkout = root()
     topology = load_topology(checkout, args.config)
     if args.target == EDGE_FILES:
-        if args.directory is None:
-            print("meshctl render edge-files: give the DIRECTORY to write", file=sys.stderr)
-            return 2
         return deploy.write_edge_files(checkout, topology, args.directory)
     if args.target == K8S_SECRETS:
         return deploy.print_secrets(topology, run_dir(args))

@@ -7,7 +7,7 @@ In the order it works:
 * `plan`: the instances, their ports and their paths in the run directory.
 * Renderers: `envoy/` (every sidecar and the edge), `natsconf` (NATS and its users),
   `pki` and `certfiles` (the CA and the SPIFFE leaves), `openapi` and
-  `openapi_schemas` (the edge's REST API), `edge_companion` (the edge's reflection).
+  `openapi_schemas` (the edge's REST API), `edge_companion` (the edge's reflection and health).
 * Running it: `supervisor` (with `process`, `state`, `probe`, `procstat`), `launch` (an
   app's environment), `local` (a run directory: up, down, its state), `tracestore`,
   `deadletters`.

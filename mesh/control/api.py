@@ -1,10 +1,12 @@
-"""The shop's RPCs as the mesh needs to know them, read from the generated descriptor set.
+"""The shop's RPCs and events as the mesh needs to know them, read from the generated
+descriptor set.
 
 Sidecars route and retry per method, and authorize the edge per method, so the mesh reads
 from the contracts, never from a hand-kept list: each RPC's gRPC path, its
 `idempotency_level` (which decides whether a retry may repeat a request that might have
 been applied) and whether it is INTERNAL (`google.api.method_visibility`), which keeps it
-away from the edge.
+away from the edge; and the events a service may consume, the payloads of
+`shop.events.v1.EventEnvelope`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ from google.protobuf import descriptor_pb2
 
 #: Our contracts' packages are `shop.<service>.v1`.
 _PACKAGE_PREFIX = "shop."
+#: The message whose `payload` oneof holds every event, each a field named in snake case
+#: (`order_placed`), as the last part of the event's subject.
+_ENVELOPE_PACKAGE, _ENVELOPE, _PAYLOAD = "shop.events.v1", "EventEnvelope", "payload"
 
 
 class Idempotency(enum.Enum):
@@ -41,10 +46,6 @@ _LEVELS = {
 }
 
 
-class ApiError(ValueError):
-    """mesh.yaml names a method the contracts do not have."""
-
-
 @dataclass(frozen=True)
 class Method:
     """One RPC: `/shop.catalog.v1.CatalogService/GetProduct` and what is known of it."""
@@ -64,6 +65,8 @@ class Api:
     """Every RPC of every service, by the service's short name (`catalog`, `orders`, ...)."""
 
     methods: Mapping[str, tuple[Method, ...]]
+    events: frozenset[str] = frozenset()
+    """The events of the contracts, by their payload field's name (`order_placed`)."""
 
     def of(self, service: str) -> tuple[Method, ...]:
         return self.methods.get(service, ())
@@ -73,14 +76,9 @@ class Api:
         return tuple(m for m in self.of(service) if not m.internal)
 
     def named(self, service: str, names: Sequence[str]) -> tuple[Method, ...]:
-        """The methods of `service` called `names`; `ApiError` for a name it lacks."""
+        """The methods of `service` called `names`, which `mesh.control.conformance`
+        found in the contracts."""
         methods = {m.name: m for m in self.of(service)}
-        unknown = [name for name in names if name not in methods]
-        if unknown:
-            raise ApiError(
-                f"{service} has no method {', '.join(unknown)} "
-                f"(it has: {', '.join(sorted(methods)) or 'none in the contracts'})"
-            )
         return tuple(methods[name] for name in names)
 
     @classmethod
@@ -101,4 +99,25 @@ class Api:
                             internal=visibility.restriction == "INTERNAL",
                         )
                     )
-        return cls({name: tuple(found) for name, found in methods.items()})
+        return cls({name: tuple(found) for name, found in methods.items()}, _event_names(files))
+
+
+def _event_names(files: Sequence[descriptor_pb2.FileDescriptorProto]) -> frozenset[str]:
+    """The fields of `EventEnvelope`'s `payload` oneof: one per event."""
+    envelopes = [
+        message
+        for file in files
+        if file.package == _ENVELOPE_PACKAGE
+        for message in file.message_type
+        if message.name == _ENVELOPE
+    ]
+    for envelope in envelopes:
+        oneofs = [oneof.name for oneof in envelope.oneof_decl]
+        if _PAYLOAD in oneofs:
+            index = oneofs.index(_PAYLOAD)
+            return frozenset(
+                f.name
+                for f in envelope.field
+                if f.HasField("oneof_index") and f.oneof_index == index
+            )
+    return frozenset()

@@ -12,10 +12,16 @@ Third-party protos (`google/api`, `google/type`) are copied from the pinned
 `googleapis-common-protos` package, whose Python modules the generated code imports at
 run time: the `.proto` files we compile against and the modules we run with are the same
 release.
+
+What clients may rely on is recorded in the repository: `release` writes a buf image of
+the contracts to `contracts/released.binpb`, and `breaking` compares the working tree with
+that image, not with a commit, so a break stays refused however many commits follow it,
+in a clean clone as anywhere, until someone releases it on purpose.
 """
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import subprocess
 import sys
@@ -24,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from google.protobuf import descriptor_pb2
+from google.protobuf.message import DecodeError, Message
 
 from mesh.control.binaries import find_binary
 
@@ -169,66 +176,129 @@ def generate(ws: Workspace) -> tuple[Path, Path]:
     return descriptor_set, final
 
 
-@dataclass(frozen=True)
-class BreakingResult:
-    """What `breaking` compared against, and what it found."""
+#: The released contracts: the image `breaking` compares with, moved only by `release`.
+RELEASED_IMAGE = Path("contracts/released.binpb")
 
-    against: str | None
-    message: str
+#: The repeated fields of each descriptor that hold named definitions of their own.
+_MEMBERS = {
+    "FileDescriptorProto": ("message_type", "enum_type", "service", "extension"),
+    "DescriptorProto": ("field", "nested_type", "enum_type", "extension"),
+    "EnumDescriptorProto": ("value",),
+    "ServiceDescriptorProto": ("method",),
+}
 
 
-def previous_contracts_ref(ws: Workspace) -> str | None:
-    """The commit whose contracts the working tree must stay compatible with.
+def build_image(ws: Workspace, output: Path) -> Path:
+    """Build a buf image of the contracts, for `breaking` to compare with.
 
-    Uncommitted contract changes are checked against HEAD; a clean tree (as in CI, where
-    HEAD is the commit under test) against HEAD's parent. None when there is no such
-    commit, or it has no contracts yet.
+    Source info is left out, so the image changes only when a definition does, never for
+    a comment or a moved line. Imports (the well-known types) stay in: buf resolves the
+    image's files against them when it reads it back.
     """
-    git = shutil.which("git")
-    if git is None or not (ws.root / ".git").exists():
-        return None
-
-    def rev(spec: str) -> str | None:
-        found = subprocess.run(
-            [git, "rev-parse", "--verify", "--quiet", f"{spec}^{{commit}}"],
-            cwd=ws.root,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        return found.stdout.strip() or None
-
-    head = rev("HEAD")
-    if head is None:
-        return None
-    dirty = subprocess.run(
-        [git, "status", "--porcelain", "--", "buf.yaml", "protos"],
-        cwd=ws.root,
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
-    candidate = head if dirty else rev("HEAD~1")
-    if candidate is None:
-        return None
-    has_contracts = subprocess.run(
-        [git, "cat-file", "-e", f"{candidate}:buf.yaml"],
-        cwd=ws.root,
-        capture_output=True,
-        check=False,
+    output.parent.mkdir(parents=True, exist_ok=True)
+    _run(
+        [find_binary("buf"), "build", "--exclude-source-info", "-o", str(output)],
+        ws.root,
+        "buf build",
     )
-    return candidate if has_contracts.returncode == 0 else None
+    return output
 
 
-def breaking(ws: Workspace, against: str | None = None) -> BreakingResult:
-    """`buf breaking` the workspace against `against` (a buf input), or the previous commit.
+def definitions(files: descriptor_pb2.FileDescriptorSet) -> dict[str, bytes]:
+    """Every file and named definition, by full name, with its serialized descriptor.
 
-    Raises ContractsError listing the breaking changes when there are any.
+    A container's descriptor is taken without its members, which are definitions of their
+    own, so a changed field shows as that field alone and not as its message too.
+    """
+    found: dict[str, bytes] = {}
+    for file in files.file:
+        _collect(file, file.name, file.package, found)
+    return found
+
+
+def _collect(element: Message, name: str, scope: str, found: dict[str, bytes]) -> None:
+    members = _MEMBERS.get(element.DESCRIPTOR.name, ())
+    own = type(element)()
+    own.CopyFrom(element)
+    for field in members:
+        own.ClearField(field)
+    found[name] = own.SerializeToString(deterministic=True)
+    for field in members:
+        for member in getattr(element, field):
+            full_name = f"{scope}.{member.name}" if scope else member.name
+            _collect(member, full_name, full_name, found)
+
+
+@dataclass(frozen=True)
+class Changes:
+    """How two sets of definitions differ, each list by full name in order."""
+
+    added: list[str]
+    removed: list[str]
+    changed: list[str]
+
+
+def changes(previous: dict[str, bytes], current: dict[str, bytes]) -> Changes:
+    """What `current` adds to, removes from and changes in `previous` (`definitions`)."""
+    kept = previous.keys() & current.keys()
+    return Changes(
+        added=sorted(current.keys() - previous.keys()),
+        removed=sorted(previous.keys() - current.keys()),
+        changed=sorted(name for name in kept if previous[name] != current[name]),
+    )
+
+
+@dataclass(frozen=True)
+class Release:
+    """The image `release` wrote, and its changes since the previous release (None if first)."""
+
+    image: Path
+    sha256: str
+    changes: Changes | None
+
+
+def _image_definitions(image: Path) -> dict[str, bytes]:
+    try:
+        return definitions(load_descriptor_set(image))
+    except DecodeError as error:
+        raise ContractsError(
+            f"{image} is not a buf image ({error}): restore it from git, or delete it and"
+            " run `meshctl proto release` again"
+        ) from None
+
+
+def release(ws: Workspace) -> Release:
+    """Record the working tree's contracts as the released ones that `breaking` guards."""
+    image = ws.root / RELEASED_IMAGE
+    previous = _image_definitions(image) if image.is_file() else None
+    image.parent.mkdir(parents=True, exist_ok=True)
+    # Built beside the image, then swapped in, so a failed build keeps the old release.
+    with tempfile.TemporaryDirectory(dir=image.parent, prefix=".release-") as staging:
+        build_image(ws, Path(staging) / image.name).replace(image)
+    return Release(
+        image=RELEASED_IMAGE,
+        sha256=hashlib.sha256(image.read_bytes()).hexdigest(),
+        changes=None if previous is None else changes(previous, _image_definitions(image)),
+    )
+
+
+def breaking(ws: Workspace, against: str | None = None) -> str:
+    """`buf breaking` the working tree against a buf input; return the input compared with.
+
+    `against` defaults to the released contracts (`RELEASED_IMAGE`). Raises
+    ContractsError listing the breaking changes when there are any.
     """
     if against is None:
-        ref = previous_contracts_ref(ws)
-        if ref is None:
-            return BreakingResult(None, "no earlier commit with contracts: nothing to compare")
-        against = f".git#ref={ref}"
-    _run([find_binary("buf"), "breaking", "--against", against], ws.root, "buf breaking")
-    return BreakingResult(against, f"no breaking changes against {against}")
+        if not (ws.root / RELEASED_IMAGE).is_file():
+            raise ContractsError(
+                f"no released contracts to compare with ({RELEASED_IMAGE} is missing): run"
+                " `meshctl proto release` to record the current protos as released"
+            )
+        against = str(RELEASED_IMAGE)
+    # The well-known types the contracts import are buf's to keep, not ours to guard.
+    _run(
+        [find_binary("buf"), "breaking", "--exclude-imports", "--against", against],
+        ws.root,
+        f"buf breaking against {against}",
+    )
+    return against

@@ -1,13 +1,32 @@
-"""The edge's companion: one gRPC reflection endpoint that knows every public service.
+"""The edge's companion: reflection of the whole public API, and gRPC health of the edge
+and of each public service, answered beside the edge.
 
-Clients reach it through the edge (`grpcurl -plaintext 127.0.0.1:8080 list`), so they can
-list and describe the whole public API in one place, from the same descriptor set the
-edge transcodes with. It knows nothing else: its descriptors are the public part of the
-set (`public_files`), so neither `list` nor `describe` shows a service the edge does not
-expose, a method marked INTERNAL, or a message or enum only those use (the events
-among them). It also answers gRPC health for the edge as a whole.
+Reflection: clients reach it through the edge (`grpcurl -plaintext 127.0.0.1:8080 list`),
+in both versions (`mesh.runtime.reflection`), so they can list and describe the whole
+public API in one place, from the same descriptor set the edge transcodes with. It knows
+nothing else: its descriptors are the public part of the set (`public_files`), so neither
+`list` nor `describe` shows a service the edge does not expose, a method marked INTERNAL,
+or a message or enum only those use (the events among them); health and reflection are
+described from their own contracts.
 
-Run as `python -m mesh.control.edge_companion --port P --descriptor-set FILE --service NAME...`.
+Health (`EdgeHealth`): `Check` of no service is the edge itself. `Check` of a public
+service is asked of the edge in turn, on loopback (in a container the companion shares
+the edge's network namespace), with `HEALTH_OF_HEADER` naming the service; the edge
+routes that check to the service's instances as it routes the service's calls (over mTLS
+as the edge, which their sidecars admit to health checks as to public methods; another
+instance tried where one never got it). So SERVING means what a client needs: through
+the edge, an instance serves the service. Why so: the name is in the request body, which
+Envoy cannot route on, so the companion reads it; and the edge's own view of its
+clusters (its admin, a unix socket no other container sees) cannot tell a serving app
+from a live sidecar, so the check goes to the apps. Any other name, an internal
+service's or an unknown one, is NOT_FOUND like a name no server knows, so nothing
+internal is revealed; a client that sets the header itself reaches the same check of a
+public service's app, which knows no other service's name. `Watch` follows the edge
+itself only: the edge relays single checks, not streams of them, so for a public service
+it is UNIMPLEMENTED and clients poll `Check`.
+
+Run as `python -m mesh.control.edge_companion --port P --edge-port E --descriptor-set FILE
+--service NAME...`.
 """
 
 from __future__ import annotations
@@ -17,16 +36,27 @@ import asyncio
 import logging
 from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+import grpc
 from google.api import visibility_pb2
 from google.protobuf import descriptor_pb2, descriptor_pool
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from mesh.runtime.runner import ServiceRunner
+from mesh.control.envoy.edge_rules import HEALTH_CHECK_TIMEOUT, HEALTH_OF_HEADER
+from mesh.runtime.runner import HealthServicer, ServiceRunner
+
+log = logging.getLogger(__name__)
 
 _File = descriptor_pb2.FileDescriptorProto
 _Message = descriptor_pb2.DescriptorProto
 #: The packages of the shop's own contracts, which `public_files` prunes.
 _OWNED = "shop."
+
+if TYPE_CHECKING:
+    _Context = grpc.aio.ServicerContext[
+        health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse
+    ]
 
 
 def _internal(method: descriptor_pb2.MethodDescriptorProto) -> bool:
@@ -132,21 +162,67 @@ def descriptor_pool_of(path: Path, services: Collection[str]) -> descriptor_pool
     return pool
 
 
+class EdgeHealth(HealthServicer):
+    """The health of the edge (service "") and of each of the `public` services, asked of
+    the edge on `edge` (a channel to its port); see the module docstring."""
+
+    def __init__(self, public: Collection[str], edge: grpc.aio.Channel) -> None:
+        super().__init__()
+        self._public = frozenset(public)
+        # The stub's typing declares no methods.
+        self._edge: Any = health_pb2_grpc.HealthStub(edge)
+
+    async def Check(
+        self, request: health_pb2.HealthCheckRequest, context: _Context
+    ) -> health_pb2.HealthCheckResponse:
+        if request.service not in self._public:
+            return await super().Check(request, context)
+        remaining = context.time_remaining()
+        # A client's sooner deadline wins.
+        timeout = min(HEALTH_CHECK_TIMEOUT, remaining or HEALTH_CHECK_TIMEOUT)
+        try:
+            response: health_pb2.HealthCheckResponse = await self._edge.Check(
+                request, metadata=((HEALTH_OF_HEADER, request.service),), timeout=timeout
+            )
+        except grpc.aio.AioRpcError as error:
+            log.warning(
+                "%s through the edge: %s %s", request.service, error.code().name, error.details()
+            )
+            return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.NOT_SERVING)
+        return response
+
+    async def Watch(self, request: health_pb2.HealthCheckRequest, context: _Context) -> None:
+        if request.service in self._public:
+            await context.abort(
+                grpc.StatusCode.UNIMPLEMENTED,
+                'the edge watches its own health only (service ""); poll Check for '
+                f"{request.service}",
+            )
+        await super().Watch(request, context)
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{args.edge_port}") as channel:
+        runner = ServiceRunner(
+            [],
+            port=args.port,
+            grace=2.0,
+            reflected=args.services,
+            pool=descriptor_pool_of(args.descriptor_set, args.services),
+            health_servicer=EdgeHealth(args.services, channel),
+        )
+        await runner.serve()
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m mesh.control.edge_companion")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--edge-port", type=int, required=True)
     parser.add_argument("--descriptor-set", type=Path, required=True)
     parser.add_argument("--service", action="append", default=[], dest="services")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s edge %(message)s")
-    runner = ServiceRunner(
-        [],
-        port=args.port,
-        grace=2.0,
-        reflected=args.services,
-        pool=descriptor_pool_of(args.descriptor_set, args.services),
-    )
-    asyncio.run(runner.serve())
+    asyncio.run(_serve(args))
 
 
 if __name__ == "__main__":

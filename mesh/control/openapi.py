@@ -8,8 +8,9 @@ from it:
 * an operation for every method of an exposed service that carries a `google.api.http`
   rule (and each of its `additional_bindings`); methods marked INTERNAL have no rule and
   are not served, so they do not appear;
-* path parameters, the request body and query parameters as the transcoder binds them:
-  path-bound fields come from the template, `body: "*"` takes every other field,
+* path parameters, the request body and query parameters as the transcoder binds them,
+  all named by the fields' JSON names: path-bound fields come from the template (its
+  variables renamed: `{product_id}` is `{productId}`), `body: "*"` takes every other field,
   `body: "<field>"` takes that field, and what is left that is a scalar, an enum or a
   repeated scalar may be sent in the query string;
 * schemas in the proto3 JSON mapping the transcoder applies: lowerCamelCase `json_name`s,
@@ -205,14 +206,23 @@ def _exposed_methods(
     return methods, sorted(tags, key=lambda t: str(t["name"]))
 
 
-def path_parameter_name(field_path: str) -> str:
-    """The OpenAPI name of a path variable: the bound field's own name.
+def path_parameter_name(index: Index, request: Located, field_path: str) -> str:
+    """The OpenAPI name of a path variable: the bound field's JSON name, as the body and
+    the query string name fields (`{product_id}` becomes `{productId}`).
 
     `{product.id}` becomes `{id}`, so `PATCH /v1/products/{product.id}` and
     `GET /v1/products/{id}` share one OpenAPI path (OpenAPI refuses two templates that
-    differ only in variable names, and dotted names trip common tools).
+    differ only in variable names, and dotted names trip common tools). The name is only
+    a name: the transcoder binds a path's segments by their place in the template.
     """
-    return field_path.rsplit(".", 1)[-1]
+    return json_name(_resolve(index, request, field_path)[0])
+
+
+def _openapi_path(index: Index, request: Located, template: str) -> str:
+    """An HttpRule template as an OpenAPI path, each variable by its parameter's name."""
+    return _TEMPLATE_VARIABLE.sub(
+        lambda variable: "{" + path_parameter_name(index, request, variable[1]) + "}", template
+    )
 
 
 def _operation(
@@ -247,7 +257,7 @@ def _operation(
 def _path_parameter(schemas: Schemas, request: Located, dotted: str) -> Schema:
     proto, about = _resolve(schemas.index, request, dotted)
     parameter: Schema = {
-        "name": path_parameter_name(dotted),
+        "name": path_parameter_name(schemas.index, request, dotted),
         "in": "path",
         "required": True,
         "schema": schemas.field_type(proto),
@@ -351,7 +361,8 @@ def _paths(
             verb, template = _verb_and_template(binding)
             if verb not in _HTTP_METHODS:
                 raise ValueError(f"{method.grpc_path}: unsupported HTTP method {verb!r}")
-            path = _TEMPLATE_VARIABLE.sub(lambda m: "{" + path_parameter_name(m[1]) + "}", template)
+            request = schemas.index.message(method.proto.input_type)
+            path = _openapi_path(schemas.index, request, template)
             if verb in paths.get(path, {}):
                 raise ValueError(f"{verb.upper()} {path} is bound twice ({method.grpc_path})")
             operation_id = f"{method.service}_{method.proto.name}" + (f"_{n}" if n else "")

@@ -81,6 +81,20 @@ class InstancePlan:
     def name(self) -> str:
         return f"{self.service}-{self.index}"
 
+    def listeners(self) -> list[tuple[int, str]]:
+        """Each TCP port its app and sidecar listen on, with what listens there."""
+        outbound = [
+            (port, f"{self.name}'s sidecar outbound to {to}") for to, port in self.outbound.items()
+        ]
+        ports = [
+            (self.app_port, f"{self.name}'s app"),
+            (self.metrics_port, f"{self.name}'s app metrics"),
+            (self.inbound_port, f"{self.name}'s sidecar inbound"),
+            (self.probe_port, f"{self.name}'s sidecar probes"),
+            *outbound,
+        ]
+        return [(port, what) for port, what in ports if port]
+
 
 @dataclass(frozen=True)
 class EdgePlan:
@@ -111,6 +125,23 @@ class MeshPlan:
 
     def of(self, service: str) -> list[InstancePlan]:
         return [i for i in self.instances if i.service == service]
+
+    def listeners(self) -> list[tuple[int, str]]:
+        """Each TCP port of the mesh, with what listens there (locally all on one host; in
+        containers each instance's in its own network namespace)."""
+        ports = [
+            (self.nats_port, "NATS"),
+            (self.nats_monitor_port or 0, "NATS's monitor"),
+            (self.trace_port, "the trace store"),
+        ]
+        if self.edge is not None:
+            ports += [
+                (self.edge.port, "the edge"),
+                (self.edge.companion_port, "the edge companion"),
+                (self.edge.probe_port, "the edge's probes"),
+            ]
+        own = [(port, what) for port, what in ports if port]
+        return own + [listener for i in self.instances for listener in i.listeners()]
 
     def endpoints_of(self, service: str) -> list[tuple[str, int]]:
         """Where a caller's sidecar reaches `service`: each (host, inbound port) once."""

@@ -4,12 +4,17 @@ app and sidecar, and the privacy of everything they write.
 A child that exits is started again after a backoff (as a Kubernetes restart policy
 would): 0.5 s, doubling up to `MAX_BACKOFF_SECONDS`, and back to 0.5 s for a process that
 had run for `STABLE_SECONDS`.
+
+Each child's output is appended to its log, run after run; a process knows where this
+run's output begins (`log_start`), and which of its lines said what went wrong
+(`last_error_line`), so a failure can be told in the child's own words.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -19,6 +24,7 @@ from pathlib import Path
 from typing import IO
 
 from mesh.control.plan import InstancePlan
+from mesh.runtime import telemetry
 
 #: Restart backoff: 0.5 s, doubling, at most this long.
 MAX_BACKOFF_SECONDS = 30.0
@@ -30,6 +36,20 @@ STABLE_SECONDS = 60.0
 PRIVATE_UMASK = 0o077
 #: The mode of the run directory.
 RUN_DIR_MODE = 0o700
+
+#: A line that says something went wrong, in the words of the mesh's children: Envoy's
+#: levels (`[time][pid][critical][main] ...`), NATS's (`[pid] time [FTL] ...`), the last
+#: line of a Python traceback (`OSError: ...`, `sqlalchemy.exc.OperationalError: ...`) and
+#: a command line's complaint (`prog: error: ...`).
+_ERROR_LINE = re.compile(
+    r"\]\[(critical|error)\]\[|\[(FTL|ERR)\] |^[\w.]*(Error|Exception)\b|\berror: ",
+    re.IGNORECASE,
+)
+#: Lines at an error level that never say why: deprecation warnings, and the stack
+#: Envoy prints after the assertion that stopped it.
+_NOT_A_REASON = re.compile(r"deprecat|\]\[backtrace\] |\] #\d+\b|stacktrace for", re.IGNORECASE)
+#: How much of a log's end is read for its last error line.
+_LOG_TAIL_BYTES = 64 * 1024
 
 
 def make_private(run_dir: Path) -> None:
@@ -79,6 +99,9 @@ class ManagedProcess:
     backoff: float = 0.5
     niceness: int = 0
     """Added to the process's niceness (`nice`): what it gets of a CPU others want too."""
+    log_start: int | None = None
+    """Where in its log the output of this supervisor's run begins (the log is appended
+    to across runs); set at the first start."""
     _log: IO[bytes] | None = None
 
     @property
@@ -89,6 +112,8 @@ class ManagedProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         if self._log is None:
             self._log = self.log_path.open("ab")
+        if self.log_start is None:
+            self.log_start = os.fstat(self._log.fileno()).st_size
         # Through nice(1), so every thread the process starts inherits its niceness.
         niced = ["nice", "-n", str(self.niceness)] if self.niceness else []
         self.process = subprocess.Popen(
@@ -101,6 +126,17 @@ class ManagedProcess:
         )
         self.started_at = time.monotonic()
         self.restart_at = None
+
+    def last_error_line(self) -> str | None:
+        """The last line of this run's output that says what went wrong (see
+        `last_error_line`), or None when there is no output."""
+        start = self.log_start or 0
+        try:
+            with self.log_path.open("rb") as log:
+                log.seek(max(start, log.seek(0, os.SEEK_END) - _LOG_TAIL_BYTES))
+                return last_error_line(log.read().decode(errors="replace"))
+        except OSError:
+            return None
 
     def exited(self) -> int | None:
         """The exit code if the process has ended (and was not yet noticed), else None."""
@@ -134,6 +170,30 @@ class ManagedProcess:
         if self._log is not None:
             self._log.close()
             self._log = None
+
+
+def last_error_line(output: str) -> str | None:
+    """The line of `output` a person needs to see when its process failed: the last one
+    that says an error (`_ERROR_LINE`, or a JSON log line at ERROR or CRITICAL), else the
+    last line, since a process that exits with a message (`SystemExit`) prints just that.
+    Deprecation warnings and Envoy's backtraces are never the reason (`_NOT_A_REASON`)."""
+    lines = [
+        line.strip()
+        for line in output.splitlines()
+        if line.strip() and not _NOT_A_REASON.search(line)
+    ]
+    for line in reversed(lines):
+        if _ERROR_LINE.search(line) or _json_error(line) is not None:
+            return _json_error(line) or line
+    return lines[-1] if lines else None
+
+
+def _json_error(line: str) -> str | None:
+    """The level and message of an app's JSON log line at ERROR or CRITICAL."""
+    fields = telemetry.parse_log_line(line) if line.startswith("{") else None
+    if fields is None or fields.get("level") not in ("ERROR", "CRITICAL"):
+        return None
+    return f"{fields['level']} {fields.get('message', '')}"
 
 
 @dataclass

@@ -5,6 +5,11 @@ have exited included (`/proc/PID/stat`, in clock ticks of 10 ms here, so compare
 seconds apart). Memory is the resident set (`VmRSS`), the part of it the process itself
 allocated (`RssAnon`: without mapped files, such as Envoy's 100 MB binary, which every
 Envoy shares), and the peak (`VmHWM`).
+
+What a process adds to the machine is its proportional set size (`Pss` in
+`/proc/PID/smaps_rollup`): each page it maps, divided by the number of processes that map
+it. Summed over processes, a page nine Envoys share (their binary's code) counts once,
+where their resident sets count it nine times.
 """
 
 from __future__ import annotations
@@ -64,7 +69,15 @@ def machine_cpu_seconds() -> tuple[float, float]:
     return (total - idle) / CLOCK_TICKS_PER_SECOND, total / CLOCK_TICKS_PER_SECOND
 
 
-def rss_kib(pid: int | None) -> int:
-    """Resident memory of `pid` in KiB (0 when it is not running)."""
-    found = usage(pid)
-    return found.rss_kib if found else 0
+def pss_kib(pid: int | None) -> int:
+    """Proportional set size of `pid` in KiB (0 when it is not running, or not ours to read)."""
+    if not pid:
+        return 0
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as rollup:
+            for line in rollup:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+    return 0

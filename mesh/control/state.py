@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mesh.control.process import Instance
-from mesh.control.procstat import rss_kib
+from mesh.control.procstat import pss_kib
 from mesh.runtime import metrics
 
 STATE_FILE = "state.json"
@@ -89,11 +89,27 @@ class Readings:
             "degraded": self.degraded(instance),
             "restarts": instance.app.restarts + instance.sidecar.restarts,
             "last_exit": instance.app.last_exit,
-            "app_rss_kib": rss_kib(instance.app.pid),
-            "sidecar_rss_kib": rss_kib(instance.sidecar.pid),
+            "app_pss_kib": pss_kib(instance.app.pid),
+            "sidecar_pss_kib": pss_kib(instance.sidecar.pid),
             "metrics_port": plan.metrics_port,
             "rates": self.rates_of(instance),
         }
+
+
+def memory_pss_kib(state: dict[str, Any]) -> dict[str, int]:
+    """The mesh's memory by kind of process, and in total (`total`): the sum of their
+    proportional set sizes (`procstat.pss_kib`), in which the pages they share (Envoy's
+    binary, the Python interpreter's libraries) count once."""
+    edge = state.get("edge") or {}
+    parts = {
+        "apps": sum(i["app_pss_kib"] for i in state["instances"]),
+        "sidecars": sum(i["sidecar_pss_kib"] for i in state["instances"]),
+        "edge": edge.get("pss_kib", 0),
+        "nats": state["nats"]["pss_kib"],
+        "traces": state["traces"]["pss_kib"],
+        "supervisor": state["supervisor_pss_kib"],
+    }
+    return {"total": sum(parts.values()), **parts}
 
 
 def write_json_atomically(path: Path, data: Any) -> None:

@@ -6,13 +6,16 @@
 so all children are started from the supervisor's main thread, which lives as long as
 they do.
 
-Start-up, in dependency order: certificates (a mesh CA and one SPIFFE certificate per
-instance and for the edge), NATS with JetStream, then each service after the services it
-calls, each instance as its app plus its sidecar, waiting for gRPC health SERVING and
-Envoy's `/ready` before the next service starts. While running, an app or sidecar that
-exits is restarted with exponential backoff (as a Kubernetes restart policy would) and
-its restarts are counted in the status. Certificates past half their life are renewed in
-place; the sidecars reload them from their watched directories.
+Start-up: certificates (a mesh CA and one SPIFFE certificate per instance and for the
+edge), then every process at once but the apps, which start once NATS with JetStream is
+ready and the event bus's streams and consumers exist (`Supervisor.start` says why
+nothing else waits). An instance is healthy when its app's gRPC health says SERVING and
+its sidecar's `/ready` answers; each part is announced as it becomes healthy, and a
+process that exits while starting fails the start with its own last error line. While
+running, an app or sidecar that exits is restarted with exponential backoff (as a
+Kubernetes restart policy would) and its restarts are counted in the status. Certificates
+past half their life are renewed in place; the sidecars reload them from their watched
+directories.
 
 The supervisor writes `state.json` in the run directory (atomically, `mesh.control.state`)
 for `meshctl status` and `meshctl down`.
@@ -26,6 +29,7 @@ with no port.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import os
@@ -33,6 +37,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -43,17 +48,26 @@ from mesh.control.binaries import find_binary
 from mesh.control.envoy import edge
 from mesh.control.pki import MeshPKI
 from mesh.control.plan import InstancePlan, MeshPlan, PlanError, make_plan
-from mesh.control.probe import app_serving
+from mesh.control.probe import app_serving, port_open
 from mesh.control.process import Instance, ManagedProcess, make_private
-from mesh.control.procstat import rss_kib
-from mesh.control.state import STATE_FILE, Probed, Readings, write_json_atomically
+from mesh.control.procstat import pss_kib
+from mesh.control.state import (
+    STATE_FILE,
+    Probed,
+    Readings,
+    memory_pss_kib,
+    write_json_atomically,
+)
 from mesh.control.topology import Topology
 from mesh.runtime import telemetry
+from mesh.runtime.events import NatsSettings
 
 log = logging.getLogger(__name__)
 
-#: How long one service (all its instances) may take to become healthy.
+#: How long the whole mesh may take to become healthy.
 READY_TIMEOUT_SECONDS = 60.0
+#: How often what is starting is probed: a part is seen healthy within this of becoming so.
+START_PROBE_SECONDS = 0.05
 #: How long processes get to stop after SIGTERM before SIGKILL.
 STOP_GRACE_SECONDS = 10.0
 #: The niceness of background processes (services of priority `background`, NATS, the
@@ -73,6 +87,39 @@ T = TypeVar("T")
 
 class SupervisorError(RuntimeError):
     """The mesh could not be brought up; the message says which part and where its log is."""
+
+
+@dataclass(frozen=True)
+class Awaited:
+    """A part of the mesh the start waits for: its name, whether it is ready, and the
+    processes that make it up."""
+
+    name: str
+    ready: Callable[[], bool]
+    processes: Sequence[ManagedProcess]
+
+    def fail_if_exited(self) -> None:
+        """Raise SupervisorError, quoting the process's log, if one of them has exited."""
+        for process in self.processes:
+            code = process.exited()
+            if code is not None:
+                raise SupervisorError(
+                    f"{process.name} exited with {code} while starting"
+                    f"{_quoted(process)}\n  its log: {process.log_path}"
+                )
+
+    def not_ready(self, seconds: float) -> str:
+        """Why the start gave up on this part, in its processes' words."""
+        return f"{self.name} not healthy after {seconds:.0f} s" + "".join(
+            f"\n  {process.name}{_quoted(process)}\n  its log: {process.log_path}"
+            for process in self.processes
+        )
+
+
+def _quoted(process: ManagedProcess) -> str:
+    """`: ` and the process's last error line, or nothing when its log is empty."""
+    line = process.last_error_line()
+    return f": {line}" if line else ""
 
 
 class Supervisor:
@@ -173,13 +220,17 @@ class Supervisor:
             self.run_dir / "nats",
             self.plan.nats_port,
         )
-        natsconf.admin_settings(self.pki, self.plan.nats_port)
         self.nats = ManagedProcess(
             "nats",
             [find_binary("nats-server"), "--config", str(config)],
             logs / "nats.log",
             niceness=BACKGROUND_NICENESS,
         )
+
+    @functools.cached_property
+    def nats_admin(self) -> NatsSettings:
+        """`meshctl`'s way into this mesh's NATS (its certificate is issued if need be)."""
+        return natsconf.admin_settings(self.pki, self.plan.nats_port)
 
     def _prepare_trace_store(self, logs: Path) -> None:
         self.trace_store = ManagedProcess(
@@ -216,7 +267,10 @@ class Supervisor:
             [
                 sys.executable,
                 *edge.companion_arguments(
-                    rules, self.plan.edge.companion_port, files.descriptor_set
+                    rules,
+                    self.plan.edge.companion_port,
+                    self.plan.edge.port,
+                    files.descriptor_set,
                 ),
             ],
             logs / "edge.log",
@@ -232,28 +286,73 @@ class Supervisor:
 
     # -- start ----------------------------------------------------------------------------
 
-    def _wait(
-        self, what: str, ready: Callable[[], bool], processes: Sequence[ManagedProcess]
-    ) -> None:
+    def start(self) -> None:
+        """Start every process as soon as what it needs is there, and wait until all are
+        healthy, saying of each part when it became so.
+
+        Only the apps wait, for NATS and the event bus's streams and consumers: a consumer
+        that binds before the mesh made it tries again a second later. Nothing else needs
+        another process to start: the sidecars and the edge need their certificates
+        (issued in `prepare`) and find their upstreams when they call them, the apps'
+        channels connect on first use, and the edge fetches identity's JWKS until it
+        has it, which its readiness waits for.
+        """
+        assert self.nats is not None
+        assert self.trace_store is not None
+        self.trace_db.parent.mkdir(parents=True, exist_ok=True)
+        for process in (self.nats, self.trace_store, *[i.sidecar for i in self.instances]):
+            process.start(self.root)
+        for part in (self.edge_envoy, self.edge_companion):
+            if part is not None:
+                part.start(self.root)
         deadline = time.monotonic() + READY_TIMEOUT_SECONDS
-        while not ready():
-            for process in processes:
-                code = process.exited()
-                if code is not None:
-                    raise SupervisorError(
-                        f"{process.name} exited with {code} while starting; see {process.log_path}"
-                    )
-            if time.monotonic() > deadline:
+        self._wait_until_healthy([Awaited("nats", self.nats_ready, [self.nats])], deadline)
+        asyncio.run(natsconf.prepare_event_bus(self.nats_admin, self.topology))
+        for instance in self.instances:
+            instance.app.start(self.root)
+        self._wait_until_healthy(self._awaited(), deadline)
+        self.ready_seconds = time.monotonic() - self._started
+        self.status = "healthy"
+        self.write_state()
+
+    def _awaited(self) -> list[Awaited]:
+        """Every part of the mesh but NATS, as the start waits for it."""
+        assert self.trace_store is not None
+        trace_port = self.plan.trace_port
+        parts = [Awaited("traces", lambda: app_serving(trace_port), [self.trace_store])]
+        parts += [
+            Awaited(i.plan.name, functools.partial(self.probe, i), [i.app, i.sidecar])
+            for i in self.instances
+        ]
+        if self.edge_envoy is not None and self.edge_companion is not None:
+            parts.append(Awaited("edge", self.edge_ready, [self.edge_envoy, self.edge_companion]))
+        return parts
+
+    def _wait_until_healthy(self, parts: Sequence[Awaited], deadline: float) -> None:
+        """Probe what is not yet healthy every `START_PROBE_SECONDS` until all of it is;
+        a process that exits, or a deadline that passes, fails the start in the words
+        of the processes' own logs."""
+        waiting = list(parts)
+        while waiting:
+            for part in list(waiting):
+                if part.ready():
+                    waiting.remove(part)
+                    elapsed = time.monotonic() - self._started
+                    self._say(f"{part.name} healthy in {elapsed:.1f} s")
+                else:
+                    part.fail_if_exited()
+            if waiting and time.monotonic() > deadline:
                 raise SupervisorError(
-                    f"{what} not ready after {READY_TIMEOUT_SECONDS:.0f}s; see "
-                    + ", ".join(str(p.log_path) for p in processes)
+                    "\n".join(part.not_ready(READY_TIMEOUT_SECONDS) for part in waiting)
                 )
-            time.sleep(0.1)
+            if waiting:
+                time.sleep(START_PROBE_SECONDS)
 
     def nats_ready(self) -> bool:
         """Whether JetStream answers the mesh's administrator (NATS runs no monitor here)."""
-        settings = natsconf.admin_settings(self.pki, self.plan.nats_port)
-        return asyncio.run(natsconf.jetstream_ready(settings))
+        return port_open(self.plan.nats_port) and asyncio.run(
+            natsconf.jetstream_ready(self.nats_admin)
+        )
 
     def probe(self, instance: Instance) -> bool:
         """Whether the app and its sidecar are ready now; kept, as `state` reports it."""
@@ -262,39 +361,6 @@ class Supervisor:
         )
         self._readings.probed[instance.plan.name] = Probed(ready, time.monotonic())
         return ready
-
-    def start(self) -> None:
-        """Start everything in dependency order and wait until it is healthy."""
-        assert self.nats is not None
-        assert self.trace_store is not None
-        self.trace_db.parent.mkdir(parents=True, exist_ok=True)
-        self.trace_store.start(self.root)
-        self._wait("traces", lambda: app_serving(self.plan.trace_port), [self.trace_store])
-        self.nats.start(self.root)
-        self._wait("nats", self.nats_ready, [self.nats])
-        asyncio.run(
-            natsconf.prepare_event_bus(
-                natsconf.admin_settings(self.pki, self.plan.nats_port), self.topology
-            )
-        )
-        for service in self.topology.start_order():
-            group = [i for i in self.instances if i.plan.service == service]
-            for instance in group:
-                instance.app.start(self.root)
-                instance.sidecar.start(self.root)
-            processes = [p for i in group for p in (i.app, i.sidecar)]
-
-            def group_ready(group: list[Instance] = group) -> bool:
-                return all(self.probe(i) for i in group)
-
-            self._wait(service, group_ready, processes)
-        if self.edge_envoy is not None and self.edge_companion is not None:
-            self.edge_companion.start(self.root)
-            self.edge_envoy.start(self.root)
-            self._wait("edge", self.edge_ready, [self.edge_envoy, self.edge_companion])
-        self.ready_seconds = time.monotonic() - self._started
-        self.status = "healthy"
-        self.write_state()
 
     # -- running --------------------------------------------------------------------------
 
@@ -392,7 +458,8 @@ class Supervisor:
             return
         for instance in self.instances:
             path = instance.app.log_path
-            offset = self._log_offsets.get(path, 0)
+            # From where this run's output begins: not the runs before it.
+            offset = self._log_offsets.get(path, instance.app.log_start or 0)
             try:
                 with path.open("rb") as handle:
                     handle.seek(offset)
@@ -405,29 +472,32 @@ class Supervisor:
                 self._on_line(f"{instance.plan.name:<16}| {telemetry.readable(line)}")
 
     def state(self) -> dict[str, Any]:
-        return {
+        state = {
             "status": self.status,
             "supervisor_pid": os.getpid(),
+            "supervisor_pss_kib": pss_kib(os.getpid()),
             "run_dir": str(self.run_dir),
             "updated": datetime.now(UTC).isoformat(timespec="seconds"),
             "ready_seconds": self.ready_seconds,
             "nats": {
                 "pid": self.nats.pid if self.nats else None,
                 "url": f"tls://127.0.0.1:{self.plan.nats_port}",
-                "admin": natsconf.admin_settings(self.pki, self.plan.nats_port).environment(),
+                "admin": self.nats_admin.environment(),
                 "restarts": self.nats.restarts if self.nats else 0,
-                "rss_kib": rss_kib(self.nats.pid if self.nats else None),
+                "pss_kib": pss_kib(self.nats.pid if self.nats else None),
             },
             "traces": {
                 "pid": self.trace_store.pid if self.trace_store else None,
                 "endpoint": f"127.0.0.1:{self.plan.trace_port}",
                 "db": str(self.trace_db),
                 "restarts": self.trace_store.restarts if self.trace_store else 0,
-                "rss_kib": rss_kib(self.trace_store.pid if self.trace_store else None),
+                "pss_kib": pss_kib(self.trace_store.pid if self.trace_store else None),
             },
             "edge": self._edge_state(),
             "instances": [self._readings.instance_state(i) for i in self.instances],
         }
+        state["memory_pss_kib"] = memory_pss_kib(state)
+        return state
 
     def _edge_state(self) -> dict[str, Any] | None:
         if self.plan.edge is None or self.edge_envoy is None or self.edge_companion is None:
@@ -438,7 +508,7 @@ class Supervisor:
             "companion_pid": self.edge_companion.pid,
             "admin_socket": self.plan.edge.admin_socket,
             "restarts": self.edge_envoy.restarts + self.edge_companion.restarts,
-            "rss_kib": rss_kib(self.edge_envoy.pid) + rss_kib(self.edge_companion.pid),
+            "pss_kib": pss_kib(self.edge_envoy.pid) + pss_kib(self.edge_companion.pid),
         }
 
     def write_state(self) -> None:

@@ -18,7 +18,7 @@ import sys
 import threading
 from pathlib import Path
 
-from mesh.control import contracts, natsconf
+from mesh.control import conformance, contracts, natsconf
 from mesh.control.api import Api
 from mesh.control.certfiles import PKIError
 from mesh.control.envoy import edge
@@ -36,16 +36,21 @@ class DeployError(RuntimeError):
     """A deploy command cannot do what was asked; the message says why."""
 
 
-def api_of(root: Path) -> Api:
+def api_of(root: Path, topology: Topology) -> Api:
+    """The contracts, once `topology` was found to fit them (`mesh.control.conformance`)."""
     descriptor_set = root / contracts.DESCRIPTOR_SET
     if not descriptor_set.is_file():
         raise DeployError(f"{descriptor_set} is missing: run `make gen` first")
-    return Api.from_descriptor_set(descriptor_set)
+    api = Api.from_descriptor_set(descriptor_set)
+    problems = conformance.problems(topology, api)
+    if problems:
+        raise DeployError(conformance.told_together(problems, "nothing rendered"))
+    return api
 
 
 def rendered(root: Path, topology: Topology, target: str) -> Rendered:
     """Every file `meshctl render <target>` writes (compose, k8s or envoy)."""
-    api = api_of(root)
+    api = api_of(root, topology)
     if target == "compose":
         return compose.render(topology, api)
     if target == "envoy":
@@ -68,7 +73,7 @@ def render(root: Path, topology: Topology, target: str, check: bool) -> int:
 
 def write_edge_files(root: Path, topology: Topology, directory: Path) -> int:
     """The descriptor set, OpenAPI document and docs page the edge serves, in `directory`."""
-    api = api_of(root)
+    api = api_of(root, topology)
     rules = edge.resolve_rules(topology, api)
     descriptor_set = root / contracts.DESCRIPTOR_SET
     files = edge.write_files(directory, descriptor_set, topology, rules, EDGE_PORT)

@@ -347,7 +347,7 @@ def _edge(
 def _edge_companion(rules: edge.EdgeRules, edge_files: edge.EdgeFiles) -> dict[str, Any]:
     """Reflection of the public API and health, in the edge's network namespace."""
     arguments = edge.companion_arguments(
-        rules, containers.COMPANION_PORT, edge_files.descriptor_set
+        rules, containers.COMPANION_PORT, containers.EDGE_PORT, edge_files.descriptor_set
     )
     probe = ["python", "-m", "mesh.control.probe", "grpc", f"127.0.0.1:{containers.COMPANION_PORT}"]
     return _shop(

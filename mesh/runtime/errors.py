@@ -6,11 +6,16 @@ code plus a `google.rpc.Status` carrying an `ErrorInfo` (an UPPER_SNAKE `reason`
 service's `domain`, and metadata) and, for bad input, a `BadRequest` listing every field
 violation. The status travels in the `grpc-status-details-bin` trailer, where grpcurl,
 `grpc_status.rpc_status.from_call` and Envoy's `convert_grpc_status` find it.
+
+Violations name fields by their proto paths (`shipping_address.address_lines[0]`); the
+interceptor renames them for a REST client (`mesh.runtime.json_names`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import dataclasses
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -66,6 +71,24 @@ class InvalidArgument(ServiceError):
         summary = "; ".join(f"{v.field}: {v.description}" for v in violations)
         return cls(message=f"invalid request: {summary}", violations=violations)
 
+    def renamed(self, rename: Callable[[str], str]) -> InvalidArgument:
+        """This error with every field path as `rename` gives it: each violation's field,
+        and the same path where a description or the message quotes it."""
+        names = {v.field: rename(v.field) for v in self.violations}
+        names = {old: new for old, new in names.items() if old != new}
+        if not names:
+            return self
+        quoted = _quoted_paths(names)
+
+        def reworded(text: str) -> str:
+            return quoted.sub(lambda found: names[found[0]], text)
+
+        violations = [
+            FieldViolation(names.get(v.field, v.field), reworded(v.description), v.reason)
+            for v in self.violations
+        ]
+        return dataclasses.replace(self, message=reworded(self.message), violations=violations)
+
     def details(self) -> list[any_pb2.Any]:
         if not self.violations:
             return []
@@ -80,6 +103,14 @@ class InvalidArgument(ServiceError):
         packed = any_pb2.Any()
         packed.Pack(bad_request)
         return [packed]
+
+
+def _quoted_paths(paths: Iterable[str]) -> re.Pattern[str]:
+    """Any of `paths` where a text quotes it whole: not as a part of a longer path (a name
+    going on, an index or a field after it), though a sentence's full stop may follow."""
+    longest_first = sorted(paths, key=len, reverse=True)
+    alternatives = "|".join(re.escape(path) for path in longest_first)
+    return re.compile(rf"(?<![\w.\]])(?:{alternatives})(?![\w\[]|\.\w)")
 
 
 @dataclass(eq=False)

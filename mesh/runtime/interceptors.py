@@ -12,6 +12,8 @@ From the outside in, each unary-unary call gets:
 * RED metrics: counted by the status code it ended with, and timed (`mesh.runtime.metrics`);
 * AIP-193 errors: a `ServiceError` becomes its status with details, any other exception
   a bare INTERNAL status (the traceback goes to the service's log, never to the caller);
+  a REST client's field violations name its fields by their JSON names
+  (`mesh.runtime.json_names`), a gRPC client's by their proto names;
 * validation from the proto declarations (`mesh.runtime.validation`): a request that breaks
   them is refused with INVALID_ARGUMENT and `BadRequest` details before the servicer
   sees it;
@@ -31,6 +33,7 @@ not for building them. Every RPC of the shop's contracts is unary; streaming met
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import time
@@ -41,7 +44,7 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 from google.rpc import status_pb2
 
-from mesh.runtime import admission, caller, deadlines, metrics, telemetry
+from mesh.runtime import admission, caller, deadlines, json_names, metrics, telemetry
 from mesh.runtime.errors import (
     STATUS_DETAILS_KEY,
     InvalidArgument,
@@ -235,7 +238,7 @@ def _mapped_errors(behavior: Behavior, method: str) -> Behavior:
         except ServiceError as error:
             if error.__cause__ is not None:  # what failed underneath is the operator's to see
                 log.warning("%s: %s, from %r", method, error.reason, error.__cause__)
-            await _abort(context, to_status(error, domain))
+            await _abort(context, to_status(_in_clients_words(error, request, context), domain))
         except grpc.aio.AbortError:
             raise  # the servicer aborted on purpose; its status stands
         except Exception:
@@ -243,6 +246,17 @@ def _mapped_errors(behavior: Behavior, method: str) -> Behavior:
             await _abort(context, internal_status(domain))
 
     return call
+
+
+def _in_clients_words(error: ServiceError, request: Any, context: _Context) -> ServiceError:
+    """`error` with its field paths as the client names fields: by JSON names when the
+    edge transcoded the call from REST. Looked at only for a call that fails with them, so
+    a call that succeeds pays nothing for it."""
+    if not (isinstance(error, InvalidArgument) and error.violations):
+        return error
+    if not json_names.from_rest_client(context.invocation_metadata()):
+        return error
+    return error.renamed(functools.partial(json_names.json_path, request))
 
 
 def _validated(behavior: Behavior, method: str) -> Behavior:

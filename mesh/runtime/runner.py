@@ -6,8 +6,10 @@ no service writes again:
 * the interceptors of `mesh.runtime.interceptors` (admission control, deadlines, AIP-193 error
   mapping, validation from the proto declarations);
 * the standard health service (`grpc.health.v1.Health`): SERVING for each service once
-  the server is up, NOT_SERVING as soon as it starts to stop, so load balancers drain it;
-* server reflection for every registered service, so `grpcurl list/describe` work;
+  the server is up, NOT_SERVING as soon as it starts to stop, so load balancers drain it
+  (`Check` and `Watch`; `List` is UNIMPLEMENTED);
+* server reflection for every registered service, in both versions (`mesh.runtime.reflection`),
+  so `grpcurl list/describe` work;
 * a loopback-only listener, on a fixed port or on port 0 (the bound port is returned);
 * a graceful stop on SIGTERM or SIGINT: new calls are refused, calls in flight get up to
   `grace` seconds to finish.
@@ -27,10 +29,10 @@ import grpc
 from google.protobuf import descriptor_pool
 from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from mesh.runtime.admission import Limits
 from mesh.runtime.interceptors import MeshInterceptor
+from mesh.runtime.reflection import enable_reflection
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,17 @@ DEFAULT_GRACE_SECONDS = 10.0
 #: Channel options shared by every server: refuse to share a port with another process
 #: (gRPC's default SO_REUSEPORT would let two servers bind one port silently).
 SERVER_OPTIONS: Sequence[tuple[str, Any]] = (("grpc.so_reuseport", 0),)
+
+
+class HealthServicer(health.aio.HealthServicer):
+    """grpcio-health-checking's health service, which implements `Check` and `Watch` but
+    not the newer `List`: that is UNIMPLEMENTED here in words, where the generated base
+    class would raise and the error mapping make it INTERNAL."""
+
+    async def List(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED, "Health/List is not served: Check each service by name"
+        )
 
 
 @dataclass(frozen=True)
@@ -78,11 +91,13 @@ class ServiceRunner:
         reflected: Sequence[str] = (),
         pool: descriptor_pool.DescriptorPool | None = None,
         limits: Limits | None = None,
+        health_servicer: HealthServicer | None = None,
     ) -> None:
         """`reflected` names services reflection describes beside the registered ones,
         from `pool` (default: the generated code's pool); the edge's reflection endpoint
         serves nothing but those. `limits` bound the calls served at once
-        (`mesh.runtime.admission`)."""
+        (`mesh.runtime.admission`). `health_servicer` answers health in place of the
+        standard one (the edge companion's also answers for the services behind the edge)."""
         if not registrations and not reflected:
             raise ValueError("a runner needs at least one service to serve")
         self._registrations = tuple(registrations)
@@ -92,7 +107,7 @@ class ServiceRunner:
         self._grace = grace
         self._interceptor = MeshInterceptor(limits)
         self._server: grpc.aio.Server | None = None
-        self._health = health.aio.HealthServicer()
+        self._health = health_servicer or HealthServicer()
         self.port: int | None = None
 
     @property
@@ -105,10 +120,11 @@ class ServiceRunner:
         for registration in self._registrations:
             registration.add_to_server(registration.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection(
-            [*self.service_names, *self._reflected, health.SERVICE_NAME, reflection.SERVICE_NAME],
+        enable_reflection(
             server,
-            pool=self._pool,
+            [*self.service_names, *self._reflected, health.SERVICE_NAME],
+            [health_pb2.DESCRIPTOR.serialized_pb],
+            self._pool,
         )
         port = server.add_insecure_port(self._address)
         if port == 0:

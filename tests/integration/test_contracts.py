@@ -146,7 +146,7 @@ BRAND = "  string brand = 10 [(shop.options.v1.limits) = {max_length: 64}];"
 ADDITION = (ANCHOR, f"  // The brand the product is sold under.\n{BRAND}\n{ANCHOR}")
 
 
-@pytest.mark.parametrize(
+BREAKS = pytest.mark.parametrize(
     ("edit", "expected"),
     [
         (FIELD_TYPE_CHANGE, 'changed type from "int32" to "int64"'),
@@ -154,7 +154,23 @@ ADDITION = (ANCHOR, f"  // The brand the product is sold under.\n{BRAND}\n{ANCHO
     ],
     ids=["field-type-changed", "field-removed"],
 )
-def test_breaking_refuses_a_real_break(
+
+
+@BREAKS
+def test_breaking_refuses_a_break_of_the_released_contracts(
+    tmp_path: Path, edit: tuple[str, str], expected: str
+) -> None:
+    ws = _copy_workspace(tmp_path / "ws")
+    contracts.release(ws)
+    _edit(ws, *edit)
+    with pytest.raises(contracts.ContractsError) as refused:
+        contracts.breaking(ws)
+    assert expected in str(refused.value)
+    assert str(contracts.RELEASED_IMAGE) in str(refused.value)
+
+
+@BREAKS
+def test_breaking_refuses_a_break_against_a_directory(
     tmp_path: Path, edit: tuple[str, str], expected: str
 ) -> None:
     base = _copy_workspace(tmp_path / "base")
@@ -166,12 +182,48 @@ def test_breaking_refuses_a_real_break(
 
 
 def test_breaking_accepts_an_additive_change(tmp_path: Path) -> None:
-    base = _copy_workspace(tmp_path / "base")
-    changed = _copy_workspace(tmp_path / "changed")
-    _edit(changed, *ADDITION)
-    contracts.lint(changed)
-    result = contracts.breaking(changed, against=str(base.root))
-    assert result.against == str(base.root)
+    ws = _copy_workspace(tmp_path / "ws")
+    contracts.release(ws)
+    _edit(ws, *ADDITION)
+    contracts.lint(ws)
+    assert contracts.breaking(ws) == str(contracts.RELEASED_IMAGE)
+
+
+def test_breaking_without_released_contracts_says_to_release(tmp_path: Path) -> None:
+    ws = _copy_workspace(tmp_path / "ws")
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "meshctl"), "proto", "breaking"],
+        cwd=ws.root,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "meshctl proto release" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_release_lists_what_changed_since_the_previous_release(tmp_path: Path) -> None:
+    ws = _copy_workspace(tmp_path / "ws")
+    assert contracts.release(ws).changes is None
+    _edit(ws, *ADDITION)
+    _edit(ws, *FIELD_REMOVAL)
+    changes = contracts.release(ws).changes
+    assert changes == contracts.Changes(
+        added=["shop.catalog.v1.Product.brand"],
+        removed=["shop.catalog.v1.Product.description"],
+        changed=["shop.catalog.v1.Product"],  # its reserved numbers
+    )
+
+
+def test_release_ignores_comments_and_layout(tmp_path: Path) -> None:
+    """The image holds definitions only, so rewording a comment does not move it."""
+    ws = _copy_workspace(tmp_path / "ws")
+    first = contracts.release(ws)
+    _edit(ws, "\n  // The REST path of", "\n\n  // The REST location of")
+    again = contracts.release(ws)
+    assert again.sha256 == first.sha256
+    assert again.changes == contracts.Changes(added=[], removed=[], changed=[])
 
 
 def _git(ws: contracts.Workspace, *args: str) -> None:
@@ -183,34 +235,37 @@ def _git(ws: contracts.Workspace, *args: str) -> None:
     )
 
 
-def _repository(path: Path) -> contracts.Workspace:
+def _released_repository(path: Path) -> contracts.Workspace:
+    """A git repository of the contracts, released and committed on `main`."""
     ws = _copy_workspace(path)
+    contracts.release(ws)
     _git(ws, "init", "--quiet", "--initial-branch=main")
     _git(ws, "add", ".")
     _git(ws, "commit", "--quiet", "-m", "contracts")
     return ws
 
 
-def test_without_an_earlier_commit_there_is_nothing_to_compare(tmp_path: Path) -> None:
-    ws = _repository(tmp_path / "repo")
-    result = contracts.breaking(ws)
-    assert result.against is None
-    assert "nothing to compare" in result.message
-
-
-def test_a_committed_break_is_refused_against_the_previous_commit(tmp_path: Path) -> None:
-    ws = _repository(tmp_path / "repo")
+def test_a_committed_break_stays_refused_under_later_commits(tmp_path: Path) -> None:
+    ws = _released_repository(tmp_path / "repo")
     _edit(ws, *FIELD_TYPE_CHANGE)
-    _git(ws, "commit", "--quiet", "-am", "break a field")
-    with pytest.raises(contracts.ContractsError, match="changed type"):
+    _git(ws, "commit", "--quiet", "-am", "widen the initial stock")
+    (ws.root / "NOTES.md").write_text("Unrelated to the contracts.\n")
+    _git(ws, "add", "NOTES.md")
+    _git(ws, "commit", "--quiet", "-m", "notes")
+    with pytest.raises(contracts.ContractsError, match='changed type from "int32" to "int64"'):
         contracts.breaking(ws)
+    released = contracts.release(ws)
+    assert released.changes is not None
+    assert released.changes.changed == ["shop.catalog.v1.CreateProductRequest.initial_stock"]
+    contracts.breaking(ws)
 
 
-def test_an_uncommitted_break_is_refused_against_head(tmp_path: Path) -> None:
-    ws = _repository(tmp_path / "repo")
-    _edit(ws, *ADDITION)
-    _git(ws, "commit", "--quiet", "-am", "add a field")
-    contracts.breaking(ws)  # the additive commit passes against its parent
+def test_breaking_against_a_git_branch(tmp_path: Path) -> None:
+    ws = _released_repository(tmp_path / "repo")
+    _git(ws, "switch", "--quiet", "--create", "feature")
     _edit(ws, *FIELD_REMOVAL)
-    with pytest.raises(contracts.ContractsError, match="description"):
-        contracts.breaking(ws)
+    _git(ws, "commit", "--quiet", "-am", "drop the description")
+    _git(ws, "commit", "--quiet", "--allow-empty", "-m", "later")
+    with pytest.raises(contracts.ContractsError, match='with name "description"'):
+        contracts.breaking(ws, against=".git#branch=main")
+    assert contracts.breaking(ws, against=".git#branch=feature") == ".git#branch=feature"

@@ -8,6 +8,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,15 +16,22 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
+from google.protobuf import json_format
+from google.type import postal_address_pb2
 from openapi_spec_validator import validate
 
 from mesh.control import envoy, topology
 from mesh.control.binaries import find_binary
 from mesh.runtime import admission
 from mesh.runtime.caller import SUBJECT_METADATA_KEY
+from mesh.runtime.json_names import REST_METHOD_HEADER
+from mesh.runtime.reflection import SERVICE_NAMES as REFLECTION
 from shop.catalog.v1 import catalog_service_pb2 as catalog_pb
 from shop.catalog.v1 import catalog_service_pb2_grpc as catalog_grpc
 from shop.events.v1 import events_pb2
+from shop.orders.v1 import orders_service_pb2 as orders_pb
+from shop.orders.v1 import orders_service_pb2_grpc as orders_grpc
+from tests.support.component import field_violations
 from tests.support.mesh import (
     ROOT,
     RunningMesh,
@@ -34,6 +42,7 @@ from tests.support.mesh import (
     mesh_up,
     stream_events,
 )
+from tests.support.reflection import defining_file, listed
 from tests.support.wait import eventually
 
 pytestmark = pytest.mark.integration
@@ -142,6 +151,69 @@ def test_service_errors_keep_their_status_and_details(
     assert violations["fieldViolations"][0]["field"] == "product.name"
 
 
+def _order_with_a_long_address_line() -> orders_pb.PlaceOrderRequest:
+    """An order whose first address line is one character past its bound (200)."""
+    return orders_pb.PlaceOrderRequest(
+        lines=[orders_pb.OrderLine(product_id="p", quantity=1)],
+        shipping_address=postal_address_pb2.PostalAddress(
+            region_code="DE", postal_code="10115", address_lines=["x" * 201]
+        ),
+        payment_token="tok_visa",
+    )
+
+
+def _bad_request(response: httpx.Response) -> list[dict[str, str]]:
+    details = assert_json_error(response, 400, 3)["details"]
+    violations: list[dict[str, str]] = next(
+        d for d in details if d["@type"].endswith("BadRequest")
+    )["fieldViolations"]
+    return violations
+
+
+def test_a_rest_clients_field_violations_name_fields_as_json_does(edge: httpx.Client) -> None:
+    _, token = customer(edge)
+    order = json_format.MessageToDict(_order_with_a_long_address_line())
+    response = edge.post("/v1/orders", json=order, headers=bearer(token))
+    assert _bad_request(response) == [
+        {
+            "field": "shippingAddress.addressLines[0]",
+            "description": "shippingAddress.addressLines[0] is longer than 200 characters.",
+            "reason": "TOO_LONG",
+        }
+    ]
+    assert "address_lines" not in response.json()["message"]
+    # A handler's violation (the runtime's page tokens), on a query parameter.
+    listed = edge.get("/v1/products", params={"pageToken": "not-a-token"})
+    assert [v["field"] for v in _bad_request(listed)] == ["pageToken"]
+
+
+async def _violations_over_grpc(mesh: RunningMesh, *metadata: tuple[str, str]) -> list[str]:
+    """The fields a native gRPC PlaceOrder through the edge is refused for."""
+    address = mesh.edge_url.removeprefix("http://")
+    token = mesh.token(f"grpc-{uuid.uuid4().hex[:8]}", "orders:write")
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = orders_grpc.OrdersServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await stub.PlaceOrder(
+                _order_with_a_long_address_line(),
+                metadata=(("authorization", f"Bearer {token}"), *metadata),
+                timeout=10,
+            )
+    assert failed.value.code() == grpc.StatusCode.INVALID_ARGUMENT, failed.value.details()
+    return field_violations(failed.value)
+
+
+async def test_a_grpc_clients_field_violations_name_fields_as_protobuf_does(
+    mesh: RunningMesh,
+) -> None:
+    assert await _violations_over_grpc(mesh) == ["shipping_address.address_lines[0]"]
+
+
+async def test_a_grpc_client_cannot_ask_for_json_names_itself(mesh: RunningMesh) -> None:
+    claimed = ((REST_METHOD_HEADER, "POST"), ("x-envoy-original-method", "POST"))
+    assert await _violations_over_grpc(mesh, *claimed) == ["shipping_address.address_lines[0]"]
+
+
 def test_the_edges_own_errors_are_json(edge: httpx.Client, mesh: RunningMesh) -> None:
     assert_json_error(edge.get("/v1/no-such-thing"), 404, 5)
     assert_json_error(edge.get("/v1/products", params={"bogus": "1"}), 400, 3)
@@ -234,6 +306,63 @@ def test_grpc_through_the_edge_lists_describes_and_authenticates(mesh: RunningMe
     assert "Code: Unimplemented" in internal.stderr
 
 
+def reflecting_grpcurl(*args: str) -> subprocess.CompletedProcess[str]:
+    """The real grpcurl without a descriptor set: all it knows of the API, the edge's
+    reflection told it."""
+    return subprocess.run(
+        [find_binary("grpcurl"), "-connect-timeout", "3", "-plaintext", *args],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+
+
+def test_health_through_the_edge_knows_the_edge_and_public_services_only(
+    mesh: RunningMesh,
+) -> None:
+    address = mesh.edge_url.removeprefix("http://")
+    described = reflecting_grpcurl(address, "describe", "grpc.health.v1.Health")
+    assert described.returncode == 0, described.stderr
+    assert "rpc Check ( .grpc.health.v1.HealthCheckRequest )" in described.stdout
+
+    def check(service: str) -> subprocess.CompletedProcess[str]:
+        request = json.dumps({"service": service})
+        return reflecting_grpcurl("-d", request, address, "grpc.health.v1.Health/Check")
+
+    for serving in ("shop.catalog.v1.CatalogService", ""):
+        answer = check(serving)
+        assert answer.returncode == 0, answer.stderr
+        assert json.loads(answer.stdout) == {"status": "SERVING"}
+    internal = check("shop.processor.v1.ProcessorService")
+    unknown = check("shop.nope.v1.NopeService")
+    assert "Code: NotFound" in internal.stderr
+    assert internal.stderr == unknown.stderr
+    listing = reflecting_grpcurl("-d", "{}", address, "grpc.health.v1.Health/List")
+    assert "Code: Unimplemented" in listing.stderr, listing.stderr
+
+
+async def test_reflection_v1_through_the_edge_lists_the_public_api(mesh: RunningMesh) -> None:
+    address = mesh.edge_url.removeprefix("http://")
+    services = await listed(address)
+    assert {"shop.catalog.v1.CatalogService", "grpc.health.v1.Health", *REFLECTION} <= services
+    assert "shop.processor.v1.ProcessorService" not in services
+    assert await defining_file(address, "grpc.health.v1.Health") == "grpc_health/v1/health.proto"
+    assert await defining_file(address, "shop.processor.v1.ProcessorService") == "not found"
+
+
+def test_a_token_for_the_call_only_leaves_reflection_alone(mesh: RunningMesh) -> None:
+    """grpcurl sends `-H` headers with its reflection requests too: a bad token there
+    fails the method's lookup; with `-rpc-header` the call itself is refused, in words."""
+    address = mesh.edge_url.removeprefix("http://")
+    bad = "authorization: Bearer not-a-token"
+    call = ["-d", "{}", address, "shop.catalog.v1.CatalogService/ListProducts"]
+    lookup_failed = "failed to query for service descriptor"
+    everywhere = reflecting_grpcurl("-H", bad, *call)
+    assert everywhere.returncode != 0
+    assert lookup_failed in everywhere.stderr, everywhere.stderr
+    for_the_call = reflecting_grpcurl("-rpc-header", bad, *call)
+    assert "Code: Unauthenticated" in for_the_call.stderr, for_the_call.stderr
+    assert lookup_failed not in for_the_call.stderr
+
+
 def test_openapi_and_docs_are_served(edge: httpx.Client) -> None:
     document = edge.get("/openapi.json")
     assert document.status_code == 200
@@ -293,6 +422,12 @@ def _passed(client: httpx.Client, count: int, headers: dict[str, str] | None = N
     return statuses.count(404)
 
 
+def _anonymous_calls_so_far(edge_mesh: RunningMesh) -> int:
+    """How many calls the edge's client buckets have let through (none carried a token)."""
+    counted = envoy.admin_stats(edge_mesh.state()["edge"]["admin_socket"], "client_rate_limits")
+    return sum(n for name, n in counted.items() if name.endswith("http_local_rate_limit.ok"))
+
+
 def test_each_client_has_its_own_bucket_and_anonymous_ones_share_one(tmp_path: Path) -> None:
     """Buckets refilled at 1 a second: 5 per client, 8 for every call without a token.
 
@@ -306,6 +441,10 @@ def test_each_client_has_its_own_bucket_and_anonymous_ones_share_one(tmp_path: P
     )
     with small_mesh(tmp_path, buckets) as small:
         alice, bob = (bearer(small.token(subject)) for subject in ("alice", "bob"))
+        # The edge fetched identity's JWKS from itself until identity answered, each try an
+        # anonymous call from loopback, the last just before the mesh was healthy: one
+        # refill (1 s) for each of them gives the shared bucket its whole burst again.
+        time.sleep(min(_anonymous_calls_so_far(small), 8))
 
         def client_at(address: str) -> httpx.Client:
             transport = httpx.HTTPTransport(local_address=address)

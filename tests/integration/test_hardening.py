@@ -89,7 +89,7 @@ def test_a_page_token_the_service_did_not_issue_is_a_bad_request(
     edge: httpx.Client, token: str
 ) -> None:
     response = edge.get("/v1/products", params={"pageToken": token})
-    assert [v["field"] for v in _bad_request(response)] == ["page_token"]
+    assert [v["field"] for v in _bad_request(response)] == ["pageToken"]
 
 
 def test_a_page_token_the_service_issued_still_leads_on(
@@ -156,8 +156,8 @@ def test_a_text_past_its_bound_is_refused_without_an_echo_or_an_order(
     response = _order(edge, token, [(tea, 1)], addressLines=[line])
     assert _bad_request(response) == [
         {
-            "field": "shipping_address.address_lines[0]",
-            "description": "shipping_address.address_lines[0] is longer than 200 characters.",
+            "field": "shippingAddress.addressLines[0]",
+            "description": "shippingAddress.addressLines[0] is longer than 200 characters.",
             "reason": "TOO_LONG",
         }
     ]

@@ -2,18 +2,21 @@
 
 Each service is listed, described and called with grpcurl through reflection, and every
 RPC of every service is sent bad input, which must never be answered with INTERNAL or
-UNKNOWN. (The mesh is the session's, from conftest.py.)
+UNKNOWN. (The mesh is the session's, from conftest.py, but for the test of `meshctl
+down`, which starts one of its own.)
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import jwt
 import pytest
 from google.protobuf import message_factory
@@ -22,7 +25,7 @@ from google.protobuf.message import Message
 
 from mesh.control.binaries import find_binary
 from mesh.runtime.caller import SUBJECT_METADATA_KEY
-from tests.support.mesh import RunningMesh
+from tests.support.mesh import ROOT, RunningMesh, bearer, customer, mesh_up
 from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
@@ -268,26 +271,56 @@ def test_up_names_the_line_of_a_bad_topology(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
-def test_token_mints_a_jwt_for_the_subject_and_scopes(tmp_path: Path) -> None:
-    minted = subprocess.run(
-        [
-            find_binary("meshctl"),
-            "token",
-            "--subject",
-            "user-1",
-            "--scope",
-            "catalog:write",
-            "--run-dir",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout.strip()
-    header = jwt.get_unverified_header(minted)
-    claims = jwt.decode(minted, options={"verify_signature": False})
-    assert header["alg"] == "RS256"
-    assert header["kid"]
-    assert (claims["sub"], claims["scope"]) == ("user-1", "catalog:write")
+def _meshctl(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [find_binary("meshctl"), *args], capture_output=True, text=True, timeout=60,
+        check=False, cwd=cwd,
+    )  # fmt: skip
+
+
+def test_token_is_signed_with_the_key_of_the_running_mesh(mesh: RunningMesh) -> None:
+    with httpx.Client(base_url=mesh.edge_url, timeout=10) as edge:
+        user_id, _ = customer(edge)
+        # From a directory below the checkout, `--run-dir` first and relative to the
+        # checkout, as `up` takes it; `mesh.token` gives it after the other arguments.
+        relative = os.path.relpath(mesh.run_dir, ROOT)
+        minted = _meshctl(
+            "token", "--run-dir", relative, "--subject", user_id, "--scope", "catalog:write",
+            cwd=ROOT / "services",
+        )  # fmt: skip
+        assert minted.returncode == 0, minted.stderr
+        for token in (minted.stdout.strip(), mesh.token(user_id)):
+            me = edge.get("/v1/users/me", headers=bearer(token))
+            assert me.status_code == 200, me.text
+            assert me.json()["user"]["id"] == user_id
+    claims = jwt.decode(minted.stdout.strip(), options={"verify_signature": False})
+    assert jwt.get_unverified_header(minted.stdout.strip())["alg"] == "RS256"
+    assert (claims["sub"], claims["scope"]) == (user_id, "catalog:write")
     assert claims["exp"] > claims["iat"]
+
+
+def test_token_where_no_mesh_has_started_refuses_and_makes_no_key(tmp_path: Path) -> None:
+    refused = _meshctl("token", "--subject", "user-1", "--run-dir", str(tmp_path))
+    assert refused.returncode == 1
+    assert refused.stdout == ""
+    assert refused.stderr == (
+        f"meshctl token: no signing key of identity in {tmp_path}: start the mesh "
+        "(`meshctl up`), or pass the --run-dir of a running one\n"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_down_twice_the_second_says_no_mesh_is_running(tmp_path: Path) -> None:
+    config = tmp_path / "mesh.yaml"
+    config.write_text(
+        "services:\n  identity: {}\n"
+        "edge:\n  expose: [identity]\n  auth: {public: [identity.GetJwks]}\n"
+    )
+    with mesh_up(RunningMesh(tmp_path / "run", config)) as own:
+        first, second = own.meshctl("down"), own.meshctl("down")
+        told = own.meshctl("status", check=False)
+    assert (first.returncode, second.returncode) == (0, 0)
+    assert first.stdout == f"stopped the mesh of {own.run_dir}\n"
+    assert second.stdout == f"no mesh is running from {own.run_dir}\n"
+    assert told.returncode == 3
+    assert told.stdout == second.stdout

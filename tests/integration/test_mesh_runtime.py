@@ -30,6 +30,7 @@ from shop.inventory.v1 import inventory_service_pb2 as inventory_pb
 from shop.inventory.v1 import inventory_service_pb2_grpc as inventory_grpc
 from shop.payments.v1 import payments_service_pb2 as payments_pb
 from shop.payments.v1 import payments_service_pb2_grpc as payments_grpc
+from tests.support.envoy_validation import deprecations
 from tests.support.mesh import RunningMesh, grpcurl
 from tests.support.processes import niceness_of_every_thread
 from tests.support.wait import wait_until
@@ -105,6 +106,15 @@ def test_status_reports_every_instance_healthy(mesh: RunningMesh) -> None:
     table = mesh.meshctl("status").stdout
     assert "inventory-1" in table
     assert "SERVING" in table
+
+
+def test_no_envoy_of_the_mesh_warns_of_a_deprecated_field(mesh: RunningMesh) -> None:
+    """A deprecated field runs with a warning until an Envoy release refuses it."""
+    logs = {path.name: path.read_text() for path in (mesh.run_dir / "logs").glob("*.envoy.log")}
+    instances = {f"{i['instance']}.envoy.log" for i in mesh.state()["instances"]}
+    assert set(logs) == {*instances, "edge.envoy.log"}
+    warned = {name: deprecations(log) for name, log in logs.items() if deprecations(log)}
+    assert warned == {}
 
 
 # -- who may call -------------------------------------------------------------------------

@@ -16,10 +16,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
 from mesh.control.binaries import find_binary
+from mesh.runtime.reflection import SERVICE_NAMES, V1_FILE, V1_SERVICE
 from mesh.runtime.runner import ServiceRunner
 from shop.catalog.v1 import catalog_service_pb2 as pb
 from shop.catalog.v1 import catalog_service_pb2_grpc as pb_grpc
 from tests.support import tiny_catalog
+from tests.support.reflection import defining_file, listed
 
 pytestmark = pytest.mark.integration
 
@@ -77,13 +79,23 @@ async def test_health_reports_serving_for_the_server_and_each_service(
     assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+async def test_health_list_is_unimplemented_in_words(channel: grpc.aio.Channel) -> None:
+    health_list: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
+        "/grpc.health.v1.Health/List"
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await health_list(b"", timeout=5)  # an empty HealthListRequest
+    assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert "Check each service" in (refused.value.details() or "")
+
+
 async def test_grpcurl_lists_and_describes_through_reflection(runner: ServiceRunner) -> None:
     code, listing = await grpcurl("-plaintext", runner.address, "list")
     assert code == 0, listing
     assert set(listing.split()) >= {
         "shop.catalog.v1.CatalogService",
         "grpc.health.v1.Health",
-        "grpc.reflection.v1alpha.ServerReflection",
+        *SERVICE_NAMES,
     }
     code, described = await grpcurl(
         "-plaintext", runner.address, "describe", "shop.catalog.v1.CatalogService"
@@ -95,6 +107,31 @@ async def test_grpcurl_lists_and_describes_through_reflection(runner: ServiceRun
     )
     assert code == 0, described
     assert ".shop.catalog.v1.Product product = 1" in described
+
+
+@pytest.mark.parametrize("version", SERVICE_NAMES)
+async def test_reflection_answers_in_v1_and_v1alpha_alike(
+    runner: ServiceRunner, version: str
+) -> None:
+    assert await listed(runner.address, version) == {
+        "shop.catalog.v1.CatalogService",
+        "grpc.health.v1.Health",
+        *SERVICE_NAMES,
+    }
+    assert await defining_file(runner.address, "shop.catalog.v1.CatalogService", version) == (
+        "shop/catalog/v1/catalog_service.proto"
+    )
+    assert await defining_file(runner.address, V1_SERVICE, version) == V1_FILE
+    assert await defining_file(runner.address, "shop.nope.v1.NopeService", version) == "not found"
+
+
+async def test_grpcurl_describes_reflection_v1(runner: ServiceRunner) -> None:
+    code, described = await grpcurl("-plaintext", runner.address, "describe", V1_SERVICE)
+    assert code == 0, described
+    assert (
+        "rpc ServerReflectionInfo ( stream .grpc.reflection.v1.ServerReflectionRequest ) "
+        "returns ( stream .grpc.reflection.v1.ServerReflectionResponse )"
+    ) in described
 
 
 async def test_grpcurl_calls_a_method_through_reflection(runner: ServiceRunner) -> None:

@@ -365,8 +365,12 @@ def test_every_scenario_is_named_in_the_command_line_help(
 def test_an_unknown_scenario_is_refused_before_any_mesh_starts(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    assert cli.main(["chaos", "no-such", "--run-dir", str(tmp_path / "trial")]) == 2
-    assert "kill-replica, poison, crash-saga, faults, overload" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["chaos", "no-such", "--run-dir", str(tmp_path / "trial")])
+    assert exited.value.code == 2
+    told = capsys.readouterr().err
+    assert told.startswith("usage: meshctl chaos")
+    assert "'kill-replica', 'poison', 'crash-saga', 'faults', 'overload'" in told
     assert not (tmp_path / "trial").exists()
 
 

@@ -86,7 +86,7 @@ def test_internal_methods_are_absent(doc: dict[str, Any]) -> None:
     assert "ReserveStock" not in text
     assert "CommitReservation" not in text
     # The public inventory methods of the same service are there.
-    assert "get" in doc["paths"]["/v1/products/{product_id}/stock"]
+    assert "get" in doc["paths"]["/v1/products/{productId}/stock"]
 
 
 def test_only_exposed_services_appear(doc: dict[str, Any]) -> None:
@@ -155,7 +155,7 @@ def test_get_product_binds_the_id_in_the_path(doc: dict[str, Any]) -> None:
 
 
 def test_update_product_body_is_the_product(doc: dict[str, Any]) -> None:
-    # `{product.id}` shares the path of `GET /v1/products/{id}`, under the field's own name.
+    # `{product.id}` shares the path of `GET /v1/products/{id}`, under the field's JSON name.
     operation = doc["paths"]["/v1/products/{id}"]["patch"]
     assert set(doc["paths"]["/v1/products/{id}"]) == {"get", "patch", "delete"}
     assert _body_schema(operation) == {"$ref": "#/components/schemas/shop.catalog.v1.Product"}
@@ -164,6 +164,22 @@ def test_update_product_body_is_the_product(doc: dict[str, Any]) -> None:
     assert path["id"]["required"] is True
     # Fields outside the body and the path may still come in the query string.
     assert "requestId" in _params(operation, "query")
+
+
+def test_path_parameters_go_by_their_json_names_as_bodies_and_queries_do(
+    doc: dict[str, Any],
+) -> None:
+    stock_paths = [path for path in doc["paths"] if path.startswith("/v1/products/{productId}")]
+    assert stock_paths == [
+        "/v1/products/{productId}/stock",
+        "/v1/products/{productId}/stock:adjust",
+    ]
+    assert not [path for path in doc["paths"] if "_" in path]
+    for path in stock_paths:
+        for operation in doc["paths"][path].values():
+            assert list(_params(operation, "path")) == ["productId"]
+            if "requestBody" in operation:
+                assert "productId" not in _body_schema(operation).get("properties", {})
 
 
 def test_body_star_leaves_out_path_bound_fields(doc: dict[str, Any]) -> None:

@@ -12,6 +12,8 @@ import yaml
 
 from mesh.control.binaries import find_binary
 
+_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
 #: Envoy worker threads per Envoy: the mesh shares two cores with its apps.
 CONCURRENCY = 1
 
@@ -69,7 +71,9 @@ def write_config(config: Mapping[str, Any], path: Path) -> Path:
     pipe = config.get("admin", {}).get("address", {}).get("pipe")
     if pipe is not None:
         Path(pipe["path"]).parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(dict(config), sort_keys=False))
+    # libyaml's emitter writes the same text about five times faster than PyYAML's own:
+    # writing a mesh's configurations took 0.3 s more CPU on every `meshctl up` without it.
+    path.write_text(yaml.dump(dict(config), Dumper=_DUMPER, sort_keys=False))
     return path
 
 

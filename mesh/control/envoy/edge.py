@@ -23,8 +23,10 @@ h2c. A request goes through, in order (`edge_filters.http_filters`):
    method (it would act for no one); then scopes, per method, as `mesh.yaml` declares;
 9. routing (`_routes`): each public method to its service's instances, over mTLS with
    the edge's SPIFFE identity (internal methods have no route: 404 / UNIMPLEMENTED);
-   reflection and health to the edge companion; `/openapi.json`, `/docs` and `/healthz`
-   answered by the edge itself.
+   reflection and health to the edge companion, and a health check the companion asks
+   on behalf of a client to the instances of the public service it names
+   (`edge_companion`); `/openapi.json`, `/docs` and `/healthz` answered by the edge
+   itself.
 
 Every error the edge itself returns to a REST client is JSON (`edge_replies`).
 """
@@ -36,7 +38,7 @@ from typing import Any
 
 from mesh.control.api import Api
 from mesh.control.envoy import admin, edge_filters
-from mesh.control.envoy.bootstrap import LOOPBACK, bootstrap, socket_address
+from mesh.control.envoy.bootstrap import LOOPBACK, bootstrap, duration, socket_address
 from mesh.control.envoy.clusters import dependency_cluster, loopback_cluster, upstream
 from mesh.control.envoy.connection_manager import connection_manager
 from mesh.control.envoy.edge_files import (
@@ -50,21 +52,22 @@ from mesh.control.envoy.edge_files import (
 )
 from mesh.control.envoy.edge_replies import local_reply_config
 from mesh.control.envoy.edge_rules import (
+    HEALTH_CHECK_PATH,
+    HEALTH_CHECK_TIMEOUT,
+    HEALTH_OF_HEADER,
     HEALTH_PREFIX,
     REFLECTION_PREFIX,
-    EdgeConfigError,
     EdgeRules,
     resolve_rules,
 )
 from mesh.control.envoy.listeners import probe_resources
-from mesh.control.envoy.routes import method_policies, method_route
+from mesh.control.envoy.routes import method_policies, method_route, retry_policy
 from mesh.control.envoy.tls import SdsFiles
 from mesh.control.envoy.tracing import trace_cluster, tracing
 from mesh.control.plan import MeshPlan
 from mesh.control.topology import DEFAULT_CALL_POLICY, Topology
 
 __all__ = [
-    "EdgeConfigError",
     "EdgeFiles",
     "EdgeRules",
     "companion_arguments",
@@ -136,6 +139,33 @@ def _companion_routes() -> list[dict[str, Any]]:
     ]
 
 
+def _service_health_routes(rules: EdgeRules) -> list[dict[str, Any]]:
+    """A health check that names a public service in `HEALTH_OF_HEADER` (the companion
+    sets it) to that service's instances, as its calls go; outside every rate limit, and
+    at HIGH priority, so a busy service's circuit breaker lets its health checks pass."""
+    services = {
+        method.path.split("/")[1]: service
+        for service, methods in rules.exposed.items()
+        for method in methods
+    }
+    return [
+        {
+            "match": {
+                "path": HEALTH_CHECK_PATH,
+                "headers": [{"name": HEALTH_OF_HEADER, "string_match": {"exact": name}}],
+            },
+            "route": {
+                "cluster": cluster,
+                "timeout": duration(HEALTH_CHECK_TIMEOUT),
+                "priority": "HIGH",
+                "retry_policy": retry_policy(DEFAULT_CALL_POLICY, None, HEALTH_CHECK_TIMEOUT),
+            },
+            "typed_per_filter_config": edge_filters.UNLIMITED,
+        }
+        for name, cluster in sorted(services.items())
+    ]
+
+
 def _preflight() -> dict[str, Any]:
     """CORS preflights name REST paths, which have no route of their own. The CORS filter
     answers every preflight itself (it stands aside on direct responses, hence a cluster
@@ -161,6 +191,7 @@ def _routes(
 ) -> list[dict[str, Any]]:
     return [
         *_method_routes(topology, api, rules),
+        *_service_health_routes(rules),
         *_companion_routes(),
         *_pages(files),
         _preflight(),
@@ -223,11 +254,15 @@ def edge_config(
     return bootstrap("edge", "edge", edge_plan.admin_socket, listeners, clusters)
 
 
-def companion_arguments(rules: EdgeRules, port: int, descriptor_set: Path) -> list[str]:
-    """The edge companion's arguments after the Python interpreter."""
+def companion_arguments(
+    rules: EdgeRules, port: int, edge_port: int, descriptor_set: Path
+) -> list[str]:
+    """The edge companion's arguments after the Python interpreter: it listens on `port`
+    and asks the edge, on loopback `edge_port`, for the health of public services."""
     return [
         "-m", "mesh.control.edge_companion",
         "--port", str(port),
+        "--edge-port", str(edge_port),
         "--descriptor-set", str(descriptor_set),
         *(arg for service in rules.grpc_services for arg in ("--service", service)),
     ]  # fmt: skip

@@ -20,6 +20,7 @@ from mesh.control.envoy.edge_replies import CLIENT_CONTENT_TYPE_KEY, CLIENT_META
 from mesh.control.envoy.edge_rules import HEALTH_PREFIX, REFLECTION_PREFIX, EdgeRules
 from mesh.control.topology import Bucket, RateLimit, Topology
 from mesh.runtime.caller import SUBJECT_METADATA_KEY
+from mesh.runtime.json_names import CLIENT_CERT_HEADER, REST_METHOD_HEADER
 
 _FILTERS = "type.googleapis.com/envoy.extensions.filters.http"
 _JWT_PROVIDER = "identity"
@@ -27,6 +28,8 @@ _JWT_PAYLOAD = "jwt_payload"
 _JWT_FILTER = "envoy.filters.http.jwt_authn"
 BUFFER_FILTER = "envoy.filters.http.buffer"
 CORS_FILTER = "envoy.filters.http.cors"
+#: Where the transcoder keeps the HTTP method of the REST call it turned into gRPC.
+_ORIGINAL_METHOD = "x-envoy-original-method"
 
 #: The edge's two rate limit filters: the total, before any other work is spent on a
 #: request; the clients' buckets after the token is verified, which names the client.
@@ -57,6 +60,7 @@ def http_filters(
         rate_limit(TOTAL_LIMIT, edge.rate_limit.total),
         buffer(edge.max_request_bytes),
         transcoder(str(files.descriptor_set), rules.grpc_services),
+        rest_call_marked(),
         jwt_authn(topology, rules, f"http://127.0.0.1:{port}{JWKS_PATH}"),
         client_limits(edge.rate_limit),
         authorization(rules),
@@ -79,7 +83,8 @@ def client_content_type_noted() -> dict[str, Any]:
 
 def caller_claims_removed() -> dict[str, Any]:
     """No client names the caller itself: only a verified token sets `x-shop-subject`,
-    only a sidecar `x-forwarded-client-cert`."""
+    only a sidecar `x-forwarded-client-cert`; nor says how it called: only the transcoder
+    sets `x-envoy-original-method`, and from it the edge `x-shop-rest-method`."""
     return {
         "name": "envoy.filters.http.header_mutation",
         "typed_config": {
@@ -87,7 +92,35 @@ def caller_claims_removed() -> dict[str, Any]:
             "mutations": {
                 "request_mutations": [
                     {"remove": SUBJECT_METADATA_KEY},
-                    {"remove": "x-forwarded-client-cert"},
+                    {"remove": CLIENT_CERT_HEADER},
+                    {"remove": _ORIGINAL_METHOD},
+                    {"remove": REST_METHOD_HEADER},
+                ]
+            },
+        },
+    }
+
+
+def rest_call_marked() -> dict[str, Any]:
+    """A call the transcoder made from a REST call carries the client's HTTP method in
+    `x-shop-rest-method`, so its service names fields in errors by their JSON names, as
+    the client sent them; a native gRPC call has no transcoder's method, so no header (an
+    empty value adds none)."""
+    return {
+        "name": "rest_call_marked",
+        "typed_config": {
+            "@type": f"{_FILTERS}.header_mutation.v3.HeaderMutation",
+            "mutations": {
+                "request_mutations": [
+                    {
+                        "append": {
+                            "header": {
+                                "key": REST_METHOD_HEADER,
+                                "value": f"%REQ({_ORIGINAL_METHOD})%",
+                            },
+                            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+                        }
+                    }
                 ]
             },
         },
@@ -271,12 +304,16 @@ def client_limits(limits: RateLimit) -> dict[str, Any]:
 
 
 def _claim(name: str, value: dict[str, Any]) -> dict[str, Any]:
-    """A principal: the verified token's claim `name` matches `value`."""
+    """A principal: the verified token's claim `name` matches `value`. The claims are in
+    the stream's dynamic metadata, where `jwt_authn` put them (`payload_in_metadata`)."""
     return {
-        "metadata": {
-            "filter": _JWT_FILTER,
-            "path": [{"key": _JWT_PAYLOAD}, {"key": name}],
-            "value": value,
+        "sourced_metadata": {
+            "metadata_matcher": {
+                "filter": _JWT_FILTER,
+                "path": [{"key": _JWT_PAYLOAD}, {"key": name}],
+                "value": value,
+            },
+            "metadata_source": "DYNAMIC",
         }
     }
 

@@ -12,10 +12,11 @@ from mesh.control.topology import Topology
 #: The gRPC services the edge companion answers for the whole public API, without a token.
 REFLECTION_PREFIX = "/grpc.reflection."
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
-
-
-class EdgeConfigError(ValueError):
-    """mesh.yaml's edge section does not fit the contracts."""
+HEALTH_CHECK_PATH = f"{HEALTH_PREFIX}Check"
+#: The public service whose health a `Check` asks the edge for (the companion sets it):
+#: the edge routes the check to that service's instances, and gives it this long.
+HEALTH_OF_HEADER = "x-shop-health-of"
+HEALTH_CHECK_TIMEOUT = 2.0
 
 
 @dataclass(frozen=True)
@@ -40,29 +41,11 @@ class EdgeRules:
 
 
 def resolve_rules(topology: Topology, api: Api) -> EdgeRules:
-    """The public and scoped method paths; an unknown method name is an error at its line."""
+    """The public and scoped method paths, of names `mesh.control.conformance` found to be
+    public methods of exposed services."""
     auth = topology.edge.auth
     exposed = {service: api.public(service) for service in topology.edge.expose}
-    by_name = {
-        f"{service}.{m.path.rsplit('/', 1)[1]}": m.path
-        for service, methods in exposed.items()
-        for m in methods
-    }
-    source = topology.source or "mesh.yaml"
-
-    def path_of(name: str) -> str:
-        if name not in by_name:
-            line = auth.lines.get(name)
-            where = f"{source}:{line}" if line else str(source)
-            raise EdgeConfigError(f"{where}: {name} is not a public method of an exposed service")
-        return by_name[name]
-
-    public = frozenset(path_of(name) for name in auth.public)
-    scopes = {path_of(name): scope for name, scope in auth.scopes.items()}
-    jwks = by_name.get("identity.GetJwks")
-    if jwks is None or jwks not in public:
-        raise EdgeConfigError(
-            f"{source}: the edge verifies tokens with identity's JWKS, so identity must be "
-            "exposed and identity.GetJwks public"
-        )
+    by_name = {f"{service}.{m.name}": m.path for service, ms in exposed.items() for m in ms}
+    public = frozenset(by_name[name] for name in auth.public)
+    scopes = {by_name[name]: scope for name, scope in auth.scopes.items()}
     return EdgeRules(exposed, public, scopes)

@@ -7,9 +7,10 @@ from typing import Any
 
 import grpc
 
-from mesh.control.api import Api, ApiError
+from mesh.control.api import Api
 from mesh.control.envoy.bootstrap import duration
-from mesh.control.topology import ALL_METHODS, PUBLIC_METHODS, Faults, Topology, TopologyError
+from mesh.control.envoy.edge_rules import HEALTH_CHECK_PATH
+from mesh.control.topology import ALL_METHODS, PUBLIC_METHODS, Faults, Topology
 from mesh.runtime import admission
 
 #: A sidecar adds `admission.NOT_APPLIED_HEADER` to its own error replies when the
@@ -29,22 +30,12 @@ def _methods(paths: list[str]) -> list[dict[str, Any]]:
 
 
 def _granted(topology: Topology, api: Api, caller: str, service: str) -> list[dict[str, Any]]:
-    """RBAC permissions for the methods of `service` that `caller`'s `calls:` entry names;
-    a method the contracts do not have is an error."""
+    """RBAC permissions for the methods of `service` that `caller`'s `calls:` entry names
+    (the contracts', `mesh.control.conformance`)."""
     grant = topology.services[caller].grants[service]
     if grant == ALL_METHODS:
         return [{"any": True}]
-    if grant == PUBLIC_METHODS:
-        methods = api.public(service)
-    else:
-        try:
-            methods = api.named(service, grant)
-        except ApiError as error:
-            raise TopologyError(
-                f"services.{caller}.calls.{service}.methods: {error}",
-                str(topology.source or "mesh.yaml"),
-                None,
-            ) from None
+    methods = api.public(service) if grant == PUBLIC_METHODS else api.named(service, grant)
     return _methods([m.path for m in methods])
 
 
@@ -61,7 +52,8 @@ def rbac(topology: Topology, api: Api, service: str) -> dict[str, Any]:
     public = api.public(service)
     if service in topology.edge.expose and public:
         policies["edge-public-methods"] = {
-            "permissions": _methods([m.path for m in public]),
+            # The health checks a client asks of the edge (`edge_companion`) too.
+            "permissions": _methods([*(m.path for m in public), HEALTH_CHECK_PATH]),
             "principals": [principal(topology.spiffe_id("edge"))],
         }
     return {

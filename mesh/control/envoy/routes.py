@@ -16,7 +16,6 @@ from mesh.control.topology import (
     CallPolicy,
     MethodPolicy,
     Topology,
-    TopologyError,
 )
 from mesh.runtime import admission
 from mesh.runtime.metrics import PLATFORM_PREFIX
@@ -46,20 +45,9 @@ def _previous_hosts() -> dict[str, Any]:
 
 
 def method_policies(topology: Topology, api: Api, service: str) -> dict[str, MethodPolicy]:
-    """What mesh.yaml says of each method of `service`, by gRPC path; a method it names
-    that the contracts do not is an error at its line."""
-    declared = topology.services[service].methods
-    paths = {m.path.rsplit("/", 1)[1]: m.path for m in api.of(service)}
-    for name, policy in declared.items():
-        if name not in paths:
-            known = ", ".join(sorted(paths)) or "none"
-            raise TopologyError(
-                f"services.{service}.methods: {service} has no method {name!r} (its methods: "
-                f"{known})",
-                str(topology.source or "mesh.yaml"),
-                policy.line,
-            )
-    return {path: topology.services[service].method(name) for name, path in paths.items()}
+    """What mesh.yaml says of each method of `service`, by gRPC path (the methods it names
+    are the contracts': `mesh.control.conformance`)."""
+    return {m.path: topology.services[service].method(m.name) for m in api.of(service)}
 
 
 def route_timeout(method: MethodPolicy, fallback: float) -> float:

@@ -56,6 +56,7 @@ from mesh.control.topology.model import (
     TopologyError,
     parse_duration,
 )
+from mesh.control.topology.nodes import suggest
 from mesh.control.topology.reader import TopologyReader
 
 __all__ = [
@@ -95,6 +96,7 @@ __all__ = [
     "load",
     "parse",
     "parse_duration",
+    "suggest",
 ]
 
 

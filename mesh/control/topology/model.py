@@ -190,6 +190,10 @@ class Service:
     grants: Mapping[str, Grant] = dataclasses.field(default_factory=dict)
     """The methods it may call on each service of `calls` (`methods:` there): its sidecar's
     callees admit it to those only."""
+    lines: Mapping[str, int] = dataclasses.field(default_factory=dict, compare=False)
+    """Where each name of the contracts it uses was written: a method of a `methods:` list
+    in `calls` as `<callee>.<Method>`, an event of `consumes` as `<producer>.<event>`, so
+    a name the contracts do not know can be reported at its line."""
 
     @property
     def background(self) -> bool:
@@ -280,6 +284,9 @@ class Topology:
     edge: EdgeSettings
     source: Path | None
     telemetry: TelemetrySettings = dataclasses.field(default_factory=TelemetrySettings)
+    port_lines: Mapping[int, int] = dataclasses.field(default_factory=dict, compare=False)
+    """The line of each port the file fixes (`edge.port`, `nats.port`, a service's
+    `ports:`), by port, so a port found taken can be traced to where it was set."""
 
     def start_order(self) -> list[str]:
         """Every service after the services it calls; among equals, by name."""

@@ -71,7 +71,7 @@ class TopologyReader(PolicyReader):
         edge = self.optional(
             top, "edge", EdgeSettings(DEFAULT_EDGE_PORT, ()), lambda node: self.edge(node, services)
         )
-        self.check_ports(top, services, nats, edge)
+        port_lines = self.check_ports(top, services, nats, edge)
         return Topology(
             trust_domain=trust_domain,
             namespace=namespace,
@@ -80,6 +80,7 @@ class TopologyReader(PolicyReader):
             edge=edge,
             source=path,
             telemetry=self.optional(top, "telemetry", TelemetrySettings(), self.telemetry),
+            port_lines=MappingProxyType(port_lines),
         )
 
     # -- sections ------------------------------------------------------------------------
@@ -147,11 +148,12 @@ class TopologyReader(PolicyReader):
         replicas = self.optional(
             entries, "replicas", 1, lambda n: self.integer(n, f"{where}.replicas", 1, MAX_REPLICAS)
         )
-        calls, grants = self.calls(name, entries, known, defaults, call_lines)
+        lines: dict[str, int] = {}
+        calls, grants = self.calls(name, entries, known, defaults, call_lines, lines)
         ports = self.optional(
             entries, "ports", FixedPorts(None, None), lambda n: self.ports(n, where, replicas)
         )
-        consumes = self.consumes(entries, name, known)
+        consumes = self.consumes(entries, name, known, lines)
         faults = self.optional(entries, "faults", None, lambda n: self.faults(n, where))
         methods: dict[str, MethodPolicy] = self.optional(
             entries, "methods", {}, lambda n: self.methods(n, where)
@@ -176,6 +178,7 @@ class TopologyReader(PolicyReader):
             admission,
             priority,
             MappingProxyType(grants),
+            MappingProxyType(lines),
         )
 
     def calls(
@@ -185,8 +188,11 @@ class TopologyReader(PolicyReader):
         known: Mapping[str, object],
         defaults: CallPolicy,
         call_lines: dict[tuple[str, str], int],
+        method_lines: dict[str, int],
     ) -> tuple[dict[str, CallPolicy], dict[str, Grant]]:
-        """The services `name` calls: the policy of each call and the methods it may use."""
+        """The services `name` calls: the policy of each call and the methods it may use;
+        the line of each call goes to `call_lines`, of each method named to `method_lines`
+        (`Service.lines`)."""
         where = f"services.{name}.calls"
         calls: dict[str, CallPolicy] = {}
         grants: dict[str, Grant] = {}
@@ -215,12 +221,15 @@ class TopologyReader(PolicyReader):
                 policy_node, defaults, f"{where}.{callee}", node_line(callee_node),
                 extra={"methods"},
             )  # fmt: skip
-            grants[callee] = self.grant(policy_node, f"{where}.{callee}", callee_node)
+            granted: dict[str, int] = {}
+            grants[callee] = self.grant(policy_node, f"{where}.{callee}", callee_node, granted)
+            method_lines.update({f"{callee}.{m}": line for m, line in granted.items()})
         return calls, grants
 
-    def grant(self, node: Node, where: str, at: Node) -> Grant:
+    def grant(self, node: Node, where: str, at: Node, lines: dict[str, int]) -> Grant:
         """The methods a call entry lets the caller use: `methods:` is required, a group
-        (`all`, `public`) or a list of method names, so no caller gets more than it names."""
+        (`all`, `public`) or a list of method names, so no caller gets more than it names;
+        `lines` gets the line of each name."""
         # The entry was read as a call policy already (merge keys flattened, last wins).
         found = [
             value
@@ -245,12 +254,16 @@ class TopologyReader(PolicyReader):
             if method in names:
                 raise self.error(item, f"{where}.methods lists {method!r} twice")
             names.append(method)
+            lines[method] = node_line(item)
         if not names:
             raise self.error(value, f"{where}.methods names no method; drop the call instead")
         return tuple(names)
 
-    def consumes(self, entries: Entries, name: str, known: Mapping[str, object]) -> tuple[str, ...]:
-        """The events a service consumes: `<producer>.<event>`, of another known service."""
+    def consumes(
+        self, entries: Entries, name: str, known: Mapping[str, object], lines: dict[str, int]
+    ) -> tuple[str, ...]:
+        """The events a service consumes: `<producer>.<event>`, of another known service;
+        `lines` gets the line of each."""
         where = f"services.{name}.consumes"
         events: list[str] = []
         for node in self.sequence(entries, "consumes", f"{where} must be a list"):
@@ -271,6 +284,7 @@ class TopologyReader(PolicyReader):
             if event in events:
                 raise self.error(node, f"{where} lists {event!r} twice")
             events.append(event)
+            lines[event] = node_line(node)
         return tuple(events)
 
     def ports(self, node: Node, where: str, replicas: int) -> FixedPorts:
@@ -486,9 +500,11 @@ class TopologyReader(PolicyReader):
         services: Mapping[str, Service],
         nats: NatsSettings,
         edge: EdgeSettings,
-    ) -> None:
-        """Refuse two listeners on one fixed port; the second one would fail to bind."""
+    ) -> dict[int, int]:
+        """Refuse two listeners on one fixed port; the second one would fail to bind.
+        The line of each fixed port, by port (`Topology.port_lines`)."""
         owners: dict[int, str] = {}
+        lines: dict[int, int] = {}
 
         def claim(port: int | None, owner: str, line: int) -> None:
             if port is None:
@@ -498,6 +514,7 @@ class TopologyReader(PolicyReader):
                     line, f"{owner} port {port} collides with the {owners[port]} port {port}"
                 )
             owners[port] = owner
+            lines[port] = line
 
         if edge.port:
             claim(edge.port, "edge", self.line_of(top, "edge", "port"))
@@ -511,3 +528,4 @@ class TopologyReader(PolicyReader):
                         f"{name} replica {index} {kind}",
                         self.line_of(top, "services", name, "ports", kind),
                     )
+        return lines

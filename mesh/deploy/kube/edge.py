@@ -76,7 +76,7 @@ def _companion(rules: edge.EdgeRules, edge_files: edge.EdgeFiles) -> dict[str, A
     """Reflection of the public API and health."""
     check = {"grpc": {"port": containers.PROBE_PORT}, "periodSeconds": 5}
     arguments = edge.companion_arguments(
-        rules, containers.COMPANION_PORT, edge_files.descriptor_set
+        rules, containers.COMPANION_PORT, containers.EDGE_PORT, edge_files.descriptor_set
     )
     return {
         "name": "companion",

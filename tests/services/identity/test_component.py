@@ -17,7 +17,13 @@ from google.protobuf import json_format
 from mesh.runtime.caller import SUBJECT_METADATA_KEY
 from mesh.runtime.storage import Database
 from services.identity import token_cli
-from services.identity.adapters import MIGRATIONS, SqlIdentityStore, SqlSigningKeyStore, users
+from services.identity.adapters import (
+    MIGRATIONS,
+    SqlIdentityStore,
+    SqlSigningKeyStore,
+    signing_keys,
+    users,
+)
 from services.identity.bootstrap import registration
 from services.identity.handlers import open_signer
 from services.identity.tokens import TokenSettings
@@ -234,14 +240,38 @@ async def test_token_cli_prints_a_token_the_service_jwks_verifies(
         monkeypatch.setenv(name, value)
     argv = ["--run-dir", str(tmp_path), "--subject", "admin", "--ttl", "120"]
     argv += ["--scope", "catalog:write", "--scope", "orders:read"]
-    # The command runs its own event loop, as it does from a shell.
-    assert await asyncio.to_thread(token_cli.main, argv) == 0
-    token = capsys.readouterr().out.strip()
+    # The service stores its signing key when it starts; the command signs with that key.
     async with (
         databases.open(tmp_path, "identity", MIGRATIONS) as database,
         identity_on(database) as identity,
     ):
+        # The command runs its own event loop, as it does from a shell.
+        assert await asyncio.to_thread(token_cli.main, argv) == 0
+        token = capsys.readouterr().out.strip()
         claims = await verified_claims(identity, token)
     assert claims["sub"] == "admin"
     assert claims["scope"] == "catalog:write orders:read"
     assert claims["exp"] - claims["iat"] == 120
+
+
+async def test_token_cli_refuses_before_the_service_stored_a_key(
+    databases: Databases, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    environment = await databases.environment(tmp_path, "identity")
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    argv = ["--run-dir", str(tmp_path), "--subject", "admin"]
+    with pytest.raises(SystemExit) as refused:
+        await asyncio.to_thread(token_cli.main, argv)
+    # A database URL may hold a password: the message names the variable instead.
+    where = "SHOP_IDENTITY_DATABASE_URL" if environment else tmp_path
+    assert refused.value.code == (
+        f"meshctl token: no signing key of identity in {where}: start the mesh "
+        "(`meshctl up`), or pass the --run-dir of a running one"
+    )
+    async with (
+        databases.open(tmp_path, "identity", MIGRATIONS) as database,
+        database.transaction() as connection,
+    ):
+        stored = await connection.execute(sa.select(sa.func.count()).select_from(signing_keys))
+        assert stored.scalar_one() == 0
