@@ -131,13 +131,7 @@ def lint(ws: Workspace) -> None:
 
 def build_descriptor_set(ws: Workspace, output: Path) -> Path:
     """Build a FileDescriptorSet with imports and source info (comments) included."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    _run(
-        [find_binary("buf"), "build", "--as-file-descriptor-set", "-o", str(output)],
-        ws.root,
-        "buf build",
-    )
-    return output
+    return _buf_build(ws, output, "--as-file-descriptor-set")
 
 
 def load_descriptor_set(path: Path) -> descriptor_pb2.FileDescriptorSet:
@@ -195,12 +189,13 @@ def build_image(ws: Workspace, output: Path) -> Path:
     a comment or a moved line. Imports (the well-known types) stay in: buf resolves the
     image's files against them when it reads it back.
     """
+    return _buf_build(ws, output, "--exclude-source-info")
+
+
+def _buf_build(ws: Workspace, output: Path, option: str) -> Path:
+    """`buf build` the module into `output`, in the form `option` asks for."""
     output.parent.mkdir(parents=True, exist_ok=True)
-    _run(
-        [find_binary("buf"), "build", "--exclude-source-info", "-o", str(output)],
-        ws.root,
-        "buf build",
-    )
+    _run([find_binary("buf"), "build", option, "-o", str(output)], ws.root, "buf build")
     return output
 
 
