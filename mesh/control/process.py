@@ -21,8 +21,9 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
 
+from mesh.control.apps import AppForker, AppLaunch, module_arguments
 from mesh.control.plan import InstancePlan
 from mesh.runtime import telemetry
 
@@ -83,6 +84,19 @@ def make_private(run_dir: Path) -> None:
                     os.chmod(path, stat.S_IMODE(mode) & ~0o077)
 
 
+class Child(Protocol):
+    """A started process, run (`subprocess.Popen`) or forked (`ForkedApp`)."""
+
+    @property
+    def pid(self) -> int: ...
+    @property
+    def returncode(self) -> int | None: ...
+    def poll(self) -> int | None: ...
+    def send_signal(self, signum: int, /) -> None: ...
+    def kill(self) -> None: ...
+    def wait(self, timeout: float | None = None) -> int: ...
+
+
 @dataclass
 class ManagedProcess:
     """A child process the supervisor keeps running."""
@@ -91,7 +105,10 @@ class ManagedProcess:
     argv: list[str]
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)
-    process: subprocess.Popen[bytes] | None = None
+    forker: AppForker | None = None
+    """Where the process is forked from instead of run, when `argv` is
+    `python -m <module> ...` (`mesh.control.apps`)."""
+    process: Child | None = None
     restarts: int = 0
     last_exit: int | None = None
     started_at: float = 0.0
@@ -114,9 +131,14 @@ class ManagedProcess:
             self._log = self.log_path.open("ab")
         if self.log_start is None:
             self.log_start = os.fstat(self._log.fileno()).st_size
+        self.process = self._fork(cwd) if self.forker is not None else self._run(cwd)
+        self.started_at = time.monotonic()
+        self.restart_at = None
+
+    def _run(self, cwd: Path) -> Child:
         # Through nice(1), so every thread the process starts inherits its niceness.
         niced = ["nice", "-n", str(self.niceness)] if self.niceness else []
-        self.process = subprocess.Popen(
+        return subprocess.Popen(
             [*niced, *self.argv],
             cwd=cwd,
             env={**os.environ, **self.env},
@@ -124,8 +146,13 @@ class ManagedProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
-        self.started_at = time.monotonic()
-        self.restart_at = None
+
+    def _fork(self, cwd: Path) -> Child:
+        assert self.forker is not None
+        module, args = module_arguments(self.argv)
+        return self.forker.start(
+            AppLaunch(module, args, cwd, self.env, self.log_path, self.niceness)
+        )
 
     def last_error_line(self) -> str | None:
         """The last line of this run's output that says what went wrong (see

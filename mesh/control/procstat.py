@@ -81,3 +81,20 @@ def pss_kib(pid: int | None) -> int:
     except (OSError, ValueError, IndexError):
         return 0
     return 0
+
+
+def children(pid: int) -> list[int]:
+    """The pids of `pid`'s child processes, started by any of its threads (Linux's
+    `/proc/PID/task/TID/children`); none when it is not running."""
+    found: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as listing:
+                found.extend(int(child) for child in listing.read().split())
+        except (OSError, ValueError):
+            continue
+    return found

@@ -105,6 +105,7 @@ def memory_pss_kib(state: dict[str, Any]) -> dict[str, int]:
         "apps": sum(i["app_pss_kib"] for i in state["instances"]),
         "sidecars": sum(i["sidecar_pss_kib"] for i in state["instances"]),
         "edge": edge.get("pss_kib", 0),
+        "forkserver": (state.get("forkserver") or {}).get("pss_kib", 0),
         "nats": state["nats"]["pss_kib"],
         "traces": state["traces"]["pss_kib"],
         "supervisor": state["supervisor_pss_kib"],
@@ -130,4 +131,5 @@ def all_pids(state: dict[str, Any]) -> list[int]:
         pids += [state["edge"]["pid"], state["edge"]["companion_pid"]]
     for instance in state["instances"]:
         pids += [instance["app_pid"], instance["sidecar_pid"]]
+    pids += (state.get("forkserver") or {}).get("pids", [])
     return [p for p in pids if p]

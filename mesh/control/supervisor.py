@@ -9,13 +9,14 @@ they do.
 Start-up: certificates (a mesh CA and one SPIFFE certificate per instance and for the
 edge), then every process at once but the apps, which start once NATS with JetStream is
 ready and the event bus's streams and consumers exist (`Supervisor.start` says why
-nothing else waits). An instance is healthy when its app's gRPC health says SERVING and
-its sidecar's `/ready` answers; each part is announced as it becomes healthy, and a
-process that exits while starting fails the start with its own last error line. While
-running, an app or sidecar that exits is restarted with exponential backoff (as a
-Kubernetes restart policy would) and its restarts are counted in the status. Certificates
-past half their life are renewed in place; the sidecars reload them from their watched
-directories.
+nothing else waits); the apps are forked from a Python that has already imported what
+they share (`mesh.control.apps`), started while the rest is prepared. An instance is
+healthy when its app's gRPC health says SERVING and its sidecar's `/ready` answers; each
+part is announced as it becomes healthy, and a process that exits while starting fails
+the start with its own last error line. While running, an app or sidecar that exits is
+restarted with exponential backoff (as a Kubernetes restart policy would) and its
+restarts are counted in the status. Certificates past half their life are renewed in
+place; the sidecars reload them from their watched directories.
 
 The supervisor writes `state.json` in the run directory (atomically, `mesh.control.state`)
 for `meshctl status` and `meshctl down`.
@@ -44,13 +45,14 @@ from typing import Any, TypeVar
 
 from mesh.control import envoy, launch, natsconf
 from mesh.control.api import Api
+from mesh.control.apps import AppForker, stop_forkserver
 from mesh.control.binaries import find_binary
 from mesh.control.envoy import edge
 from mesh.control.pki import MeshPKI
 from mesh.control.plan import InstancePlan, MeshPlan, PlanError, make_plan
 from mesh.control.probe import app_serving, port_open
 from mesh.control.process import Instance, ManagedProcess, make_private
-from mesh.control.procstat import pss_kib
+from mesh.control.procstat import children, pss_kib
 from mesh.control.state import (
     STATE_FILE,
     Probed,
@@ -156,6 +158,7 @@ class Supervisor:
         self._on_line = on_line
         self._log_offsets: dict[Path, int] = {}
         self._readings = Readings()
+        self._forker = AppForker()
 
     # -- preparation ----------------------------------------------------------------------
 
@@ -177,6 +180,7 @@ class Supervisor:
         """Write the plan, certificates and every sidecar's configuration, all private
         (`make_private`)."""
         make_private(self.run_dir)
+        self._forker.warm()  # its imports overlap with writing what the mesh needs
         self.plan.save()
         self.pki.ensure_ca()
         logs = self.run_dir / "logs"
@@ -203,6 +207,7 @@ class Supervisor:
             [sys.executable, "-m", f"services.{plan.service}", "--port", str(plan.app_port)],
             logs / f"{plan.name}.log",
             self._environment(plan),
+            forker=self._forker,
             niceness=niceness,
         )
         sidecar = ManagedProcess(
@@ -376,8 +381,10 @@ class Supervisor:
                 yield part
 
     def tend(self) -> None:
-        """Restart what exited (after its backoff) and bring up what is due."""
+        """Restart what exited (after its backoff) and bring up what is due; the state
+        says so at once, so `meshctl status` never shows a restarted process's old pid."""
         now = time.monotonic()
+        changed = False
         for process in self.processes():
             code = process.exited()
             if code is not None:
@@ -386,7 +393,10 @@ class Supervisor:
             if process.restart_at is not None and now >= process.restart_at:
                 process.restarts += 1
                 process.start(self.root)
+                changed = True
                 self._say(f"{process.name} restarted (restart {process.restarts})")
+        if changed:
+            self.write_state()
 
     def renew_certificates(self) -> None:
         now = datetime.now(UTC)
@@ -443,6 +453,7 @@ class Supervisor:
         deadline = time.monotonic() + STOP_GRACE_SECONDS
         for process in self.processes():
             process.wait_or_kill(deadline)
+        stop_forkserver(self._forkserver_pids())
         self.status = "stopped"
         self.write_state()
 
@@ -494,6 +505,7 @@ class Supervisor:
                 "pss_kib": pss_kib(self.trace_store.pid if self.trace_store else None),
             },
             "edge": self._edge_state(),
+            "forkserver": self._forkserver_state(),
             "instances": [self._readings.instance_state(i) for i in self.instances],
         }
         state["memory_pss_kib"] = memory_pss_kib(state)
@@ -510,6 +522,16 @@ class Supervisor:
             "restarts": self.edge_envoy.restarts + self.edge_companion.restarts,
             "pss_kib": pss_kib(self.edge_envoy.pid) + pss_kib(self.edge_companion.pid),
         }
+
+    def _forkserver_state(self) -> dict[str, Any]:
+        """The processes the apps are forked from (`mesh.control.apps`): the supervisor's
+        children it did not start itself, as the supervisor runs nothing else."""
+        pids = self._forkserver_pids()
+        return {"pids": pids, "pss_kib": sum(pss_kib(pid) for pid in pids)}
+
+    def _forkserver_pids(self) -> list[int]:
+        started = {process.pid for process in self.processes()}
+        return sorted(set(children(os.getpid())) - started)
 
     def write_state(self) -> None:
         write_json_atomically(self.run_dir / STATE_FILE, self.state())

@@ -16,7 +16,7 @@ import pytest
 from mesh.control.local import status_table
 from mesh.control.plan import InstancePlan
 from mesh.control.process import Instance, ManagedProcess, last_error_line
-from mesh.control.state import Probed, health, memory_pss_kib
+from mesh.control.state import Probed, all_pids, health, memory_pss_kib
 from mesh.control.supervisor import in_turn
 from tests.support.processes import niceness_of_every_thread
 from tests.support.wait import wait_until
@@ -87,6 +87,7 @@ def _state(degraded: list[str]) -> dict[str, Any]:
         "nats": {"url": "tls://127.0.0.1:5", "pid": 7, "pss_kib": 10 << 10},
         "traces": {"endpoint": "127.0.0.1:8", "pid": 9, "pss_kib": 30 << 10},
         "edge": None,
+        "forkserver": {"pids": [11, 12], "pss_kib": 15 << 10},
         "supervisor_pss_kib": 40 << 10,
     }
 
@@ -103,12 +104,17 @@ def test_status_marks_an_instance_degraded_and_says_why() -> None:
 def test_status_gives_the_meshs_memory_as_the_sum_of_its_processes_pss() -> None:
     state = _state([])
     state["memory_pss_kib"] = memory_pss_kib(state)
-    assert state["memory_pss_kib"]["total"] == 160 << 10
+    assert state["memory_pss_kib"]["total"] == 175 << 10
     memory = [line for line in status_table(state).splitlines() if line.startswith("memory:")]
     assert memory == [
-        "memory: 160 MiB PSS, shared pages counted once (apps 60, sidecars 20, edge 0, nats 10,"
-        " traces 30, supervisor 40)"
+        "memory: 175 MiB PSS, shared pages counted once (apps 60, sidecars 20, edge 0,"
+        " forkserver 15, nats 10, traces 30, supervisor 40)"
     ]
+
+
+def test_the_forkserver_is_among_the_processes_down_stops() -> None:
+    state = _state([])
+    assert {11, 12} <= set(all_pids(state))
 
 
 #: What Envoy 1.40 wrote when its inbound port was taken, and when it could not watch its
