@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from nats.js import JetStreamContext
@@ -16,17 +15,6 @@ from mesh.cli.command import Command, UsageError, add_run_dir, run_dir
 from mesh.control import deadletters, natsconf
 from mesh.control.contracts import ContractsError
 from mesh.control.local import ControlError, running_state
-from mesh.runtime.events import NatsSettings
-
-
-async def _with_jetstream(
-    settings: NatsSettings, work: Callable[[JetStreamContext], Awaitable[int]]
-) -> int:
-    client = await settings.connect(max_reconnect_attempts=1, connect_timeout=5)
-    try:
-        return await work(client.jetstream())
-    finally:
-        await client.close()
 
 
 def _letter_row(letter: deadletters.DeadLetter) -> str:
@@ -37,16 +25,16 @@ def _letter_row(letter: deadletters.DeadLetter) -> str:
 
 async def _replay_all(js: JetStreamContext) -> int:
     """Replay every dead letter that holds up; say why each other one is left."""
-    refused = 0
-    for letter in await deadletters.dead_letters(js):
-        try:
-            await deadletters.replay(js, letter.sequence)
-        except deadletters.ReplayRefused as error:
-            refused += 1
-            print(f"left {letter.sequence}: {error}", file=sys.stderr)
-            continue
-        print(f"replayed {letter.sequence} to {letter.subject} (was dead for {letter.consumer})")
-    return 1 if refused else 0
+    outcomes = await deadletters.replay_all(js)
+    for outcome in outcomes:
+        letter = outcome.letter
+        if outcome.refused:
+            print(f"left {letter.sequence}: {outcome.refused}", file=sys.stderr)
+        else:
+            print(
+                f"replayed {letter.sequence} to {letter.subject} (was dead for {letter.consumer})"
+            )
+    return 1 if any(outcome.refused for outcome in outcomes) else 0
 
 
 def dlq(run_dir: Path, action: str, sequence: int | None, as_json: bool) -> int:
@@ -76,7 +64,7 @@ def dlq(run_dir: Path, action: str, sequence: int | None, as_json: bool) -> int:
         return await _replay_all(js)
 
     try:
-        return asyncio.run(_with_jetstream(natsconf.admin_from_state(state), work))
+        return asyncio.run(deadletters.with_jetstream(natsconf.admin_from_state(state), work))
     except (NotFoundError, ValueError) as error:
         raise ControlError(f"dlq {action}: {error}") from None
 

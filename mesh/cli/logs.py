@@ -8,6 +8,7 @@ from pathlib import Path
 from mesh.cli.command import Command, add_run_dir, run_dir
 from mesh.control.contracts import ContractsError
 from mesh.control.local import ControlError
+from mesh.control.logfiles import LogFilter, app_logs, last_lines
 from mesh.runtime import telemetry
 
 
@@ -17,22 +18,17 @@ def logs(
     """Print the last `lines` of each instance of `service`.
 
     With `trace_id`, only the lines logged within that trace (the services log JSON lines
-    with `trace_id`), from the whole log; `raw` prints the lines as they are stored.
+    with `trace_id`); `raw` prints the lines as they are stored.
     """
-    paths = sorted((run_dir / "logs").glob(f"{service}-*.log"))
-    paths = [p for p in paths if not p.name.endswith(".envoy.log")]
+    paths = app_logs(run_dir, service)
     if not paths:
         raise ControlError(f"no logs of {service!r} in {run_dir / 'logs'}")
-    for path in paths:
-        instance = path.name.removesuffix(".log")
-        found = path.read_text(errors="replace").splitlines()
-        if trace_id is not None:
-            found = [
-                line
-                for line in found
-                if (fields := telemetry.parse_log_line(line)) and fields.get("trace_id") == trace_id
-            ]
-        for line in found[-lines:] if trace_id is None else found:
+    for instance, path in paths.items():
+        if trace_id is None:
+            found, _ = last_lines(path, lines, LogFilter())
+        else:  # a trace's lines, from the whole log
+            found, _ = last_lines(path, None, LogFilter(trace_id=trace_id), tail_bytes=None)
+        for line in found:
             print(f"{instance:<16}| {line if raw else telemetry.readable(line)}")
     return 0
 

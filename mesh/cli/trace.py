@@ -8,7 +8,7 @@ from pathlib import Path
 from mesh.cli.command import Command, add_run_dir, run_dir
 from mesh.control.contracts import ContractsError
 from mesh.control.local import ControlError
-from mesh.control.tracestore import TraceStore, render_waterfall
+from mesh.control.tracestore import TraceSearch, TraceStore, render_waterfall
 from mesh.runtime import telemetry
 
 
@@ -41,7 +41,7 @@ def slow_traces(run_dir: Path, limit: int) -> int:
     """Print the slowest traces kept, slowest first."""
     store = _trace_store(run_dir)
     try:
-        summaries = store.slowest(limit)
+        summaries = store.summaries(TraceSearch(limit=limit))
     finally:
         store.close()
     print(f"{'TRACE':<34}{'MS':>9}  {'SPANS':>5}  {'ERRORS':>6}  ROOT")

@@ -1,11 +1,13 @@
-"""The services' apps, forked from one Python that has already imported what they share.
+"""The mesh's Python processes, forked from one Python that has already imported what
+they share: the services' apps, and the trace store, the console and the edge's
+companion.
 
 Every app imports the same runtime (`mesh.runtime.service`: gRPC, SQLAlchemy, NATS,
 OpenTelemetry, Prometheus): about 0.4 s of CPU each, most of an app's start. Started as
 `python -m services.<name>`, eight apps paid it eight times over, on a two-core machine
 the better part of the mesh's start. Here one server process (multiprocessing's
-forkserver, `PRELOADED` imported once) forks each app, which then imports only its own
-modules; the pages of the shared modules stay shared between the apps until written.
+forkserver, `PRELOADED` imported once) forks each of them, which then imports only its
+own modules; the pages of the shared modules stay shared between them until written.
 
 Forking is safe because nothing preloaded has started a thread or used gRPC: gRPC
 supports a fork after `import grpc` as long as no channel, server or call exists yet,

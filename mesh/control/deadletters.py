@@ -18,7 +18,9 @@ subject; anything else is refused (`ReplayRefused`).
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import DecodeError
@@ -35,9 +37,12 @@ from mesh.runtime.events import (
     EVENTS_STREAM,
     MSG_ID,
     PARKED,
+    NatsSettings,
 )
 from mesh.runtime.storage import event_subject
 from shop.events.v1 import events_pb2
+
+T = TypeVar("T")
 
 
 class ReplayRefused(ValueError):
@@ -183,3 +188,35 @@ async def replay(js: JetStreamContext, sequence: int) -> DeadLetter:
     await js.publish(subject, data, headers={MSG_ID: f"replay-{sequence}-{uuid.uuid4()}"})
     await js.delete_msg(DEAD_LETTER_STREAM, sequence)
     return letter
+
+
+@dataclass(frozen=True)
+class Replayed:
+    """What became of one dead letter in `replay_all`: replayed, or left and why."""
+
+    letter: DeadLetter
+    refused: str = ""
+
+
+async def replay_all(js: JetStreamContext) -> list[Replayed]:
+    """Replay every dead letter that holds up; each other one is left, with the reason."""
+    outcomes = []
+    for letter in await dead_letters(js):
+        try:
+            await replay(js, letter.sequence)
+        except ReplayRefused as refusal:
+            outcomes.append(Replayed(letter, str(refusal)))
+        else:
+            outcomes.append(Replayed(letter))
+    return outcomes
+
+
+async def with_jetstream(
+    settings: NatsSettings, work: Callable[[JetStreamContext], Awaitable[T]]
+) -> T:
+    """Run `work` on a JetStream connection of `settings` (the mesh's administrator's)."""
+    client = await settings.connect(max_reconnect_attempts=1, connect_timeout=5)
+    try:
+        return await work(client.jetstream())
+    finally:
+        await client.close()

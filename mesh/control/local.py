@@ -263,6 +263,17 @@ def status_table(state: dict[str, Any]) -> str:
         for i in state["instances"]
         for reason in i.get("degraded", [])
     ]
+    lines += _where(state)
+    if "memory_pss_kib" in state:
+        lines.append(_memory_line(state["memory_pss_kib"]))
+    if state.get("ready_seconds") is not None:
+        lines.append(f"healthy {state['ready_seconds']:.1f}s after start; status {state['status']}")
+    return "\n".join(lines)
+
+
+def _where(state: dict[str, Any]) -> list[str]:
+    """Where to reach the mesh's parts, and what the table's figures are."""
+    lines: list[str] = []
     nats = state["nats"]
     lines.append(f"nats: {nats['url']} (TLS with the mesh's certificates; pid {nats['pid']})")
     edge = state.get("edge")
@@ -289,8 +300,10 @@ def status_table(state: dict[str, Any]) -> str:
         lines.append(
             f"traces: {traces['endpoint']} (OTLP/gRPC, pid {traces['pid']}; `meshctl trace`)"
         )
-    if "memory_pss_kib" in state:
-        lines.append(_memory_line(state["memory_pss_kib"]))
-    if state.get("ready_seconds") is not None:
-        lines.append(f"healthy {state['ready_seconds']:.1f}s after start; status {state['status']}")
-    return "\n".join(lines)
+    console = state.get("console") or {}
+    if console.get("url"):
+        lines.append(
+            f"console: {console['url']} (service map, traces; pid {console['pid']};"
+            " the token is this mesh's, keep it to yourself)"
+        )
+    return lines

@@ -120,6 +120,8 @@ class MeshPlan:
     #: The trace store's OTLP/gRPC port (`mesh.control.tracestore`), where every span goes.
     trace_port: int = 0
     edge: EdgePlan | None = None
+    #: The web console's loopback port (`mesh.control.console`); 0: none (containers).
+    console_port: int = 0
     #: Where the listeners other hosts reach (each inbound, the edge) bind.
     listen_host: str = "127.0.0.1"
 
@@ -133,6 +135,7 @@ class MeshPlan:
             (self.nats_port, "NATS"),
             (self.nats_monitor_port or 0, "NATS's monitor"),
             (self.trace_port, "the trace store"),
+            (self.console_port, "the console"),
         ]
         if self.edge is not None:
             ports += [
@@ -168,6 +171,7 @@ class MeshPlan:
             nats_monitor_port=data.get("nats_monitor_port"),
             trace_port=data.get("trace_port", 0),
             edge=EdgePlan(**data["edge"]) if data.get("edge") else None,
+            console_port=data.get("console_port", 0),
             listen_host=data.get("listen_host", "127.0.0.1"),
         )
 
@@ -248,4 +252,5 @@ def make_plan(
         nats_monitor_port=None,
         trace_port=ports.take(),
         edge=edge,
+        console_port=ports.take(),
     )

@@ -108,6 +108,7 @@ def memory_pss_kib(state: dict[str, Any]) -> dict[str, int]:
         "forkserver": (state.get("forkserver") or {}).get("pss_kib", 0),
         "nats": state["nats"]["pss_kib"],
         "traces": state["traces"]["pss_kib"],
+        "console": (state.get("console") or {}).get("pss_kib", 0),
         "supervisor": state["supervisor_pss_kib"],
     }
     return {"total": sum(parts.values()), **parts}
@@ -127,6 +128,7 @@ def read_state(run_dir: Path) -> dict[str, Any]:
 def all_pids(state: dict[str, Any]) -> list[int]:
     pids = [state.get("supervisor_pid"), state["nats"].get("pid")]
     pids.append(state.get("traces", {}).get("pid"))
+    pids.append((state.get("console") or {}).get("pid"))
     if state.get("edge"):
         pids += [state["edge"]["pid"], state["edge"]["companion_pid"]]
     for instance in state["instances"]:

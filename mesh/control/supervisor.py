@@ -47,10 +47,11 @@ from mesh.control import envoy, launch, natsconf
 from mesh.control.api import Api
 from mesh.control.apps import AppForker, stop_forkserver
 from mesh.control.binaries import find_binary
+from mesh.control.console.access import HEALTH_PATH, console_url, ensure_token
 from mesh.control.envoy import edge
 from mesh.control.pki import MeshPKI
 from mesh.control.plan import InstancePlan, MeshPlan, PlanError, make_plan
-from mesh.control.probe import app_serving, port_open
+from mesh.control.probe import app_serving, http_ok, port_open
 from mesh.control.process import Instance, ManagedProcess, make_private
 from mesh.control.procstat import children, pss_kib
 from mesh.control.state import (
@@ -150,6 +151,8 @@ class Supervisor:
         self.instances: list[Instance] = []
         self.nats: ManagedProcess | None = None
         self.trace_store: ManagedProcess | None = None
+        self.console: ManagedProcess | None = None
+        self.console_url = ""
         self.edge_envoy: ManagedProcess | None = None
         self.edge_companion: ManagedProcess | None = None
         self.status = "starting"
@@ -190,6 +193,7 @@ class Supervisor:
             self._prepare_edge(logs)
         self._prepare_nats(logs)
         self._prepare_trace_store(logs)
+        self._prepare_console(logs)
 
     def _prepare_instance(self, plan: InstancePlan, logs: Path) -> Instance:
         cert = self.pki.ensure(plan.service, plan.name)
@@ -245,6 +249,22 @@ class Supervisor:
                 "--port", str(self.plan.trace_port), "--db", str(self.trace_db),
             ],
             logs / "traces.log",
+            forker=self._forker,
+            niceness=BACKGROUND_NICENESS,
+        )  # fmt: skip
+
+    def _prepare_console(self, logs: Path) -> None:
+        self.console_url = console_url(self.plan.console_port, ensure_token(self.run_dir))
+        assert self.topology.source is not None, "the supervisor runs a mesh.yaml's mesh"
+        self.console = ManagedProcess(
+            "console",
+            [
+                sys.executable, "-m", "mesh.control.console",
+                "--port", str(self.plan.console_port),
+                "--run-dir", str(self.run_dir), "--config", str(self.topology.source),
+            ],
+            logs / "console.log",
+            forker=self._forker,
             niceness=BACKGROUND_NICENESS,
         )  # fmt: skip
 
@@ -279,7 +299,11 @@ class Supervisor:
                 ),
             ],
             logs / "edge.log",
+            forker=self._forker,
         )
+
+    def console_ready(self) -> bool:
+        return http_ok(f"http://127.0.0.1:{self.plan.console_port}{HEALTH_PATH}")
 
     def edge_ready(self) -> bool:
         assert self.plan.edge is not None
@@ -304,12 +328,14 @@ class Supervisor:
         """
         assert self.nats is not None
         assert self.trace_store is not None
+        assert self.console is not None
         self.trace_db.parent.mkdir(parents=True, exist_ok=True)
-        for process in (self.nats, self.trace_store, *[i.sidecar for i in self.instances]):
-            process.start(self.root)
-        for part in (self.edge_envoy, self.edge_companion):
-            if part is not None:
-                part.start(self.root)
+        # The binaries first: a forked process's start waits for the forkserver's imports.
+        binaries = [self.nats, *(i.sidecar for i in self.instances), self.edge_envoy]
+        forked = [self.trace_store, self.console, self.edge_companion]
+        for process in [*binaries, *forked]:
+            if process is not None:
+                process.start(self.root)
         deadline = time.monotonic() + READY_TIMEOUT_SECONDS
         self._wait_until_healthy([Awaited("nats", self.nats_ready, [self.nats])], deadline)
         asyncio.run(natsconf.prepare_event_bus(self.nats_admin, self.topology))
@@ -323,8 +349,12 @@ class Supervisor:
     def _awaited(self) -> list[Awaited]:
         """Every part of the mesh but NATS, as the start waits for it."""
         assert self.trace_store is not None
+        assert self.console is not None
         trace_port = self.plan.trace_port
-        parts = [Awaited("traces", lambda: app_serving(trace_port), [self.trace_store])]
+        parts = [
+            Awaited("traces", lambda: app_serving(trace_port), [self.trace_store]),
+            Awaited("console", self.console_ready, [self.console]),
+        ]
         parts += [
             Awaited(i.plan.name, functools.partial(self.probe, i), [i.app, i.sidecar])
             for i in self.instances
@@ -370,7 +400,7 @@ class Supervisor:
     # -- running --------------------------------------------------------------------------
 
     def processes(self) -> Iterator[ManagedProcess]:
-        for part in (self.trace_store, self.nats):
+        for part in (self.trace_store, self.nats, self.console):
             if part is not None:
                 yield part
         for instance in self.instances:
@@ -447,7 +477,7 @@ class Supervisor:
             instance.app.wait_or_kill(deadline)
         for instance in self.instances:
             instance.sidecar.terminate()
-        for part in (self.nats, self.trace_store):
+        for part in (self.nats, self.trace_store, self.console):
             if part is not None:
                 part.terminate()
         deadline = time.monotonic() + STOP_GRACE_SECONDS
@@ -505,6 +535,12 @@ class Supervisor:
                 "pss_kib": pss_kib(self.trace_store.pid if self.trace_store else None),
             },
             "edge": self._edge_state(),
+            "console": {
+                "url": self.console_url,
+                "pid": self.console.pid if self.console else None,
+                "restarts": self.console.restarts if self.console else 0,
+                "pss_kib": pss_kib(self.console.pid if self.console else None),
+            },
             "forkserver": self._forkserver_state(),
             "instances": [self._readings.instance_state(i) for i in self.instances],
         }

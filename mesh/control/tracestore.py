@@ -124,6 +124,60 @@ class TraceSummary:
     errors: int
 
 
+SLOWEST = "slowest"
+RECENT = "recent"
+
+
+@dataclass(frozen=True)
+class TraceSearch:
+    """Which traces `TraceStore.summaries` lists, in which order, how many."""
+
+    order: str = SLOWEST
+    """`SLOWEST` (longest first) or `RECENT` (latest started first)."""
+    services: tuple[str, ...] = ()
+    """Only traces with a span of one of these services (`service.name`)."""
+    calls: tuple[tuple[str, ...], tuple[str, ...]] | None = None
+    """Only traces in which a span of one of the first services is the parent of a span
+    of one of the second: a call from one to the other."""
+    trace_ids: tuple[str, ...] = ()
+    """Only these traces."""
+    errors_only: bool = False
+    limit: int = 10
+
+    def __post_init__(self) -> None:
+        if self.order not in (SLOWEST, RECENT):
+            raise ValueError(f"order is {SLOWEST!r} or {RECENT!r}, not {self.order!r}")
+
+    def where(self) -> tuple[str, list[str]]:
+        """The WHERE clause over `spans` and its parameters: every span of a trace that
+        matches, not only the spans that made it match."""
+        clauses: list[str] = []
+        parameters: list[str] = []
+        if self.trace_ids:
+            clauses.append(f"trace_id IN ({_marks(self.trace_ids)})")
+            parameters += self.trace_ids
+        if self.services:
+            services = _marks(self.services)
+            clauses.append(
+                f"trace_id IN (SELECT trace_id FROM spans WHERE service IN ({services}))"
+            )
+            parameters += self.services
+        if self.calls is not None:
+            callers, callees = self.calls
+            clauses.append(
+                "trace_id IN (SELECT child.trace_id FROM spans AS child JOIN spans AS parent"
+                " ON parent.trace_id = child.trace_id AND parent.span_id = child.parent_span_id"
+                f" WHERE parent.service IN ({_marks(callers)})"
+                f" AND child.service IN ({_marks(callees)}))"
+            )
+            parameters += [*callers, *callees]
+        return (" WHERE " + " AND ".join(clauses) if clauses else ""), parameters
+
+
+def _marks(values: Sequence[str]) -> str:
+    return ", ".join("?" * len(values))
+
+
 def _text(value: AnyValue) -> str:
     """An attribute value as text: scalars as written, lists and maps as JSON, booleans
     lower-case and bytes in hex, as OTLP's JSON encoding spells them."""
@@ -255,14 +309,20 @@ class TraceStore:
             ).fetchall()
         return [trace_id for (trace_id,) in rows]
 
-    def slowest(self, limit: int = 10) -> list[TraceSummary]:
-        """The `limit` traces that took longest, from their first start to their last end."""
+    def summaries(self, search: TraceSearch | None = None) -> list[TraceSummary]:
+        """The traces `search` asks for (all, the slowest first, by default): each from its
+        first start to its last end, with its root operation, spans and errors."""
+        search = search or TraceSearch()
+        where, parameters = search.where()
+        order = "duration_ns DESC" if search.order == SLOWEST else "first_ns DESC"
+        having = " HAVING SUM(status = 'ERROR') > 0" if search.errors_only else ""
         with self._lock:
             rows = self._connection.execute(
-                "SELECT trace_id, MIN(start_ns), MAX(end_ns) - MIN(start_ns) AS duration_ns,"
-                " COUNT(*), SUM(status = 'ERROR') FROM spans GROUP BY trace_id"
-                " ORDER BY duration_ns DESC, trace_id LIMIT ?",
-                (limit,),
+                "SELECT trace_id, MIN(start_ns) AS first_ns,"
+                " MAX(end_ns) - MIN(start_ns) AS duration_ns, COUNT(*), SUM(status = 'ERROR')"
+                f" FROM spans{where} GROUP BY trace_id{having}"
+                f" ORDER BY {order}, trace_id LIMIT ?",
+                (*parameters, search.limit),
             ).fetchall()
             return [
                 TraceSummary(trace_id, *self._root(trace_id), start, duration / 1e6, spans, errors)

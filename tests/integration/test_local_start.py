@@ -122,7 +122,7 @@ def test_up_in_the_foreground_says_when_each_part_is_healthy_then_shows_this_run
     healthy = [m.groups() for m in map(HEALTHY.match, terminal.lines) if m]
     names = [name for name, _ in healthy]
     instances = [i["instance"] for i in state["instances"]]
-    assert sorted(names) == sorted([*instances, "nats", "traces", "edge"]), terminal.text
+    assert sorted(names) == sorted([*instances, "nats", "traces", "edge", "console"]), terminal.text
     seconds = [float(after) for _, after in healthy]
     assert seconds == sorted(seconds), "each part is announced as it becomes healthy"
     assert seconds[-1] <= state["ready_seconds"] + 0.1

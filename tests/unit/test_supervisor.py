@@ -88,6 +88,7 @@ def _state(degraded: list[str]) -> dict[str, Any]:
         "traces": {"endpoint": "127.0.0.1:8", "pid": 9, "pss_kib": 30 << 10},
         "edge": None,
         "forkserver": {"pids": [11, 12], "pss_kib": 15 << 10},
+        "console": {"url": "http://127.0.0.1:14/?token=t", "pid": 13, "pss_kib": 5 << 10},
         "supervisor_pss_kib": 40 << 10,
     }
 
@@ -104,17 +105,25 @@ def test_status_marks_an_instance_degraded_and_says_why() -> None:
 def test_status_gives_the_meshs_memory_as_the_sum_of_its_processes_pss() -> None:
     state = _state([])
     state["memory_pss_kib"] = memory_pss_kib(state)
-    assert state["memory_pss_kib"]["total"] == 175 << 10
+    assert state["memory_pss_kib"]["total"] == 180 << 10
     memory = [line for line in status_table(state).splitlines() if line.startswith("memory:")]
     assert memory == [
-        "memory: 175 MiB PSS, shared pages counted once (apps 60, sidecars 20, edge 0,"
-        " forkserver 15, nats 10, traces 30, supervisor 40)"
+        "memory: 180 MiB PSS, shared pages counted once (apps 60, sidecars 20, edge 0,"
+        " forkserver 15, nats 10, traces 30, console 5, supervisor 40)"
     ]
 
 
-def test_the_forkserver_is_among_the_processes_down_stops() -> None:
+def test_the_forkserver_and_the_console_are_among_the_processes_down_stops() -> None:
     state = _state([])
-    assert {11, 12} <= set(all_pids(state))
+    assert {11, 12, 13} <= set(all_pids(state))
+
+
+def test_status_gives_the_consoles_url() -> None:
+    lines = status_table(_state([])).splitlines()
+    assert [line for line in lines if line.startswith("console:")] == [
+        "console: http://127.0.0.1:14/?token=t (service map, traces; pid 13;"
+        " the token is this mesh's, keep it to yourself)"
+    ]
 
 
 #: What Envoy 1.40 wrote when its inbound port was taken, and when it could not watch its

@@ -10,7 +10,14 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyVa
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-from mesh.control.tracestore import Span, TraceStore, TraceSummary, render_waterfall
+from mesh.control.tracestore import (
+    RECENT,
+    Span,
+    TraceSearch,
+    TraceStore,
+    TraceSummary,
+    render_waterfall,
+)
 
 #: An arbitrary moment, so offsets in the tests read as milliseconds from it.
 EPOCH_NS = 1_700_000_000_000_000_000
@@ -215,12 +222,62 @@ def test_slowest_ranks_traces_by_their_whole_duration(store: TraceStore) -> None
         ]
     )
 
-    assert store.slowest() == [
+    assert store.summaries() == [
         TraceSummary(trace_id(2), "edge", "POST /v1/orders", ns(10), 40.0, spans=2, errors=1),
         TraceSummary(trace_id(3), "payments", "Authorize", ns(0), 20.0, spans=1, errors=0),
         TraceSummary(trace_id(1), "edge", "GET /v1/products", ns(0), 5.0, spans=1, errors=0),
     ]
-    assert [summary.trace_id for summary in store.slowest(limit=1)] == [trace_id(2)]
+    assert [summary.trace_id for summary in store.summaries(TraceSearch(limit=1))] == [trace_id(2)]
+
+
+def _calls_between_services(store: TraceStore) -> None:
+    """Trace 1: the edge calls catalog. Trace 2: the edge calls orders, which calls catalog
+    and fails. Trace 3: orders alone."""
+    store.add(
+        [
+            batch("edge", otlp_span(1, 1, name="GET /v1/products", start_ms=0, end_ms=5)),
+            batch("catalog-sidecar", otlp_span(1, 2, parent=1, start_ms=1, end_ms=4)),
+            batch("edge", otlp_span(2, 3, name="POST /v1/orders", start_ms=10, end_ms=30)),
+            batch("orders", otlp_span(2, 4, parent=3, start_ms=11, end_ms=29)),
+            batch("catalog", otlp_span(2, 5, parent=4, start_ms=12, end_ms=20, error="gone")),
+            batch("orders", otlp_span(3, 6, name="Relay", start_ms=40, end_ms=41)),
+        ]
+    )
+
+
+def test_a_search_lists_the_latest_traces_first(store: TraceStore) -> None:
+    _calls_between_services(store)
+    found = store.summaries(TraceSearch(order=RECENT))
+    assert [s.trace_id for s in found] == [trace_id(3), trace_id(2), trace_id(1)]
+
+
+def test_a_search_by_service_keeps_every_span_of_the_traces_it_finds(store: TraceStore) -> None:
+    _calls_between_services(store)
+    found = store.summaries(TraceSearch(services=("catalog", "catalog-sidecar")))
+    assert [(s.trace_id, s.spans) for s in found] == [(trace_id(2), 3), (trace_id(1), 2)]
+
+
+def test_a_search_by_call_finds_the_traces_where_one_service_called_the_other(
+    store: TraceStore,
+) -> None:
+    _calls_between_services(store)
+    catalog = ("catalog", "catalog-sidecar")
+    from_edge = store.summaries(TraceSearch(calls=(("edge",), catalog)))
+    assert [s.trace_id for s in from_edge] == [trace_id(1)]
+    from_orders = store.summaries(TraceSearch(calls=(("orders", "orders-sidecar"), catalog)))
+    assert [s.trace_id for s in from_orders] == [trace_id(2)]
+    assert store.summaries(TraceSearch(calls=(catalog, ("orders",)))) == []
+
+
+def test_a_search_for_errors_finds_only_traces_with_a_failed_span(store: TraceStore) -> None:
+    _calls_between_services(store)
+    found = store.summaries(TraceSearch(errors_only=True, services=("orders",)))
+    assert [(s.trace_id, s.errors) for s in found] == [(trace_id(2), 1)]
+
+
+def test_a_search_in_an_unknown_order_is_refused() -> None:
+    with pytest.raises(ValueError, match="order is 'slowest' or 'recent'"):
+        TraceSearch(order="fastest")
 
 
 def span(

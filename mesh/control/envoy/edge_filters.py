@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from mesh.control.envoy import filters
 from mesh.control.envoy.edge_files import (
     DOCS_PATH,
     HEALTH_PATH,
@@ -64,6 +65,7 @@ def http_filters(
         jwt_authn(topology, rules, f"http://127.0.0.1:{port}{JWKS_PATH}"),
         client_limits(edge.rate_limit),
         authorization(rules),
+        filters.grpc_stats(),
     ]
 
 

@@ -1,5 +1,6 @@
-"""A sidecar's HTTP filters on its inbound listener, in order: RBAC on the caller's SPIFFE
-identity, then the faults mesh.yaml injects; and the replies it makes itself."""
+"""A sidecar's HTTP filters: on its inbound listener, in order, RBAC on the caller's SPIFFE
+identity, then the faults mesh.yaml injects, and the replies it makes itself; on each
+outbound listener (and the edge), the gRPC statistics of the calls it sends."""
 
 from __future__ import annotations
 
@@ -98,3 +99,16 @@ def not_applied_replies() -> dict[str, Any]:
     }
     never_reached = {"response_flag_filter": {"flags": _NOT_APPLIED_FLAGS}}
     return {"mappers": [{"filter": never_reached, "headers_to_add": [marked]}]}
+
+
+def grpc_stats() -> dict[str, Any]:
+    """Count the calls sent to each cluster and those that failed (a gRPC status other
+    than OK) as `cluster.<name>.grpc.{total,success,failure}`: one set per cluster, not
+    per method, which the console's map reads (`mesh.control.console.measure`)."""
+    return {
+        "name": "envoy.filters.http.grpc_stats",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.grpc_stats.v3.FilterConfig",
+            "stats_for_all_methods": False,
+        },
+    }

@@ -58,7 +58,7 @@ def outbound(
     manager = connection_manager(
         f"outbound_{dependency}",
         outbound_routes(topology, dependency, policy, api),
-        [],
+        [filters.grpc_stats()],
         **tracing(topology, sidecar_name(service)),
     )
     return {
