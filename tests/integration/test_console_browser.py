@@ -9,7 +9,10 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import shutil
+import threading
+import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -79,6 +82,10 @@ def test_the_map_shows_every_service_the_edge_and_nats(page: Page, mesh: Running
         "document.getElementById('updated').textContent.startsWith('live')", timeout=15_000
     )
     page.wait_for_selector("#graph .node.SERVING[data-node=catalog]")
+    for instance in mesh.state()["instances"]:
+        node = f"#graph .node[data-node={instance['service']}]"
+        dot = f'{node} .replica[data-instance="{instance["instance"]}"]'
+        assert page.get_attribute(dot, "class") == "replica SERVING"
 
 
 def test_a_link_opens_its_traces_and_a_trace_its_waterfall(
@@ -207,3 +214,48 @@ def test_an_instances_log_follows_new_lines(page: Page, mesh: RunningMesh) -> No
         appended.write(f'{{"level": "ERROR", "message": "{marker}"}}\n')
     page.wait_for_selector(f"#log-lines .log-line.ERROR:has-text('{marker}')")
     assert page.locator("#log-lines .log-line").count() > before
+
+
+def test_calls_turned_away_show_on_the_map_as_saturation(page: Page, mesh: RunningMesh) -> None:
+    """More reads at once than catalog admits, for a few seconds: the edge's circuit
+    breaker turns some away (503), or its rate limits do (429); the map marks the link or
+    the edge saturated and says how many it turned away."""
+    page.wait_for_function(
+        "document.getElementById('updated').textContent.startsWith('live')", timeout=15_000
+    )
+    answered = _flood(mesh, seconds=4.0, callers=24, at_most=20_000)
+    assert answered[503] + answered[429] > 0, f"nothing was turned away: {answered}"
+    saturated = page.wait_for_selector(
+        '#graph .link.saturated[data-link="edge->catalog"], #graph .node.saturated[data-node=edge]',
+        timeout=20_000,
+    )
+    assert saturated is not None
+    labels = page.eval_on_selector_all(
+        '#graph .link-label[data-link="edge->catalog"], #graph .node[data-node=edge] .live',
+        "parts => parts.map(p => p.textContent).join(' ')",
+    )
+    assert "turned away/s" in labels
+
+
+def _flood(mesh: RunningMesh, seconds: float, callers: int, at_most: int) -> Counter[int]:
+    """Read the products from `callers` threads for `seconds` (at most `at_most` reads in
+    all); how many were answered with each status."""
+    edge_url = mesh.edge_url  # once: each look runs `meshctl status`
+    counts: Counter[int] = Counter()
+    lock = threading.Lock()
+    deadline = time.monotonic() + seconds
+
+    def read() -> None:
+        with httpx.Client(base_url=edge_url, timeout=10) as edge:
+            while time.monotonic() < deadline:
+                with lock:
+                    if counts.total() >= at_most:
+                        return
+                status = edge.get("/v1/products").status_code
+                with lock:
+                    counts[status] += 1
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=callers) as pool:
+        for reader in [pool.submit(read) for _ in range(callers)]:
+            reader.result(timeout=seconds + 30)  # a reader's failure is the test's
+    return counts

@@ -12,8 +12,9 @@ from aiohttp import web
 
 from mesh.control.console.access import read_token
 from mesh.control.console.context import Console
-from mesh.control.console.graph import service_map
+from mesh.control.console.graph import EDGE, service_map
 from mesh.control.console.live import Live
+from mesh.control.console.measure import Replicas
 from mesh.control.console.server import make_app
 from mesh.control.plan import MeshPlan
 from mesh.control.topology import load
@@ -22,12 +23,18 @@ from mesh.control.topology import load
 def console_of(run_dir: Path, config: Path, port: int) -> Console:
     plan = MeshPlan.load(run_dir)
     graph = service_map(load(config), plan)
-    metrics_ports: dict[str, list[int]] = {}
-    for instance in plan.instances:
-        metrics_ports.setdefault(instance.service, []).append(instance.metrics_port)
+    services = {
+        service: Replicas(
+            tuple(i.metrics_port for i in plan.of(service)),
+            tuple(i.admin_socket for i in plan.of(service)),
+        )
+        for service in dict.fromkeys(i.service for i in plan.instances)
+    }
+    if plan.edge is not None:  # what its rate limits turn away
+        services[EDGE] = Replicas((), (plan.edge.admin_socket,))
     return Console(
         graph=graph,
-        live=Live(graph, run_dir, metrics_ports),
+        live=Live(graph, run_dir, services),
         run_dir=run_dir,
         token=read_token(run_dir),
         port=port,

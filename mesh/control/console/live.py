@@ -1,6 +1,6 @@
 """The map's numbers, read once a window for every browser that watches.
 
-One task reads the links' counters (`measure.link_readings`) and the supervisor's
+One task reads the links' and services' counters (`measure.read_all`) and the supervisor's
 `state.json` every `WINDOW_SECONDS`, and keeps the latest figures; each open page's
 event stream waits for the next figures and sends them. However many pages are open,
 the Envoys and apps are read once a window, and while no page is open, not at all: a
@@ -15,21 +15,26 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from mesh.control.console.graph import ServiceMap
-from mesh.control.console.measure import link_rates, link_readings, node_figures
+from mesh.control.console.measure import (
+    Readings,
+    Replicas,
+    link_figures,
+    node_figures,
+    read_all,
+)
 from mesh.control.state import read_state
-from mesh.runtime import metrics
 
 log = logging.getLogger(__name__)
 
 #: How often the figures are read.
 WINDOW_SECONDS = 2.0
-#: How many readings back the links' rates are taken from: 10 s, so that every window
-#: holds at least one flush of the Envoys' histograms (every 5 s) and its p99 is one.
+#: How many readings back the rates are taken from: 10 s, so that every window holds at
+#: least one flush of the Envoys' histograms (every 5 s) and its p99 is one.
 LINK_READINGS = 5
 
 
@@ -40,16 +45,14 @@ class Live:
         self,
         graph: ServiceMap,
         run_dir: Path,
-        metrics_ports: Mapping[str, Sequence[int]],
+        services: Mapping[str, Replicas],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.graph = graph
         self.run_dir = run_dir
-        self.metrics_ports = metrics_ports
+        self.services = services
         self._clock = clock
-        self._history: collections.deque[dict[str, metrics.Sample]] = collections.deque(
-            maxlen=LINK_READINGS
-        )
+        self._history: collections.deque[Readings] = collections.deque(maxlen=LINK_READINGS)
         self.figures: dict[str, Any] = {"nodes": {}, "links": {}, "time": None}
         self._updated = asyncio.Condition()
         self._watchers = 0
@@ -57,14 +60,15 @@ class Live:
 
     def read_once(self) -> dict[str, Any]:
         """Read the counters and the state now; the figures since the last reading."""
-        readings = link_readings(self.graph, self.metrics_ports, self._clock())
+        readings = read_all(self.graph, self.services, self._clock())
         try:
             state = read_state(self.run_dir)
         except (OSError, json.JSONDecodeError):
             state = {}
+        before = self._history[0] if self._history else None
         figures = {
-            "nodes": node_figures(self.graph, state),
-            "links": link_rates(self._history[0] if self._history else {}, readings),
+            "nodes": node_figures(self.graph, state, before, readings),
+            "links": link_figures(self.graph, before, readings) if before else {},
             "time": time.time(),
         }
         self._history.append(readings)

@@ -1,18 +1,27 @@
 """The map's live numbers: rate, errors and p99 of every link, health of every node.
 
 An RPC link's numbers come from the Envoys that send its calls: each one's cluster named
-after the callee counts the calls (`grpc.total`) and those that failed (`grpc.failure`,
-a gRPC status other than OK, from Envoy's gRPC statistics filter) and times them
-(`upstream_rq_time`, a histogram in milliseconds), read from the Envoy's admin socket in
-Prometheus's text format. Two readings a window apart give the window's rates, as for
+after the callee counts the calls that ended (`upstream_rq_completed`, the replies Envoy
+made itself included: a 503 of its circuit breaker, a 504 of a timeout) and those that
+succeeded (`grpc.success`, a gRPC status OK, from Envoy's gRPC statistics filter; every
+other call failed), times them (`upstream_rq_time`, a histogram in milliseconds) and
+counts the calls its circuit breaker turned away (`upstream_rq_pending_overflow` and
+`upstream_rq_active_overflow`), read from the Envoy's admin socket in Prometheus's text
+format. Two readings a window apart give the window's rates, as for
 the apps' own metrics (`mesh.runtime.metrics.rates`): the replicas' counts are summed
 and the p99 is read from the summed histogram, so it is the link's, not a replica's.
 
 An event link's numbers come from the consuming service's own metrics
 (`shop_events_total{outcome}`): events handled per second (applied, duplicates and dead
 letters; not retries), and the share set aside as dead letters.
+
 A node's come from `state.json`, which the supervisor keeps: health, restarts, and the
-app's own request rate, error ratio and p99.
+app's own request rate, error ratio and p99; and how saturated it is: the calls turned
+away at its admission limits, by its sidecars (their circuit breakers in front of the
+app, clusters `local_app*`) or by its apps (`shop_rpc_refused_total`), and the events
+waiting for its consumer (`shop_consumer_pending`). A link is saturated
+when its caller's circuit breaker turned calls away in the window, a service when it
+refused calls or `BACKLOG_SATURATED` events wait for it.
 """
 
 from __future__ import annotations
@@ -32,26 +41,42 @@ from mesh.runtime import metrics
 #: The stats of Envoy's clusters the links need (Envoy's `filter` matches stat names).
 STATS_PATH = (
     "/stats/prometheus?usedonly&filter="
-    r"^cluster\.[^.]+\.(grpc\.(total|failure)|upstream_rq_time)$"
+    r"^(cluster\.[^.]+\.(grpc\.success|upstream_rq_(completed|time|pending_overflow|active_overflow))"
+    r"|[^.]+\.http_local_rate_limit\.rate_limited)$"
 )
 #: The outcomes of `shop_events_total` that end an event's handling (a retry does not),
 #: and the one that means it was set aside as a dead letter.
 FINAL_OUTCOMES = frozenset({"applied", "duplicate", "dead"})
 DEAD = "dead"
+#: A service this many events behind its producers is saturated.
+BACKLOG_SATURATED = 100
+#: The counters of the calls a cluster's circuit breaker turned away.
+OVERFLOWS = frozenset(
+    {"envoy_cluster_upstream_rq_pending_overflow", "envoy_cluster_upstream_rq_active_overflow"}
+)
+#: The clusters of a sidecar in front of its app (`mesh.control.envoy.clusters`).
+LOCAL_APP_PREFIX = "local_app"
+#: Where `envoy_counts` keeps what the Envoy itself turned away (the edge's rate limits).
+ITSELF = ""
 
 
 @dataclass
 class Counts:
-    """One reading of a link: calls, failed calls, and the cumulative latency buckets
-    in seconds; or, for events, events handled and dead-lettered."""
+    """One reading of a link or a service: calls (or events handled), failed calls (or
+    dead letters), the cumulative latency buckets in seconds, calls turned away, and
+    events waiting (a gauge)."""
 
     requests: float = 0.0
     errors: float = 0.0
     buckets: dict[float, float] = field(default_factory=dict)
+    refused: float = 0.0
+    backlog: float = 0.0
 
     def add(self, other: Counts) -> None:
         self.requests += other.requests
         self.errors += other.errors
+        self.refused += other.refused
+        self.backlog += other.backlog
         for bound, count in other.buckets.items():
             self.buckets[bound] = self.buckets.get(bound, 0.0) + count
 
@@ -59,30 +84,49 @@ class Counts:
         return metrics.Sample(at, self.requests, self.errors, dict(self.buckets))
 
 
+@dataclass(frozen=True)
+class Readings:
+    """Everything the map's figures come from, read at one moment: each call link's
+    counts (by link id) and each service's (by service)."""
+
+    at: float
+    links: dict[str, Counts]
+    services: dict[str, Counts]
+
+
 def envoy_counts(text: str) -> dict[str, Counts]:
-    """Each cluster's counts, by cluster name, from an Envoy's Prometheus text."""
+    """Each cluster's counts, by cluster name, from an Envoy's Prometheus text; under
+    `ITSELF`, the requests its rate limits turned away."""
     counts: dict[str, Counts] = {}
     for family in text_string_to_metric_families(text):
         for point in family.samples:
+            if point.name.startswith("envoy_http_local_rate_limit_rate_limited"):
+                counts.setdefault(ITSELF, Counts()).refused += point.value
+                continue
             cluster = point.labels.get("envoy_cluster_name")
             if cluster is None:
                 continue
             entry = counts.setdefault(cluster, Counts())
             # The parser names every counter's sample `<name>_total`.
             name = point.name.removesuffix("_total")
-            if name == "envoy_cluster_grpc":
+            if name == "envoy_cluster_upstream_rq_completed":
                 entry.requests += point.value
-            elif name == "envoy_cluster_grpc_failure":
                 entry.errors += point.value
+            elif name == "envoy_cluster_grpc_success":
+                entry.errors -= point.value
+            elif name in OVERFLOWS:
+                entry.refused += point.value
             elif point.name == "envoy_cluster_upstream_rq_time_bucket":
                 bound = float(point.labels["le"]) / 1000  # Envoy's are in milliseconds
                 entry.buckets[bound] = entry.buckets.get(bound, 0.0) + point.value
+    for entry in counts.values():
+        entry.errors = max(0.0, entry.errors)  # calls ended but not yet counted: none failed
     return counts
 
 
-def event_counts(text: str) -> Counts:
-    """Events a service handled (`requests`) and dead-lettered (`errors`), from its
-    metrics."""
+def app_counts(text: str) -> Counts:
+    """From an app's metrics: events it handled (`requests`) and dead-lettered
+    (`errors`), calls it refused unstarted, events waiting for its consumer."""
     counts = Counts()
     for family in text_string_to_metric_families(text):
         for point in family.samples:
@@ -91,6 +135,10 @@ def event_counts(text: str) -> Counts:
                 counts.requests += point.value
                 if outcome == DEAD:
                     counts.errors += point.value
+            elif point.name == "shop_rpc_refused_total":
+                counts.refused += point.value
+            elif point.name == "shop_consumer_pending":
+                counts.backlog += point.value
     return counts
 
 
@@ -106,57 +154,94 @@ def read_app(metrics_port: int) -> Counts | None:
     try:
         url = f"http://127.0.0.1:{metrics_port}/metrics"
         with urllib.request.urlopen(url, timeout=1.0) as response:
-            return event_counts(response.read().decode())
+            return app_counts(response.read().decode())
     except OSError:
         return None
 
 
-def link_readings(
-    graph: ServiceMap, metrics_ports: Mapping[str, Sequence[int]], at: float | None = None
-) -> dict[str, metrics.Sample]:
-    """Every measurable link's reading now, by link id: RPC links from their senders'
-    Envoys, event links into a consumer from its replicas' metrics."""
+@dataclass(frozen=True)
+class Replicas:
+    """Where a service's replicas are read: their apps' metrics ports, their sidecars'
+    admin sockets."""
+
+    metrics_ports: tuple[int, ...]
+    admin_sockets: tuple[str, ...]
+
+
+def read_all(
+    graph: ServiceMap, services: Mapping[str, Replicas], at: float | None = None
+) -> Readings:
+    """Every call link's counts from its senders' Envoys, every service's from its
+    replicas' metrics and the admission clusters of their sidecars, now."""
     at = time.monotonic() if at is None else at
-    envoys = {socket: read_envoy(socket) for link in graph.links for socket in link.measured_at}
-    readings: dict[str, metrics.Sample] = {}
-    for link in graph.links:
-        total = Counts()
-        if link.kind == "rpc":
-            _add_all(total, (envoys[s].get(link.target) for s in link.measured_at))
-        elif link.target in metrics_ports:
-            _add_all(total, (read_app(port) for port in metrics_ports[link.target]))
-        else:
-            continue
-        readings[link.id] = total.sample(at)
-    return readings
+    sockets = {s for link in graph.links for s in link.measured_at}
+    sockets |= {s for replicas in services.values() for s in replicas.admin_sockets}
+    envoys = {socket: read_envoy(socket) for socket in sorted(sockets)}
+    links = {
+        link.id: _summed(envoys[s].get(link.target) for s in link.measured_at)
+        for link in graph.links
+        if link.kind == "rpc"
+    }
+    counts = {}
+    for service, replicas in services.items():
+        total = _summed(read_app(port) for port in replicas.metrics_ports)
+        for socket in replicas.admin_sockets:
+            for name, cluster in envoys[socket].items():
+                if name == ITSELF or name.startswith(LOCAL_APP_PREFIX):
+                    total.refused += cluster.refused
+        counts[service] = total
+    return Readings(at, links, counts)
 
 
-def _add_all(total: Counts, parts: Iterable[Counts | None]) -> None:
+def _summed(parts: Iterable[Counts | None]) -> Counts:
+    total = Counts()
     for part in parts:
         if part is not None:
             total.add(part)
+    return total
 
 
-def link_rates(
-    before: Mapping[str, metrics.Sample], after: Mapping[str, metrics.Sample]
-) -> dict[str, dict[str, Any]]:
-    """Each link's rate, error ratio and p99 between two readings."""
-    figures = {}
-    for link_id, sample in after.items():
-        if link_id in before:
-            rates = metrics.rates(before[link_id], sample)
-            figures[link_id] = {
-                "per_second": round(rates.requests_per_second, 2),
-                "error_ratio": round(rates.error_ratio, 4),
-                "p99_ms": None if rates.p99_ms is None else round(rates.p99_ms, 1),
-            }
+def rates(before: Counts, after: Counts, seconds: float) -> dict[str, Any]:
+    """Per second, the share that failed, the p99, and per second turned away, between
+    two readings `seconds` apart; the backlog as `after` found it."""
+    found = metrics.rates(before.sample(0.0), after.sample(seconds))
+    turned_away = max(0.0, after.refused - before.refused) / max(seconds, 1e-9)
+    return {
+        "per_second": round(found.requests_per_second, 2),
+        "error_ratio": round(found.error_ratio, 4),
+        "p99_ms": None if found.p99_ms is None else round(found.p99_ms, 1),
+        "refused_per_second": round(turned_away, 2),
+        "backlog": after.backlog,
+    }
+
+
+def link_figures(graph: ServiceMap, before: Readings, after: Readings) -> dict[str, Any]:
+    """Each link's figures between two readings: a call link's from its own counts, an
+    event link into a consumer from the consumer's; saturated when calls were turned
+    away."""
+    seconds = after.at - before.at
+    figures: dict[str, Any] = {}
+    for link in graph.links:
+        if link.kind == "rpc":
+            pair = before.links.get(link.id), after.links.get(link.id)
+        else:
+            pair = before.services.get(link.target), after.services.get(link.target)
+        if pair[0] is not None and pair[1] is not None:
+            found = rates(pair[0], pair[1], seconds)
+            found["saturated"] = link.kind == "rpc" and found["refused_per_second"] > 0
+            figures[link.id] = found
     return figures
 
 
-def node_figures(graph: ServiceMap, state: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+def node_figures(
+    graph: ServiceMap,
+    state: Mapping[str, Any],
+    before: Readings | None = None,
+    after: Readings | None = None,
+) -> dict[str, dict[str, Any]]:
     """Each node's health and restarts (a service's: its worst replica's health, all
     their restarts), and a service's request rate, error ratio and p99 as its replicas'
-    apps count them."""
+    apps count them, with how saturated it is between the two readings."""
     figures: dict[str, dict[str, Any]] = {}
     instances = {i["instance"]: i for i in state.get("instances", [])}
     for node in graph.nodes:
@@ -169,7 +254,23 @@ def node_figures(graph: ServiceMap, state: Mapping[str, Any]) -> dict[str, dict[
                 "health": "SERVING" if part.get("pid") else "UNKNOWN",
                 "restarts": part.get("restarts", 0),
             }
+        figures[node.id] |= _saturation(node.id, before, after)
     return figures
+
+
+def _saturation(service: str, before: Readings | None, after: Readings | None) -> dict[str, Any]:
+    if before is None or after is None:
+        return {"saturated": False}
+    then, now = before.services.get(service), after.services.get(service)
+    if then is None or now is None:
+        return {"saturated": False}
+    found = rates(then, now, after.at - before.at)
+    refused, backlog = found["refused_per_second"], found["backlog"]
+    return {
+        "refused_per_second": refused,
+        "backlog": backlog,
+        "saturated": refused > 0 or backlog >= BACKLOG_SATURATED,
+    }
 
 
 _HEALTH_ORDER = ("NOT_SERVING", "UNKNOWN", "RESTARTING", "SERVING")

@@ -101,6 +101,12 @@ function drawMap(map) {
     const replicas = node.instances.length ? ` · ${node.instances.length} replica(s)` : "";
     group.append(element("svg:text", { class: "figures", x: 12, y: 40 }, node.kind + replicas));
     group.append(element("svg:text", { class: "figures live", x: 12, y: 55 }, ""));
+    node.instances.forEach((instance, index) => {
+      const dot = element("svg:circle", { class: "replica UNKNOWN", "data-instance": instance,
+                                          cx: NODE.width - 12 - 12 * index, cy: 14, r: 4 });
+      dot.append(element("svg:title", {}, instance));
+      group.append(dot);
+    });
     svg.append(group);
   }
   svg.append(...labels);  // over the nodes, so a long link's label is never hidden
@@ -109,7 +115,8 @@ function drawMap(map) {
 function arrowHead() {
   const defs = element("svg:defs");
   const marker = element("svg:marker", { id: "arrow", viewBox: "0 0 10 10", refX: 10, refY: 5,
-                                         markerWidth: 7, markerHeight: 7,
+                                         markerWidth: 10, markerHeight: 10,
+                                         markerUnits: "userSpaceOnUse",
                                          orient: "auto-start-reverse" });
   marker.append(element("svg:path", { d: "M0,0 L10,5 L0,10 z", fill: "#8a93a6" }));
   defs.append(marker);
@@ -127,7 +134,14 @@ function linkLabel(link, figures) {
     return figures && figures.per_second ? `${figures.per_second} ev/s` +
       (figures.error_ratio ? ` · ${percent(figures.error_ratio)} dead` : "") : "";
   }
-  return describe(figures, "");
+  return describe(figures, "") + pressure(figures || {});
+}
+
+function pressure(figures) {
+  const parts = [];
+  if (figures.refused_per_second) parts.push(`${figures.refused_per_second} turned away/s`);
+  if (figures.backlog) parts.push(`${figures.backlog} events waiting`);
+  return parts.length ? ` · ${parts.join(" · ")}` : "";
 }
 
 function percent(ratio) {
@@ -152,17 +166,24 @@ function applyFigures(figures) {
   for (const group of document.querySelectorAll("#graph .link")) {
     const link = state.map.links.find((l) => l.id === group.dataset.link);
     const measured = figures.links[link.id];
-    group.setAttribute("class", `link ${link.kind} ${severity(measured)}`);
+    const saturated = measured && measured.saturated ? "saturated" : "";
+    group.setAttribute("class", `link ${link.kind} ${severity(measured)} ${saturated}`);
     document.querySelector(`#graph text.link-label[data-link="${link.id}"]`).textContent =
       linkLabel(link, measured);
   }
   for (const group of document.querySelectorAll("#graph .node")) {
     const node = state.map.nodes.find((n) => n.id === group.dataset.node);
     const measured = figures.nodes[node.id] || {};
-    group.setAttribute("class", `node ${node.kind} ${measured.health || "UNKNOWN"}`);
+    const saturated = measured.saturated ? "saturated" : "";
+    group.setAttribute("class", `node ${node.kind} ${measured.health || "UNKNOWN"} ${saturated}`);
     const restarts = measured.restarts ? ` · ${measured.restarts} restart(s)` : "";
     const served = node.kind === "service" ? describe(measured, "") : measured.health || "";
-    group.querySelector(".live").textContent = served + restarts;
+    group.querySelector(".live").textContent = served + restarts + pressure(measured);
+    for (const dot of group.querySelectorAll(".replica")) {
+      const health = (measured.replicas || {})[dot.dataset.instance] || "UNKNOWN";
+      dot.setAttribute("class", `replica ${health}`);
+      dot.querySelector("title").textContent = `${dot.dataset.instance}: ${health}`;
+    }
   }
   const when = new Date(figures.time * 1000).toLocaleTimeString();
   document.getElementById("updated").textContent = `live · ${when}`;
