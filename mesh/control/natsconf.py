@@ -214,12 +214,25 @@ def admin_from_state(state: dict[str, Any]) -> NatsSettings:
     return NatsSettings.from_environment(ADMIN_IDENTITY, state["nats"]["admin"])
 
 
+async def _unsaid(error: Exception) -> None:
+    """A failed attempt the caller reports itself, as it sees fit."""
+
+
+#: Connect once, or fail, quietly: nats-py takes `max_reconnect_attempts=0` for no limit
+#: at all (its server pool drops a server only past a positive count), so 1 it is.
+ONE_ATTEMPT: dict[str, Any] = {
+    "allow_reconnect": False,
+    "max_reconnect_attempts": 1,
+    "reconnect_time_wait": 0.5,
+    "connect_timeout": 2,
+    "error_cb": _unsaid,
+}
+
+
 async def jetstream_ready(settings: NatsSettings) -> bool:
     """Whether NATS takes `settings`' client over TLS and JetStream answers it."""
     try:
-        client = await settings.connect(
-            allow_reconnect=False, connect_timeout=1, max_reconnect_attempts=0
-        )
+        client = await settings.connect(**ONE_ATTEMPT)
     except Exception:  # not up yet, or refusing: not ready
         return False
     try:
@@ -232,10 +245,11 @@ async def jetstream_ready(settings: NatsSettings) -> bool:
 
 
 async def prepare_event_bus(
-    settings: NatsSettings, topology: Topology, stream_replicas: int = 1
+    settings: NatsSettings, topology: Topology, stream_replicas: int = 1, **connecting: Any
 ) -> None:
-    """The streams, and each consuming service's durable consumer (see mesh.yaml)."""
-    client = await settings.connect()
+    """The streams, and each consuming service's durable consumer (see mesh.yaml);
+    `connecting` passed to the client's connect."""
+    client = await settings.connect(**connecting)
     try:
         js = client.jetstream()
         await events.ensure_streams(js, stream_replicas)

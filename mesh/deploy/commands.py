@@ -16,7 +16,10 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
+
+from nats.errors import Error as NatsError
 
 from mesh.control import conformance, contracts, natsconf
 from mesh.control.api import Api
@@ -141,15 +144,46 @@ def keep_certificates(topology: Topology, pki: MeshPKI, every: float) -> int:
             return 0
 
 
-def init_events(topology: Topology, stream_replicas: int) -> int:
-    """Create the streams and every consumer, as meshctl (settings from `SHOP_NATS_*`)."""
+#: How long `events init` keeps trying a JetStream that does not take the streams yet: a
+#: cluster still electing its leader, or its peers not all caught up for replicas of 3.
+EVENTS_INIT_WAIT_SECONDS = 60.0
+#: The pause between two tries.
+EVENTS_INIT_RETRY_SECONDS = 1.0
+
+
+def init_events(
+    topology: Topology, stream_replicas: int, wait: float = EVENTS_INIT_WAIT_SECONDS
+) -> int:
+    """Create the streams and every consumer, as meshctl (settings from `SHOP_NATS_*`),
+    trying again for up to `wait` seconds while NATS or its JetStream does not answer
+    (a Job started beside a StatefulSet that is still forming); then one line says why."""
     if not os.environ.get("SHOP_NATS_URL"):
         raise DeployError("set SHOP_NATS_URL (and SHOP_NATS_CA_FILE, _CERT_FILE, _KEY_FILE)")
     settings = NatsSettings.from_environment(natsconf.ADMIN_IDENTITY, dict(os.environ))
-    asyncio.run(natsconf.prepare_event_bus(settings, topology, stream_replicas))
+    asyncio.run(_event_bus_prepared(settings, topology, stream_replicas, wait))
     consumers = sorted(name for name, service in topology.services.items() if service.consumes)
     print(f"streams ready ({stream_replicas} replicas); consumers: {', '.join(consumers)}")
     return 0
+
+
+async def _event_bus_prepared(
+    settings: NatsSettings, topology: Topology, stream_replicas: int, wait: float
+) -> None:
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            # each try connects once: the retries are these, bounded by `wait`
+            await natsconf.prepare_event_bus(
+                settings, topology, stream_replicas, **natsconf.ONE_ATTEMPT
+            )
+            return
+        except (NatsError, OSError, TimeoutError) as error:
+            if time.monotonic() >= deadline:
+                raise DeployError(
+                    f"JetStream at {settings.url} did not take the streams within {wait:g} s:"
+                    f" {type(error).__name__} {error}".rstrip()
+                ) from None
+        await asyncio.sleep(EVENTS_INIT_RETRY_SECONDS)
 
 
 def print_secrets(topology: Topology, run_dir: Path) -> int:

@@ -493,6 +493,7 @@ class NatsSettings:
             if self.cert_path is not None and self.key_path is not None:
                 tls.load_cert_chain(str(self.cert_path), str(self.key_path))
         inbox = inbox_prefix(self.identity) if self.identity else "_INBOX"
+        options.setdefault("error_cb", _told)
         return await nats.connect(
             self.url,
             tls=tls,
@@ -501,6 +502,12 @@ class NatsSettings:
             name=self.identity or None,
             **options,
         )
+
+
+async def _told(error: Exception) -> None:
+    """What the client meets while (re)connecting, as one line: nats-py's own default
+    logs each failed attempt with its whole traceback."""
+    log.warning("nats: %s: %s", type(error).__name__, error)
 
 
 #: The payload field of `EventEnvelope` for each event message, by its full name.

@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -261,3 +262,19 @@ def test_the_probe_port_answers_the_orchestrator_and_nothing_else(tmp_path: Path
         app.wait(timeout=10)
         assert not grpc_serving(probe)
         assert _get(f"http://{probe}{envoy.READY_PATH}")[0] == 200
+
+
+def test_events_init_with_no_jetstream_says_so_in_one_line_after_its_wait(
+    tmp_path: Path, topology: Topology
+) -> None:
+    """A Job started before NATS answers keeps trying for `--wait` seconds, each try one
+    connection, then says why in one line: no traceback, no line per failed try."""
+    pki = MeshPKI(tmp_path / "pki", topology.trust_domain, topology.namespace)
+    admin = natsconf.admin_settings(pki, free_port())  # nothing listens there
+    started = time.monotonic()
+    result = _meshctl("events", "init", "--wait", "2", env=admin.environment())
+    took = time.monotonic() - started
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"meshctl: JetStream at {admin.url} did not take the streams within 2 s")
+    assert took < 60, f"--wait 2 took {took:.0f} s"
