@@ -204,3 +204,16 @@ async def test_a_log_is_read_filtered_by_level(client: TestClient, tmp_path: Pat
     found = await (await client.get("/api/logs/catalog-0?level=ERROR")).json()
     assert found["lines"] == ['{"level": "ERROR", "message": "failed"}']
     assert found["offset"] == (logs / "catalog-0.log").stat().st_size
+
+
+async def test_a_trace_store_that_cannot_be_read_is_a_503(
+    client: TestClient,  # type: ignore[type-arg]
+    tmp_path: Path,
+) -> None:
+    await _signed_in(client)
+    (tmp_path / "traces" / "traces.db").unlink()
+    (tmp_path / "traces").rmdir()  # no directory: SQLite cannot even make the file
+    for path in ("/api/traces", f"/api/traces/{trace_id(1)}"):
+        response = await client.get(path)
+        assert response.status == 503
+        assert "trace store" in (await response.json())["error"]

@@ -96,10 +96,10 @@ class Live:
                 figures = await asyncio.to_thread(self.read_once)
             except Exception:  # the map is for people; the console keeps serving
                 log.exception("reading the map's figures failed")
-            else:
-                async with self._updated:
-                    self.figures = figures
-                    self._updated.notify_all()
+                figures = self.figures  # the pages still hear, and notice when they left
+            async with self._updated:
+                self.figures = figures
+                self._updated.notify_all()
             await asyncio.sleep(WINDOW_SECONDS)
 
     async def next(self) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -62,15 +63,24 @@ async def traces(request: web.Request) -> web.Response:
         search = trace_search(query, console.graph)
     except ValueError as problem:
         return error(400, str(problem))
-    summaries = await asyncio.to_thread(_summaries, console.traces, search, query.get("order_id"))
+    try:
+        summaries = await asyncio.to_thread(
+            _summaries, console.traces, search, query.get("order_id")
+        )
+    except sqlite3.Error:
+        return _unreadable()
     return web.json_response({"traces": [dataclasses.asdict(s) for s in summaries]})
+
+
+def _unreadable() -> web.Response:
+    return error(503, "the trace store's file cannot be read yet; `meshctl status` shows the store")
 
 
 def _summaries(path: Path, search: TraceSearch, order_id: str | None) -> list[Any]:
     store = TraceStore(path)
     try:
         if order_id:
-            found = tuple(store.traces_with("shop.order_id", order_id))
+            found = tuple(store.traces_with("shop.order_id", order_id))[:MAX_TRACES]
             if not found:
                 return []
             search = dataclasses.replace(search, trace_ids=found)
@@ -83,7 +93,10 @@ async def trace(request: web.Request) -> web.Response:
     trace_id = request.match_info["trace_id"]
     if len(trace_id) != 32 or not all(c in "0123456789abcdef" for c in trace_id):
         return error(400, "a trace id is 32 lower-case hex digits")
-    spans = await asyncio.to_thread(_spans, request.app[CONSOLE].traces, trace_id)
+    try:
+        spans = await asyncio.to_thread(_spans, request.app[CONSOLE].traces, trace_id)
+    except sqlite3.Error:
+        return _unreadable()
     if not spans:
         return error(404, f"no trace {trace_id} in the trace store")
     return web.json_response({"spans": spans})
