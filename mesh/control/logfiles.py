@@ -53,6 +53,8 @@ class LogFilter:
             raise LogError(f"a level is one of {', '.join(LEVELS)}, not {self.level!r}")
 
     def keeps(self, line: str) -> bool:
+        if self.level is None and self.trace_id is None:
+            return True  # nothing to read the line for
         fields = telemetry.parse_log_line(line) if line.startswith("{") else None
         if self.trace_id is not None and (
             fields is None or fields.get("trace_id") != self.trace_id
@@ -65,6 +67,10 @@ class LogFilter:
 
     def kept(self, lines: Iterable[str]) -> list[str]:
         return [line for line in lines if line.strip() and self.keeps(line)]
+
+
+#: The filter that keeps every line.
+EVERY_LINE = LogFilter()
 
 
 def last_lines(

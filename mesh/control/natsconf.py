@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nats.errors import Error as NatsError
+
 from mesh.control.pki import MeshPKI, service_dns_name
 from mesh.control.topology import Topology
 from mesh.runtime import consumer, events
@@ -212,6 +214,10 @@ def admin_settings(pki: MeshPKI, port: int) -> NatsSettings:
 def admin_from_state(state: dict[str, Any]) -> NatsSettings:
     """meshctl's way into a running mesh's NATS, from its state.json."""
     return NatsSettings.from_environment(ADMIN_IDENTITY, state["nats"]["admin"])
+
+
+#: What a call to NATS raises when NATS, or its JetStream, does not answer.
+UNREACHABLE: tuple[type[BaseException], ...] = (NatsError, OSError, TimeoutError)
 
 
 async def _unsaid(error: Exception) -> None:

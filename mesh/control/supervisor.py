@@ -49,6 +49,7 @@ from mesh.control.apps import AppForker, stop_forkserver
 from mesh.control.binaries import find_binary
 from mesh.control.console.access import HEALTH_PATH, console_url, ensure_token
 from mesh.control.envoy import edge
+from mesh.control.logfiles import EVERY_LINE, lines_after
 from mesh.control.pki import MeshPKI
 from mesh.control.plan import InstancePlan, MeshPlan, PlanError, make_plan
 from mesh.control.probe import app_serving, http_ok, port_open
@@ -502,14 +503,10 @@ class Supervisor:
             # From where this run's output begins: not the runs before it.
             offset = self._log_offsets.get(path, instance.app.log_start or 0)
             try:
-                with path.open("rb") as handle:
-                    handle.seek(offset)
-                    chunk = handle.read()
+                lines, self._log_offsets[path] = lines_after(path, offset, EVERY_LINE)
             except FileNotFoundError:
                 continue
-            complete = chunk.rfind(b"\n") + 1
-            self._log_offsets[path] = offset + complete
-            for line in chunk[:complete].decode(errors="replace").splitlines():
+            for line in lines:
                 self._on_line(f"{instance.plan.name:<16}| {telemetry.readable(line)}")
 
     def state(self) -> dict[str, Any]:

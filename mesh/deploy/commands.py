@@ -19,8 +19,6 @@ import threading
 import time
 from pathlib import Path
 
-from nats.errors import Error as NatsError
-
 from mesh.control import conformance, contracts, natsconf
 from mesh.control.api import Api
 from mesh.control.certfiles import PKIError
@@ -177,7 +175,7 @@ async def _event_bus_prepared(
                 settings, topology, stream_replicas, **natsconf.ONE_ATTEMPT
             )
             return
-        except (NatsError, OSError, TimeoutError) as error:
+        except natsconf.UNREACHABLE as error:
             if time.monotonic() >= deadline:
                 raise DeployError(
                     f"JetStream at {settings.url} did not take the streams within {wait:g} s:"

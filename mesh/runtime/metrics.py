@@ -129,14 +129,20 @@ class Rates:
     p99_ms: float | None
 
 
-def scrape(port: int, timeout: float = 0.5) -> Sample | None:
-    """The service's counters now, from its metrics port; None if it does not answer."""
+def exposition(port: int, timeout: float = 0.5) -> str | None:
+    """The Prometheus text an app serves on its loopback metrics `port` now; None if it
+    does not answer."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as r:
-            text = r.read().decode()
+            return str(r.read().decode())
     except OSError:
         return None
-    return sample_of(text, time.monotonic())
+
+
+def scrape(port: int, timeout: float = 0.5) -> Sample | None:
+    """The service's counters now, from its metrics port; None if it does not answer."""
+    text = exposition(port, timeout)
+    return None if text is None else sample_of(text, time.monotonic())
 
 
 def sample_of(text: str, at: float) -> Sample:

@@ -5,7 +5,6 @@ problem is one line; all of them are told together."""
 from __future__ import annotations
 
 import contextlib
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -15,6 +14,7 @@ import pytest
 
 from mesh.control.binaries import find_binary
 from tests.support.mesh import ROOT, RunningMesh
+from tests.support.ports import held_port as holding
 
 pytestmark = pytest.mark.integration
 
@@ -31,10 +31,8 @@ MODES = [("--detach",), ()]
 @pytest.fixture
 def held_port() -> Iterator[int]:
     """A loopback port held by someone else: bound and listening until the test ends."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
-        holder.bind(("127.0.0.1", 0))
-        holder.listen()
-        yield int(holder.getsockname()[1])
+    with holding() as port:
+        yield port
 
 
 def edited(text: str, *replacements: tuple[str, str]) -> str:

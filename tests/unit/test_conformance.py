@@ -36,6 +36,13 @@ def api() -> Api:
     return Api.from_descriptor_set(root / DESCRIPTOR_SET)
 
 
+def exposing(service: str) -> str:
+    """EDGE with one more service, exposed at the edge."""
+    return EDGE.replace("[catalog, identity]", f"[catalog, identity, {service}]").replace(
+        "  identity: {}\n", f"  identity: {{}}\n  {service}: {{}}\n"
+    )
+
+
 def problems(api: Api, text: str) -> list[str]:
     return [str(error) for error in conformance.problems(parse(dedent(text)), api)]
 
@@ -67,9 +74,7 @@ def test_an_unknown_scoped_method_is_reported_at_its_line(api: Api) -> None:
 
 
 def test_an_internal_method_cannot_be_public(api: Api) -> None:
-    text = EDGE.replace("[catalog, identity]", "[catalog, identity, inventory]").replace(
-        "  catalog: {}\n", "  catalog: {}\n  inventory: {}\n"
-    )
+    text = exposing("inventory")
     assert problems(api, text + "      - inventory.ReserveStock\n") == [
         "mesh.yaml:13: edge.auth.public entry inventory.ReserveStock: inventory.ReserveStock "
         "is INTERNAL in the contracts, so the edge never routes it"
@@ -85,9 +90,7 @@ def test_an_edge_needs_identitys_keys_public(api: Api) -> None:
 
 
 def test_an_exposed_service_needs_a_contract(api: Api) -> None:
-    text = EDGE.replace("[catalog, identity]", "[catalog, identity, warehouse]").replace(
-        "  identity: {}\n", "  identity: {}\n  warehouse: {}\n"
-    )
+    text = exposing("warehouse")
     assert problems(api, text) == [
         "mesh.yaml: edge.expose names warehouse, which has no RPCs in the contracts "
         "(protos/shop/warehouse/v1/)"

@@ -175,7 +175,8 @@ async def test_without_nats_the_event_views_say_so(client: TestClient) -> None: 
     ("path", "status", "says"),
     [
         ("/api/sagas?limit=0", 400, "limit is between 1"),
-        ("/api/sagas?stuck_after=soon", 400, "are numbers"),
+        ("/api/sagas?stuck_after=soon", 400, "stuck_after is a number of seconds, not 'soon'"),
+        ("/api/sagas?stuck_after=nan", 400, "stuck_after is between 0 and 86400 s, not nan"),
         ("/api/logs/billing-0", 404, "no log of an instance 'billing-0'"),
         ("/api/logs/catalog-0?level=LOUD", 400, "a level is one of"),
         ("/api/logs/catalog-0?lines=0", 400, "lines is between 1"),

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,15 +9,7 @@ import pytest
 from mesh.control import preflight
 from mesh.control.plan import free_port, make_plan
 from mesh.control.topology import Topology, parse
-
-
-@contextlib.contextmanager
-def held_port() -> Iterator[int]:
-    """A loopback port another process would hold: bound and listening until the end."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
-        holder.bind(("127.0.0.1", 0))
-        holder.listen()
-        yield int(holder.getsockname()[1])
+from tests.support.ports import held_port
 
 
 def with_nats_on(port: int) -> Topology:

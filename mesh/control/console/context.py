@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Awaitable, Callable
+import json
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from aiohttp import web
-from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 
 from mesh.control import deadletters, natsconf
@@ -17,8 +17,6 @@ from mesh.control.console.live import Live
 from mesh.control.state import read_state
 
 T = TypeVar("T")
-#: What a call to NATS raises when NATS does not answer.
-NATS_ERRORS = (NatsError, OSError, TimeoutError)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,3 +52,30 @@ async def on_jetstream(request: web.Request, work: Callable[[JetStreamContext], 
 
 def nats_unreachable() -> web.Response:
     return error(503, "NATS does not answer; `meshctl status` shows whether it runs")
+
+
+async def event_stream(request: web.Request) -> web.StreamResponse:
+    """A response of server-sent events, its headers sent."""
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"}
+    )
+    await response.prepare(request)
+    return response
+
+
+async def send(stream: web.StreamResponse, name: str, data: Any) -> None:
+    """One server-sent event `name` with `data` as JSON."""
+    await stream.write(f"event: {name}\ndata: {json.dumps(data)}\n\n".encode())
+
+
+def count(query: Mapping[str, str], name: str, default: int, most: int) -> int:
+    """The whole number `name` of a query, from 1 to `most` (`default` when absent);
+    ValueError says what is wrong with it."""
+    text = query.get(name, str(default))
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"{name} is a number, not {text!r}") from None
+    if not 1 <= value <= most:
+        raise ValueError(f"{name} is between 1 and {most}, not {value}")
+    return value

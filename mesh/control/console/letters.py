@@ -8,14 +8,14 @@ from typing import Any
 from aiohttp import web
 from nats.js.errors import NotFoundError
 
-from mesh.control import deadletters
-from mesh.control.console.context import NATS_ERRORS, error, nats_unreachable, on_jetstream
+from mesh.control import deadletters, natsconf
+from mesh.control.console.context import error, nats_unreachable, on_jetstream
 
 
 async def dead_letters(request: web.Request) -> web.Response:
     try:
         letters = await on_jetstream(request, deadletters.dead_letters)
-    except NATS_ERRORS:
+    except natsconf.UNREACHABLE:
         return nats_unreachable()
     return web.json_response({"dead_letters": [letter.describe() for letter in letters]})
 
@@ -32,7 +32,7 @@ async def replay(request: web.Request) -> web.Response:
         return error(409, str(refusal))
     except NotFoundError:
         return error(404, f"no dead letter {sequence}")
-    except NATS_ERRORS:
+    except natsconf.UNREACHABLE:
         return nats_unreachable()
     return web.json_response({"replayed": letter.describe()})
 
@@ -41,7 +41,7 @@ async def replay_all(request: web.Request) -> web.Response:
     """POST: replay every dead letter that holds up; say why each other one is left."""
     try:
         outcomes = await on_jetstream(request, deadletters.replay_all)
-    except NATS_ERRORS:
+    except natsconf.UNREACHABLE:
         return nats_unreachable()
     body: dict[str, list[Any]] = {
         "replayed": [o.letter.describe() for o in outcomes if not o.refused],

@@ -4,12 +4,11 @@ live as a stream of server-sent events (`mesh.control.logfiles`)."""
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 
 from aiohttp import web
 
-from mesh.control.console.context import CONSOLE, error
+from mesh.control.console.context import CONSOLE, count, error, event_stream, send
 from mesh.control.logfiles import LogError, LogFilter, app_logs, last_lines, lines_after
 
 #: How many lines a log's first look shows, at most.
@@ -41,12 +40,10 @@ async def log(request: web.Request) -> web.Response:
         return found
     path, kept = found
     try:
-        count = int(request.query.get("lines", "200"))
-    except ValueError:
-        return error(400, f"lines is a number, not {request.query['lines']!r}")
-    if not 1 <= count <= MAX_LINES:
-        return error(400, f"lines is between 1 and {MAX_LINES}, not {count}")
-    lines, offset = await asyncio.to_thread(last_lines, path, count, kept)
+        wanted = count(request.query, "lines", 200, MAX_LINES)
+    except ValueError as problem:
+        return error(400, str(problem))
+    lines, offset = await asyncio.to_thread(last_lines, path, wanted, kept)
     return web.json_response({"lines": lines, "offset": offset})
 
 
@@ -60,15 +57,12 @@ async def follow(request: web.Request) -> web.StreamResponse:
     if offset_text and not offset_text.isdigit():
         return error(400, f"offset is a number, not {offset_text!r}")
     offset = int(offset_text) if offset_text else path.stat().st_size
-    response = web.StreamResponse(
-        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"}
-    )
-    await response.prepare(request)
+    response = await event_stream(request)
     while request.transport is not None and not request.transport.is_closing():
         lines, offset = await asyncio.to_thread(lines_after, path, offset, kept)
         try:
             for line in lines:
-                await response.write(f"event: line\ndata: {json.dumps(line)}\n\n".encode())
+                await send(response, "line", line)
         except ConnectionResetError:
             return response
         await asyncio.sleep(FOLLOW_SECONDS)

@@ -27,7 +27,6 @@ refused calls or `BACKLOG_SATURATED` events wait for it.
 from __future__ import annotations
 
 import time
-import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -151,12 +150,8 @@ def read_envoy(admin_socket: str) -> dict[str, Counts]:
 
 
 def read_app(metrics_port: int) -> Counts | None:
-    try:
-        url = f"http://127.0.0.1:{metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=1.0) as response:
-            return app_counts(response.read().decode())
-    except OSError:
-        return None
+    text = metrics.exposition(metrics_port, timeout=1.0)
+    return None if text is None else app_counts(text)
 
 
 @dataclass(frozen=True)

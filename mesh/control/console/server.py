@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import hmac
-import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from aiohttp import web
 
 from mesh.control.console import letters, logs, sagas, traces
 from mesh.control.console.access import HEALTH_PATH
-from mesh.control.console.context import CONSOLE, Console, error
+from mesh.control.console.context import CONSOLE, Console, error, event_stream, send
 from mesh.control.console.live import running
 
 STATIC = Path(__file__).parent / "static"
@@ -108,16 +107,12 @@ async def _map(request: web.Request) -> web.Response:
 async def _live(request: web.Request) -> web.StreamResponse:
     """Server-sent events: the latest figures at once, then each new reading."""
     live = request.app[CONSOLE].live
-    response = web.StreamResponse(
-        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"}
-    )
-    await response.prepare(request)
+    response = await event_stream(request)
     figures = live.figures
     async with live.watching():
         while True:
             try:
-                data = f"event: figures\ndata: {json.dumps(figures)}\n\n"
-                await response.write(data.encode())
+                await send(response, "figures", figures)
             except ConnectionResetError:
                 return response
             figures = await live.next()

@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from mesh.control.console.context import CONSOLE, error
+from mesh.control.console.context import CONSOLE, count, error
 from mesh.control.console.graph import EDGE, ServiceMap
 from mesh.control.envoy.tracing import sidecar_name
 from mesh.control.tracestore import SLOWEST, TraceSearch, TraceStore
@@ -39,12 +39,7 @@ def trace_search(query: dict[str, str], graph: ServiceMap) -> TraceSearch:
         except KeyError:
             raise ValueError(f"no link {query['link']!r} in this mesh") from None
         calls = (span_services(link.source), span_services(link.target))
-    try:
-        limit = int(query.get("limit", "50"))
-    except ValueError:
-        raise ValueError(f"limit is a number, not {query['limit']!r}") from None
-    if not 1 <= limit <= MAX_TRACES:
-        raise ValueError(f"limit is between 1 and {MAX_TRACES}, not {limit}")
+    limit = count(query, "limit", 50, MAX_TRACES)
     return TraceSearch(
         order=query.get("order", SLOWEST),
         services=services,
