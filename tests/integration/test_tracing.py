@@ -62,11 +62,22 @@ def order_trace(mesh: RunningMesh, order_id: str, timeout: float = 30) -> list[S
             store.close()
         steps.clear()
         steps.update((span.service, span.name) for span in spans)
-        arrived = all((service, name) in steps for _, service, name in ASYNC_HOPS)
-        return spans if arrived and _hops(spans) >= set(SYNC_HOPS) else None
+        arrived = _async_steps_with_parents(spans) and _hops(spans) >= set(SYNC_HOPS)
+        return spans if arrived else None
 
     return wait_until(
         complete, lambda: f"trace of {order_id} complete: {sorted(steps)}", timeout, 0.25
+    )
+
+
+def _async_steps_with_parents(spans: list[Span]) -> bool:
+    """Whether every saga step's consumer span and the producer span it continues
+    have arrived (the two come from different processes)."""
+    ids = {span.span_id for span in spans}
+    steps = {(span.service, span.name): span for span in spans}
+    return all(
+        (service, name) in steps and steps[service, name].parent_span_id in ids
+        for _, service, name in ASYNC_HOPS
     )
 
 
