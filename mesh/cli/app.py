@@ -55,6 +55,11 @@ COMMANDS = (
     ),
     Listing("traces", "recent traces, the slowest first", "mesh.cli.trace:TRACES"),
     Listing("dlq", "dead letters: list, show one, replay one or --all", "mesh.cli.dlq:DLQ"),
+    Listing(
+        "rollout",
+        "move a service's calls to a new version: canary steps or blue-green, undo",
+        "mesh.cli.rollout:ROLLOUT",
+    ),
     Listing("certs", "the mesh CA and every certificate it issued", "mesh.cli.certs:CERTS"),
     Listing(
         "render",

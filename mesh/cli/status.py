@@ -11,8 +11,11 @@ import json
 from pathlib import Path
 
 from mesh.cli.command import Command, add_run_dir, run_dir
+from mesh.control import routing
 from mesh.control.contracts import ContractsError
 from mesh.control.local import ControlError, running_state, status_table
+from mesh.control.rollouts import report
+from mesh.control.topology import load
 
 
 def status(run_dir: Path, as_json: bool) -> int:
@@ -20,7 +23,12 @@ def status(run_dir: Path, as_json: bool) -> int:
     if state is None:
         print(json.dumps({"status": "down"}) if as_json else f"no mesh is running from {run_dir}")
         return 3
-    print(json.dumps(state, indent=2) if as_json else status_table(state))
+    if as_json:
+        print(json.dumps(state, indent=2))
+        return 0
+    print(status_table(state))
+    if (run_dir / routing.ROUTING_DIR).is_dir():  # a service has versions
+        print("\n".join(report.status_lines(run_dir, load(Path(state["config"])))))
     return 0
 
 

@@ -7,19 +7,28 @@ from the contracts, never from a hand-kept list: each RPC's gRPC path, its
 been applied) and whether it is INTERNAL (`google.api.method_visibility`), which keeps it
 away from the edge; and the events a service may consume, the payloads of
 `shop.events.v1.EventEnvelope`.
+
+A service may serve its API in more than one version side by side (`shop.catalog.v1`
+and `shop.catalog.v2`), each a package of the same service, so the same method name may
+name a method in each. mesh.yaml names methods as `<service>.<Method>`, and such a name
+means the method of that name in every version of the service's API that has it: the
+policies written for `catalog.GetProduct` (public at the edge, a scope, a caller's
+grant, a timeout) hold for `/shop.catalog.v1.CatalogService/GetProduct` and
+`/shop.catalog.v2.CatalogService/GetProduct` alike. A version that means something else
+by a name must give its method another name.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from google.api import visibility_pb2
 from google.protobuf import descriptor_pb2
 
-#: Our contracts' packages are `shop.<service>.v1`.
+#: Our contracts' packages are `shop.<service>.<version>` (`shop.catalog.v1`).
 _PACKAGE_PREFIX = "shop."
 #: The message whose `payload` oneof holds every event, each a field named in snake case
 #: (`order_placed`), as the last part of the event's subject.
@@ -59,6 +68,11 @@ class Method:
         """The method's own name: `GetProduct`."""
         return self.path.rsplit("/", 1)[1]
 
+    @property
+    def package(self) -> str:
+        """The package of the API version it belongs to: `shop.catalog.v1`."""
+        return self.path.split("/")[1].rpartition(".")[0]
+
 
 @dataclass(frozen=True)
 class Api:
@@ -75,11 +89,17 @@ class Api:
         """The methods the edge may call: every one not marked INTERNAL."""
         return tuple(m for m in self.of(service) if not m.internal)
 
-    def named(self, service: str, names: Sequence[str]) -> tuple[Method, ...]:
+    def named(self, service: str, names: Collection[str]) -> tuple[Method, ...]:
         """The methods of `service` called `names`, which `mesh.control.conformance`
-        found in the contracts."""
-        methods = {m.name: m for m in self.of(service)}
-        return tuple(methods[name] for name in names)
+        found in the contracts: each name's method in every API version that has it."""
+        wanted = frozenset(names)
+        return tuple(m for m in self.of(service) if m.name in wanted)
+
+    def names(self, service: str, *, public: bool = False) -> list[str]:
+        """The method names of `service` (of its public methods, if `public`), sorted,
+        each once however many API versions have it."""
+        methods = self.public(service) if public else self.of(service)
+        return sorted({m.name for m in methods})
 
     @classmethod
     def from_descriptor_set(cls, path: Path) -> Api:

@@ -6,7 +6,9 @@ across its sections. What it names of the contracts (the methods of `edge.auth`,
 only the descriptor set can confirm. `problems` finds every such mistake at once, each
 at its line with the closest name the contracts have; `meshctl up` (`mesh.control.preflight`)
 and `meshctl render` refuse a topology with any, so the renderers (`mesh.control.envoy`)
-take the names they are given as found.
+take the names they are given as found. A method's name means the method of that name
+in every version of its service's API that has it (`mesh.control.api`), so a name is
+found if any version has it, and each is listed once.
 """
 
 from __future__ import annotations
@@ -72,14 +74,14 @@ def _edge_auth(topology: Topology, api: Api) -> Iterator[TopologyError]:
     named += [("edge.auth.scopes key", name) for name in auth.scopes]
     for where, name in named:
         service, _, method = name.partition(".")
-        public = [m.name for m in api.public(service)]
+        public = api.names(service, public=True)
         if method in public:
             continue
-        if method in {m.name for m in api.of(service)}:
+        if method in api.names(service):
             detail = f"{name} is INTERNAL in the contracts, so the edge never routes it"
         else:
             choices = [f"{service}.{m}" for m in public]
-            known = ", ".join(sorted(public)) or "none"
+            known = ", ".join(public) or "none"
             detail = (
                 f"{service} has no public method {method!r} (its public methods: {known})"
                 + suggest(name, choices)
@@ -104,7 +106,7 @@ def _granted_methods(topology: Topology, api: Api) -> Iterator[TopologyError]:
         for callee, grant in service.grants.items():
             if isinstance(grant, str):  # a group: `all` or `public`
                 continue
-            names = [m.name for m in api.of(callee)]
+            names = api.names(callee)
             for method in grant:
                 if method not in names:
                     yield _error(
@@ -118,7 +120,7 @@ def _granted_methods(topology: Topology, api: Api) -> Iterator[TopologyError]:
 def _method_policies(topology: Topology, api: Api) -> Iterator[TopologyError]:
     """Each method a service's `methods:` gives a cost or timeout: one of its own."""
     for name, service in topology.services.items():
-        names = [m.name for m in api.of(name)]
+        names = api.names(name)
         for method, policy in service.methods.items():
             if method not in names:
                 detail = _no_method(name, method, names)

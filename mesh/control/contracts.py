@@ -4,9 +4,9 @@
 
 * a descriptor set (`gen/descriptors/shop.binpb`, with imports and source info) built by
   `buf`, which Envoy's JSON transcoder and the OpenAPI generator read;
-* the Python package `shop.<service>.v1` (`*_pb2.py`, `*_pb2.pyi`, `*_pb2_grpc.py`) under
-  `gen/python`, produced by protoc *from that descriptor set*, so stubs and descriptors can
-  never come from two different parses.
+* the Python package `shop.<service>.<version>` (`*_pb2.py`, `*_pb2.pyi`, `*_pb2_grpc.py`)
+  under `gen/python`, produced by protoc *from that descriptor set*, so stubs and
+  descriptors can never come from two different parses.
 
 Third-party protos (`google/api`, `google/type`) are copied from the pinned
 `googleapis-common-protos` package, whose Python modules the generated code imports at
@@ -39,6 +39,7 @@ VENDORED_PROTOS = (
     "google/api/annotations.proto",
     "google/api/field_behavior.proto",
     "google/api/http.proto",
+    "google/api/resource.proto",
     "google/api/visibility.proto",
     "google/type/money.proto",
     "google/type/postal_address.proto",

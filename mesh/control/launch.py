@@ -35,7 +35,13 @@ def environment(
             f"SHOP_{dependency.upper()}_ADDRESS": f"127.0.0.1:{port}"
             for dependency, port in sorted(instance.outbound.items())
         },
+        **service.release(instance.version).env,
     }
+
+
+def app_module(instance: InstancePlan, service: Service) -> str:
+    """The module `instance`'s app runs: its version's, else `services.<service>`."""
+    return service.release(instance.version).module or f"services.{instance.service}"
 
 
 def limits_of(service: Service) -> Limits:

@@ -8,9 +8,15 @@ from it:
 * an operation for every method of an exposed service that carries a `google.api.http`
   rule (and each of its `additional_bindings`); methods marked INTERNAL have no rule and
   are not served, so they do not appear;
+* every version of each exposed service's API (`shop.catalog.v1`, `shop.catalog.v2`), each
+  its own tag (`CatalogService`; a version past v1 qualified: `CatalogServiceV2`, so
+  operation ids stay unique: `CatalogServiceV2_GetProduct`);
 * path parameters, the request body and query parameters as the transcoder binds them,
   all named by the fields' JSON names: path-bound fields come from the template (its
-  variables renamed: `{product_id}` is `{productId}`), `body: "*"` takes every other field,
+  variables renamed: `{product_id}` is `{productId}`; a variable bound to a resource
+  name pattern written out as the segments it matches, each wildcard a parameter named
+  after the collection before it, as Google's flat paths do: `{name=products/*}` is
+  `products/{productsId}`), `body: "*"` takes every other field,
   `body: "<field>"` takes that field, and what is left that is a scalar, an enum or a
   repeated scalar may be sent in the query string;
 * schemas in the proto3 JSON mapping the transcoder applies: lowerCamelCase `json_name`s,
@@ -57,8 +63,13 @@ STATUS_SCHEMA_NAME = "google.rpc.Status"
 
 _HTTP_METHODS = ("get", "put", "post", "delete", "patch")
 
-#: A path variable in an HttpRule template: `{id}`, `{product.id}` or `{name=shelves/*}`.
-_TEMPLATE_VARIABLE = re.compile(r"\{([^}=]+)(?:=[^}]*)?\}")
+#: A path variable in an HttpRule template: `{id}`, `{product.id}` or `{name=shelves/*}`,
+#: with the field it binds and the segments it matches, if the template says.
+_TEMPLATE_VARIABLE = re.compile(r"\{([^}=]+)(?:=([^}]*))?\}")
+#: The type of a field mask, as a field of a descriptor names it.
+_FIELD_MASK = ".google.protobuf.FieldMask"
+#: The version whose tags and operation ids are the service's bare name: the first.
+_FIRST_VERSION = "v1"
 
 
 def _status_schema() -> Schema:
@@ -137,9 +148,12 @@ def _resolve(index: Index, message: Located, dotted: str) -> tuple[Field, str]:
 
 
 def _is_query_field(schemas: Schemas, proto: Field) -> bool:
-    """Whether the transcoder reads this field from the query string: scalars and enums."""
+    """Whether the transcoder reads this field from the query string: scalars and enums,
+    and a field mask, whose JSON form is a string (`updateMask=displayName,price`)."""
     if schemas.map_entry(proto) is not None:
         return False
+    if proto.type_name == _FIELD_MASK:
+        return True
     return proto.type not in (Field.TYPE_MESSAGE, Field.TYPE_GROUP)
 
 
@@ -157,53 +171,85 @@ def _verb_and_template(rule: Any) -> tuple[str, str]:
     return str(kind), str(getattr(rule, kind))
 
 
+def _tag(package: str, service: str) -> str:
+    """The tag of a service in one API version: its name, qualified past the first
+    version (`CatalogServiceV2` for `shop.catalog.v2.CatalogService`)."""
+    version = package.rpartition(".")[2]
+    return service if version == _FIRST_VERSION else f"{service}{version.capitalize()}"
+
+
 @dataclass(frozen=True)
 class _Method:
     """One RPC to document, with what the edge's arguments say about it."""
 
     service: str
+    """Its service's tag (`_tag`)."""
     proto: descriptor_pb2.MethodDescriptorProto
     grpc_path: str
     comment: str
     rule: Any
 
 
+def _service_of(package: str) -> str | None:
+    """The service a package of ours is a version of: `catalog` for `shop.catalog.v2`."""
+    parts = package.split(".")
+    return parts[1] if len(parts) == 3 and parts[0] == "shop" else None
+
+
+def _exposed_packages(
+    files: descriptor_pb2.FileDescriptorSet, services: Collection[str]
+) -> set[str]:
+    """The packages of every version of the services' APIs (`shop.catalog.v1`, ...)."""
+    packages = {file.package for file in files.file if _service_of(file.package) in services}
+    missing = set(services) - {_service_of(package) for package in packages}
+    if missing:
+        named = ", ".join(f"shop.{name}.<version>" for name in sorted(missing))
+        raise ValueError(f"services not in the descriptor set: {named}")
+    return packages
+
+
 def _exposed_methods(
     files: descriptor_pb2.FileDescriptorSet, index: Index, services: Collection[str]
 ) -> tuple[list[_Method], list[Schema]]:
-    packages = {f"shop.{name}.v1" for name in services}
-    missing = packages - {file.package for file in files.file}
-    if missing:
-        raise ValueError(f"services not in the descriptor set: {', '.join(sorted(missing))}")
+    packages = _exposed_packages(files, services)
     methods: list[_Method] = []
     tags: list[Schema] = []
     for file in files.file:
         if file.package not in packages:
             continue
         for s, service in enumerate(file.service):
-            tag: Schema = {"name": service.name}
+            tag: Schema = {"name": _tag(file.package, service.name)}
             about = index.comment(file.name, (FILE_SERVICE, s))
             if about:
                 tag["description"] = about
             tags.append(tag)
-            for m, method in enumerate(service.method):
-                options = descriptor_pb2.MethodOptions.FromString(
-                    method.options.SerializeToString()
-                )
-                visibility = options.Extensions[visibility_pb2.method_visibility].restriction
-                internal = "INTERNAL" in (label.strip() for label in visibility.split(","))
-                if internal or not options.HasExtension(annotations_pb2.http):
-                    continue
-                methods.append(
-                    _Method(
-                        service=service.name,
-                        proto=method,
-                        grpc_path=f"/{file.package}.{service.name}/{method.name}",
-                        comment=index.comment(file.name, (FILE_SERVICE, s, SERVICE_METHOD, m)),
-                        rule=options.Extensions[annotations_pb2.http],
-                    )
-                )
+            methods += _routed_methods(file, s, tag["name"], index)
     return methods, sorted(tags, key=lambda t: str(t["name"]))
+
+
+def _routed_methods(
+    file: descriptor_pb2.FileDescriptorProto, s: int, tag: str, index: Index
+) -> list[_Method]:
+    """The methods of the file's `s`th service the edge routes: those with an HTTP rule,
+    never an INTERNAL one."""
+    service = file.service[s]
+    methods = []
+    for m, method in enumerate(service.method):
+        options = descriptor_pb2.MethodOptions.FromString(method.options.SerializeToString())
+        visibility = options.Extensions[visibility_pb2.method_visibility].restriction
+        internal = "INTERNAL" in (label.strip() for label in visibility.split(","))
+        if internal or not options.HasExtension(annotations_pb2.http):
+            continue
+        methods.append(
+            _Method(
+                service=tag,
+                proto=method,
+                grpc_path=f"/{file.package}.{service.name}/{method.name}",
+                comment=index.comment(file.name, (FILE_SERVICE, s, SERVICE_METHOD, m)),
+                rule=options.Extensions[annotations_pb2.http],
+            )
+        )
+    return methods
 
 
 def path_parameter_name(index: Index, request: Located, field_path: str) -> str:
@@ -218,11 +264,52 @@ def path_parameter_name(index: Index, request: Located, field_path: str) -> str:
     return json_name(_resolve(index, request, field_path)[0])
 
 
-def _openapi_path(index: Index, request: Located, template: str) -> str:
-    """An HttpRule template as an OpenAPI path, each variable by its parameter's name."""
-    return _TEMPLATE_VARIABLE.sub(
-        lambda variable: "{" + path_parameter_name(index, request, variable[1]) + "}", template
-    )
+@dataclass(frozen=True)
+class _PathVariable:
+    """One parameter of an OpenAPI path, and the field of the request it sets."""
+
+    name: str
+    field: str
+    collection: str = ""
+    """For a segment of a resource name (`{name=products/*}`): the collection before it."""
+
+
+def _segments(field: str, pattern: str) -> tuple[str, list[_PathVariable]]:
+    """A variable bound to a resource name pattern (`{name=products/*}`) as the segments
+    it matches, each wildcard a parameter named after the collection before it
+    (`products/{productsId}`), as Google's flat paths name them: the path shows what a
+    client sends, where one `{name}` parameter would have it escape the slash."""
+    written: list[str] = []
+    variables: list[_PathVariable] = []
+    for segment in pattern.split("/"):
+        collection = written[-1] if written and "{" not in written[-1] else ""
+        if segment == "*" and collection:
+            variables.append(_PathVariable(f"{collection}Id", field, collection))
+            written.append("{" + f"{collection}Id" + "}")
+        elif "*" in segment:
+            raise ValueError(
+                f"{{{field}={pattern}}}: only a wildcard after a collection is supported"
+            )
+        else:
+            written.append(segment)
+    return "/".join(written), variables
+
+
+def _openapi_path(index: Index, request: Located, template: str) -> tuple[str, list[_PathVariable]]:
+    """An HttpRule template as an OpenAPI path, and the path's parameters in order."""
+    variables: list[_PathVariable] = []
+
+    def written(variable: re.Match[str]) -> str:
+        field, pattern = variable[1], variable[2]
+        if pattern and pattern != "*":
+            segments, found = _segments(field, pattern)
+            variables.extend(found)
+            return segments
+        name = path_parameter_name(index, request, field)
+        variables.append(_PathVariable(name, field))
+        return "{" + name + "}"
+
+    return _TEMPLATE_VARIABLE.sub(written, template), variables
 
 
 def _operation(
@@ -230,15 +317,15 @@ def _operation(
     method: _Method,
     binding: Any,
     operation_id: str,
-    template: str,
+    variables: list[_PathVariable],
     *,
     public: bool,
     scope: str | None,
 ) -> Schema:
-    """The operation of one HTTP binding of `method`."""
+    """The operation of one HTTP binding of `method`, whose path has `variables`."""
     request = schemas.index.message(method.proto.input_type)
-    bound = _TEMPLATE_VARIABLE.findall(template)
-    parameters = [_path_parameter(schemas, request, dotted) for dotted in bound]
+    bound = list(dict.fromkeys(variable.field for variable in variables))
+    parameters = [_path_parameter(schemas, request, variable) for variable in variables]
     operation: Schema = {"operationId": operation_id, "tags": [method.service]}
     body = _request_body(schemas, method, request, binding.body, bound)
     if body is not None:
@@ -254,13 +341,19 @@ def _operation(
     return operation
 
 
-def _path_parameter(schemas: Schemas, request: Located, dotted: str) -> Schema:
-    proto, about = _resolve(schemas.index, request, dotted)
+def _path_parameter(schemas: Schemas, request: Located, variable: _PathVariable) -> Schema:
+    proto, about = _resolve(schemas.index, request, variable.field)
+    if variable.collection:  # one segment of the field's resource name
+        schema: Schema = {"type": "string", "pattern": "^[^/]+$"}
+        segment = f"The segment after `{variable.collection}/` of `{variable.field}`."
+        about = f"{about}\n\n{segment}" if about else segment
+    else:
+        schema = schemas.field_type(proto)
     parameter: Schema = {
-        "name": path_parameter_name(schemas.index, request, dotted),
+        "name": variable.name,
         "in": "path",
         "required": True,
-        "schema": schemas.field_type(proto),
+        "schema": schema,
     }
     if about:
         parameter["description"] = about
@@ -356,22 +449,26 @@ def _paths(
 ) -> dict[str, dict[str, Schema]]:
     """Every binding of every method as an operation, by OpenAPI path, then HTTP method."""
     paths: dict[str, dict[str, Schema]] = {}
+    operation_ids: set[str] = set()
     for method in methods:
         for n, binding in enumerate(_bindings(method.rule)):
             verb, template = _verb_and_template(binding)
             if verb not in _HTTP_METHODS:
                 raise ValueError(f"{method.grpc_path}: unsupported HTTP method {verb!r}")
             request = schemas.index.message(method.proto.input_type)
-            path = _openapi_path(schemas.index, request, template)
+            path, variables = _openapi_path(schemas.index, request, template)
             if verb in paths.get(path, {}):
                 raise ValueError(f"{verb.upper()} {path} is bound twice ({method.grpc_path})")
             operation_id = f"{method.service}_{method.proto.name}" + (f"_{n}" if n else "")
+            if operation_id in operation_ids:
+                raise ValueError(f"operation id {operation_id} is taken twice ({method.grpc_path})")
+            operation_ids.add(operation_id)
             paths.setdefault(path, {})[verb] = _operation(
                 schemas,
                 method,
                 binding,
                 operation_id,
-                template,
+                variables,
                 public=method.grpc_path in public_methods,
                 scope=scopes.get(method.grpc_path),
             )
@@ -390,10 +487,11 @@ def build_openapi(
 ) -> dict[str, Any]:
     """The OpenAPI 3.1 document of what the edge serves for `services`.
 
-    `services` are short names (`catalog` for `shop.catalog.v1`); `public_methods` and
-    `scopes` are keyed by gRPC path (`/shop.catalog.v1.CatalogService/GetProduct`), as the
-    edge's JWT rules are. Raises ValueError when a service or a type is missing from
-    `files`, or when two bindings claim the same HTTP method and path.
+    `services` are short names (`catalog` for every version, `shop.catalog.v1`,
+    `shop.catalog.v2`); `public_methods` and `scopes` are keyed by gRPC path
+    (`/shop.catalog.v1.CatalogService/GetProduct`), as the edge's JWT rules are. Raises
+    ValueError when a service or a type is missing from `files`, or when two bindings
+    claim the same HTTP method and path or two operations the same id.
     """
     index = Index.of(files)
     schemas = Schemas(index)

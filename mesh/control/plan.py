@@ -22,10 +22,11 @@ import json
 import os
 import socket
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from mesh.control.routing import routing_root
 from mesh.control.topology import Topology
 
 PLAN_FILE = "plan.json"
@@ -76,10 +77,13 @@ class InstancePlan:
     """The name or address peers reach this instance's inbound listener on."""
     probe_port: int = 0
     """In containers: the sidecar's plaintext port for the orchestrator's probes (0: none)."""
+    version: str = ""
+    """The release of its service it runs (`Service.releases`); "" when it has one."""
 
     @property
     def name(self) -> str:
-        return f"{self.service}-{self.index}"
+        """`catalog-0`, or for a service with versions `catalog-v2-0`."""
+        return "-".join(part for part in (self.service, self.version, str(self.index)) if part)
 
     def listeners(self) -> list[tuple[int, str]]:
         """Each TCP port its app and sidecar listen on, with what listens there."""
@@ -124,6 +128,9 @@ class MeshPlan:
     console_port: int = 0
     #: Where the listeners other hosts reach (each inbound, the edge) bind.
     listen_host: str = "127.0.0.1"
+    #: The link through which every Envoy reads the split between a service's versions
+    #: (`mesh.control.routing`).
+    routing_root: str = ""
 
     def of(self, service: str) -> list[InstancePlan]:
         return [i for i in self.instances if i.service == service]
@@ -146,9 +153,14 @@ class MeshPlan:
         own = [(port, what) for port, what in ports if port]
         return own + [listener for i in self.instances for listener in i.listeners()]
 
-    def endpoints_of(self, service: str) -> list[tuple[str, int]]:
-        """Where a caller's sidecar reaches `service`: each (host, inbound port) once."""
-        return list(dict.fromkeys((i.host, i.inbound_port) for i in self.of(service)))
+    def endpoints_of(self, service: str, version: str = "") -> list[tuple[str, int]]:
+        """Where a caller's sidecar reaches `service` (its release `version`): each (host,
+        inbound port) once."""
+        return list(
+            dict.fromkeys(
+                (i.host, i.inbound_port) for i in self.of(service) if i.version == version
+            )
+        )
 
     def instance(self, name: str) -> InstancePlan:
         for candidate in self.instances:
@@ -173,6 +185,7 @@ class MeshPlan:
             edge=EdgePlan(**data["edge"]) if data.get("edge") else None,
             console_port=data.get("console_port", 0),
             listen_host=data.get("listen_host", "127.0.0.1"),
+            routing_root=data.get("routing_root", ""),
         )
 
     def save(self) -> Path:
@@ -224,19 +237,21 @@ def make_plan(
     instances = []
     for name in topology.start_order():
         service = topology.services[name]
-        for index in range(service.replicas):
-            fixed = service.ports.for_replica(index)
-            instances.append(
-                InstancePlan(
+        for version in service.releases:
+            for index in range(version.replicas):
+                fixed = service.ports.for_replica(index)
+                instance = InstancePlan(
                     service=name,
                     index=index,
                     app_port=ports.take(fixed.app),
                     inbound_port=ports.take(fixed.inbound),
-                    admin_socket=admin_socket(run_dir, f"{name}-{index}"),
+                    admin_socket="",
                     outbound={dependency: ports.take() for dependency in sorted(service.calls)},
                     metrics_port=ports.take(),
+                    version=version.name,
                 )
-            )
+                socket = admin_socket(run_dir, instance.name)
+                instances.append(replace(instance, admin_socket=socket))
     edge = None
     if topology.edge.expose:
         port = topology.edge.port if edge_port is None else edge_port
@@ -253,4 +268,5 @@ def make_plan(
         trace_port=ports.take(),
         edge=edge,
         console_port=ports.take(),
+        routing_root=str(routing_root(run_dir)),
     )

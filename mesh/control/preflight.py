@@ -13,6 +13,7 @@ one that is not named with what wanted it and the line of mesh.yaml that fixed i
 from __future__ import annotations
 
 import errno
+import importlib.util
 import os
 import socket
 from pathlib import Path
@@ -36,6 +37,7 @@ def problems(
         *run_dir_problems(run_dir),
         *binary_problems(),
         *contract_problems(topology, descriptor_set),
+        *module_problems(topology),
     ]
     try:
         plan = make_plan(topology, run_dir, edge_port=edge_port)
@@ -72,6 +74,24 @@ def contract_problems(topology: Topology, descriptor_set: Path) -> list[str]:
         return [f"{descriptor_set} is missing: run `make gen` first"]
     api = Api.from_descriptor_set(descriptor_set)
     return [str(error) for error in conformance.problems(topology, api)]
+
+
+def module_problems(topology: Topology) -> list[str]:
+    """Each version's `module:` that no installed package or checkout module provides."""
+    return [
+        f"{topology.source or 'mesh.yaml'}: services.{name}.versions.{version.name}.module: "
+        f"no module {version.module!r} to run"
+        for name, service in topology.services.items()
+        for version in service.versions
+        if version.module is not None and not _importable(version.module)
+    ]
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package that does not exist
+        return False
 
 
 def port_problems(plan: MeshPlan, topology: Topology) -> list[str]:

@@ -79,6 +79,7 @@ class Readings:
         return {
             "service": plan.service,
             "instance": plan.name,
+            "version": plan.version,
             "app_pid": instance.app.pid,
             "sidecar_pid": instance.sidecar.pid,
             "app_port": plan.app_port,

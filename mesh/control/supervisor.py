@@ -43,7 +43,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from mesh.control import envoy, launch, natsconf
+from mesh.control import envoy, launch, natsconf, routing
 from mesh.control.api import Api
 from mesh.control.apps import AppForker, stop_forkserver
 from mesh.control.binaries import find_binary
@@ -55,6 +55,8 @@ from mesh.control.plan import InstancePlan, MeshPlan, PlanError, make_plan
 from mesh.control.probe import app_serving, http_ok, port_open
 from mesh.control.process import Instance, ManagedProcess, make_private
 from mesh.control.procstat import children, pss_kib
+from mesh.control.rollouts import store
+from mesh.control.rollouts.controller import RolloutController
 from mesh.control.state import (
     STATE_FILE,
     Probed,
@@ -163,6 +165,7 @@ class Supervisor:
         self._log_offsets: dict[Path, int] = {}
         self._readings = Readings()
         self._forker = AppForker()
+        self.rollouts = RolloutController(run_dir, topology, self.plan, self._say)
 
     # -- preparation ----------------------------------------------------------------------
 
@@ -187,6 +190,10 @@ class Supervisor:
         self._forker.warm()  # its imports overlap with writing what the mesh needs
         self.plan.save()
         self.pki.ensure_ca()
+        store.forget_all(self.run_dir)
+        if routing.initial_weights(self.topology):
+            with routing.changing(self.run_dir):
+                routing.write_weights(self.run_dir, routing.initial_weights(self.topology))
         logs = self.run_dir / "logs"
         for plan in self.plan.instances:
             self.instances.append(self._prepare_instance(plan, logs))
@@ -205,11 +212,12 @@ class Supervisor:
             envoy.sidecar_config(self.topology, self.plan, plan, self.api, sds),
             self.run_dir / "envoy" / plan.name / "envoy.yaml",
         )
-        background = self.topology.services[plan.service].background
-        niceness = BACKGROUND_NICENESS if background else 0
+        service = self.topology.services[plan.service]
+        niceness = BACKGROUND_NICENESS if service.background else 0
+        module = launch.app_module(plan, service)
         app = ManagedProcess(
             plan.name,
-            [sys.executable, "-m", f"services.{plan.service}", "--port", str(plan.app_port)],
+            [sys.executable, "-m", module, "--port", str(plan.app_port)],
             logs / f"{plan.name}.log",
             self._environment(plan),
             forker=self._forker,
@@ -444,6 +452,13 @@ class Supervisor:
             self.tend()
             self._stream_logs()
             self._check_in_turn(wake)
+            self._tend_rollouts()
+
+    def _tend_rollouts(self) -> None:
+        try:
+            self.rollouts.tick()
+        except Exception:  # a rollout's trouble is its own; tending the mesh goes on
+            log.exception("moving a rollout on failed")
 
     def _check_in_turn(self, wake: int) -> None:
         """Probe and scrape the instances whose turn it is at this wake: each once every
@@ -515,6 +530,7 @@ class Supervisor:
             "supervisor_pid": os.getpid(),
             "supervisor_pss_kib": pss_kib(os.getpid()),
             "run_dir": str(self.run_dir),
+            "config": str(self.topology.source or ""),
             "updated": datetime.now(UTC).isoformat(timespec="seconds"),
             "ready_seconds": self.ready_seconds,
             "nats": {

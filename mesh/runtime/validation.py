@@ -7,7 +7,8 @@ sees it:
   or bytes, a non-zero number, an enum other than its `_UNSPECIFIED` zero value, a
   present message, a non-empty list. On an update request (AIP-134) with a non-empty
   `update_mask`, only the required fields named by the mask are enforced inside the
-  resource, so a partial update need not repeat the resource's other required fields.
+  resource, so a partial update need not repeat the resource's other required fields;
+  a mask of `*` names every field (a full replacement), so all of them are enforced.
 - `[(shop.options.v1.limits) = {...}]` (`protos/shop/options/v1/limits.proto`): the most
   characters of a string (bytes of a bytes field), the most elements of a list or map, the
   least and greatest value of an integer. Limits on a field of a message type bound every
@@ -40,6 +41,8 @@ from shop.options.v1 import limits_pb2
 
 _REQUIRED = field_behavior_pb2.FieldBehavior.REQUIRED
 _FIELD_MASK = "google.protobuf.FieldMask"
+#: The update mask path that names every field of the resource (AIP-134).
+_EVERY_FIELD = "*"
 
 #: Paths of the fields below one field that a mask selects; None selects all of them.
 _Selection = frozenset[str] | None
@@ -269,9 +272,9 @@ def _select(selection: _Selection, name: str) -> _Selection:
 
 
 def _update_mask(message: Message) -> _Selection:
-    """The paths of the message's `update_mask`, if it is not empty."""
+    """The paths of the message's `update_mask`, if it is not empty and not `*`."""
     paths = message.update_mask.paths  # type: ignore[attr-defined]
-    return frozenset(paths) if paths else None
+    return frozenset(paths) if paths and _EVERY_FIELD not in paths else None
 
 
 def _too_long(path: str, kind: _Kind, bound: Limits) -> FieldViolation:

@@ -138,19 +138,26 @@ class _Collections:
 
 
 async def closed_loop(
-    call: Call, *, concurrency: int, duration: float, max_requests: int | None = None
+    call: Call,
+    *,
+    concurrency: int,
+    duration: float,
+    max_requests: int | None = None,
+    until: Callable[[], bool] | None = None,
 ) -> Run:
-    """`concurrency` callers, each calling again as soon as its call ends."""
+    """`concurrency` callers, each calling again as soon as its call ends, for `duration`
+    seconds at most, `max_requests` calls at most, and while `until()` is false."""
     if concurrency < 1 or duration <= 0:
         raise ValueError("concurrency must be at least 1 and duration positive")
     run = Run(mode=f"concurrency {concurrency}")
     budget = [max_requests if max_requests is not None else math.inf]
+    done = until or (lambda: False)
     with _Collections.of_the_run_only():
         start = time.perf_counter()
         deadline = start + duration
 
         async def caller() -> None:
-            while time.perf_counter() < deadline and budget[0] > 0:
+            while time.perf_counter() < deadline and budget[0] > 0 and not done():
                 budget[0] -= 1
                 await _timed(call, run, time.perf_counter())
 

@@ -10,15 +10,23 @@ from mesh.runtime.service import ServiceSettings, channel_to, open_database
 from services.catalog.adapters import MIGRATIONS, GrpcStockLevels, SqlCatalogStore
 from services.catalog.ports import CatalogStore, StockLevels
 from services.catalog.servicer import CatalogServicer
+from services.catalog.servicer_v2 import CatalogServicerV2
 from shop.catalog.v1 import catalog_service_pb2 as pb
 from shop.catalog.v1 import catalog_service_pb2_grpc as pb_grpc
+from shop.catalog.v2 import catalog_service_pb2 as pb_v2
+from shop.catalog.v2 import catalog_service_pb2_grpc as pb_v2_grpc
 
 
-def registration(store: CatalogStore, inventory: StockLevels) -> Registration:
-    return Registration.of(CatalogServicer(store, inventory), pb, pb_grpc)
+def registrations(store: CatalogStore, inventory: StockLevels) -> list[Registration]:
+    """Both versions of the catalog's API, `shop.catalog.v1` and `shop.catalog.v2`, served
+    by one process over the same store."""
+    return [
+        Registration.of(CatalogServicer(store, inventory), pb, pb_grpc),
+        Registration.of(CatalogServicerV2(store, inventory), pb_v2, pb_v2_grpc),
+    ]
 
 
 async def bootstrap(settings: ServiceSettings, stack: AsyncExitStack) -> Sequence[Registration]:
     database = await open_database(settings, MIGRATIONS, stack)
     channel = channel_to(settings, "inventory", stack)
-    return [registration(SqlCatalogStore(database), GrpcStockLevels(channel))]
+    return registrations(SqlCatalogStore(database), GrpcStockLevels(channel))

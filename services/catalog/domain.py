@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from mesh.runtime.errors import FieldViolation, InvalidArgument, NotFound
+from mesh.runtime.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound
 from mesh.runtime.money import Money
 
 MAX_NAME_LENGTH = 200
 MAX_CATEGORY_LENGTH = 64
 MAX_DESCRIPTION_LENGTH = 10_000
+
+#: An id a client may choose for a new product (AIP-122): lower-case letters, digits and
+#: hyphens, starting and ending with a letter or digit, so a UUID qualifies; at most 36
+#: characters, as many as a UUID, which the products table keeps.
+PRODUCT_ID = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,34}[a-z0-9])?")
 
 #: Product fields a client may change (AIP-134 update mask paths).
 UPDATABLE_FIELDS = frozenset({"name", "description", "price", "category", "weight_grams"})
@@ -42,6 +48,31 @@ def product_not_found(product_id: str) -> NotFound:
         reason="PRODUCT_NOT_FOUND",
         metadata={"product_id": product_id},
     )
+
+
+def product_exists(product_id: str) -> AlreadyExists:
+    return AlreadyExists(
+        f"product {product_id!r} exists already; choose another id",
+        reason="PRODUCT_ALREADY_EXISTS",
+        metadata={"product_id": product_id},
+    )
+
+
+def _chosen_id(product_id: str) -> str:
+    """The id a client chose, if it is one a product may have; a fresh UUID if none."""
+    if not product_id:
+        return str(uuid.uuid4())
+    if not PRODUCT_ID.fullmatch(product_id):
+        raise InvalidArgument.of(
+            [
+                FieldViolation(
+                    "product_id",
+                    "The product id must be 1 to 36 lower-case letters, digits and hyphens, "
+                    "starting and ending with a letter or digit.",
+                )
+            ]
+        )
+    return product_id
 
 
 def _violations(product: Product) -> list[FieldViolation]:
@@ -94,11 +125,12 @@ def new_product(
     category: str,
     weight_grams: int,
     now: datetime,
+    product_id: str = "",
 ) -> Product:
-    """A new product with a fresh id, if it follows the rules."""
+    """A new product, with the id its creator chose or a fresh one, if it follows the rules."""
     return _checked(
         Product(
-            id=str(uuid.uuid4()),
+            id=_chosen_id(product_id),
             name=name,
             description=description,
             price=price,

@@ -8,7 +8,13 @@ from mesh.runtime.errors import FieldViolation, InvalidArgument
 from mesh.runtime.money import Money
 from mesh.runtime.pagination import page_size
 from mesh.runtime.storage import utc_now
-from services.catalog.domain import Product, new_product, product_not_found, updated_product
+from services.catalog.domain import (
+    Product,
+    new_product,
+    product_exists,
+    product_not_found,
+    updated_product,
+)
 from services.catalog.ports import CatalogStore, StockLevels
 
 MAX_BATCH = 100
@@ -23,6 +29,8 @@ class CreateProduct:
     weight_grams: int
     initial_stock: int
     request_id: str
+    product_id: str = ""
+    """The id the client chose (API v2); empty for a fresh UUID."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +61,7 @@ async def create_product(
     The stock is set after the product is committed, under a request id derived from the
     product: if inventory cannot be reached the caller gets the error, and a retry with
     the same `request_id` finds the product already created and sets the stock again.
+    An id the client chose that another product has is ALREADY_EXISTS (AIP-133).
     """
     if command.initial_stock < 0:
         raise InvalidArgument.of(
@@ -69,7 +78,10 @@ async def create_product(
                 category=command.category,
                 weight_grams=command.weight_grams,
                 now=utc_now(),
+                product_id=command.product_id,
             )
+            if command.product_id and await tx.get(product.id) is not None:
+                raise product_exists(product.id)
             await tx.add(product)
             await tx.record_request("CreateProduct", command.request_id, {"product_id": product.id})
     # Every product gets a stock row, so its stock link resolves from the start.

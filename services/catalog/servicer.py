@@ -13,18 +13,21 @@ from shop.catalog.v1 import catalog_service_pb2 as pb
 from shop.catalog.v1 import catalog_service_pb2_grpc as pb_grpc
 
 
+def fields_alike(product: Product) -> dict[str, Any]:
+    """The fields of a product that every version of the API names and writes alike."""
+    return {
+        "description": product.description,
+        "price": product.price.to_proto(),
+        "category": product.category,
+        "weight_grams": product.weight_grams,
+        "stock_link": product.stock_link,
+        "create_time": to_timestamp(product.create_time),
+        "update_time": to_timestamp(product.update_time),
+    }
+
+
 def to_proto(product: Product) -> pb.Product:
-    return pb.Product(
-        id=product.id,
-        name=product.name,
-        description=product.description,
-        price=product.price.to_proto(),
-        category=product.category,
-        weight_grams=product.weight_grams,
-        stock_link=product.stock_link,
-        create_time=to_timestamp(product.create_time),
-        update_time=to_timestamp(product.update_time),
-    )
+    return pb.Product(id=product.id, name=product.name, **fields_alike(product))
 
 
 def _price(message: pb.Product) -> Money:

@@ -18,7 +18,16 @@ from pathlib import Path
 import pytest
 
 from mesh.control.binaries import find_binary
-from mesh.tools.chaos import crash_saga, edge_orders, faults, frame, kill_replica, overload, poison
+from mesh.tools.chaos import (
+    bad_canary,
+    crash_saga,
+    edge_orders,
+    faults,
+    frame,
+    kill_replica,
+    overload,
+    poison,
+)
 from tests.support.mesh import ROOT, RunningMesh
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos, pytest.mark.timeout(900)]
@@ -209,3 +218,27 @@ def test_under_overload_the_mesh_refuses_the_excess_at_once_and_recovers(
     assert refused is not None
     assert int(refused[1]) >= 40, logins
     assert figures["restarts"] == "none"
+
+
+def test_a_bad_canary_is_rolled_back_and_a_healthy_one_promoted(run_dir: Path, full: bool) -> None:
+    outcome = meshctl_chaos("bad-canary", run_dir, full)
+    assert outcome.code == 0, outcome.stdout + outcome.stderr
+    assert outcome.verdict.startswith("PASS: a v2 failing 20% of its calls is rolled back")
+    figures = outcome.figures
+    assert figures["v2 (failing) outcome"] == "rolled back"
+    # The canary really failed, and was judged on its own figures.
+    reason = figures["v2 rollback, the reason"]
+    error_rate = float(re.search(r"error rate ([\d.]+)% over the limit", reason)[1])  # type: ignore[index]
+    assert 10 < error_rate < 35
+    assert int(figures["v2 largest share of the calls, %"]) < 100
+    requests = int(figures["v2 requests while it was out"])
+    failed = int(figures["v2 requests failed"].split()[0])
+    assert requests > 100  # the clients really read
+    assert failed <= bad_canary.MAX_FAILED_SHARE * requests
+    plan = bad_canary.FULL_CANARY if full else bad_canary.SHORT_CANARY
+    assert figures["v3 (healthy) outcome"] == "promoted"
+    assert int(figures["v3 steps"]) == len(plan.steps)
+    assert int(figures["v3 requests during the rollout"]) > 100
+    assert int(figures["v3 requests failed"]) == 0
+    assert figures["split at the end"] == "v1 0%, v2 0%, v3 100%"
+    assert int(figures["processes restarted"]) == 0

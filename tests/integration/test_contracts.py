@@ -22,7 +22,10 @@ SERVICES = (
 )  # fmt: skip
 #: Services only other services call: every method of theirs is internal.
 INTERNAL_ONLY = {"processor"}
+#: Every package of the services' APIs: each service's v1, and the versions beside it.
+API_PACKAGES = [(service, "v1") for service in SERVICES] + [("catalog", "v2")]
 CATALOG = "protos/shop/catalog/v1/catalog_service.proto"
+CATALOG_V2 = "protos/shop/catalog/v2/catalog_service.proto"
 
 
 def test_buf_lint_is_clean() -> None:
@@ -33,15 +36,15 @@ def test_vendored_protos_are_those_of_the_pinned_package() -> None:
     assert contracts.stale_vendored(REPO) == []
 
 
-@pytest.mark.parametrize("service", SERVICES)
-def test_generated_stubs_import_in_a_fresh_interpreter(service: str) -> None:
-    module = f"shop.{service}.v1.{service}_service"
+@pytest.mark.parametrize(("service", "version"), API_PACKAGES)
+def test_generated_stubs_import_in_a_fresh_interpreter(service: str, version: str) -> None:
+    module = f"shop.{service}.{version}.{service}_service"
     code = f"import {module}_pb2, {module}_pb2_grpc; print({module}_pb2.DESCRIPTOR.package)"
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == f"shop.{service}.v1"
+    assert result.stdout.strip() == f"shop.{service}.{version}"
 
 
 def test_meshctl_proto_needs_no_generated_code() -> None:
@@ -129,10 +132,10 @@ def _copy_workspace(target: Path) -> contracts.Workspace:
     return contracts.Workspace(target)
 
 
-def _edit(ws: contracts.Workspace, old: str, new: str) -> None:
-    path = ws.root / CATALOG
+def _edit(ws: contracts.Workspace, old: str, new: str, proto: str = CATALOG) -> None:
+    path = ws.root / proto
     text = path.read_text()
-    assert old in text, f"{old!r} not in {CATALOG}"
+    assert old in text, f"{old!r} not in {proto}"
     path.write_text(text.replace(old, new, 1))
 
 
@@ -179,6 +182,47 @@ def test_breaking_refuses_a_break_against_a_directory(
     with pytest.raises(contracts.ContractsError) as refused:
         contracts.breaking(changed, against=str(base.root))
     assert expected in str(refused.value)
+
+
+#: Breaks of v2, each with what buf says of it.
+V2_BREAKS = pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (
+            ("  string product_id = 2 [", "  bytes product_id = 2 ["),
+            'changed type from "string" to "bytes"',
+        ),
+        (
+            ("  string display_name = 2 [", "  string title = 2 ["),
+            'changed name from "display_name" to "title"',
+        ),
+    ],
+    ids=["field-type-changed", "field-renamed"],
+)
+
+
+@V2_BREAKS
+def test_breaking_guards_v2_beside_v1(tmp_path: Path, edit: tuple[str, str], expected: str) -> None:
+    """Each version of an API is its own package, and buf guards every file of the
+    released image: a break of v2 is refused as one of v1 is."""
+    ws = _copy_workspace(tmp_path / "ws")
+    contracts.release(ws)
+    _edit(ws, *edit, proto=CATALOG_V2)
+    with pytest.raises(contracts.ContractsError) as refused:
+        contracts.breaking(ws)
+    assert expected in str(refused.value)
+    assert "shop/catalog/v2/catalog_service.proto" in str(refused.value)
+
+
+def test_the_released_contracts_hold_every_api_version() -> None:
+    """What `meshctl proto breaking` guards in the repository: v2 as well as v1, so a
+    break of either is refused from here on."""
+    released = contracts.definitions(
+        contracts.load_descriptor_set(REPO.root / contracts.RELEASED_IMAGE)
+    )
+    for service, version in API_PACKAGES:
+        service_name = "".join(part.capitalize() for part in service.split("_"))
+        assert f"shop.{service}.{version}.{service_name}Service" in released
 
 
 def test_breaking_accepts_an_additive_change(tmp_path: Path) -> None:

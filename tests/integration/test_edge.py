@@ -40,6 +40,7 @@ from tests.support.mesh import (
     customer,
     grpcurl,
     mesh_up,
+    reflecting_grpcurl,
     stream_events,
 )
 from tests.support.reflection import defining_file, listed
@@ -304,15 +305,6 @@ def test_grpc_through_the_edge_lists_describes_and_authenticates(mesh: RunningMe
         address, "shop.inventory.v1.InventoryService/ReserveStock",
     )  # fmt: skip
     assert "Code: Unimplemented" in internal.stderr
-
-
-def reflecting_grpcurl(*args: str) -> subprocess.CompletedProcess[str]:
-    """The real grpcurl without a descriptor set: all it knows of the API, the edge's
-    reflection told it."""
-    return subprocess.run(
-        [find_binary("grpcurl"), "-connect-timeout", "3", "-plaintext", *args],
-        capture_output=True, text=True, timeout=30, check=False,
-    )  # fmt: skip
 
 
 def test_health_through_the_edge_knows_the_edge_and_public_services_only(

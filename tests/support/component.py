@@ -15,7 +15,7 @@ from mesh.runtime.admission import Limits
 from mesh.runtime.runner import Registration, ServiceRunner
 from mesh.runtime.storage import Database, Migration
 from services.catalog import adapters as catalog_adapters
-from services.catalog.bootstrap import registration as catalog_registration
+from services.catalog.bootstrap import registrations as catalog_registrations
 from services.inventory import adapters as inventory_adapters
 from services.inventory.bootstrap import registration as inventory_registration
 
@@ -98,7 +98,7 @@ async def catalog_and_inventory(
         ) as inventory_channel,
         databases.open(directory, "catalog", catalog_adapters.MIGRATIONS) as catalog_db,
         serving(
-            catalog_registration(
+            *catalog_registrations(
                 catalog_adapters.SqlCatalogStore(catalog_db),
                 catalog_adapters.GrpcStockLevels(inventory_channel),
             )

@@ -164,6 +164,15 @@ def grpcurl(*args: str) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
+def reflecting_grpcurl(*args: str) -> subprocess.CompletedProcess[str]:
+    """The real grpcurl without a descriptor set: all it knows of the API, the edge's
+    reflection told it."""
+    return subprocess.run(
+        [find_binary("grpcurl"), "-connect-timeout", "3", "-plaintext", *args],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+
+
 @contextlib.contextmanager
 def mesh_up(running: RunningMesh) -> Iterator[RunningMesh]:
     """`meshctl up --detach` with `running`'s config, an edge on a free port; at the end

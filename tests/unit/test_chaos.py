@@ -358,7 +358,14 @@ def test_every_scenario_is_named_in_the_command_line_help(
     with pytest.raises(SystemExit):
         cli.main(["chaos", "--help"])
     shown = " ".join(capsys.readouterr().out.split())
-    assert sorted(chaos.SCENARIOS) == ["crash-saga", "faults", "kill-replica", "overload", "poison"]
+    assert sorted(chaos.SCENARIOS) == [
+        "bad-canary",
+        "crash-saga",
+        "faults",
+        "kill-replica",
+        "overload",
+        "poison",
+    ]
     assert all(name in shown for name in chaos.SCENARIOS)
 
 

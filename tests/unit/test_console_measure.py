@@ -8,19 +8,18 @@ import itertools
 from pathlib import Path
 from unittest import mock
 
-from mesh.control.console import measure
 from mesh.control.console.graph import ServiceMap, service_map
 from mesh.control.console.measure import (
     BACKLOG_SATURATED,
-    Counts,
     Readings,
     Replicas,
     app_counts,
-    envoy_counts,
     link_figures,
     node_figures,
     read_all,
 )
+from mesh.control.envoy import stats
+from mesh.control.envoy.stats import Counts, envoy_counts
 from mesh.control.plan import make_plan
 from mesh.control.topology import parse
 
@@ -184,7 +183,7 @@ def test_a_service_whose_sidecar_turned_calls_away_is_saturated(tmp_path: Path) 
         envoy_text("local_app", 10, 0, {"+Inf": 10}, overflow=0).encode(),
         envoy_text("local_app", 20, 4, {"+Inf": 16}, overflow=4).encode(),
     ]
-    with mock.patch.object(measure, "admin_get", side_effect=texts):
+    with mock.patch.object(stats, "admin_get", side_effect=texts):
         before, after = read_all(graph, replicas, 0.0), read_all(graph, replicas, 2.0)
     figures = node_figures(graph, {}, before, after)["inventory"]
     assert (figures["refused_per_second"], figures["saturated"]) == (2.0, True)
@@ -202,7 +201,7 @@ def test_the_edge_is_saturated_when_its_rate_limits_turn_requests_away(tmp_path:
         'envoy_http_local_rate_limit_rate_limited{{envoy_local_http_ratelimit_prefix="t"}} {}\n'
     )
     texts = [limited.format(5).encode(), limited.format(45).encode()]
-    with mock.patch.object(measure, "admin_get", side_effect=texts):
+    with mock.patch.object(stats, "admin_get", side_effect=texts):
         before, after = read_all(graph, replicas, 0.0), read_all(graph, replicas, 2.0)
     figures = node_figures(graph, {"edge": {"pid": 3, "restarts": 0}}, before, after)["edge"]
     assert (figures["refused_per_second"], figures["saturated"]) == (20.0, True)

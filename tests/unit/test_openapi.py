@@ -92,6 +92,7 @@ def test_internal_methods_are_absent(doc: dict[str, Any]) -> None:
 def test_only_exposed_services_appear(doc: dict[str, Any]) -> None:
     assert [tag["name"] for tag in doc["tags"]] == [
         "CatalogService",
+        "CatalogServiceV2",
         "IdentityService",
         "InventoryService",
         "OrdersService",
@@ -100,8 +101,45 @@ def test_only_exposed_services_appear(doc: dict[str, Any]) -> None:
     assert not any(name.startswith("shop.payments.") for name in doc["components"]["schemas"])
 
 
+def test_every_version_of_a_service_is_documented_under_its_own_tag(
+    doc: dict[str, Any],
+) -> None:
+    tags = {tag["name"]: tag for tag in doc["tags"]}
+    assert "Version 2 of the API" in tags["CatalogServiceV2"]["description"]
+    v1, v2 = doc["paths"]["/v1/products/{id}"], doc["paths"]["/v2/products/{productsId}"]
+    assert v1["get"]["operationId"] == "CatalogService_GetProduct"
+    assert v2["get"]["operationId"] == "CatalogServiceV2_GetProduct"
+    assert v2["get"]["tags"] == ["CatalogServiceV2"]
+    assert _body_schema(doc["paths"]["/v2/products"]["post"]) == {
+        "$ref": "#/components/schemas/shop.catalog.v2.Product"
+    }
+    ids = [op["operationId"] for ops in doc["paths"].values() for op in ops.values()]
+    assert len(ids) == len(set(ids))
+
+
+def test_a_resource_name_in_the_path_is_written_out_by_its_segments(
+    doc: dict[str, Any],
+) -> None:
+    """`/v2/{name=products/*}`: a client sends `/v2/products/tea`, and the document says so."""
+    for verb, field in [("get", "name"), ("delete", "name"), ("patch", "product.name")]:
+        operation = doc["paths"]["/v2/products/{productsId}"][verb]
+        segment = _params(operation, "path")["productsId"]
+        assert segment["schema"] == {"type": "string", "pattern": "^[^/]+$"}
+        assert segment["required"] is True
+        assert segment["description"].endswith(f"The segment after `products/` of `{field}`.")
+        assert "name" not in _params(operation, "query")
+
+
+def test_an_update_mask_is_a_query_parameter_of_an_update(doc: dict[str, Any]) -> None:
+    v2_mask = _params(doc["paths"]["/v2/products/{productsId}"]["patch"], "query")["updateMask"]
+    assert v2_mask["schema"]["type"] == "string"
+    assert v2_mask["required"] is True
+    v1_mask = _params(doc["paths"]["/v1/products/{id}"]["patch"], "query")["updateMask"]
+    assert "required" not in v1_mask
+
+
 def test_unknown_service_is_an_error(files: descriptor_pb2.FileDescriptorSet) -> None:
-    with pytest.raises(ValueError, match=r"shop\.billing\.v1"):
+    with pytest.raises(ValueError, match=r"shop\.billing\.<version>"):
         build_openapi(files, services={"billing"}, public_methods=(), scopes={})
 
 
@@ -362,8 +400,9 @@ def test_additional_bindings_become_operations(files: descriptor_pb2.FileDescrip
     extra = doc["paths"]["/v1/kinds:get"]["post"]
     assert primary["operationId"] == "KindsService_GetKinds"
     assert extra["operationId"] == "KindsService_GetKinds_1"
-    # Non-scalar fields (the map, the wrapper) never become query parameters.
-    assert list(_params(primary, "query")) == ["blob", "ratio"]
+    # Non-scalar fields (the map, the wrapper) never become query parameters; a field
+    # mask does, in its JSON form, a string.
+    assert list(_params(primary, "query")) == ["blob", "ratio", "updateMask"]
     assert "requestBody" in extra
     assert "parameters" not in extra
 

@@ -83,3 +83,14 @@ def test_every_problem_is_found_at_once(tmp_path: Path) -> None:
     assert "cannot be made" in found[0]
     assert found[1] == f"{tmp_path / 'missing.binpb'} is missing: run `make gen` first"
     assert found[2].startswith(f"mesh.yaml:4: port {port} on 127.0.0.1, for NATS")
+
+
+def test_a_version_whose_module_does_not_exist_is_a_problem() -> None:
+    topology = parse(
+        "services:\n  catalog:\n    versions:\n      v1: {module: services.catalog}\n"
+        "      v2: {module: services.catalog_next}\n      v3: {module: nowhere.at_all}\n"
+    )
+    assert preflight.module_problems(topology) == [
+        "mesh.yaml: services.catalog.versions.v2.module: no module 'services.catalog_next' to run",
+        "mesh.yaml: services.catalog.versions.v3.module: no module 'nowhere.at_all' to run",
+    ]

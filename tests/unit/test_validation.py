@@ -8,6 +8,7 @@ from google.type import money_pb2, postal_address_pb2
 
 from mesh.runtime.validation import ELLIPSIS, fit, validate
 from shop.catalog.v1 import catalog_service_pb2 as catalog
+from shop.catalog.v2 import catalog_service_pb2 as catalog_v2
 from shop.events.v1 import events_pb2 as events
 from shop.orders.v1 import orders_service_pb2 as orders
 
@@ -80,6 +81,27 @@ def test_update_mask_limits_required_fields_to_the_masked_ones() -> None:
 def test_update_without_mask_replaces_everything_so_everything_is_required() -> None:
     request = catalog.UpdateProductRequest(product=catalog.Product(id="p1", name="Tea"))
     assert _fields(request) == ["product.price", "product.category"]
+
+
+def test_an_update_mask_of_every_field_requires_every_field() -> None:
+    """`*` is a full replacement (AIP-134): it waives nothing, as a named path would."""
+    every = field_mask_pb2.FieldMask(paths=["*"])
+    request = catalog_v2.UpdateProductRequest(
+        product=catalog_v2.Product(name="products/p1", display_name="Tea"), update_mask=every
+    )
+    assert _fields(request) == ["product.price", "product.category"]
+
+
+def test_a_required_update_mask_must_name_something() -> None:
+    """v2 takes no empty mask for "every field", which a client may send by mistake."""
+    product = catalog_v2.Product(
+        name="products/p1",
+        display_name="Tea",
+        category="food",
+        price=money_pb2.Money(currency_code="EUR", units=4),
+    )
+    request = catalog_v2.UpdateProductRequest(product=product)
+    assert _fields(request) == ["update_mask"]
 
 
 def _order(**overrides: object) -> orders.PlaceOrderRequest:

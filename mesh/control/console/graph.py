@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from mesh.control.plan import MeshPlan
+from mesh.control.routing import cluster_name
 from mesh.control.topology import Topology
 
 EDGE = "edge"
@@ -44,6 +45,8 @@ class Link:
     """For an event link, the events (`<producer>.<event>`) it carries."""
     measured_at: tuple[str, ...] = field(default=(), compare=False)
     """For an RPC link, the admin sockets of the Envoys that send its calls."""
+    clusters: tuple[str, ...] = field(default=(), compare=False)
+    """For an RPC link, the senders' clusters of its callee (one per version)."""
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,7 @@ def service_map(topology: Topology, plan: MeshPlan) -> ServiceMap:
     calls = _calls(topology)
     columns = _columns(calls, topology)
     nodes = _nodes(columns, plan)
-    links = [_rpc_link(source, target, plan) for source, target in calls]
+    links = [_rpc_link(source, target, topology, plan) for source, target in calls]
     links += _event_links(topology)
     return ServiceMap(tuple(nodes), tuple(links))
 
@@ -102,11 +105,14 @@ def _nodes(columns: Mapping[str, int], plan: MeshPlan) -> list[Node]:
     return nodes
 
 
-def _rpc_link(source: str, target: str, plan: MeshPlan) -> Link:
+def _rpc_link(source: str, target: str, topology: Topology, plan: MeshPlan) -> Link:
     senders: tuple[str, ...] = tuple(i.admin_socket for i in plan.of(source))
     if source == EDGE and plan.edge is not None:
         senders = (plan.edge.admin_socket,)
-    return Link(f"{source}->{target}", source, target, "rpc", measured_at=senders)
+    clusters = tuple(cluster_name(target, v.name) for v in topology.services[target].releases)
+    return Link(
+        f"{source}->{target}", source, target, "rpc", measured_at=senders, clusters=clusters
+    )
 
 
 def _event_links(topology: Topology) -> list[Link]:

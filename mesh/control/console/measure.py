@@ -27,60 +27,22 @@ refused calls or `BACKLOG_SATURATED` events wait for it.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from mesh.control.console.graph import ServiceMap
-from mesh.control.envoy.admin import AdminError, admin_get
+from mesh.control.envoy.stats import ITSELF, LOCAL_APP_PREFIX, Counts, read_envoy, summed
 from mesh.runtime import metrics
 
-#: The stats of Envoy's clusters the links need (Envoy's `filter` matches stat names).
-STATS_PATH = (
-    "/stats/prometheus?usedonly&filter="
-    r"^(cluster\.[^.]+\.(grpc\.success|upstream_rq_(completed|time|pending_overflow|active_overflow))"
-    r"|[^.]+\.http_local_rate_limit\.rate_limited)$"
-)
 #: The outcomes of `shop_events_total` that end an event's handling (a retry does not),
 #: and the one that means it was set aside as a dead letter.
 FINAL_OUTCOMES = frozenset({"applied", "duplicate", "dead"})
 DEAD = "dead"
 #: A service this many events behind its producers is saturated.
 BACKLOG_SATURATED = 100
-#: The counters of the calls a cluster's circuit breaker turned away.
-OVERFLOWS = frozenset(
-    {"envoy_cluster_upstream_rq_pending_overflow", "envoy_cluster_upstream_rq_active_overflow"}
-)
-#: The clusters of a sidecar in front of its app (`mesh.control.envoy.clusters`).
-LOCAL_APP_PREFIX = "local_app"
-#: Where `envoy_counts` keeps what the Envoy itself turned away (the edge's rate limits).
-ITSELF = ""
-
-
-@dataclass
-class Counts:
-    """One reading of a link or a service: calls (or events handled), failed calls (or
-    dead letters), the cumulative latency buckets in seconds, calls turned away, and
-    events waiting (a gauge)."""
-
-    requests: float = 0.0
-    errors: float = 0.0
-    buckets: dict[float, float] = field(default_factory=dict)
-    refused: float = 0.0
-    backlog: float = 0.0
-
-    def add(self, other: Counts) -> None:
-        self.requests += other.requests
-        self.errors += other.errors
-        self.refused += other.refused
-        self.backlog += other.backlog
-        for bound, count in other.buckets.items():
-            self.buckets[bound] = self.buckets.get(bound, 0.0) + count
-
-    def sample(self, at: float) -> metrics.Sample:
-        return metrics.Sample(at, self.requests, self.errors, dict(self.buckets))
 
 
 @dataclass(frozen=True)
@@ -91,36 +53,6 @@ class Readings:
     at: float
     links: dict[str, Counts]
     services: dict[str, Counts]
-
-
-def envoy_counts(text: str) -> dict[str, Counts]:
-    """Each cluster's counts, by cluster name, from an Envoy's Prometheus text; under
-    `ITSELF`, the requests its rate limits turned away."""
-    counts: dict[str, Counts] = {}
-    for family in text_string_to_metric_families(text):
-        for point in family.samples:
-            if point.name.startswith("envoy_http_local_rate_limit_rate_limited"):
-                counts.setdefault(ITSELF, Counts()).refused += point.value
-                continue
-            cluster = point.labels.get("envoy_cluster_name")
-            if cluster is None:
-                continue
-            entry = counts.setdefault(cluster, Counts())
-            # The parser names every counter's sample `<name>_total`.
-            name = point.name.removesuffix("_total")
-            if name == "envoy_cluster_upstream_rq_completed":
-                entry.requests += point.value
-                entry.errors += point.value
-            elif name == "envoy_cluster_grpc_success":
-                entry.errors -= point.value
-            elif name in OVERFLOWS:
-                entry.refused += point.value
-            elif point.name == "envoy_cluster_upstream_rq_time_bucket":
-                bound = float(point.labels["le"]) / 1000  # Envoy's are in milliseconds
-                entry.buckets[bound] = entry.buckets.get(bound, 0.0) + point.value
-    for entry in counts.values():
-        entry.errors = max(0.0, entry.errors)  # calls ended but not yet counted: none failed
-    return counts
 
 
 def app_counts(text: str) -> Counts:
@@ -139,14 +71,6 @@ def app_counts(text: str) -> Counts:
             elif point.name == "shop_consumer_pending":
                 counts.backlog += point.value
     return counts
-
-
-def read_envoy(admin_socket: str) -> dict[str, Counts]:
-    """An Envoy's cluster counts now; none when it does not answer."""
-    try:
-        return envoy_counts(admin_get(admin_socket, STATS_PATH, timeout=1.0).decode())
-    except (AdminError, OSError):
-        return {}
 
 
 def read_app(metrics_port: int) -> Counts | None:
@@ -173,27 +97,19 @@ def read_all(
     sockets |= {s for replicas in services.values() for s in replicas.admin_sockets}
     envoys = {socket: read_envoy(socket) for socket in sorted(sockets)}
     links = {
-        link.id: _summed(envoys[s].get(link.target) for s in link.measured_at)
+        link.id: summed(envoys[s].get(c) for s in link.measured_at for c in link.clusters)
         for link in graph.links
         if link.kind == "rpc"
     }
     counts = {}
     for service, replicas in services.items():
-        total = _summed(read_app(port) for port in replicas.metrics_ports)
+        total = summed(read_app(port) for port in replicas.metrics_ports)
         for socket in replicas.admin_sockets:
             for name, cluster in envoys[socket].items():
                 if name == ITSELF or name.startswith(LOCAL_APP_PREFIX):
                     total.refused += cluster.refused
         counts[service] = total
     return Readings(at, links, counts)
-
-
-def _summed(parts: Iterable[Counts | None]) -> Counts:
-    total = Counts()
-    for part in parts:
-        if part is not None:
-            total.add(part)
-    return total
 
 
 def rates(before: Counts, after: Counts, seconds: float) -> dict[str, Any]:

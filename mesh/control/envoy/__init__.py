@@ -15,7 +15,7 @@ Every service instance gets one sidecar Envoy (`sidecar.sidecar_config`) with:
 * one **outbound** listener per dependency (`listeners.outbound`), on loopback, where the
   app sends plaintext gRPC. The sidecar balances over every replica of the dependency,
   opens mTLS with this service's identity (and accepts only the dependency's identity),
-  and applies the call policy (`routes`, `clusters.dependency_cluster`): a timeout per
+  and applies the call policy (`routes`, `clusters.dependency_clusters`): a timeout per
   method, passed on as `grpc-timeout`, retries (all retriable conditions for methods
   the contract marks idempotent and mesh.yaml does not mark expensive, only never-sent
   conditions for the others), a retry budget in place of Envoy's default limit of 3

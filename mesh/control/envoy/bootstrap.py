@@ -55,12 +55,15 @@ def bootstrap(
     admin_socket: str | Path,
     listeners: list[dict[str, Any]],
     clusters: list[dict[str, Any]],
+    runtime: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A static bootstrap: who this Envoy is, its admin socket, its listeners and clusters."""
+    """A static bootstrap: who this Envoy is, its admin socket, its listeners and clusters,
+    and the runtime it reads (`envoy.splits.runtime`), if any."""
     return {
         "node": {"id": node, "cluster": cluster},
         "admin": admin(admin_socket),
         "static_resources": {"listeners": listeners, "clusters": clusters},
+        **(runtime or {}),
     }
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from mesh.control.envoy.bootstrap import LOOPBACK, duration, pipe_address, socket_address
 from mesh.control.envoy.tls import SdsFiles, upstream_tls
 from mesh.control.plan import MeshPlan
+from mesh.control.routing import cluster_name
 from mesh.control.topology import (
     CallPolicy,
     CircuitBreaker,
@@ -114,12 +115,14 @@ def local_app_clusters(service: Service, port: int) -> list[dict[str, Any]]:
     return clusters
 
 
-def admitted(topology: Topology, service: str) -> int:
-    """How many calls all of `service`'s apps admit at once: more in flight from one
-    caller would only be refused by the callee's sidecars, so the caller's Envoy refuses
-    them itself, at once and without a hop (503, UO)."""
+def admitted(topology: Topology, service: str, version: str | None = None) -> int:
+    """How many calls all of `service`'s apps (those of its release `version`, when
+    given) admit at once: more in flight from one caller would only be refused by the
+    callee's sidecars, so the caller's Envoy refuses them itself, at once and without a
+    hop (503, UO)."""
     callee = topology.services[service]
-    return callee.replicas * callee.admission.max_in_flight
+    replicas = callee.replicas if version is None else callee.release(version).replicas
+    return replicas * callee.admission.max_in_flight
 
 
 def _circuit_breakers(limits: CircuitBreaker, retries: RetryPolicy, admits: int) -> dict[str, Any]:
@@ -151,18 +154,28 @@ def _outlier_detection(outliers: OutlierDetection) -> dict[str, Any]:
     }
 
 
-def dependency_cluster(
+def dependency_clusters(
     topology: Topology, plan: MeshPlan, dependency: str, policy: CallPolicy, sds: SdsFiles
-) -> dict[str, Any]:
-    """Every instance of `dependency`, balanced by least requests, over mTLS to its
-    identity only, with the call policy's circuit breakers and outlier detection."""
-    return {
-        **upstream(dependency, plan.endpoints_of(dependency)),
-        "lb_policy": "LEAST_REQUEST",
-        "typed_extension_protocol_options": HTTP2_UPSTREAM,
-        "circuit_breakers": _circuit_breakers(
-            policy.circuit_breaker, policy.retries, admitted(topology, dependency)
-        ),
-        "outlier_detection": _outlier_detection(policy.outlier_detection),
-        "transport_socket": upstream_tls(sds, topology.spiffe_id(dependency)),
-    }
+) -> list[dict[str, Any]]:
+    """A cluster of every instance of each release of `dependency` (one cluster, named
+    after it, when it has no versions: `mesh.control.routing`), balanced by least
+    requests, over mTLS to its identity only, with the call policy's circuit breakers
+    and outlier detection."""
+    return [
+        {
+            **upstream(
+                cluster_name(dependency, version.name),
+                plan.endpoints_of(dependency, version.name),
+            ),
+            "lb_policy": "LEAST_REQUEST",
+            "typed_extension_protocol_options": HTTP2_UPSTREAM,
+            "circuit_breakers": _circuit_breakers(
+                policy.circuit_breaker,
+                policy.retries,
+                admitted(topology, dependency, version.name),
+            ),
+            "outlier_detection": _outlier_detection(policy.outlier_detection),
+            "transport_socket": upstream_tls(sds, topology.spiffe_id(dependency)),
+        }
+        for version in topology.services[dependency].releases
+    ]

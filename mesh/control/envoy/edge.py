@@ -37,9 +37,9 @@ from pathlib import Path
 from typing import Any
 
 from mesh.control.api import Api
-from mesh.control.envoy import admin, edge_filters
+from mesh.control.envoy import admin, edge_filters, splits
 from mesh.control.envoy.bootstrap import LOOPBACK, bootstrap, duration, socket_address
-from mesh.control.envoy.clusters import dependency_cluster, loopback_cluster, upstream
+from mesh.control.envoy.clusters import dependency_clusters, loopback_cluster, upstream
 from mesh.control.envoy.connection_manager import connection_manager
 from mesh.control.envoy.edge_files import (
     DOCS_ASSETS,
@@ -89,8 +89,9 @@ def _method_routes(topology: Topology, api: Api, rules: EdgeRules) -> list[dict[
     routes = []
     for service, methods in sorted(rules.exposed.items()):
         declared = method_policies(topology, api, service)
+        to = splits.target(topology, service)
         routes += [
-            method_route(service, DEFAULT_CALL_POLICY, m, declared[m.path], topology.edge.timeout)
+            method_route(to, DEFAULT_CALL_POLICY, m, declared[m.path], topology.edge.timeout)
             for m in methods
         ]
     return routes
@@ -139,7 +140,7 @@ def _companion_routes() -> list[dict[str, Any]]:
     ]
 
 
-def _service_health_routes(rules: EdgeRules) -> list[dict[str, Any]]:
+def _service_health_routes(topology: Topology, rules: EdgeRules) -> list[dict[str, Any]]:
     """A health check that names a public service in `HEALTH_OF_HEADER` (the companion
     sets it) to that service's instances, as its calls go; outside every rate limit, and
     at HIGH priority, so a busy service's circuit breaker lets its health checks pass."""
@@ -155,14 +156,14 @@ def _service_health_routes(rules: EdgeRules) -> list[dict[str, Any]]:
                 "headers": [{"name": HEALTH_OF_HEADER, "string_match": {"exact": name}}],
             },
             "route": {
-                "cluster": cluster,
+                **splits.target(topology, service),
                 "timeout": duration(HEALTH_CHECK_TIMEOUT),
                 "priority": "HIGH",
                 "retry_policy": retry_policy(DEFAULT_CALL_POLICY, None, HEALTH_CHECK_TIMEOUT),
             },
             "typed_per_filter_config": edge_filters.UNLIMITED,
         }
-        for name, cluster in sorted(services.items())
+        for name, service in sorted(services.items())
     ]
 
 
@@ -190,8 +191,11 @@ def _routes(
     topology: Topology, api: Api, rules: EdgeRules, files: EdgeFiles
 ) -> list[dict[str, Any]]:
     return [
-        *_method_routes(topology, api, rules),
-        *_service_health_routes(rules),
+        *splits.with_pins(
+            topology,
+            [*_method_routes(topology, api, rules), *_service_health_routes(topology, rules)],
+            cookie=True,
+        ),
         *_companion_routes(),
         *_pages(files),
         _preflight(),
@@ -237,8 +241,9 @@ def edge_config(
     listeners = [_listener(topology, plan, api, rules, files)]
     clusters = [
         *(
-            dependency_cluster(topology, plan, service, DEFAULT_CALL_POLICY, sds)
+            cluster
             for service in sorted(rules.exposed)
+            for cluster in dependency_clusters(topology, plan, service, DEFAULT_CALL_POLICY, sds)
         ),
         loopback_cluster(COMPANION, edge_plan.companion_port),
         trace_cluster(topology, plan),
@@ -251,7 +256,8 @@ def edge_config(
         )
         listeners.append(probe)
         clusters += probe_clusters
-    return bootstrap("edge", "edge", edge_plan.admin_socket, listeners, clusters)
+    split = splits.runtime(topology, plan.routing_root, rules.exposed)
+    return bootstrap("edge", "edge", edge_plan.admin_socket, listeners, clusters, split)
 
 
 def companion_arguments(

@@ -165,7 +165,9 @@ def buffer_disabled() -> dict[str, Any]:
 
 def transcoder(descriptor_set: str, services: list[str]) -> dict[str, Any]:
     """REST<->gRPC for `services` (their `google.api.http` rules): unknown query parameters
-    refused, a gRPC error turned into its HTTP status with a `google.rpc.Status` body."""
+    refused, a `+` in a query parameter read as a space (as HTML forms, browsers and most
+    HTTP clients write it: `filter=category+%3D+%22books%22`), a gRPC error turned into its
+    HTTP status with a `google.rpc.Status` body."""
     return {
         "name": "envoy.filters.http.grpc_json_transcoder",
         "typed_config": {
@@ -179,6 +181,7 @@ def transcoder(descriptor_set: str, services: list[str]) -> dict[str, Any]:
                 "preserve_proto_field_names": False,
             },
             "convert_grpc_status": True,
+            "query_param_unescape_plus": True,
             "request_validation_options": {"reject_unknown_query_parameters": True},
         },
     }

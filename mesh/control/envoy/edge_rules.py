@@ -40,12 +40,18 @@ class EdgeRules:
         )
 
 
+def _paths(exposed: Mapping[str, tuple[Method, ...]], name: str) -> list[str]:
+    """The paths of the exposed methods `name` (`catalog.GetProduct`) means: the method
+    of that name in every version of the service's API (`mesh.control.api`)."""
+    service, _, method = name.partition(".")
+    return [m.path for m in exposed.get(service, ()) if m.name == method]
+
+
 def resolve_rules(topology: Topology, api: Api) -> EdgeRules:
     """The public and scoped method paths, of names `mesh.control.conformance` found to be
-    public methods of exposed services."""
+    public methods of exposed services: each name's method in every API version."""
     auth = topology.edge.auth
     exposed = {service: api.public(service) for service in topology.edge.expose}
-    by_name = {f"{service}.{m.name}": m.path for service, ms in exposed.items() for m in ms}
-    public = frozenset(by_name[name] for name in auth.public)
-    scopes = {by_name[name]: scope for name, scope in auth.scopes.items()}
+    public = frozenset(path for name in auth.public for path in _paths(exposed, name))
+    scopes = {path: scope for name, scope in auth.scopes.items() for path in _paths(exposed, name)}
     return EdgeRules(exposed, public, scopes)

@@ -31,7 +31,13 @@ def inbound(
     manager = connection_manager(
         "inbound",
         inbound_routes(topology, api, instance),
-        [filters.rbac(topology, api, service), *filters.faults(topology.services[service].faults)],
+        [
+            # A version's calls are counted as they arrive, the faults its sidecar injects
+            # included: what a rollout judges it by (`mesh.control.rollouts`).
+            *([filters.grpc_stats()] if instance.version else []),
+            filters.rbac(topology, api, service),
+            *filters.faults(topology.services[service].release(instance.version).faults),
+        ],
         **tracing(topology, sidecar_name(service)),
         forward_client_cert_details="SANITIZE_SET",
         set_current_client_cert_details={"uri": True},

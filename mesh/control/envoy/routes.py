@@ -7,9 +7,11 @@ from __future__ import annotations
 from typing import Any
 
 from mesh.control.api import Api, Method
+from mesh.control.envoy import splits
 from mesh.control.envoy.bootstrap import duration
 from mesh.control.envoy.clusters import LOCAL_APP, LOCAL_APP_EXPENSIVE
 from mesh.control.plan import InstancePlan
+from mesh.control.routing import VERSION_HEADER
 from mesh.control.topology import (
     CHEAP,
     EXPENSIVE,
@@ -107,15 +109,19 @@ def deadline(timeout: float) -> dict[str, Any]:
 
 
 def method_route(
-    cluster: str, policy: CallPolicy, method: Method, declared: MethodPolicy, fallback: float
+    target: dict[str, Any],
+    policy: CallPolicy,
+    method: Method,
+    declared: MethodPolicy,
+    fallback: float,
 ) -> dict[str, Any]:
-    """The route of one method to `cluster`: its deadline (its own timeout, else
-    `fallback`) and its retries; the span is named after the method."""
+    """The route of one method to `target` (`splits.target`): its deadline (its own
+    timeout, else `fallback`) and its retries; the span is named after the method."""
     timeout = route_timeout(declared, fallback)
     return {
         "match": {"path": method.path},
         "route": {
-            "cluster": cluster,
+            **target,
             **deadline(timeout),
             "retry_policy": retry_policy(policy, method, timeout, declared.cost),
         },
@@ -127,31 +133,38 @@ def outbound_routes(
     topology: Topology, dependency: str, policy: CallPolicy, api: Api
 ) -> list[dict[str, Any]]:
     """A sidecar's routes to `dependency`: one per method, then anything the contracts
-    do not name, with the call's timeout and no risky retry."""
+    do not name, with the call's timeout and no risky retry; split between its versions,
+    or pinned to one (`splits`)."""
     declared = method_policies(topology, api, dependency)
+    to = splits.target(topology, dependency)
     unknown = {
         "match": {"prefix": "/"},
         "route": {
-            "cluster": dependency,
+            **to,
             **deadline(policy.timeout),
             "retry_policy": retry_policy(policy, None, policy.timeout),
         },
         "decorator": {"operation": f"{dependency} (unknown)"},
     }
-    return [
+    routes = [
         *(
-            method_route(dependency, policy, m, declared[m.path], policy.timeout)
+            method_route(to, policy, m, declared[m.path], policy.timeout)
             for m in api.of(dependency)
         ),
         unknown,
     ]
+    return splits.with_pins(topology, routes)
 
 
 def inbound_routes(topology: Topology, api: Api, instance: InstancePlan) -> list[dict[str, Any]]:
     """A sidecar's routes to its app, never timed out here (the caller's deadline rules):
     the platform's own methods (health) first and at HIGH priority, so they always pass;
     expensive methods to their own, smaller, cluster; everything else to the app."""
-    operation = {"decorator": {"operation": f"{instance.service} inbound"}}
+    operation: dict[str, Any] = {"decorator": {"operation": f"{instance.service} inbound"}}
+    if instance.version:  # which version answered, for testers and the edge's clients
+        header = {"key": VERSION_HEADER, "value": instance.version}
+        overwrite = "OVERWRITE_IF_EXISTS_OR_ADD"
+        operation["response_headers_to_add"] = [{"header": header, "append_action": overwrite}]
     expensive = [
         path
         for path, policy in method_policies(topology, api, instance.service).items()

@@ -6,8 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 from mesh.control.api import Api
+from mesh.control.envoy import splits
 from mesh.control.envoy.bootstrap import bootstrap
-from mesh.control.envoy.clusters import LOCAL_APP, dependency_cluster, local_app_clusters
+from mesh.control.envoy.clusters import LOCAL_APP, dependency_clusters, local_app_clusters
 from mesh.control.envoy.listeners import inbound, outbound, probe_resources
 from mesh.control.envoy.tls import SdsFiles
 from mesh.control.envoy.tracing import trace_cluster
@@ -32,8 +33,11 @@ def sidecar_config(
         *local_app_clusters(service, instance.app_port),
         trace_cluster(topology, plan),
         *(
-            dependency_cluster(topology, plan, dependency, service.calls[dependency], sds)
+            cluster
             for dependency in dependencies
+            for cluster in dependency_clusters(
+                topology, plan, dependency, service.calls[dependency], sds
+            )
         ),
     ]
     if instance.probe_port:
@@ -42,4 +46,7 @@ def sidecar_config(
         )
         listeners.append(probe)
         clusters += probe_clusters
-    return bootstrap(instance.name, instance.service, instance.admin_socket, listeners, clusters)
+    split = splits.runtime(topology, plan.routing_root, dependencies)
+    return bootstrap(
+        instance.name, instance.service, instance.admin_socket, listeners, clusters, split
+    )

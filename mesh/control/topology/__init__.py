@@ -37,6 +37,7 @@ from mesh.control.topology.model import (
     PUBLIC_METHODS,
     RESERVED_NAMES,
     SERVING,
+    TOTAL_WEIGHT,
     Admission,
     Bucket,
     CallPolicy,
@@ -54,6 +55,7 @@ from mesh.control.topology.model import (
     Service,
     Topology,
     TopologyError,
+    Version,
     parse_duration,
 )
 from mesh.control.topology.nodes import suggest
@@ -76,6 +78,7 @@ __all__ = [
     "PUBLIC_METHODS",
     "RESERVED_NAMES",
     "SERVING",
+    "TOTAL_WEIGHT",
     "Admission",
     "Bucket",
     "CallPolicy",
@@ -93,6 +96,7 @@ __all__ = [
     "Service",
     "Topology",
     "TopologyError",
+    "Version",
     "load",
     "parse",
     "parse_duration",

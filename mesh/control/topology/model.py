@@ -171,6 +171,32 @@ class Admission:
     bound); only a service whose work outlives its calls (orders' sagas) counts one."""
 
 
+#: The share of a service's calls (in percent) all its versions' weights add up to.
+TOTAL_WEIGHT = 100
+
+
+@dataclass(frozen=True)
+class Version:
+    """One release of a service, running beside its others (`versions:` in mesh.yaml):
+    its replicas and settings, and the share of the service's calls (percent) it gets
+    until a rollout or `meshctl rollout weights` changes it. Every version has the
+    service's identity (SPIFFE id), calls and policies; callers and the edge reach each
+    one as an Envoy cluster of its own.
+
+    A service without `versions:` runs one release named "" (`Service.releases`), whose
+    instances and cluster are named after the service alone."""
+
+    name: str
+    replicas: int
+    weight: int = TOTAL_WEIGHT
+    env: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    """Environment variables of its apps, over the mesh's own."""
+    module: str | None = None
+    """The Python module its apps run (`python -m`); None: `services.<service>`."""
+    faults: Faults | None = None
+    """Failures its sidecars inject into the calls they receive (the service's unless set)."""
+
+
 @dataclass(frozen=True)
 class Service:
     """One service of the mesh: its replicas, fixed ports and the calls it makes."""
@@ -194,6 +220,21 @@ class Service:
     """Where each name of the contracts it uses was written: a method of a `methods:` list
     in `calls` as `<callee>.<Method>`, an event of `consumes` as `<producer>.<event>`, so
     a name the contracts do not know can be reported at its line."""
+    versions: tuple[Version, ...] = ()
+    """Its releases running side by side, in the file's order; () when it runs one
+    (`releases`). `replicas` is then the sum of theirs."""
+
+    @property
+    def releases(self) -> tuple[Version, ...]:
+        """What runs of it: its versions, or its one release, named ""."""
+        return self.versions or (Version("", self.replicas, faults=self.faults),)
+
+    def release(self, name: str) -> Version:
+        """Its release called `name` (KeyError if it has none by that name)."""
+        for version in self.releases:
+            if version.name == name:
+                return version
+        raise KeyError(name)
 
     @property
     def background(self) -> bool:

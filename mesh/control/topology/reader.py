@@ -31,9 +31,10 @@ from mesh.control.topology.model import (
     RateLimit,
     Service,
     Topology,
+    Version,
 )
 from mesh.control.topology.nodes import Entries, node_line, suggest
-from mesh.control.topology.policies import PolicyReader
+from mesh.control.topology.versions import VersionReader
 from mesh.runtime.telemetry import TelemetrySettings
 
 _MAX_PORT = 65_535
@@ -50,11 +51,12 @@ _SECTIONS = {
     "trust_domain", "namespace", "defaults", "admission", "nats", "edge", "services", "telemetry"
 }  # fmt: skip
 _SERVICE_KEYS = {
-    "replicas", "calls", "ports", "consumes", "faults", "methods", "admission", "priority"
+    "replicas", "calls", "ports", "consumes", "faults", "methods", "admission", "priority",
+    "versions",
 }  # fmt: skip
 
 
-class TopologyReader(PolicyReader):
+class TopologyReader(VersionReader):
     """Reads one file's sections in order and checks the rules that span them."""
 
     # -- the file ------------------------------------------------------------------------
@@ -155,6 +157,15 @@ class TopologyReader(PolicyReader):
         )
         consumes = self.consumes(entries, name, known, lines)
         faults = self.optional(entries, "faults", None, lambda n: self.faults(n, where))
+        versions: tuple[Version, ...] = self.optional(
+            entries, "versions", (), lambda n: self.versions(n, where, replicas, faults)
+        )
+        if versions and "ports" in entries:
+            raise self.error(
+                entries["ports"][0],
+                f"{where}: a service with `versions:` cannot fix its ports (each version's "
+                "replicas pick free ones)",
+            )
         methods: dict[str, MethodPolicy] = self.optional(
             entries, "methods", {}, lambda n: self.methods(n, where)
         )
@@ -169,7 +180,7 @@ class TopologyReader(PolicyReader):
         )
         return Service(
             name,
-            replicas,
+            sum(v.replicas for v in versions) if versions else replicas,
             MappingProxyType(calls),
             ports,
             consumes,
@@ -179,6 +190,7 @@ class TopologyReader(PolicyReader):
             priority,
             MappingProxyType(grants),
             MappingProxyType(lines),
+            versions,
         )
 
     def calls(

@@ -15,6 +15,8 @@ from google.type import money_pb2
 
 from shop.catalog.v1 import catalog_service_pb2 as pb
 from shop.catalog.v1 import catalog_service_pb2_grpc as pb_grpc
+from shop.catalog.v2 import catalog_service_pb2 as pb_v2
+from shop.catalog.v2 import catalog_service_pb2_grpc as pb_v2_grpc
 from shop.inventory.v1 import inventory_service_pb2 as inventory_pb
 from shop.inventory.v1 import inventory_service_pb2_grpc as inventory_grpc
 from tests.support.component import (
@@ -30,24 +32,31 @@ pytestmark = pytest.mark.integration
 @asynccontextmanager
 async def catalog_with_inventory(
     databases: Databases, directory: Path
-) -> AsyncIterator[tuple[Any, Any]]:
-    """Stubs of the real catalog and the real inventory it calls."""
+) -> AsyncIterator[tuple[Any, Any, Any]]:
+    """Stubs of the real catalog (API v1), the real inventory it calls, and the catalog's
+    API v2, served beside v1 by the same app."""
     async with catalog_and_inventory(databases, directory) as (catalog_channel, inventory_channel):
         yield (
             pb_grpc.CatalogServiceStub(catalog_channel),
             inventory_grpc.InventoryServiceStub(inventory_channel),
+            pb_v2_grpc.CatalogServiceStub(catalog_channel),
         )
 
 
 @pytest.fixture
-async def services(databases: Databases, tmp_path: Path) -> AsyncIterator[tuple[Any, Any]]:
+async def services(databases: Databases, tmp_path: Path) -> AsyncIterator[tuple[Any, Any, Any]]:
     async with catalog_with_inventory(databases, tmp_path) as stubs:
         yield stubs
 
 
 @pytest.fixture
-def catalog(services: tuple[Any, Any]) -> Any:
+def catalog(services: tuple[Any, Any, Any]) -> Any:
     return services[0]
+
+
+@pytest.fixture
+def catalog_v2(services: tuple[Any, Any, Any]) -> Any:
+    return services[2]
 
 
 def eur(units: int, nanos: int = 0) -> money_pb2.Money:
@@ -78,8 +87,8 @@ async def test_create_then_get_returns_the_stored_product(catalog: Any) -> None:
     assert fetched.price == eur(4, 500_000_000)
 
 
-async def test_initial_stock_lands_in_inventory(services: tuple[Any, Any]) -> None:
-    catalog, inventory = services
+async def test_initial_stock_lands_in_inventory(services: tuple[Any, Any, Any]) -> None:
+    catalog, inventory, _ = services
     stocked = (
         await catalog.CreateProduct(pb.CreateProductRequest(product=product(), initial_stock=7))
     ).product
@@ -257,9 +266,9 @@ async def test_delete_removes_and_a_retry_succeeds(catalog: Any) -> None:
 
 
 async def test_data_survives_a_restart(databases: Databases, tmp_path: Path) -> None:
-    async with catalog_with_inventory(databases, tmp_path) as (catalog, _):
+    async with catalog_with_inventory(databases, tmp_path) as (catalog, _, _):
         created = await create(catalog)
-    async with catalog_with_inventory(databases, tmp_path) as (catalog, _):
+    async with catalog_with_inventory(databases, tmp_path) as (catalog, _, _):
         fetched = await catalog.GetProduct(pb.GetProductRequest(id=created.id))
     assert fetched.product == created
 
@@ -268,3 +277,24 @@ async def test_concurrent_creates_all_land(catalog: Any) -> None:
     created = await asyncio.gather(*(create(catalog, name=f"P{i}") for i in range(20)))
     listed = (await catalog.ListProducts(pb.ListProductsRequest(page_size=100))).products
     assert sorted(p.id for p in listed) == sorted(p.id for p in created)
+
+
+async def test_concurrent_v2_creates_of_one_chosen_id_make_one_product(
+    catalog: Any, catalog_v2: Any
+) -> None:
+    """A client-chosen id names one product however many creates race for it (AIP-133):
+    one lands, the others are ALREADY_EXISTS, on either database."""
+    request = pb_v2.CreateProductRequest(
+        product=pb_v2.Product(display_name="Tea", category="food", price=eur(4)),
+        product_id="green-tea",
+    )
+    outcomes = await asyncio.gather(
+        *(catalog_v2.CreateProduct(request) for _ in range(8)), return_exceptions=True
+    )
+    created = [o for o in outcomes if not isinstance(o, BaseException)]
+    refused = [o for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
+    assert len(created) == 1
+    assert {error.code() for error in refused} == {grpc.StatusCode.ALREADY_EXISTS}
+    assert len(refused) == 7
+    fetched = (await catalog.GetProduct(pb.GetProductRequest(id="green-tea"))).product
+    assert (fetched.id, fetched.name) == ("green-tea", "Tea")

@@ -2,77 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 
 import pytest
 
-from mesh.runtime.errors import InvalidArgument, NotFound, Unavailable
+from mesh.runtime.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
 from mesh.runtime.money import Money
-from mesh.runtime.pagination import PageTokens
 from services.catalog import handlers
-from services.catalog.domain import Product, new_product, updated_product
-from services.catalog.ports import CatalogTransaction
+from services.catalog.domain import new_product, updated_product
+from tests.support.memory_catalog import MemoryCatalog, RecordingInventory
 
 NOW = datetime.fromisoformat("2026-11-26T10:00:00+00:00")
-
-
-class MemoryCatalog:
-    """The CatalogStore port in memory (transactions are not isolated: single-task tests)."""
-
-    def __init__(self) -> None:
-        self.products: dict[str, Product] = {}
-        self.requests: dict[tuple[str, str], dict[str, Any]] = {}
-        self.page_tokens = PageTokens(b"a key for tests")
-
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[CatalogTransaction]:
-        yield self
-
-    snapshot = transaction
-
-    async def get(self, product_id: str) -> Product | None:
-        return self.products.get(product_id)
-
-    async def get_many(self, product_ids: list[str]) -> list[Product]:
-        return [self.products[i] for i in product_ids if i in self.products]
-
-    async def add(self, product: Product) -> None:
-        self.products[product.id] = product
-
-    async def save(self, product: Product) -> None:
-        self.products[product.id] = product
-
-    async def delete(self, product_id: str) -> bool:
-        return self.products.pop(product_id, None) is not None
-
-    async def page(
-        self, category: str, after: tuple[datetime, str] | None, limit: int
-    ) -> list[Product]:
-        rows = sorted(self.products.values(), key=lambda p: (p.create_time, p.id))
-        rows = [p for p in rows if not category or p.category == category]
-        rows = [p for p in rows if after is None or (p.create_time, p.id) > after]
-        return rows[:limit]
-
-    async def find_request(self, method: str, request_id: str) -> dict[str, Any] | None:
-        return self.requests.get((method, request_id)) if request_id else None
-
-    async def record_request(self, method: str, request_id: str, result: dict[str, Any]) -> None:
-        if request_id:
-            self.requests[(method, request_id)] = result
-
-
-class RecordingInventory:
-    def __init__(self, fail: bool = False) -> None:
-        self.calls: list[tuple[str, int, str]] = []
-        self.fail = fail
-
-    async def set_stock(self, product_id: str, on_hand: int, request_id: str) -> None:
-        self.calls.append((product_id, on_hand, request_id))
-        if self.fail:
-            raise Unavailable("inventory is down", reason="INVENTORY_UNAVAILABLE")
 
 
 def command(**overrides: Any) -> handlers.CreateProduct:
@@ -130,6 +71,34 @@ def test_an_update_may_not_touch_the_id() -> None:
     )
     with pytest.raises(InvalidArgument):
         updated_product(product, {"id": "other"}, NOW)
+
+
+async def test_a_product_takes_the_id_its_creator_chose_once() -> None:
+    store, inventory = MemoryCatalog(), RecordingInventory()
+    product = await handlers.create_product(store, inventory, command(product_id="green-tea"))
+    assert product.id == "green-tea"
+    with pytest.raises(AlreadyExists) as taken:
+        await handlers.create_product(store, inventory, command(product_id="green-tea"))
+    assert taken.value.reason == "PRODUCT_ALREADY_EXISTS"
+    assert list(store.products) == ["green-tea"]
+
+
+@pytest.mark.parametrize(
+    "chosen", ["Green-Tea", "-tea", "tea-", "tea/leaf", "t" * 37, "té"], ids=repr
+)
+async def test_an_id_no_product_may_have_is_refused(chosen: str) -> None:
+    store = MemoryCatalog()
+    with pytest.raises(InvalidArgument) as refused:
+        await handlers.create_product(store, RecordingInventory(), command(product_id=chosen))
+    assert [v.field for v in refused.value.violations] == ["product_id"]
+    assert store.products == {}
+
+
+async def test_a_chosen_id_may_be_a_uuid_or_a_single_character() -> None:
+    store, inventory = MemoryCatalog(), RecordingInventory()
+    for chosen in ("0b5e1c3e-6d3c-4f44-9a0e-8d1c2b7a9f10", "t"):
+        product = await handlers.create_product(store, inventory, command(product_id=chosen))
+        assert product.id == chosen
 
 
 async def test_initial_stock_is_set_in_inventory_under_a_request_id_of_the_product() -> None:

@@ -1,0 +1,142 @@
+"""What an Envoy counted of the calls it sent each cluster, read from its admin socket in
+Prometheus's text format: calls that ended (`upstream_rq_completed`, each try, the replies
+Envoy made itself included: a 503 of its circuit breaker, a 504 of a timeout), tries that
+ended in a server error (`upstream_rq_xx` of class 5: gRPC's UNAVAILABLE, INTERNAL,
+DEADLINE_EXCEEDED and the like), calls that succeeded (`grpc.success`, from Envoy's gRPC
+statistics filter), their times (`upstream_rq_time`, a histogram in milliseconds) and
+the calls its circuit breaker turned away. The console's map (`mesh.control.console`)
+and the rollouts' analysis (`mesh.control.rollouts`) read them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from mesh.control.envoy.admin import AdminError, admin_get
+from mesh.runtime import metrics
+
+#: The stats `envoy_counts` reads (Envoy's `filter` matches stat names).
+STATS_PATH = (
+    "/stats/prometheus?usedonly&filter="
+    r"^(cluster\.[^.]+\.(grpc\.success|upstream_rq_(completed|time|pending_overflow|active_overflow))"
+    r"|[^.]+\.http_local_rate_limit\.rate_limited)$"
+)
+#: The stats `served_counts` reads: the gRPC statistics of a sidecar's app clusters.
+SERVED_PATH = (
+    "/stats/prometheus?usedonly&filter="
+    r"^cluster\.local_app[^.]*\.(grpc\.(total|[0-9]+)|upstream_rq_time)$"
+)
+#: The clusters of a sidecar in front of its app (`mesh.control.envoy.clusters`).
+LOCAL_APP_PREFIX = "local_app"
+#: The gRPC statuses that say the server failed, not the client: UNKNOWN,
+#: DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS.
+SERVER_ERRORS = frozenset({"2", "4", "12", "13", "14", "15"})
+#: The counters of the calls a cluster's circuit breaker turned away.
+OVERFLOWS = frozenset(
+    {"envoy_cluster_upstream_rq_pending_overflow", "envoy_cluster_upstream_rq_active_overflow"}
+)
+#: Where `envoy_counts` keeps what the Envoy itself turned away (the edge's rate limits).
+ITSELF = ""
+
+
+@dataclass
+class Counts:
+    """One reading of a link or a service: calls (or events handled), failed calls (or
+    dead letters), the cumulative latency buckets in seconds, calls turned away, events
+    waiting (a gauge), and tries that ended in a server error."""
+
+    requests: float = 0.0
+    errors: float = 0.0
+    buckets: dict[float, float] = field(default_factory=dict)
+    refused: float = 0.0
+    backlog: float = 0.0
+    server_errors: float = 0.0
+
+    def add(self, other: Counts) -> None:
+        self.requests += other.requests
+        self.errors += other.errors
+        self.server_errors += other.server_errors
+        self.refused += other.refused
+        self.backlog += other.backlog
+        for bound, count in other.buckets.items():
+            self.buckets[bound] = self.buckets.get(bound, 0.0) + count
+
+    def sample(self, at: float) -> metrics.Sample:
+        return metrics.Sample(at, self.requests, self.errors, dict(self.buckets))
+
+
+def envoy_counts(text: str) -> dict[str, Counts]:
+    """Each cluster's counts, by cluster name, from an Envoy's Prometheus text; under
+    `ITSELF`, the requests its rate limits turned away."""
+    counts: dict[str, Counts] = {}
+    for family in text_string_to_metric_families(text):
+        for point in family.samples:
+            if point.name.startswith("envoy_http_local_rate_limit_rate_limited"):
+                counts.setdefault(ITSELF, Counts()).refused += point.value
+                continue
+            cluster = point.labels.get("envoy_cluster_name")
+            if cluster is None:
+                continue
+            entry = counts.setdefault(cluster, Counts())
+            # The parser names every counter's sample `<name>_total`.
+            name = point.name.removesuffix("_total")
+            if name == "envoy_cluster_upstream_rq_completed":
+                entry.requests += point.value
+                entry.errors += point.value
+            elif name == "envoy_cluster_grpc_success":
+                entry.errors -= point.value
+            elif name in OVERFLOWS:
+                entry.refused += point.value
+            elif point.name == "envoy_cluster_upstream_rq_time_bucket":
+                bound = float(point.labels["le"]) / 1000  # Envoy's are in milliseconds
+                entry.buckets[bound] = entry.buckets.get(bound, 0.0) + point.value
+    for entry in counts.values():
+        entry.errors = max(0.0, entry.errors)  # calls ended but not yet counted: none failed
+    return counts
+
+
+def read_envoy(admin_socket: str) -> dict[str, Counts]:
+    """An Envoy's cluster counts now; none when it does not answer."""
+    try:
+        return envoy_counts(admin_get(admin_socket, STATS_PATH, timeout=1.0).decode())
+    except (AdminError, OSError):
+        return {}
+
+
+def summed(parts: Iterable[Counts | None]) -> Counts:
+    total = Counts()
+    for part in parts:
+        if part is not None:
+            total.add(part)
+    return total
+
+
+def served_counts(text: str) -> Counts:
+    """What a sidecar's app clusters counted of the calls it received (its gRPC statistics
+    filter comes before its fault filter, so injected failures count): every call, those
+    that ended in a server error (`SERVER_ERRORS`), and the app's times."""
+    counts = Counts()
+    for family in text_string_to_metric_families(text):
+        for point in family.samples:
+            name = point.name.removesuffix("_total")
+            if not point.labels.get("envoy_cluster_name", "").startswith(LOCAL_APP_PREFIX):
+                continue
+            if name == "envoy_cluster_grpc":  # the parser's name for `grpc.total`
+                counts.requests += point.value
+            elif name.removeprefix("envoy_cluster_grpc_") in SERVER_ERRORS:
+                counts.server_errors += point.value
+            elif point.name == "envoy_cluster_upstream_rq_time_bucket":
+                bound = float(point.labels["le"]) / 1000
+                counts.buckets[bound] = counts.buckets.get(bound, 0.0) + point.value
+    return counts
+
+
+def read_served(admin_socket: str) -> Counts | None:
+    """What the sidecar at `admin_socket` counted of the calls it received; None when it
+    does not answer."""
+    try:
+        return served_counts(admin_get(admin_socket, SERVED_PATH, timeout=1.0).decode())
+    except (AdminError, OSError):
+        return None
