@@ -129,12 +129,21 @@ def write_weights(run_dir: Path, weights: Weights) -> Path:
     for name, text in runtime_files(weights).items():
         (layer / name).write_text(text + "\n")
     layer.chmod(0o755)
-    link = routing / f".{CURRENT}.new"
-    link.unlink(missing_ok=True)
-    link.symlink_to(layer.relative_to(routing))
-    os.replace(link, routing / CURRENT)
+    swap_link(routing / CURRENT, str(layer.relative_to(routing)))
     _prune(layers, layer)
     return layer
+
+
+def swap_link(link: Path, target: str) -> None:
+    """Point the symbolic link `link` at `target` in one rename, so whoever reads through
+    it (an Envoy's runtime) sees the old target or the new one, never neither."""
+    if link.is_symlink() and os.readlink(link) == target:
+        return
+    link.parent.mkdir(parents=True, exist_ok=True)
+    staged = link.with_name(f".{link.name}.new")
+    staged.unlink(missing_ok=True)
+    staged.symlink_to(target)
+    os.replace(staged, link)
 
 
 @contextlib.contextmanager

@@ -84,12 +84,10 @@ def write_edge_files(root: Path, topology: Topology, directory: Path) -> int:
 
 def needed_leaves(topology: Topology) -> list[tuple[str, str]]:
     """(identity, instance) of every leaf the mesh needs, named as in `meshctl up` and
-    Compose: one per instance (`orders-0`), the edge, NATS and meshctl."""
-    leaves = [
-        (name, f"{name}-{index}")
-        for name, service in topology.services.items()
-        for index in range(service.replicas)
-    ]
+    Compose: one per instance (`orders-0`; `catalog-v2-0` of a version, with the service's
+    identity), the edge, NATS and meshctl."""
+    instances = compose.instances_plan(topology).instances
+    leaves = [(instance.service, instance.name) for instance in instances]
     identities = ("edge", natsconf.SERVER_IDENTITY, natsconf.ADMIN_IDENTITY)
     return leaves + [(identity, identity) for identity in identities]
 

@@ -17,6 +17,15 @@ The same mesh as `meshctl up`, in containers (see `mesh.deploy.containers` for t
    sidecar's outbound listeners on loopback.
 5. `edge` (Envoy) and `edge-companion` (reflection, health), the only ports published.
 
+A service with versions runs a sidecar and an app per instance of each version
+(`catalog-v2-0`, `catalog-v2-0-app`), with the version's environment, module and faults.
+The split between them is rendered into `deploy/compose/routing/`: the layer of a split
+(`layers/<digest>/`, one file per version's cluster) and the link `current` to it, which
+a new rendering swaps in one rename. Every Envoy that routes to a service with versions
+mounts that directory at `containers.ROUTING_DIR` and reads the split through `current`,
+so editing the weights in mesh.yaml and `meshctl render compose` changes the split of the
+running containers, with no restart.
+
 Every long-running container has a health check and starts only when what it needs is
 healthy (or, for one-shot containers, has completed). Each Envoy container's bootstrap
 is `envoy/<container>.yaml` (`meshctl render envoy`, the readable form of the mesh's Envoy
@@ -26,10 +35,11 @@ read-only.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
-from mesh.control import envoy, natsconf
+from mesh.control import envoy, natsconf, routing
 from mesh.control.api import Api
 from mesh.control.envoy import edge
 from mesh.control.pki import MeshPKI
@@ -45,6 +55,10 @@ ENV_FILE = ".env"
 FILES_DIR = Path("deploy/compose")
 #: The Envoy containers' bootstraps, one file each (`meshctl render envoy`).
 ENVOY_DIR = Path("envoy")
+#: The split between services' versions: `layers/<digest>/` and the link `current` to one.
+ROUTING_FILES_DIR = FILES_DIR / "routing"
+#: Where the Envoys read the split through (`ROUTING_FILES_DIR`, mounted at ROUTING_DIR).
+ROUTING_ROOT = containers.ROUTING_DIR / routing.CURRENT
 JAEGER_HOST = "jaeger"
 NATS_HOST = "nats"
 #: How often the certs container renews what is due (leaves live a day, renewed at half).
@@ -131,13 +145,16 @@ def bootstrap_path(container: str) -> Path:
 
 def _envoy_mounts(container: str, rendered: dict[str, str], files: dict[Path, str]) -> list[str]:
     """Place an Envoy container's files (its bootstrap in envoy/, its SDS files under
-    deploy/compose/<container>/) and mount each as a file where Envoy looks for it."""
+    deploy/compose/<container>/) and mount each as a file where Envoy looks for it; and the
+    split's directory, whole (a link swapped inside it shows through), if it reads it."""
     mounts = []
     for name, text in rendered.items():
         bootstrap = name == containers.ENVOY_BOOTSTRAP
         source = bootstrap_path(container) if bootstrap else FILES_DIR / container / name
         files[source] = text
         mounts.append(f"./{source}:{containers.ENVOY_CONFIG_DIR / name}:ro")
+    if containers.reads_split(rendered):
+        mounts.append(f"./{ROUTING_FILES_DIR}:{containers.ROUTING_DIR}:ro")
     return mounts
 
 
@@ -163,12 +180,28 @@ def _nats(topology: Topology, pki: MeshPKI, identity: str, instance: str) -> Nat
 
 
 def render(topology: Topology, api: Api) -> Rendered:
-    """docker-compose.yml, .env and the files under deploy/compose/ for `topology`."""
+    """docker-compose.yml, .env and the files under deploy/compose/ for `topology`, the
+    split's layer and link among them."""
     files = _files(topology, api)
+    layer, links = split_layer(topology)
     return Rendered(
-        {path: text for path, text in files.items() if ENVOY_DIR not in path.parents},
+        {path: text for path, text in files.items() if ENVOY_DIR not in path.parents} | layer,
         owned=(FILES_DIR,),
+        links=links,
     )
+
+
+def split_layer(topology: Topology) -> tuple[dict[Path, str], dict[Path, str]]:
+    """The layer of the split mesh.yaml gives, in a directory named by its content (so a
+    rendering is the same every time, and a new split a new directory), and the link
+    `current` to it; nothing without versions."""
+    split = containers.split_files(topology)
+    if not split:
+        return {}, {}
+    digest = hashlib.sha256("".join(f"{k}={v}\n" for k, v in split.items()).encode())
+    layer = Path("layers") / digest.hexdigest()[:12]
+    files = {ROUTING_FILES_DIR / layer / key: f"{share}\n" for key, share in split.items()}
+    return files, {ROUTING_FILES_DIR / routing.CURRENT: str(layer)}
 
 
 def render_envoy(topology: Topology, api: Api) -> Rendered:
@@ -181,10 +214,16 @@ def render_envoy(topology: Topology, api: Api) -> Rendered:
     )
 
 
+def instances_plan(topology: Topology) -> MeshPlan:
+    """The plan of the compose file's containers: each instance reached by its name
+    (`orders-0`, `catalog-v2-0`), which its certificate carries too."""
+    return containers.plan(topology, lambda instance: instance.name, routing_root=ROUTING_ROOT)
+
+
 def _files(topology: Topology, api: Api) -> dict[Path, str]:
     """Every file the compose file needs, by path relative to the repository."""
     topology = containers.with_collector(topology, JAEGER_HOST)
-    plan = containers.plan(topology, lambda service, index: f"{service}-{index}")
+    plan = instances_plan(topology)
     pki = MeshPKI(containers.PKI_DIR, topology.trust_domain, topology.namespace)
     server_cert = _certificate(pki, natsconf.SERVER_IDENTITY)
     files = {
@@ -299,7 +338,7 @@ def _instance(
         ),
         f"{instance.name}-app": _shop(
             **shares,
-            command=containers.app_command(instance.service),
+            command=containers.app_command(topology, instance),
             network_mode=f"service:{instance.name}",
             environment=containers.app_environment(topology, instance, nats),
             volumes=[

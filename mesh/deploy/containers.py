@@ -24,11 +24,22 @@ Envoy's admin interface has no port here either: it is the unix socket `ADMIN_SO
 (mode 0600) in the Envoy container's own filesystem, which no other container sees, not
 even the app sharing its network namespace. The orchestrator's health checks use the
 probe listener (its `/healthz/ready` is the admin `/ready`, through the socket).
+
+A service with `versions:` runs each version as instances of their own (a Compose service
+per instance, `catalog-v2-0`; a Kubernetes Deployment per version, `catalog-v2`), each
+with its replicas, environment, module and faults, all with the service's identity. The
+split between them is the routing layer (`mesh.control.routing`): one file per version's
+cluster, in `ROUTING_DIR` of every Envoy that routes to a service with versions, read
+through a link the orchestrator swaps in one rename (`..data` of a ConfigMap's mount, the
+link `current` of deploy/compose/routing/), so a re-rendered split reaches every Envoy
+without a restart. There is no rollout controller in containers: the split is what
+mesh.yaml says.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import metadata
@@ -37,9 +48,9 @@ from typing import Any
 
 import yaml
 
-from mesh.control import envoy, natsconf
+from mesh.control import envoy, natsconf, routing
 from mesh.control.api import Api
-from mesh.control.launch import environment
+from mesh.control.launch import app_module, environment
 from mesh.control.pki import MeshPKI
 from mesh.control.plan import EdgePlan, InstancePlan, MeshPlan
 from mesh.control.topology import Topology
@@ -68,6 +79,9 @@ NATS_DATA_DIR = STATE_DIR / "nats"
 EDGE_FILES_DIR = STATE_DIR / "edge"
 #: Where an Envoy container finds its bootstrap and SDS files.
 ENVOY_CONFIG_DIR = Path("/etc/envoy")
+#: Where an Envoy that routes to a service with versions finds the split: the routing
+#: layer and the link to it that the orchestrator swaps (`routing_root`).
+ROUTING_DIR = Path("/etc/shop/routing")
 #: The Envoy container's directory for its admin socket: the image's /tmp (1777) under
 #: Compose, a volume of the Envoy container's own on Kubernetes (its root is read-only).
 ADMIN_SOCKET_DIR = Path("/tmp")
@@ -117,17 +131,21 @@ class Rendered:
     owned: tuple[Path, ...] = ()
     #: Which files of the owned directories are rendered (others there are written by hand).
     pattern: str = "*"
+    #: Symbolic links, by path, to their (relative) targets: swapped in one rename, after
+    #: the files, so what reads through a link never sees half a rendering.
+    links: Mapping[Path, str] = dataclasses.field(default_factory=dict)
 
     def write(self, root: Path) -> list[Path]:
-        for directory in self.owned:
-            for path in sorted((root / directory).rglob(self.pattern)):
-                if path.is_file() and path.relative_to(root) not in self.files:
-                    path.unlink()
         for relative, text in sorted(self.files.items()):
             path = root / relative
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
-        return sorted(self.files)
+        for relative, target in sorted(self.links.items()):
+            routing.swap_link(root / relative, target)
+        for path in self._extra(root):
+            (root / path).unlink()
+        self._remove_empty_directories(root)
+        return sorted([*self.files, *self.links])
 
     def stale(self, root: Path) -> list[Path]:
         """The files under `root` that differ from this rendering, are missing or are extra."""
@@ -136,13 +154,30 @@ class Rendered:
             for relative, text in sorted(self.files.items())
             if not (root / relative).is_file() or (root / relative).read_text() != text
         ]
-        extra = [
+        links = [
+            relative
+            for relative, target in sorted(self.links.items())
+            if not (root / relative).is_symlink() or os.readlink(root / relative) != target
+        ]
+        return differing + links + self._extra(root)
+
+    def _extra(self, root: Path) -> list[Path]:
+        """The files and links of the owned directories that are none of this rendering."""
+        return [
             path.relative_to(root)
             for directory in self.owned
             for path in sorted((root / directory).rglob(self.pattern))
-            if path.is_file() and path.relative_to(root) not in self.files
+            if (path.is_file() or path.is_symlink())
+            and path.relative_to(root) not in {**self.files, **self.links}
         ]
-        return differing + extra
+
+    def _remove_empty_directories(self, root: Path) -> None:
+        """The owned directories' subdirectories left empty by removed files (old layers)."""
+        for directory in self.owned:
+            found = (root / directory).rglob("*")
+            for path in sorted(found, key=lambda p: len(p.parts), reverse=True):
+                if path.is_dir() and not path.is_symlink() and not any(path.iterdir()):
+                    path.rmdir()
 
 
 @dataclass(frozen=True)
@@ -155,33 +190,26 @@ class Certificate:
 
 
 def plan(
-    topology: Topology, host_of: Callable[[str, int], str], *, replicas: bool = True
+    topology: Topology,
+    host_of: Callable[[InstancePlan], str],
+    *,
+    routing_root: Path,
+    replicas: bool = True,
 ) -> MeshPlan:
-    """The containers' plan: fixed ports, each instance reached at `host_of(service, index)`.
+    """The containers' plan: fixed ports, each instance reached at `host_of(instance)`, every
+    Envoy reading the split between a service's versions through the link `routing_root`.
 
-    With `replicas` False there is one instance per service: a template every replica
-    shares (a Kubernetes Deployment's pod), reached through the service's name.
+    With `replicas` False there is one instance per release of a service (each version, or
+    the service itself): a template every replica shares (a Kubernetes Deployment's pod),
+    reached through the release's name.
     """
-    instances = []
-    for name in topology.start_order():
-        service = topology.services[name]
-        for index in range(service.replicas if replicas else 1):
-            instances.append(
-                InstancePlan(
-                    service=name,
-                    index=index,
-                    app_port=APP_PORT,
-                    inbound_port=INBOUND_PORT,
-                    admin_socket=str(ADMIN_SOCKET),
-                    outbound={
-                        dependency: OUTBOUND_BASE_PORT + offset
-                        for offset, dependency in enumerate(sorted(service.calls))
-                    },
-                    metrics_port=METRICS_PORT,
-                    host=host_of(name, index),
-                    probe_port=PROBE_PORT,
-                )
-            )
+    unplaced = [
+        _instance(topology, name, version.name, index)
+        for name in topology.start_order()
+        for version in topology.services[name].releases
+        for index in range(version.replicas if replicas else 1)
+    ]
+    instances = tuple(dataclasses.replace(i, host=host_of(i)) for i in unplaced)
     edge = None
     if topology.edge.expose:
         edge = EdgePlan(
@@ -192,12 +220,44 @@ def plan(
         )
     return MeshPlan(
         run_dir=RUN_DIR,
-        instances=tuple(instances),
+        instances=instances,
         nats_port=NATS_PORT,
         nats_monitor_port=NATS_MONITOR_PORT,
         edge=edge,
         listen_host=ANY_ADDRESS,
+        routing_root=str(routing_root),
     )
+
+
+def _instance(topology: Topology, service: str, version: str, index: int) -> InstancePlan:
+    """Instance `index` of `service`'s release `version`, on the fixed ports (no host yet)."""
+    return InstancePlan(
+        service=service,
+        index=index,
+        app_port=APP_PORT,
+        inbound_port=INBOUND_PORT,
+        admin_socket=str(ADMIN_SOCKET),
+        outbound={
+            dependency: OUTBOUND_BASE_PORT + offset
+            for offset, dependency in enumerate(sorted(topology.services[service].calls))
+        },
+        metrics_port=METRICS_PORT,
+        host="",
+        probe_port=PROBE_PORT,
+        version=version,
+    )
+
+
+def split_files(topology: Topology) -> dict[str, str]:
+    """The routing layer of the split mesh.yaml gives (`mesh.control.routing`): one file per
+    version's cluster, by runtime key, holding its percent; empty without versions."""
+    return routing.runtime_files(routing.initial_weights(topology))
+
+
+def reads_split(files: Mapping[str, str]) -> bool:
+    """Whether the Envoy of `files` (`envoy_files`) reads the routing layer, and so needs
+    `ROUTING_DIR`: its bootstrap has a `layered_runtime` (a top-level key, at a line's start)."""
+    return "\nlayered_runtime:" in f"\n{files[ENVOY_BOOTSTRAP]}"
 
 
 def with_collector(topology: Topology, host: str) -> Topology:
@@ -256,8 +316,10 @@ def envoy_command() -> list[str]:
     return envoy.arguments(ENVOY_CONFIG_DIR / ENVOY_BOOTSTRAP)
 
 
-def app_command(service: str) -> list[str]:
-    return ["python", "-m", f"services.{service}", "--port", str(APP_PORT)]
+def app_command(topology: Topology, instance: InstancePlan) -> list[str]:
+    """What an app container runs: its version's module (`services.<service>` by default)."""
+    module = app_module(instance, topology.services[instance.service])
+    return ["python", "-m", module, "--port", str(APP_PORT)]
 
 
 def app_environment(

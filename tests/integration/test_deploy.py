@@ -11,40 +11,36 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import re
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
-import kubernetes_validate
 import pytest
 import yaml
 
 from mesh.control import contracts, envoy
 from mesh.control.api import Api
 from mesh.control.binaries import find_binary
-from mesh.control.pki import MeshPKI
 from mesh.control.plan import make_plan
 from mesh.control.topology import Topology, parse
 from mesh.deploy import compose, containers, kube
 from mesh.deploy.commands import rendered
-from tests.support import envoy_validation
 from tests.support.deploy import (
-    MESHCTL,
     ROOT,
     by_kind,
+    cluster_hosts,
     committed_compose_file,
+    compose_spec_check,
+    container_root,
     documents,
+    envoy_refusal,
+    kustomized,
+    map_paths,
     repository_topology,
+    unknown_to_schemas,
 )
 
 pytestmark = pytest.mark.integration
-
-#: Absolute paths the containers see; a test maps them into its own directory.
-_CONTAINER_PATHS = ("/etc/envoy", "/etc/shop/identity", "/shop/pki", "/shop/edge", "/shop/nats")
-#: Kinds from CRDs, which the Kubernetes schemas do not know (checked field by field here).
-_CRD_KINDS = {("cert-manager.io/v1", "Certificate")}
 
 
 @pytest.fixture(scope="module")
@@ -60,18 +56,6 @@ def api() -> Api:
 @pytest.fixture(scope="module")
 def compose_file() -> dict[str, Any]:
     return committed_compose_file()
-
-
-def _objects(directory: Path) -> list[dict[str, Any]]:
-    """What `kubectl apply -k` would apply: the built overlay (or base)."""
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        pytest.skip("kubectl is not installed here, so kustomize cannot build the overlays")
-    result = subprocess.run(
-        [kubectl, "kustomize", str(directory)], capture_output=True, text=True, check=False
-    )
-    assert result.returncode == 0, result.stderr
-    return documents(result.stdout)
 
 
 # -- current and valid -------------------------------------------------------------------
@@ -113,71 +97,23 @@ def test_render_check_reports_a_stale_file(
 
 
 def test_the_compose_file_follows_the_compose_specification() -> None:
-    result = subprocess.run(
-        [
-            str(Path(sys.executable).parent / "check-jsonschema"),
-            "--builtin-schema", "vendor.compose-spec",
-            str(ROOT / compose.COMPOSE_FILE),
-        ],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+    result = compose_spec_check(ROOT / compose.COMPOSE_FILE)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 @pytest.mark.parametrize("overlay", ["dev", "prod"])
 def test_each_overlay_builds_and_every_object_validates(overlay: str) -> None:
-    objects = _objects(ROOT / kube.K8S_DIR / "overlays" / overlay)
-    unknown = []
-    for item in objects:
-        if (item["apiVersion"], item["kind"]) in _CRD_KINDS:
-            continue
-        try:
-            kubernetes_validate.validate(item, kube.KUBERNETES_VERSION, strict=True)
-        except kubernetes_validate.SchemaNotFoundError:
-            unknown.append(f"{item['apiVersion']} {item['kind']}")
-    assert unknown == []
+    objects = kustomized(ROOT / kube.K8S_DIR / "overlays" / overlay)
+    assert unknown_to_schemas(objects) == []
     namespaces = {
         item["metadata"].get("namespace") for item in objects if item["kind"] != "Namespace"
     }
     assert namespaces == {"shop"}
 
 
-def _map_paths(text: str, root: Path) -> str:
-    for path in _CONTAINER_PATHS:
-        text = text.replace(path, f"{root}{path}")
-    return text
-
-
-def _validate_envoy(directory: Path, files: dict[str, str], root: Path) -> tuple[str, str]:
-    """Write an Envoy container's files with its paths under `root`; `envoy --mode validate`,
-    deprecated fields refused: the container's name, and why Envoy refuses it ("" if not)."""
-    config_dir = Path(f"{root}/etc/envoy")
-    if config_dir.exists():
-        shutil.rmtree(config_dir)
-    config_dir.mkdir(parents=True)
-    for name, text in files.items():
-        (config_dir / name).write_text(_map_paths(text, root))
-    return str(directory), envoy_validation.refusal(config_dir / containers.ENVOY_BOOTSTRAP)
-
-
-def _container_root(tmp_path: Path, name: str, topology: Topology) -> Path:
-    """A directory laid out like a container: certificates, the edge's files."""
-    root = tmp_path / name
-    pki = MeshPKI(Path(f"{root}/shop/pki"), topology.trust_domain, topology.namespace)
-    identity_dir = Path(f"{root}/etc/shop/identity")
-    identity_dir.mkdir(parents=True)
-    info = pki.ensure("orders", name)
-    for source, target in (
-        (info.cert_path, "tls.crt"), (info.key_path, "tls.key"), (pki.ca_path, "ca.crt")
-    ):  # fmt: skip
-        shutil.copyfile(source, identity_dir / target)
-    for instance in os.listdir(ROOT / compose.FILES_DIR):
-        pki.ensure("orders", instance)
-    subprocess.run(
-        [*MESHCTL, "render", "edge-files", f"{root}/shop/edge"],
-        cwd=ROOT, check=True, capture_output=True,
-    )  # fmt: skip
-    return root
+def _committed_root(tmp_path: Path, name: str, topology: Topology) -> Path:
+    """A container's directory, with a certificate for each committed Compose instance."""
+    return container_root(tmp_path, name, topology, os.listdir(ROOT / compose.FILES_DIR))
 
 
 def test_every_envoy_configuration_passes_envoy_validation(
@@ -199,8 +135,8 @@ def test_every_envoy_configuration_passes_envoy_validation(
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
         results = list(
             pool.map(
-                lambda job: _validate_envoy(
-                    job[0], job[1], _container_root(tmp_path, f"c{jobs.index(job)}", topology)
+                lambda job: envoy_refusal(
+                    str(job[0]), job[1], _committed_root(tmp_path, f"c{jobs.index(job)}", topology)
                 ),
                 jobs,
             )
@@ -217,10 +153,10 @@ def test_every_nats_configuration_passes_nats_validation(
         "compose": (ROOT / compose.FILES_DIR / "nats" / containers.NATS_CONFIG).read_text(),
         "k8s": k8s["nats-config"]["data"][containers.NATS_CONFIG],
     }
-    root = _container_root(tmp_path, "nats", topology)
+    root = _committed_root(tmp_path, "nats", topology)
     for name, text in configs.items():
         path = tmp_path / f"{name}.conf"
-        path.write_text(_map_paths(text, root))
+        path.write_text(map_paths(text, root))
         result = subprocess.run(
             [find_binary("nats-server"), "-t", "-c", str(path)],
             capture_output=True, text=True, check=False,
@@ -304,20 +240,6 @@ def _listeners(config: dict[str, Any]) -> dict[str, int]:
     }
 
 
-def _cluster_hosts(config: dict[str, Any], cluster: str) -> list[tuple[str, int]]:
-    for entry in config["static_resources"]["clusters"]:
-        if entry["name"] == cluster:
-            return [
-                (
-                    endpoint["endpoint"]["address"]["socket_address"]["address"],
-                    endpoint["endpoint"]["address"]["socket_address"]["port_value"],
-                )
-                for group in entry["load_assignment"]["endpoints"]
-                for endpoint in group["lb_endpoints"]
-            ]
-    raise KeyError(cluster)
-
-
 def test_each_compose_app_reaches_its_dependencies_through_its_sidecar(
     compose_file: dict[str, Any], topology: Topology
 ) -> None:
@@ -334,15 +256,15 @@ def test_each_compose_app_reaches_its_dependencies_through_its_sidecar(
                 port = listeners[f"outbound-{dependency}"]
                 assert environment[f"SHOP_{dependency.upper()}_ADDRESS"] == f"127.0.0.1:{port}"
                 peers = topology.services[dependency].replicas
-                assert _cluster_hosts(config, dependency) == [
+                assert cluster_hosts(config, dependency) == [
                     (f"{dependency}-{i}", containers.INBOUND_PORT) for i in range(peers)
                 ]
-            assert _cluster_hosts(config, "local_app") == [("127.0.0.1", containers.APP_PORT)]
+            assert cluster_hosts(config, "local_app") == [("127.0.0.1", containers.APP_PORT)]
             assert listeners["inbound"] == containers.INBOUND_PORT
 
 
 def test_kubernetes_pods_are_probed_limited_and_budgeted() -> None:
-    objects = _objects(ROOT / kube.K8S_DIR / "overlays" / "prod")
+    objects = kustomized(ROOT / kube.K8S_DIR / "overlays" / "prod")
     deployments = by_kind(objects, "Deployment")
     budgets = by_kind(objects, "PodDisruptionBudget")
     certificates = by_kind(objects, "Certificate")
@@ -409,7 +331,7 @@ def test_replicas_and_calls_change_the_local_mesh_compose_and_kubernetes(
     notifications = plan.of("notifications")[0]
     sds = envoy.SdsFiles(tmp_path, tmp_path, tmp_path, tmp_path)
     local = envoy.sidecar_config(topology, plan, notifications, api, sds)
-    assert _cluster_hosts(local, "orders") == [
+    assert cluster_hosts(local, "orders") == [
         ("127.0.0.1", i.inbound_port) for i in plan.of("orders")
     ]
     # Compose: three orders containers, the same cluster by their names, RBAC admits the caller.
@@ -421,7 +343,7 @@ def test_replicas_and_calls_change_the_local_mesh_compose_and_kubernetes(
     )
     bootstraps = compose.render_envoy(topology, api).files
     caller = yaml.safe_load(bootstraps[compose.bootstrap_path("notifications-0")])
-    assert _cluster_hosts(caller, "orders") == [(f"orders-{i}", 15006) for i in range(3)]
+    assert cluster_hosts(caller, "orders") == [(f"orders-{i}", 15006) for i in range(3)]
     route_timeouts = {
         route["route"]["timeout"]
         for listener in caller["static_resources"]["listeners"]
@@ -444,7 +366,7 @@ def test_replicas_and_calls_change_the_local_mesh_compose_and_kubernetes(
     assert orders["spec"]["replicas"] == 3
     config_maps = by_kind(documents(manifests[kube.BASE / "notifications.yaml"]), "ConfigMap")
     k8s_caller = yaml.safe_load(config_maps["notifications-envoy"]["data"]["envoy.yaml"])
-    assert _cluster_hosts(k8s_caller, "orders") == [("orders.shop.svc.cluster.local", 15006)]
+    assert cluster_hosts(k8s_caller, "orders") == [("orders.shop.svc.cluster.local", 15006)]
     assert (
         next(c for c in k8s_caller["static_resources"]["clusters"] if c["name"] == "orders")["type"]
         == "STRICT_DNS"

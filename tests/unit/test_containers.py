@@ -3,6 +3,7 @@ rendered files' bookkeeping, certificates with extra DNS names."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import yaml
@@ -37,8 +38,19 @@ def test_addresses_are_static_and_names_are_resolved_by_dns() -> None:
     ]
 
 
+ROUTING_ROOT = Path("/etc/shop/routing/current")
+VERSIONED = parse(
+    "services:\n"
+    "  catalog:\n"
+    "    versions:\n"
+    "      v1: {replicas: 2, weight: 90}\n"
+    "      v2: {weight: 10, module: services.catalog.next}\n"
+    "  orders: {calls: {catalog: {methods: all}}}\n"
+)
+
+
 def test_the_container_plan_has_fixed_ports_and_named_peers() -> None:
-    plan = containers.plan(TOPOLOGY, lambda service, index: f"{service}-{index}")
+    plan = containers.plan(TOPOLOGY, lambda i: i.name, routing_root=ROUTING_ROOT)
     assert [i.name for i in plan.instances] == [
         "inventory-0", "inventory-1", "catalog-0", "orders-0", "orders-1", "orders-2",
     ]  # fmt: skip
@@ -51,9 +63,46 @@ def test_the_container_plan_has_fixed_ports_and_named_peers() -> None:
 
 
 def test_one_template_per_service_reached_through_the_service_name() -> None:
-    plan = containers.plan(TOPOLOGY, lambda service, _: f"{service}.shop.svc", replicas=False)
+    plan = containers.plan(
+        TOPOLOGY, lambda i: f"{i.service}.shop.svc", routing_root=ROUTING_ROOT, replicas=False
+    )
     assert [i.name for i in plan.instances] == ["inventory-0", "catalog-0", "orders-0"]
     assert plan.endpoints_of("orders") == [("orders.shop.svc", 15006)]
+
+
+def test_each_version_runs_its_own_instances_reached_apart() -> None:
+    plan = containers.plan(VERSIONED, lambda i: i.name, routing_root=ROUTING_ROOT)
+    assert [i.name for i in plan.instances] == [
+        "catalog-v1-0", "catalog-v1-1", "catalog-v2-0", "orders-0",
+    ]  # fmt: skip
+    assert plan.endpoints_of("catalog", "v1") == [("catalog-v1-0", 15006), ("catalog-v1-1", 15006)]
+    assert plan.endpoints_of("catalog", "v2") == [("catalog-v2-0", 15006)]
+    assert plan.routing_root == str(ROUTING_ROOT)
+    canary = plan.instance("catalog-v2-0")
+    assert containers.app_command(VERSIONED, canary)[:3] == [
+        "python",
+        "-m",
+        "services.catalog.next",
+    ]
+    stable = plan.instance("catalog-v1-0")
+    assert containers.app_command(VERSIONED, stable)[:3] == ["python", "-m", "services.catalog"]
+    # One template per version, as one Deployment per version runs it.
+    templates = containers.plan(
+        VERSIONED, lambda i: i.name, routing_root=ROUTING_ROOT, replicas=False
+    )
+    assert [i.name for i in templates.instances] == ["catalog-v1-0", "catalog-v2-0", "orders-0"]
+
+
+def test_the_split_is_one_file_per_version_and_read_only_where_it_is_routed_to() -> None:
+    assert containers.split_files(VERSIONED) == {
+        "routing.catalog_v1": "90",
+        "routing.catalog_v2": "10",
+    }
+    assert containers.split_files(TOPOLOGY) == {}
+    split = {containers.ENVOY_BOOTSTRAP: "node: {}\nlayered_runtime:\n  layers: []\n"}
+    assert containers.reads_split(split)
+    nested = {containers.ENVOY_BOOTSTRAP: "node: {}\nx:\n  layered_runtime: {}\n"}
+    assert not containers.reads_split(nested)
 
 
 def test_a_collector_is_set_only_where_mesh_yaml_names_none() -> None:
@@ -74,6 +123,40 @@ def test_rendered_files_know_what_is_stale_and_prune_what_is_not_theirs(tmp_path
     files.write(tmp_path)
     assert not (tmp_path / owned / "old.yaml").exists()
     assert files.stale(tmp_path) == []
+
+
+def test_a_rendered_link_is_swapped_after_its_files_and_old_layers_go(tmp_path: Path) -> None:
+    owned = Path("deploy/x")
+    first = Rendered(
+        {owned / "layers" / "a" / "key": "1\n"},
+        owned=(owned,),
+        links={owned / "current": "layers/a"},
+    )
+    assert first.stale(tmp_path) == [owned / "layers" / "a" / "key", owned / "current"]
+    first.write(tmp_path)
+    assert (tmp_path / owned / "current" / "key").read_text() == "1\n"
+    assert first.stale(tmp_path) == []
+    second = Rendered(
+        {owned / "layers" / "b" / "key": "2\n"},
+        owned=(owned,),
+        links={owned / "current": "layers/b"},
+    )
+    assert second.stale(tmp_path) == [
+        owned / "layers" / "b" / "key", owned / "current", owned / "layers" / "a" / "key",
+    ]  # fmt: skip
+    second.write(tmp_path)
+    assert os.readlink(tmp_path / owned / "current") == "layers/b"
+    assert (tmp_path / owned / "current" / "key").read_text() == "2\n"
+    assert not (tmp_path / owned / "layers" / "a").exists()
+    assert sorted(p.name for p in (tmp_path / owned).iterdir()) == ["current", "layers"]
+    assert second.stale(tmp_path) == []
+    # Without versions, the link and its layer are gone with the directory they were in.
+    none = Rendered({owned / "a.yaml": "a: 1\n"}, owned=(owned,))
+    assert none.stale(tmp_path) == [
+        owned / "a.yaml", owned / "current", owned / "layers" / "b" / "key",
+    ]  # fmt: skip
+    none.write(tmp_path)
+    assert sorted(p.name for p in (tmp_path / owned).iterdir()) == ["a.yaml"]
 
 
 def test_dumped_yaml_keeps_order_shows_files_as_blocks_and_has_no_aliases() -> None:

@@ -4,7 +4,10 @@ and two overlays under `deploy/k8s/`.
 base (namespace `<mesh.yaml namespace>`):
 * per service: a ServiceAccount, a headless Service (the sidecars' STRICT_DNS clusters
   resolve it to every ready pod), a Deployment of `replicas` pods and a
-  PodDisruptionBudget. A pod is the app plus its Envoy sidecar, a native sidecar (an
+  PodDisruptionBudget; for a service with versions, its ServiceAccount, then a headless
+  Service, a Deployment and a budget per version (`catalog-v2`, the pods labelled
+  `app: catalog`, `version: v2`), each caller's cluster of that version resolving its
+  Service. A pod is the app plus its Envoy sidecar, a native sidecar (an
   init container that keeps running: it is ready before the app starts and stops after
   it). Envoy's bootstrap and SDS files come from a ConfigMap, the identity from the
   Secret `<service>-identity` (`tls.crt`, `tls.key`, `ca.crt`); its admin interface is
@@ -18,7 +21,11 @@ base (namespace `<mesh.yaml namespace>`):
 * NATS: a three-server JetStream cluster (StatefulSet, a volume each, routes over mutual
   TLS), streams kept in three replicas, created with the consumers by the Job
   `events-init`;
-* Jaeger for traces.
+* Jaeger for traces;
+* with versions, the ConfigMap `mesh-routing`: the split (a file per version's cluster,
+  holding its percent), mounted into every Envoy that routes to a service with versions,
+  which reads it through the mount's `..data` link; `kubectl apply` of a changed split
+  reaches them without a restart (the kubelet swaps the link; pods do not roll).
 
 overlays/dev: one replica per service (each keeps its SQLite file on the pod's volume,
 which replicas could not share). overlays/prod: Postgres per service (a StatefulSet
@@ -42,7 +49,16 @@ from mesh.deploy.kube import overlays
 from mesh.deploy.kube.edge import edge_objects
 from mesh.deploy.kube.event_bus import NATS_REPLICAS, nats_objects, nats_route_names
 from mesh.deploy.kube.identity import secrets
-from mesh.deploy.kube.objects import documents, fqdn, kustomization, meta
+from mesh.deploy.kube.objects import (
+    ROUTING_CONFIG_MAP,
+    ROUTING_ROOT,
+    config_map,
+    documents,
+    fqdn,
+    kustomization,
+    meta,
+    release_name,
+)
 from mesh.deploy.kube.services import service_objects
 from mesh.deploy.kube.tracing import jaeger_objects
 
@@ -78,18 +94,26 @@ def _base(topology: Topology, api: Api) -> dict[Path, str]:
     """One file of objects for each part of the mesh, and their kustomization."""
     namespace = topology.namespace
     topology = containers.with_collector(topology, fqdn("jaeger", namespace))
-    plan = containers.plan(topology, lambda service, _: fqdn(service, namespace), replicas=False)
+    plan = containers.plan(
+        topology,
+        lambda instance: fqdn(release_name(instance.service, instance.version), namespace),
+        routing_root=ROUTING_ROOT,
+        replicas=False,
+    )
     parts = {
         "namespace.yaml": [
             {"apiVersion": "v1", "kind": "Namespace", "metadata": meta(namespace, "namespace")}
         ]
     }
-    for instance in plan.instances:
-        parts[f"{instance.service}.yaml"] = service_objects(topology, plan, api, instance)
+    for name in topology.start_order():
+        parts[f"{name}.yaml"] = service_objects(topology, plan, api, name)
     if plan.edge is not None:
         parts["edge.yaml"] = edge_objects(topology, plan, api)
     parts["nats.yaml"] = nats_objects(topology)
     parts["jaeger.yaml"] = jaeger_objects()
+    split = containers.split_files(topology)
+    if split:
+        parts["routing.yaml"] = [config_map(ROUTING_CONFIG_MAP, "routing", split)]
     files = {BASE / name: documents(objects) for name, objects in parts.items()}
     files[BASE / "kustomization.yaml"] = kustomization(
         list(parts), namespace, labels=[{"pairs": {"app.kubernetes.io/part-of": "shop-mesh"}}]

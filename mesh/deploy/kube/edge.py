@@ -14,7 +14,6 @@ from mesh.deploy.kube.objects import (
     RESTRICTED,
     TMP_MOUNT,
     certificate,
-    config_hash,
     config_map,
     deployment,
     envoy_container,
@@ -23,6 +22,7 @@ from mesh.deploy.kube.objects import (
     resources,
     service,
     service_account,
+    split_free_hash,
 )
 
 NAME = "edge"
@@ -34,20 +34,26 @@ _FILES_MOUNT = {"name": FILES_VOLUME, "mountPath": str(containers.EDGE_FILES_DIR
 def edge_objects(topology: Topology, plan: MeshPlan, api: Api) -> list[dict[str, Any]]:
     assert plan.edge is not None
     edge_files = edge.files_in(containers.EDGE_FILES_DIR)
-    files = containers.envoy_files(
-        lambda sds: edge.edge_config(topology, plan, api, sds, edge_files), certificate()
-    )
+
+    def render(of: Topology) -> dict[str, str]:
+        return containers.envoy_files(
+            lambda sds: edge.edge_config(of, plan, api, sds, edge_files), certificate()
+        )
+
+    files = render(topology)
+    split = containers.reads_split(files)
     companion = _companion(edge.resolve_rules(topology, api), edge_files)
+    files_volume = {"name": FILES_VOLUME, "emptyDir": {}}
     pod = {
-        "initContainers": [_write_files(), _envoy()],
+        "initContainers": [_write_files(), _envoy(split)],
         "containers": [companion],
-        "volumes": envoy_pod_volumes(NAME, CONFIG_MAP, {"name": FILES_VOLUME, "emptyDir": {}}),
+        "volumes": envoy_pod_volumes(NAME, CONFIG_MAP, files_volume, split=split),
     }
     return [
         service_account(NAME, NAME),
         config_map(CONFIG_MAP, NAME, files),
         service(NAME, NAME, [("http", containers.EDGE_PORT)]),
-        deployment(NAME, NAME, 2, pod, config_hash(files)),
+        deployment(NAME, NAME, 2, pod, split_free_hash(topology, render)),
         pdb(NAME, NAME, minAvailable=1),
     ]
 
@@ -64,9 +70,9 @@ def _write_files() -> dict[str, Any]:
     }
 
 
-def _envoy() -> dict[str, Any]:
+def _envoy(split: bool) -> dict[str, Any]:
     envoy = envoy_container(
-        CONFIG_MAP, [("http", containers.EDGE_PORT), ("probe", containers.PROBE_PORT)]
+        CONFIG_MAP, [("http", containers.EDGE_PORT), ("probe", containers.PROBE_PORT)], split=split
     )
     envoy["volumeMounts"].append({**_FILES_MOUNT, "readOnly": True})
     return envoy

@@ -1,10 +1,17 @@
 """The Kubernetes objects every part of the mesh is made of: metadata, Services,
 ConfigMaps, Deployments, disruption budgets, and the pieces of a pod (security, resources,
-probes, the Envoy sidecar, volumes)."""
+probes, the Envoy sidecar, volumes).
+
+A service's release (`Service.releases`) is what one Deployment runs: the service itself
+(`catalog`), or one of its versions (`catalog-v2`), whose objects carry and select the
+labels `app` and `version` (`release_labels`), as Istio's bookinfo labels its versions.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +30,13 @@ HEADER = (
 #: The volume of an Envoy container's admin socket (`containers.ADMIN_SOCKET_DIR`),
 #: mounted by no other container of the pod.
 ENVOY_ADMIN_VOLUME = "envoy-admin"
+#: The ConfigMap of the split between services' versions (`containers.split_files`),
+#: mounted at `containers.ROUTING_DIR` in every Envoy that routes to a service with versions.
+ROUTING_CONFIG_MAP = "mesh-routing"
+ROUTING_VOLUME = "routing"
+#: The link the kubelet swaps in one rename onto a ConfigMap mount's new files when the
+#: ConfigMap changes: Envoy's routing layer is read through it (`MeshPlan.routing_root`).
+ROUTING_ROOT = containers.ROUTING_DIR / "..data"
 
 RESTRICTED = {
     "allowPrivilegeEscalation": False,
@@ -63,8 +77,19 @@ def selector(name: str) -> dict[str, str]:
     return {"app.kubernetes.io/name": name}
 
 
-def meta(name: str, component: str) -> dict[str, Any]:
-    return {"name": name, "labels": labels(name, component)}
+def release_name(service: str, version: str) -> str:
+    """The name of a release's Deployment, Service and budget: `catalog`, `catalog-v2`."""
+    return f"{service}-{version}" if version else service
+
+
+def release_labels(service: str, version: str) -> dict[str, str] | None:
+    """The labels that pick the pods of one version of `service`; None without a version
+    (its pods are picked by name, `selector`)."""
+    return {"app": service, "version": version} if version else None
+
+
+def meta(name: str, component: str, release: Mapping[str, str] | None = None) -> dict[str, Any]:
+    return {"name": name, "labels": {**labels(name, component), **(release or {})}}
 
 
 def resources(cpu: str, memory: str, memory_limit: str) -> dict[str, Any]:
@@ -111,9 +136,10 @@ def pod_security() -> dict[str, Any]:
 
 
 def envoy_container(
-    config_map: str, ports: list[tuple[str, int]], cpu_share: float = 1.0
+    config_map: str, ports: list[tuple[str, int]], cpu_share: float = 1.0, *, split: bool = False
 ) -> dict[str, Any]:
-    """The Envoy sidecar, as a native sidecar (an init container that keeps running)."""
+    """The Envoy sidecar, as a native sidecar (an init container that keeps running); with
+    `split`, it reads the routing layer (`containers.reads_split`)."""
     ready = http_probe("/healthz/ready", containers.PROBE_PORT, period=10, failures=3)
     return {
         "name": "envoy",
@@ -136,20 +162,31 @@ def envoy_container(
             IDENTITY_MOUNT,
             # Envoy's admin socket: writable, and the Envoy container's only.
             {"name": ENVOY_ADMIN_VOLUME, "mountPath": str(containers.ADMIN_SOCKET_DIR)},
+            *([_ROUTING_MOUNT] if split else []),
         ],
     }
 
 
+#: The whole ConfigMap (never a `subPath`, which the kubelet does not update).
+_ROUTING_MOUNT = {
+    "name": ROUTING_VOLUME,
+    "mountPath": str(containers.ROUTING_DIR),
+    "readOnly": True,
+}
+
+
 def envoy_pod_volumes(
-    identity: str, config_map: str, *extra: dict[str, Any]
+    identity: str, config_map: str, *extra: dict[str, Any], split: bool = False
 ) -> list[dict[str, Any]]:
-    """The volumes of a pod with an Envoy container, and `extra`."""
+    """The volumes of a pod with an Envoy container, and `extra`; with `split`, the routing
+    layer's ConfigMap."""
     return [
         {"name": "envoy-config", "configMap": {"name": config_map}},
         {"name": "identity", "secret": {"secretName": identity_secret(identity)}},
         {"name": "tmp", "emptyDir": {}},
         {"name": ENVOY_ADMIN_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
         *extra,
+        *([{"name": ROUTING_VOLUME, "configMap": {"name": ROUTING_CONFIG_MAP}}] if split else []),
     ]
 
 
@@ -168,21 +205,29 @@ def service_account(name: str, component: str) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta(name, component)}
 
 
-def config_map(name: str, component: str, files: dict[str, str]) -> dict[str, Any]:
+def config_map(
+    name: str,
+    component: str,
+    files: Mapping[str, str],
+    release: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": meta(name, component),
+        "metadata": meta(name, component, release),
         "data": dict(sorted(files.items())),
     }
 
 
-def pdb(name: str, component: str, **budget: Any) -> dict[str, Any]:
+def pdb(
+    name: str, component: str, release: Mapping[str, str] | None = None, **budget: Any
+) -> dict[str, Any]:
+    """The disruption budget of the pods of `name` (of a version: of its `release` labels)."""
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
-        "metadata": meta(name, component),
-        "spec": {"selector": {"matchLabels": selector(name)}, **budget},
+        "metadata": meta(name, component, release),
+        "spec": {"selector": {"matchLabels": release or selector(name)}, **budget},
     }
 
 
@@ -191,14 +236,17 @@ def service(
     component: str,
     ports: list[tuple[str, int]],
     selects: str | None = None,
+    release: Mapping[str, str] | None = None,
     **spec: Any,
 ) -> dict[str, Any]:
+    """The Service `name` of the pods of `selects` (default `name`), or of one version's
+    pods, those with its `release` labels."""
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": meta(name, component),
+        "metadata": meta(name, component, release),
         "spec": {
-            "selector": selector(selects or name),
+            "selector": release or selector(selects or name),
             "ports": [
                 {"name": port_name, "port": port, "targetPort": port, "protocol": "TCP"}
                 for port_name, port in ports
@@ -209,24 +257,31 @@ def service(
 
 
 def deployment(
-    name: str, component: str, replicas: int, pod: dict[str, Any], config: str
+    name: str,
+    component: str,
+    replicas: int,
+    pod: dict[str, Any],
+    config: str,
+    release: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """A Deployment of pods with an Envoy container whose files hash to `config`."""
+    """A Deployment of pods with an Envoy container whose files hash to `config`; for one
+    version of a service, its pods carry its `release` labels, and the service's account."""
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": meta(name, component),
+        "metadata": meta(name, component, release),
         "spec": {
             "replicas": replicas,
-            "selector": {"matchLabels": selector(name)},
+            "selector": {"matchLabels": release or selector(name)},
             "strategy": {"rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
             "template": {
                 "metadata": {
-                    "labels": labels(name, component),
+                    "labels": meta(name, component, release)["labels"],
                     "annotations": _pod_annotations(config),
                 },
                 "spec": {
-                    "serviceAccountName": name,
+                    # A version's pods have its service's identity, as every version has.
+                    "serviceAccountName": release["app"] if release else name,
                     "automountServiceAccountToken": False,
                     "securityContext": pod_security(),
                     "terminationGracePeriodSeconds": 30,
@@ -247,11 +302,29 @@ def _pod_annotations(config: str) -> dict[str, str]:
     }
 
 
-def config_hash(files: dict[str, str]) -> str:
+def config_hash(files: Mapping[str, str]) -> str:
     digest = hashlib.sha256()
     for name, text in sorted(files.items()):
         digest.update(name.encode() + b"\0" + text.encode() + b"\0")
     return digest.hexdigest()[:16]
+
+
+def split_free_hash(topology: Topology, render: Callable[[Topology], Mapping[str, str]]) -> str:
+    """The `config_hash` of the Envoy files `render` makes of `topology`, apart from the
+    weights of its splits: those Envoy reads from the routing layer (`ROUTING_CONFIG_MAP`),
+    so a changed split changes that ConfigMap only, and rolls no pod."""
+    return config_hash(render(_unweighted(topology)))
+
+
+def _unweighted(topology: Topology) -> Topology:
+    """`topology` with every version's weight 0 (what its splits are apart from the split)."""
+    services = {
+        name: dataclasses.replace(
+            service, versions=tuple(dataclasses.replace(v, weight=0) for v in service.versions)
+        )
+        for name, service in topology.services.items()
+    }
+    return dataclasses.replace(topology, services=services)
 
 
 def documents(objects: list[dict[str, Any]]) -> str:

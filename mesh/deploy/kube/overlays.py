@@ -1,9 +1,10 @@
 """The overlays of the base, each a kustomization (file names relative to its directory).
 
-dev: one replica per service (each keeps its SQLite file on the pod's volume, which
-replicas could not share). prod: Postgres per service (a StatefulSet each), the services
-reading `SHOP_<SERVICE>_DATABASE_URL` from the Secret `<service>-database`, and
-cert-manager issuing every identity.
+dev: one replica per service, or per version of a service with versions (each keeps its
+SQLite file on the pod's volume, which replicas could not share). prod: Postgres per
+service (a StatefulSet each), the services (each version's Deployment too) reading
+`SHOP_<SERVICE>_DATABASE_URL` from the Secret `<service>-database`, and cert-manager
+issuing every identity.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from mesh.deploy.kube.objects import (
     labels,
     meta,
     pod_security,
+    release_name,
     resources,
     selector,
     service,
@@ -31,9 +33,18 @@ POSTGRES_IMAGE = "postgres:17.6-alpine"
 _POSTGRES_USER = 70
 
 
+def _deployments(topology: Topology) -> list[tuple[str, str]]:
+    """(service, Deployment) of every release of every service (`catalog`, `catalog-v2`)."""
+    return [
+        (name, release_name(name, version.name))
+        for name in sorted(topology.services)
+        for version in topology.services[name].releases
+    ]
+
+
 def dev(topology: Topology) -> dict[str, str]:
-    """One replica per service: each keeps its SQLite file on its pod's volume."""
-    patches = [_replicas_patch(name, 1) for name in sorted(topology.services)]
+    """One replica per Deployment: each keeps its SQLite file on its pod's volume."""
+    patches = [_replicas_patch(name, 1) for _, name in _deployments(topology)]
     return {"kustomization.yaml": kustomization(["../../base"], patches=patches)}
 
 
@@ -50,7 +61,10 @@ def prod(topology: Topology) -> dict[str, str]:
     objects = [certificate_request(topology, identity) for identity in identities(topology)]
     for name in services:
         objects += _postgres_objects(name)
-    patches = [{"patch": dump(_database_url_patch(name))} for name in services]
+    patches = [
+        {"patch": dump(_database_url_patch(name, deployment))}
+        for name, deployment in _deployments(topology)
+    ]
     return {
         "prod.yaml": documents(objects),
         "kustomization.yaml": kustomization(
@@ -59,15 +73,16 @@ def prod(topology: Topology) -> dict[str, str]:
     }
 
 
-def _database_url_patch(service: str) -> dict[str, Any]:
-    """The service's app reads its database's URL from the Secret `<service>-database`."""
+def _database_url_patch(service: str, deployment: str) -> dict[str, Any]:
+    """The service's app (in each of its versions' Deployments) reads its database's URL
+    from the Secret `<service>-database`."""
     url = {"secretKeyRef": {"name": f"{service}-database", "key": "url"}}
     variable = {"name": f"SHOP_{service.upper()}_DATABASE_URL", "valueFrom": url}
     app = {"name": "app", "env": [variable]}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": {"name": service},
+        "metadata": {"name": deployment},
         "spec": {"template": {"spec": {"containers": [app]}}},
     }
 

@@ -1,6 +1,7 @@
-"""A service's objects: its ServiceAccount, the ConfigMap of its sidecar's files, a
-headless Service, a Deployment of pods (the app and its Envoy as a native sidecar) and a
-PodDisruptionBudget."""
+"""A service's objects: its ServiceAccount (its identity), and for each of its releases
+(the service itself, or each of its versions: `catalog-v2`) the ConfigMap of its sidecar's
+files, a headless Service, a Deployment of pods (the app and its Envoy as a native
+sidecar) and a PodDisruptionBudget."""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ from mesh.deploy.kube.objects import (
     RESTRICTED,
     TMP_MOUNT,
     certificate,
-    config_hash,
     config_map,
     deployment,
     env,
@@ -24,66 +24,94 @@ from mesh.deploy.kube.objects import (
     millicores,
     nats_settings,
     pdb,
+    release_labels,
+    release_name,
     resources,
     selector,
     service,
     service_account,
+    split_free_hash,
 )
 
 COMPONENT = "service"
 
 
 def service_objects(
+    topology: Topology, plan: MeshPlan, api: Api, name: str
+) -> list[dict[str, Any]]:
+    """The objects of the service `name`: one ServiceAccount, then those of each release,
+    whose template is its instance in `plan` (one per release)."""
+    objects = [service_account(name, COMPONENT)]
+    for instance in plan.of(name):
+        objects += _release_objects(topology, plan, api, instance)
+    return objects
+
+
+def _release_objects(
     topology: Topology, plan: MeshPlan, api: Api, instance: InstancePlan
 ) -> list[dict[str, Any]]:
-    name = instance.service
-    files = containers.sidecar_files(topology, plan, instance, api, certificate())
-    replicas = topology.services[name].replicas
+    """A release's sidecar files, headless Service (what callers' clusters resolve, its pods
+    only), Deployment and budget."""
+    name = release_name(instance.service, instance.version)
+    release = release_labels(instance.service, instance.version)
+
+    def render(of: Topology) -> dict[str, str]:
+        return containers.sidecar_files(of, plan, instance, api, certificate())
+
+    files = render(topology)
+    split = containers.reads_split(files)
+    replicas = topology.services[instance.service].release(instance.version).replicas
+    pod = _pod(topology, instance, split)
+    config = split_free_hash(topology, render)
     return [
-        service_account(name, COMPONENT),
-        config_map(_config_map_name(name), COMPONENT, files),
-        service(name, COMPONENT, [("mesh", containers.INBOUND_PORT)], clusterIP="None"),
-        deployment(name, COMPONENT, replicas, _pod(topology, instance), config_hash(files)),
-        pdb(name, COMPONENT, maxUnavailable=1),
+        config_map(_config_map_name(name), COMPONENT, files, release),
+        service(
+            name, COMPONENT, [("mesh", containers.INBOUND_PORT)], release=release, clusterIP="None"
+        ),
+        deployment(name, COMPONENT, replicas, pod, config, release),
+        pdb(name, COMPONENT, release, maxUnavailable=1),
     ]
 
 
-def _config_map_name(service: str) -> str:
-    return f"{service}-envoy"
+def _config_map_name(release: str) -> str:
+    return f"{release}-envoy"
 
 
-def _pod(topology: Topology, instance: InstancePlan) -> dict[str, Any]:
-    name = instance.service
-    share = containers.cpu_share(topology, name)
+def _pod(topology: Topology, instance: InstancePlan, split: bool) -> dict[str, Any]:
+    name = release_name(instance.service, instance.version)
+    share = containers.cpu_share(topology, instance.service)
     sidecar = envoy_container(
         _config_map_name(name),
         [("mesh", containers.INBOUND_PORT), ("probe", containers.PROBE_PORT)],
         share,
+        split=split,
     )
+    volumes = envoy_pod_volumes(
+        instance.service, _config_map_name(name), {"name": "data", "emptyDir": {}}, split=split
+    )
+    spread = release_labels(instance.service, instance.version) or selector(name)
     return {
         "initContainers": [sidecar],
         "containers": [_app_container(topology, instance, share)],
-        "volumes": envoy_pod_volumes(
-            name, _config_map_name(name), {"name": "data", "emptyDir": {}}
-        ),
+        "volumes": volumes,
         "topologySpreadConstraints": [
             {
                 "maxSkew": 1,
                 "topologyKey": "kubernetes.io/hostname",
                 "whenUnsatisfiable": "ScheduleAnyway",
-                "labelSelector": {"matchLabels": selector(name)},
+                "labelSelector": {"matchLabels": spread},
             }
         ],
     }
 
 
 def _app_container(topology: Topology, instance: InstancePlan, share: float) -> dict[str, Any]:
-    name = instance.service
-    environment = containers.app_environment(topology, instance, nats_settings(topology, name))
+    nats = nats_settings(topology, instance.service)
+    environment = containers.app_environment(topology, instance, nats)
     return {
         "name": "app",
         "image": containers.images()["shop"],
-        "command": containers.app_command(name),
+        "command": containers.app_command(topology, instance),
         "env": env(environment),
         **_app_probes(),
         "resources": resources(millicores(100, share), "128Mi", "512Mi"),
