@@ -22,6 +22,7 @@ from mesh.control.rollouts.model import (
     DEFAULT_MIN_REQUESTS,
     DEFAULT_STEPS,
     ENDED,
+    PROMOTED,
     RolloutSpec,
 )
 from mesh.control.topology import Topology, load, parse_duration
@@ -99,18 +100,24 @@ def _follow(where: Path, service: str, seen: int) -> int:
     """Print each decision as it is made, until the rollout ends; 0 if promoted."""
     while True:
         rollout = store.load(where, service)
-        assert rollout is not None
+        if rollout is None:
+            raise RolloutError(f"{service} has had no rollout in this mesh")
         for decision in rollout.decisions[seen:]:
             print(report.decision_line(decision, rollout), flush=True)
         seen = len(rollout.decisions)
         if rollout.status in ENDED:
             print(f"{service}: {rollout.status}")
-            return 0 if rollout.status == "promoted" else 1
+            return 0 if rollout.status == PROMOTED else 1
         time.sleep(WAIT_POLL_SECONDS)
 
 
 def _status(args: argparse.Namespace) -> int:
     where, topology, _ = _mesh(args)
+    if args.watch:
+        if args.service is None:
+            raise UsageError("--watch follows the rollout of one service: name it")
+        actions.versions(topology, args.service)
+        return _follow(where, args.service, 0)
     rollouts = store.every(where)
     if args.json:
         print(json.dumps([r.to_json() for r in rollouts], indent=2))
@@ -188,6 +195,11 @@ def _add_arguments(command: argparse.ArgumentParser) -> None:
     add_run_dir(status)
     status.add_argument("service", nargs="?")
     status.add_argument("--json", action="store_true", help="the rollouts' state as JSON")
+    status.add_argument(
+        "--watch", action="store_true",
+        help="follow the service's rollout, each decision as it is made, to its end "
+        "(exit 0 if promoted, 1 if rolled back or undone)",
+    )  # fmt: skip
     status.set_defaults(action=_status)
     undo = steps.add_parser(
         "undo", help="stop a rollout, or reverse the last one: the split of before, at once"
@@ -209,4 +221,8 @@ def _run(args: argparse.Namespace) -> int:
     return action(args)
 
 
-ROLLOUT = Command(_add_arguments, _run, errors=(ControlError, RolloutError, routing.WeightsError))
+ROLLOUT = Command(
+    _add_arguments,
+    _run,
+    errors=(ControlError, RolloutError, routing.WeightsError, store.UnreadableRollout),
+)

@@ -14,7 +14,7 @@ from mesh.cli.command import Command, add_run_dir, run_dir
 from mesh.control import routing
 from mesh.control.contracts import ContractsError
 from mesh.control.local import ControlError, running_state, status_table
-from mesh.control.rollouts import report
+from mesh.control.rollouts import report, store
 from mesh.control.topology import load
 
 
@@ -28,7 +28,8 @@ def status(run_dir: Path, as_json: bool) -> int:
         return 0
     print(status_table(state))
     if (run_dir / routing.ROUTING_DIR).is_dir():  # a service has versions
-        print("\n".join(report.status_lines(run_dir, load(Path(state["config"])))))
+        lines = report.status_lines(run_dir, load(Path(state["config"])), last=1)
+        print("\n".join(lines))
     return 0
 
 
@@ -41,4 +42,6 @@ def _run(args: argparse.Namespace) -> int:
     return status(run_dir(args), args.json)
 
 
-STATUS = Command(_add_arguments, _run, errors=(ContractsError, ControlError))
+STATUS = Command(
+    _add_arguments, _run, errors=(ContractsError, ControlError, store.UnreadableRollout)
+)

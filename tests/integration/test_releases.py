@@ -200,8 +200,13 @@ def test_blue_green_switches_every_call_at_once(
         "--min-requests", "1",
     )  # fmt: skip
     assert {answered_by(edge, product) for _ in range(10)} == {"v2"}
-    with Reader(edge, product):
-        wait_until(lambda: rollout_of(versioned)["status"] == PROMOTED, "promoted", 60, 0.5)
+    with Reader(edge, product) as reader:
+        watched = versioned.meshctl("rollout", "status", "catalog", "--watch").stdout.splitlines()
+    assert "start: v2 100% (every call to v2, the rest to v1)" in watched[0]
+    assert "promote: v2 100% (within every limit); v2: " in watched[1]
+    assert watched[2:] == ["catalog: promoted"]
+    assert reader.answered["failed"] == 0
+    assert set(reader.answered) == {"v2"}
     versioned.meshctl("rollout", "undo", "catalog")
     assert {answered_by(edge, product) for _ in range(10)} == {"v1"}
 

@@ -227,3 +227,20 @@ def test_a_failing_canary_is_rolled_back_mid_window(
     found.tick()  # an ended rollout is left alone
     assert store.load(tmp_path, "catalog") == rollout
     assert rollout.status != PROGRESSING
+
+
+@pytest.mark.parametrize("service", ["../../etc/passwd", "orders", "nobody"])
+def test_undo_and_weights_name_only_services_with_versions(tmp_path: Path, service: str) -> None:
+    with pytest.raises(RolloutError, match=r"no service|has no versions"):
+        actions.undo(tmp_path, TOPOLOGY, service)
+    with pytest.raises(RolloutError, match=r"no service|has no versions"):
+        actions.set_weights(tmp_path, TOPOLOGY, service, {"v1": 100})
+    assert not (tmp_path / store.ROLLOUTS_DIR).exists()
+
+
+def test_a_rollout_file_changed_by_hand_is_named(tmp_path: Path) -> None:
+    path = store.path_of(tmp_path, "catalog")
+    path.parent.mkdir()
+    path.write_text('{"spec": {}}')
+    with pytest.raises(store.UnreadableRollout, match=r"catalog\.json cannot be read as a rollout"):
+        store.load(tmp_path, "catalog")

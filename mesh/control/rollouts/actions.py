@@ -39,10 +39,10 @@ def start(
     """Move the first step of calls (blue-green: every call, once every instance of the
     canary is SERVING) to the canary; the supervisor's controller takes it from there.
     `instances` are `state.json`'s."""
-    versions = _versions(topology, spec.service)
-    if spec.canary not in versions:
+    known = versions(topology, spec.service)
+    if spec.canary not in known:
         raise RolloutError(
-            f"{spec.service} has no version {spec.canary!r} (its versions: {', '.join(versions)})"
+            f"{spec.service} has no version {spec.canary!r} (its versions: {', '.join(known)})"
         )
     with routing.changing(run_dir):
         previous = store.load(run_dir, spec.service)
@@ -67,6 +67,7 @@ def start(
 def undo(run_dir: Path, topology: Topology, service: str) -> Rollout:
     """Stop the rollout of `service` in progress, or reverse the last one promoted: the
     split it started from, at once (the old version kept running)."""
+    versions(topology, service)
     with routing.changing(run_dir):
         rollout = store.load(run_dir, service)
         if rollout is None or rollout.status not in (PROGRESSING, PROMOTED):
@@ -81,6 +82,7 @@ def undo(run_dir: Path, topology: Topology, service: str) -> Rollout:
 
 def set_weights(run_dir: Path, topology: Topology, service: str, shares: Mapping[str, int]) -> None:
     """Split `service`'s calls as `shares` says, by hand; refused during a rollout."""
+    versions(topology, service)
     with routing.changing(run_dir):
         rollout = store.load(run_dir, service)
         if rollout is not None and rollout.status == PROGRESSING:
@@ -103,7 +105,8 @@ def apply(run_dir: Path, topology: Topology, rollout: Rollout) -> None:
     store.save(run_dir, rollout)
 
 
-def _versions(topology: Topology, service: str) -> list[str]:
+def versions(topology: Topology, service: str) -> list[str]:
+    """The versions of `service`; RolloutError if it is no service, or has none."""
     if service not in topology.services:
         raise RolloutError(f"no service {service!r} (services: {', '.join(topology.services)})")
     versions = [v.name for v in topology.services[service].versions]

@@ -48,6 +48,8 @@ class RolloutSpec:
             raise ValueError("the error rate is a share from 0% to 100%")
         if self.interval <= 0:
             raise ValueError("the interval must be above 0")
+        if self.min_requests < 1:
+            raise ValueError("the calls needed to judge a window must be 1 or more")
 
 
 @dataclass(frozen=True)

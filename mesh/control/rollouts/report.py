@@ -10,8 +10,13 @@ from mesh.control.rollouts.model import Decision, Rollout
 from mesh.control.topology import Topology
 
 
-def status_lines(where: Path, topology: Topology, service: str | None = None) -> list[str]:
-    """The split of each service with versions and where its last rollout stands."""
+def status_lines(
+    where: Path, topology: Topology, service: str | None = None, last: int | None = None
+) -> list[str]:
+    """The split of each service with versions (of `service` alone, if given) and where
+    its last rollout stands, with its decisions (the `last` ones, if given)."""
+    if service is not None:
+        actions.versions(topology, service)
     weights = actions.current_weights(where, topology)
     lines = []
     for name, shares in sorted(weights.items()):
@@ -26,7 +31,8 @@ def status_lines(where: Path, topology: Topology, service: str | None = None) ->
                 f"  rollout to {spec.canary} ({spec.strategy}, from {rollout.stable}): "
                 f"{rollout.status}, step {rollout.step + 1} of {len(spec.steps)}"
             )
-            lines += [f"    {decision_line(d, rollout)}" for d in rollout.decisions]
+            shown = rollout.decisions[-last:] if last else rollout.decisions
+            lines += [f"    {decision_line(d, rollout)}" for d in shown]
     if not lines:
         lines.append("no service has versions (give one `versions:` in mesh.yaml)")
     return lines

@@ -16,12 +16,20 @@ def path_of(run_dir: Path, service: str) -> Path:
     return run_dir / ROLLOUTS_DIR / f"{service}.json"
 
 
+class UnreadableRollout(ValueError):
+    """A rollout's file is not what `save` writes (changed by hand, or from another
+    version of the mesh); the message names it."""
+
+
 def load(run_dir: Path, service: str) -> Rollout | None:
     """The last rollout of `service`, if it had one."""
+    path = path_of(run_dir, service)
     try:
-        return Rollout.from_json(json.loads(path_of(run_dir, service).read_text()))
+        return Rollout.from_json(json.loads(path.read_text()))
     except FileNotFoundError:
         return None
+    except (ValueError, KeyError, TypeError) as error:
+        raise UnreadableRollout(f"{path} cannot be read as a rollout ({error!r})") from None
 
 
 def save(run_dir: Path, rollout: Rollout) -> None:
