@@ -26,8 +26,16 @@ class LogError(ValueError):
     """A log that is not there, or a filter that means nothing."""
 
 
+#: The edge Envoy's log, where its access log lines go (`mesh.control.envoy.edge_access`).
+EDGE_LOG = "edge.envoy.log"
+
+
 def app_logs(run_dir: Path, service: str | None = None) -> dict[str, Path]:
-    """The app log of each instance (of `service`, or all), by instance name."""
+    """The app log of each instance (of `service`, or all), by instance name; for
+    `service` "edge", the edge's log with its access log lines."""
+    if service == "edge":
+        path = run_dir / "logs" / EDGE_LOG
+        return {"edge": path} if path.exists() else {}
     pattern = f"{service}-*.log" if service else "*.log"
     return {
         path.name.removesuffix(".log"): path
@@ -47,19 +55,20 @@ class LogFilter:
     level: str | None = None
     """The least level kept (`LEVELS`), or every line."""
     trace_id: str | None = None
+    consumer: str | None = None
+    """Only the edge's access log lines of this consumer (a token's subject)."""
 
     def __post_init__(self) -> None:
         if self.level is not None and self.level not in LEVELS:
             raise LogError(f"a level is one of {', '.join(LEVELS)}, not {self.level!r}")
 
     def keeps(self, line: str) -> bool:
-        if self.level is None and self.trace_id is None:
+        if self.level is None and self.trace_id is None and self.consumer is None:
             return True  # nothing to read the line for
         fields = telemetry.parse_log_line(line) if line.startswith("{") else None
-        if self.trace_id is not None and (
-            fields is None or fields.get("trace_id") != self.trace_id
-        ):
-            return False
+        for key, wanted in (("trace_id", self.trace_id), ("consumer", self.consumer)):
+            if wanted is not None and (fields is None or fields.get(key) != wanted):
+                return False
         if self.level is None or fields is None:
             return True
         level = fields.get("level", "")

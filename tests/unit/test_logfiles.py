@@ -49,6 +49,15 @@ def test_a_trace_keeps_only_that_traces_lines() -> None:
     assert LogFilter("ERROR", "t1").kept(LOG) == [LOG[3]]
 
 
+def test_a_consumer_keeps_only_the_edges_lines_of_its_requests(tmp_path: Path) -> None:
+    access = [json.dumps({"logger": "edge.access", "consumer": who}) for who in ("ann", None)]
+    assert LogFilter(consumer="ann").kept([*access, *LOG]) == [access[0]]
+    (tmp_path / "logs").mkdir()
+    assert app_logs(tmp_path, "edge") == {}
+    (tmp_path / "logs" / "edge.envoy.log").write_text(access[0])
+    assert app_logs(tmp_path, "edge") == {"edge": tmp_path / "logs" / "edge.envoy.log"}
+
+
 def test_an_unknown_level_is_refused() -> None:
     with pytest.raises(LogError, match="a level is one of DEBUG, INFO"):
         LogFilter("LOUD")

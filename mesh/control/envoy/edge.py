@@ -36,8 +36,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mesh.control.api import Api
-from mesh.control.envoy import admin, edge_filters, splits
+from mesh.control.api import Api, Method
+from mesh.control.envoy import admin, edge_access, edge_filters, splits
 from mesh.control.envoy.bootstrap import LOOPBACK, bootstrap, duration, socket_address
 from mesh.control.envoy.clusters import dependency_clusters, loopback_cluster, upstream
 from mesh.control.envoy.connection_manager import connection_manager
@@ -91,10 +91,18 @@ def _method_routes(topology: Topology, api: Api, rules: EdgeRules) -> list[dict[
         declared = method_policies(topology, api, service)
         to = splits.target(topology, service)
         routes += [
-            method_route(to, DEFAULT_CALL_POLICY, m, declared[m.path], topology.edge.timeout)
+            {
+                "name": route_name(service, m),
+                **method_route(to, DEFAULT_CALL_POLICY, m, declared[m.path], topology.edge.timeout),
+            }
             for m in methods
         ]
     return routes
+
+
+def route_name(service: str, method: Method) -> str:
+    """A method's route, as the access log names it: `catalog.v2.GetProduct`."""
+    return f"{service}.{method.package.rpartition('.')[2]}.{method.name}"
 
 
 def _page(path: str, file: Path, content_type: str) -> dict[str, Any]:
@@ -215,6 +223,7 @@ def _listener(
         stream_idle_timeout="60s",
         request_headers_timeout="10s",
         use_remote_address=True,
+        access_log=edge_access.access_logs(),
         **tracing(topology, "edge"),
     )
     # The edge's route table also answers pages itself and carries the CORS policy.

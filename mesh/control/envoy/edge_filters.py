@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mesh.control.envoy import filters
+from mesh.control.envoy import edge_access, filters
 from mesh.control.envoy.edge_files import (
     DOCS_PATH,
     HEALTH_PATH,
@@ -61,6 +61,7 @@ def http_filters(
         rate_limit(TOTAL_LIMIT, edge.rate_limit.total),
         buffer(edge.max_request_bytes),
         transcoder(str(files.descriptor_set), rules.grpc_services),
+        edge_access.grpc_status_noted(),
         rest_call_marked(),
         jwt_authn(topology, rules, f"http://127.0.0.1:{port}{JWKS_PATH}"),
         client_limits(edge.rate_limit),
