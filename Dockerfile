@@ -14,7 +14,8 @@
 #
 # State lives under /shop, owned by the image's user `shop` (uid and gid 10001):
 # certificates in /shop/pki, service data in /shop/run (SHOP_RUN_DIR), NATS data in
-# /shop/nats, the edge's files in /shop/edge. A named volume mounted on one of them takes
+# /shop/nats, the edge's files in /shop/edge, your own HTTPS certificate for the edge,
+# copied, in /shop/edge-tls. A named volume mounted on one of them takes
 # that ownership on its first mount.
 #
 # The builder stage generates the `shop` package from protos/ (buf and grpcio-tools),
@@ -71,7 +72,7 @@ RUN groupadd --gid 10001 shop \
     && useradd --no-log-init --uid 10001 --gid shop \
         --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin shop \
     && install --directory --owner=shop --group=shop --mode=0750 \
-        /shop /shop/pki /shop/run /shop/nats /shop/edge
+        /shop /shop/pki /shop/run /shop/nats /shop/edge /shop/edge-tls
 
 COPY --from=builder /opt/venv /opt/venv
 

@@ -1,6 +1,11 @@
 """Place an order through the edge with the generated gRPC stubs.
 
     .venv/bin/python examples/place_order.py [--edge 127.0.0.1:8080]
+    .venv/bin/python examples/place_order.py --edge 127.0.0.1:8443 --ca .mesh/pki/ca/ca.pem
+
+With `--ca`, the calls go over TLS to the edge's HTTPS port, the edge's certificate
+verified against that CA (the mesh's, which issues the edge's certificate unless mesh.yaml
+names your own); without it, over plaintext HTTP/2 to the plain port.
 
 It registers a customer (identity), logs in for a token, picks a product from the
 catalog (browsing needs no token), places an order for it, then follows the order
@@ -14,6 +19,7 @@ import argparse
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import grpc
 from google.type import postal_address_pb2
@@ -26,12 +32,20 @@ from shop.orders.v1 import orders_service_pb2 as orders
 from shop.orders.v1 import orders_service_pb2_grpc as orders_grpc
 
 
+def _channel(edge: str, ca: Path | None) -> grpc.Channel:
+    if ca is None:
+        return grpc.insecure_channel(edge)
+    credentials = grpc.ssl_channel_credentials(root_certificates=ca.read_bytes())
+    return grpc.secure_channel(edge, credentials)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--edge", default="127.0.0.1:8080", help="the edge's host:port")
+    parser.add_argument("--ca", type=Path, help="over TLS, trusting this CA's certificates")
     args = parser.parse_args(argv)
 
-    with grpc.insecure_channel(args.edge) as channel:
+    with _channel(args.edge, args.ca) as channel:
         accounts = identity_grpc.IdentityServiceStub(channel)
         email = f"demo-{uuid.uuid4().hex[:8]}@example.org"
         accounts.Register(identity.RegisterRequest(email=email, password="correct horse"))

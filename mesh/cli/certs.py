@@ -23,7 +23,7 @@ def certs(root: Path, run_dir: Path, config: Path | None, rotate: bool, issue: b
     if rotate:
         for info in infos:
             if info.identity != "ca":
-                pki.issue(info.identity, info.instance)
+                pki.renew(info)
         infos = pki.inspect()
     print(format_table(infos, datetime.now(UTC)))
     return 0
@@ -34,7 +34,8 @@ def _add_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument("--rotate", action="store_true", help="re-issue every leaf now")
     command.add_argument(
         "--issue", action="store_true",
-        help="first issue what is missing or due: the CA, each instance, edge, nats, meshctl",
+        help="first issue what is missing or due: the CA, each instance, edge (and its HTTPS), "
+        "nats, meshctl",
     )  # fmt: skip
     command.add_argument(
         "--every", type=float, metavar="SECONDS",

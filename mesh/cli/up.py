@@ -14,6 +14,11 @@ def _add_mesh_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument(
         "--edge-port", type=int, help="the edge's port instead of mesh.yaml's (0: a free one)"
     )
+    command.add_argument(
+        "--https-port",
+        type=int,
+        help="the edge's HTTPS port instead of mesh.yaml's edge.https.port (0: a free one)",
+    )
 
 
 def _add_up_arguments(command: argparse.ArgumentParser) -> None:
@@ -31,15 +36,20 @@ def _add_supervise_arguments(command: argparse.ArgumentParser) -> None:
 
 def _up(args: argparse.Namespace) -> int:
     if args.detach:
-        return local.up_detached(root(), run_dir(args), args.config, args.edge_port)
-    return local.supervise(
-        root(), run_dir(args), args.config, foreground=True, edge_port=args.edge_port
-    )
+        return local.up_detached(
+            root(), run_dir(args), args.config, args.edge_port, args.https_port
+        )
+    return _supervise(args, foreground=True)
 
 
-def _supervise(args: argparse.Namespace) -> int:
+def _supervise(args: argparse.Namespace, foreground: bool = False) -> int:
     return local.supervise(
-        root(), run_dir(args), args.config, foreground=False, edge_port=args.edge_port
+        root(),
+        run_dir(args),
+        args.config,
+        foreground=foreground,
+        edge_port=args.edge_port,
+        https_port=args.https_port,
     )
 
 

@@ -80,8 +80,14 @@ def write_leaf(
     sans: Sequence[x509.GeneralName],
     now: datetime,
     validity: timedelta,
+    client_auth: bool = True,
 ) -> x509.Certificate:
+    """A leaf and its new key; a workload's authenticates servers and clients alike, a
+    server's (`client_auth` False: the edge's HTTPS certificate) servers only."""
     key = ec.generate_private_key(ec.SECP256R1())
+    usages = [ExtendedKeyUsageOID.SERVER_AUTH]
+    if client_auth:
+        usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
     not_after = min(now + validity, ca_certificate.not_valid_after_utc)
     builder = (
         x509.CertificateBuilder()
@@ -106,12 +112,7 @@ def write_leaf(
             ),
             critical=True,
         )
-        .add_extension(
-            x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-            ),
-            critical=False,
-        )
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         .add_extension(_authority_key_identifier(ca_certificate), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
     )
@@ -139,14 +140,21 @@ def _write_pair(
     certificate: x509.Certificate,
     key: ec.EllipticCurvePrivateKey,
 ) -> None:
-    # Key first: a watcher that sees the new certificate finds its key already in place.
     key_pem = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
+    write_pair_atomically(
+        cert_path, certificate.public_bytes(serialization.Encoding.PEM), key_path, key_pem
+    )
+
+
+def write_pair_atomically(cert_path: Path, cert_pem: bytes, key_path: Path, key_pem: bytes) -> None:
+    """Replace a certificate and its key, key first: a watcher that sees the new
+    certificate finds its key already in place."""
     _write_atomically(key_path, key_pem, _KEY_MODE)
-    _write_atomically(cert_path, certificate.public_bytes(serialization.Encoding.PEM), _CERT_MODE)
+    _write_atomically(cert_path, cert_pem, _CERT_MODE)
 
 
 def _write_atomically(path: Path, data: bytes, mode: int) -> None:
@@ -230,6 +238,10 @@ def uri_sans_of(certificate: x509.Certificate) -> list[str]:
 
 def dns_sans_of(certificate: x509.Certificate) -> tuple[str, ...]:
     return tuple(_sans(certificate, x509.DNSName))
+
+
+def ip_sans_of(certificate: x509.Certificate) -> tuple[str, ...]:
+    return tuple(_sans(certificate, x509.IPAddress))
 
 
 def common_name_of(certificate: x509.Certificate) -> str:

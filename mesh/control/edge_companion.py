@@ -25,8 +25,13 @@ public service's app, which knows no other service's name. `Watch` follows the e
 itself only: the edge relays single checks, not streams of them, so for a public service
 it is UNIMPLEMENTED and clients poll `Check`.
 
+The edge's HTTPS certificate, when it is the user's own (`--tls-cert`, `--tls-key`): the
+companion copies the pair into the directory the edge's Envoy watches (`--tls-dir`) each
+time the files change and belong together (`mesh.control.edge_tls`), so a replaced
+certificate is served within about a second, with no restart.
+
 Run as `python -m mesh.control.edge_companion --port P --edge-port E --descriptor-set FILE
---service NAME...`.
+--service NAME... [--tls-cert FILE --tls-key FILE --tls-dir DIR]`.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from google.api import visibility_pb2
 from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from mesh.control import edge_tls
 from mesh.control.envoy.edge_rules import HEALTH_CHECK_TIMEOUT, HEALTH_OF_HEADER
 from mesh.runtime.runner import HealthServicer, ServiceRunner
 
@@ -202,6 +208,10 @@ class EdgeHealth(HealthServicer):
 
 
 async def _serve(args: argparse.Namespace) -> None:
+    copying = None
+    if args.tls_dir is not None:
+        pair = edge_tls.CopiedPair(args.tls_cert, args.tls_key, args.tls_dir)
+        copying = asyncio.create_task(edge_tls.keep_copied(pair))
     async with grpc.aio.insecure_channel(f"127.0.0.1:{args.edge_port}") as channel:
         runner = ServiceRunner(
             [],
@@ -211,7 +221,11 @@ async def _serve(args: argparse.Namespace) -> None:
             pool=descriptor_pool_of(args.descriptor_set, args.services),
             health_servicer=EdgeHealth(args.services, channel),
         )
-        await runner.serve()
+        try:
+            await runner.serve()
+        finally:
+            if copying is not None:
+                copying.cancel()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -220,7 +234,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--edge-port", type=int, required=True)
     parser.add_argument("--descriptor-set", type=Path, required=True)
     parser.add_argument("--service", action="append", default=[], dest="services")
+    parser.add_argument("--tls-cert", type=Path, help="the user's certificate for HTTPS")
+    parser.add_argument("--tls-key", type=Path, help="...and its key")
+    parser.add_argument("--tls-dir", type=Path, help="where the edge reads them from")
     args = parser.parse_args(argv)
+    given = [args.tls_cert, args.tls_key, args.tls_dir]
+    if any(given) and not all(given):
+        parser.error("--tls-cert, --tls-key and --tls-dir go together")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s edge %(message)s")
     asyncio.run(_serve(args))
 

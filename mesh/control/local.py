@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from mesh.control import conformance, contracts, preflight
 from mesh.control.process import make_private, pid_alive
 from mesh.control.state import STATE_FILE, all_pids, read_state
-from mesh.control.topology import Topology, TopologyError, load
+from mesh.control.topology import HTTP_REDIRECT, Topology, TopologyError, load
 
 if TYPE_CHECKING:
     from mesh.control.supervisor import Supervisor
@@ -44,13 +44,17 @@ def load_topology(root: Path, config: Path | None) -> Topology:
 
 
 def checked_topology(
-    root: Path, run_dir: Path, config: Path | None, edge_port: int | None
+    root: Path,
+    run_dir: Path,
+    config: Path | None,
+    edge_port: int | None,
+    https_port: int | None = None,
 ) -> Topology:
     """The topology, once the preflight found nothing in the way of starting it;
     ControlError with every problem, one a line, if it did."""
     topology = load_topology(root, config)
     found = preflight.problems(
-        topology, root / contracts.DESCRIPTOR_SET, run_dir.resolve(), edge_port
+        topology, root / contracts.DESCRIPTOR_SET, run_dir.resolve(), edge_port, https_port
     )
     if found:
         raise ControlError(conformance.told_together(found, "nothing started"))
@@ -58,7 +62,11 @@ def checked_topology(
 
 
 def _supervisor(
-    root: Path, topology: Topology, run_dir: Path, stream: bool, edge_port: int | None
+    root: Path,
+    topology: Topology,
+    run_dir: Path,
+    stream: bool,
+    edge_ports: tuple[int | None, int | None],
 ) -> Supervisor:
     # Imported only by the commands that run a mesh: the supervisor brings the runtime's
     # event bus and database layers, 0.45 s of CPU that `up --detach`, `status` and the
@@ -72,7 +80,8 @@ def _supervisor(
             run_dir.resolve(),
             root / contracts.DESCRIPTOR_SET,
             on_line=(lambda line: print(line, flush=True)) if stream else None,
-            edge_port=edge_port,
+            edge_port=edge_ports[0],
+            https_port=edge_ports[1],
         )
     except SupervisorError as error:
         raise ControlError(str(error)) from None
@@ -93,12 +102,14 @@ def supervise(
     *,
     foreground: bool,
     edge_port: int | None = None,
+    https_port: int | None = None,
 ) -> int:
     """Run a mesh until SIGINT/SIGTERM (`up` in the foreground, or `supervise`)."""
     if running_state(run_dir) is not None:
         raise ControlError(f"a mesh is already running from {run_dir}; `meshctl down` first")
-    topology = checked_topology(root, run_dir, config, edge_port)
-    supervisor = _supervisor(root, topology, run_dir, stream=foreground, edge_port=edge_port)
+    topology = checked_topology(root, run_dir, config, edge_port, https_port)
+    ports = (edge_port, https_port)
+    supervisor = _supervisor(root, topology, run_dir, stream=foreground, edge_ports=ports)
     from mesh.control.supervisor import SupervisorError  # loaded by `_supervisor`
 
     stop = threading.Event()
@@ -135,13 +146,17 @@ def _supervisor_failure(log_path: Path, log_start: int, code: int) -> str:
 
 
 def up_detached(
-    root: Path, run_dir: Path, config: Path | None, edge_port: int | None = None
+    root: Path,
+    run_dir: Path,
+    config: Path | None,
+    edge_port: int | None = None,
+    https_port: int | None = None,
 ) -> int:
     """Start a supervisor in the background; return once the mesh is healthy."""
     if running_state(run_dir) is not None:
         raise ControlError(f"a mesh is already running from {run_dir}; `meshctl down` first")
     # Fail here, in the user's terminal, on whatever the supervisor would fail on first.
-    checked_topology(root, run_dir, config, edge_port)
+    checked_topology(root, run_dir, config, edge_port, https_port)
     make_private(run_dir)  # supervisor.log too is its owner's only
     (run_dir / STATE_FILE).unlink(missing_ok=True)
     log_path = run_dir / "supervisor.log"
@@ -150,6 +165,8 @@ def up_detached(
         argv += ["--config", str(config.resolve())]
     if edge_port is not None:
         argv += ["--edge-port", str(edge_port)]
+    if https_port is not None:
+        argv += ["--https-port", str(https_port)]
     with log_path.open("ab") as log:
         log_start = log.seek(0, os.SEEK_END)
         process = subprocess.Popen(
@@ -271,6 +288,20 @@ def status_table(state: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _https_line(url: str, ca: str | None) -> str:
+    """Where the edge speaks HTTPS, and how a client verifies it (the CA's path relative
+    to here when it is below)."""
+    if ca is None:
+        return f"edge https: {url} (REST and gRPC over TLS, with your certificate)"
+    path = Path(ca)
+    if path.is_relative_to(Path.cwd()):
+        path = path.relative_to(Path.cwd())
+    return (
+        f"edge https: {url} (REST and gRPC over TLS; the mesh CA vouches for it: "
+        f"`curl --cacert {path} {url}/v1/products`)"
+    )
+
+
 def _where(state: dict[str, Any]) -> list[str]:
     """Where to reach the mesh's parts, and what the table's figures are."""
     lines: list[str] = []
@@ -281,6 +312,13 @@ def _where(state: dict[str, Any]) -> list[str]:
         lines.append(
             f"edge: {edge['url']} (REST and gRPC; {edge['url']}/docs, {edge['url']}/openapi.json;"
             f" pid {edge['pid']})"
+        )
+    if edge and edge.get("https_url"):
+        lines.append(_https_line(edge["https_url"], edge.get("ca")))
+    if edge and edge.get("http") == HTTP_REDIRECT:
+        lines.append(
+            f"edge http: {edge['http_url']} redirects to HTTPS (308; gRPC is refused there,"
+            " naming the HTTPS port)"
         )
     lines.append(
         "REQ/S, ERR%, P99: the last 2 s, from each app's Prometheus metrics "

@@ -26,6 +26,7 @@ churn certificates. The module also makes *foreign* CAs and arbitrary leaves
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import re
 from collections.abc import Callable, Sequence
@@ -41,6 +42,7 @@ from mesh.control.certfiles import (
     PKIError,
     common_name_of,
     dns_sans_of,
+    ip_sans_of,
     make_private_dir,
     public_keys_match,
     read_certificate,
@@ -86,6 +88,12 @@ class CertificateInfo:
     cert_path: Path
     key_path: Path
     dns_names: tuple[str, ...] = ()
+    ip_addresses: tuple[str, ...] = ()
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The DNS names and IP addresses it is valid for."""
+        return self.dns_names + self.ip_addresses
 
     @property
     def lifetime(self) -> timedelta:
@@ -190,8 +198,33 @@ class MeshPKI:
         outlives its CA: its expiry is capped at the CA's. `dns_names` are added to the
         one DNS name every leaf has (a NATS server's route names, for instance).
         """
+        sans = [
+            x509.UniformResourceIdentifier(self.spiffe_id(identity)),
+            x509.DNSName(self.service_dns_name(identity)),
+            *(x509.DNSName(name) for name in dns_names),
+        ]
+        return self._write(instance, identity, sans, validity)
+
+    def issue_server(
+        self, instance: str, names: Sequence[str], validity: timedelta = timedelta(hours=24)
+    ) -> CertificateInfo:
+        """A server certificate for ordinary TLS clients (curl, browsers, gRPC clients given
+        the mesh CA) in `<directory>/<instance>/`, valid for `names` (DNS names and IP
+        addresses), for server authentication only, and with no SPIFFE id: it names a
+        place clients dial, not a workload of the mesh, so no sidecar admits it as a peer."""
+        sans = [_server_name(name) for name in names]
+        return self._write(instance, instance, sans, validity, client_auth=False)
+
+    def _write(
+        self,
+        instance: str,
+        common_name: str,
+        sans: Sequence[x509.GeneralName],
+        validity: timedelta,
+        client_auth: bool = True,
+    ) -> CertificateInfo:
+        """A new leaf of the CA (made first if need be) in `<directory>/<instance>/`."""
         _check_instance(instance)
-        spiffe_id = self.spiffe_id(identity)
         self.ensure_ca()
         ca_certificate, ca_key = self._load_ca()
         directory = self.directory / instance
@@ -201,16 +234,47 @@ class MeshPKI:
             directory / _KEY_FILE,
             ca_certificate,
             ca_key,
-            common_name=identity,
-            sans=[
-                x509.UniformResourceIdentifier(spiffe_id),
-                x509.DNSName(self.service_dns_name(identity)),
-                *(x509.DNSName(name) for name in dns_names),
-            ],
+            common_name=common_name,
+            sans=sans,
             now=self._clock(),
             validity=validity,
+            client_auth=client_auth,
         )
         return self._info(certificate, instance, directory / _CERT_FILE, directory / _KEY_FILE)
+
+    def _existing(self, instance: str) -> CertificateInfo | None:
+        """The leaf in `<directory>/<instance>/` (after making sure of the CA), if readable."""
+        _check_instance(instance)
+        self.ensure_ca()
+        directory = self.directory / instance
+        try:
+            return self._read_info(instance, directory / _CERT_FILE, directory / _KEY_FILE)
+        except PKIError:
+            return None
+
+    def ensure_server(
+        self, instance: str, names: Sequence[str], validity: timedelta = timedelta(hours=24)
+    ) -> CertificateInfo:
+        """The server certificate in `<directory>/<instance>/` (`issue_server`), issued
+        only if the one there does not name exactly `names` or is not good (`ensure`)."""
+        existing = self._existing(instance)
+        if (
+            existing is not None
+            and existing.spiffe_id is None
+            and set(existing.names) == {str(_server_name(name).value) for name in names}
+            and not self.needs_renewal(existing, self._clock())
+        ):
+            return existing
+        return self.issue_server(instance, names, validity)
+
+    def renew(self, info: CertificateInfo) -> CertificateInfo:
+        """A new certificate in place of `info`'s, naming what it names: a workload's
+        SPIFFE id with its extra DNS names, or a server's names."""
+        if info.spiffe_id is None:
+            return self.issue_server(info.instance, info.names)
+        own = self.service_dns_name(info.identity)
+        extra = [name for name in info.dns_names if name != own]
+        return self.issue(info.identity, info.instance, dns_names=extra)
 
     def needs_renewal(self, info: CertificateInfo, now: datetime, fraction: float = 0.5) -> bool:
         """Whether the certificate at `info.cert_path` should be replaced now.
@@ -251,14 +315,8 @@ class MeshPKI:
         and namespace, comes from the current CA, matches its key and has more than half
         its life left; so re-running `meshctl up` keeps certificates Envoy already loaded.
         """
-        _check_instance(instance)
         expected = self.spiffe_id(identity)
-        self.ensure_ca()
-        directory = self.directory / instance
-        try:
-            existing = self._read_info(instance, directory / _CERT_FILE, directory / _KEY_FILE)
-        except PKIError:
-            existing = None
+        existing = self._existing(instance)
         if (
             existing is not None
             and existing.spiffe_id == expected
@@ -312,6 +370,7 @@ class MeshPKI:
             cert_path=cert_path,
             key_path=key_path,
             dns_names=dns_sans_of(certificate),
+            ip_addresses=ip_sans_of(certificate),
         )
 
 
@@ -322,7 +381,7 @@ def format_table(infos: list[CertificateInfo], now: datetime) -> str:
         (
             info.identity,
             info.instance,
-            info.spiffe_id or "-",
+            info.spiffe_id or ", ".join(info.names) or "-",
             f"{info.serial:x}"[:12],
             info.not_after.astimezone(UTC).isoformat(timespec="seconds"),
             _format_remaining(info.remaining(now)),
@@ -399,6 +458,14 @@ def _natural_key(name: str) -> tuple[tuple[int, int | str], ...]:
     return tuple(
         (0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", name) if part
     )
+
+
+def _server_name(name: str) -> x509.GeneralName:
+    """A DNS name's or an IP address's subject alternative name."""
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
 
 
 def _check_segment(what: str, value: str) -> None:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from mesh.control.routing import routing_root
-from mesh.control.topology import Topology
+from mesh.control.topology import HTTP_OFF, HTTP_ON, Topology
 
 PLAN_FILE = "plan.json"
 #: Where a checkout's mesh keeps its state, certificates, logs and databases (git-ignored).
@@ -102,13 +102,25 @@ class InstancePlan:
 
 @dataclass(frozen=True)
 class EdgePlan:
-    """The edge Envoy's port and admin socket, and its companion's port (reflection and
+    """The edge Envoy's ports and admin socket, and its companion's port (reflection and
     health)."""
 
     port: int
+    """Plain HTTP (`edge.http`): REST and gRPC, or redirects to HTTPS; 0 when it is off."""
     admin_socket: str
     companion_port: int
     probe_port: int = 0
+    https_port: int = 0
+    """HTTPS (`edge.https`); 0: none."""
+    internal_port: int = 0
+    """Where, on loopback, the edge serves its own calls (identity's JWKS, the health checks
+    its companion relays) when `port` does not serve clients (`edge.http` off or
+    redirect); 0: `port` does."""
+
+    @property
+    def own_port(self) -> int:
+        """The loopback port the edge and its companion call the edge on."""
+        return self.internal_port or self.port
 
 
 @dataclass(frozen=True)
@@ -147,6 +159,8 @@ class MeshPlan:
         if self.edge is not None:
             ports += [
                 (self.edge.port, "the edge"),
+                (self.edge.https_port, "the edge's HTTPS"),
+                (self.edge.internal_port, "the edge's own calls"),
                 (self.edge.companion_port, "the edge companion"),
                 (self.edge.probe_port, "the edge's probes"),
             ]
@@ -222,16 +236,43 @@ class _Ports:
         return port
 
 
+def _edge_plan(
+    topology: Topology,
+    run_dir: Path,
+    ports: _Ports,
+    edge_port: int | None,
+    https_port: int | None,
+) -> EdgePlan:
+    """The edge's ports: plain HTTP unless off, HTTPS if any, and a loopback port for its
+    own calls when plain HTTP does not serve clients."""
+    settings = topology.edge
+    plain = settings.port if edge_port is None else edge_port
+    port = 0 if settings.http == HTTP_OFF else ports.take(plain or None)
+    companion_port = ports.take()
+    https = 0
+    if settings.https is not None:
+        https = ports.take((settings.https.port if https_port is None else https_port) or None)
+    return EdgePlan(
+        port=port,
+        admin_socket=admin_socket(run_dir, "edge"),
+        companion_port=companion_port,
+        https_port=https,
+        internal_port=0 if settings.http == HTTP_ON else ports.take(),
+    )
+
+
 def make_plan(
     topology: Topology,
     run_dir: Path,
     pick: Callable[[], int] = free_port,
     *,
     edge_port: int | None = None,
+    https_port: int | None = None,
 ) -> MeshPlan:
     """The instances and ports of `topology`, in start order.
 
-    `edge_port` overrides `edge.port` of the topology (0 picks a free port).
+    `edge_port` and `https_port` override `edge.port` and `edge.https.port` of the
+    topology (0 picks a free port).
     """
     ports = _Ports(pick)
     instances = []
@@ -254,12 +295,7 @@ def make_plan(
                 instances.append(replace(instance, admin_socket=socket))
     edge = None
     if topology.edge.expose:
-        port = topology.edge.port if edge_port is None else edge_port
-        edge = EdgePlan(
-            port=ports.take(port or None),
-            admin_socket=admin_socket(run_dir, "edge"),
-            companion_port=ports.take(),
-        )
+        edge = _edge_plan(topology, run_dir, ports, edge_port, https_port)
     return MeshPlan(
         run_dir=run_dir,
         instances=tuple(instances),

@@ -6,8 +6,10 @@ bind, after NATS, the trace store and every service have started; a method mesh.
 names that the contracts lack, when a renderer meets it halfway through the start. The
 preflight looks first: the run directory can be made and written and its sockets' paths
 fit (`mesh.control.plan`); the binaries are installed; mesh.yaml fits the contracts
-(`mesh.control.conformance`); and every port the plan listens on is free on loopback,
-one that is not named with what wanted it and the line of mesh.yaml that fixed it.
+(`mesh.control.conformance`); the user's own certificate for the edge's HTTPS, if
+mesh.yaml names one, can be read and matches its key (`mesh.control.edge_tls`); and
+every port the plan listens on is free on loopback, one that is not named with what
+wanted it and the line of mesh.yaml that fixed it.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import os
 import socket
 from pathlib import Path
 
-from mesh.control import conformance
+from mesh.control import conformance, edge_tls
 from mesh.control.api import Api
 from mesh.control.binaries import BinaryNotFoundError, find_binary
 from mesh.control.plan import MeshPlan, PlanError, make_plan
@@ -29,7 +31,11 @@ BINARIES = ("envoy", "nats-server")
 
 
 def problems(
-    topology: Topology, descriptor_set: Path, run_dir: Path, edge_port: int | None = None
+    topology: Topology,
+    descriptor_set: Path,
+    run_dir: Path,
+    edge_port: int | None = None,
+    https_port: int | None = None,
 ) -> list[str]:
     """Everything that would stop a local mesh of `topology` in `run_dir`, one line each;
     nothing is created or started (a port is only tried, and let go at once)."""
@@ -38,9 +44,10 @@ def problems(
         *binary_problems(),
         *contract_problems(topology, descriptor_set),
         *module_problems(topology),
+        *edge_tls.problems(topology),
     ]
     try:
-        plan = make_plan(topology, run_dir, edge_port=edge_port)
+        plan = make_plan(topology, run_dir, edge_port=edge_port, https_port=https_port)
     except PlanError as error:
         return [*found, str(error)]
     return [*found, *port_problems(plan, topology)]

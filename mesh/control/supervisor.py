@@ -7,10 +7,12 @@ so all children are started from the supervisor's main thread, which lives as lo
 they do.
 
 Start-up: certificates (a mesh CA and one SPIFFE certificate per instance and for the
-edge), then every process at once but the apps, which start once NATS with JetStream is
-ready and the event bus's streams and consumers exist (`Supervisor.start` says why
-nothing else waits); the apps are forked from a Python that has already imported what
-they share (`mesh.control.apps`), started while the rest is prepared. An instance is
+edge, and the edge's HTTPS certificate: the mesh CA's, or the user's own copied where
+the edge watches, `mesh.control.edge_tls`), then every process at once but the apps,
+which start once NATS with JetStream is ready and the event bus's streams and consumers
+exist (`Supervisor.start` says why nothing else waits); the apps are forked from a
+Python that has already imported what they share (`mesh.control.apps`), started while
+the rest is prepared. An instance is
 healthy when its app's gRPC health says SERVING and its sidecar's `/ready` answers; each
 part is announced as it becomes healthy, and a process that exits while starting fails
 the start with its own last error line. While running, an app or sidecar that exits is
@@ -43,7 +45,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from mesh.control import envoy, launch, natsconf, routing
+from mesh.control import edge_tls, envoy, launch, natsconf, routing
 from mesh.control.api import Api
 from mesh.control.apps import AppForker, stop_forkserver
 from mesh.control.binaries import find_binary
@@ -140,6 +142,7 @@ class Supervisor:
         *,
         on_line: Callable[[str], None] | None = None,
         edge_port: int | None = None,
+        https_port: int | None = None,
     ) -> None:
         self.root = root
         self.topology = topology
@@ -148,7 +151,9 @@ class Supervisor:
         self.api = Api.from_descriptor_set(descriptor_set)
         self.pki = MeshPKI(run_dir / "pki", topology.trust_domain, topology.namespace)
         try:
-            self.plan: MeshPlan = make_plan(topology, run_dir, edge_port=edge_port)
+            self.plan: MeshPlan = make_plan(
+                topology, run_dir, edge_port=edge_port, https_port=https_port
+            )
         except PlanError as error:
             raise SupervisorError(str(error)) from None
         self.instances: list[Instance] = []
@@ -286,11 +291,17 @@ class Supervisor:
         assert self.plan.edge is not None
         directory = self.run_dir / "edge"
         rules = edge.resolve_rules(self.topology, self.api)
-        files = edge.write_files(
-            directory, self.descriptor_set, self.topology, rules, self.plan.edge.port
-        )
+        url = edge.client_url(self.topology, self.plan.edge)
+        files = edge.write_files(directory, self.descriptor_set, self.topology, rules, url)
         cert = self.pki.ensure("edge", "edge")
         sds = envoy.write_sds(directory, cert.cert_path, cert.key_path, self.pki.ca_path)
+        copied = edge_tls.own_pair(self.topology, directory / "tls")
+        if self.plan.edge.https_port:
+            try:
+                served = edge_tls.server_pair(self.topology, self.pki, copied)
+            except edge_tls.EdgeTlsError as error:
+                raise SupervisorError(f"the edge's HTTPS certificate: {error}") from None
+            sds = envoy.write_server_sds(sds, directory, *served)
         config = envoy.write_config(
             edge.edge_config(self.topology, self.plan, self.api, sds, files),
             directory / "envoy.yaml",
@@ -303,8 +314,9 @@ class Supervisor:
                 *edge.companion_arguments(
                     rules,
                     self.plan.edge.companion_port,
-                    self.plan.edge.port,
+                    self.plan.edge.own_port,
                     files.descriptor_set,
+                    copied,
                 ),
             ],
             logs / "edge.log",
@@ -441,7 +453,7 @@ class Supervisor:
         now = datetime.now(UTC)
         for info in self.pki.inspect():
             if info.identity != "ca" and self.pki.needs_renewal(info, now):
-                self.pki.issue(info.identity, info.instance)
+                self.pki.renew(info)
                 self._say(f"renewed the certificate of {info.instance}")
 
     def run(self, stop: threading.Event) -> None:
@@ -563,8 +575,14 @@ class Supervisor:
     def _edge_state(self) -> dict[str, Any] | None:
         if self.plan.edge is None or self.edge_envoy is None or self.edge_companion is None:
             return None
+        https, plain = self.plan.edge.https_port, self.plan.edge.port
         return {
-            "url": f"http://127.0.0.1:{self.plan.edge.port}",
+            "url": edge.client_url(self.topology, self.plan.edge),
+            "http": self.topology.edge.http,
+            "http_url": f"http://127.0.0.1:{plain}" if plain else None,
+            "https_url": f"https://127.0.0.1:{https}" if https else None,
+            # What HTTPS clients verify the edge against, unless it serves the user's own.
+            "ca": str(self.pki.ca_path) if edge_tls.mesh_ca_issues(self.topology) else None,
             "pid": self.edge_envoy.pid,
             "companion_pid": self.edge_companion.pid,
             "admin_socket": self.plan.edge.admin_socket,

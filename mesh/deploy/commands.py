@@ -19,14 +19,15 @@ import threading
 import time
 from pathlib import Path
 
-from mesh.control import conformance, contracts, natsconf
+from mesh.control import conformance, contracts, edge_tls, natsconf
 from mesh.control.api import Api
 from mesh.control.certfiles import PKIError
+from mesh.control.edge_tls import CopiedPair
 from mesh.control.envoy import edge
 from mesh.control.pki import CertificateInfo, MeshPKI, utc_now
 from mesh.control.topology import Topology
 from mesh.deploy import compose, kube
-from mesh.deploy.containers import EDGE_PORT, Rendered
+from mesh.deploy.containers import Rendered
 from mesh.runtime.events import NatsSettings
 
 #: What `meshctl render TARGET` writes.
@@ -72,12 +73,25 @@ def render(root: Path, topology: Topology, target: str, check: bool) -> int:
     return 0
 
 
-def write_edge_files(root: Path, topology: Topology, directory: Path) -> int:
-    """The descriptor set, OpenAPI document and docs page the edge serves, in `directory`."""
+def write_edge_files(
+    root: Path, topology: Topology, directory: Path, copied: CopiedPair | None = None
+) -> int:
+    """The descriptor set, OpenAPI document and docs page the edge serves, in `directory`;
+    with `copied`, the user's HTTPS certificate copied for the edge first (nothing is
+    written if it cannot be served)."""
     api = api_of(root, topology)
+    if copied is not None:
+        try:
+            certificate = edge_tls.copy_pair(copied)
+        except edge_tls.EdgeTlsError as error:
+            raise DeployError(f"the edge's HTTPS certificate: {error}") from None
+        print(f"copied the certificate with serial {certificate.serial_number:x} to {copied.into}")
     rules = edge.resolve_rules(topology, api)
     descriptor_set = root / contracts.DESCRIPTOR_SET
-    files = edge.write_files(directory, descriptor_set, topology, rules, EDGE_PORT)
+    edge_plan = compose.instances_plan(topology).edge
+    assert edge_plan is not None, "nothing is exposed: the edge has no files"
+    url = edge.client_url(topology, edge_plan)
+    files = edge.write_files(directory, descriptor_set, topology, rules, url)
     print(f"wrote the edge's files to {files.openapi.parent}")
     return 0
 
@@ -93,10 +107,13 @@ def needed_leaves(topology: Topology) -> list[tuple[str, str]]:
 
 
 def issue_certificates(topology: Topology, pki: MeshPKI) -> list[CertificateInfo]:
-    """The CA and every leaf the mesh needs; good ones are kept."""
+    """The CA and every leaf the mesh needs, the edge's HTTPS certificate among them when
+    the mesh CA issues it; good ones are kept."""
     pki.ensure_ca()
     for identity, instance in needed_leaves(topology):
         pki.ensure(identity, instance)
+    if topology.edge.https is not None and edge_tls.mesh_ca_issues(topology):
+        pki.ensure_server(edge_tls.EDGE_HTTPS_INSTANCE, edge_tls.server_names(topology.edge.https))
     return pki.inspect()
 
 
@@ -113,10 +130,18 @@ def certificate_problems(topology: Topology, pki: MeshPKI) -> list[str]:
         if info is None or info.spiffe_id != pki.spiffe_id(identity):
             problems.append(f"{instance}: no certificate for {identity}")
         elif pki.needs_renewal(info, now):
-            problems.append(
-                f"{instance}: due for renewal (expires {info.not_after:%Y-%m-%d %H:%M})"
-            )
+            problems.append(_due(info))
+    if edge_tls.mesh_ca_issues(topology):
+        info = issued.get(edge_tls.EDGE_HTTPS_INSTANCE)
+        if info is None or info.spiffe_id is not None:
+            problems.append(f"{edge_tls.EDGE_HTTPS_INSTANCE}: no certificate for the edge's HTTPS")
+        elif pki.needs_renewal(info, now):
+            problems.append(_due(info))
     return problems
+
+
+def _due(info: CertificateInfo) -> str:
+    return f"{info.instance}: due for renewal (expires {info.not_after:%Y-%m-%d %H:%M})"
 
 
 def verify_certificates(topology: Topology, pki: MeshPKI) -> int:

@@ -15,7 +15,12 @@ The same mesh as `meshctl up`, in containers (see `mesh.deploy.containers` for t
    name on the network; `<instance>-app` is the app, in that namespace
    (`network_mode: service:<instance>`), reaching its dependencies through the
    sidecar's outbound listeners on loopback.
-5. `edge` (Envoy) and `edge-companion` (reflection, health), the only ports published.
+5. `edge` (Envoy) and `edge-companion` (reflection, health), the only ports published:
+   plain HTTP (unless `edge.http: off`) and HTTPS (with `edge.https`). Its HTTPS
+   certificate is the mesh CA's (`certs` issues and renews it on the `pki` volume), or
+   the user's own (`edge.https.cert_file`), whose directory is mounted read-only into
+   `edge-files`, which copies it into the volume `edge-tls` before the edge starts, and
+   into the companion, which copies it again whenever it changes.
 
 A service with versions runs a sidecar and an app per instance of each version
 (`catalog-v2-0`, `catalog-v2-0-app`), with the version's environment, module and faults.
@@ -36,11 +41,13 @@ read-only.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mesh.control import envoy, natsconf, routing
+from mesh.control import edge_tls, envoy, natsconf, routing
 from mesh.control.api import Api
+from mesh.control.edge_tls import CopiedPair
 from mesh.control.envoy import edge
 from mesh.control.pki import MeshPKI
 from mesh.control.plan import InstancePlan, MeshPlan
@@ -63,6 +70,10 @@ JAEGER_HOST = "jaeger"
 NATS_HOST = "nats"
 #: How often the certs container renews what is due (leaves live a day, renewed at half).
 CERTIFICATE_CHECK_SECONDS = 600
+#: The volume the user's own HTTPS certificate is copied into, for the edge.
+EDGE_TLS_VOLUME = "edge-tls"
+#: Where the directories of the user's certificate files are mounted, one each.
+USER_TLS_DIR = Path("/etc/shop/user-tls")
 
 _HEADER = (
     "# Rendered from mesh.yaml by `meshctl render compose`: do not edit by hand\n"
@@ -77,6 +88,7 @@ def versions() -> dict[str, str]:
     return {
         **{f"{name.upper()}_IMAGE": image for name, image in containers.images().items()},
         "EDGE_PUBLISH": f"127.0.0.1:{containers.EDGE_PORT}",
+        "EDGE_HTTPS_PUBLISH": f"127.0.0.1:{containers.EDGE_HTTPS_PORT}",
         "JAEGER_UI_PUBLISH": f"127.0.0.1:{containers.JAEGER_UI_PORT}",
     }
 
@@ -241,7 +253,10 @@ def _files(topology: Topology, api: Api) -> dict[Path, str]:
 
 
 def _volumes(topology: Topology) -> dict[str, dict[str, Any]]:
-    volumes: dict[str, dict[str, Any]] = {name: {} for name in ("pki", "nats-data", "edge-files")}
+    names = ["pki", "nats-data", "edge-files"]
+    if _user_certificate(topology) is not None:
+        names.append(EDGE_TLS_VOLUME)
+    volumes: dict[str, dict[str, Any]] = {name: {} for name in names}
     volumes.update({f"{name}-data": {} for name in sorted(topology.services)})
     return volumes
 
@@ -355,6 +370,53 @@ def _instance(
     }
 
 
+@dataclass(frozen=True)
+class _UserCertificate:
+    """The user's own HTTPS certificate (`edge.https.cert_file`) in Compose: copied into the
+    volume `edge-tls` by `edge-files` before the edge starts, then by the companion each
+    time it changes, from the files' directories, mounted read-only (`sources`)."""
+
+    copied: CopiedPair
+    sources: tuple[str, ...]
+
+    @property
+    def copying_mounts(self) -> list[str]:
+        return [*self.sources, f"{EDGE_TLS_VOLUME}:{containers.EDGE_TLS_DIR}"]
+
+
+def _user_certificate(topology: Topology) -> _UserCertificate | None:
+    https = topology.edge.https
+    if https is None or https.cert_file is None or https.key_file is None:
+        return None
+    written = [Path(https.cert_file), Path(https.key_file)]
+    # Each file's directory, as mesh.yaml names it (relative to the repository, where this
+    # file is), once: a directory, not the file, so a file replaced by a rename shows.
+    directories = list(dict.fromkeys(path.parent for path in written))
+    inside = {d: USER_TLS_DIR / str(i) for i, d in enumerate(directories)}
+    cert, key = (inside[path.parent] / path.name for path in written)
+    sources = tuple(f"{d if d.is_absolute() else f'./{d}'}:{inside[d]}:ro" for d in directories)
+    return _UserCertificate(CopiedPair(cert, key, containers.EDGE_TLS_DIR), sources)
+
+
+def _server_pair(topology: Topology, pki: MeshPKI) -> tuple[Path, Path] | None:
+    """Where the edge finds its HTTPS certificate and key: the user's, copied, or the mesh
+    CA's that `certs` issues and renews."""
+    user = _user_certificate(topology)
+    if user is not None:
+        return user.copied.cert, user.copied.key
+    if edge_tls.mesh_ca_issues(topology):
+        return pki.leaf_paths(edge_tls.EDGE_HTTPS_INSTANCE)
+    return None
+
+
+def _edge_ports(plan: MeshPlan) -> list[str]:
+    assert plan.edge is not None
+    ports = [f"${{EDGE_PUBLISH}}:{containers.EDGE_PORT}"] if plan.edge.port else []
+    if plan.edge.https_port:
+        ports.append(f"${{EDGE_HTTPS_PUBLISH}}:{containers.EDGE_HTTPS_PORT}")
+    return ports
+
+
 def _edge(
     topology: Topology, plan: MeshPlan, api: Api, pki: MeshPKI, files: dict[Path, str]
 ) -> dict[str, Any]:
@@ -363,36 +425,64 @@ def _edge(
     edge_files = edge.files_in(containers.EDGE_FILES_DIR)
     certificate = _certificate(pki, "edge")
     rendered = containers.envoy_files(
-        lambda sds: edge.edge_config(topology, plan, api, sds, edge_files), certificate
+        lambda sds: edge.edge_config(topology, plan, api, sds, edge_files),
+        certificate,
+        _server_pair(topology, pki),
     )
     mounts = _envoy_mounts("edge", rendered, files)
+    user = _user_certificate(topology)
+    if user is not None:
+        mounts.append(f"{EDGE_TLS_VOLUME}:{containers.EDGE_TLS_DIR}:ro")
     exposed = [f"{peer.name}-app" for service in sorted(rules.exposed) for peer in plan.of(service)]
     return {
-        "edge-files": _shop(
-            command=["meshctl", "render", "edge-files", str(containers.EDGE_FILES_DIR)],
-            volumes=[f"edge-files:{containers.EDGE_FILES_DIR}"],
-            restart="no",
-        ),
+        "edge-files": _edge_files(user),
         "edge": _envoy(
             [*mounts, f"edge-files:{containers.EDGE_FILES_DIR}:ro"],
-            ports=[f"${{EDGE_PUBLISH}}:{containers.EDGE_PORT}"],
+            ports=_edge_ports(plan),
             depends_on={**_healthy("certs"), **_done("edge-files"), **_healthy(*exposed)},
             restart="unless-stopped",
         ),
-        "edge-companion": _edge_companion(rules, edge_files),
+        "edge-companion": _edge_companion(rules, edge_files, plan.edge.own_port, user),
     }
 
 
-def _edge_companion(rules: edge.EdgeRules, edge_files: edge.EdgeFiles) -> dict[str, Any]:
-    """Reflection of the public API and health, in the edge's network namespace."""
+def _edge_files(user: _UserCertificate | None) -> dict[str, Any]:
+    """Writes what the edge serves, and copies the user's certificate for it first."""
+    return _shop(
+        command=[
+            "meshctl", "render", "edge-files", str(containers.EDGE_FILES_DIR),
+            *(user.copied.arguments() if user else []),
+        ],
+        volumes=[
+            f"edge-files:{containers.EDGE_FILES_DIR}", *(user.copying_mounts if user else [])
+        ],
+        restart="no",
+    )  # fmt: skip
+
+
+def _edge_companion(
+    rules: edge.EdgeRules,
+    edge_files: edge.EdgeFiles,
+    edge_port: int,
+    user: _UserCertificate | None,
+) -> dict[str, Any]:
+    """Reflection of the public API and health, in the edge's network namespace; and the
+    user's certificate kept copied for the edge."""
     arguments = edge.companion_arguments(
-        rules, containers.COMPANION_PORT, containers.EDGE_PORT, edge_files.descriptor_set
+        rules,
+        containers.COMPANION_PORT,
+        edge_port,
+        edge_files.descriptor_set,
+        user.copied if user else None,
     )
     probe = ["python", "-m", "mesh.control.probe", "grpc", f"127.0.0.1:{containers.COMPANION_PORT}"]
     return _shop(
         command=["python", *arguments],
         network_mode="service:edge",
-        volumes=[f"edge-files:{containers.EDGE_FILES_DIR}:ro"],
+        volumes=[
+            f"edge-files:{containers.EDGE_FILES_DIR}:ro",
+            *(user.copying_mounts if user else []),
+        ],
         healthcheck=_health(probe),
         depends_on={"edge": {"condition": "service_started"}},
         restart="unless-stopped",

@@ -16,7 +16,9 @@ bind address and the paths of the certificates differ.
 | 15006 | the sidecar's inbound listener: mTLS, RBAC | other instances, the edge |
 | 15021 | the sidecar's probe listener: `/healthz/ready`, gRPC health, `/metrics` | orchestrator |
 | 15101+ | one outbound listener per dependency (sorted by name) | the app (loopback) |
-| 8080 | the edge (REST and gRPC) | clients |
+| 8080 | the edge (REST and gRPC; with `edge.http: redirect`, redirects to 8443) | clients |
+| 8443 | the edge's HTTPS (`edge.https`; REST and gRPC over TLS) | clients |
+| 15080 | the edge's own calls when 8080 is not for clients | the edge, its companion (loopback) |
 | 50052 | the edge companion (reflection, health) | the edge Envoy (loopback) |
 | 4222, 8222, 6222 | NATS clients, monitoring, cluster routes | the mesh |
 
@@ -53,7 +55,7 @@ from mesh.control.api import Api
 from mesh.control.launch import app_module, environment
 from mesh.control.pki import MeshPKI
 from mesh.control.plan import EdgePlan, InstancePlan, MeshPlan
-from mesh.control.topology import Topology
+from mesh.control.topology import HTTP_OFF, HTTP_ON, Topology
 from mesh.runtime.events import NatsSettings
 
 APP_PORT = 50051
@@ -62,6 +64,8 @@ INBOUND_PORT = 15006
 PROBE_PORT = 15021
 OUTBOUND_BASE_PORT = 15101
 EDGE_PORT = 8080
+EDGE_HTTPS_PORT = 8443
+EDGE_INTERNAL_PORT = 15080
 COMPANION_PORT = 50052
 NATS_PORT = 4222
 NATS_MONITOR_PORT = 8222
@@ -77,6 +81,8 @@ PKI_DIR = STATE_DIR / "pki"
 RUN_DIR = STATE_DIR / "run"
 NATS_DATA_DIR = STATE_DIR / "nats"
 EDGE_FILES_DIR = STATE_DIR / "edge"
+#: Where the edge reads the user's own HTTPS certificate, copied there (`edge_tls`).
+EDGE_TLS_DIR = STATE_DIR / "edge-tls"
 #: Where an Envoy container finds its bootstrap and SDS files.
 ENVOY_CONFIG_DIR = Path("/etc/envoy")
 #: Where an Envoy that routes to a service with versions finds the split: the routing
@@ -213,10 +219,12 @@ def plan(
     edge = None
     if topology.edge.expose:
         edge = EdgePlan(
-            port=EDGE_PORT,
+            port=0 if topology.edge.http == HTTP_OFF else EDGE_PORT,
             admin_socket=str(ADMIN_SOCKET),
             companion_port=COMPANION_PORT,
             probe_port=PROBE_PORT,
+            https_port=0 if topology.edge.https is None else EDGE_HTTPS_PORT,
+            internal_port=0 if topology.edge.http == HTTP_ON else EDGE_INTERNAL_PORT,
         )
     return MeshPlan(
         run_dir=RUN_DIR,
@@ -289,18 +297,22 @@ def dump(data: Any) -> str:
 
 
 def envoy_files(
-    bootstrap: Callable[[envoy.SdsFiles], dict[str, Any]], certificate: Certificate
+    bootstrap: Callable[[envoy.SdsFiles], dict[str, Any]],
+    certificate: Certificate,
+    server: tuple[Path, Path] | None = None,
 ) -> dict[str, str]:
-    """An Envoy container's files (by name, for `ENVOY_CONFIG_DIR`): bootstrap and SDS.
+    """An Envoy container's files (by name, for `ENVOY_CONFIG_DIR`): bootstrap and SDS, and
+    for the edge with HTTPS the SDS file of its `server` certificate and key.
 
     Envoy watches the certificate's directory, so a renewed certificate (a rotated
     Kubernetes Secret, a re-run of `meshctl certs --issue`) is loaded without a restart.
     """
     sds = envoy.sds_files(ENVOY_CONFIG_DIR, certificate.cert, certificate.ca)
-    return {
-        ENVOY_BOOTSTRAP: dump(bootstrap(sds)),
-        **envoy.sds_resources(certificate.cert, certificate.key, certificate.ca),
-    }
+    files = envoy.sds_resources(certificate.cert, certificate.key, certificate.ca)
+    if server is not None:
+        sds = envoy.with_server(sds, ENVOY_CONFIG_DIR, server[0])
+        files.update(envoy.server_sds_resources(*server))
+    return {ENVOY_BOOTSTRAP: dump(bootstrap(sds)), **files}
 
 
 def sidecar_files(

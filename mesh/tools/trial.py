@@ -186,7 +186,7 @@ def started(
     say(f"starting a mesh of its own from {run_dir} ...")
     try:
         with contextlib.redirect_stdout(io.StringIO()), _affinity(cpus):  # no status table
-            control.up_detached(root, run_dir, mesh.config, edge_port=0)
+            control.up_detached(root, run_dir, mesh.config, edge_port=0, https_port=0)
         yield mesh
     finally:
         with contextlib.redirect_stdout(io.StringIO()):

@@ -200,7 +200,7 @@ def test_compose_publishes_only_the_edge_and_the_trace_ui(compose_file: dict[str
     services: dict[str, dict[str, Any]] = compose_file["services"]
     published = {name: service["ports"] for name, service in services.items() if "ports" in service}
     assert published == {
-        "edge": ["${EDGE_PUBLISH}:8080"],
+        "edge": ["${EDGE_PUBLISH}:8080", "${EDGE_HTTPS_PUBLISH}:8443"],
         compose.JAEGER_HOST: ["${JAEGER_UI_PUBLISH}:16686"],
     }
     env = dict(
@@ -209,6 +209,7 @@ def test_compose_publishes_only_the_edge_and_the_trace_ui(compose_file: dict[str
         if line and not line.startswith("#")
     )
     assert env["EDGE_PUBLISH"].startswith("127.0.0.1:")
+    assert env["EDGE_HTTPS_PUBLISH"].startswith("127.0.0.1:")
     assert env["JAEGER_UI_PUBLISH"].startswith("127.0.0.1:")
     for name, service in services.items():
         variable = re.fullmatch(r"\$\{(\w+)\}", service["image"])
@@ -294,6 +295,13 @@ def test_kubernetes_pods_are_probed_limited_and_budgeted() -> None:
     assert nats["spec"]["replicas"] == kube.NATS_REPLICAS
     route_names = certificates["nats-identity"]["spec"]["dnsNames"]
     assert set(kube.nats_route_names("shop")) <= set(route_names)
+    # The edge's HTTPS certificate names where clients dial it, and no workload.
+    https = certificates.pop("edge-tls")["spec"]
+    assert https["secretName"] == "edge-tls"
+    assert "uris" not in https
+    assert https["usages"] == ["digital signature", "server auth"]
+    assert {"localhost", "edge.shop.svc", "edge.shop.svc.cluster.local"} <= set(https["dnsNames"])
+    assert https["ipAddresses"] == ["127.0.0.1"]
     for certificate in certificates.values():
         spec = certificate["spec"]
         identity = certificate["metadata"]["name"].removesuffix("-identity")

@@ -116,6 +116,10 @@ def test_k8s_secrets_hold_every_identity_the_manifests_mount(tmp_path: Path) -> 
     pki = MeshPKI(tmp_path / "k8s-pki", "shop.local", "shop")
     nats = next(info for info in pki.inspect() if info.instance == "nats")
     assert set(kube.nats_route_names("shop")) <= set(nats.dns_names)
+    # The edge's HTTPS certificate names where clients reach the edge, and no workload.
+    https = next(info for info in pki.inspect() if info.instance == "edge-https")
+    assert {"localhost", "edge.shop.svc.cluster.local"} <= set(https.dns_names)
+    assert (https.ip_addresses, https.spiffe_id) == (("127.0.0.1",), None)
 
 
 # -- a NATS cluster as Kubernetes runs it ------------------------------------------------

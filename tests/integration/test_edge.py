@@ -34,6 +34,7 @@ from shop.orders.v1 import orders_service_pb2_grpc as orders_grpc
 from tests.support.component import field_violations
 from tests.support.mesh import (
     ROOT,
+    SMALL_MESH_YAML,
     RunningMesh,
     assert_json_error,
     bearer,
@@ -371,16 +372,7 @@ def test_openapi_and_docs_are_served(edge: httpx.Client) -> None:
     assert len(bundle.content) > 100_000
 
 
-SMALL_MESH = """\
-services:
-  identity: {}
-  inventory: {}
-edge:
-  expose: [identity, inventory]
-  auth: {public: [identity.GetJwks, inventory.GetStock]}
-  rate_limit:
-%s
-"""
+SMALL_MESH = SMALL_MESH_YAML + "  rate_limit:\n%s\n"
 
 
 @contextlib.contextmanager

@@ -27,7 +27,7 @@ from mesh.control import envoy
 from mesh.control.binaries import find_binary
 from mesh.control.process import ManagedProcess, pid_alive
 from mesh.control.state import all_pids
-from tests.support.mesh import ROOT
+from tests.support.mesh import FREE_EDGE_PORTS, ROOT
 from tests.support.sidecar import sidecar_config
 from tests.support.wait import wait_until
 
@@ -87,9 +87,9 @@ def stop_every_process(run_dir: Path) -> list[int]:
 
 @contextmanager
 def foreground_up(run_dir: Path) -> Iterator[Terminal]:
-    """`meshctl up` in the foreground (the edge on a free port), stopped with SIGINT."""
+    """`meshctl up` in the foreground (the edge on free ports), stopped with SIGINT."""
     up = subprocess.Popen(
-        [find_binary("meshctl"), "up", "--run-dir", str(run_dir), "--edge-port", "0"],
+        [find_binary("meshctl"), "up", "--run-dir", str(run_dir), *FREE_EDGE_PORTS],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
     )  # fmt: skip
     try:
@@ -136,7 +136,7 @@ def test_an_app_that_exits_while_starting_is_named_and_quoted_in_the_terminal(
     `meshctl up` says so with the app's own error line, then stops the rest."""
     run_dir = tmp_path / "run"
     result = subprocess.run(
-        [find_binary("meshctl"), "up", "--detach", "--run-dir", str(run_dir), "--edge-port", "0"],
+        [find_binary("meshctl"), "up", "--detach", "--run-dir", str(run_dir), *FREE_EDGE_PORTS],
         capture_output=True, text=True, timeout=240, check=False, cwd=ROOT,
         env={**os.environ, "SHOP_CATALOG_DATABASE_URL": "nosuchdb://catalog"},
     )  # fmt: skip

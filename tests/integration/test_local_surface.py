@@ -71,7 +71,8 @@ def envoys(state: dict[str, Any]) -> list[Envoy]:
         for i in state["instances"]
     ]
     edge = state["edge"]
-    found.append(Envoy("edge", edge["pid"], Path(edge["admin_socket"]), {_port(edge["url"])}))
+    ports = {_port(edge[url]) for url in ("url", "http_url", "https_url") if edge.get(url)}
+    found.append(Envoy("edge", edge["pid"], Path(edge["admin_socket"]), ports))
     return found
 
 

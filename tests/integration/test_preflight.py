@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from mesh.control.binaries import find_binary
-from tests.support.mesh import ROOT, RunningMesh
+from tests.support.mesh import FREE_EDGE_PORTS, ROOT, RunningMesh
 from tests.support.ports import held_port as holding
 
 pytestmark = pytest.mark.integration
@@ -81,7 +81,7 @@ def test_a_taken_edge_port_is_one_line_at_once_and_nothing_starts(
     tmp_path: Path, held_port: int, mode: tuple[str, ...]
 ) -> None:
     text = edited(MESH_YAML, ("  port: 8080\n", f"  port: {held_port}\n"))
-    result, elapsed, config = meshctl_up(tmp_path, text, *mode)
+    result, elapsed, config = meshctl_up(tmp_path, text, *mode, "--https-port", "0")
     assert result.returncode == 1, result.stdout + result.stderr
     line = line_of(text, f"port: {held_port}")
     assert result.stderr.splitlines() == [
@@ -96,7 +96,7 @@ def test_an_unknown_public_method_is_told_at_its_line_with_the_likely_one(
     tmp_path: Path,
 ) -> None:
     text = edited(MESH_YAML, ("      - catalog.GetProduct\n", "      - catalog.GetProdcut\n"))
-    result, elapsed, config = meshctl_up(tmp_path, text, "--detach", "--edge-port", "0")
+    result, elapsed, config = meshctl_up(tmp_path, text, "--detach", *FREE_EDGE_PORTS)
     assert result.returncode == 1, result.stdout + result.stderr
     [told] = result.stderr.splitlines()
     line = line_of(text, "catalog.GetProdcut")

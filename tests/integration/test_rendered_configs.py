@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from mesh.control import conformance, envoy, natsconf
+from mesh.control import conformance, edge_tls, envoy, natsconf
 from mesh.control.api import Api
 from mesh.control.binaries import find_binary
 from mesh.control.contracts import DESCRIPTOR_SET
@@ -313,9 +313,12 @@ def edge_config(
     plan = make_plan(topology, run_dir)
     pki = MeshPKI(run_dir / "pki", topology.trust_domain, topology.namespace)
     rules = edge.resolve_rules(topology, api)
-    files = edge.write_files(run_dir / "edge", ROOT / DESCRIPTOR_SET, topology, rules, 8080)
+    url = "http://127.0.0.1:8080"
+    files = edge.write_files(run_dir / "edge", ROOT / DESCRIPTOR_SET, topology, rules, url)
     cert = pki.ensure("edge", "edge")
     sds = envoy.write_sds(run_dir / "edge", cert.cert_path, cert.key_path, pki.ca_path)
+    served = edge_tls.server_pair(topology, pki, None)
+    sds = envoy.write_server_sds(sds, run_dir / "edge", *served)
     config = edge.edge_config(topology, plan, api, sds, files)
     return config, envoy.write_config(config, run_dir / "edge" / "envoy.yaml")
 

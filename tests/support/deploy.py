@@ -4,6 +4,7 @@ rendering goes through: kustomize and the Kubernetes schemas, the Compose specif
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from mesh.control import edge_tls
 from mesh.control.pki import MeshPKI
 from mesh.control.topology import Topology, load
 from mesh.deploy import compose, containers, kube
@@ -24,8 +26,8 @@ ROOT = Path(__file__).resolve().parents[2]
 MESHCTL = [sys.executable, "-m", "mesh.cli"]
 #: Absolute paths the containers see; a test maps them into its own directory.
 CONTAINER_PATHS = (
-    "/etc/envoy", "/etc/shop/identity", "/etc/shop/routing", "/shop/pki", "/shop/edge",
-    "/shop/nats",
+    "/etc/envoy", "/etc/shop/identity", "/etc/shop/edge-tls", "/etc/shop/routing",
+    "/shop/pki", "/shop/edge-tls", "/shop/edge", "/shop/nats",
 )  # fmt: skip
 #: Kinds from CRDs, which the Kubernetes schemas do not know (checked field by field).
 CRD_KINDS = {("cert-manager.io/v1", "Certificate")}
@@ -101,11 +103,18 @@ def cluster_hosts(config: dict[str, Any], cluster: str) -> list[tuple[str, int]]
     raise KeyError(cluster)
 
 
+#: One of the containers' paths where it starts a path (the longest that fits), so a path
+#: inside another (/shop/edge in /shop/edge-tls) is moved once.
+_CONTAINER_PATH = re.compile(
+    r"(?<![\w./-])("
+    + "|".join(map(re.escape, sorted(CONTAINER_PATHS, key=len, reverse=True)))
+    + ")"
+)
+
+
 def map_paths(text: str, root: Path) -> str:
     """`text` with the containers' absolute paths moved under `root`."""
-    for path in CONTAINER_PATHS:
-        text = text.replace(path, f"{root}{path}")
-    return text
+    return _CONTAINER_PATH.sub(lambda match: f"{root}{match[1]}", text)
 
 
 def envoy_refusal(name: str, files: dict[str, str], root: Path) -> tuple[str, str]:
@@ -121,19 +130,22 @@ def envoy_refusal(name: str, files: dict[str, str], root: Path) -> tuple[str, st
 
 
 def container_root(tmp_path: Path, name: str, topology: Topology, instances: Iterable[str]) -> Path:
-    """A directory laid out like a container: certificates (the identity Secret's, and one
-    per Compose instance in `instances`), the edge's files."""
+    """A directory laid out like a container: certificates (the identity Secret's, the
+    edge's HTTPS Secret's, one per Compose instance in `instances`, the mesh CA's for the
+    edge's HTTPS), the edge's files."""
     root = tmp_path / name
     pki = MeshPKI(Path(f"{root}/shop/pki"), topology.trust_domain, topology.namespace)
-    identity_dir = Path(f"{root}/etc/shop/identity")
-    identity_dir.mkdir(parents=True)
     info = pki.ensure("orders", name)
-    for source, target in (
-        (info.cert_path, "tls.crt"), (info.key_path, "tls.key"), (pki.ca_path, "ca.crt")
-    ):  # fmt: skip
-        shutil.copyfile(source, identity_dir / target)
+    for secret in ("identity", "edge-tls"):
+        directory = Path(f"{root}/etc/shop/{secret}")
+        directory.mkdir(parents=True)
+        for source, target in (
+            (info.cert_path, "tls.crt"), (info.key_path, "tls.key"), (pki.ca_path, "ca.crt")
+        ):  # fmt: skip
+            shutil.copyfile(source, directory / target)
     for instance in instances:
         pki.ensure("orders", instance)
+    pki.ensure_server(edge_tls.EDGE_HTTPS_INSTANCE, edge_tls.LOCAL_NAMES)
     subprocess.run(
         [*MESHCTL, "render", "edge-files", f"{root}/shop/edge"],
         cwd=ROOT, check=True, capture_output=True,

@@ -28,6 +28,19 @@ from mesh.runtime.service import sqlite_path
 from shop.events.v1 import events_pb2
 
 ROOT = Workspace.find(Path(__file__).parent).root
+#: A small mesh's mesh.yaml: identity (tokens, its JWKS) and inventory behind the edge;
+#: a test adds its own `edge:` entries below, indented by two spaces.
+SMALL_MESH_YAML = """\
+services:
+  identity: {}
+  inventory: {}
+edge:
+  expose: [identity, inventory]
+  auth: {public: [identity.GetJwks, inventory.GetStock]}
+"""
+#: `meshctl up`'s options that put the edge's ports, plain and HTTPS, on free ones, so a
+#: test's mesh runs beside any other.
+FREE_EDGE_PORTS = ("--edge-port", "0", "--https-port", "0")
 
 
 @dataclass
@@ -71,6 +84,12 @@ class RunningMesh:
     def edge_url(self) -> str:
         url: str = self.state()["edge"]["url"]
         return url
+
+    @property
+    def https_address(self) -> str:
+        """Where the edge speaks HTTPS: `127.0.0.1:PORT`."""
+        url: str = self.state()["edge"]["https_url"]
+        return url.removeprefix("https://")
 
     def token(self, subject: str, *scopes: str) -> str:
         """A token signed by this mesh's identity service (`meshctl token`)."""
@@ -175,10 +194,10 @@ def reflecting_grpcurl(*args: str) -> subprocess.CompletedProcess[str]:
 
 @contextlib.contextmanager
 def mesh_up(running: RunningMesh) -> Iterator[RunningMesh]:
-    """`meshctl up --detach` with `running`'s config, an edge on a free port; at the end
+    """`meshctl up --detach` with `running`'s config, an edge on free ports; at the end
     `meshctl down`, and a check by pid that nothing outlived it."""
     started = running.meshctl(
-        "up", "--detach", "--config", str(running.config), "--edge-port", "0", check=False
+        "up", "--detach", "--config", str(running.config), *FREE_EDGE_PORTS, check=False
     )
     try:
         assert started.returncode == 0, started.stdout + started.stderr

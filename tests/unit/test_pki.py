@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import stat
 from datetime import UTC, datetime, timedelta
@@ -461,3 +462,59 @@ def test_leaf_helper_from_the_mesh_ca_carries_the_requested_sans(
     assert list(dns_san) == [x509.DNSName("edge.local")]
     with pytest.raises(x509.ExtensionNotFound):
         load(bare).extensions.get_extension_for_class(x509.SubjectAlternativeName)
+
+
+# -- the edge's HTTPS certificate: a server's, for ordinary TLS clients ----------------------
+
+
+def verify_server(
+    ca_path: Path, cert_path: Path, name: x509.DNSName | x509.IPAddress, at: datetime
+) -> None:
+    """Chain-verify a server certificate for `name` as a TLS client (curl, grpc) would."""
+    verifier = PolicyBuilder().store(Store([load(ca_path)])).time(at).build_server_verifier(name)
+    verifier.verify(load(cert_path), [])
+
+
+def test_a_server_certificate_names_where_clients_dial_and_no_workload(pki: MeshPKI) -> None:
+    info = pki.issue_server("edge-https", ["localhost", "127.0.0.1", "shop.example"])
+    cert = load(info.cert_path)
+
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.UniformResourceIdentifier) == []
+    assert (info.dns_names, info.ip_addresses) == (("localhost", "shop.example"), ("127.0.0.1",))
+    assert info.spiffe_id is None
+    eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(eku) == [ExtendedKeyUsageOID.SERVER_AUTH]
+    for name in (x509.DNSName("shop.example"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))):
+        verify_server(pki.ca_path, info.cert_path, name, START)
+    with pytest.raises(VerificationError):
+        verify_server(pki.ca_path, info.cert_path, x509.DNSName("other.example"), START)
+
+
+def test_ensure_server_reuses_a_good_one_and_reissues_for_other_names(
+    pki: MeshPKI, clock: Clock
+) -> None:
+    names = ["localhost", "127.0.0.1"]
+    first = pki.ensure_server("edge-https", names)
+
+    assert pki.ensure_server("edge-https", list(reversed(names))) == first
+    more = pki.ensure_server("edge-https", [*names, "shop.example"])
+    assert more.serial != first.serial
+    clock.now = START + timedelta(hours=13)
+    assert pki.ensure_server("edge-https", [*names, "shop.example"]).serial != more.serial
+
+
+def test_renew_keeps_what_a_certificate_names(pki: MeshPKI) -> None:
+    """A workload's SPIFFE id and extra DNS names, a server's names: renewed in place."""
+    nats = pki.ensure("nats", "nats", dns_names=["nats-0.nats"])
+    server = pki.ensure_server("edge-https", ["localhost", "127.0.0.1"])
+
+    renewed_nats = pki.renew(nats)
+    renewed_server = pki.renew(server)
+
+    assert renewed_nats.serial != nats.serial
+    assert (renewed_nats.spiffe_id, renewed_nats.dns_names) == (nats.spiffe_id, nats.dns_names)
+    assert renewed_server.serial != server.serial
+    assert (renewed_server.spiffe_id, renewed_server.names) == (None, server.names)
+    rows = format_table(pki.inspect(), START).splitlines()
+    assert any(row.startswith("edge-https") and "localhost, 127.0.0.1" in row for row in rows)

@@ -126,6 +126,33 @@ def test_status_gives_the_consoles_url() -> None:
     ]
 
 
+def _edge(**fields: Any) -> dict[str, Any]:
+    return {"url": "http://127.0.0.1:8080", "pid": 15, "admin_socket": "", **fields}
+
+
+def test_status_gives_the_https_url_and_the_ca_clients_trust() -> None:
+    ca = str(Path.cwd() / ".mesh" / "pki" / "ca" / "ca.pem")
+    mesh_ca = {**_state([]), "edge": _edge(https_url="https://127.0.0.1:8443", ca=ca)}
+    lines = status_table(mesh_ca).splitlines()
+    assert [line for line in lines if line.startswith("edge https:")] == [
+        "edge https: https://127.0.0.1:8443 (REST and gRPC over TLS; the mesh CA vouches for"
+        " it: `curl --cacert .mesh/pki/ca/ca.pem https://127.0.0.1:8443/v1/products`)"
+    ]
+    own = {**_state([]), "edge": _edge(https_url="https://127.0.0.1:8443", ca=None)}
+    assert "with your certificate" in status_table(own)
+    redirect = _edge(
+        url="https://127.0.0.1:8443",
+        https_url="https://127.0.0.1:8443",
+        http="redirect",
+        http_url="http://127.0.0.1:8080",
+    )
+    lines = status_table({**_state([]), "edge": redirect}).splitlines()
+    told = [line for line in lines if line.startswith(("edge:", "edge http:"))]
+    assert told[0].startswith("edge: https://127.0.0.1:8443 (REST and gRPC")
+    assert told[1].startswith("edge http: http://127.0.0.1:8080 redirects to HTTPS (308")
+    assert "edge https:" not in status_table({**_state([]), "edge": _edge()})
+
+
 #: What Envoy 1.40 wrote when its inbound port was taken, and when it could not watch its
 #: certificates' directory (too many inotify instances on the machine): it aborted, with
 #: a backtrace at error level after the reason.

@@ -30,6 +30,9 @@ Every service instance gets one sidecar Envoy (`sidecar.sidecar_config`) with:
   of metrics, nothing else.
 * tracing, the same in every Envoy (`tracing`).
 
+The edge Envoy's HTTPS is ordinary TLS for clients (`tls.server_tls`), its certificate
+from an SDS file (`write_server_sds`) in a watched directory as well.
+
 The edge Envoy is `edge` (its HTTP filters in `edge_filters`, its own replies in
 `edge_replies`). The names below are what the rest of the mesh uses.
 """
@@ -46,7 +49,15 @@ from mesh.control.envoy.clusters import (
 from mesh.control.envoy.listeners import READY_PATH
 from mesh.control.envoy.routes import RETRY_ON_NOT_APPLIED, method_policies, route_timeout
 from mesh.control.envoy.sidecar import sidecar_config
-from mesh.control.envoy.tls import SdsFiles, sds_files, sds_resources, write_sds
+from mesh.control.envoy.tls import (
+    SdsFiles,
+    sds_files,
+    sds_resources,
+    server_sds_resources,
+    with_server,
+    write_sds,
+    write_server_sds,
+)
 from mesh.control.envoy.tracing import TRACE_CLUSTER
 
 __all__ = [
@@ -68,8 +79,11 @@ __all__ = [
     "route_timeout",
     "sds_files",
     "sds_resources",
+    "server_sds_resources",
     "sidecar_config",
     "upstream",
+    "with_server",
     "write_config",
     "write_sds",
+    "write_server_sds",
 ]

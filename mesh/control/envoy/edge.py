@@ -28,15 +28,28 @@ h2c. A request goes through, in order (`edge_filters.http_filters`):
    (`edge_companion`); `/openapi.json`, `/docs` and `/healthz` answered by the edge
    itself.
 
+With `edge.https`, a second port runs the same chain over TLS (`_fronts`): TLS 1.2 or
+1.3, HTTP/2 or HTTP/1.1 by ALPN, so native gRPC works there as on plain HTTP; its
+certificate comes from an SDS file in a watched directory (`tls.server_tls`,
+`mesh.control.edge_tls`), so a new one is served without a restart. Plain HTTP then is
+`on` (as above), `off`, or `redirect` (`_redirect_listener`: REST to HTTPS with a 308, gRPC
+refused with the port to use); when it is not `on`, the chain also listens on a loopback
+port of its own (`EdgePlan.internal_port`) for the edge's own calls: identity's JWKS for
+its JWT filter, and the health checks its companion relays.
+
 Every error the edge itself returns to a REST client is JSON (`edge_replies`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from grpc import StatusCode
+
 from mesh.control.api import Api, Method
+from mesh.control.edge_tls import CopiedPair
 from mesh.control.envoy import admin, edge_access, edge_filters, splits
 from mesh.control.envoy.bootstrap import LOOPBACK, bootstrap, duration, socket_address
 from mesh.control.envoy.clusters import dependency_clusters, loopback_cluster, upstream
@@ -62,14 +75,15 @@ from mesh.control.envoy.edge_rules import (
 )
 from mesh.control.envoy.listeners import probe_resources
 from mesh.control.envoy.routes import method_policies, method_route, retry_policy
-from mesh.control.envoy.tls import SdsFiles
+from mesh.control.envoy.tls import SdsFiles, server_tls
 from mesh.control.envoy.tracing import trace_cluster, tracing
-from mesh.control.plan import MeshPlan
-from mesh.control.topology import DEFAULT_CALL_POLICY, Topology
+from mesh.control.plan import EdgePlan, MeshPlan
+from mesh.control.topology import DEFAULT_CALL_POLICY, HTTP_ON, HTTP_REDIRECT, Topology
 
 __all__ = [
     "EdgeFiles",
     "EdgeRules",
+    "client_url",
     "companion_arguments",
     "edge_config",
     "files_in",
@@ -79,6 +93,9 @@ __all__ = [
 ]
 
 COMPANION = "edge_companion"
+#: What the HTTPS listener tells browsers when plain HTTP is not for clients: keep to
+#: HTTPS for this host for a year (not with plain HTTP on, where it would break its port).
+HSTS = ("strict-transport-security", "max-age=31536000")
 #: The largest page the edge answers itself (the Swagger UI bundle is about 1.5 MiB).
 MAX_DIRECT_RESPONSE_BYTES = 8 * 1_048_576
 
@@ -183,16 +200,22 @@ def _preflight() -> dict[str, Any]:
     return {"match": {"prefix": "/", "headers": [options]}, "route": {"cluster": COMPANION}}
 
 
-def _healthz() -> dict[str, Any]:
-    """The edge's own health, outside every rate limit."""
+def _header(key: str, value: str) -> dict[str, Any]:
+    return {"header": {"key": key, "value": value}}
+
+
+def _health_reply() -> dict[str, Any]:
+    """The edge's own health."""
     return {
         "match": {"path": HEALTH_PATH},
         "direct_response": {"status": 200, "body": {"inline_string": '{"status":"SERVING"}'}},
-        "response_headers_to_add": [
-            {"header": {"key": "content-type", "value": "application/json"}}
-        ],
-        "typed_per_filter_config": edge_filters.UNLIMITED,
+        "response_headers_to_add": [_header("content-type", "application/json")],
     }
+
+
+def _healthz() -> dict[str, Any]:
+    """The edge's own health, outside every rate limit."""
+    return {**_health_reply(), "typed_per_filter_config": edge_filters.UNLIMITED}
 
 
 def _routes(
@@ -211,14 +234,77 @@ def _routes(
     ]
 
 
+@dataclass(frozen=True)
+class _Front:
+    """A listener that runs the edge's whole chain: its name, where it listens, and with
+    which TLS and extra response headers."""
+
+    name: str
+    address: dict[str, Any]
+    transport_socket: dict[str, Any] | None = None
+    response_headers: tuple[dict[str, Any], ...] = ()
+
+
+def _fronts(topology: Topology, plan: MeshPlan, sds: SdsFiles) -> list[_Front]:
+    """Plain HTTP for clients (`edge.http: on`), else for the edge's own calls on loopback
+    only; and HTTPS, telling browsers to keep to it (HSTS) once plain HTTP is not theirs."""
+    assert plan.edge is not None
+    edge = plan.edge
+    if topology.edge.http == HTTP_ON:
+        fronts = [_Front("edge", socket_address(edge.port, plan.listen_host))]
+    else:
+        fronts = [_Front("edge_internal", socket_address(edge.internal_port))]
+    if edge.https_port:
+        hsts = () if topology.edge.http == HTTP_ON else (_header(*HSTS),)
+        address = socket_address(edge.https_port, plan.listen_host)
+        fronts.append(_Front("edge_https", address, server_tls(sds), hsts))
+    return fronts
+
+
+def _redirect_listener(plan: MeshPlan) -> dict[str, Any]:
+    """Plain HTTP with `edge.http: redirect`: `/healthz` answered; every other request
+    sent to HTTPS on the same host and path (308, so a POST stays a POST), but a gRPC
+    call, which no gRPC client follows a redirect for, refused as FAILED_PRECONDITION
+    (a trailers-only answer) with the port to use instead."""
+    assert plan.edge is not None
+    port = plan.edge.https_port
+    grpc = {"name": "content-type", "string_match": {"prefix": "application/grpc"}}
+    refused = {
+        "match": {"prefix": "/", "headers": [grpc]},
+        "direct_response": {"status": 200},
+        "response_headers_to_add": [
+            _header("content-type", "application/grpc"),
+            _header("grpc-status", str(StatusCode.FAILED_PRECONDITION.value[0])),
+            _header("grpc-message", f"plain HTTP is not served here: use TLS on port {port}"),
+        ],
+    }
+    redirect = {
+        "https_redirect": True,
+        "port_redirect": port,
+        "response_code": "PERMANENT_REDIRECT",
+    }
+    routes = [_health_reply(), refused, {"match": {"prefix": "/"}, "redirect": redirect}]
+    return {
+        "name": "edge_redirect",
+        "address": socket_address(plan.edge.port, plan.listen_host),
+        "traffic_direction": "INBOUND",
+        "filter_chains": [{"filters": [connection_manager("edge_redirect", routes, [])]}],
+    }
+
+
 def _listener(
-    topology: Topology, plan: MeshPlan, api: Api, rules: EdgeRules, files: EdgeFiles
+    topology: Topology,
+    plan: MeshPlan,
+    api: Api,
+    rules: EdgeRules,
+    files: EdgeFiles,
+    front: _Front,
 ) -> dict[str, Any]:
     assert plan.edge is not None
     manager = connection_manager(
-        "edge",
+        front.name,
         _routes(topology, api, rules, files),
-        edge_filters.http_filters(topology, rules, files, plan.edge.port),
+        edge_filters.http_filters(topology, rules, files, plan.edge.own_port),
         local_reply_config=local_reply_config(),
         stream_idle_timeout="60s",
         request_headers_timeout="10s",
@@ -228,15 +314,19 @@ def _listener(
     )
     # The edge's route table also answers pages itself and carries the CORS policy.
     route_config = manager["typed_config"]["route_config"]
-    route_config["virtual_hosts"][0]["typed_per_filter_config"] = {
+    virtual_host = route_config["virtual_hosts"][0]
+    virtual_host["typed_per_filter_config"] = {
         edge_filters.CORS_FILTER: edge_filters.cors_policy(topology)
     }
+    if front.response_headers:
+        virtual_host["response_headers_to_add"] = list(front.response_headers)
     route_config["max_direct_response_body_size_bytes"] = MAX_DIRECT_RESPONSE_BYTES
+    tls = {"transport_socket": front.transport_socket} if front.transport_socket else {}
     return {
-        "name": "edge",
-        "address": socket_address(plan.edge.port, plan.listen_host),
+        "name": front.name,
+        "address": front.address,
         "traffic_direction": "INBOUND",
-        "filter_chains": [{"filters": [manager]}],
+        "filter_chains": [{**tls, "filters": [manager]}],
     }
 
 
@@ -247,7 +337,12 @@ def edge_config(
     assert plan.edge is not None, "the plan has no edge: nothing is exposed"
     edge_plan = plan.edge
     rules = resolve_rules(topology, api)
-    listeners = [_listener(topology, plan, api, rules, files)]
+    listeners = [
+        _listener(topology, plan, api, rules, files, front)
+        for front in _fronts(topology, plan, sds)
+    ]
+    if topology.edge.http == HTTP_REDIRECT:
+        listeners.append(_redirect_listener(plan))
     clusters = [
         *(
             cluster
@@ -257,7 +352,7 @@ def edge_config(
         loopback_cluster(COMPANION, edge_plan.companion_port),
         trace_cluster(topology, plan),
         # The edge serves identity's JWKS to its own JWT filter.
-        upstream("edge_self", [(LOOPBACK, edge_plan.port)]),
+        upstream("edge_self", [(LOOPBACK, edge_plan.own_port)]),
     ]
     if edge_plan.probe_port:
         probe, probe_clusters = probe_resources(
@@ -269,17 +364,31 @@ def edge_config(
     return bootstrap("edge", "edge", edge_plan.admin_socket, listeners, clusters, split)
 
 
+def client_url(topology: Topology, edge_plan: EdgePlan) -> str:
+    """Where clients reach the edge on loopback: plain HTTP when it serves them
+    (`edge.http: on`), else HTTPS."""
+    if topology.edge.http == HTTP_ON:
+        return f"http://{LOOPBACK}:{edge_plan.port}"
+    return f"https://{LOOPBACK}:{edge_plan.https_port}"
+
+
 def companion_arguments(
-    rules: EdgeRules, port: int, edge_port: int, descriptor_set: Path
+    rules: EdgeRules,
+    port: int,
+    edge_port: int,
+    descriptor_set: Path,
+    copied: CopiedPair | None = None,
 ) -> list[str]:
     """The edge companion's arguments after the Python interpreter: it listens on `port`
-    and asks the edge, on loopback `edge_port`, for the health of public services."""
+    and asks the edge, on loopback `edge_port` (`EdgePlan.own_port`), for the health of
+    public services; with `copied`, it keeps the user's certificate copied for HTTPS."""
     return [
         "-m", "mesh.control.edge_companion",
         "--port", str(port),
         "--edge-port", str(edge_port),
         "--descriptor-set", str(descriptor_set),
         *(arg for service in rules.grpc_services for arg in ("--service", service)),
+        *(copied.arguments() if copied else []),
     ]  # fmt: skip
 
 

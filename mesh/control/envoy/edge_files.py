@@ -73,10 +73,10 @@ def files_in(directory: Path) -> EdgeFiles:
 
 
 def write_files(
-    directory: Path, descriptor_set: Path, topology: Topology, rules: EdgeRules, port: int
+    directory: Path, descriptor_set: Path, topology: Topology, rules: EdgeRules, url: str
 ) -> EdgeFiles:
     """The descriptor set, OpenAPI document, docs page and Swagger UI assets the edge serves
-    (the OpenAPI document names the edge on `port`)."""
+    (the OpenAPI document names the edge at `url`)."""
     files = files_in(directory)
     files.docs_assets.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(descriptor_set, files.descriptor_set)
@@ -85,7 +85,7 @@ def write_files(
         services=rules.exposed.keys(),
         public_methods=rules.public,
         scopes=rules.scopes,
-        server_url=f"http://127.0.0.1:{port}",
+        server_url=url,
     )
     openapi.write_openapi(document, files.openapi)
     files.docs_page.write_text(

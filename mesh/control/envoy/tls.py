@@ -1,9 +1,11 @@
 """mTLS between Envoys: certificates from SDS files in watched directories, so rotating a
 certificate on disk reaches Envoy without a restart, and peers told apart by the SPIFFE
-id in their certificate's URI SAN."""
+id in their certificate's URI SAN. And the edge's HTTPS (`server_tls`): ordinary TLS
+for clients, its certificate (the `server` secret) from an SDS file the same way."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,10 @@ TLS_TYPES = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3"
 #: The SDS resource files' names, beside a sidecar's bootstrap.
 SDS_IDENTITY_FILE = "sds-identity.yaml"
 SDS_TRUST_FILE = "sds-trust.yaml"
+#: The edge's HTTPS certificate's SDS file, beside its bootstrap.
+SDS_SERVER_FILE = "sds-server.yaml"
+#: What HTTPS clients may speak, by ALPN: HTTP/2 first (gRPC needs it), else HTTP/1.1.
+SERVER_ALPN = ["h2", "http/1.1"]
 
 
 @dataclass(frozen=True)
@@ -26,28 +32,48 @@ class SdsFiles:
     identity_dir: Path
     trust: Path
     trust_dir: Path
+    server: Path | None = None
+    """The edge's only: the SDS file of its HTTPS certificate (`with_server`)."""
+    server_dir: Path | None = None
+
+
+def _secret(name: str, **content: Any) -> str:
+    """An SDS resource file holding the one secret `name`."""
+    secret = {"@type": f"{TLS_TYPES}.Secret", "name": name, **content}
+    return yaml.safe_dump({"resources": [secret]})
+
+
+def _certificate(cert: Path, key: Path) -> dict[str, Any]:
+    return {
+        "certificate_chain": {"filename": str(cert)},
+        "private_key": {"filename": str(key)},
+    }
 
 
 def sds_resources(cert: Path, key: Path, ca: Path) -> dict[str, str]:
     """The SDS resource files (by file name) naming `cert`/`key` (identity) and `ca` (trust)."""
-    secret = f"{TLS_TYPES}.Secret"
-    identity = {
-        "@type": secret,
-        "name": "identity",
-        "tls_certificate": {
-            "certificate_chain": {"filename": str(cert)},
-            "private_key": {"filename": str(key)},
-        },
-    }
-    trust = {
-        "@type": secret,
-        "name": "trust",
-        "validation_context": {"trusted_ca": {"filename": str(ca)}},
-    }
     return {
-        SDS_IDENTITY_FILE: yaml.safe_dump({"resources": [identity]}),
-        SDS_TRUST_FILE: yaml.safe_dump({"resources": [trust]}),
+        SDS_IDENTITY_FILE: _secret("identity", tls_certificate=_certificate(cert, key)),
+        SDS_TRUST_FILE: _secret("trust", validation_context={"trusted_ca": {"filename": str(ca)}}),
     }
+
+
+def server_sds_resources(cert: Path, key: Path) -> dict[str, str]:
+    """The SDS resource file (by file name) naming the edge's HTTPS `cert` and `key`."""
+    return {SDS_SERVER_FILE: _secret("server", tls_certificate=_certificate(cert, key))}
+
+
+def with_server(sds: SdsFiles, directory: Path, cert: Path) -> SdsFiles:
+    """`sds` and the edge's HTTPS certificate, its SDS file in `directory`: Envoy watches
+    the directory of `cert`, where a new certificate and key are renamed into."""
+    return dataclasses.replace(sds, server=directory / SDS_SERVER_FILE, server_dir=cert.parent)
+
+
+def write_server_sds(sds: SdsFiles, directory: Path, cert: Path, key: Path) -> SdsFiles:
+    """Write the SDS resource naming the edge's HTTPS `cert` and `key` (`with_server`)."""
+    for name, text in server_sds_resources(cert, key).items():
+        (directory / name).write_text(text)
+    return with_server(sds, directory, cert)
 
 
 def sds_files(directory: Path, cert: Path, ca: Path) -> SdsFiles:
@@ -96,6 +122,28 @@ def upstream_tls(sds: SdsFiles, spiffe_id: str) -> dict[str, Any]:
         "typed_config": {
             "@type": f"{TLS_TYPES}.UpstreamTlsContext",
             "common_tls_context": common_tls(sds, {"exact": spiffe_id}, ["h2"]),
+        },
+    }
+
+
+def server_tls(sds: SdsFiles) -> dict[str, Any]:
+    """The edge's HTTPS listener's transport socket: TLS 1.2 or 1.3, HTTP/2 or HTTP/1.1 by
+    ALPN, the certificate from SDS (reloaded when one is renamed into its directory); no
+    client certificate asked for."""
+    assert sds.server is not None, "the edge's HTTPS needs a certificate (`with_server`)"
+    assert sds.server_dir is not None
+    return {
+        "name": TLS,
+        "typed_config": {
+            "@type": f"{TLS_TYPES}.DownstreamTlsContext",
+            "common_tls_context": {
+                "tls_certificate_sds_secret_configs": [_sds("server", sds.server, sds.server_dir)],
+                "tls_params": {
+                    "tls_minimum_protocol_version": "TLSv1_2",
+                    "tls_maximum_protocol_version": "TLSv1_3",
+                },
+                "alpn_protocols": SERVER_ALPN,
+            },
         },
     }
 

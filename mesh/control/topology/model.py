@@ -301,9 +301,41 @@ class RateLimit:
     anonymous: Bucket = Bucket(400, 800)
 
 
+#: What the edge's plain HTTP port does (`edge.http`) beside HTTPS: serve clients as HTTPS
+#: does, listen not at all, or send every client to HTTPS.
+HTTP_ON, HTTP_OFF, HTTP_REDIRECT = "on", "off", "redirect"
+HTTP_MODES = (HTTP_ON, HTTP_OFF, HTTP_REDIRECT)
+DEFAULT_HTTPS_PORT = 8443
+
+
+@dataclass(frozen=True)
+class EdgeHttps:
+    """HTTPS at the edge (`edge.https`): its port (0 picks a free one) and its certificate,
+    the mesh CA's (naming `hosts` beside localhost and 127.0.0.1) unless `cert_file` and
+    `key_file` name the user's own, as written in mesh.yaml (relative to its directory)."""
+
+    port: int = DEFAULT_HTTPS_PORT
+    hosts: tuple[str, ...] = ()
+    cert_file: str | None = None
+    key_file: str | None = None
+    lines: Mapping[str, int] = dataclasses.field(default_factory=dict, compare=False)
+    """Where `cert_file` and `key_file` were written, so a file found unusable can be
+    reported at its line."""
+
+    def own_files(self, source: Path | None) -> tuple[Path, Path] | None:
+        """The user's certificate and key, relative to the directory of mesh.yaml at
+        `source` (else to the working directory); None: the mesh CA issues one."""
+        if self.cert_file is None or self.key_file is None:
+            return None
+        base = Path.cwd() if source is None else source.parent
+        return base / self.cert_file, base / self.key_file
+
+
 @dataclass(frozen=True)
 class EdgeSettings:
-    """The edge proxy: its port (0 picks a free one), what it exposes and how it guards it."""
+    """The edge proxy: its port (0 picks a free one), what it exposes and how it guards it;
+    HTTPS on a port of its own (`https`, None: none), and what the plain port does then
+    (`http`)."""
 
     port: int
     expose: tuple[str, ...]
@@ -312,6 +344,8 @@ class EdgeSettings:
     max_request_bytes: int = 1_048_576
     timeout: float = 15.0
     cors_origins: tuple[str, ...] = ()
+    http: str = HTTP_ON
+    https: EdgeHttps | None = None
 
 
 @dataclass(frozen=True)
@@ -326,8 +360,8 @@ class Topology:
     source: Path | None
     telemetry: TelemetrySettings = dataclasses.field(default_factory=TelemetrySettings)
     port_lines: Mapping[int, int] = dataclasses.field(default_factory=dict, compare=False)
-    """The line of each port the file fixes (`edge.port`, `nats.port`, a service's
-    `ports:`), by port, so a port found taken can be traced to where it was set."""
+    """The line of each port the file fixes (`edge.port`, `edge.https.port`, `nats.port`,
+    a service's `ports:`), by port, so a port found taken can be traced to where it was set."""
 
     def start_order(self) -> list[str]:
         """Every service after the services it calls; among equals, by name."""

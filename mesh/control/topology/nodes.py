@@ -28,6 +28,8 @@ _TAG_SEQ = "tag:yaml.org,2002:seq"
 
 _T = TypeVar("_T")
 
+MAX_PORT = 65_535
+
 #: A mapping node's entries by key: (key node, value node), in file order.
 Entries = dict[str, tuple[Node, Node]]
 

@@ -9,11 +9,14 @@ from types import MappingProxyType
 
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from mesh.control.topology.https import HttpsReader
 from mesh.control.topology.model import (
     DEFAULT_CALL_POLICY,
     DEFAULT_EDGE_PORT,
     DEFAULT_NAMESPACE,
     DEFAULT_TRUST_DOMAIN,
+    HTTP_OFF,
+    HTTP_ON,
     MAX_REPLICAS,
     METHOD_GROUPS,
     PRIORITIES,
@@ -33,11 +36,10 @@ from mesh.control.topology.model import (
     Topology,
     Version,
 )
+from mesh.control.topology.nodes import MAX_PORT as _MAX_PORT
 from mesh.control.topology.nodes import Entries, node_line, suggest
 from mesh.control.topology.versions import VersionReader
 from mesh.runtime.telemetry import TelemetrySettings
-
-_MAX_PORT = 65_535
 
 #: A DNS label: service names and the namespace become DNS names, Kubernetes object
 #: names and path segments of SPIFFE IDs.
@@ -56,7 +58,7 @@ _SERVICE_KEYS = {
 }  # fmt: skip
 
 
-class TopologyReader(VersionReader):
+class TopologyReader(VersionReader, HttpsReader):
     """Reads one file's sections in order and checks the rules that span them."""
 
     # -- the file ------------------------------------------------------------------------
@@ -359,7 +361,10 @@ class TopologyReader(VersionReader):
         return NatsSettings(port or None)
 
     def edge(self, node: Node, services: Mapping[str, Service]) -> EdgeSettings:
-        keys = {"port", "expose", "auth", "rate_limit", "max_request_bytes", "timeout", "cors"}
+        keys = {
+            "port", "expose", "auth", "rate_limit", "max_request_bytes", "timeout", "cors",
+            "http", "https",
+        }  # fmt: skip
         entries = self.mapping(node, "edge", keys, null_is_empty=True)
         port = self.optional(
             entries, "port", DEFAULT_EDGE_PORT, lambda n: self.integer(n, "edge.port", 0, _MAX_PORT)
@@ -391,7 +396,20 @@ class TopologyReader(VersionReader):
                 entries, "timeout", EdgeSettings.timeout, lambda n: self.duration(n, "edge.timeout")
             ),
             cors_origins=self.optional(entries, "cors", (), self.cors),
+            http=self.plain_http(entries),
+            https=self.optional(entries, "https", None, self.edge_https),
         )
+
+    def plain_http(self, entries: Entries) -> str:
+        """`edge.http`: off or redirect only with HTTPS to go to."""
+        mode = self.optional(entries, "http", HTTP_ON, self.http_mode)
+        if mode != HTTP_ON and "https" not in entries:
+            raise self.error(
+                entries["http"][1],
+                f"edge.http: {mode} leaves clients no way in without edge.https "
+                "(e.g. `https: {port: 8443}`)",
+            )
+        return mode
 
     def method_name(self, node: Node, where: str, expose: list[str]) -> str:
         name = self.string(node, where)
@@ -528,8 +546,10 @@ class TopologyReader(VersionReader):
             owners[port] = owner
             lines[port] = line
 
-        if edge.port:
+        if edge.port and edge.http != HTTP_OFF:
             claim(edge.port, "edge", self.line_of(top, "edge", "port"))
+        if edge.https is not None and edge.https.port:
+            claim(edge.https.port, "edge.https", self.line_of(top, "edge", "https", "port"))
         claim(nats.port, "nats", self.line_of(top, "nats", "port"))
         for name, service in services.items():
             for index in range(service.replicas):

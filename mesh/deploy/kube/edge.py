@@ -1,8 +1,13 @@
 """The edge's objects: a Deployment of two pods (Envoy, its companion, and an init
-container that writes the files the edge serves) behind the Service `edge`."""
+container that writes the files the edge serves) behind the Service `edge`, with a port
+for plain HTTP (unless `edge.http: off`) and one for HTTPS (with `edge.https`). The
+HTTPS certificate is the Secret `edge-tls` (`identity.edge_tls_secret`), mounted whole:
+the kubelet updates a changed Secret by renaming a link into the mount, which Envoy
+watches, so a renewed or replaced certificate is served without a restart."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from mesh.control.api import Api
@@ -29,30 +34,39 @@ NAME = "edge"
 CONFIG_MAP = "edge-envoy"
 FILES_VOLUME = "edge-files"
 _FILES_MOUNT = {"name": FILES_VOLUME, "mountPath": str(containers.EDGE_FILES_DIR)}
+#: The Secret (and the volume) of the edge's HTTPS certificate, and where it is mounted.
+TLS_SECRET = "edge-tls"
+TLS_DIR = Path("/etc/shop/edge-tls")
+_TLS_MOUNT = {"name": TLS_SECRET, "mountPath": str(TLS_DIR), "readOnly": True}
 
 
 def edge_objects(topology: Topology, plan: MeshPlan, api: Api) -> list[dict[str, Any]]:
     assert plan.edge is not None
     edge_files = edge.files_in(containers.EDGE_FILES_DIR)
+    https = bool(plan.edge.https_port)
+    server = (TLS_DIR / "tls.crt", TLS_DIR / "tls.key") if https else None
 
     def render(of: Topology) -> dict[str, str]:
         return containers.envoy_files(
-            lambda sds: edge.edge_config(of, plan, api, sds, edge_files), certificate()
+            lambda sds: edge.edge_config(of, plan, api, sds, edge_files), certificate(), server
         )
 
     files = render(topology)
     split = containers.reads_split(files)
-    companion = _companion(edge.resolve_rules(topology, api), edge_files)
-    files_volume = {"name": FILES_VOLUME, "emptyDir": {}}
+    rules = edge.resolve_rules(topology, api)
+    companion = _companion(rules, edge_files, plan.edge.own_port)
+    volumes = [{"name": FILES_VOLUME, "emptyDir": {}}]
+    if https:
+        volumes.append({"name": TLS_SECRET, "secret": {"secretName": TLS_SECRET}})
     pod = {
-        "initContainers": [_write_files(), _envoy(split)],
+        "initContainers": [_write_files(), _envoy(plan, split)],
         "containers": [companion],
-        "volumes": envoy_pod_volumes(NAME, CONFIG_MAP, files_volume, split=split),
+        "volumes": envoy_pod_volumes(NAME, CONFIG_MAP, *volumes, split=split),
     }
     return [
         service_account(NAME, NAME),
         config_map(CONFIG_MAP, NAME, files),
-        service(NAME, NAME, [("http", containers.EDGE_PORT)]),
+        service(NAME, NAME, _ports(plan)),
         deployment(NAME, NAME, 2, pod, split_free_hash(topology, render)),
         pdb(NAME, NAME, minAvailable=1),
     ]
@@ -70,19 +84,28 @@ def _write_files() -> dict[str, Any]:
     }
 
 
-def _envoy(split: bool) -> dict[str, Any]:
-    envoy = envoy_container(
-        CONFIG_MAP, [("http", containers.EDGE_PORT), ("probe", containers.PROBE_PORT)], split=split
-    )
+def _ports(plan: MeshPlan) -> list[tuple[str, int]]:
+    """The edge's ports for clients: plain HTTP unless off, HTTPS if any."""
+    assert plan.edge is not None
+    ports = [("http", containers.EDGE_PORT)] if plan.edge.port else []
+    return ports + ([("https", containers.EDGE_HTTPS_PORT)] if plan.edge.https_port else [])
+
+
+def _envoy(plan: MeshPlan, split: bool) -> dict[str, Any]:
+    assert plan.edge is not None
+    ports = [*_ports(plan), ("probe", containers.PROBE_PORT)]
+    envoy = envoy_container(CONFIG_MAP, ports, split=split)
     envoy["volumeMounts"].append({**_FILES_MOUNT, "readOnly": True})
+    if plan.edge.https_port:
+        envoy["volumeMounts"].append(_TLS_MOUNT)
     return envoy
 
 
-def _companion(rules: edge.EdgeRules, edge_files: edge.EdgeFiles) -> dict[str, Any]:
+def _companion(rules: edge.EdgeRules, edge_files: edge.EdgeFiles, edge_port: int) -> dict[str, Any]:
     """Reflection of the public API and health."""
     check = {"grpc": {"port": containers.PROBE_PORT}, "periodSeconds": 5}
     arguments = edge.companion_arguments(
-        rules, containers.COMPANION_PORT, containers.EDGE_PORT, edge_files.descriptor_set
+        rules, containers.COMPANION_PORT, edge_port, edge_files.descriptor_set
     )
     return {
         "name": "companion",

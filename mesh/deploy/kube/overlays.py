@@ -4,16 +4,19 @@ dev: one replica per service, or per version of a service with versions (each ke
 SQLite file on the pod's volume, which replicas could not share). prod: Postgres per
 service (a StatefulSet each), the services (each version's Deployment too) reading
 `SHOP_<SERVICE>_DATABASE_URL` from the Secret `<service>-database`, and cert-manager
-issuing every identity.
+issuing every identity, and the edge's HTTPS certificate unless mesh.yaml names the
+user's own (whose Secret `edge-tls` the user creates, or `meshctl render k8s-secrets`
+prints).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from mesh.control import edge_tls
 from mesh.control.topology import Topology
 from mesh.deploy.containers import dump
-from mesh.deploy.kube.identity import certificate_request, identities
+from mesh.deploy.kube.identity import certificate_request, edge_tls_request, identities
 from mesh.deploy.kube.objects import (
     RESTRICTED,
     data_volume_claim,
@@ -59,6 +62,8 @@ def prod(topology: Topology) -> dict[str, str]:
     """Postgres per service, identities from cert-manager."""
     services = sorted(topology.services)
     objects = [certificate_request(topology, identity) for identity in identities(topology)]
+    if topology.edge.expose and edge_tls.mesh_ca_issues(topology):
+        objects.append(edge_tls_request(topology))
     for name in services:
         objects += _postgres_objects(name)
     patches = [
