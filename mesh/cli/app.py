@@ -83,6 +83,11 @@ COMMANDS = (
         "mint a development JWT signed by identity's key (see `meshctl token --help`)",
         "mesh.cli.token:TOKEN",
     ),
+    Listing(
+        "keys",
+        "API keys for machine consumers: create (shown once), list, revoke",
+        "mesh.cli.keys:KEYS",
+    ),
 )
 LISTED = {listing.name: listing for listing in COMMANDS}
 

@@ -11,25 +11,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 from collections.abc import Sequence
-from pathlib import Path
 
-from mesh.runtime.service import ServiceSettings, SettingsError, sqlite_path
-from services.identity.adapters import MIGRATIONS, SqlSigningKeyStore
+from mesh.runtime.service import ServiceSettings, SettingsError
+from services.identity import commands
+from services.identity.adapters import SqlSigningKeyStore
 from services.identity.bootstrap import token_settings_from_environment
 from services.identity.domain import DEFAULT_SCOPES
-from services.identity.tokens import SigningKey, TokenSettings, TokenSigner, mint_token
-
-NAME = "identity"
-
-
-class NoSigningKey(RuntimeError):
-    """Identity has not stored a signing key in this run directory."""
-
-
-def _no_new_key() -> SigningKey:
-    raise NoSigningKey
+from services.identity.tokens import TokenSettings, TokenSigner, mint_token
 
 
 def _positive(text: str) -> int:
@@ -42,26 +31,14 @@ def _positive(text: str) -> int:
 async def _mint(
     settings: ServiceSettings, tokens: TokenSettings, subject: str, scopes: Sequence[str], ttl: int
 ) -> str:
-    # Opening a SQLite database creates it: look for identity's file first.
-    if not settings.database_url and not sqlite_path(settings.run_dir, NAME).is_file():
-        raise NoSigningKey
-    database = settings.database(MIGRATIONS)
-    await database.open()
-    try:
-        keys = await SqlSigningKeyStore(database).load_or_create(_no_new_key)
-    finally:
-        await database.close()
+    async with commands.identity_database(settings) as database:
+        keys = await SqlSigningKeyStore(database).load_or_create(commands.refuse_new_key)
     return mint_token(TokenSigner(keys, tokens.issuer, tokens.audience), subject, scopes, ttl)
 
 
 def _parser(tokens: TokenSettings) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="meshctl token", description=__doc__)
-    parser.add_argument(
-        "--run-dir",
-        type=Path,
-        default=Path(os.environ.get("SHOP_RUN_DIR", "run")),
-        help="the run directory of the mesh whose identity signs (meshctl: default .mesh)",
-    )
+    commands.add_run_dir(parser, "signs")
     parser.add_argument("--subject", required=True, help="the token's `sub`, e.g. a user id")
     parser.add_argument(
         "--scope",
@@ -84,20 +61,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as error:
         raise SystemExit(f"meshctl token: {error}") from None
     args = _parser(tokens).parse_args(argv)
-    settings = ServiceSettings(
-        name=NAME,
-        run_dir=args.run_dir,
-        database_url=os.environ.get("SHOP_IDENTITY_DATABASE_URL"),
-    )
+    settings = commands.settings_of(args.run_dir)
     scopes = args.scopes or list(DEFAULT_SCOPES)
     try:
         token = asyncio.run(_mint(settings, tokens, args.subject, scopes, args.ttl))
-    except NoSigningKey:
-        # The URL may carry a password: name the variable, not its value.
-        where = "SHOP_IDENTITY_DATABASE_URL" if settings.database_url else args.run_dir
-        raise SystemExit(
-            f"meshctl token: no signing key of identity in {where}: start the mesh "
-            "(`meshctl up`), or pass the --run-dir of a running one"
+    except commands.NotStarted:
+        raise commands.not_started(
+            "meshctl token", settings, "no signing key of identity"
         ) from None
     print(token)
     return 0

@@ -19,6 +19,7 @@ from datetime import datetime
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 ALGORITHM = "RS256"
 RSA_KEY_BITS = 2048
@@ -27,17 +28,37 @@ RSA_PUBLIC_EXPONENT = 65537
 
 @dataclass(frozen=True)
 class TokenSettings:
-    """Who the tokens say issued them, whom they are for, and how long they last."""
+    """Who the tokens say issued them, whom they are for, and how long they last; and
+    whom API keys are for (`api_key_tokens`), which must not be the tokens' audience."""
 
     issuer: str = "shop-identity"
     audience: str = "shop"
     ttl_seconds: int = 3600
+    api_key_audience: str = "shop-api-keys"
 
 
-def _base64url(number: int) -> str:
-    """`number` as unpadded base64url of its big-endian bytes (RFC 7518, section 6.3)."""
-    raw = number.to_bytes((number.bit_length() + 7) // 8, "big")
+def base64url_uint(number: int, length: int | None = None) -> str:
+    """`number` as unpadded base64url of its big-endian bytes (RFC 7518, section 6.3),
+    `length` bytes long when given (an elliptic-curve coordinate's is fixed)."""
+    raw = number.to_bytes(length or (number.bit_length() + 7) // 8, "big")
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def thumbprint(members: dict[str, str]) -> str:
+    """The RFC 7638 thumbprint of a public key's required JWK `members`: the SHA-256 of
+    their canonical JSON (sorted, without whitespace), as unpadded base64url."""
+    canonical = json.dumps(members, separators=(",", ":"), sort_keys=True)
+    digest = hashlib.sha256(canonical.encode()).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def pkcs8_pem(private_key: PrivateKeyTypes) -> str:
+    """A private key as the unencrypted PKCS #8 PEM it is stored in."""
+    return private_key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
 
 
 @dataclass(frozen=True)
@@ -51,15 +72,8 @@ class SigningKey:
     @classmethod
     def of(cls, private_key: rsa.RSAPrivateKey, create_time: datetime) -> SigningKey:
         numbers = private_key.public_key().public_numbers()
-        # RFC 7638: the required members, sorted, without whitespace.
-        canonical = json.dumps(
-            {"e": _base64url(numbers.e), "kty": "RSA", "n": _base64url(numbers.n)},
-            separators=(",", ":"),
-            sort_keys=True,
-        )
-        digest = hashlib.sha256(canonical.encode()).digest()
-        kid = base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
-        return cls(kid, private_key, create_time)
+        members = {"e": base64url_uint(numbers.e), "kty": "RSA", "n": base64url_uint(numbers.n)}
+        return cls(thumbprint(members), private_key, create_time)
 
     @classmethod
     def generate(cls, now: datetime) -> SigningKey:
@@ -75,11 +89,7 @@ class SigningKey:
         return cls.of(key, create_time)
 
     def private_pem(self) -> str:
-        return self.private_key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ).decode()
+        return pkcs8_pem(self.private_key)
 
     def jwk(self) -> dict[str, str]:
         """The public half as a JSON Web Key (RFC 7517)."""
@@ -89,8 +99,8 @@ class SigningKey:
             "kid": self.kid,
             "use": "sig",
             "alg": ALGORITHM,
-            "n": _base64url(numbers.n),
-            "e": _base64url(numbers.e),
+            "n": base64url_uint(numbers.n),
+            "e": base64url_uint(numbers.e),
         }
 
 

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,46 +15,21 @@ from google.protobuf import json_format
 
 from mesh.runtime.caller import SUBJECT_METADATA_KEY
 from mesh.runtime.storage import Database
-from services.identity import token_cli
+from services.identity import keys_cli, token_cli
 from services.identity.adapters import (
     MIGRATIONS,
-    SqlIdentityStore,
-    SqlSigningKeyStore,
+    api_key_signing_keys,
+    api_keys,
     signing_keys,
     users,
 )
-from services.identity.bootstrap import registration
-from services.identity.handlers import open_signer
-from services.identity.tokens import TokenSettings
 from shop.identity.v1 import identity_service_pb2 as pb
-from shop.identity.v1 import identity_service_pb2_grpc as pb_grpc
-from tests.support.component import Databases, error_reason, field_violations, serving
+from tests.services.identity.conftest import identity_on
+from tests.support.component import Databases, error_reason, field_violations
 
 pytestmark = pytest.mark.integration
 
 PASSWORD = "correct horse battery"
-
-
-@asynccontextmanager
-async def identity_on(database: Database) -> AsyncIterator[Any]:
-    """Identity served over `database`, as bootstrap builds it with default settings."""
-    settings = TokenSettings()
-    signer = await open_signer(SqlSigningKeyStore(database), settings)
-    servicer = registration(SqlIdentityStore(database), signer, settings.ttl_seconds)
-    async with serving(servicer) as channel:
-        yield pb_grpc.IdentityServiceStub(channel)
-
-
-@pytest.fixture
-async def database(databases: Databases, tmp_path: Path) -> AsyncIterator[Database]:
-    async with databases.open(tmp_path, "identity", MIGRATIONS) as database:
-        yield database
-
-
-@pytest.fixture
-async def identity(database: Database) -> AsyncIterator[Any]:
-    async with identity_on(database) as stub:
-        yield stub
 
 
 async def register(identity: Any, email: str = "ada@example.com", **fields: Any) -> pb.User:
@@ -100,13 +74,19 @@ async def test_register_then_login_gives_a_token_the_jwks_verifies(identity: Any
     assert claims["exp"] - claims["iat"] == 3600
 
 
-async def test_the_jwks_is_a_standard_rsa_signature_key_set(identity: Any) -> None:
+async def test_the_jwks_is_a_standard_signature_key_set_tokens_key_first(identity: Any) -> None:
     jwks = json_format.MessageToDict(await identity.GetJwks(pb.GetJwksRequest()))
-    [key] = jwks["keys"]
+    # The access tokens' RSA key, then the API keys' elliptic-curve key.
+    [key, api_key_key] = jwks["keys"]
     assert set(key) == {"kty", "kid", "use", "alg", "n", "e"}
     assert (key["kty"], key["use"], key["alg"], key["e"]) == ("RSA", "sig", "RS256", "AQAB")
     assert "=" not in key["n"]
     assert jwt.PyJWK(key).key.key_size == 2048
+    assert set(api_key_key) == {"kty", "kid", "use", "alg", "crv", "x", "y"}
+    assert (api_key_key["kty"], api_key_key["crv"], api_key_key["alg"]) == ("EC", "P-256", "ES256")
+    assert len(api_key_key["x"]) == len(api_key_key["y"]) == 43  # 32 bytes, unpadded
+    assert jwt.PyJWK(api_key_key).key.curve.name == "secp256r1"
+    assert api_key_key["kid"] != key["kid"]
 
 
 async def test_wrong_password_and_unknown_email_are_refused_alike(identity: Any) -> None:
@@ -208,7 +188,7 @@ async def test_the_key_and_the_accounts_survive_a_restart(
         before = await identity.Login(pb.LoginRequest(email=user.email, password=PASSWORD))
         jwks_before = await identity.GetJwks(pb.GetJwksRequest())
     async with databases.open(tmp_path, "identity", MIGRATIONS) as database:
-        assert await database.applied_versions() == [1]
+        assert await database.applied_versions() == [1, 2]
         async with identity_on(database) as identity:
             assert await identity.GetJwks(pb.GetJwksRequest()) == jwks_before
             claims = await verified_claims(identity, before.access_token)
@@ -230,14 +210,10 @@ async def test_concurrent_registrations_of_one_email_create_one_account(identity
 
 async def test_token_cli_prints_a_token_the_service_jwks_verifies(
     databases: Databases,
+    environment: dict[str, str],
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # The command finds identity's database as the service does: the run directory's
-    # file, unless SHOP_IDENTITY_DATABASE_URL names another.
-    for name, value in (await databases.environment(tmp_path, "identity")).items():
-        monkeypatch.setenv(name, value)
     argv = ["--run-dir", str(tmp_path), "--subject", "admin", "--ttl", "120"]
     argv += ["--scope", "catalog:write", "--scope", "orders:read"]
     # The service stores its signing key when it starts; the command signs with that key.
@@ -254,24 +230,37 @@ async def test_token_cli_prints_a_token_the_service_jwks_verifies(
     assert claims["exp"] - claims["iat"] == 120
 
 
-async def test_token_cli_refuses_before_the_service_stored_a_key(
-    databases: Databases, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("command", "argv", "refusal", "tables"),
+    [
+        (token_cli.main, ["--subject", "admin"], "meshctl token: no signing key of identity",
+         [signing_keys]),
+        (keys_cli.main, ["create", "--consumer", "acme", "--plan", "free"],
+         "meshctl keys: identity has not started", [signing_keys, api_key_signing_keys, api_keys]),
+    ],
+    ids=["token", "keys"],
+)  # fmt: skip
+async def test_a_command_refuses_before_the_service_stored_a_key_and_makes_none(
+    databases: Databases,
+    environment: dict[str, str],
+    tmp_path: Path,
+    command: Callable[[list[str]], int],
+    argv: list[str],
+    refusal: str,
+    tables: list[sa.Table],
 ) -> None:
-    environment = await databases.environment(tmp_path, "identity")
-    for name, value in environment.items():
-        monkeypatch.setenv(name, value)
-    argv = ["--run-dir", str(tmp_path), "--subject", "admin"]
     with pytest.raises(SystemExit) as refused:
-        await asyncio.to_thread(token_cli.main, argv)
+        await asyncio.to_thread(command, ["--run-dir", str(tmp_path), *argv])
     # A database URL may hold a password: the message names the variable instead.
     where = "SHOP_IDENTITY_DATABASE_URL" if environment else tmp_path
     assert refused.value.code == (
-        f"meshctl token: no signing key of identity in {where}: start the mesh "
-        "(`meshctl up`), or pass the --run-dir of a running one"
+        f"{refusal} in {where}: start the mesh (`meshctl up`), or pass the --run-dir of a "
+        "running one"
     )
     async with (
         databases.open(tmp_path, "identity", MIGRATIONS) as database,
-        database.transaction() as connection,
+        database.snapshot() as connection,
     ):
-        stored = await connection.execute(sa.select(sa.func.count()).select_from(signing_keys))
-        assert stored.scalar_one() == 0
+        for table in tables:
+            stored = await connection.execute(sa.select(sa.func.count()).select_from(table))
+            assert stored.scalar_one() == 0
