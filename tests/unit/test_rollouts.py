@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from mesh.control import routing
-from mesh.control.envoy.stats import Counts
+from mesh.control.envoy.stats import Counts, served_counts
 from mesh.control.plan import make_plan
 from mesh.control.rollouts import actions, analysis, store
 from mesh.control.rollouts.actions import RolloutError
@@ -171,8 +171,8 @@ def controller(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clock: Clock) ->
 def feed(found: RolloutController, v1: tuple[float, float], v2: tuple[float, float]) -> None:
     """The callers' cumulative (tries, server errors) of each version, next read."""
     counts = {
-        "v1": Counts(requests=v1[0], server_errors=v1[1], buckets={0.01: v1[0]}),
-        "v2": Counts(requests=v2[0], server_errors=v2[1], buckets={0.01: v2[0]}),
+        "v1": Counts(requests=v1[0], errors=v1[1], buckets={0.01: v1[0]}),
+        "v2": Counts(requests=v2[0], errors=v2[1], buckets={0.01: v2[0]}),
     }
     found.read = lambda service: counts  # type: ignore[method-assign]
 
@@ -244,3 +244,26 @@ def test_a_rollout_file_changed_by_hand_is_named(tmp_path: Path) -> None:
     path.write_text('{"spec": {}}')
     with pytest.raises(store.UnreadableRollout, match=r"catalog\.json cannot be read as a rollout"):
         store.load(tmp_path, "catalog")
+
+
+def test_a_versions_sidecar_counts_server_errors_not_the_clients_mistakes() -> None:
+    text = "\n".join(
+        [
+            "# TYPE envoy_cluster_grpc_total counter",
+            'envoy_cluster_grpc_total{envoy_cluster_name="local_app"} 10',
+            "# TYPE envoy_cluster_grpc_14 counter",  # UNAVAILABLE
+            'envoy_cluster_grpc_14{envoy_cluster_name="local_app"} 3',
+            "# TYPE envoy_cluster_grpc_5 counter",  # NOT_FOUND: the client's
+            'envoy_cluster_grpc_5{envoy_cluster_name="local_app"} 4',
+            "# TYPE envoy_cluster_grpc_total counter",
+            'envoy_cluster_grpc_total{envoy_cluster_name="catalog"} 99',  # not what it received
+            "# TYPE envoy_cluster_upstream_rq_time histogram",
+            'envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name="local_app",le="5"} 6',
+            'envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name="local_app",le="+Inf"} 7',
+            'envoy_cluster_upstream_rq_time_sum{envoy_cluster_name="local_app"} 20',
+            'envoy_cluster_upstream_rq_time_count{envoy_cluster_name="local_app"} 7',
+        ]
+    )
+    found = served_counts(text + "\n")
+    assert (found.requests, found.errors) == (10, 3)
+    assert found.buckets == {0.005: 6, float("inf"): 7}

@@ -128,8 +128,8 @@ def _page(path: str, file: Path, content_type: str) -> dict[str, Any]:
         "match": {"path": path},
         "direct_response": {"status": 200, "body": {"filename": str(file)}},
         "response_headers_to_add": [
-            {"header": {"key": "content-type", "value": content_type}},
-            {"header": {"key": "cache-control", "value": "no-cache"}},
+            _header("content-type", content_type),
+            _header("cache-control", "no-cache"),
         ],
     }
 

@@ -1,11 +1,16 @@
-"""What an Envoy counted of the calls it sent each cluster, read from its admin socket in
-Prometheus's text format: calls that ended (`upstream_rq_completed`, each try, the replies
-Envoy made itself included: a 503 of its circuit breaker, a 504 of a timeout), tries that
-ended in a server error (`upstream_rq_xx` of class 5: gRPC's UNAVAILABLE, INTERNAL,
-DEADLINE_EXCEEDED and the like), calls that succeeded (`grpc.success`, from Envoy's gRPC
-statistics filter), their times (`upstream_rq_time`, a histogram in milliseconds) and
-the calls its circuit breaker turned away. The console's map (`mesh.control.console`)
-and the rollouts' analysis (`mesh.control.rollouts`) read them."""
+"""What an Envoy counted of the calls through it, read from its admin socket in
+Prometheus's text format.
+
+`envoy_counts`, for the console's map (`mesh.control.console`): of the calls it sent each
+cluster, those that ended (`upstream_rq_completed`, each try, the replies Envoy made
+itself included: a 503 of its circuit breaker, a 504 of a timeout), those that succeeded
+(`grpc.success`, from Envoy's gRPC statistics filter), their times (`upstream_rq_time`, a
+histogram in milliseconds) and the calls its circuit breaker turned away.
+
+`served_counts`, for the rollouts' analysis (`mesh.control.rollouts`): of the calls a
+version's sidecar received, every one and those that ended in a server error (gRPC's
+UNAVAILABLE, INTERNAL, DEADLINE_EXCEEDED and the like), with the app's times.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from mesh.control.envoy.admin import AdminError, admin_get
 from mesh.runtime import metrics
@@ -28,6 +34,8 @@ SERVED_PATH = (
     "/stats/prometheus?usedonly&filter="
     r"^cluster\.local_app[^.]*\.(grpc\.(total|[0-9]+)|upstream_rq_time)$"
 )
+#: The samples of Envoy's histogram of its upstream times.
+_TIME_BUCKET = "envoy_cluster_upstream_rq_time_bucket"
 #: The clusters of a sidecar in front of its app (`mesh.control.envoy.clusters`).
 LOCAL_APP_PREFIX = "local_app"
 #: The gRPC statuses that say the server failed, not the client: UNKNOWN,
@@ -44,20 +52,19 @@ ITSELF = ""
 @dataclass
 class Counts:
     """One reading of a link or a service: calls (or events handled), failed calls (or
-    dead letters), the cumulative latency buckets in seconds, calls turned away, events
-    waiting (a gauge), and tries that ended in a server error."""
+    dead letters; of a version's sidecar, calls that ended in a server error), the
+    cumulative latency buckets in seconds, calls turned away, and events waiting (a
+    gauge)."""
 
     requests: float = 0.0
     errors: float = 0.0
     buckets: dict[float, float] = field(default_factory=dict)
     refused: float = 0.0
     backlog: float = 0.0
-    server_errors: float = 0.0
 
     def add(self, other: Counts) -> None:
         self.requests += other.requests
         self.errors += other.errors
-        self.server_errors += other.server_errors
         self.refused += other.refused
         self.backlog += other.backlog
         for bound, count in other.buckets.items():
@@ -65,6 +72,11 @@ class Counts:
 
     def sample(self, at: float) -> metrics.Sample:
         return metrics.Sample(at, self.requests, self.errors, dict(self.buckets))
+
+    def add_bucket(self, point: Sample) -> None:
+        """One bucket of Envoy's `upstream_rq_time` histogram (in milliseconds)."""
+        bound = float(point.labels["le"]) / 1000
+        self.buckets[bound] = self.buckets.get(bound, 0.0) + point.value
 
 
 def envoy_counts(text: str) -> dict[str, Counts]:
@@ -89,9 +101,8 @@ def envoy_counts(text: str) -> dict[str, Counts]:
                 entry.errors -= point.value
             elif name in OVERFLOWS:
                 entry.refused += point.value
-            elif point.name == "envoy_cluster_upstream_rq_time_bucket":
-                bound = float(point.labels["le"]) / 1000  # Envoy's are in milliseconds
-                entry.buckets[bound] = entry.buckets.get(bound, 0.0) + point.value
+            elif point.name == _TIME_BUCKET:
+                entry.add_bucket(point)
     for entry in counts.values():
         entry.errors = max(0.0, entry.errors)  # calls ended but not yet counted: none failed
     return counts
@@ -115,8 +126,8 @@ def summed(parts: Iterable[Counts | None]) -> Counts:
 
 def served_counts(text: str) -> Counts:
     """What a sidecar's app clusters counted of the calls it received (its gRPC statistics
-    filter comes before its fault filter, so injected failures count): every call, those
-    that ended in a server error (`SERVER_ERRORS`), and the app's times."""
+    filter comes before its fault filter, so injected failures count): every call, as
+    failed those that ended in a server error (`SERVER_ERRORS`), and the app's times."""
     counts = Counts()
     for family in text_string_to_metric_families(text):
         for point in family.samples:
@@ -126,10 +137,9 @@ def served_counts(text: str) -> Counts:
             if name == "envoy_cluster_grpc":  # the parser's name for `grpc.total`
                 counts.requests += point.value
             elif name.removeprefix("envoy_cluster_grpc_") in SERVER_ERRORS:
-                counts.server_errors += point.value
-            elif point.name == "envoy_cluster_upstream_rq_time_bucket":
-                bound = float(point.labels["le"]) / 1000
-                counts.buckets[bound] = counts.buckets.get(bound, 0.0) + point.value
+                counts.errors += point.value
+            elif point.name == _TIME_BUCKET:
+                counts.add_bucket(point)
     return counts
 
 

@@ -134,15 +134,10 @@ def figures(before: Counts | None, after: Counts | None, seconds: float) -> Figu
     """A version's figures between two readings `seconds` apart; None if it had no calls."""
     if before is None or after is None or after.requests <= before.requests:
         return None
-    found = metrics.rates(_sample(before, 0.0), _sample(after, seconds))
+    found = metrics.rates(before.sample(0.0), after.sample(seconds))
     return Figures(
         requests=after.requests - before.requests,
         per_second=round(found.requests_per_second, 2),
         error_ratio=round(found.error_ratio, 4),
         p99_ms=None if found.p99_ms is None else round(found.p99_ms, 1),
     )
-
-
-def _sample(counts: Counts, at: float) -> metrics.Sample:
-    """The tries and the tries that ended in a server error, as a metrics sample."""
-    return metrics.Sample(at, counts.requests, counts.server_errors, dict(counts.buckets))

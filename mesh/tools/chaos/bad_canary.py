@@ -22,7 +22,14 @@ from mesh.control.rollouts import actions, store
 from mesh.control.rollouts.controller import SAMPLE_SECONDS
 from mesh.control.rollouts.model import ENDED, PROMOTED, ROLLED_BACK, Rollout, RolloutSpec
 from mesh.tools import loadgen, trial
-from mesh.tools.chaos.frame import Scenario, Verdict, adjusted, counts, restarts
+from mesh.tools.chaos.frame import (
+    Scenario,
+    Verdict,
+    adjusted,
+    counts,
+    restarts,
+    success_ratio,
+)
 from mesh.tools.chaos.overload_runs import edge_address
 from mesh.tools.loadgen import HttpConnections, http_request
 from mesh.tools.trial import say
@@ -73,7 +80,7 @@ class Phase:
 
     @property
     def failed_share(self) -> float:
-        return self.failed / self.reads.completed if self.reads.completed else 0.0
+        return 1.0 - success_ratio(self.reads) if self.reads.completed else 0.0
 
     @property
     def peak(self) -> int:
