@@ -7,7 +7,9 @@ the deadline of the call being served (`served`), and the channels a service cal
 dependencies on (`mesh.runtime.service.channel_to`) give each call the time that is left
 (`Propagation`): once the first caller has given up, nobody downstream works on its
 behalf. A call whose deadline has passed before it starts is refused unstarted with
-DEADLINE_EXCEEDED; one whose caller goes away while it runs is cancelled by gRPC.
+DEADLINE_EXCEEDED; one whose caller goes away while it runs is cancelled by gRPC; one whose
+dependency ran out of the time it was given answers DEADLINE_EXCEEDED (`ran_out`), not the
+error it would give for a dependency that failed.
 """
 
 from __future__ import annotations
@@ -50,6 +52,26 @@ def served(behavior: Behavior, method: str) -> Behavior:
             _DEADLINE.reset(token)
 
     return call
+
+
+#: How close to its end a served call's deadline counts as spent: a dependency's call was
+#: given what was left of it, in whole milliseconds, so its timer fires a little early.
+SPENT_WITHIN_SECONDS = 0.05
+#: What a served call answers when a call it made ran out of the time its caller gave.
+RAN_OUT = "the caller's deadline passed while a call this one made was waiting"
+
+
+def ran_out(cause: BaseException | None) -> bool:
+    """Whether `cause`, a dependency's failure, is the served call's own time running out:
+    DEADLINE_EXCEEDED with that deadline spent. The caller then hears DEADLINE_EXCEEDED,
+    as its own timer would say, whichever timer fired first."""
+    left = remaining()
+    return (
+        isinstance(cause, grpc.aio.AioRpcError)
+        and cause.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        and left is not None
+        and left <= SPENT_WITHIN_SECONDS
+    )
 
 
 class Propagation(grpc.aio.UnaryUnaryClientInterceptor):

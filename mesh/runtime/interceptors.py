@@ -238,6 +238,8 @@ def _mapped_errors(behavior: Behavior, method: str) -> Behavior:
         except ServiceError as error:
             if error.__cause__ is not None:  # what failed underneath is the operator's to see
                 log.warning("%s: %s, from %r", method, error.reason, error.__cause__)
+            if deadlines.ran_out(error.__cause__):
+                await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, deadlines.RAN_OUT)
             await _abort(context, to_status(_in_clients_words(error, request, context), domain))
         except grpc.aio.AbortError:
             raise  # the servicer aborted on purpose; its status stands

@@ -53,3 +53,25 @@ async def test_a_call_whose_deadline_passed_before_it_started_does_no_work() -> 
         await deadlines.served(behavior, "/m")(None, context)
     assert context.aborted is not None
     assert context.aborted[0] == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def _failed(code: grpc.StatusCode) -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), "")
+
+
+async def test_a_dependency_that_ran_out_of_the_callers_time_is_the_deadline_passing() -> None:
+    found: list[tuple[bool, bool]] = []
+
+    async def behavior(request: Any, context: Any) -> None:
+        found.append(
+            (
+                deadlines.ran_out(_failed(grpc.StatusCode.DEADLINE_EXCEEDED)),
+                deadlines.ran_out(_failed(grpc.StatusCode.UNAVAILABLE)),
+            )
+        )
+
+    await deadlines.served(behavior, "/m")(None, Context(0.01))  # all but spent
+    await deadlines.served(behavior, "/m")(None, Context(5.0))  # time left: its own timeout
+    await deadlines.served(behavior, "/m")(None, Context(None))  # no deadline at all
+    assert found == [(True, False), (False, False), (False, False)]
+    assert not deadlines.ran_out(None)
