@@ -15,7 +15,8 @@
 # State lives under /shop, owned by the image's user `shop` (uid and gid 10001):
 # certificates in /shop/pki, service data in /shop/run (SHOP_RUN_DIR), NATS data in
 # /shop/nats, the edge's files in /shop/edge, your own HTTPS certificate for the edge,
-# copied, in /shop/edge-tls. A named volume mounted on one of them takes
+# copied, in /shop/edge-tls, the deny list of API keys the edge companion keeps for the
+# edge in /shop/edge-keys. A named volume mounted on one of them takes
 # that ownership on its first mount.
 #
 # The builder stage generates the `shop` package from protos/ (buf and grpcio-tools),
@@ -72,7 +73,7 @@ RUN groupadd --gid 10001 shop \
     && useradd --no-log-init --uid 10001 --gid shop \
         --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin shop \
     && install --directory --owner=shop --group=shop --mode=0750 \
-        /shop /shop/pki /shop/run /shop/nats /shop/edge /shop/edge-tls
+        /shop /shop/pki /shop/run /shop/nats /shop/edge /shop/edge-tls /shop/edge-keys
 
 COPY --from=builder /opt/venv /opt/venv
 

@@ -69,7 +69,7 @@ COMMANDS = (
     Listing("events", "the event bus: `events init`", "mesh.cli.events:EVENTS"),
     Listing(
         "bench",
-        "measure what the mesh costs a request (five paths to one RPC, ratios to direct), "
+        "measure what the mesh costs a request (six paths to one RPC, ratios to direct), "
         "or with `saga` how many orders per second the saga completes",
         "mesh.cli.bench:BENCH",
     ),

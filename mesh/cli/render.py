@@ -30,6 +30,9 @@ def _add_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument("--tls-key", type=Path, help="...and its key...")
     command.add_argument("--tls-dir", type=Path, help="...into this directory, for the edge")
     command.add_argument(
+        "--deny-list", type=Path, help="edge-files: write the first deny list of API keys here"
+    )
+    command.add_argument(
         "--check", action="store_true", help="write nothing; fail if a committed file is stale"
     )
     add_config(command)
@@ -41,7 +44,9 @@ def _run(args: argparse.Namespace) -> int:
     checkout = root()
     topology = load_topology(checkout, args.config)
     if args.target == EDGE_FILES:
-        return deploy.write_edge_files(checkout, topology, args.directory, _copied(args))
+        return deploy.write_edge_files(
+            checkout, topology, args.directory, _copied(args), args.deny_list
+        )
     if args.target == K8S_SECRETS:
         return deploy.print_secrets(topology, run_dir(args))
     return deploy.render(checkout, topology, args.target, args.check)

@@ -4,8 +4,9 @@ descriptor set.
 Sidecars route and retry per method, and authorize the edge per method, so the mesh reads
 from the contracts, never from a hand-kept list: each RPC's gRPC path, its
 `idempotency_level` (which decides whether a retry may repeat a request that might have
-been applied) and whether it is INTERNAL (`google.api.method_visibility`), which keeps it
-away from the edge; and the events a service may consume, the payloads of
+been applied), whether it is INTERNAL (`google.api.method_visibility`), which keeps it
+away from the edge, and the URLs of its HTTP GET bindings (`google.api.http`), the reads
+the edge may cache; and the events a service may consume, the payloads of
 `shop.events.v1.EventEnvelope`.
 
 A service may serve its API in more than one version side by side (`shop.catalog.v1`
@@ -25,7 +26,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from google.api import visibility_pb2
+from google.api import annotations_pb2, visibility_pb2
 from google.protobuf import descriptor_pb2
 
 #: Our contracts' packages are `shop.<service>.<version>` (`shop.catalog.v1`).
@@ -62,6 +63,8 @@ class Method:
     path: str
     idempotency: Idempotency
     internal: bool
+    http_gets: tuple[str, ...] = ()
+    """The URL templates of its HTTP GET bindings, main and additional (`/v1/products/{id}`)."""
 
     @property
     def name(self) -> str:
@@ -117,9 +120,18 @@ class Api:
                             path=f"/{file.package}.{service.name}/{method.name}",
                             idempotency=_LEVELS[method.options.idempotency_level],
                             internal=visibility.restriction == "INTERNAL",
+                            http_gets=_http_gets(method.options),
                         )
                     )
         return cls({name: tuple(found) for name, found in methods.items()}, _event_names(files))
+
+
+def _http_gets(options: descriptor_pb2.MethodOptions) -> tuple[str, ...]:
+    """The URL templates of a method's HTTP GET bindings (none without `google.api.http`)."""
+    if not options.HasExtension(annotations_pb2.http):
+        return ()
+    rule = options.Extensions[annotations_pb2.http]
+    return tuple(binding.get for binding in (rule, *rule.additional_bindings) if binding.get)
 
 
 def _event_names(files: Sequence[descriptor_pb2.FileDescriptorProto]) -> frozenset[str]:

@@ -3,7 +3,8 @@
 The topology's reader checks mesh.yaml on its own: its shape, its services, the rules
 across its sections. What it names of the contracts (the methods of `edge.auth`, of a
 `calls:` entry's `methods:` and of a service's `methods:`, the events of `consumes:`)
-only the descriptor set can confirm. `problems` finds every such mistake at once, each
+only the descriptor set can confirm, as it alone knows which public methods `edge.cache`
+may cache (those with an HTTP GET binding). `problems` finds every such mistake at once, each
 at its line with the closest name the contracts have; `meshctl up` (`mesh.control.preflight`)
 and `meshctl render` refuse a topology with any, so the renderers (`mesh.control.envoy`)
 take the names they are given as found. A method's name means the method of that name
@@ -16,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterator, Sequence
 
 from mesh.control.api import Api
+from mesh.control.envoy.edge_rules import REVOCATIONS_METHOD
 from mesh.control.topology import Topology, TopologyError, suggest
 
 #: The method that serves the keys the edge checks every token against.
@@ -27,7 +29,9 @@ def problems(topology: Topology, api: Api) -> list[TopologyError]:
     found = [
         *_exposed_without_contract(topology, api),
         *_edge_auth(topology, api),
+        *_edge_cache(topology, api),
         *_token_keys(topology),
+        *_deny_list(topology, api),
         *_granted_methods(topology, api),
         *_method_policies(topology, api),
         *_consumed_events(topology, api),
@@ -89,6 +93,28 @@ def _edge_auth(topology: Topology, api: Api) -> Iterator[TopologyError]:
         yield _error(topology, auth.lines.get(name), f"{where} {name}: {detail}")
 
 
+def _edge_cache(topology: Topology, api: Api) -> Iterator[TopologyError]:
+    """Each method of `edge.cache`: a public one at the edge (an answer that needs a token
+    is the token holder's, never shared), read with an HTTP GET (the edge caches GETs)."""
+    edge = topology.edge
+    for name in edge.cache:
+        where = f"edge.cache {name}"
+        service, _, method = name.partition(".")
+        if name not in edge.auth.public:
+            typo = method not in api.names(service)
+            detail = (
+                "only a public method's answer may be shared: add it to edge.auth.public "
+                f"or drop it here{suggest(name, edge.auth.public) if typo else ''}"
+            )
+        elif method not in api.names(service, public=True):
+            continue  # `_edge_auth` says what is wrong with the name
+        elif not any(m.http_gets for m in api.named(service, [method])):
+            detail = "the contracts bind it to no HTTP GET, and the edge caches GET reads only"
+        else:
+            continue
+        yield _error(topology, edge.cache_lines.get(name), f"{where}: {detail}")
+
+
 def _token_keys(topology: Topology) -> Iterator[TopologyError]:
     """The edge fetches the keys it checks tokens with from identity, without a token."""
     if topology.edge.expose and JWKS_METHOD not in topology.edge.auth.public:
@@ -97,6 +123,18 @@ def _token_keys(topology: Topology) -> Iterator[TopologyError]:
             None,
             "the edge verifies tokens with identity's JWKS, so identity must be exposed and "
             f"{JWKS_METHOD} in edge.auth.public",
+        )
+
+
+def _deny_list(topology: Topology, api: Api) -> Iterator[TopologyError]:
+    """API keys are checked against identity's deny list, which the edge follows."""
+    service, _, method = REVOCATIONS_METHOD.partition(".")
+    if topology.edge.api_keys.plans and method not in api.names(service):
+        yield _error(
+            topology,
+            None,
+            f"edge.api_keys: the edge follows the API keys identity revoked through "
+            f"{REVOCATIONS_METHOD}, which the contracts lack",
         )
 
 

@@ -30,8 +30,12 @@ companion copies the pair into the directory the edge's Envoy watches (`--tls-di
 time the files change and belong together (`mesh.control.edge_tls`), so a replaced
 certificate is served within about a second, with no restart.
 
+The deny list of API keys (`--deny-list-port`, `--deny-list-dir`): the companion keeps
+the file the edge refuses revoked keys from what identity says (`mesh.control.deny_list`).
+
 Run as `python -m mesh.control.edge_companion --port P --edge-port E --descriptor-set FILE
---service NAME... [--tls-cert FILE --tls-key FILE --tls-dir DIR]`.
+--service NAME... [--tls-cert FILE --tls-key FILE --tls-dir DIR]
+[--deny-list-port P --deny-list-dir DIR]`.
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ from google.api import visibility_pb2
 from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from mesh.control import edge_tls
+from mesh.control import deny_list, edge_tls
 from mesh.control.envoy.edge_rules import HEALTH_CHECK_TIMEOUT, HEALTH_OF_HEADER
 from mesh.runtime.runner import HealthServicer, ServiceRunner
 
@@ -207,11 +211,20 @@ class EdgeHealth(HealthServicer):
         await super().Watch(request, context)
 
 
-async def _serve(args: argparse.Namespace) -> None:
-    copying = None
+def _keepers(args: argparse.Namespace) -> list[asyncio.Task[None]]:
+    """What the companion keeps current for the edge beside serving: the user's HTTPS
+    certificate, copied; the deny list of API keys."""
+    tasks = []
     if args.tls_dir is not None:
         pair = edge_tls.CopiedPair(args.tls_cert, args.tls_key, args.tls_dir)
-        copying = asyncio.create_task(edge_tls.keep_copied(pair))
+        tasks.append(asyncio.create_task(edge_tls.keep_copied(pair)))
+    if args.deny_list_dir is not None:
+        tasks.append(asyncio.create_task(deny_list.follow(args.deny_list_port, args.deny_list_dir)))
+    return tasks
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    keepers = _keepers(args)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{args.edge_port}") as channel:
         runner = ServiceRunner(
             [],
@@ -224,8 +237,8 @@ async def _serve(args: argparse.Namespace) -> None:
         try:
             await runner.serve()
         finally:
-            if copying is not None:
-                copying.cancel()
+            for task in keepers:
+                task.cancel()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -237,10 +250,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--tls-cert", type=Path, help="the user's certificate for HTTPS")
     parser.add_argument("--tls-key", type=Path, help="...and its key")
     parser.add_argument("--tls-dir", type=Path, help="where the edge reads them from")
+    parser.add_argument("--deny-list-port", type=int, help="the edge's deny-list listener")
+    parser.add_argument("--deny-list-dir", type=Path, help="where the edge reads the deny list")
     args = parser.parse_args(argv)
     given = [args.tls_cert, args.tls_key, args.tls_dir]
     if any(given) and not all(given):
         parser.error("--tls-cert, --tls-key and --tls-dir go together")
+    if (args.deny_list_port is None) != (args.deny_list_dir is None):
+        parser.error("--deny-list-port and --deny-list-dir go together")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s edge %(message)s")
     asyncio.run(_serve(args))
 

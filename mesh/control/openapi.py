@@ -475,6 +475,18 @@ def _paths(
     return paths
 
 
+_BEARER = {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+_API_KEY = "apiKey"
+
+
+def _key_or_token(paths: Mapping[str, Mapping[str, Schema]]) -> None:
+    """Every operation that needs a bearer token takes an API key instead."""
+    for operations in paths.values():
+        for operation in operations.values():
+            if operation["security"]:
+                operation["security"] = [*operation["security"], {_API_KEY: []}]
+
+
 def build_openapi(
     files: descriptor_pb2.FileDescriptorSet,
     *,
@@ -484,8 +496,10 @@ def build_openapi(
     title: str = "Shop API",
     version: str = "v1",
     server_url: str = "http://127.0.0.1:8080",
+    api_keys: bool = False,
 ) -> dict[str, Any]:
-    """The OpenAPI 3.1 document of what the edge serves for `services`.
+    """The OpenAPI 3.1 document of what the edge serves for `services`; with `api_keys`,
+    an API key in `x-api-key` may stand for the bearer token wherever one is needed.
 
     `services` are short names (`catalog` for every version, `shop.catalog.v1`,
     `shop.catalog.v2`); `public_methods` and `scopes` are keyed by gRPC path
@@ -497,6 +511,10 @@ def build_openapi(
     schemas = Schemas(index)
     methods, tags = _exposed_methods(files, index, services)
     paths = _paths(schemas, methods, public_methods, scopes)
+    security_schemes: dict[str, Any] = {"bearerAuth": _BEARER}
+    if api_keys:
+        security_schemes[_API_KEY] = {"type": "apiKey", "in": "header", "name": "x-api-key"}
+        _key_or_token(paths)
     schemas.components[ANY] = any_schema()
     schemas.components[STATUS_SCHEMA_NAME] = _status_schema()
     error = {"$ref": f"#/components/schemas/{STATUS_SCHEMA_NAME}"}
@@ -509,9 +527,7 @@ def build_openapi(
         "components": {
             "schemas": dict(sorted(schemas.components.items())),
             "responses": {name: _json_body(error, description=about) for _, name, about in _ERRORS},
-            "securitySchemes": {
-                "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
-            },
+            "securitySchemes": security_schemes,
         },
     }
 

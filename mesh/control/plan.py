@@ -117,6 +117,18 @@ class EdgePlan:
     its companion relays) when `port` does not serve clients (`edge.http` off or
     redirect); 0: `port` does."""
 
+    deny_list_port: int = 0
+    """Where, on loopback only, the edge companion asks identity for the API keys it
+    revoked, through the edge as the edge (`mesh.control.deny_list`); 0: no API keys."""
+    deny_list_dir: str = ""
+    """The directory of the deny list's file, which the companion writes and the edge
+    reads (`mesh.control.deny_list`); empty: no API keys."""
+
+    @property
+    def deny_list(self) -> Path | None:
+        """`deny_list_dir`, if any."""
+        return Path(self.deny_list_dir) if self.deny_list_dir else None
+
     @property
     def own_port(self) -> int:
         """The loopback port the edge and its companion call the edge on."""
@@ -162,6 +174,7 @@ class MeshPlan:
                 (self.edge.https_port, "the edge's HTTPS"),
                 (self.edge.internal_port, "the edge's own calls"),
                 (self.edge.companion_port, "the edge companion"),
+                (self.edge.deny_list_port, "the edge companion's calls for the deny list"),
                 (self.edge.probe_port, "the edge's probes"),
             ]
         own = [(port, what) for port, what in ports if port]
@@ -258,6 +271,8 @@ def _edge_plan(
         companion_port=companion_port,
         https_port=https,
         internal_port=0 if settings.http == HTTP_ON else ports.take(),
+        deny_list_port=ports.take() if settings.api_keys.plans else 0,
+        deny_list_dir=str(run_dir / "edge" / "keys") if settings.api_keys.plans else "",
     )
 
 

@@ -292,7 +292,9 @@ class Supervisor:
         directory = self.run_dir / "edge"
         rules = edge.resolve_rules(self.topology, self.api)
         url = edge.client_url(self.topology, self.plan.edge)
-        files = edge.write_files(directory, self.descriptor_set, self.topology, rules, url)
+        files = edge.write_files(
+            directory, self.descriptor_set, self.topology, rules, url, self.plan.edge.deny_list
+        )
         cert = self.pki.ensure("edge", "edge")
         sds = envoy.write_sds(directory, cert.cert_path, cert.key_path, self.pki.ca_path)
         copied = edge_tls.own_pair(self.topology, directory / "tls")
@@ -311,13 +313,7 @@ class Supervisor:
             "edge-companion",
             [
                 sys.executable,
-                *edge.companion_arguments(
-                    rules,
-                    self.plan.edge.companion_port,
-                    self.plan.edge.own_port,
-                    files.descriptor_set,
-                    copied,
-                ),
+                *edge.companion_arguments(rules, self.plan.edge, files.descriptor_set, copied),
             ],
             logs / "edge.log",
             forker=self._forker,

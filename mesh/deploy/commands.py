@@ -74,11 +74,16 @@ def render(root: Path, topology: Topology, target: str, check: bool) -> int:
 
 
 def write_edge_files(
-    root: Path, topology: Topology, directory: Path, copied: CopiedPair | None = None
+    root: Path,
+    topology: Topology,
+    directory: Path,
+    copied: CopiedPair | None = None,
+    deny_list_dir: Path | None = None,
 ) -> int:
     """The descriptor set, OpenAPI document and docs page the edge serves, in `directory`;
     with `copied`, the user's HTTPS certificate copied for the edge first (nothing is
-    written if it cannot be served)."""
+    written if it cannot be served); with `deny_list_dir`, the deny list of API keys the
+    edge starts with, there."""
     api = api_of(root, topology)
     if copied is not None:
         try:
@@ -91,8 +96,10 @@ def write_edge_files(
     edge_plan = compose.instances_plan(topology).edge
     assert edge_plan is not None, "nothing is exposed: the edge has no files"
     url = edge.client_url(topology, edge_plan)
-    files = edge.write_files(directory, descriptor_set, topology, rules, url)
+    files = edge.write_files(directory, descriptor_set, topology, rules, url, deny_list_dir)
     print(f"wrote the edge's files to {files.openapi.parent}")
+    if deny_list_dir is not None:
+        print(f"wrote the deny list of API keys the edge starts with to {deny_list_dir}")
     return 0
 
 

@@ -50,7 +50,7 @@ from mesh.control.api import Api
 from mesh.control.edge_tls import CopiedPair
 from mesh.control.envoy import edge
 from mesh.control.pki import MeshPKI
-from mesh.control.plan import InstancePlan, MeshPlan
+from mesh.control.plan import EdgePlan, InstancePlan, MeshPlan
 from mesh.control.topology import Topology
 from mesh.deploy import containers
 from mesh.deploy.containers import Certificate, Rendered
@@ -70,6 +70,8 @@ JAEGER_HOST = "jaeger"
 NATS_HOST = "nats"
 #: How often the certs container renews what is due (leaves live a day, renewed at half).
 CERTIFICATE_CHECK_SECONDS = 600
+#: The volume the edge companion writes the deny list of API keys into, for the edge.
+EDGE_KEYS_VOLUME = "edge-keys"
 #: The volume the user's own HTTPS certificate is copied into, for the edge.
 EDGE_TLS_VOLUME = "edge-tls"
 #: Where the directories of the user's certificate files are mounted, one each.
@@ -256,6 +258,8 @@ def _volumes(topology: Topology) -> dict[str, dict[str, Any]]:
     names = ["pki", "nats-data", "edge-files"]
     if _user_certificate(topology) is not None:
         names.append(EDGE_TLS_VOLUME)
+    if topology.edge.api_keys.plans:
+        names.append(EDGE_KEYS_VOLUME)
     volumes: dict[str, dict[str, Any]] = {name: {} for name in names}
     volumes.update({f"{name}-data": {} for name in sorted(topology.services)})
     return volumes
@@ -433,47 +437,55 @@ def _edge(
     user = _user_certificate(topology)
     if user is not None:
         mounts.append(f"{EDGE_TLS_VOLUME}:{containers.EDGE_TLS_DIR}:ro")
+    if plan.edge.deny_list is not None:
+        mounts.append(f"{EDGE_KEYS_VOLUME}:{plan.edge.deny_list_dir}:ro")
     exposed = [f"{peer.name}-app" for service in sorted(rules.exposed) for peer in plan.of(service)]
     return {
-        "edge-files": _edge_files(user),
+        "edge-files": _edge_files(user, plan.edge),
         "edge": _envoy(
             [*mounts, f"edge-files:{containers.EDGE_FILES_DIR}:ro"],
             ports=_edge_ports(plan),
             depends_on={**_healthy("certs"), **_done("edge-files"), **_healthy(*exposed)},
             restart="unless-stopped",
         ),
-        "edge-companion": _edge_companion(rules, edge_files, plan.edge.own_port, user),
+        "edge-companion": _edge_companion(rules, edge_files, plan.edge, user),
     }
 
 
-def _edge_files(user: _UserCertificate | None) -> dict[str, Any]:
-    """Writes what the edge serves, and copies the user's certificate for it first."""
+def _edge_files(user: _UserCertificate | None, edge_plan: EdgePlan) -> dict[str, Any]:
+    """Writes what the edge serves and the deny list of API keys it starts with, and
+    copies the user's certificate for it first."""
     return _shop(
         command=[
             "meshctl", "render", "edge-files", str(containers.EDGE_FILES_DIR),
             *(user.copied.arguments() if user else []),
+            *containers.deny_list_arguments(edge_plan),
         ],
         volumes=[
-            f"edge-files:{containers.EDGE_FILES_DIR}", *(user.copying_mounts if user else [])
+            f"edge-files:{containers.EDGE_FILES_DIR}", *(user.copying_mounts if user else []),
+            *_deny_list_mounts(edge_plan),
         ],
         restart="no",
     )  # fmt: skip
 
 
+def _deny_list_mounts(edge_plan: EdgePlan, mode: str = "") -> list[str]:
+    """The volume of the deny list of API keys, if the edge takes them."""
+    if edge_plan.deny_list is None:
+        return []
+    return [f"{EDGE_KEYS_VOLUME}:{edge_plan.deny_list}{mode}"]
+
+
 def _edge_companion(
     rules: edge.EdgeRules,
     edge_files: edge.EdgeFiles,
-    edge_port: int,
+    edge_plan: EdgePlan,
     user: _UserCertificate | None,
 ) -> dict[str, Any]:
-    """Reflection of the public API and health, in the edge's network namespace; and the
-    user's certificate kept copied for the edge."""
+    """Reflection of the public API and health, in the edge's network namespace; the
+    user's certificate kept copied for the edge; the deny list of API keys kept for it."""
     arguments = edge.companion_arguments(
-        rules,
-        containers.COMPANION_PORT,
-        edge_port,
-        edge_files.descriptor_set,
-        user.copied if user else None,
+        rules, edge_plan, edge_files.descriptor_set, user.copied if user else None
     )
     probe = ["python", "-m", "mesh.control.probe", "grpc", f"127.0.0.1:{containers.COMPANION_PORT}"]
     return _shop(
@@ -482,6 +494,7 @@ def _edge_companion(
         volumes=[
             f"edge-files:{containers.EDGE_FILES_DIR}:ro",
             *(user.copying_mounts if user else []),
+            *_deny_list_mounts(edge_plan),
         ],
         healthcheck=_health(probe),
         depends_on={"edge": {"condition": "service_started"}},

@@ -20,6 +20,7 @@ bind address and the paths of the certificates differ.
 | 8443 | the edge's HTTPS (`edge.https`; REST and gRPC over TLS) | clients |
 | 15080 | the edge's own calls when 8080 is not for clients | the edge, its companion (loopback) |
 | 50052 | the edge companion (reflection, health) | the edge Envoy (loopback) |
+| 15081 | the edge asking identity for revoked API keys | the edge companion (loopback) |
 | 4222, 8222, 6222 | NATS clients, monitoring, cluster routes | the mesh |
 
 Envoy's admin interface has no port here either: it is the unix socket `ADMIN_SOCKET`
@@ -66,6 +67,7 @@ OUTBOUND_BASE_PORT = 15101
 EDGE_PORT = 8080
 EDGE_HTTPS_PORT = 8443
 EDGE_INTERNAL_PORT = 15080
+DENY_LIST_PORT = 15081
 COMPANION_PORT = 50052
 NATS_PORT = 4222
 NATS_MONITOR_PORT = 8222
@@ -83,6 +85,9 @@ NATS_DATA_DIR = STATE_DIR / "nats"
 EDGE_FILES_DIR = STATE_DIR / "edge"
 #: Where the edge reads the user's own HTTPS certificate, copied there (`edge_tls`).
 EDGE_TLS_DIR = STATE_DIR / "edge-tls"
+#: Where the edge companion writes the deny list of API keys and the edge reads it
+#: (`mesh.control.deny_list`): a volume the two share.
+EDGE_KEYS_DIR = STATE_DIR / "edge-keys"
 #: Where an Envoy container finds its bootstrap and SDS files.
 ENVOY_CONFIG_DIR = Path("/etc/envoy")
 #: Where an Envoy that routes to a service with versions finds the split: the routing
@@ -225,6 +230,8 @@ def plan(
             probe_port=PROBE_PORT,
             https_port=0 if topology.edge.https is None else EDGE_HTTPS_PORT,
             internal_port=0 if topology.edge.http == HTTP_ON else EDGE_INTERNAL_PORT,
+            deny_list_port=DENY_LIST_PORT if topology.edge.api_keys.plans else 0,
+            deny_list_dir=str(EDGE_KEYS_DIR) if topology.edge.api_keys.plans else "",
         )
     return MeshPlan(
         run_dir=RUN_DIR,
@@ -235,6 +242,12 @@ def plan(
         listen_host=ANY_ADDRESS,
         routing_root=str(routing_root),
     )
+
+
+def deny_list_arguments(edge_plan: EdgePlan) -> list[str]:
+    """`meshctl render edge-files`'s, to write the deny list of API keys the edge starts
+    with, if it takes them."""
+    return [] if edge_plan.deny_list is None else ["--deny-list", edge_plan.deny_list_dir]
 
 
 def _instance(topology: Topology, service: str, version: str, index: int) -> InstancePlan:

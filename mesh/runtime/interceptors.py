@@ -18,7 +18,9 @@ From the outside in, each unary-unary call gets:
   them is refused with INVALID_ARGUMENT and `BadRequest` details before the servicer
   sees it;
 * the call's subject and request marked for the code that serves it
-  (`mesh.runtime.caller.serving`), which the request log reads (AIP-155).
+  (`mesh.runtime.caller.serving`), which the request log reads (AIP-155);
+* innermost, for a read the edge fetches to cache, its answer's entity tag and lifetime
+  sent with it (`mesh.runtime.cacheable`).
 
 A request whose bytes are not a message of its method's type (corrupt protobuf, a string
 that is not UTF-8) is INVALID_ARGUMENT, saying only that, on every method, streaming
@@ -44,7 +46,7 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 from google.rpc import status_pb2
 
-from mesh.runtime import admission, caller, deadlines, json_names, metrics, telemetry
+from mesh.runtime import admission, cacheable, caller, deadlines, json_names, metrics, telemetry
 from mesh.runtime.errors import (
     STATUS_DETAILS_KEY,
     InvalidArgument,
@@ -120,7 +122,10 @@ def _wrap(handler: _Handler, method: str, gates: tuple[admission.Gate, ...]) -> 
     if handler.request_streaming or handler.response_streaming:
         return _streaming(handler, method)
     behavior = cast(Behavior, handler.unary_unary)
-    layers = (_served, _validated, _mapped_errors, _measured, telemetry.traced, deadlines.served)
+    layers = (
+        cacheable.marked, _served, _validated, _mapped_errors, _measured, telemetry.traced,
+        deadlines.served,
+    )  # fmt: skip
     for layer in layers:
         behavior = layer(behavior, method)
     if gates:  # the platform's own methods (health) pass no gate

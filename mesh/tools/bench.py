@@ -3,13 +3,16 @@
 One invocation starts a mesh of its own (`mesh.tools.trial`: mesh.yaml with the edge's rate
 limit lifted, catalog admitting every call the load keeps in flight, and tracing sampled
 at `--sampling` percent), stores one product and calls the same cheap RPC, catalog's
-GetProduct, along five paths:
+GetProduct, along six paths:
 
     direct     the app's own port: no Envoy
     sidecar    catalog's inbound listener: mTLS into its sidecar, speaking as orders
     mesh       orders' outbound listener: orders' sidecar -> mTLS -> catalog's sidecar -> app
     edge-grpc  the edge, native gRPC: edge -> mTLS -> catalog's sidecar -> app
-    edge-rest  the edge, REST/JSON (GET /v1/products/ID), transcoded to that same call
+    edge-rest  the edge, REST/JSON (GET /v1/products/ID), transcoded to that same call;
+               sent with `Cache-Control: no-store`, which takes it past the edge's cache
+    edge-cached  the same GET without it: answered from the edge's cache (mesh.yaml's
+               `edge.cache`), catalog reached once per max-age
 
 Every path gets three runs: one caller (the latency a hop adds), `--concurrency` callers
 (throughput) and an open loop at one rate for every path, by default half the slowest
@@ -18,7 +21,8 @@ path's throughput (latency under the same load, free of coordinated omission; se
 of the Envoys on the path, of the app and of the load generator (from /proc), and the
 Envoys' memory. The machine is shared by all of them, so what compares across runs and
 machines is the ratio against the direct path in the same invocation, which the table
-prints beside every figure; `bench.json` keeps everything and `bench.png` draws it.
+prints beside every figure; `bench.json` keeps everything and `bench.png` draws it, with
+how the edge's cache answered meanwhile (its hits and misses).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ import grpc
 from mesh.control import local as control
 from mesh.control import procstat
 from mesh.control.binaries import find_binary
+from mesh.control.envoy import stats
 from mesh.tools import loadgen, trial
 from mesh.tools.trial import say
 from shop.catalog.v1 import catalog_service_pb2 as catalog_pb
@@ -50,7 +55,7 @@ GET_PRODUCT = "/shop.catalog.v1.CatalogService/GetProduct"
 #: The identity the sidecar path speaks as: one whose calls catalog's sidecar admits.
 CALLER = "orders"
 CALLEE = "catalog"
-PATHS = ("direct", "sidecar", "mesh", "edge-grpc", "edge-rest")
+PATHS = ("direct", "sidecar", "mesh", "edge-grpc", "edge-rest", "edge-cached")
 CALL_TIMEOUT_SECONDS = 10.0
 #: Before the first run: wait up to this long until fewer than QUIET_CORES are busy.
 SETTLE_TIMEOUT_SECONDS = 20.0
@@ -163,9 +168,11 @@ async def _grpc_calls(channel: grpc.aio.Channel, request: bytes) -> AsyncIterato
 
 
 @contextlib.asynccontextmanager
-async def _rest_calls(port: int, path: str) -> AsyncIterator[loadgen.Call]:
+async def _rest_calls(
+    port: int, path: str, headers: dict[str, str] | None = None
+) -> AsyncIterator[loadgen.Call]:
     connections = loadgen.HttpConnections(LOOPBACK, port)
-    request = loadgen.http_request("GET", path, f"{LOOPBACK}:{port}")
+    request = loadgen.http_request("GET", path, f"{LOOPBACK}:{port}", headers)
     try:
         yield lambda: connections.send(request)
     finally:
@@ -173,7 +180,7 @@ async def _rest_calls(port: int, path: str) -> AsyncIterator[loadgen.Call]:
 
 
 def paths(mesh: trial.TrialMesh, product_id: str) -> dict[str, BenchPath]:
-    """The five paths to GetProduct(product_id) in `mesh`."""
+    """The six paths to GetProduct(product_id) in `mesh`."""
     callee = mesh.instances(CALLEE)
     caller = mesh.instances(CALLER)[0]
     edge = mesh.edge
@@ -181,6 +188,7 @@ def paths(mesh: trial.TrialMesh, product_id: str) -> dict[str, BenchPath]:
     apps = tuple(i["app_pid"] for i in callee)
     callee_sidecars = tuple(i["sidecar_pid"] for i in callee)
     edge_port = int(edge["url"].rsplit(":", 1)[1])
+    rest_path = f"/v1/products/{product_id}"
 
     def grpc_answer(answer: bytes) -> None:
         found = catalog_pb.GetProductResponse.FromString(answer).product.id
@@ -222,7 +230,9 @@ def paths(mesh: trial.TrialMesh, product_id: str) -> dict[str, BenchPath]:
                   (edge["pid"], *callee_sidecars), apps, plaintext(edge_port), grpc_answer),
         BenchPath("edge-rest", f"edge (REST/JSON, transcoded) -> mTLS -> {CALLEE}'s sidecar", 2,
                   (edge["pid"], *callee_sidecars), apps,
-                  lambda: _rest_calls(edge_port, f"/v1/products/{product_id}"), rest_answer),
+                  lambda: _rest_calls(edge_port, rest_path, trial.UNCACHED), rest_answer),
+        BenchPath("edge-cached", "edge (REST/JSON) answering from its cache", 1,
+                  (edge["pid"],), apps, lambda: _rest_calls(edge_port, rest_path), rest_answer),
     ]  # fmt: skip
     return {path.name: path for path in found}
 
@@ -458,9 +468,10 @@ def chart(measured: Sequence[Measured], title: str, path: Path) -> Path:
     return path
 
 
-def write_results(measured: Sequence[Measured], options: Options, saw: dict[str, Any]) -> (
-    tuple[Path, Path]
-):  # fmt: skip
+def write_results(
+    measured: Sequence[Measured], options: Options, saw: dict[str, Any], cached: dict[str, int]
+) -> tuple[Path, Path]:
+    """bench.json and bench.png; `cached` is how the edge's cache answered during the runs."""
     options.output.mkdir(parents=True, exist_ok=True)
     when = datetime.now(UTC).isoformat(timespec="seconds")
     document = {
@@ -474,6 +485,7 @@ def write_results(measured: Sequence[Measured], options: Options, saw: dict[str,
             "rpc": GET_PRODUCT,
         },
         "runs": [m.to_json() for m in measured],
+        "edge_cache": cached,
     }
     json_path = options.output / "bench.json"
     json_path.write_text(json.dumps(document, indent=2) + "\n")
@@ -554,8 +566,14 @@ def bench(root: Path, run_dir: Path, options: Options) -> int:
             say(f"the mesh runs on CPUs {mesh_on}, the load generator on {load_on}")
         say(f"measuring {len(chosen)} paths, {options.duration:g} s per run:")
         settle(say)
+        before = stats.cache_events(mesh.edge["admin_socket"])
         measured = asyncio.run(run_paths(chosen, options, say))
-    json_path, png_path = write_results(measured, options, machine())
+        after = stats.cache_events(mesh.edge["admin_socket"])
+    cached = {event: count - before.get(event, 0) for event, count in after.items()}
+    json_path, png_path = write_results(measured, options, machine(), cached)
     print(table(measured))
+    if cached:
+        hits, misses = cached.get("hit", 0), cached.get("miss", 0)
+        print(f"\nthe edge's cache meanwhile: {hits} hits, {misses} misses")
     print(f"\nwrote {json_path} and {png_path}")
     return 0

@@ -34,6 +34,10 @@ from mesh.control.topology import Topology
 log = logging.getLogger(__name__)
 
 Adjust = Callable[[dict[str, Any]], None]
+#: What a read through the edge sends to reach its service, past the edge's cache
+#: (`edge.cache`): the scenarios that load a service through the edge, and the benchmark's
+#: uncached path, measure the service, not the cache.
+UNCACHED = {"cache-control": "no-store"}
 #: The file that marks a run directory as a throwaway mesh's, which a new run may wipe.
 TRIAL_MARKER = "TRIAL"
 

@@ -38,6 +38,15 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
     services["orders"]["calls"]["payments"] = {"methods": ["AuthorizePayment"]}
     services["orders"]["calls"]["catalog"]["methods"] += ["CreateProduct", "ListProducts"]
     services["catalog"]["calls"]["inventory"]["methods"].append("GetStock")
+    # No response cache at the edge: these tests read what they just wrote, or load
+    # catalog through the edge, and mean every read to reach it. The cache's own tests
+    # (test_edge_cache.py) run a mesh with it.
+    topology["edge"].pop("cache", None)
+    # A plan whose day's allowance a test can spend (tests/integration/test_api_keys.py).
+    topology["edge"]["api_keys"]["plans"]["tiny"] = {
+        "requests_per_second": 100,
+        "requests_per_day": 3,
+    }
     config = directory / "mesh.yaml"
     config.write_text(yaml.safe_dump(topology))
     with mesh_up(RunningMesh(directory / "run", config)) as running:

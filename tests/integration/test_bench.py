@@ -51,7 +51,7 @@ def test_bench_measures_every_path_and_writes_the_table_json_and_chart(tmp_path:
     assert [(r["path"], r["load"]) for r in runs] == [
         (path, load)
         for load in ("concurrency 1", "concurrency 4", rate)
-        for path in ("direct", "sidecar", "mesh", "edge-grpc", "edge-rest")
+        for path in ("direct", "sidecar", "mesh", "edge-grpc", "edge-rest", "edge-cached")
     ]
     assert rate.startswith("rate ")
     for run in runs:
@@ -59,7 +59,8 @@ def test_bench_measures_every_path_and_writes_the_table_json_and_chart(tmp_path:
         assert run["errors"] == 0, run
         assert run["dropped"] == 0, run
         assert run["p50_ms"] <= run["p99_ms"], run
-        assert run["app_cpu_us_per_request"] > 0, run
+        if run["path"] != "edge-cached":  # the cache answers without the app
+            assert run["app_cpu_us_per_request"] > 0, run
         if run["path"] == "direct":
             assert run["ratios"]["throughput"] == 1.0
             assert run["envoy_cpu_us_per_request"] == 0.0
@@ -68,6 +69,9 @@ def test_bench_measures_every_path_and_writes_the_table_json_and_chart(tmp_path:
             assert run["envoy_cpu_us_per_request"] > 0, run
             assert run["envoy_rss_mib"] > 10, run
     assert document["machine"]["envoy"].split("/")[1] == "1.40.0"
+    # The cached path's calls were the cache's hits; its misses, one per max-age at most.
+    cached = sum(r["requests"] for r in runs if r["path"] == "edge-cached")
+    assert document["edge_cache"]["hit"] >= cached - document["edge_cache"]["miss"] > 0
     assert (output / "bench.png").read_bytes()[:4] == b"\x89PNG"
 
     blocks = done.stdout.split("\n\n")

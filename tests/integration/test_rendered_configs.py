@@ -313,8 +313,9 @@ def edge_config(
     plan = make_plan(topology, run_dir)
     pki = MeshPKI(run_dir / "pki", topology.trust_domain, topology.namespace)
     rules = edge.resolve_rules(topology, api)
-    url = "http://127.0.0.1:8080"
-    files = edge.write_files(run_dir / "edge", ROOT / DESCRIPTOR_SET, topology, rules, url)
+    assert plan.edge is not None
+    url, keys = "http://127.0.0.1:8080", plan.edge.deny_list
+    files = edge.write_files(run_dir / "edge", ROOT / DESCRIPTOR_SET, topology, rules, url, keys)
     cert = pki.ensure("edge", "edge")
     sds = envoy.write_sds(run_dir / "edge", cert.cert_path, cert.key_path, pki.ca_path)
     served = edge_tls.server_pair(topology, pki, None)

@@ -132,7 +132,7 @@ def envoy_refusal(name: str, files: dict[str, str], root: Path) -> tuple[str, st
 def container_root(tmp_path: Path, name: str, topology: Topology, instances: Iterable[str]) -> Path:
     """A directory laid out like a container: certificates (the identity Secret's, the
     edge's HTTPS Secret's, one per Compose instance in `instances`, the mesh CA's for the
-    edge's HTTPS), the edge's files."""
+    edge's HTTPS), the edge's files and the deny list of API keys it starts with."""
     root = tmp_path / name
     pki = MeshPKI(Path(f"{root}/shop/pki"), topology.trust_domain, topology.namespace)
     info = pki.ensure("orders", name)
@@ -147,7 +147,8 @@ def container_root(tmp_path: Path, name: str, topology: Topology, instances: Ite
         pki.ensure("orders", instance)
     pki.ensure_server(edge_tls.EDGE_HTTPS_INSTANCE, edge_tls.LOCAL_NAMES)
     subprocess.run(
-        [*MESHCTL, "render", "edge-files", f"{root}/shop/edge"],
+        [*MESHCTL, "render", "edge-files", f"{root}/shop/edge",
+         "--deny-list", f"{root}{containers.EDGE_KEYS_DIR}"],
         cwd=ROOT, check=True, capture_output=True,
     )  # fmt: skip
     return root

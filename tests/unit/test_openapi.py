@@ -301,6 +301,23 @@ def test_public_and_secured_operations_follow_the_arguments(doc: dict[str, Any])
     }
     for operation in (public, secured):
         assert {"400", "404", "429", "500", "503", "default"} <= set(operation["responses"])
+    assert set(doc["components"]["securitySchemes"]) == {"bearerAuth"}
+
+
+def test_with_api_keys_a_key_may_stand_for_the_token(
+    files: descriptor_pb2.FileDescriptorSet,
+) -> None:
+    doc = build_openapi(
+        files, services=SERVICES, public_methods=PUBLIC, scopes=SCOPES, api_keys=True
+    )
+    assert doc["paths"]["/v1/products/{id}"]["get"]["security"] == []
+    secured = doc["paths"]["/v1/orders"]["post"]
+    assert secured["security"] == [{"bearerAuth": []}, {"apiKey": []}]
+    assert doc["components"]["securitySchemes"]["apiKey"] == {
+        "type": "apiKey",
+        "in": "header",
+        "name": "x-api-key",
+    }
 
 
 def test_errors_are_google_rpc_status(doc: dict[str, Any]) -> None:

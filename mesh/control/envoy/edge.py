@@ -37,6 +37,10 @@ refused with the port to use); when it is not `on`, the chain also listens on a 
 port of its own (`EdgePlan.internal_port`) for the edge's own calls: identity's JWKS for
 its JWT filter, and the health checks its companion relays.
 
+With `edge.cache`, a response cache sits after the total rate limit (`edge_cache`): it
+answers repeated public reads itself, and fetches what it keeps through an internal
+listener (`_cache_fill_listener`) that runs the rest of the chain and the same routes.
+
 Every error the edge itself returns to a REST client is JSON (`edge_replies`).
 """
 
@@ -48,9 +52,10 @@ from typing import Any
 
 from grpc import StatusCode
 
+from mesh.control import deny_list
 from mesh.control.api import Api, Method
 from mesh.control.edge_tls import CopiedPair
-from mesh.control.envoy import admin, edge_access, edge_filters, splits
+from mesh.control.envoy import admin, edge_access, edge_cache, edge_files, edge_filters, splits
 from mesh.control.envoy.bootstrap import LOOPBACK, bootstrap, duration, socket_address
 from mesh.control.envoy.clusters import dependency_clusters, loopback_cluster, upstream
 from mesh.control.envoy.connection_manager import connection_manager
@@ -61,7 +66,6 @@ from mesh.control.envoy.edge_files import (
     OPENAPI_PATH,
     EdgeFiles,
     files_in,
-    write_files,
 )
 from mesh.control.envoy.edge_replies import local_reply_config
 from mesh.control.envoy.edge_rules import (
@@ -70,6 +74,7 @@ from mesh.control.envoy.edge_rules import (
     HEALTH_OF_HEADER,
     HEALTH_PREFIX,
     REFLECTION_PREFIX,
+    REVOCATIONS_METHOD,
     EdgeRules,
     resolve_rules,
 )
@@ -292,6 +297,23 @@ def _redirect_listener(plan: MeshPlan) -> dict[str, Any]:
     }
 
 
+def _deny_list_listener(topology: Topology, plan: MeshPlan, method: Method) -> dict[str, Any]:
+    """On loopback only, where the edge companion asks identity, as the edge, for the API
+    keys it revoked (`method`): no client reaches this port, and it routes nothing else."""
+    assert plan.edge is not None
+    service = REVOCATIONS_METHOD.partition(".")[0]
+    route = {
+        "match": {"path": method.path},
+        "route": {**splits.target(topology, service), "timeout": "5s"},
+    }
+    return {
+        "name": "edge_deny_list",
+        "address": socket_address(plan.edge.deny_list_port),
+        "traffic_direction": "INBOUND",
+        "filter_chains": [{"filters": [connection_manager("edge_deny_list", [route], [])]}],
+    }
+
+
 def _listener(
     topology: Topology,
     plan: MeshPlan,
@@ -304,7 +326,7 @@ def _listener(
     manager = connection_manager(
         front.name,
         _routes(topology, api, rules, files),
-        edge_filters.http_filters(topology, rules, files, plan.edge.own_port),
+        edge_filters.http_filters(topology, rules, files, plan.edge.own_port, plan.edge.deny_list),
         local_reply_config=local_reply_config(),
         stream_idle_timeout="60s",
         request_headers_timeout="10s",
@@ -330,6 +352,22 @@ def _listener(
     }
 
 
+def _cache_fill_listener(
+    topology: Topology, plan: MeshPlan, api: Api, rules: EdgeRules, files: EdgeFiles
+) -> dict[str, Any]:
+    """The internal listener the edge's cache fetches through (`edge_cache`): the front's
+    routes, a cached read's asking for a cacheable answer, and its filters past the cache."""
+    assert plan.edge is not None
+    return edge_cache.fill_listener(
+        edge_cache.fill_routes(_routes(topology, api, rules, files), rules.cached),
+        edge_filters.served_filters(
+            topology, rules, files, plan.edge.own_port, plan.edge.deny_list, shared=True
+        ),
+        MAX_DIRECT_RESPONSE_BYTES,
+        **tracing(topology, "edge"),
+    )
+
+
 def edge_config(
     topology: Topology, plan: MeshPlan, api: Api, sds: SdsFiles, files: EdgeFiles
 ) -> dict[str, Any]:
@@ -343,6 +381,8 @@ def edge_config(
     ]
     if topology.edge.http == HTTP_REDIRECT:
         listeners.append(_redirect_listener(plan))
+    if rules.revocations is not None:
+        listeners.append(_deny_list_listener(topology, plan, rules.revocations))
     clusters = [
         *(
             cluster
@@ -360,8 +400,33 @@ def edge_config(
         )
         listeners.append(probe)
         clusters += probe_clusters
+    if rules.cached:  # the listener the cache fetches through, and the way to it
+        listeners.append(_cache_fill_listener(topology, plan, api, rules, files))
+        clusters.append(edge_cache.fill_cluster())
     split = splits.runtime(topology, plan.routing_root, rules.exposed)
-    return bootstrap("edge", "edge", edge_plan.admin_socket, listeners, clusters, split)
+    config = bootstrap("edge", "edge", edge_plan.admin_socket, listeners, clusters, split)
+    if rules.cached:
+        config["bootstrap_extensions"] = edge_cache.BOOTSTRAP_EXTENSIONS
+    return config
+
+
+def write_files(
+    directory: Path,
+    descriptor_set: Path,
+    topology: Topology,
+    rules: EdgeRules,
+    url: str,
+    deny_list_dir: Path | None,
+) -> EdgeFiles:
+    """What the edge reads besides its configuration, before it starts: the files it
+    serves (`edge_files`, in `directory`; the OpenAPI document names the edge at `url`)
+    and, with API keys, the deny list it starts with in `deny_list_dir` (every key refused
+    until its companion has read identity's, `mesh.control.deny_list`)."""
+    files = edge_files.write_files(directory, descriptor_set, topology, rules, url)
+    if deny_list_dir is not None:
+        deny_list_dir.mkdir(parents=True, exist_ok=True)
+        deny_list.write(deny_list_dir, None)
+    return files
 
 
 def client_url(topology: Topology, edge_plan: EdgePlan) -> str:
@@ -374,21 +439,28 @@ def client_url(topology: Topology, edge_plan: EdgePlan) -> str:
 
 def companion_arguments(
     rules: EdgeRules,
-    port: int,
-    edge_port: int,
+    edge_plan: EdgePlan,
     descriptor_set: Path,
     copied: CopiedPair | None = None,
 ) -> list[str]:
-    """The edge companion's arguments after the Python interpreter: it listens on `port`
-    and asks the edge, on loopback `edge_port` (`EdgePlan.own_port`), for the health of
-    public services; with `copied`, it keeps the user's certificate copied for HTTPS."""
+    """The edge companion's arguments after the Python interpreter: it listens on its port
+    and asks the edge, on loopback (`EdgePlan.own_port`), for the health of public
+    services; with `copied`, it keeps the user's certificate copied for HTTPS; with API
+    keys, it keeps the edge's deny list."""
+    deny_list = []
+    if rules.revocations is not None and edge_plan.deny_list is not None:
+        deny_list = [
+            "--deny-list-port", str(edge_plan.deny_list_port),
+            "--deny-list-dir", str(edge_plan.deny_list_dir),
+        ]  # fmt: skip
     return [
         "-m", "mesh.control.edge_companion",
-        "--port", str(port),
-        "--edge-port", str(edge_port),
+        "--port", str(edge_plan.companion_port),
+        "--edge-port", str(edge_plan.own_port),
         "--descriptor-set", str(descriptor_set),
         *(arg for service in rules.grpc_services for arg in ("--service", service)),
         *(copied.arguments() if copied else []),
+        *deny_list,
     ]  # fmt: skip
 
 

@@ -86,6 +86,7 @@ def write_files(
         public_methods=rules.public,
         scopes=rules.scopes,
         server_url=url,
+        api_keys=bool(topology.edge.api_keys.plans),
     )
     openapi.write_openapi(document, files.openapi)
     files.docs_page.write_text(

@@ -10,7 +10,7 @@ import grpc
 
 from mesh.control.api import Api
 from mesh.control.envoy.bootstrap import duration
-from mesh.control.envoy.edge_rules import HEALTH_CHECK_PATH
+from mesh.control.envoy.edge_rules import HEALTH_CHECK_PATH, REVOCATIONS_METHOD
 from mesh.control.topology import ALL_METHODS, PUBLIC_METHODS, Faults, Topology
 from mesh.runtime import admission
 
@@ -40,6 +40,15 @@ def _granted(topology: Topology, api: Api, caller: str, service: str) -> list[di
     return _methods([m.path for m in methods])
 
 
+def _edge_own_calls(topology: Topology, api: Api, service: str) -> list[str]:
+    """The internal methods of `service` the edge calls itself: identity's deny list of API
+    keys, when the edge takes them."""
+    owner, _, method = REVOCATIONS_METHOD.partition(".")
+    if service != owner or not topology.edge.api_keys.plans:
+        return []
+    return [m.path for m in api.named(service, [method])]
+
+
 def rbac(topology: Topology, api: Api, service: str) -> dict[str, Any]:
     """Who may call `service`'s sidecar, and which methods: each declared caller the
     methods its `calls:` entry grants, the edge the public ones; anyone else gets
@@ -53,8 +62,15 @@ def rbac(topology: Topology, api: Api, service: str) -> dict[str, Any]:
     public = api.public(service)
     if service in topology.edge.expose and public:
         policies["edge-public-methods"] = {
-            # The health checks a client asks of the edge (`edge_companion`) too.
-            "permissions": _methods([*(m.path for m in public), HEALTH_CHECK_PATH]),
+            # The health checks a client asks of the edge (`edge_companion`) too, and the
+            # deny list of API keys its companion follows.
+            "permissions": _methods(
+                [
+                    *(m.path for m in public),
+                    HEALTH_CHECK_PATH,
+                    *_edge_own_calls(topology, api, service),
+                ]
+            ),
             "principals": [principal(topology.spiffe_id("edge"))],
         }
     return {

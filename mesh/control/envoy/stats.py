@@ -10,17 +10,21 @@ histogram in milliseconds) and the calls its circuit breaker turned away.
 `served_counts`, for the rollouts' analysis (`mesh.control.rollouts`): of the calls a
 version's sidecar received, every one and those that ended in a server error (gRPC's
 UNAVAILABLE, INTERNAL, DEADLINE_EXCEEDED and the like), with the app's times.
+
+`cache_events`, for `meshctl bench` and the tests: how the edge's response cache
+(`mesh.control.envoy.edge_cache`) answered its lookups.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from mesh.control.envoy.admin import AdminError, admin_get
+from mesh.control.envoy.admin import AdminError, admin_get, admin_stats
 from mesh.runtime import metrics
 
 #: The stats `envoy_counts` reads (Envoy's `filter` matches stat names).
@@ -45,6 +49,8 @@ SERVER_ERRORS = frozenset({"2", "4", "12", "13", "14", "15"})
 OVERFLOWS = frozenset(
     {"envoy_cluster_upstream_rq_pending_overflow", "envoy_cluster_upstream_rq_active_overflow"}
 )
+#: The counters of the edge cache's lookups, one per event (`cache_events`).
+CACHE_EVENTS = r"^cache\.event\..*\.event_type\.([a-z_]+)$"
 #: Where `envoy_counts` keeps what the Envoy itself turned away (the edge's rate limits).
 ITSELF = ""
 
@@ -150,3 +156,16 @@ def read_served(admin_socket: str) -> Counts | None:
         return served_counts(admin_get(admin_socket, SERVED_PATH, timeout=1.0).decode())
     except (AdminError, OSError):
         return None
+
+
+def cache_events(admin_socket: str) -> dict[str, int]:
+    """How the edge's cache answered so far, by event: `hit` (from its memory), `miss`
+    (fetched through its fill listener), `validate` (a stale entry fetched anew),
+    `uncacheable` (an answer it may not keep), and errors; none without a cache."""
+    counted = admin_stats(admin_socket, CACHE_EVENTS)
+    events: dict[str, int] = {}
+    for name, count in counted.items():
+        found = re.fullmatch(CACHE_EVENTS, name)
+        if found:
+            events[found[1]] = events.get(found[1], 0) + count
+    return events

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from mesh.control.topology.model import (
     ALL_METHODS,
+    API_KEY_AUDIENCE,
     BACKGROUND,
     CHEAP,
     COSTS,
@@ -44,6 +45,7 @@ from mesh.control.topology.model import (
     SERVING,
     TOTAL_WEIGHT,
     Admission,
+    ApiKeys,
     Bucket,
     CallPolicy,
     CircuitBreaker,
@@ -56,6 +58,7 @@ from mesh.control.topology.model import (
     MethodPolicy,
     NatsSettings,
     OutlierDetection,
+    Plan,
     RateLimit,
     RetryPolicy,
     Service,
@@ -69,6 +72,7 @@ from mesh.control.topology.reader import TopologyReader
 
 __all__ = [
     "ALL_METHODS",
+    "API_KEY_AUDIENCE",
     "BACKGROUND",
     "CHEAP",
     "COSTS",
@@ -91,6 +95,7 @@ __all__ = [
     "SERVING",
     "TOTAL_WEIGHT",
     "Admission",
+    "ApiKeys",
     "Bucket",
     "CallPolicy",
     "CircuitBreaker",
@@ -103,6 +108,7 @@ __all__ = [
     "MethodPolicy",
     "NatsSettings",
     "OutlierDetection",
+    "Plan",
     "RateLimit",
     "RetryPolicy",
     "Service",

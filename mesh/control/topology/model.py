@@ -331,6 +331,34 @@ class EdgeHttps:
         return base / self.cert_file, base / self.key_file
 
 
+#: The audience of API keys (`services.identity.api_key_tokens`), which no access token has.
+API_KEY_AUDIENCE = "shop-api-keys"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """An API key's quota (`edge.api_keys.plans.<name>`): requests per second, with bursts
+    of `burst`, and per day, a day's allowance refilled as the day goes (a token every
+    86,400 / `requests_per_day` seconds), not all at once at midnight."""
+
+    requests_per_second: int
+    burst: int
+    requests_per_day: int
+
+    @property
+    def seconds_per_day_token(self) -> int:
+        """How long, once the day's allowance is spent, until one more request is allowed."""
+        return -(-86_400 // self.requests_per_day)
+
+
+@dataclass(frozen=True)
+class ApiKeys:
+    """API keys at the edge (`edge.api_keys`): the quota plans a key may name; a key
+    naming any other plan is refused. No plans: the edge takes no keys."""
+
+    plans: Mapping[str, Plan] = dataclasses.field(default_factory=dict)
+
+
 @dataclass(frozen=True)
 class EdgeSettings:
     """The edge proxy: its port (0 picks a free one), what it exposes and how it guards it;
@@ -346,6 +374,12 @@ class EdgeSettings:
     cors_origins: tuple[str, ...] = ()
     http: str = HTTP_ON
     https: EdgeHttps | None = None
+    api_keys: ApiKeys = ApiKeys()
+    cache: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    """How long the edge may keep a public read's answer (`edge.cache`), in whole seconds,
+    by method name (`catalog.GetProduct`)."""
+    cache_lines: Mapping[str, int] = dataclasses.field(default_factory=dict, compare=False)
+    """The line of each `edge.cache` entry, by method name."""
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,8 @@ from types import MappingProxyType
 
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from mesh.control.topology.api_keys import ApiKeysReader
+from mesh.control.topology.cache import CacheReader
 from mesh.control.topology.https import HttpsReader
 from mesh.control.topology.model import (
     DEFAULT_CALL_POLICY,
@@ -23,6 +25,7 @@ from mesh.control.topology.model import (
     RESERVED_NAMES,
     SERVING,
     Admission,
+    ApiKeys,
     Bucket,
     CallPolicy,
     EdgeAuth,
@@ -58,7 +61,7 @@ _SERVICE_KEYS = {
 }  # fmt: skip
 
 
-class TopologyReader(VersionReader, HttpsReader):
+class TopologyReader(VersionReader, HttpsReader, ApiKeysReader, CacheReader):
     """Reads one file's sections in order and checks the rules that span them."""
 
     # -- the file ------------------------------------------------------------------------
@@ -363,7 +366,7 @@ class TopologyReader(VersionReader, HttpsReader):
     def edge(self, node: Node, services: Mapping[str, Service]) -> EdgeSettings:
         keys = {
             "port", "expose", "auth", "rate_limit", "max_request_bytes", "timeout", "cors",
-            "http", "https",
+            "http", "https", "api_keys", "cache",
         }  # fmt: skip
         entries = self.mapping(node, "edge", keys, null_is_empty=True)
         port = self.optional(
@@ -381,6 +384,7 @@ class TopologyReader(VersionReader, HttpsReader):
             if name in expose:
                 raise self.error(item, f"edge.expose names {name!r} twice")
             expose.append(name)
+        cache, cache_lines = self.edge_cache(entries)
         return EdgeSettings(
             port=port,
             expose=tuple(expose),
@@ -398,6 +402,9 @@ class TopologyReader(VersionReader, HttpsReader):
             cors_origins=self.optional(entries, "cors", (), self.cors),
             http=self.plain_http(entries),
             https=self.optional(entries, "https", None, self.edge_https),
+            api_keys=self.optional(entries, "api_keys", ApiKeys(), self.api_keys),
+            cache=cache,
+            cache_lines=cache_lines,
         )
 
     def plain_http(self, entries: Entries) -> str:

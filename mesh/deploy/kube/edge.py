@@ -12,7 +12,7 @@ from typing import Any
 
 from mesh.control.api import Api
 from mesh.control.envoy import edge
-from mesh.control.plan import MeshPlan
+from mesh.control.plan import EdgePlan, MeshPlan
 from mesh.control.topology import Topology
 from mesh.deploy import containers
 from mesh.deploy.kube.objects import (
@@ -38,6 +38,9 @@ _FILES_MOUNT = {"name": FILES_VOLUME, "mountPath": str(containers.EDGE_FILES_DIR
 TLS_SECRET = "edge-tls"
 TLS_DIR = Path("/etc/shop/edge-tls")
 _TLS_MOUNT = {"name": TLS_SECRET, "mountPath": str(TLS_DIR), "readOnly": True}
+#: The volume the companion writes the deny list of API keys into, for the edge.
+KEYS_VOLUME = "edge-keys"
+_KEYS_MOUNT = {"name": KEYS_VOLUME, "mountPath": str(containers.EDGE_KEYS_DIR)}
 
 
 def edge_objects(topology: Topology, plan: MeshPlan, api: Api) -> list[dict[str, Any]]:
@@ -54,12 +57,14 @@ def edge_objects(topology: Topology, plan: MeshPlan, api: Api) -> list[dict[str,
     files = render(topology)
     split = containers.reads_split(files)
     rules = edge.resolve_rules(topology, api)
-    companion = _companion(rules, edge_files, plan.edge.own_port)
+    companion = _companion(rules, edge_files, plan.edge)
     volumes = [{"name": FILES_VOLUME, "emptyDir": {}}]
     if https:
         volumes.append({"name": TLS_SECRET, "secret": {"secretName": TLS_SECRET}})
+    if plan.edge.deny_list is not None:
+        volumes.append({"name": KEYS_VOLUME, "emptyDir": {}})
     pod = {
-        "initContainers": [_write_files(), _envoy(plan, split)],
+        "initContainers": [_write_files(plan.edge), _envoy(plan, split)],
         "containers": [companion],
         "volumes": envoy_pod_volumes(NAME, CONFIG_MAP, *volumes, split=split),
     }
@@ -72,15 +77,25 @@ def edge_objects(topology: Topology, plan: MeshPlan, api: Api) -> list[dict[str,
     ]
 
 
-def _write_files() -> dict[str, Any]:
-    """Writes the descriptor set, OpenAPI document and docs page the edge serves."""
+def _write_files(edge_plan: EdgePlan) -> dict[str, Any]:
+    """Writes the descriptor set, OpenAPI document and docs page the edge serves, and the
+    deny list of API keys it starts with."""
+    mounts = [_FILES_MOUNT, TMP_MOUNT]
+    if edge_plan.deny_list is not None:
+        mounts.append(_KEYS_MOUNT)
     return {
         "name": FILES_VOLUME,
         "image": containers.images()["shop"],
-        "command": ["meshctl", "render", "edge-files", str(containers.EDGE_FILES_DIR)],
+        "command": [
+            "meshctl",
+            "render",
+            "edge-files",
+            str(containers.EDGE_FILES_DIR),
+            *containers.deny_list_arguments(edge_plan),
+        ],
         "resources": resources("50m", "64Mi", "256Mi"),
         "securityContext": RESTRICTED,
-        "volumeMounts": [_FILES_MOUNT, TMP_MOUNT],
+        "volumeMounts": mounts,
     }
 
 
@@ -98,15 +113,21 @@ def _envoy(plan: MeshPlan, split: bool) -> dict[str, Any]:
     envoy["volumeMounts"].append({**_FILES_MOUNT, "readOnly": True})
     if plan.edge.https_port:
         envoy["volumeMounts"].append(_TLS_MOUNT)
+    if plan.edge.deny_list is not None:
+        envoy["volumeMounts"].append({**_KEYS_MOUNT, "readOnly": True})
     return envoy
 
 
-def _companion(rules: edge.EdgeRules, edge_files: edge.EdgeFiles, edge_port: int) -> dict[str, Any]:
-    """Reflection of the public API and health."""
+def _companion(
+    rules: edge.EdgeRules, edge_files: edge.EdgeFiles, edge_plan: EdgePlan
+) -> dict[str, Any]:
+    """Reflection of the public API and health; the deny list of API keys, written into a
+    volume the edge's Envoy reads."""
     check = {"grpc": {"port": containers.PROBE_PORT}, "periodSeconds": 5}
-    arguments = edge.companion_arguments(
-        rules, containers.COMPANION_PORT, edge_port, edge_files.descriptor_set
-    )
+    arguments = edge.companion_arguments(rules, edge_plan, edge_files.descriptor_set)
+    mounts = [{**_FILES_MOUNT, "readOnly": True}, TMP_MOUNT]
+    if edge_plan.deny_list is not None:
+        mounts.append(_KEYS_MOUNT)
     return {
         "name": "companion",
         "image": containers.images()["shop"],
@@ -115,5 +136,5 @@ def _companion(rules: edge.EdgeRules, edge_files: edge.EdgeFiles, edge_port: int
         "livenessProbe": {**check, "periodSeconds": 20, "failureThreshold": 3},
         "resources": resources("50m", "96Mi", "256Mi"),
         "securityContext": RESTRICTED,
-        "volumeMounts": [{**_FILES_MOUNT, "readOnly": True}, TMP_MOUNT],
+        "volumeMounts": mounts,
     }

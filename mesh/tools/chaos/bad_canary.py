@@ -92,7 +92,8 @@ class Phase:
 async def _reader(mesh: trial.TrialMesh) -> AsyncIterator[loadgen.Call]:
     host, port = edge_address(mesh)
     connections = HttpConnections(host, port)
-    request = http_request("GET", f"/v1/products/{mesh.stocked_product(10)}", f"{host}:{port}")
+    path = f"/v1/products/{mesh.stocked_product(10)}"
+    request = http_request("GET", path, f"{host}:{port}", trial.UNCACHED)
     try:
         yield lambda: connections.send(request)
     finally:

@@ -3,7 +3,7 @@
 Two targets through the edge's REST API, one after the other (the short form: the read
 alone):
 
-    read   `GET /v1/products/{id}`: a cheap read (edge -> catalog)
+    read   `GET /v1/products/{id}`: a cheap read (edge -> catalog), past the edge's cache
     order  `POST /v1/orders`: an order placed (edge -> orders -> catalog), whose saga
            then runs on the event bus
 

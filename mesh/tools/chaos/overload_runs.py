@@ -101,7 +101,8 @@ def edge_address(mesh: trial.TrialMesh) -> tuple[str, int]:
 async def read_target(mesh: trial.TrialMesh, product_id: str) -> AsyncIterator[Target]:
     host, port = edge_address(mesh)
     connections = HttpConnections(host, port)
-    request = http_request("GET", f"/v1/products/{product_id}", f"{host}:{port}")
+    path = f"/v1/products/{product_id}"
+    request = http_request("GET", path, f"{host}:{port}", trial.UNCACHED)
     try:
         yield Target("read", timed_out(lambda: connections.send(request)),
                      envoy.admitted(mesh.topology(), "catalog"), nothing_to_settle)  # fmt: skip
