@@ -582,6 +582,8 @@ class Supervisor:
             "pid": self.edge_envoy.pid,
             "companion_pid": self.edge_companion.pid,
             "admin_socket": self.plan.edge.admin_socket,
+            # Loopback only: the companion's calls to identity for the API keys' deny list.
+            "deny_list_port": self.plan.edge.deny_list_port or None,
             "restarts": self.edge_envoy.restarts + self.edge_companion.restarts,
             "pss_kib": pss_kib(self.edge_envoy.pid) + pss_kib(self.edge_companion.pid),
         }

@@ -72,6 +72,8 @@ def envoys(state: dict[str, Any]) -> list[Envoy]:
     ]
     edge = state["edge"]
     ports = {_port(edge[url]) for url in ("url", "http_url", "https_url") if edge.get(url)}
+    if edge.get("deny_list_port"):
+        ports.add(edge["deny_list_port"])
     found.append(Envoy("edge", edge["pid"], Path(edge["admin_socket"]), ports))
     return found
 

@@ -95,16 +95,16 @@ def test_a_taken_edge_port_is_one_line_at_once_and_nothing_starts(
 def test_an_unknown_public_method_is_told_at_its_line_with_the_likely_one(
     tmp_path: Path,
 ) -> None:
-    text = edited(MESH_YAML, ("      - catalog.GetProduct\n", "      - catalog.GetProdcut\n"))
+    text = edited(MESH_YAML, ("      - catalog.ListProducts\n", "      - catalog.ListProdcuts\n"))
     result, elapsed, config = meshctl_up(tmp_path, text, "--detach", *FREE_EDGE_PORTS)
     assert result.returncode == 1, result.stdout + result.stderr
     [told] = result.stderr.splitlines()
-    line = line_of(text, "catalog.GetProdcut")
+    line = line_of(text, "catalog.ListProdcuts")
     assert told.startswith(
-        f"meshctl: {config}:{line}: edge.auth.public entry catalog.GetProdcut: "
-        "catalog has no public method 'GetProdcut'"
+        f"meshctl: {config}:{line}: edge.auth.public entry catalog.ListProdcuts: "
+        "catalog has no public method 'ListProdcuts'"
     )
-    assert told.endswith("; did you mean 'catalog.GetProduct'?")
+    assert told.endswith("; did you mean 'catalog.ListProducts'?")
     assert "Traceback" not in result.stderr
     assert elapsed < PROMPT_SECONDS
 
@@ -113,7 +113,7 @@ def test_every_problem_is_told_together_one_line_each(tmp_path: Path, held_port:
     text = edited(
         MESH_YAML,
         ("  port: 8080\n", f"  port: {held_port}\n"),
-        ("      - catalog.GetProduct\n", "      - catalog.GetProdcut\n"),
+        ("      - catalog.ListProducts\n", "      - catalog.ListProdcuts\n"),
         ("{methods: [BatchGetProducts]}", "{methods: [BatchGetProduct]}"),
         ("[orders.order_confirmed, orders.order_cancelled]", "[orders.order_confirm]"),
     )
@@ -123,7 +123,7 @@ def test_every_problem_is_told_together_one_line_each(tmp_path: Path, held_port:
     assert header == "meshctl: 4 problems, nothing started:"
     # mesh.yaml against the contracts in the file's order, then the ports of the plan.
     expected = [
-        (line_of(text, "catalog.GetProdcut"), "edge.auth.public entry catalog.GetProdcut: "),
+        (line_of(text, "catalog.ListProdcuts"), "edge.auth.public entry catalog.ListProdcuts: "),
         (line_of(text, "[BatchGetProduct]"), "services.orders.calls.catalog.methods: "),
         (
             line_of(text, "[orders.order_confirm]"),
@@ -137,7 +137,7 @@ def test_every_problem_is_told_together_one_line_each(tmp_path: Path, held_port:
 
 
 def test_render_refuses_what_the_contracts_lack_as_up_does(tmp_path: Path) -> None:
-    text = edited(MESH_YAML, ("      - catalog.GetProduct\n", "      - catalog.GetProdcut\n"))
+    text = edited(MESH_YAML, ("      - catalog.ListProducts\n", "      - catalog.ListProdcuts\n"))
     config = tmp_path / "mesh.yaml"
     config.write_text(text)
     result = subprocess.run(
@@ -146,5 +146,5 @@ def test_render_refuses_what_the_contracts_lack_as_up_does(tmp_path: Path) -> No
     )  # fmt: skip
     assert result.returncode == 1, result.stdout + result.stderr
     [told] = result.stderr.splitlines()
-    line = line_of(text, "catalog.GetProdcut")
-    assert told.startswith(f"meshctl: {config}:{line}: edge.auth.public entry catalog.GetProdcut")
+    line = line_of(text, "catalog.ListProdcuts")
+    assert told.startswith(f"meshctl: {config}:{line}: edge.auth.public entry catalog.ListProdcuts")
