@@ -51,6 +51,11 @@ COMMANDS = (
     Listing("status", "each instance's pids, ports and health", "mesh.cli.status:STATUS"),
     Listing("logs", "a service's logs (every instance)", "mesh.cli.logs:LOGS"),
     Listing(
+        "alerts",
+        "alerts firing and pending: the services' objectives and the mesh's own",
+        "mesh.cli.alerts:ALERTS",
+    ),
+    Listing(
         "trace", "one trace as a waterfall: an order's, or by trace id", "mesh.cli.trace:TRACE"
     ),
     Listing("traces", "recent traces, the slowest first", "mesh.cli.trace:TRACES"),

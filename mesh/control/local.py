@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -273,19 +274,75 @@ def status_table(state: dict[str, Any]) -> str:
                 _health_cell(i), str(i["restarts"]), *_rates_cells(i.get("rates", {})),
             )
         )  # fmt: skip
-    widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    lines = _aligned(rows)
     lines += [
         f"degraded: {i['instance']}: {reason}"
         for i in state["instances"]
         for reason in i.get("degraded", [])
     ]
+    lines += alert_lines(state.get("alerts", []))
+    lines += autoscale_lines(state.get("autoscale", {}))
     lines += _where(state)
     if "memory_pss_kib" in state:
         lines.append(_memory_line(state["memory_pss_kib"]))
     if state.get("ready_seconds") is not None:
         lines.append(f"healthy {state['ready_seconds']:.1f}s after start; status {state['status']}")
     return "\n".join(lines)
+
+
+def _subject(alert: dict[str, Any]) -> str:
+    """What an alert is about: its labels but its name, severity and windows."""
+    shown = {k: v for k, v in alert["labels"].items() if k not in _NOT_SUBJECT}
+    return ",".join(f"{k}={v}" for k, v in shown.items())
+
+
+_NOT_SUBJECT = {"alertname", "severity", "long_window", "short_window"}
+
+
+def alert_lines(alerts: list[dict[str, Any]]) -> list[str]:
+    """`meshctl status`'s lines of the alerts: one each, firing first."""
+    return [
+        f"alert {a['state']}: {a['labels']['alertname']} {_subject(a)} "
+        f"({a['labels'].get('severity', '-')}): {a['annotations'].get('summary', '')}"
+        for a in alerts
+    ]
+
+
+def autoscale_lines(autoscaled: dict[str, dict[str, Any]]) -> list[str]:
+    """`meshctl status`'s line per autoscaled service: its replicas and what they follow."""
+    lines = []
+    for name, scale in sorted(autoscaled.items()):
+        value = "-" if scale["value"] is None else f"{scale['value']:g}"
+        moving = [f"adding {scale['joining']}"] if scale["joining"] else []
+        moving += [f"draining {scale['draining']}"] if scale["draining"] else []
+        lines.append(
+            f"autoscale: {name} {scale['replicas']} replicas (min {scale['min']}, max "
+            f"{scale['max']}; {scale['metric']} {value}, target {scale['target']:g} per "
+            f"replica){'; ' + ', '.join(moving) if moving else ''}"
+        )
+    return lines
+
+
+def alerts_table(alerts: list[dict[str, Any]]) -> str:
+    """`meshctl alerts`: the alerts firing and pending, firing first."""
+    if not alerts:
+        return "no alert is firing or pending"
+    rows = [("STATE", "ALERT", "SUBJECT", "SEVERITY", "SINCE", "SUMMARY")]
+    for a in alerts:
+        labels = a["labels"]
+        rows.append(
+            (
+                a["state"], labels["alertname"], _subject(a), labels.get("severity", "-"),
+                a["active_at"], a["annotations"].get("summary", ""),
+            )
+        )  # fmt: skip
+    return "\n".join(line.rstrip() for line in _aligned(rows))
+
+
+def _aligned(rows: Sequence[Sequence[str]]) -> list[str]:
+    """`rows` as lines, each column as wide as its widest cell."""
+    widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
 
 
 def _https_line(url: str, ca: str | None) -> str:

@@ -34,6 +34,8 @@ PLAN_FILE = "plan.json"
 DEFAULT_RUN_DIR = Path(".mesh")
 #: Where the run directory keeps each Envoy's admin socket (`admin_socket`).
 ADMIN_SOCKET_DIR = "envoy"
+#: Where the run directory keeps the endpoints of autoscaled services (`endpoints_dir`).
+ENDPOINTS_DIR = "endpoints"
 #: The longest path a unix socket may have on Linux (`sun_path` is 108 bytes, NUL included).
 MAX_SOCKET_PATH_BYTES = 107
 
@@ -155,6 +157,18 @@ class MeshPlan:
     #: The link through which every Envoy reads the split between a service's versions
     #: (`mesh.control.routing`).
     routing_root: str = ""
+    #: Where the local mesh keeps the endpoints of each service that autoscales
+    #: (`mesh.control.envoy.endpoints`); empty in containers, whose orchestrator scales.
+    endpoints_dir: str = ""
+
+    def running_at_start(self, topology: Topology) -> tuple[InstancePlan, ...]:
+        """The instances that start with the mesh: all but the replicas an autoscaled
+        service may add later (those above its `min`)."""
+        return tuple(
+            i
+            for i in self.instances
+            if (scale := topology.services[i.service].autoscale) is None or i.index < scale.min
+        )
 
     def of(self, service: str) -> list[InstancePlan]:
         return [i for i in self.instances if i.service == service]
@@ -294,7 +308,10 @@ def make_plan(
     for name in topology.start_order():
         service = topology.services[name]
         for version in service.releases:
-            for index in range(version.replicas):
+            # Every replica an autoscaled service may run has its place (and ports) from
+            # the start; those above its `min` start when its load asks for them.
+            count = service.autoscale.max if service.autoscale else version.replicas
+            for index in range(count):
                 fixed = service.ports.for_replica(index)
                 instance = InstancePlan(
                     service=name,
@@ -320,4 +337,5 @@ def make_plan(
         edge=edge,
         console_port=ports.take(),
         routing_root=str(routing_root(run_dir)),
+        endpoints_dir=str(run_dir.absolute() / ENDPOINTS_DIR),
     )

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mesh.control.alerting.local import InstanceReading, Reading
+from mesh.control.envoy.stats import Counts, read_served
 from mesh.control.process import Instance
 from mesh.control.procstat import pss_kib
 from mesh.runtime import metrics
@@ -40,16 +42,24 @@ def health(instance: Instance, probed: Probed | None) -> str:
 @dataclass
 class Readings:
     """What the supervisor last learned of each instance, by instance name: its probe,
-    its metrics sample and the rates since the sample before."""
+    its metrics sample and the rates since the sample before, and what its sidecar counted
+    of the calls it received."""
 
     probed: dict[str, Probed] = field(default_factory=dict)
     samples: dict[str, metrics.Sample] = field(default_factory=dict)
     rates: dict[str, metrics.Rates] = field(default_factory=dict)
+    served: dict[str, Counts] = field(default_factory=dict)
 
     def sample_metrics(self, instance: Instance) -> None:
-        """Scrape the app's metrics; keep the rates since its previous scrape."""
-        sample = metrics.scrape(instance.plan.metrics_port)
+        """Scrape the app's metrics and read its sidecar's counts; keep the rates since
+        its previous scrape."""
         name = instance.plan.name
+        served = read_served(instance.plan.admin_socket)
+        if served is None:
+            self.served.pop(name, None)
+        else:
+            self.served[name] = served
+        sample = metrics.scrape(instance.plan.metrics_port)
         if sample is None:
             self.samples.pop(name, None)
             self.rates.pop(name, None)
@@ -57,6 +67,26 @@ class Readings:
         if name in self.samples:
             self.rates[name] = metrics.rates(self.samples[name], sample)
         self.samples[name] = sample
+
+    def reading(
+        self, instances: list[Instance], at: float, certificates: tuple[tuple[str, float], ...]
+    ) -> Reading:
+        """The mesh as last read, for its alerts (`mesh.control.alerting.local`)."""
+        return Reading(
+            at,
+            tuple(
+                InstanceReading(
+                    i.plan.service,
+                    i.plan.name,
+                    up=i.plan.name in self.samples and i.plan.name in self.served,
+                    restarts=i.app.restarts + i.sidecar.restarts,
+                    sample=self.samples.get(i.plan.name),
+                    served=self.served.get(i.plan.name),
+                )
+                for i in instances
+            ),
+            certificates,
+        )
 
     def degraded(self, instance: Instance) -> list[str]:
         """Why the instance needs an operator though it serves (`Sample.degraded`)."""
@@ -135,4 +165,6 @@ def all_pids(state: dict[str, Any]) -> list[int]:
     for instance in state["instances"]:
         pids += [instance["app_pid"], instance["sidecar_pid"]]
     pids += (state.get("forkserver") or {}).get("pids", [])
+    for scaled in (state.get("autoscale") or {}).values():
+        pids += scaled.get("stopping_pids", [])
     return [p for p in pids if p]

@@ -46,6 +46,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from mesh.control import edge_tls, envoy, launch, natsconf, routing
+from mesh.control.alerting.local import LocalAlerts
+from mesh.control.alerting.webhook import WebhookSender
 from mesh.control.api import Api
 from mesh.control.apps import AppForker, stop_forkserver
 from mesh.control.binaries import find_binary
@@ -57,6 +59,7 @@ from mesh.control.plan import InstancePlan, MeshPlan, PlanError, make_plan
 from mesh.control.probe import app_serving, http_ok, port_open
 from mesh.control.process import Instance, ManagedProcess, make_private
 from mesh.control.procstat import children, pss_kib
+from mesh.control.replicas import Replicas
 from mesh.control.rollouts import store
 from mesh.control.rollouts.controller import RolloutController
 from mesh.control.state import (
@@ -171,6 +174,9 @@ class Supervisor:
         self._readings = Readings()
         self._forker = AppForker()
         self.rollouts = RolloutController(run_dir, topology, self.plan, self._say)
+        self.alerts = LocalAlerts(topology)
+        self.replicas = Replicas(topology, self.plan, root, self.instances, self.probe, self._say)
+        self._webhook: WebhookSender | None = None
 
     # -- preparation ----------------------------------------------------------------------
 
@@ -200,8 +206,8 @@ class Supervisor:
             with routing.changing(self.run_dir):
                 routing.write_weights(self.run_dir, routing.initial_weights(self.topology))
         logs = self.run_dir / "logs"
-        for plan in self.plan.instances:
-            self.instances.append(self._prepare_instance(plan, logs))
+        prepared = [self._prepare_instance(plan, logs) for plan in self.plan.instances]
+        self.instances.extend(self.replicas.place(prepared))
         if self.plan.edge is not None:
             self._prepare_edge(logs)
         self._prepare_nats(logs)
@@ -361,7 +367,15 @@ class Supervisor:
         self._wait_until_healthy(self._awaited(), deadline)
         self.ready_seconds = time.monotonic() - self._started
         self.status = "healthy"
+        self._send_alerts()
         self.write_state()
+
+    def _send_alerts(self) -> None:
+        """Send each alert's firing and resolution to the webhook `mesh.yaml` names."""
+        url = self.topology.alerts.webhook
+        if url is not None:
+            self._webhook = WebhookSender(url, self.console_url)
+            self.alerts.notify = self._webhook.send
 
     def _awaited(self) -> list[Awaited]:
         """Every part of the mesh but NATS, as the start waits for it."""
@@ -445,12 +459,16 @@ class Supervisor:
         if changed:
             self.write_state()
 
-    def renew_certificates(self) -> None:
+    def renew_certificates(self) -> tuple[tuple[str, float], ...]:
+        """Renew the certificates due; each one's instance and seconds left after."""
         now = datetime.now(UTC)
+        left = []
         for info in self.pki.inspect():
             if info.identity != "ca" and self.pki.needs_renewal(info, now):
-                self.pki.renew(info)
+                info = self.pki.renew(info)
                 self._say(f"renewed the certificate of {info.instance}")
+            left.append((info.instance, info.remaining(now).total_seconds()))
+        return tuple(left)
 
     def run(self, stop: threading.Event) -> None:
         """Tend the mesh until `stop` is set."""
@@ -483,8 +501,23 @@ class Supervisor:
             except Exception:  # the numbers are for people; tending the mesh is not
                 log.exception("sampling %s's metrics failed", instance.plan.name)
         if slot == slots - 1:
-            self.renew_certificates()
+            certificates = self.renew_certificates()
+            self._evaluate_alerts(certificates)
+            self._scale()
             self.write_state()
+
+    def _scale(self) -> None:
+        try:
+            self.replicas.tick(self._readings, time.monotonic())
+        except Exception:  # scaling is for the load; tending the mesh goes on
+            log.exception("scaling the autoscaled services failed")
+
+    def _evaluate_alerts(self, certificates: tuple[tuple[str, float], ...]) -> None:
+        reading = self._readings.reading(self.instances, time.monotonic(), certificates)
+        try:
+            self.alerts.observe(reading)
+        except Exception:  # the alerts are for people; tending the mesh is not
+            log.exception("evaluating the alerts failed")
 
     def stop(self) -> None:
         """Stop callers before what they call, then NATS; SIGKILL what outlives the grace."""
@@ -494,12 +527,14 @@ class Supervisor:
             if part is not None:
                 part.terminate()
         order = {name: rank for rank, name in enumerate(self.topology.start_order())}
-        for instance in sorted(self.instances, key=lambda i: -order[i.plan.service]):
+        # The replicas an autoscaled service was removing stop with the rest.
+        every = [*self.instances, *self.replicas.leftover()]
+        for instance in sorted(every, key=lambda i: -order[i.plan.service]):
             instance.app.terminate()
         deadline = time.monotonic() + STOP_GRACE_SECONDS
-        for instance in self.instances:
+        for instance in every:
             instance.app.wait_or_kill(deadline)
-        for instance in self.instances:
+        for instance in every:
             instance.sidecar.terminate()
         for part in (self.nats, self.trace_store, self.console):
             if part is not None:
@@ -507,7 +542,11 @@ class Supervisor:
         deadline = time.monotonic() + STOP_GRACE_SECONDS
         for process in self.processes():
             process.wait_or_kill(deadline)
+        for instance in self.replicas.leftover():
+            instance.sidecar.wait_or_kill(deadline)
         stop_forkserver(self._forkserver_pids())
+        if self._webhook is not None:
+            self._webhook.stop()
         self.status = "stopped"
         self.write_state()
 
@@ -564,6 +603,8 @@ class Supervisor:
             },
             "forkserver": self._forkserver_state(),
             "instances": [self._readings.instance_state(i) for i in self.instances],
+            "alerts": self.alerts.listing(),
+            "autoscale": self.replicas.state(),
         }
         state["memory_pss_kib"] = memory_pss_kib(state)
         return state

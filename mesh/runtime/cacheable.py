@@ -11,9 +11,14 @@ the edge has transcoded it):
   `If-None-Match` with 304 Not Modified;
 * `cache-control: public, max-age=N`, which lets the edge's cache keep it for N seconds.
 
-A failed call sends neither, so the edge never keeps an error. Every other call (any
-other method, any call with a token, every call between services) costs only a look
-through its metadata for the header.
+A failed call sends neither, so the edge never keeps an error. Nor does a degraded
+answer, one a service gave without what a dependency failed to provide (catalog's
+products without their stock levels): the code serving the call says so with
+`no_store()`, and the answer goes with `cache-control: no-store` instead, whether the
+edge asked to keep it or not, so that neither the edge nor any cache after it keeps an
+answer that a later read can give whole. Every other call (any other method, any call
+with a token, every call between services) costs only a look through its metadata for
+the header.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import base64
 import hashlib
 import re
 from collections.abc import Iterable
+from contextvars import ContextVar
 from typing import Any
 
 import grpc
@@ -34,6 +40,16 @@ CACHE_HEADER = "x-shop-cache"
 _MAX_AGE = re.compile(r"max-age=([0-9]{1,6})")
 #: The bytes of the hash an entity tag carries: 128 bits, as many as an MD5 tag has.
 _TAG_BYTES = 16
+#: What a degraded answer goes with: no cache may keep it.
+NO_STORE = (("cache-control", "no-store"),)
+#: Whether the answer of the call being served may be kept (`no_store`).
+_KEEPABLE: ContextVar[bool] = ContextVar("shop_keepable", default=True)
+
+
+def no_store() -> None:
+    """Mark the answer of the call being served as one no cache may keep: a degraded
+    answer, which goes with `cache-control: no-store` and without validators."""
+    _KEEPABLE.set(False)
 
 
 def requested_max_age(metadata: Iterable[tuple[str, str | bytes]] | None) -> int | None:
@@ -62,14 +78,21 @@ def validators(method: str, response: Message, max_age: int) -> tuple[tuple[str,
 
 
 def marked(behavior: Behavior, method: str) -> Behavior:
-    """A call the edge asked to cache answers, on success, with its validators."""
+    """A call the edge asked to cache answers, on success, with its validators; a
+    degraded answer (`no_store`) with `cache-control: no-store`, whoever asked."""
 
     async def call(request: Any, context: Any) -> Any:
         max_age = requested_max_age(context.invocation_metadata())
-        response = await behavior(request, context)
-        failed = context.code() not in (None, grpc.StatusCode.OK)
-        if max_age is not None and isinstance(response, Message) and not failed:
-            await context.send_initial_metadata(validators(method, response, max_age))
-        return response
+        keepable = _KEEPABLE.set(True)
+        try:
+            response = await behavior(request, context)
+            failed = context.code() not in (None, grpc.StatusCode.OK)
+            if not _KEEPABLE.get() and not failed:
+                await context.send_initial_metadata(NO_STORE)
+            elif max_age is not None and isinstance(response, Message) and not failed:
+                await context.send_initial_metadata(validators(method, response, max_age))
+            return response
+        finally:
+            _KEEPABLE.reset(keepable)
 
     return call

@@ -15,8 +15,13 @@ The saga's health, from the event bus:
 * `shop_outbox_parked_total`: events the bus would not take, parked in the outbox;
 * `shop_consumer_pending{consumer}`: events JetStream holds for the consumer, not yet
   delivered (its lag);
-* `shop_events_total{consumer, outcome}`: events handled: applied, duplicate, retried,
-  dead (set aside as dead letters).
+* `shop_events_total{consumer, outcome}`: events handled: applied, duplicate, failed,
+  retried, dead (set aside as dead letters).
+
+Graceful degradation (`mesh.runtime.degradation`):
+
+* `shop_degraded_answers_total{dependency, method}`: answers given on purpose without
+  what a dependency failed to provide.
 
 The process collectors of `prometheus-client` add CPU, memory and file descriptors. A
 service's name and instance are not labels here: a scraper adds them from the target
@@ -28,7 +33,8 @@ from __future__ import annotations
 import os
 import time
 import urllib.request
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 from prometheus_client.parser import text_string_to_metric_families
@@ -72,6 +78,11 @@ CONSUMER_PENDING = Gauge(
 EVENTS = Counter(
     "shop_events", "Events handled by the consumer, by outcome.", ["consumer", "outcome"]
 )
+DEGRADED_ANSWERS = Counter(
+    "shop_degraded_answers",
+    "Answers given without what a dependency failed to provide, by dependency and method.",
+    ["dependency", "method"],
+)
 
 
 def observe_rpc(method: str, code: str, seconds: float) -> None:
@@ -104,6 +115,8 @@ class Sample:
     outbox_oldest_seconds: float = 0.0
     #: Events its outbox parked since the process started.
     outbox_parked: float = 0.0
+    #: Events waiting in JetStream for each of its consumers.
+    consumer_pending: Mapping[str, float] = field(default_factory=dict)
 
     def degraded(self) -> list[str]:
         """Why the service, serving as it may be, needs an operator: its outbox is stuck
@@ -148,6 +161,7 @@ def scrape(port: int, timeout: float = 0.5) -> Sample | None:
 def sample_of(text: str, at: float) -> Sample:
     requests = errors = oldest = parked = 0.0
     buckets: dict[float, float] = {}
+    pending: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for point in family.samples:
             if point.name == "shop_rpc_requests_total":
@@ -161,7 +175,9 @@ def sample_of(text: str, at: float) -> Sample:
                 oldest = point.value
             elif point.name == "shop_outbox_parked_total":
                 parked = point.value
-    return Sample(at, requests, errors, buckets, oldest, parked)
+            elif point.name == "shop_consumer_pending":
+                pending[point.labels["consumer"]] = point.value
+    return Sample(at, requests, errors, buckets, oldest, parked, pending)
 
 
 def rates(before: Sample, after: Sample) -> Rates:

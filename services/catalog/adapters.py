@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 import grpc
 import sqlalchemy as sa
 
+from mesh.runtime import deadlines
 from mesh.runtime.errors import Unavailable
 from mesh.runtime.money import Money
 from mesh.runtime.storage import (
@@ -21,6 +23,7 @@ from mesh.runtime.storage import (
     whole_row_update,
 )
 from services.catalog.domain import Product
+from services.catalog.ports import InventoryUnreachable
 from shop.inventory.v1 import inventory_service_pb2 as inventory_pb
 from shop.inventory.v1 import inventory_service_pb2_grpc as inventory_grpc
 
@@ -136,6 +139,42 @@ class SqlCatalogStore(SqlStore[SqlCatalogTransaction]):
         super().__init__(database, SqlCatalogTransaction)
 
 
+#: The longest a read waits for the stock levels of its products before it answers
+#: without them. A read of a few rows takes milliseconds, and an inventory that is gone
+#: is known at once; one that hangs only by this timeout, which must leave the read's own
+#: caller time for the answer: the edge gives each try of a cheap read 1 s
+#: (`defaults.retries.per_try_timeout` in mesh.yaml) and then tries again.
+STOCK_READ_SECONDS = 0.5
+#: What a read keeps of its own deadline to answer without stock levels after waiting for
+#: them: its caller hears the degraded answer rather than DEADLINE_EXCEEDED.
+ANSWER_RESERVE_SECONDS = 0.25
+#: What inventory's calls end with when it did not answer: stopped, unreachable, at its
+#: limit (the sidecars answer UNAVAILABLE for all three), or out of the time given.
+_UNANSWERED = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+
+
+def stock_read_timeout() -> float:
+    """The time a stock read is given: `STOCK_READ_SECONDS`, less when the read being
+    served has less left than that and its reserve."""
+    left = deadlines.remaining()
+    if left is None:
+        return STOCK_READ_SECONDS
+    return max(0.0, min(STOCK_READ_SECONDS, left - ANSWER_RESERVE_SECONDS))
+
+
+def stock_read_failure(error: grpc.aio.AioRpcError) -> Exception:
+    """What a failed stock read raises: `InventoryUnreachable` when inventory did not
+    answer, for a read to do without; any other failure, or the served read's own time
+    running out, as the error every call to inventory gives (DEADLINE_EXCEEDED for the
+    latter: `mesh.runtime.deadlines.ran_out`)."""
+    if error.code() in _UNANSWERED and not deadlines.ran_out(error):
+        return InventoryUnreachable(error.code().name)
+    return Unavailable(
+        "the stock levels could not be read from the inventory service",
+        reason="INVENTORY_UNAVAILABLE",
+    )
+
+
 class GrpcStockLevels:
     """The inventory service over gRPC."""
 
@@ -155,3 +194,11 @@ class GrpcStockLevels:
                 reason="INVENTORY_UNAVAILABLE",
                 metadata={"product_id": product_id},
             ) from error
+
+    async def available(self, product_ids: Sequence[str]) -> dict[str, int]:
+        request = inventory_pb.BatchGetStockRequest(product_ids=list(product_ids))
+        try:
+            response = await self._stub.BatchGetStock(request, timeout=stock_read_timeout())
+        except grpc.aio.AioRpcError as error:
+            raise stock_read_failure(error) from error
+        return {level.product_id: level.available for level in response.stocks}

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from mesh.runtime.degradation import degraded
 from mesh.runtime.errors import FieldViolation, InvalidArgument
 from mesh.runtime.money import Money
 from mesh.runtime.pagination import page_size
@@ -15,7 +17,7 @@ from services.catalog.domain import (
     product_not_found,
     updated_product,
 )
-from services.catalog.ports import CatalogStore, StockLevels
+from services.catalog.ports import CatalogStore, InventoryUnreachable, StockLevels
 
 MAX_BATCH = 100
 
@@ -51,6 +53,19 @@ class ListProducts:
 class ProductPage:
     products: list[Product]
     next_page_token: str
+
+
+@dataclass(frozen=True)
+class StockReading:
+    """The stock levels of the products of one answer: the units available by product id,
+    or none at all when the inventory service did not answer (`unreachable`)."""
+
+    available: Mapping[str, int]
+    unreachable: bool = False
+
+    def available_of(self, product_id: str) -> int:
+        """The units of a product that can be ordered: none if inventory holds no stock."""
+        return self.available.get(product_id, 0)
 
 
 async def create_product(
@@ -148,3 +163,23 @@ async def delete_product(store: CatalogStore, product_id: str, request_id: str) 
         if not await tx.delete(product_id):
             raise product_not_found(product_id)
         await tx.record_request("DeleteProduct", request_id, {"product_id": product_id})
+
+
+async def read_stock(
+    inventory: StockLevels, products: Sequence[Product], method: str
+) -> StockReading:
+    """The stock levels of `products`, read from the inventory service in one call.
+
+    When inventory does not answer in time, `method` (the read being served) answers
+    without them, on purpose: the reading is `unreachable`, and `degraded` counts it and
+    says so in the log. Any other failure of inventory is raised.
+    """
+    product_ids = list(dict.fromkeys(product.id for product in products))
+    if not product_ids:
+        return StockReading({})
+    try:
+        return StockReading(await inventory.available(product_ids))
+    except InventoryUnreachable as failure:
+        fallback = f"{len(product_ids)} product(s) without stock levels, not to be cached"
+        degraded("inventory", method, fallback, str(failure))
+        return StockReading({}, unreachable=True)

@@ -5,6 +5,7 @@ The SQL adapter (`adapters.py`) and the unit tests' in-memory fakes both impleme
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any, Protocol
@@ -42,7 +43,18 @@ class CatalogStore(Protocol):
         ...
 
 
+class InventoryUnreachable(Exception):
+    """The inventory service did not answer in time: it is stopped, unreachable, at its
+    limit or too slow. The message names the status the call ended with."""
+
+
 class StockLevels(Protocol):
     """The inventory service, as far as the catalog needs it."""
 
     async def set_stock(self, product_id: str, on_hand: int, request_id: str) -> None: ...
+
+    async def available(self, product_ids: Sequence[str]) -> dict[str, int]:
+        """The units available of each of these products that has a stock level, in one
+        call; `InventoryUnreachable` when inventory does not answer in time, a
+        `ServiceError` when it fails otherwise."""
+        ...

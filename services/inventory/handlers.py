@@ -88,6 +88,13 @@ async def get_stock(store: InventoryStore, product_id: str) -> Stock:
     return level
 
 
+async def batch_get_stock(store: InventoryStore, product_ids: list[str]) -> list[Stock]:
+    """The stock levels of the products with these ids that have one, in the order asked."""
+    async with store.snapshot() as tx:
+        found = {level.product_id: level for level in await tx.get_stocks(sorted(set(product_ids)))}
+    return [found[pid] for pid in product_ids if pid in found]
+
+
 async def set_stock(store: InventoryStore, command: SetStock) -> Stock:
     """Create the product's stock or count it anew; a retry returns the first result."""
     async with store.transaction() as tx:

@@ -49,6 +49,12 @@ class InventoryServicer(pb_grpc.InventoryServiceServicer):
         level = await handlers.get_stock(self._store, request.product_id)
         return pb.GetStockResponse(stock=stock_to_proto(level))
 
+    async def BatchGetStock(
+        self, request: pb.BatchGetStockRequest, context: Any
+    ) -> pb.BatchGetStockResponse:
+        levels = await handlers.batch_get_stock(self._store, list(request.product_ids))
+        return pb.BatchGetStockResponse(stocks=[stock_to_proto(level) for level in levels])
+
     async def SetStock(self, request: pb.SetStockRequest, context: Any) -> pb.SetStockResponse:
         level = await handlers.set_stock(
             self._store,

@@ -99,6 +99,21 @@ MIGRATIONS = (
         "payments belong to the customer who pays; earlier ones to no one",
         ["ALTER TABLE payments ADD COLUMN customer_id VARCHAR(64) NOT NULL DEFAULT ''"],
     ),
+    Migration(
+        4,
+        "charges that wait for the card processor to answer (services.payments.waiting)",
+        [
+            """
+            CREATE TABLE charges_waiting (
+                order_id VARCHAR(128) PRIMARY KEY,
+                attempts INTEGER NOT NULL CHECK (attempts >= 0),
+                next_attempt_time TIMESTAMP NOT NULL,
+                create_time TIMESTAMP NOT NULL
+            )
+            """,
+            "CREATE INDEX charges_waiting_by_next_attempt ON charges_waiting (next_attempt_time)",
+        ],
+    ),
 )
 
 metadata = sa.MetaData()
@@ -131,6 +146,14 @@ refunds = sa.Table(
     sa.Column("payment_id", sa.String(36), nullable=False),
     sa.Column("minor_units", sa.BigInteger, nullable=False),
     sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("create_time", UtcDateTime, nullable=False),
+)
+charges_waiting = sa.Table(
+    "charges_waiting",
+    metadata,
+    sa.Column("order_id", sa.String(128), primary_key=True),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("next_attempt_time", UtcDateTime, nullable=False),
     sa.Column("create_time", UtcDateTime, nullable=False),
 )
 

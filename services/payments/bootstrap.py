@@ -12,6 +12,7 @@ from services.payments import saga
 from services.payments.adapters import MIGRATIONS, GrpcPaymentProvider, SqlPaymentsStore
 from services.payments.ports import PaymentProvider, PaymentsStore
 from services.payments.servicer import PaymentsServicer
+from services.payments.waiting import ChargeRetries
 from shop.payments.v1 import payments_service_pb2 as pb
 from shop.payments.v1 import payments_service_pb2_grpc as pb_grpc
 
@@ -25,4 +26,5 @@ async def bootstrap(settings: ServiceSettings, stack: AsyncExitStack) -> Sequenc
     store = SqlPaymentsStore(database)
     provider = GrpcPaymentProvider(channel_to(settings, "processor", stack))
     await start_event_bus(database, settings.nats, stack, saga.handlers(store.within, provider))
+    ChargeRetries.start(database, saga.charge_retry(database, store.within, provider), stack)
     return [registration(store, provider)]

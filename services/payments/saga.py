@@ -5,8 +5,9 @@
   `PaymentDeclined` when the provider declines the card or does not know the token.
   The processor is asked outside the event's transaction with the key `order-<id>`, so
   a redelivered event is authorized once by the processor and captured once here; a
-  transient failure is retried by payments' sidecar, and if that is not enough, by
-  redelivery, with growing delays.
+  transient failure is retried by payments' sidecar, and if that is not enough (the
+  processor is away), the charge waits for it, retried by payments for as long as it
+  takes (`services.payments.waiting`): the order stays PENDING meanwhile.
 * `ShipmentFailed`, `OrderCancelled` -> give the money back (`PaymentRefunded`), once;
   and never charge a cancelled order.
 
@@ -21,14 +22,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 
 from mesh.runtime.connection import Connection
 from mesh.runtime.consumer import Delivery, Handler
-from mesh.runtime.errors import InvalidArgument
+from mesh.runtime.errors import InvalidArgument, Unavailable
 from mesh.runtime.events import new_event, subject
 from mesh.runtime.money import Money
 from mesh.runtime.saga import placed_order, remember_cancelled, remember_placements, saga_order
-from mesh.runtime.storage import enqueue_event
+from mesh.runtime.storage import Database, enqueue_event, utc_now
 from services.payments.domain import Declined, Payment, PaymentStatus, ProviderDecision
 from services.payments.handlers import (
     AuthorizePayment,
@@ -40,6 +42,7 @@ from services.payments.handlers import (
     refund_payment,
 )
 from services.payments.ports import PaymentProvider, PaymentsStore
+from services.payments.waiting import Retry, postpone_charge, stop_waiting, wait_for_processor
 from shop.events.v1 import events_pb2
 
 PRODUCER = "payments"
@@ -47,8 +50,19 @@ PRODUCER = "payments"
 log = logging.getLogger(__name__)
 
 
+#: How long a charge the processor did not answer waits before each try, by the number of
+#: tries it has had since it began to wait; every 10 s from the fourth on.
+RETRY_DELAYS = (timedelta(seconds=1), timedelta(seconds=2), timedelta(seconds=5),
+                timedelta(seconds=10))  # fmt: skip
+
+
 def _key(order_id: str) -> str:
     return f"order-{order_id}"
+
+
+def retry_delay(attempts: int) -> timedelta:
+    """How long a waiting charge waits for its next try after `attempts` unanswered ones."""
+    return RETRY_DELAYS[min(attempts, len(RETRY_DELAYS) - 1)]
 
 
 @dataclass(frozen=True)
@@ -158,13 +172,15 @@ def handlers(
         command = authorization_of(order_id, placed, cancelled)
         if command is None:
             return
-        decision = await _authorize(provider, command)
+        try:
+            decision = await authorize(provider, command)
+        except Unavailable as away:
+            async with delivery.transaction() as connection:
+                await wait_for_processor(connection, order_id, utc_now() + retry_delay(0))
+            log.warning("charge of order %s waits for the card processor: %s", order_id, away)
+            return
         async with delivery.transaction() as connection:
-            store = joined(connection)
-            payment = await record_authorization(store, command, decision)
-            # Read again: the order may have been cancelled while the provider was asked.
-            cancelled = (await saga_order(connection, order_id)).cancelled
-            await _settle(connection, store, order_id, settlement(order_id, payment, cancelled))
+            await apply_authorization(connection, joined(connection), command, decision)
 
     async def refund(delivery: Delivery) -> None:
         envelope = delivery.envelope
@@ -189,12 +205,58 @@ def handlers(
     }
 
 
-async def _authorize(provider: PaymentProvider, command: AuthorizePayment) -> ProviderDecision:
-    """The provider's answer; a token it does not know is a declined card."""
+def charge_retry(
+    database: Database, joined: Callable[[Connection], PaymentsStore], provider: PaymentProvider
+) -> Retry:
+    """One more try of a charge that waits for the processor (`services.payments.waiting`):
+    settled once the processor answers, put off again while it does not; a cancelled
+    order's wait ends with no charge."""
+
+    async def retry(order_id: str, attempts: int) -> None:
+        async with database.snapshot() as connection:
+            placed, cancelled = await placed_order(connection, order_id)
+        command = authorization_of(order_id, placed, cancelled)
+        if command is None:
+            async with database.transaction() as connection:
+                await stop_waiting(connection, order_id)
+            return
+        try:
+            decision = await authorize(provider, command)
+        except Unavailable:
+            async with database.transaction() as connection:
+                await postpone_charge(connection, order_id, utc_now() + retry_delay(attempts + 1))
+            return
+        async with database.transaction() as connection:
+            if not await stop_waiting(connection, order_id):
+                return  # another replica settled it
+            await apply_authorization(connection, joined(connection), command, decision)
+        log.info("charge of order %s settled after waiting %d tries", order_id, attempts + 1)
+
+    return retry
+
+
+async def authorize(provider: PaymentProvider, command: AuthorizePayment) -> ProviderDecision:
+    """The provider's answer; a token it does not know is a declined card. `Unavailable`
+    when the provider did not answer."""
     try:
         return await provider.authorize(command.payment_token, command.amount, command.request_id)
     except InvalidArgument:
         return Declined("unknown_payment_token")
+
+
+async def apply_authorization(
+    connection: Connection,
+    store: PaymentsStore,
+    command: AuthorizePayment,
+    decision: ProviderDecision,
+) -> None:
+    """Record the provider's `decision` and settle it (capture, void or decline, with the
+    event that says so), in `connection`'s transaction."""
+    payment = await record_authorization(store, command, decision)
+    # Read again: the order may have been cancelled while the provider was asked.
+    cancelled = (await saga_order(connection, command.order_id)).cancelled
+    step = settlement(command.order_id, payment, cancelled)
+    await _settle(connection, store, command.order_id, step)
 
 
 async def _settle(

@@ -196,12 +196,14 @@ def test_compose_containers_start_in_order_and_are_checked(compose_file: dict[st
         done |= ready
 
 
-def test_compose_publishes_only_the_edge_and_the_trace_ui(compose_file: dict[str, Any]) -> None:
+def test_compose_publishes_the_edge_and_the_operators_uis(compose_file: dict[str, Any]) -> None:
     services: dict[str, dict[str, Any]] = compose_file["services"]
     published = {name: service["ports"] for name, service in services.items() if "ports" in service}
     assert published == {
         "edge": ["${EDGE_PUBLISH}:8080", "${EDGE_HTTPS_PUBLISH}:8443"],
         compose.JAEGER_HOST: ["${JAEGER_UI_PUBLISH}:16686"],
+        compose.PROMETHEUS_HOST: ["${PROMETHEUS_PUBLISH}:9090"],
+        compose.GRAFANA_HOST: ["${GRAFANA_PUBLISH}:3000"],
     }
     env = dict(
         line.split("=", 1)
@@ -211,6 +213,8 @@ def test_compose_publishes_only_the_edge_and_the_trace_ui(compose_file: dict[str
     assert env["EDGE_PUBLISH"].startswith("127.0.0.1:")
     assert env["EDGE_HTTPS_PUBLISH"].startswith("127.0.0.1:")
     assert env["JAEGER_UI_PUBLISH"].startswith("127.0.0.1:")
+    assert env["PROMETHEUS_PUBLISH"].startswith("127.0.0.1:")
+    assert env["GRAFANA_PUBLISH"].startswith("127.0.0.1:")
     for name, service in services.items():
         variable = re.fullmatch(r"\$\{(\w+)\}", service["image"])
         assert variable, f"{name}'s image is not a variable of .env"

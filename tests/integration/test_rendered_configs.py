@@ -174,7 +174,8 @@ def test_inbound_authorizes_declared_callers_and_the_edge_for_public_methods(
         if item["name"] == "inbound"
     )
     manager = inbound["filter_chains"][0]["filters"][0]["typed_config"]
-    policies = manager["http_filters"][0]["typed_config"]["rules"]["policies"]
+    [rbac] = [f for f in manager["http_filters"] if f["name"] == "envoy.filters.http.rbac"]
+    policies = rbac["typed_config"]["rules"]["policies"]
     callers = {name: policy for name, policy in policies.items() if name.startswith("caller-")}
     assert list(callers) == ["caller-catalog"]
     catalog = callers["caller-catalog"]
@@ -182,7 +183,10 @@ def test_inbound_authorizes_declared_callers_and_the_edge_for_public_methods(
         "spiffe://shop.local/ns/shop/sa/catalog"
     ]
     granted = {p["url_path"]["path"]["exact"] for p in catalog["permissions"]}
-    assert granted == {"/shop.inventory.v1.InventoryService/SetStock"}
+    assert granted == {
+        "/shop.inventory.v1.InventoryService/SetStock",
+        "/shop.inventory.v1.InventoryService/BatchGetStock",
+    }
     edge_paths = {
         p["url_path"]["path"]["exact"] for p in policies["edge-public-methods"]["permissions"]
     }
@@ -283,12 +287,14 @@ def test_faults_are_injected_inbound_after_authorization_and_envoy_accepts_them(
         )
         manager = inbound["filter_chains"][0]["filters"][0]["typed_config"]
         names = [f["name"] for f in manager["http_filters"]]
+        # Calls are counted as they arrive, injected failures included (the objectives).
+        counted = "envoy.filters.http.grpc_stats"
         if name == "orders-0":
-            assert names == ["envoy.filters.http.rbac", "envoy.filters.http.router"]
+            assert names == [counted, "envoy.filters.http.rbac", "envoy.filters.http.router"]
             continue
-        assert names == ["envoy.filters.http.rbac", "envoy.filters.http.fault",
+        assert names == [counted, "envoy.filters.http.rbac", "envoy.filters.http.fault",
                          "envoy.filters.http.router"]  # fmt: skip
-        fault = manager["http_filters"][1]["typed_config"]
+        fault = manager["http_filters"][2]["typed_config"]
         assert fault["abort"] == {
             "grpc_status": 14, "percentage": {"numerator": 200_000, "denominator": "MILLION"}
         }  # fmt: skip

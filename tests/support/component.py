@@ -12,12 +12,14 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from mesh.runtime.admission import Limits
+from mesh.runtime.connection import Connection
 from mesh.runtime.runner import Registration, ServiceRunner
 from mesh.runtime.storage import Database, Migration
 from services.catalog import adapters as catalog_adapters
 from services.catalog.bootstrap import registrations as catalog_registrations
 from services.inventory import adapters as inventory_adapters
 from services.inventory.bootstrap import registration as inventory_registration
+from shop.events.v1 import events_pb2
 
 
 @asynccontextmanager
@@ -125,3 +127,17 @@ def field_violations(error: grpc.aio.AioRpcError) -> list[str]:
         if detail.Unpack(bad_request):
             return [v.field for v in bad_request.field_violations]
     raise AssertionError(f"no BadRequest details in {error}")
+
+
+class OneDelivery:
+    """One event handed to a handler, each transaction of its own on `database`."""
+
+    def __init__(self, database: Database, envelope: events_pb2.EventEnvelope) -> None:
+        self.envelope = envelope
+        self._database = database
+
+    def snapshot(self) -> AbstractAsyncContextManager[Connection]:
+        return self._database.snapshot()
+
+    def transaction(self) -> AbstractAsyncContextManager[Connection]:
+        return self._database.transaction()

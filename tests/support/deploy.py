@@ -30,7 +30,7 @@ CONTAINER_PATHS = (
     "/shop/pki", "/shop/edge-tls", "/shop/edge", "/shop/nats",
 )  # fmt: skip
 #: Kinds from CRDs, which the Kubernetes schemas do not know (checked field by field).
-CRD_KINDS = {("cert-manager.io/v1", "Certificate")}
+CRD_KINDS = {("cert-manager.io/v1", "Certificate"), ("keda.sh/v1alpha1", "ScaledObject")}
 
 
 def repository_topology() -> Topology:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
@@ -10,7 +10,7 @@ from typing import Any
 from mesh.runtime.errors import Unavailable
 from mesh.runtime.pagination import PageTokens
 from services.catalog.domain import Product
-from services.catalog.ports import CatalogTransaction
+from services.catalog.ports import CatalogTransaction, InventoryUnreachable
 
 
 class MemoryCatalog:
@@ -62,8 +62,17 @@ class RecordingInventory:
     def __init__(self, fail: bool = False) -> None:
         self.calls: list[tuple[str, int, str]] = []
         self.fail = fail
+        self.reads: list[list[str]] = []
 
     async def set_stock(self, product_id: str, on_hand: int, request_id: str) -> None:
         self.calls.append((product_id, on_hand, request_id))
         if self.fail:
             raise Unavailable("inventory is down", reason="INVENTORY_UNAVAILABLE")
+
+    async def available(self, product_ids: Sequence[str]) -> dict[str, int]:
+        """The units set by the last `set_stock` of each product (reservations aside)."""
+        self.reads.append(list(product_ids))
+        if self.fail:
+            raise InventoryUnreachable("UNAVAILABLE")
+        levels = {product_id: on_hand for product_id, on_hand, _ in self.calls}
+        return {pid: levels[pid] for pid in product_ids if pid in levels}

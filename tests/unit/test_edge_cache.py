@@ -71,7 +71,8 @@ def test_edge_cache_names_methods_and_their_max_age_in_whole_seconds() -> None:
         ("catalog.GetProduct: 10", "edge.cache.catalog.GetProduct must be a duration"),
         ("catalog.GetProduct: 1500ms", "must be whole seconds from 1s to 24h"),
         ("catalog.GetProduct: 0s", "edge.cache.catalog.GetProduct must be longer than zero"),
-        ("catalog.GetProduct: 2d", "is not a duration"),
+        ("catalog.GetProduct: 2w", "is not a duration"),
+        ("catalog.GetProduct: 2d", "must be whole seconds from 1s to 24h"),
         ("catalog.GetProduct: 25h", "must be whole seconds from 1s to 24h"),
     ],
 )

@@ -146,8 +146,9 @@ def test_unknown_service_is_an_error(files: descriptor_pb2.FileDescriptorSet) ->
 def test_list_products_takes_query_parameters(doc: dict[str, Any]) -> None:
     operation = doc["paths"]["/v1/products"]["get"]
     query = _params(operation, "query")
-    assert list(query) == ["category", "pageSize", "pageToken"]
+    assert list(query) == ["category", "pageSize", "pageToken", "view"]
     assert query["pageSize"]["schema"] == {"type": "integer", "format": "int32"}
+    assert query["view"]["schema"] == {"$ref": "#/components/schemas/shop.catalog.v1.ProductView"}
     assert "requestBody" not in operation
     assert operation["operationId"] == "CatalogService_ListProducts"
 
@@ -185,7 +186,14 @@ def test_get_product_binds_the_id_in_the_path(doc: dict[str, Any]) -> None:
             "required": True,
             "schema": {"type": "string", "maxLength": 64},
             "description": "The id of the product to return.",
-        }
+        },
+        {
+            "name": "view",
+            "in": "query",
+            "schema": {"$ref": "#/components/schemas/shop.catalog.v1.ProductView"},
+            "description": "Which fields of the product to return; the basic view when it is "
+            "not given. Over REST, `?view=PRODUCT_VIEW_WITH_STOCK`.",
+        },
     ]
     assert operation["responses"]["200"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/shop.catalog.v1.GetProductResponse"

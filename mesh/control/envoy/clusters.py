@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mesh.control.envoy import endpoints
 from mesh.control.envoy.bootstrap import LOOPBACK, duration, pipe_address, socket_address
 from mesh.control.envoy.tls import SdsFiles, upstream_tls
 from mesh.control.plan import MeshPlan
@@ -122,6 +123,8 @@ def admitted(topology: Topology, service: str, version: str | None = None) -> in
     hop (503, UO)."""
     callee = topology.services[service]
     replicas = callee.replicas if version is None else callee.release(version).replicas
+    if callee.autoscale is not None:
+        replicas = callee.autoscale.max  # as many as it may come to run
     return replicas * callee.admission.max_in_flight
 
 
@@ -154,6 +157,15 @@ def _outlier_detection(outliers: OutlierDetection) -> dict[str, Any]:
     }
 
 
+def _discovered(topology: Topology, plan: MeshPlan, service: str, version: str) -> dict[str, Any]:
+    """Where a cluster of `service` finds its endpoints: the plan's, or, for a service
+    that autoscales in the local mesh, the file the supervisor keeps (`endpoints`)."""
+    name = cluster_name(service, version)
+    if plan.endpoints_dir and topology.services[service].autoscale is not None:
+        return endpoints.discovery(name, plan.endpoints_dir)
+    return upstream(name, plan.endpoints_of(service, version))
+
+
 def dependency_clusters(
     topology: Topology, plan: MeshPlan, dependency: str, policy: CallPolicy, sds: SdsFiles
 ) -> list[dict[str, Any]]:
@@ -163,10 +175,7 @@ def dependency_clusters(
     and outlier detection."""
     return [
         {
-            **upstream(
-                cluster_name(dependency, version.name),
-                plan.endpoints_of(dependency, version.name),
-            ),
+            **_discovered(topology, plan, dependency, version.name),
             "lb_policy": "LEAST_REQUEST",
             "typed_extension_protocol_options": HTTP2_UPSTREAM,
             "circuit_breakers": _circuit_breakers(

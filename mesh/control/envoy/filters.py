@@ -121,7 +121,8 @@ def grpc_stats() -> dict[str, Any]:
     """Count the calls sent to each cluster and those that failed (a gRPC status other
     than OK) as `cluster.<name>.grpc.{total,success,failure,<status code>}`: one set per
     cluster, not per method, which the console's map reads (`mesh.control.console.measure`)
-    and, in a version's sidecar, the rollouts (`mesh.control.envoy.stats.served_counts`)."""
+    and, in a sidecar's inbound, the objectives' alerts and the rollouts
+    (`mesh.control.envoy.stats.served_counts`)."""
     return {
         "name": "envoy.filters.http.grpc_stats",
         "typed_config": {

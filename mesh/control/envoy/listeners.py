@@ -32,9 +32,10 @@ def inbound(
         "inbound",
         inbound_routes(topology, api, instance),
         [
-            # A version's calls are counted as they arrive, the faults its sidecar injects
-            # included: what a rollout judges it by (`mesh.control.rollouts`).
-            *([filters.grpc_stats()] if instance.version else []),
+            # Calls are counted as they arrive, the faults the sidecar injects included:
+            # what the service's objectives are measured by (`mesh.control.alerting`) and
+            # a version's rollout judged by (`mesh.control.rollouts`).
+            filters.grpc_stats(),
             filters.rbac(topology, api, service),
             *filters.faults(topology.services[service].release(instance.version).faults),
         ],

@@ -40,6 +40,7 @@ SERVED_PATH = (
 )
 #: The samples of Envoy's histogram of its upstream times.
 _TIME_BUCKET = "envoy_cluster_upstream_rq_time_bucket"
+_TIME_SUM = "envoy_cluster_upstream_rq_time_sum"
 #: The clusters of a sidecar in front of its app (`mesh.control.envoy.clusters`).
 LOCAL_APP_PREFIX = "local_app"
 #: The gRPC statuses that say the server failed, not the client: UNKNOWN,
@@ -67,12 +68,16 @@ class Counts:
     buckets: dict[float, float] = field(default_factory=dict)
     refused: float = 0.0
     backlog: float = 0.0
+    busy: float = 0.0
+    """Of an instance's sidecar (`served_counts`): the seconds its app took over every
+    call, added up."""
 
     def add(self, other: Counts) -> None:
         self.requests += other.requests
         self.errors += other.errors
         self.refused += other.refused
         self.backlog += other.backlog
+        self.busy += other.busy
         for bound, count in other.buckets.items():
             self.buckets[bound] = self.buckets.get(bound, 0.0) + count
 
@@ -146,6 +151,8 @@ def served_counts(text: str) -> Counts:
                 counts.errors += point.value
             elif point.name == _TIME_BUCKET:
                 counts.add_bucket(point)
+            elif point.name == _TIME_SUM:
+                counts.busy += point.value / 1000
     return counts
 
 

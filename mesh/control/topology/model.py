@@ -27,8 +27,8 @@ MAX_RETRY_ATTEMPTS = 10
 #: bus is a process of the local plan; a service by either name would be ambiguous.
 RESERVED_NAMES = frozenset({"edge", "nats"})
 
-_DURATION = re.compile(r"(?P<number>\d+(?:\.\d+)?)(?P<unit>ms|s|m|h)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION = re.compile(r"(?P<number>\d+(?:\.\d+)?)(?P<unit>ms|s|m|h|d)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86_400.0}
 
 
 class TopologyError(ValueError):
@@ -43,7 +43,8 @@ class TopologyError(ValueError):
 
 
 def parse_duration(text: str) -> float:
-    """Seconds in `text`: a non-negative number and one unit, as in 250ms, 2s, 1.5s, 1m, 1h.
+    """Seconds in `text`: a non-negative number and one unit, as in 250ms, 2s, 1.5s, 1m, 1h,
+    30d.
 
     Nothing else is accepted (no spaces, no bare numbers, no compound `1m30s`), so a
     value's unit is always visible in the file.
@@ -52,7 +53,9 @@ def parse_duration(text: str) -> float:
     if match is None:
         if text.strip().startswith("-"):
             raise ValueError(f"duration {text!r} is negative")
-        raise ValueError(f"{text!r} is not a duration (use a number and a unit: 250ms, 2s, 1m, 1h)")
+        raise ValueError(
+            f"{text!r} is not a duration (use a number and a unit: 250ms, 2s, 1m, 1h, 1d)"
+        )
     return float(match["number"]) * _UNIT_SECONDS[match["unit"]]
 
 
@@ -197,6 +200,61 @@ class Version:
     """Failures its sidecars inject into the calls they receive (the service's unless set)."""
 
 
+#: What an autoscaled service's replicas follow (`Autoscale.metric`).
+CPU, IN_FLIGHT, CONSUMER_LAG = "cpu", "in_flight", "consumer_lag"
+AUTOSCALE_METRICS = (CPU, IN_FLIGHT, CONSUMER_LAG)
+
+
+@dataclass(frozen=True)
+class Autoscale:
+    """A service whose replicas follow its load: between `min` and `max`, as many as keep
+    `metric` per replica at `target` (`mesh.control.autoscaler`)."""
+
+    min: int
+    max: int
+    metric: str
+    """`cpu` (percent of one core per app), `in_flight` (calls each app works on) or
+    `consumer_lag` (events waiting for the service's consumers, per replica)."""
+    target: float
+    cooldown: float = 60.0
+    """Seconds the load must have wanted fewer replicas before one is removed."""
+
+
+#: Seconds in a day.
+DAY_SECONDS = 86_400.0
+
+
+@dataclass(frozen=True)
+class Objectives:
+    """A service's service level objectives, each a percent of its calls over `period`."""
+
+    availability: float = 99.9
+    """Percent of calls answered without a server error."""
+    latency_threshold: float = 0.25
+    """Seconds within which `latency` percent of the calls are answered."""
+    latency: float = 99.0
+    period: float = 30 * DAY_SECONDS
+    """The rolling window the objectives are kept over, in seconds."""
+
+    @property
+    def error_budget(self) -> float:
+        """The share of calls that may fail (0.001 for 99.9%)."""
+        return 1 - self.availability / 100
+
+    @property
+    def latency_budget(self) -> float:
+        """The share of calls that may take longer than the threshold."""
+        return 1 - self.latency / 100
+
+
+@dataclass(frozen=True)
+class AlertSettings:
+    """Where firing and resolved alerts are sent (Alertmanager's webhook JSON); None:
+    nowhere, `meshctl alerts` and `meshctl status` show them."""
+
+    webhook: str | None = None
+
+
 @dataclass(frozen=True)
 class Service:
     """One service of the mesh: its replicas, fixed ports and the calls it makes."""
@@ -223,6 +281,11 @@ class Service:
     versions: tuple[Version, ...] = ()
     """Its releases running side by side, in the file's order; () when it runs one
     (`releases`). `replicas` is then the sum of theirs."""
+    slo: Objectives = Objectives()
+    """Its service level objectives (`mesh.control.topology.slo`)."""
+    autoscale: Autoscale | None = None
+    """How its replicas follow its load; None: `replicas` run, always. With it, `replicas`
+    is `autoscale.min`, the replicas it starts with."""
 
     @property
     def releases(self) -> tuple[Version, ...]:
@@ -393,6 +456,7 @@ class Topology:
     edge: EdgeSettings
     source: Path | None
     telemetry: TelemetrySettings = dataclasses.field(default_factory=TelemetrySettings)
+    alerts: AlertSettings = AlertSettings()
     port_lines: Mapping[int, int] = dataclasses.field(default_factory=dict, compare=False)
     """The line of each port the file fixes (`edge.port`, `edge.https.port`, `nats.port`,
     a service's `ports:`), by port, so a port found taken can be traced to where it was set."""

@@ -10,6 +10,7 @@ from types import MappingProxyType
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from mesh.control.topology.api_keys import ApiKeysReader
+from mesh.control.topology.autoscale import AutoscaleReader
 from mesh.control.topology.cache import CacheReader
 from mesh.control.topology.https import HttpsReader
 from mesh.control.topology.model import (
@@ -25,6 +26,7 @@ from mesh.control.topology.model import (
     RESERVED_NAMES,
     SERVING,
     Admission,
+    AlertSettings,
     ApiKeys,
     Bucket,
     CallPolicy,
@@ -34,6 +36,7 @@ from mesh.control.topology.model import (
     Grant,
     MethodPolicy,
     NatsSettings,
+    Objectives,
     RateLimit,
     Service,
     Topology,
@@ -41,6 +44,7 @@ from mesh.control.topology.model import (
 )
 from mesh.control.topology.nodes import MAX_PORT as _MAX_PORT
 from mesh.control.topology.nodes import Entries, node_line, suggest
+from mesh.control.topology.slo import SloReader
 from mesh.control.topology.versions import VersionReader
 from mesh.runtime.telemetry import TelemetrySettings
 
@@ -53,15 +57,18 @@ _TRUST_DOMAIN = re.compile(rf"{_DNS_LABEL}(?:\.{_DNS_LABEL})*")
 _EVENT_NAME = re.compile(r"[a-z][a-z0-9]*(?:_[a-z0-9]+)*")
 
 _SECTIONS = {
-    "trust_domain", "namespace", "defaults", "admission", "nats", "edge", "services", "telemetry"
+    "trust_domain", "namespace", "defaults", "admission", "nats", "edge", "services", "telemetry",
+    "slo", "alerts",
 }  # fmt: skip
 _SERVICE_KEYS = {
     "replicas", "calls", "ports", "consumes", "faults", "methods", "admission", "priority",
-    "versions",
+    "versions", "slo", "autoscale",
 }  # fmt: skip
 
 
-class TopologyReader(VersionReader, HttpsReader, ApiKeysReader, CacheReader):
+class TopologyReader(
+    VersionReader, HttpsReader, ApiKeysReader, CacheReader, SloReader, AutoscaleReader
+):
     """Reads one file's sections in order and checks the rules that span them."""
 
     # -- the file ------------------------------------------------------------------------
@@ -73,7 +80,7 @@ class TopologyReader(VersionReader, HttpsReader, ApiKeysReader, CacheReader):
         top = self.mapping(root, "the topology", _SECTIONS)
         trust_domain = self.optional(top, "trust_domain", DEFAULT_TRUST_DOMAIN, self.trust_domain)
         namespace = self.optional(top, "namespace", DEFAULT_NAMESPACE, self.namespace)
-        services = self.services(root, top)
+        services = self.services(root, top, self.optional(top, "slo", Objectives(), self.slo))
         nats = self.optional(top, "nats", NatsSettings(port=None), self.nats)
         edge = self.optional(
             top, "edge", EdgeSettings(DEFAULT_EDGE_PORT, ()), lambda node: self.edge(node, services)
@@ -87,6 +94,7 @@ class TopologyReader(VersionReader, HttpsReader, ApiKeysReader, CacheReader):
             edge=edge,
             source=path,
             telemetry=self.optional(top, "telemetry", TelemetrySettings(), self.telemetry),
+            alerts=self.optional(top, "alerts", AlertSettings(), self.alerts),
             port_lines=MappingProxyType(port_lines),
         )
 
@@ -105,8 +113,9 @@ class TopologyReader(VersionReader, HttpsReader, ApiKeysReader, CacheReader):
     def namespace(self, node: Node) -> str:
         return self.name(node, "namespace", _NAMESPACE)
 
-    def services(self, root: Node, top: Entries) -> dict[str, Service]:
-        """The services, their calls over `defaults` and their admission over the file's."""
+    def services(self, root: Node, top: Entries, objectives: Objectives) -> dict[str, Service]:
+        """The services, their calls over `defaults`, their admission over the file's and
+        their objectives over `objectives`."""
         defaults = self.optional(
             top,
             "defaults",
@@ -136,7 +145,7 @@ class TopologyReader(VersionReader, HttpsReader, ApiKeysReader, CacheReader):
         services: dict[str, Service] = {}
         for name, (_, service_node) in entries.items():
             services[name] = self.service(
-                name, service_node, entries, (defaults, admission), call_lines
+                name, service_node, entries, (defaults, admission, objectives), call_lines
             )
         self.check_no_cycle(services, call_lines)
         return services
@@ -146,11 +155,11 @@ class TopologyReader(VersionReader, HttpsReader, ApiKeysReader, CacheReader):
         name: str,
         node: Node,
         known: Mapping[str, object],
-        inherited: tuple[CallPolicy, Admission],
+        inherited: tuple[CallPolicy, Admission, Objectives],
         call_lines: dict[tuple[str, str], int],
     ) -> Service:
         where = f"services.{name}"
-        defaults, admission = inherited
+        defaults, admission, objectives = inherited
         entries = self.mapping(node, where, _SERVICE_KEYS, null_is_empty=True)
         replicas = self.optional(
             entries, "replicas", 1, lambda n: self.integer(n, f"{where}.replicas", 1, MAX_REPLICAS)
@@ -174,15 +183,11 @@ class TopologyReader(VersionReader, HttpsReader, ApiKeysReader, CacheReader):
         methods: dict[str, MethodPolicy] = self.optional(
             entries, "methods", {}, lambda n: self.methods(n, where)
         )
-        admission = self.optional(
-            entries,
-            "admission",
-            admission,
-            lambda n: self.admission(n, admission, f"{where}.admission"),
-        )
-        priority = self.optional(
-            entries, "priority", SERVING, lambda n: self.choice(n, f"{where}.priority", PRIORITIES)
-        )
+        admission, priority, slo = self.serving(entries, where, admission, objectives)
+        autoscale = None
+        if "autoscale" in entries:
+            autoscale = self.autoscale(entries, where, consumes)
+            replicas = autoscale.min
         return Service(
             name,
             sum(v.replicas for v in versions) if versions else replicas,
@@ -196,7 +201,28 @@ class TopologyReader(VersionReader, HttpsReader, ApiKeysReader, CacheReader):
             MappingProxyType(grants),
             MappingProxyType(lines),
             versions,
+            slo,
+            autoscale,
         )
+
+    def serving(
+        self, entries: Entries, where: str, admission: Admission, objectives: Objectives
+    ) -> tuple[Admission, str, Objectives]:
+        """How a service serves: its admission over the file's, its priority, and its
+        objectives over the file's."""
+        admission = self.optional(
+            entries,
+            "admission",
+            admission,
+            lambda n: self.admission(n, admission, f"{where}.admission"),
+        )
+        priority = self.optional(
+            entries, "priority", SERVING, lambda n: self.choice(n, f"{where}.priority", PRIORITIES)
+        )
+        slo = self.optional(
+            entries, "slo", objectives, lambda n: self.service_slo(n, objectives, where)
+        )
+        return admission, priority, slo
 
     def calls(
         self,

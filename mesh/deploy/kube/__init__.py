@@ -27,6 +27,11 @@ base (namespace `<mesh.yaml namespace>`):
   which reads it through the mount's `..data` link; `kubectl apply` of a changed split
   reaches them without a restart (the kubelet swaps the link; pods do not roll).
 
+monitoring (`kubectl apply -k deploy/k8s/monitoring`, where the Prometheus Operator runs):
+a `PodMonitor` of every service pod (the app's metrics and the sidecar's statistics), the
+alert rules as a `PrometheusRule` (`mesh.deploy.monitoring`, `mesh.control.alerting`) and
+the Grafana dashboards in a ConfigMap labelled for Grafana's dashboard sidecar.
+
 overlays/dev: one replica per service (each keeps its SQLite file on the pod's volume,
 which replicas could not share). overlays/prod: Postgres per service (a StatefulSet
 each), the services reading `SHOP_<SERVICE>_DATABASE_URL` from the Secret
@@ -40,10 +45,11 @@ The modules: `objects` (what every part is made of), `services`, `edge`, `event_
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from mesh.control.api import Api
 from mesh.control.topology import Topology
-from mesh.deploy import containers
+from mesh.deploy import containers, monitoring
 from mesh.deploy.containers import Rendered
 from mesh.deploy.kube import overlays
 from mesh.deploy.kube.edge import edge_objects
@@ -59,6 +65,7 @@ from mesh.deploy.kube.objects import (
     meta,
     release_name,
 )
+from mesh.deploy.kube.services import COMPONENT as SERVICE_COMPONENT
 from mesh.deploy.kube.services import service_objects
 from mesh.deploy.kube.tracing import jaeger_objects
 
@@ -78,6 +85,7 @@ K8S_DIR = Path("deploy/k8s")
 BASE = K8S_DIR / "base"
 DEV = K8S_DIR / "overlays" / "dev"
 PROD = K8S_DIR / "overlays" / "prod"
+MONITORING = K8S_DIR / "monitoring"
 #: The oldest Kubernetes release the manifests are for (native sidecars are GA in 1.33).
 KUBERNETES_VERSION = "1.33"
 
@@ -87,7 +95,27 @@ def render(topology: Topology, api: Api) -> Rendered:
     files = _base(topology, api)
     files.update({DEV / name: text for name, text in overlays.dev(topology).items()})
     files.update({PROD / name: text for name, text in overlays.prod(topology).items()})
+    files.update(_monitoring(topology))
     return Rendered(files, owned=(K8S_DIR,))
+
+
+def _dashboards(topology: Topology) -> dict[str, Any]:
+    """The dashboards' ConfigMap, which Grafana's dashboard sidecar finds by its label."""
+    board = config_map("shop-dashboards", "monitoring", monitoring.dashboard_files(topology))
+    board["metadata"]["labels"].update(monitoring.DASHBOARD_LABEL)
+    return board
+
+
+def _monitoring(topology: Topology) -> dict[Path, str]:
+    """The Prometheus Operator's objects: apart from the base, which needs no operator."""
+    parts = {
+        "podmonitor.yaml": [monitoring.pod_monitor(topology.namespace, SERVICE_COMPONENT)],
+        "rules.yaml": [monitoring.prometheus_rule(topology)],
+        "dashboards.yaml": [_dashboards(topology)],
+    }
+    files = {MONITORING / name: documents(objects) for name, objects in parts.items()}
+    files[MONITORING / "kustomization.yaml"] = kustomization(list(parts), topology.namespace)
+    return files
 
 
 def _base(topology: Topology, api: Api) -> dict[Path, str]:

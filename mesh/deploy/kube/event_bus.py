@@ -9,6 +9,7 @@ from typing import Any
 from mesh.control import natsconf
 from mesh.control.topology import Topology
 from mesh.deploy import containers
+from mesh.deploy.kube import autoscaling
 from mesh.deploy.kube.objects import (
     CLUSTER_DOMAIN,
     IDENTITY_MOUNT,
@@ -43,7 +44,7 @@ def nats_route_names(namespace: str) -> list[str]:
 def nats_objects(topology: Topology) -> list[dict[str, Any]]:
     return [
         config_map("nats-config", COMPONENT, {"nats.conf": _config(topology)}),
-        service("nats", COMPONENT, [("client", containers.NATS_PORT)]),
+        service("nats", COMPONENT, _service_ports(topology)),
         service(
             "nats-cluster",
             COMPONENT,
@@ -163,3 +164,12 @@ def _events_init(topology: Topology) -> dict[str, Any]:
         "securityContext": RESTRICTED,
         "volumeMounts": [IDENTITY_MOUNT, TMP_MOUNT],
     }
+
+
+def _service_ports(topology: Topology) -> list[tuple[str, int]]:
+    """NATS's clients; and its monitoring, which KEDA reads a consumer's lag from, when a
+    service scales on it (`mesh.deploy.kube.autoscaling`)."""
+    ports = [("client", containers.NATS_PORT)]
+    if autoscaling.consumers_scale(topology):
+        ports.append(("monitor", containers.NATS_MONITOR_PORT))
+    return ports

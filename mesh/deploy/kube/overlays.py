@@ -16,6 +16,7 @@ from typing import Any
 from mesh.control import edge_tls
 from mesh.control.topology import Topology
 from mesh.deploy.containers import dump
+from mesh.deploy.kube import autoscaling
 from mesh.deploy.kube.identity import certificate_request, edge_tls_request, identities
 from mesh.deploy.kube.objects import (
     RESTRICTED,
@@ -59,17 +60,20 @@ def _replicas_patch(name: str, replicas: int) -> dict[str, Any]:
 
 
 def prod(topology: Topology) -> dict[str, str]:
-    """Postgres per service, identities from cert-manager."""
+    """Postgres per service, identities from cert-manager, autoscalers
+    (`mesh.deploy.kube.autoscaling`)."""
     services = sorted(topology.services)
     objects = [certificate_request(topology, identity) for identity in identities(topology)]
     if topology.edge.expose and edge_tls.mesh_ca_issues(topology):
         objects.append(edge_tls_request(topology))
     for name in services:
         objects += _postgres_objects(name)
+    objects += autoscaling.scaling_objects(topology)
     patches = [
         {"patch": dump(_database_url_patch(name, deployment))}
         for name, deployment in _deployments(topology)
     ]
+    patches += autoscaling.replicas_patches(topology)
     return {
         "prod.yaml": documents(objects),
         "kustomization.yaml": kustomization(

@@ -100,6 +100,51 @@ async def test_initial_stock_lands_in_inventory(services: tuple[Any, Any, Any]) 
         assert (stock.on_hand, stock.available) == (expected, expected)
 
 
+async def stocked(catalog: Any, name: str, units: int) -> pb.Product:
+    request = pb.CreateProductRequest(product=product(name=name), initial_stock=units)
+    created: pb.Product = (await catalog.CreateProduct(request)).product
+    return created
+
+
+async def test_reads_with_stock_show_what_inventory_holds(services: tuple[Any, Any, Any]) -> None:
+    catalog, inventory, _ = services
+    tea, mug = await stocked(catalog, "Tea", 7), await stocked(catalog, "Mug", 0)
+    await inventory.ReserveStock(
+        inventory_pb.ReserveStockRequest(
+            order_id="order-1", lines=[inventory_pb.ReservationLine(product_id=tea.id, quantity=2)]
+        )
+    )
+    with_stock = pb.PRODUCT_VIEW_WITH_STOCK
+    got = (await catalog.GetProduct(pb.GetProductRequest(id=tea.id, view=with_stock))).product
+    assert (got.stock.state, got.stock.available) == (pb.STOCK_STATE_CURRENT, 5)
+    listed = await catalog.ListProducts(pb.ListProductsRequest(view=with_stock))
+    assert [(p.name, p.stock.available) for p in listed.products] == [("Tea", 5), ("Mug", 0)]
+    assert all(p.stock.HasField("available") for p in listed.products)  # 0 is a level too
+    batch = await catalog.BatchGetProducts(
+        pb.BatchGetProductsRequest(ids=[mug.id, tea.id, mug.id], view=with_stock)
+    )
+    assert [p.stock.available for p in batch.products] == [0, 5, 0]
+    # The basic view, the default, has no stock.
+    basic = (await catalog.GetProduct(pb.GetProductRequest(id=tea.id))).product
+    assert not basic.HasField("stock")
+    assert basic == tea
+
+
+async def test_batch_get_stock_leaves_out_products_without_stock(
+    services: tuple[Any, Any, Any],
+) -> None:
+    catalog, inventory, _ = services
+    tea, mug = await stocked(catalog, "Tea", 3), await stocked(catalog, "Mug", 1)
+    ids = [mug.id, "never-stocked", tea.id]
+    found = await inventory.BatchGetStock(inventory_pb.BatchGetStockRequest(product_ids=ids))
+    assert [(s.product_id, s.on_hand) for s in found.stocks] == [(mug.id, 1), (tea.id, 3)]
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await inventory.BatchGetStock(
+            inventory_pb.BatchGetStockRequest(product_ids=[f"p{i}" for i in range(101)])
+        )
+    assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
 async def test_negative_initial_stock_is_refused(catalog: Any) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as failure:
         await catalog.CreateProduct(pb.CreateProductRequest(product=product(), initial_stock=-1))

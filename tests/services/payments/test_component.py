@@ -461,7 +461,7 @@ async def test_data_survives_a_restart(
         stub = pb_grpc.PaymentsServiceStub(channel)
         payment = await refund(stub, (await captured_payment(stub)).id, amount=eur(5))
     async with databases.open(tmp_path, "payments", MIGRATIONS) as database:
-        assert await database.applied_versions() == [1, 2, 3]
+        assert await database.applied_versions() == [1, 2, 3, 4]
         async with served(database, processor) as channel:
             fetched = await get(pb_grpc.PaymentsServiceStub(channel), payment.id)
     assert fetched == payment
@@ -502,7 +502,7 @@ async def test_upgrading_drops_the_old_in_process_providers_table_and_keeps_paym
             tables = await connection.run_sync(lambda sync: sa.inspect(sync).get_table_names())
         assert "provider_transient_failures" in tables
     async with sqlite_database(tmp_path, "payments", MIGRATIONS) as database:
-        assert await database.applied_versions() == [1, 2, 3]
+        assert await database.applied_versions() == [1, 2, 3, 4]
         async with database.snapshot() as connection:
             tables = await connection.run_sync(lambda sync: sa.inspect(sync).get_table_names())
             rows = (await connection.execute(sa.select(payments_table.c.id))).all()

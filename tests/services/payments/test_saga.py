@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager
-from pathlib import Path
-
-import pytest
 from google.protobuf.message import Message
 
-from mesh.runtime.connection import Connection
 from mesh.runtime.events import new_event, subject
 from mesh.runtime.money import Money
 from mesh.runtime.storage import Database
 from services.payments import handlers as payment_handlers
 from services.payments import saga
-from services.payments.adapters import MIGRATIONS, SqlPaymentsStore
+from services.payments.adapters import SqlPaymentsStore
 from services.payments.domain import Approved, PaymentStatus, ProviderDecision
 from shop.events.v1 import events_pb2
-from tests.support.component import Databases
+from tests.support.component import OneDelivery
 
 
 class ApprovingProvider:
@@ -28,26 +22,6 @@ class ApprovingProvider:
         self, payment_token: str, amount: Money, idempotency_key: str
     ) -> ProviderDecision:
         return Approved()
-
-
-class OneDelivery:
-    """One event handed to a handler, each transaction of its own on `database`."""
-
-    def __init__(self, database: Database, envelope: events_pb2.EventEnvelope) -> None:
-        self.envelope = envelope
-        self._database = database
-
-    def snapshot(self) -> AbstractAsyncContextManager[Connection]:
-        return self._database.snapshot()
-
-    def transaction(self) -> AbstractAsyncContextManager[Connection]:
-        return self._database.transaction()
-
-
-@pytest.fixture
-async def database(databases: Databases, tmp_path: Path) -> AsyncIterator[Database]:
-    async with databases.open(tmp_path, "payments", MIGRATIONS) as database:
-        yield database
 
 
 async def deliver(
