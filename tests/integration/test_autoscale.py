@@ -81,6 +81,12 @@ class Readers:
             thread.join()
 
 
+def settled(mesh: RunningMesh) -> bool:
+    """Whether no catalog replica is draining or stopping."""
+    scale = mesh.state()["autoscale"]["catalog"]
+    return scale["draining"] is None and not scale["stopping_pids"]
+
+
 def catalog_replicas(mesh: RunningMesh) -> int:
     return len([i for i in mesh.state()["instances"] if i["service"] == "catalog"])
 
@@ -111,11 +117,8 @@ def test_load_adds_replicas_and_its_end_drains_them_without_a_failed_call(
     assert set(heavy.statuses) <= {200, 503}, heavy.statuses
     with Readers(scaling.edge_url, product, 1, pause=0.02) as light:
         wait_until(
-            lambda: (
-                catalog_replicas(scaling) == 1
-                and scaling.state()["autoscale"]["catalog"]["draining"] is None
-            ),
-            "catalog back to one replica",
+            lambda: catalog_replicas(scaling) == 1 and settled(scaling),
+            "catalog back to one replica, the others stopped",
             within=COOLDOWN_SECONDS + 60,
         )
         time.sleep(1)  # calls after the last replica left, too

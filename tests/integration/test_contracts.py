@@ -145,7 +145,7 @@ FIELD_REMOVAL = (
     "  reserved 3;\n",
 )
 ANCHOR = "  // The REST path of this product's stock level"
-BRAND = "  string brand = 10 [(shop.options.v1.limits) = {max_length: 64}];"
+BRAND = "  string brand = 11 [(shop.options.v1.limits) = {max_length: 64}];"
 ADDITION = (ANCHOR, f"  // The brand the product is sold under.\n{BRAND}\n{ANCHOR}")
 
 

@@ -10,6 +10,7 @@ history has, as `rate` reads what a range holds.
 
 from __future__ import annotations
 
+import bisect
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -92,11 +93,9 @@ class ServiceHistory:
         if len(self.points) < 2:
             return None
         now, latest = self.points[-1]
-        start = self.points[0][1]
-        for at, totals in reversed(self.points):
-            if now - at >= window:
-                start = totals
-                break
+        # The newest point at least `window` old, else the oldest (times only grow).
+        found = bisect.bisect_right(self.points, now - window, key=lambda point: point[0])
+        start = self.points[max(found - 1, 0)][1]
         change = latest.minus(start)
         if indicator == AVAILABILITY:
             return change.errors / change.calls if change.calls > 0 else None
