@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -129,9 +130,10 @@ def test_every_rendered_expression_parses_and_every_alert_reads_recorded_windows
         recorded = {rule["record"] for rule in every if "record" in rule}
         for rule in every:
             if rule.get("alert", "").endswith("BudgetBurn"):
-                names = {line.split("{")[0] for line in rule["expr"].splitlines() if "{" in line}
-                assert names, rule
-                assert names <= recorded, rule
+                names = re.findall(r"service:shop_\w+:\w+", rule["expr"])
+                assert len(names) == 2, rule  # the long and the short window
+                assert set(names) <= recorded, rule
+                assert f">= {rules.MIN_BAD_CALLS}" in rule["expr"], rule
         alerts = {rule["alert"] for rule in every if "alert" in rule}
         assert ("CertificateExpiring" in alerts) is kubernetes
         assert {"InstanceDown", "OutboxStuck", "ConsumerLagging"} <= alerts
@@ -226,6 +228,21 @@ def test_a_fast_burn_fires_once_and_resolves_once_with_the_same_start() -> None:
     assert [n.status for n in fast] == [FIRING, RESOLVED]
     assert fast[1].starts_at == fast[0].starts_at
     assert fast[1].ends_at is not None
+
+
+def test_a_few_bad_calls_among_few_calls_fire_nothing() -> None:
+    """One slow call in five is 20% of them, over any burn rate: not a budget burning."""
+    told: list[Notice] = []
+    alerts = LocalAlerts(topology("slo: {period: 1d}\nservices: {a: {}}"), told.append)
+    at, calls, errors = 0.0, 0.0, 0.0
+    alerts.observe(reading(at, calls, errors))
+    for _ in range(rules.MIN_BAD_CALLS - 1):  # one call a reading, each one failed
+        at, calls, errors = at + 2, calls + 1, errors + 1
+        alerts.observe(reading(at, calls, errors))
+    assert told == []
+    at, calls, errors = at + 2, calls + 1, errors + 1
+    alerts.observe(reading(at, calls, errors))
+    assert "AvailabilityBudgetBurn" in {n.labels["alertname"] for n in told}
 
 
 def test_a_plain_alert_is_pending_for_its_hold_then_fires() -> None:

@@ -90,13 +90,20 @@ class ServiceHistory:
     def bad_share(self, indicator: str, window: float) -> float | None:
         """The share of calls over the last `window` seconds that were bad by `indicator`;
         None without calls in it."""
+        change = self._change(window)
+        calls = change.calls if indicator == AVAILABILITY else change.timed
+        return self.bad_calls(indicator, window) / calls if calls > 0 else None
+
+    def bad_calls(self, indicator: str, window: float) -> float:
+        """How many calls over the last `window` seconds were bad by `indicator`."""
+        change = self._change(window)
+        return change.errors if indicator == AVAILABILITY else change.timed - change.fast
+
+    def _change(self, window: float) -> Totals:
+        """The totals' increase over the last `window` seconds (or what the history has)."""
         if len(self.points) < 2:
-            return None
+            return Totals()
         now, latest = self.points[-1]
         # The newest point at least `window` old, else the oldest (times only grow).
         found = bisect.bisect_right(self.points, now - window, key=lambda point: point[0])
-        start = self.points[max(found - 1, 0)][1]
-        change = latest.minus(start)
-        if indicator == AVAILABILITY:
-            return change.errors / change.calls if change.calls > 0 else None
-        return 1 - change.fast / change.timed if change.timed > 0 else None
+        return latest.minus(self.points[max(found - 1, 0)][1])

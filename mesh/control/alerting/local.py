@@ -146,6 +146,8 @@ class LocalAlerts:
         """The short window's bad share, if both windows are over the alert's threshold."""
         history = self.histories[alert.service]
         long, short = alert.windows()
+        if history.bad_calls(alert.indicator, long) < rules.MIN_BAD_CALLS:
+            return None
         shares = [history.bad_share(alert.indicator, w) for w in (long, short)]
         if all(s is not None and s > alert.threshold for s in shares):
             return shares[1]

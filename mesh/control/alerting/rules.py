@@ -11,6 +11,9 @@ still going on, so the alert resolves soon after the fault ends. The tiers are t
 workbook's for a 30-day period (2% of the budget spent in 1 hour, 5% in 6 hours: page;
 10% in 1 day or 3 days: ticket), their windows scaled to the objectives' period.
 
+An alert also needs `MIN_BAD_CALLS` bad calls in its long window, so a mesh that serves
+a handful of calls does not page on one slow call.
+
 Plain alerts watch what no objective measures: an instance down or crash-looping, an
 outbox whose oldest event waits, a consumer falling behind, a certificate left unrenewed.
 """
@@ -55,6 +58,10 @@ TIERS = (
 )
 #: The tier that pages soonest, on a fast burn.
 FAST_BURN = TIERS[0]
+#: The fewest bad calls in its long window for which a burn-rate alert fires: with little
+#: traffic one slow call is a large share of the calls, not a budget burning (the
+#: workbook's caveat on low-traffic services).
+MIN_BAD_CALLS = 5
 
 
 def prometheus_duration(seconds: float) -> str:
@@ -151,37 +158,50 @@ def recorded(indicator: str, window: float) -> str:
     return f"service:shop_{kind}:ratio_rate{prometheus_duration(window)}"
 
 
+def _counted(
+    indicator: str, objectives: Objectives, service: str, window: float, function: str
+) -> tuple[str, str]:
+    """PromQL of `service`'s bad calls by `indicator` and of all its calls over `window`,
+    each through `function` (`rate`, `increase`)."""
+    span = prometheus_duration(window)
+    match = f'service="{service}", {_APP_CLUSTERS}'
+
+    def summed(selector: str) -> str:
+        return f"sum by (service) ({function}({selector}[{span}]))"
+
+    if indicator == AVAILABILITY:
+        codes = "|".join(SERVER_ERROR_CODES)
+        bad = summed(f'{{__name__=~"envoy_cluster_grpc_({codes})", {match}}}')
+        return bad, summed(f"envoy_cluster_grpc_total{{{match}}}")
+    bound = f"{objectives.latency_threshold * 1000:g}"
+    timed = summed(f"envoy_cluster_upstream_rq_time_count{{{match}}}")
+    fast = summed(f'envoy_cluster_upstream_rq_time_bucket{{{match}, le="{bound}"}}')
+    return f"(\n  {timed}\n  -\n  {fast}\n)", timed
+
+
 def bad_share(indicator: str, objectives: Objectives, service: str, window: float) -> str:
     """PromQL of the share of `service`'s calls over `window` that were bad by
     `indicator`."""
-    span = prometheus_duration(window)
-    match = f'service="{service}", {_APP_CLUSTERS}'
-    if indicator == AVAILABILITY:
-        codes = "|".join(SERVER_ERROR_CODES)
-        bad = f'{{__name__=~"envoy_cluster_grpc_({codes})", {match}}}'
-        return f"sum by (service) (rate({bad}[{span}]))\n/\n" + _calls(match, span)
-    bound = f"{objectives.latency_threshold * 1000:g}"
-    fast = f'envoy_cluster_upstream_rq_time_bucket{{{match}, le="{bound}"}}'
-    timed = f"envoy_cluster_upstream_rq_time_count{{{match}}}"
-    return (
-        f"1 - (\n  sum by (service) (rate({fast}[{span}]))\n  /\n"
-        f"  sum by (service) (rate({timed}[{span}]))\n)"
-    )
+    bad, calls = _counted(indicator, objectives, service, window, "rate")
+    return f"{bad}\n/\n{calls}"
 
 
-def _calls(match: str, span: str) -> str:
-    return f"sum by (service) (rate(envoy_cluster_grpc_total{{{match}}}[{span}]))"
+def bad_calls(indicator: str, objectives: Objectives, service: str, window: float) -> str:
+    """PromQL of how many of `service`'s calls over `window` were bad by `indicator`."""
+    return _counted(indicator, objectives, service, window, "increase")[0]
 
 
 def burn_expression(alert: BurnAlert) -> str:
     """PromQL that is non-empty while `alert` fires: both windows' recorded shares over
-    its threshold."""
+    its threshold, with at least `MIN_BAD_CALLS` bad calls in the long window."""
     long, short = alert.windows()
     match = f'{{service="{alert.service}"}}'
     threshold = f"{alert.threshold:.6g}"
+    enough = bad_calls(alert.indicator, alert.objectives, alert.service, long)
     return (
         f"{recorded(alert.indicator, long)}{match} > {threshold}\n"
-        f"and\n{recorded(alert.indicator, short)}{match} > {threshold}"
+        f"and\n{recorded(alert.indicator, short)}{match} > {threshold}\n"
+        f"and\n{enough} >= {MIN_BAD_CALLS}"
     )
 
 
