@@ -65,7 +65,7 @@ def compose_config(plan: MeshPlan) -> dict[str, Any]:
 
 
 def compose_rules(topology: Topology) -> dict[str, Any]:
-    return rule_groups(topology, kubernetes=False)
+    return rule_groups(topology)
 
 
 def pod_monitor(namespace: str, service_component: str) -> dict[str, Any]:
@@ -104,7 +104,7 @@ def prometheus_rule(topology: Topology) -> dict[str, Any]:
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "PrometheusRule",
         "metadata": {"name": "shop-alerts", "namespace": topology.namespace},
-        "spec": rule_groups(topology, kubernetes=True),
+        "spec": rule_groups(topology),
     }
 
 

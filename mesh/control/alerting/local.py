@@ -51,7 +51,7 @@ class Reading:
     at: float
     instances: tuple[InstanceReading, ...]
     certificates: tuple[tuple[str, float], ...] = ()
-    """Each certificate's name and the seconds it has left."""
+    """Each certificate's instance (`catalog-0`, `edge`, `ca`) and the seconds it has left."""
 
 
 #: A condition that holds: the alert's labels, and the value that breached it.
@@ -233,9 +233,9 @@ def _consumer_lagging(_: LocalAlerts, reading: Reading) -> Iterator[Breach]:
 
 
 def _certificate_expiring(_: LocalAlerts, reading: Reading) -> Iterator[Breach]:
-    for name, remaining in reading.certificates:
+    for instance, remaining in reading.certificates:
         if remaining < rules.CERTIFICATE_REMAINING_SECONDS:
-            yield {"name": name}, remaining
+            yield {"instance": instance}, remaining
 
 
 _PLAIN_CONDITIONS: dict[str, Callable[[LocalAlerts, Reading], Iterator[Breach]]] = {

@@ -23,20 +23,16 @@ from mesh.control.topology import Topology
 
 #: How often Prometheus evaluates the rules.
 EVALUATION_INTERVAL = "30s"
-#: The plain alerts Compose's Prometheus cannot evaluate: no cert-manager there, and its
-#: `certs` service renews every certificate itself.
-KUBERNETES_ONLY = frozenset({"CertificateExpiring"})
 
 
-def rule_groups(topology: Topology, *, kubernetes: bool) -> dict[str, Any]:
-    """The rule file of `topology`'s alerts."""
+def rule_groups(topology: Topology) -> dict[str, Any]:
+    """The rule file of `topology`'s alerts (Compose's and Kubernetes' alike)."""
     alerts = burn_alerts(topology)
-    plain = [a for a in PLAIN_ALERTS if kubernetes or a.name not in KUBERNETES_ONLY]
     return {
         "groups": [
             _group("shop-slo-indicators", _recording_rules(alerts)),
             _group("shop-slo-alerts", [_burn_rule(a) for a in alerts]),
-            _group("shop-alerts", [_plain_rule(a) for a in plain]),
+            _group("shop-alerts", [_plain_rule(a) for a in PLAIN_ALERTS]),
         ]
     }
 

@@ -266,11 +266,12 @@ PLAIN_ALERTS = (
     ),
     PlainAlert(
         "CertificateExpiring",
-        "min by (name) (certmanager_certificate_expiration_timestamp_seconds - time()) "
-        f"< {CERTIFICATE_REMAINING_SECONDS}",
+        # What each sidecar serves (its identity) and trusts (the CA), as Envoy reads it.
+        "min by (service, instance) (envoy_listener_ssl_certificate_expiration_unix_time_seconds"
+        f'{{job="{SIDECARS_JOB}"}} - time()) < {CERTIFICATE_REMAINING_SECONDS}',
         0,
         PAGE,
-        "the certificate {{ $labels.name }} expires within "
+        "a certificate of {{ $labels.instance }} expires within "
         f"{prometheus_duration(CERTIFICATE_REMAINING_SECONDS)}: its renewal is late",
     ),
 )
