@@ -57,13 +57,14 @@ RUN --mount=type=cache,target=/root/.cache/pip \
     && /opt/venv-build/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /build/dist .
 
 # The runtime venv holds only the project and its pinned dependencies with the `postgres`
-# extra (asyncpg): no pip or setuptools, installed by the build venv's pip. The import
-# fails the build if the wheel lacks the generated package.
+# extra (asyncpg) and the `search` extra (search's embedding model): no pip or
+# setuptools, installed by the build venv's pip. The import fails the build if the wheel
+# lacks the generated package.
 RUN --mount=type=cache,target=/root/.cache/pip \
     python -m venv --without-pip /opt/venv \
     && wheel="$(echo /build/dist/shop_mesh-*.whl)" \
     && /opt/venv-build/bin/pip --python /opt/venv/bin/python install \
-        --constraint constraints.txt "${wheel}[postgres]" \
+        --constraint constraints.txt "${wheel}[postgres,search]" \
     && /opt/venv/bin/python -c "import mesh.cli, services.orders, shop.orders.v1.orders_service_pb2_grpc"
 
 

@@ -280,6 +280,12 @@ def status_table(state: dict[str, Any]) -> str:
         for i in state["instances"]
         for reason in i.get("degraded", [])
     ]
+    lines += [
+        f"events waiting: {i['instance']}: "
+        + ", ".join(f"{name} {count:g}" for name, count in sorted(i["events_waiting"].items()))
+        for i in state["instances"]
+        if i.get("events_waiting")
+    ]
     lines += alert_lines(state.get("alerts", []))
     lines += autoscale_lines(state.get("autoscale", {}))
     lines += _where(state)

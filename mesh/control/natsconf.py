@@ -10,7 +10,9 @@ a user may do only what its identity needs:
   consumer `X` (created by
   the mesh with the subjects of `consumes:` in mesh.yaml), and reads replies only under
   its own inbox prefix `_INBOX_X.`. It cannot create consumers, read a stream directly,
-  or publish another service's events;
+  or publish another service's events; but a service that consumes events kept per
+  entity (search, of the catalog's) makes, reads and deletes its own rebuild consumer
+  `X_rebuild` on `SHOP_ENTITIES`, to rebuild its read model (`services.search.rebuild`);
 * `meshctl` (the supervisor and the operator's commands) administers streams,
   consumers and dead letters;
 * a client without a certificate, with one from another CA, or with an identity that
@@ -27,14 +29,16 @@ from typing import Any
 from nats.errors import Error as NatsError
 
 from mesh.control.pki import MeshPKI, service_dns_name
-from mesh.control.topology import Topology
+from mesh.control.topology import Service, Topology
 from mesh.runtime import consumer, events
 from mesh.runtime.events import (
+    ENTITIES_STREAM,
     EVENTS_STREAM,
     NatsSettings,
     consumer_dead_subject,
     inbox_prefix,
     parked_subject,
+    rebuild_consumer,
 )
 
 #: The server's own identity (its certificate's DNS name is what clients verify).
@@ -46,17 +50,38 @@ ADMIN_IDENTITY = "meshctl"
 MAX_PAYLOAD = 1024 * 1024
 
 
-def service_permissions(service: str) -> tuple[list[str], list[str]]:
-    """What the service `service` may publish and subscribe to (allow lists)."""
-    publish = [
-        f"shop.{service}.>",
-        consumer_dead_subject(service),
-        parked_subject(service),
-        f"$JS.API.CONSUMER.MSG.NEXT.{EVENTS_STREAM}.{service}",
-        f"$JS.API.CONSUMER.INFO.{EVENTS_STREAM}.{service}",
-        f"$JS.ACK.{EVENTS_STREAM}.{service}.>",
+def _pulling(stream: str, consumer: str) -> list[str]:
+    """What pulling from and acknowledging the consumer `consumer` of `stream` takes."""
+    return [
+        f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}",
+        f"$JS.API.CONSUMER.INFO.{stream}.{consumer}",
+        f"$JS.ACK.{stream}.{consumer}.>",
     ]
-    return publish, [f"{inbox_prefix(service)}.>"]
+
+
+def _rebuilding(service: str) -> list[str]:
+    """What rebuilding its read model takes: making, reading and deleting its rebuild
+    consumer on `SHOP_ENTITIES`, the stream of the events kept per entity."""
+    name = rebuild_consumer(service)
+    return [
+        f"$JS.API.CONSUMER.DURABLE.CREATE.{ENTITIES_STREAM}.{name}",
+        f"$JS.API.CONSUMER.DELETE.{ENTITIES_STREAM}.{name}",
+        *_pulling(ENTITIES_STREAM, name),
+    ]
+
+
+def service_permissions(service: Service) -> tuple[list[str], list[str]]:
+    """What the service may publish and subscribe to (allow lists)."""
+    name = service.name
+    publish = [
+        f"shop.{name}.>",
+        consumer_dead_subject(name),
+        parked_subject(name),
+        *_pulling(EVENTS_STREAM, name),
+    ]
+    if any(subject.endswith(".*") for subject in service.consumed_subjects):
+        publish += _rebuilding(name)
+    return publish, [f"{inbox_prefix(name)}.>"]
 
 
 def _quoted(items: list[str]) -> str:
@@ -147,10 +172,10 @@ def _cluster_block(cluster: Cluster, host: str, files: _TlsFiles) -> str:
 def _authorization(topology: Topology, pki: MeshPKI) -> str:
     """The users: the administrator, and each service with its permissions."""
     users = [f'    {{ user = "{pki.spiffe_id(ADMIN_IDENTITY)}" }}']
-    for service in sorted(topology.services):
+    for name, service in sorted(topology.services.items()):
         publish, subscribe = service_permissions(service)
         users.append(
-            f'    {{\n      user = "{pki.spiffe_id(service)}"\n'
+            f'    {{\n      user = "{pki.spiffe_id(name)}"\n'
             f"      permissions = {{\n"
             f"        publish = {{ allow = {_quoted(publish)} }}\n"
             f"        subscribe = {{ allow = {_quoted(subscribe)} }}\n"

@@ -93,6 +93,12 @@ class Readings:
         sample = self.samples.get(instance.plan.name)
         return sample.degraded() if sample is not None else []
 
+    def events_waiting(self, instance: Instance) -> dict[str, float]:
+        """What JetStream holds for each of the instance's consumers (its lag), as it
+        last said: its durable consumer's, and its rebuild's while one runs."""
+        sample = self.samples.get(instance.plan.name)
+        return dict(sample.consumer_pending) if sample is not None else {}
+
     def rates_of(self, instance: Instance) -> dict[str, Any]:
         rates = self.rates.get(instance.plan.name)
         if rates is None:
@@ -118,6 +124,7 @@ class Readings:
             "outbound": dict(plan.outbound),
             "health": health(instance, self.probed.get(plan.name)),
             "degraded": self.degraded(instance),
+            "events_waiting": self.events_waiting(instance),
             "restarts": instance.app.restarts + instance.sidecar.restarts,
             "last_exit": instance.app.last_exit,
             "app_pss_kib": pss_kib(instance.app.pid),

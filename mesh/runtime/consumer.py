@@ -28,7 +28,8 @@ import sqlalchemy as sa
 from google.protobuf.message import DecodeError
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
+from nats.js.errors import NotFoundError
 from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
@@ -39,13 +40,22 @@ from mesh.runtime.events import (
     DEAD_REASON,
     DEAD_SEQUENCE,
     DEAD_SUBJECT,
+    ENTITIES_STREAM,
     EVENTS_STREAM,
     MSG_ID,
     consumer_dead_subject,
     messaging_attributes,
+    rebuild_consumer,
     waves,
 )
-from mesh.runtime.storage import Database, event_subject, processed_events, utc_now
+from mesh.runtime.storage import (
+    Database,
+    event_filter,
+    event_subject,
+    ordering_key,
+    processed_events,
+    utc_now,
+)
 from shop.events.v1 import events_pb2
 
 log = logging.getLogger(__name__)
@@ -101,6 +111,21 @@ async def ensure_consumer(
     service.
     """
     await js.add_consumer(EVENTS_STREAM, consumer_config(name, subjects, policy))
+
+
+async def request_rebuild(
+    js: JetStreamContext, service: str, subjects: Sequence[str], *, again: bool = True
+) -> ConsumerInfo:
+    """Ask for `service`'s read model to be rebuilt from the first event `SHOP_ENTITIES`
+    keeps of `subjects`: its rebuild consumer (`rebuild_consumer`), which the service
+    works through into a new generation, serving the old one until it has caught up.
+    `again` replaces a rebuild that is running (its generation is given up); without
+    it, a running one is kept."""
+    name = rebuild_consumer(service)
+    if again:
+        with contextlib.suppress(NotFoundError):
+            await js.delete_consumer(ENTITIES_STREAM, name)
+    return await js.add_consumer(ENTITIES_STREAM, consumer_config(name, subjects, ConsumerPolicy()))
 
 
 class AlreadyApplied(Exception):
@@ -190,8 +215,8 @@ class EventConsumer:
     see `ensure_consumer`) must deliver exactly those subjects, which `bind` checks, so
     `mesh.yaml` and the code cannot drift apart unnoticed.
 
-    Events are handled in batches: what one fetch returns, cut where an order's second
-    event would join the batch, so an order's events are applied one after the other,
+    Events are handled in batches: what one fetch returns, cut where an order's (or an
+    entity's) second event would join the batch, so its events are applied one after the other,
     each seeing the one before committed. The handlers of a batch run side by side up to
     their transactions, which then run one after the other as savepoints of one database
     transaction (one commit, one fsync, for the batch); each event is acked after it.
@@ -257,7 +282,7 @@ class EventConsumer:
             raise DecodeError(str(error)) from None
         if subject != message.subject:
             raise DecodeError(f"a {subject} event published on {message.subject}")
-        if subject not in self._handlers:
+        if event_filter(envelope) not in self._handlers:
             raise DecodeError(f"{self.name} has no handler for {subject}")
         return envelope
 
@@ -301,7 +326,7 @@ class EventConsumer:
 
     def _start(self, envelope: events_pb2.EventEnvelope, parent: Context) -> _Work:
         delivery = Delivery(self, envelope)
-        handler = self._handlers[event_subject(envelope)]
+        handler = self._handlers[event_filter(envelope)]
         return _Work(delivery, asyncio.create_task(self._handle(delivery, handler, parent)))
 
     async def _handle(self, delivery: Delivery, handler: Handler, parent: Context) -> None:
@@ -394,7 +419,7 @@ class EventConsumer:
                 decoded.append((message, self._decode(message)))
             except DecodeError as error:
                 await self._settled(self._dead_letter(message, f"malformed event: {error}"))
-        for batch in waves(decoded, key=lambda pair: pair[1].order_id):
+        for batch in waves(decoded, key=lambda pair: ordering_key(pair[1])):
             await self._handle_batch(batch)
 
     async def _handle_batch(self, batch: Sequence[tuple[Msg, events_pb2.EventEnvelope]]) -> None:

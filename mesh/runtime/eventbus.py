@@ -10,7 +10,7 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 
 from nats.aio.client import Client as NatsClient
@@ -23,13 +23,20 @@ from mesh.runtime.storage import Database
 log = logging.getLogger(__name__)
 
 
+#: Work of a service's own on the bus beside its relay and consumer (search's rebuilds),
+#: running from the bus's connection until the event is set.
+Worker = Callable[[JetStreamContext, asyncio.Event], Awaitable[None]]
+
+
 async def start_event_bus(
     database: Database,
     settings: NatsSettings | None,
     stack: AsyncExitStack,
     handlers: Mapping[str, Handler] | None = None,
+    workers: Sequence[Worker] = (),
 ) -> None:
-    """Relay `database`'s outbox and, given `handlers`, consume events, until `stack` unwinds.
+    """Relay `database`'s outbox and, given `handlers`, consume events, until `stack` unwinds;
+    `workers` run beside them on the same connection.
 
     It connects in the background, so a service starts (and its outbox fills) even while
     NATS is away; without settings, events wait in the outbox for a relay that has them.
@@ -39,7 +46,7 @@ async def start_event_bus(
     if settings is None:
         log.warning("no SHOP_NATS_URL: events stay in the outbox until a relay publishes them")
         return
-    bus = _EventBus(database, settings, handlers or {})
+    bus = _EventBus(database, settings, handlers or {}, workers)
     stack.push_async_callback(bus.stop)
 
 
@@ -47,11 +54,16 @@ class _EventBus:
     """The relay and the consumer of one service, running from construction to `stop`."""
 
     def __init__(
-        self, database: Database, settings: NatsSettings, handlers: Mapping[str, Handler]
+        self,
+        database: Database,
+        settings: NatsSettings,
+        handlers: Mapping[str, Handler],
+        workers: Sequence[Worker],
     ) -> None:
         self._database = database
         self._settings = settings
         self._handlers = handlers
+        self._workers = workers
         self._stopping = asyncio.Event()
         self._task = asyncio.create_task(self._serve(), name="event-bus")
         self._task.add_done_callback(self._crash)
@@ -67,9 +79,10 @@ class _EventBus:
             return
         try:
             js = client.jetstream()
-            loops = [OutboxRelay(self._database, js).run(self._stopping)]
+            loops: list[Awaitable[None]] = [OutboxRelay(self._database, js).run(self._stopping)]
             if self._handlers:
                 loops.append(self._consume(js))
+            loops += [work(js, self._stopping) for work in self._workers]
             await asyncio.gather(*loops)
         finally:
             await client.close()

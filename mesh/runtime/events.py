@@ -21,6 +21,12 @@ Every event is a `shop.events.v1.EventEnvelope`, binary on the wire, published o
   several consumers read at their own pace, and a replay needs them), and a 10 minute
   duplicate window, longer than any relay retry loop. `SHOP_DEAD_LETTERS` holds
   `dead.>` for 30 days. (`mesh.control.deadletters` reads and replays them.)
+  `SHOP_ENTITIES` copies (sources) the events kept per entity (`shop.*.*.*`, the
+  catalog's: `shop.catalog.product_updated.<product_id>`) from `SHOP_EVENTS` and keeps
+  the latest of each subject for good (`max_msgs_per_subject: 1`, no age limit): the
+  last ProductCreated, ProductUpdated and ProductDeleted of every product, each of which
+  carries the product's whole state, so a read model is rebuilt from it however old the
+  catalog is, in space bounded by three events per product ever made.
 * **Consumers** (`mesh.runtime.consumer`): one durable pull consumer per consuming service,
   idempotent, applying a fetched batch in one database transaction; what it gives up
   on is a dead letter on `dead.<consumer>` (`mesh.control.deadletters`).
@@ -52,12 +58,13 @@ from nats.js.api import (
     RetentionPolicy,
     StorageType,
     StreamConfig,
+    StreamSource,
 )
 from nats.js.errors import BadRequestError, NotFoundError
 from opentelemetry.trace import Span, SpanKind
 
 from mesh.runtime import metrics, telemetry
-from mesh.runtime.storage import Database, outbox, utc_now
+from mesh.runtime.storage import PER_ENTITY_EVENTS, Database, ordering_key, outbox, utc_now
 from mesh.runtime.timestamps import to_timestamp
 from mesh.runtime.validation import fit
 from shop.events.v1 import events_pb2
@@ -77,6 +84,9 @@ logging.getLogger("asyncio").addFilter(_SslEofNoise())
 
 EVENTS_STREAM = "SHOP_EVENTS"
 EVENTS_SUBJECTS = "shop.>"
+ENTITIES_STREAM = "SHOP_ENTITIES"
+#: The subjects of the events kept per entity: `shop.<producer>.<event>.<entity_id>`.
+ENTITY_SUBJECTS = "shop.*.*.*"
 DEAD_LETTER_STREAM = "SHOP_DEAD_LETTERS"
 DEAD_LETTER_PREFIX = "dead"
 #: Longer than any window in which the relay may publish one event twice.
@@ -107,6 +117,12 @@ def consumer_dead_subject(consumer: str) -> str:
     return f"{DEAD_LETTER_PREFIX}.{consumer}"
 
 
+def rebuild_consumer(service: str) -> str:
+    """The durable consumer that rebuilds `service`'s read model from `SHOP_ENTITIES`:
+    it exists while a rebuild runs (`mesh.runtime.consumer.request_rebuild`)."""
+    return f"{service}_rebuild"
+
+
 def parked_subject(producer: str) -> str:
     """Where the relay of `producer` reports the events it parks."""
     return f"{DEAD_LETTER_PREFIX}.{producer}.{PARKED}"
@@ -126,6 +142,14 @@ async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
             retention=RetentionPolicy.LIMITS,
             max_age=EVENTS_MAX_AGE_SECONDS,
             duplicate_window=DUPLICATE_WINDOW_SECONDS,
+            num_replicas=replicas,
+        ),
+        StreamConfig(
+            name=ENTITIES_STREAM,
+            sources=[StreamSource(name=EVENTS_STREAM, filter_subject=ENTITY_SUBJECTS)],
+            storage=StorageType.FILE,
+            retention=RetentionPolicy.LIMITS,
+            max_msgs_per_subject=1,
             num_replicas=replicas,
         ),
         StreamConfig(
@@ -157,8 +181,9 @@ class _Outgoing:
 
     @property
     def order_id(self) -> str:
-        """What orders the row among the others: its order's events go one at a time."""
-        return self.envelope.order_id if self.envelope is not None else self.event_id
+        """What orders the row among the others: its order's (or its entity's) events go
+        one at a time."""
+        return ordering_key(self.envelope) if self.envelope is not None else self.event_id
 
     @classmethod
     def of(cls, row: sa.Row[Any]) -> _Outgoing:
@@ -518,9 +543,12 @@ _PAYLOAD_FIELDS = {
 }
 
 
-def new_event(producer: str, order_id: str, payload: Message) -> events_pb2.EventEnvelope:
-    """An event of `producer` about an order: a new id, the time now, `payload` in its
-    slot, its texts shortened to their declared bounds."""
+def new_event(
+    producer: str, order_id: str, payload: Message, *, entity_id: str = ""
+) -> events_pb2.EventEnvelope:
+    """An event of `producer` about an order (or, for an event kept per entity, about the
+    entity `entity_id`): a new id, the time now, `payload` in its slot, its texts
+    shortened to their declared bounds."""
     name = payload.DESCRIPTOR.full_name
     envelope = events_pb2.EventEnvelope(
         event_id=str(uuid.uuid4()),
@@ -528,6 +556,7 @@ def new_event(producer: str, order_id: str, payload: Message) -> events_pb2.Even
         order_id=order_id,
         producer=producer,
         occurred_at=to_timestamp(utc_now()),
+        entity_id=entity_id,
     )
     getattr(envelope, _PAYLOAD_FIELDS[name]).CopyFrom(payload)
     # A reason may quote another event's: kept to the contract's bounds, so no event
@@ -537,5 +566,8 @@ def new_event(producer: str, order_id: str, payload: Message) -> events_pb2.Even
 
 
 def subject(producer: str, event: str) -> str:
-    """The subject of `producer`'s `event` (a payload field name): `shop.orders.order_placed`."""
-    return f"shop.{producer}.{event}"
+    """What a consumer of `producer`'s `event` (a payload field name) filters on: its
+    subject, `shop.orders.order_placed`, or for an event kept per entity, every entity's,
+    `shop.catalog.product_updated.*`."""
+    name = f"shop.{producer}.{event}"
+    return f"{name}.*" if event in PER_ENTITY_EVENTS else name

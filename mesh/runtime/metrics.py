@@ -21,7 +21,10 @@ The saga's health, from the event bus:
 Graceful degradation (`mesh.runtime.degradation`):
 
 * `shop_degraded_answers_total{dependency, method}`: answers given on purpose without
-  what a dependency failed to provide.
+  what a dependency failed to provide;
+* `shop_feature_off{feature, reason}`: 1 for a feature the service runs without (search
+  without its embedding model ranks by keywords alone): its health details, which the
+  supervisor shows as DEGRADED with the reason.
 
 The process collectors of `prometheus-client` add CPU, memory and file descriptors. A
 service's name and instance are not labels here: a scraper adds them from the target
@@ -78,6 +81,11 @@ CONSUMER_PENDING = Gauge(
 EVENTS = Counter(
     "shop_events", "Events handled by the consumer, by outcome.", ["consumer", "outcome"]
 )
+FEATURE_OFF = Gauge(
+    "shop_feature_off",
+    "1 for each feature the service runs without, with the reason (its health details).",
+    ["feature", "reason"],
+)
 DEGRADED_ANSWERS = Counter(
     "shop_degraded_answers",
     "Answers given without what a dependency failed to provide, by dependency and method.",
@@ -117,6 +125,8 @@ class Sample:
     outbox_parked: float = 0.0
     #: Events waiting in JetStream for each of its consumers.
     consumer_pending: Mapping[str, float] = field(default_factory=dict)
+    #: The features it runs without, and why (`FEATURE_OFF`).
+    features_off: Mapping[str, str] = field(default_factory=dict)
 
     def degraded(self) -> list[str]:
         """Why the service, serving as it may be, needs an operator: its outbox is stuck
@@ -130,6 +140,7 @@ class Sample:
             reasons.append(
                 f"its outbox parked {self.outbox_parked:.0f} events (`meshctl dlq list`)"
             )
+        reasons += [f"runs without {name}: {why}" for name, why in self.features_off.items()]
         return reasons
 
 
@@ -162,6 +173,7 @@ def sample_of(text: str, at: float) -> Sample:
     requests = errors = oldest = parked = 0.0
     buckets: dict[float, float] = {}
     pending: dict[str, float] = {}
+    off: dict[str, str] = {}
     for family in text_string_to_metric_families(text):
         for point in family.samples:
             if point.name == "shop_rpc_requests_total":
@@ -177,7 +189,9 @@ def sample_of(text: str, at: float) -> Sample:
                 parked = point.value
             elif point.name == "shop_consumer_pending":
                 pending[point.labels["consumer"]] = point.value
-    return Sample(at, requests, errors, buckets, oldest, parked, pending)
+            elif point.name == "shop_feature_off" and point.value:
+                off[point.labels["feature"]] = point.labels["reason"]
+    return Sample(at, requests, errors, buckets, oldest, parked, pending, off)
 
 
 def rates(before: Sample, after: Sample) -> Rates:

@@ -49,6 +49,11 @@ MIGRATIONS = (
             "CREATE INDEX products_by_category ON products (category, create_time, id)",
         ],
     ),
+    Migration(
+        2,
+        "each product's revision, for the events that report its changes",
+        ["ALTER TABLE products ADD COLUMN revision BIGINT NOT NULL DEFAULT 1"],
+    ),
 )
 
 metadata = sa.MetaData()
@@ -64,6 +69,7 @@ products = sa.Table(
     sa.Column("weight_grams", sa.Integer, nullable=False),
     sa.Column("create_time", UtcDateTime, nullable=False),
     sa.Column("update_time", UtcDateTime, nullable=False),
+    sa.Column("revision", sa.BigInteger, nullable=False),
 )
 
 
@@ -78,6 +84,7 @@ def _row(product: Product) -> dict[str, Any]:
         "weight_grams": product.weight_grams,
         "create_time": product.create_time,
         "update_time": product.update_time,
+        "revision": product.revision,
     }
 
 
@@ -91,6 +98,7 @@ def _product(row: sa.Row[Any]) -> Product:
         weight_grams=row.weight_grams,
         create_time=row.create_time,
         update_time=row.update_time,
+        revision=row.revision,
     )
 
 

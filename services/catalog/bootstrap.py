@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 
+from mesh.runtime.eventbus import start_event_bus
 from mesh.runtime.runner import Registration
 from mesh.runtime.service import ServiceSettings, channel_to, open_database
 from services.catalog.adapters import MIGRATIONS, GrpcStockLevels, SqlCatalogStore
@@ -28,5 +29,6 @@ def registrations(store: CatalogStore, inventory: StockLevels) -> list[Registrat
 
 async def bootstrap(settings: ServiceSettings, stack: AsyncExitStack) -> Sequence[Registration]:
     database = await open_database(settings, MIGRATIONS, stack)
+    await start_event_bus(database, settings.nats, stack)  # its products' changes
     channel = channel_to(settings, "inventory", stack)
     return registrations(SqlCatalogStore(database), GrpcStockLevels(channel))

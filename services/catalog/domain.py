@@ -35,6 +35,8 @@ class Product:
     weight_grams: int
     create_time: datetime
     update_time: datetime
+    #: How many times the product was written, its creation counted as 1.
+    revision: int = 1
 
     @property
     def stock_link(self) -> str:
@@ -156,4 +158,5 @@ def updated_product(product: Product, changes: dict[str, object], now: datetime)
                 for path in unknown
             ]
         )
-    return _checked(replace(product, **changes, update_time=now))  # type: ignore[arg-type]
+    changed = replace(product, **changes)  # type: ignore[arg-type]
+    return _checked(replace(changed, update_time=now, revision=product.revision + 1))

@@ -10,6 +10,7 @@ from mesh.runtime.errors import FieldViolation, InvalidArgument
 from mesh.runtime.money import Money
 from mesh.runtime.pagination import page_size
 from mesh.runtime.storage import utc_now
+from services.catalog import messages
 from services.catalog.domain import (
     Product,
     new_product,
@@ -98,6 +99,7 @@ async def create_product(
             if command.product_id and await tx.get(product.id) is not None:
                 raise product_exists(product.id)
             await tx.add(product)
+            await tx.enqueue_event(messages.product_created(product))
             await tx.record_request("CreateProduct", command.request_id, {"product_id": product.id})
     # Every product gets a stock row, so its stock link resolves from the start.
     await inventory.set_stock(product.id, command.initial_stock, f"{product.id}:initial")
@@ -151,6 +153,7 @@ async def update_product(store: CatalogStore, command: UpdateProduct) -> Product
             raise product_not_found(command.product_id)
         product = updated_product(current, command.changes, utc_now())
         await tx.save(product)
+        await tx.enqueue_event(messages.product_updated(product, command.changes))
         await tx.record_request("UpdateProduct", command.request_id, {"product_id": product.id})
     return product
 
@@ -160,8 +163,10 @@ async def delete_product(store: CatalogStore, product_id: str, request_id: str) 
     async with store.transaction() as tx:
         if await tx.find_request("DeleteProduct", request_id):
             return
-        if not await tx.delete(product_id):
+        product = await tx.get(product_id)
+        if product is None or not await tx.delete(product_id):
             raise product_not_found(product_id)
+        await tx.enqueue_event(messages.product_deleted(product))
         await tx.record_request("DeleteProduct", request_id, {"product_id": product_id})
 
 

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 from mesh.runtime.pagination import PageTokens
 from services.catalog.domain import Product
+from shop.events.v1 import events_pb2
 
 
 class CatalogTransaction(Protocol):
@@ -29,6 +30,9 @@ class CatalogTransaction(Protocol):
     async def record_request(
         self, method: str, request_id: str, result: dict[str, Any]
     ) -> None: ...
+    async def enqueue_event(self, envelope: events_pb2.EventEnvelope) -> None:
+        """Publish `envelope` once this transaction commits (the outbox)."""
+        ...
 
 
 class CatalogStore(Protocol):

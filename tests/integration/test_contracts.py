@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration
 REPO = contracts.Workspace.find(Path(__file__).parent)
 SERVICES = (
     "catalog", "inventory", "orders", "payments", "shipping", "identity", "notifications",
-    "processor",
+    "processor", "search",
 )  # fmt: skip
 #: Services only other services call: every method of theirs is internal.
 INTERNAL_ONLY = {"processor"}

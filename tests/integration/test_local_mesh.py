@@ -32,7 +32,7 @@ pytestmark = pytest.mark.integration
 
 SERVICES = {
     "catalog", "inventory", "orders", "payments", "shipping", "identity", "notifications",
-    "processor",
+    "processor", "search",
 }  # fmt: skip
 
 

@@ -39,7 +39,7 @@ pytestmark = pytest.mark.integration
 
 SERVICES = {
     "catalog", "inventory", "orders", "payments", "shipping", "identity", "notifications",
-    "processor",
+    "processor", "search",
 }  # fmt: skip
 GET_STOCK = "shop.inventory.v1.InventoryService/GetStock"
 

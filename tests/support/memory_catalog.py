@@ -11,6 +11,7 @@ from mesh.runtime.errors import Unavailable
 from mesh.runtime.pagination import PageTokens
 from services.catalog.domain import Product
 from services.catalog.ports import CatalogTransaction, InventoryUnreachable
+from shop.events.v1 import events_pb2
 
 
 class MemoryCatalog:
@@ -19,6 +20,8 @@ class MemoryCatalog:
     def __init__(self) -> None:
         self.products: dict[str, Product] = {}
         self.requests: dict[tuple[str, str], dict[str, Any]] = {}
+        #: The events of every transaction, in the order enqueued (none is rolled back).
+        self.events: list[events_pb2.EventEnvelope] = []
         self.page_tokens = PageTokens(b"a key for tests")
 
     @asynccontextmanager
@@ -56,6 +59,9 @@ class MemoryCatalog:
     async def record_request(self, method: str, request_id: str, result: dict[str, Any]) -> None:
         if request_id:
             self.requests[(method, request_id)] = result
+
+    async def enqueue_event(self, envelope: events_pb2.EventEnvelope) -> None:
+        self.events.append(envelope)
 
 
 class RecordingInventory:

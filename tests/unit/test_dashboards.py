@@ -487,7 +487,14 @@ def test_every_consumer_of_the_saga_has_its_row(
 ) -> None:
     model = rendered["shop-saga.json"]
     consumers = {name: s for name, s in topology.services.items() if s.consumes}
-    assert set(consumers) == {"inventory", "orders", "payments", "shipping", "notifications"}
+    assert set(consumers) == {
+        "inventory",
+        "orders",
+        "payments",
+        "shipping",
+        "notifications",
+        "search",
+    }
     for name, service in consumers.items():
         assert f"{name} consumes {len(service.consumes)} events" in titles(model, "row")
         handled = titled(model, f"{name}: events handled per second")
@@ -495,7 +502,7 @@ def test_every_consumer_of_the_saga_has_its_row(
         assert all(event in handled["description"] for event in service.consumes)
     exprs = "\n".join(queries(model))
     assert set(re.findall(r'consumer="(\w+)"', exprs)) == set(consumers)
-    assert "Outboxes (inventory, orders, payments, shipping)" in titles(model, "row")
+    assert "Outboxes (catalog, inventory, orders, payments, shipping)" in titles(model, "row")
     assert 'outcome="dead"' in exprs
 
 

@@ -65,7 +65,7 @@ def test_the_final_stage_runs_as_the_shop_user_without_build_tools() -> None:
     builder = " ".join(stages[0])
     assert "grpcio-tools" in builder
     assert "/opt/venv-build" in builder  # the tools' venv, which the final stage never copies
-    assert '"${wheel}[postgres]"' in builder
+    assert '"${wheel}[postgres,search]"' in builder
 
 
 def test_every_copied_source_exists_and_reaches_the_build_context() -> None:

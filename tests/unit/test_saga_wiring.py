@@ -18,6 +18,8 @@ from services.inventory import saga as inventory
 from services.notifications import saga as notifications
 from services.orders import saga as orders
 from services.payments import saga as payments
+from services.search import projection as search
+from services.search.handlers import SemanticIndex
 from services.shipping import saga as shipping
 from shop.events.v1 import events_pb2
 
@@ -28,6 +30,7 @@ HANDLERS: dict[str, Any] = {
     "payments": payments.handlers(lambda connection: None, None),  # type: ignore[arg-type,return-value]
     "shipping": shipping.handlers(lambda connection: None),  # type: ignore[arg-type,return-value]
     "notifications": notifications.handlers(lambda connection: None),  # type: ignore[arg-type,return-value]
+    "search": search.handlers(lambda connection: None, SemanticIndex(None)),  # type: ignore[arg-type,return-value]
 }
 
 

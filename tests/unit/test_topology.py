@@ -248,6 +248,7 @@ def test_repository_mesh_yaml_starts_inventory_then_catalog_then_orders() -> Non
         "identity",
         "notifications",
         "processor",
+        "search",
     }
     # The processor's only method is internal: the edge has nothing of it to expose.
     assert set(topology.edge.expose) == set(topology.services) - {"processor"}

@@ -315,7 +315,12 @@ class Service:
 
     @property
     def consumed_subjects(self) -> list[str]:
-        return [f"shop.{event}" for event in self.consumes]
+        """What its consumer filters on (`mesh.runtime.events.subject`)."""
+        # Imported here: it reads the generated events, which meshctl must do without
+        # until `meshctl proto gen` has run.
+        from mesh.runtime.events import subject
+
+        return [subject(*event.split(".", 1)) for event in self.consumes]
 
 
 @dataclass(frozen=True)

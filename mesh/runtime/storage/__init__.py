@@ -34,7 +34,13 @@ The modules: `schema` (the mesh's tables, `Migration`, `UtcDateTime`), `database
 
 from mesh.runtime.storage.database import Database
 from mesh.runtime.storage.idempotency import find_request, record_request
-from mesh.runtime.storage.outbox_events import enqueue_event, event_subject
+from mesh.runtime.storage.outbox_events import (
+    PER_ENTITY_EVENTS,
+    enqueue_event,
+    event_filter,
+    event_subject,
+    ordering_key,
+)
 from mesh.runtime.storage.queries import keyset_page, whole_row_parameters, whole_row_update
 from mesh.runtime.storage.schema import (
     Migration,
@@ -50,6 +56,7 @@ from mesh.runtime.storage.schema import (
 from mesh.runtime.storage.stores import JoinedStore, SqlStore, SqlTransaction
 
 __all__ = [
+    "PER_ENTITY_EVENTS",
     "Database",
     "JoinedStore",
     "Migration",
@@ -57,9 +64,11 @@ __all__ = [
     "SqlTransaction",
     "UtcDateTime",
     "enqueue_event",
+    "event_filter",
     "event_subject",
     "find_request",
     "keyset_page",
+    "ordering_key",
     "outbox",
     "processed_events",
     "record_request",

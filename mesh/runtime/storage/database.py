@@ -206,8 +206,9 @@ class Database:
             for migration in migrations:
                 if migration.version in applied:
                     continue
-                for statement in migration.statements:
-                    if connection.dialect.name == "postgresql":
+                dialect = connection.dialect.name
+                for statement in [*migration.statements, *migration.by_dialect.get(dialect, ())]:
+                    if dialect == "postgresql":
                         statement = _postgres_ddl(statement)
                     await connection.exec_driver_sql(statement)
                 await connection.execute(

@@ -7,8 +7,8 @@ A service's own tables follow the same rules: `Migration` steps of portable DDL 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
@@ -21,6 +21,9 @@ class Migration:
     version: int
     description: str
     statements: Sequence[str]
+    #: Statements only one backend runs, by its dialect's name ("sqlite", "postgresql"),
+    #: after `statements`: what the two spell differently, such as a full-text index.
+    by_dialect: Mapping[str, Sequence[str]] = field(default_factory=dict)
 
 
 def utc_now() -> datetime:
