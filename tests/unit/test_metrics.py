@@ -64,3 +64,15 @@ def test_a_service_whose_outbox_waits_past_the_threshold_is_degraded() -> None:
 def test_a_service_whose_outbox_parked_events_is_degraded() -> None:
     parked = sample_of(OUTBOX.format(oldest=0, parked=2), 1.0)
     assert parked.degraded() == ["its outbox parked 2 events (`meshctl dlq list`)"]
+
+
+def test_a_service_running_without_a_feature_is_degraded_and_says_why() -> None:
+    text = """# TYPE shop_feature_off gauge
+shop_feature_off{feature="semantic ranking",reason="no embedding model at /x"} 1.0
+# TYPE shop_consumer_pending gauge
+shop_consumer_pending{consumer="search"} 0.0
+shop_consumer_pending{consumer="search_rebuild"} 120.0
+"""
+    sample = sample_of(text, 1.0)
+    assert sample.degraded() == ["runs without semantic ranking: no embedding model at /x"]
+    assert sample.consumer_pending == {"search": 0.0, "search_rebuild": 120.0}

@@ -102,6 +102,13 @@ def test_status_marks_an_instance_degraded_and_says_why() -> None:
     assert "degraded:" not in fine
 
 
+def test_status_gives_each_consumers_lag() -> None:
+    state = _state([])
+    assert "events waiting" not in status_table(state)
+    state["instances"][0]["events_waiting"] = {"orders_rebuild": 120.0, "orders": 0.0}
+    assert "events waiting: orders-0: orders 0, orders_rebuild 120" in status_table(state)
+
+
 def test_status_gives_the_meshs_memory_as_the_sum_of_its_processes_pss() -> None:
     state = _state([])
     state["memory_pss_kib"] = memory_pss_kib(state)
