@@ -7,9 +7,10 @@ With `--ca`, the calls go over TLS to the edge's HTTPS port, the edge's certific
 verified against that CA (the mesh's, which issues the edge's certificate unless mesh.yaml
 names your own); without it, over plaintext HTTP/2 to the plain port.
 
-It registers a customer (identity), logs in for a token, picks a product from the
-catalog (browsing needs no token), places an order for it, then follows the order
-until the saga has confirmed or cancelled it and prints its history. Every call goes
+It registers a customer (identity), logs in for a token, picks a product the shop can
+really send two units of (in stock, with a shipping weight: browsing needs no token),
+places an order for it, then follows the order until the saga has confirmed or
+cancelled it and prints its history, and why, if it was cancelled. Every call goes
 through the edge, as a client outside the mesh would make it.
 """
 
@@ -39,6 +40,30 @@ def _channel(edge: str, ca: Path | None) -> grpc.Channel:
     return grpc.secure_channel(edge, credentials)
 
 
+#: Units ordered of the product.
+QUANTITY = 2
+
+
+def orderable(products: catalog_grpc.CatalogServiceStub) -> catalog.Product | None:
+    """The first product of the catalog with `QUANTITY` units in stock and a shipping
+    weight; None if there is none."""
+    token = ""
+    while True:
+        page = products.ListProducts(
+            catalog.ListProductsRequest(
+                page_size=100, page_token=token, view=catalog.PRODUCT_VIEW_WITH_STOCK
+            )
+        )
+        for product in page.products:
+            in_stock = product.stock.state == catalog.STOCK_STATE_CURRENT
+            if in_stock and product.stock.available >= QUANTITY and product.weight_grams > 0:
+                found: catalog.Product = product
+                return found
+        token = page.next_page_token
+        if not token:
+            return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--edge", default="127.0.0.1:8080", help="the edge's host:port")
@@ -52,18 +77,19 @@ def main(argv: list[str] | None = None) -> int:
         token = accounts.Login(identity.LoginRequest(email=email, password="correct horse"))
         auth = (("authorization", f"Bearer {token.access_token}"),)
 
-        products = catalog_grpc.CatalogServiceStub(channel).ListProducts(
-            catalog.ListProductsRequest(page_size=1)
-        )
-        if not products.products:
-            print("the catalog is empty: create a product first (see README)", file=sys.stderr)
+        product = orderable(catalog_grpc.CatalogServiceStub(channel))
+        if product is None:
+            print(
+                f"no product has {QUANTITY} units in stock: create one with an initialStock "
+                "first (README, 'Events and the order saga')",
+                file=sys.stderr,
+            )
             return 1
-        product = products.products[0]
 
         shop = orders_grpc.OrdersServiceStub(channel)
         placed = shop.PlaceOrder(
             orders.PlaceOrderRequest(
-                lines=[orders.OrderLine(product_id=product.id, quantity=2)],
+                lines=[orders.OrderLine(product_id=product.id, quantity=QUANTITY)],
                 shipping_address=postal_address_pb2.PostalAddress(
                     region_code="DE", postal_code="10115", address_lines=["Hauptstr. 1"]
                 ),
@@ -82,8 +108,11 @@ def main(argv: list[str] | None = None) -> int:
         total = f"{again.total.units}.{again.total.nanos // 10_000_000:02d}"
         status = orders.OrderStatus.Name(again.status)
         print(
-            f"order {again.id}: 2 x {product.name}, {total} {again.total.currency_code}, {status}"
+            f"order {again.id}: {QUANTITY} x {product.name}, {total} "
+            f"{again.total.currency_code}, {status}"
         )
+        if again.status == orders.ORDER_STATUS_CANCELLED:
+            print(f"  cancelled: {again.cancel_reason}")
         for step in again.history:
             outcome = orders.SagaStepOutcome.Name(step.outcome).removeprefix("SAGA_STEP_OUTCOME_")
             when = step.time.ToDatetime()

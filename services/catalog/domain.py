@@ -13,6 +13,9 @@ from mesh.runtime.money import Money
 MAX_NAME_LENGTH = 200
 MAX_CATEGORY_LENGTH = 64
 MAX_DESCRIPTION_LENGTH = 10_000
+#: The heaviest unit a product may weigh, in grams: the heaviest parcel a carrier takes
+#: (shipping's limit), so that one unit of every product can be shipped.
+MAX_WEIGHT_GRAMS = 31_500
 
 #: An id a client may choose for a new product (AIP-122): lower-case letters, digits and
 #: hyphens, starting and ending with a letter or digit, so a UUID qualifies; at most 36
@@ -107,9 +110,20 @@ def _violations(product: Product) -> list[FieldViolation]:
                 f"The description must be at most {MAX_DESCRIPTION_LENGTH} characters.",
             )
         )
-    if product.weight_grams < 0:
-        problems.append(FieldViolation("product.weight_grams", "The weight must not be negative."))
+    problems += _weight_violations(product.weight_grams)
     return problems
+
+
+def _weight_violations(weight_grams: int) -> list[FieldViolation]:
+    """A weight shipping can send one unit of: every order is shipped, and an order of a
+    product it cannot send would be refunded after its payment was captured."""
+    if weight_grams <= 0:
+        message = "The weight must be positive: every order is shipped, by weight."
+    elif weight_grams > MAX_WEIGHT_GRAMS:
+        message = f"The weight must be at most {MAX_WEIGHT_GRAMS:,} grams, the heaviest parcel."
+    else:
+        return []
+    return [FieldViolation("product.weight_grams", message)]
 
 
 def _checked(product: Product) -> Product:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -20,8 +21,12 @@ from mesh.runtime.money import Money
 
 MAX_LINES = 100
 MAX_QUANTITY = 1000
-#: The heaviest order, in grams: what `OrderPlaced.weight_grams` (an int32) holds.
-MAX_WEIGHT_GRAMS = 2**31 - 1
+#: The heaviest order, in grams. An order is shipped as one parcel, and a carrier takes
+#: none heavier (shipping refuses it): refused here, before the order's saga charges for
+#: a parcel that cannot be sent.
+MAX_WEIGHT_GRAMS = 31_500
+#: A region code shipping can send to: two capital letters (CLDR), e.g. DE.
+REGION_CODE = re.compile(r"[A-Z]{2}")
 
 #: An order still PENDING this long after it was placed is stuck (its saga waits on a
 #: dead letter), not queued: it no longer counts in the backlog of sagas, so a few stuck
@@ -135,11 +140,22 @@ def lines_total(lines: Sequence[OrderLine]) -> Money:
 
 
 def order_weight(lines: Sequence[OrderLine], catalog: Mapping[str, PricedProduct]) -> int:
-    """What the lines weigh together, in grams; OUT_OF_RANGE past `MAX_WEIGHT_GRAMS`."""
+    """What the lines weigh together, in grams: FAILED_PRECONDITION for a product without
+    a weight (the catalog has required one since; shipping sends nothing without), and
+    OUT_OF_RANGE past `MAX_WEIGHT_GRAMS`, one parcel's most."""
+    for line in lines:
+        if catalog[line.product_id].weight_grams <= 0:
+            raise FailedPrecondition(
+                f"product {line.product_id!r} has no shipping weight, so it cannot be "
+                "shipped; the catalog must give it one before it can be ordered",
+                reason="PRODUCT_NOT_SHIPPABLE",
+                metadata={"product_id": line.product_id},
+            )
     weight = sum(catalog[line.product_id].weight_grams * line.quantity for line in lines)
     if weight > MAX_WEIGHT_GRAMS:
         raise OutOfRange(
-            f"the order weighs {weight} grams, more than an order can ({MAX_WEIGHT_GRAMS})",
+            f"the order weighs {weight:,} grams, more than one parcel can "
+            f"({MAX_WEIGHT_GRAMS:,}); place it as several orders",
             reason="ORDER_TOO_HEAVY",
             metadata={"weight_grams": str(weight), "limit": str(MAX_WEIGHT_GRAMS)},
         )
@@ -223,6 +239,15 @@ def check_request(lines: Sequence[RequestedLine], address: ShippingAddress) -> N
                 )
             )
         seen.add(line.product_id)
+    problems += _address_violations(address)
+    if problems:
+        raise InvalidArgument.of(problems)
+
+
+def _address_violations(address: ShippingAddress) -> list[FieldViolation]:
+    """What shipping would refuse of the address, after the order's payment: a region it
+    cannot read, or nothing to find the door by (no postal code and no address line)."""
+    problems = []
     if not address.region_code.strip():
         problems.append(
             FieldViolation(
@@ -231,8 +256,22 @@ def check_request(lines: Sequence[RequestedLine], address: ShippingAddress) -> N
                 "REQUIRED",
             )
         )
-    if problems:
-        raise InvalidArgument.of(problems)
+    elif not REGION_CODE.fullmatch(address.region_code):
+        problems.append(
+            FieldViolation(
+                "shipping_address.region_code",
+                "The region code must be two capital letters (a CLDR region such as 'DE').",
+            )
+        )
+    if not address.postal_code.strip() and not any(line.strip() for line in address.address_lines):
+        problems.append(
+            FieldViolation(
+                "shipping_address.address_lines",
+                "The address needs a postal code or at least one address line to be shipped to.",
+                "REQUIRED",
+            )
+        )
+    return problems
 
 
 def priced_lines(

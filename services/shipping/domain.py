@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import Enum
 
-from mesh.runtime.errors import FieldViolation, InvalidArgument, NotFound
+from mesh.runtime.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from mesh.runtime.money import Money
 
 #: The region the shop ships from; parcels that stay in it are domestic.
@@ -25,6 +25,12 @@ EU_REGIONS = frozenset(
 
 #: The heaviest parcel a carrier accepts, in grams.
 MAX_WEIGHT_GRAMS = 31_500
+#: The postal code at which the (simulated) carrier finds no delivery address when a
+#: parcel is booked. A real carrier checks an address only then, so an order is placed
+#: and paid before it can know: its shipment fails (`ShipmentFailed`), the payment is
+#: refunded and the stock released. The tests and the README use it for that path, as
+#: the processor's `tok_declined` for a declined card.
+UNDELIVERABLE_POSTAL_CODE = "00000"
 
 _REGION_CODE = re.compile(r"[A-Z]{2}")
 
@@ -182,8 +188,15 @@ def new_shipment(
     weight_grams: int,
     now: datetime,
 ) -> Shipment:
-    """A scheduled shipment of a customer's order, costing what it is quoted."""
+    """A scheduled shipment of a customer's order, costing what it is quoted, if the
+    carrier finds the address (FAILED_PRECONDITION, ADDRESS_UNDELIVERABLE, if not)."""
     priced = quote(destination, weight_grams)
+    if destination.postal_code.strip() == UNDELIVERABLE_POSTAL_CODE:
+        raise FailedPrecondition(
+            f"the carrier finds no delivery address at postal code {UNDELIVERABLE_POSTAL_CODE}",
+            reason="ADDRESS_UNDELIVERABLE",
+            metadata={"postal_code": UNDELIVERABLE_POSTAL_CODE},
+        )
     return Shipment(
         id=str(uuid.uuid4()),
         order_id=order_id,

@@ -3,7 +3,8 @@
 * `OrderPlaced` -> remember the customer, address and weight (`mesh.runtime.saga`; the card
   token is not kept).
 * `PaymentCaptured` -> schedule the order's one shipment: `ShipmentScheduled`, or
-  `ShipmentFailed` when the parcel cannot be sent (no postal code or address line, a
+  `ShipmentFailed` when the parcel cannot be sent (the carrier finds no delivery address;
+  or what orders refuses before a saga starts: no postal code or address line, a
   malformed region, too heavy), which makes payments refund and inventory release.
 * `OrderCancelled` -> call the shipment off if there is one; never ship a cancelled order.
 
@@ -20,7 +21,7 @@ from collections.abc import Callable
 
 from mesh.runtime.connection import Connection
 from mesh.runtime.consumer import Delivery, Handler
-from mesh.runtime.errors import InvalidArgument
+from mesh.runtime.errors import FailedPrecondition, InvalidArgument
 from mesh.runtime.events import new_event, subject
 from mesh.runtime.saga import placed_order, remember_cancelled, remember_placements
 from mesh.runtime.storage import enqueue_event
@@ -36,6 +37,8 @@ from services.shipping.servicer import destination_from_proto
 from shop.events.v1 import events_pb2
 
 PRODUCER = "shipping"
+#: Why a parcel cannot be sent: an address or weight it refuses, or the carrier's answer.
+Refused = InvalidArgument | FailedPrecondition
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +60,11 @@ def shipment_of(
 
 
 def shipment_reported(
-    order_id: str, outcome: Shipment | InvalidArgument
+    order_id: str, outcome: Shipment | Refused
 ) -> events_pb2.ShipmentScheduled | events_pb2.ShipmentFailed:
     """The event that tells the saga whether the parcel was scheduled, or why it cannot
     be sent."""
-    if isinstance(outcome, InvalidArgument):
+    if isinstance(outcome, Refused):
         return events_pb2.ShipmentFailed(order_id=order_id, reason=outcome.message)
     return events_pb2.ShipmentScheduled(
         order_id=order_id,
@@ -115,11 +118,11 @@ def handlers(joined: Callable[[Connection], ShippingStore]) -> dict[str, Handler
     }
 
 
-async def _create(store: ShippingStore, command: CreateShipment) -> Shipment | InvalidArgument:
+async def _create(store: ShippingStore, command: CreateShipment) -> Shipment | Refused:
     """Schedule the parcel; a parcel that cannot be sent is the answer to report, not a
     failure to retry."""
     try:
         return await create_shipment(store, command)
-    except InvalidArgument as refusal:
+    except (InvalidArgument, FailedPrecondition) as refusal:
         log.info("shipment of order %s failed: %s", command.order_id, refusal.message)
         return refusal

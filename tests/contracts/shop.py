@@ -75,8 +75,11 @@ HOME = postal_address_pb2.PostalAddress(
     recipients=["Alice Example"],
     organization="Example GmbH",
 )
-#: An address orders takes (a region is all it needs) and shipping cannot send a parcel to.
-REGION_ONLY = postal_address_pb2.PostalAddress(region_code="AT")
+#: An address orders takes and the carrier finds no door at, when shipping books the parcel
+#: (`services.shipping.domain.UNDELIVERABLE_POSTAL_CODE`).
+UNDELIVERABLE = postal_address_pb2.PostalAddress(
+    region_code="AT", postal_code="00000", address_lines=["Nowhere 1"]
+)
 
 #: A value of the outcome by where it is: `orders/order_history[3].detail`.
 Outcome = dict[str, object]
@@ -388,7 +391,7 @@ async def shop_a_day(shop: Shop) -> list[Message]:
     await place(shop, [(tea, 2), (cup, 1)])
     await place(shop, [(tea, 1)], payment_token="tok_declined")
     await place(shop, [(kettle, 5)])
-    await place(shop, [(cup, 1)], address=REGION_ONLY)
+    await place(shop, [(cup, 1)], address=UNDELIVERABLE)
     cancelled = await place(shop, [(tea, 3)])
     cancel = orders_pb.CancelOrderRequest(id=cancelled, reason="found it cheaper")
     await shop.orders.CancelOrder(cancel, metadata=ALICE)

@@ -156,6 +156,7 @@ def product(name: str) -> dict[str, Any]:
         "product": {
             "name": name,
             "category": "books",
+            "weightGrams": 300,
             "price": {"currencyCode": "EUR", "units": "3"},
         }
     }
@@ -192,6 +193,7 @@ def test_the_edge_takes_a_key_with_its_scopes_by_the_rules_tokens_have(mesh: Run
                     name="keyed-grpc",
                     category="books",
                     price=money_pb2.Money(currency_code="EUR", units=3),
+                    weight_grams=300,
                 )
             ),
             metadata=[("x-api-key", writer)],

@@ -31,7 +31,7 @@ from tests.support.mesh import (
 
 pytestmark = pytest.mark.integration
 
-TEA = {"category": "food", "price": {"currencyCode": "EUR", "units": "3"}}
+TEA = {"category": "food", "weightGrams": 100, "price": {"currencyCode": "EUR", "units": "3"}}
 
 
 @pytest.fixture(scope="module")

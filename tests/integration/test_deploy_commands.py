@@ -201,7 +201,7 @@ def test_events_init_replicates_the_streams_over_the_tls_cluster(
     assert replicas == 3
     assert peers == 2  # the leader, and a copy on each other server
     assert sequence == 1
-    assert consumers == ["inventory", "notifications", "orders", "payments", "shipping"]
+    assert consumers == ["inventory", "notifications", "orders", "payments", "search", "shipping"]
 
 
 # -- the probe port, for real ------------------------------------------------------------

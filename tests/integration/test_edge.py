@@ -49,7 +49,8 @@ from tests.support.wait import eventually
 
 pytestmark = pytest.mark.integration
 
-TEA = {"name": "Tea", "category": "food", "price": {"currencyCode": "EUR", "units": "3"}}
+TEA = {"name": "Tea", "category": "food", "weightGrams": 100,
+       "price": {"currencyCode": "EUR", "units": "3"}}  # fmt: skip
 ADDRESS = {"regionCode": "DE", "postalCode": "10115", "addressLines": ["Hauptstr. 1"]}
 
 

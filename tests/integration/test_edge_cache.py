@@ -61,7 +61,7 @@ def admin(cached_mesh: RunningMesh) -> dict[str, str]:
 
 def new_product(edge: httpx.Client, admin: dict[str, str]) -> str:
     """A product no one has read yet: its first read is the cache's miss."""
-    product = {"name": f"Tea {uuid.uuid4().hex[:6]}", "category": "food",
+    product = {"name": f"Tea {uuid.uuid4().hex[:6]}", "category": "food", "weightGrams": 100,
                "price": {"currencyCode": "EUR", "units": "3"}}  # fmt: skip
     created = edge.post("/v1/products", json={"product": product}, headers=admin)
     assert created.status_code == 200, created.text

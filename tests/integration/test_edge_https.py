@@ -33,7 +33,8 @@ from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
-TEA = {"name": "Tea", "category": "food", "price": {"currencyCode": "EUR", "units": "3"}}
+TEA = {"name": "Tea", "category": "food", "weightGrams": 100,
+       "price": {"currencyCode": "EUR", "units": "3"}}  # fmt: skip
 
 
 def curl(*args: str) -> subprocess.CompletedProcess[str]:

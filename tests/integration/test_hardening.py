@@ -96,7 +96,8 @@ def test_a_page_token_the_service_issued_still_leads_on(
     edge: httpx.Client, mesh: RunningMesh
 ) -> None:
     admin = {"authorization": f"Bearer {mesh.token('admin', 'catalog:write')}"}
-    product = {"name": "Tea", "category": "paged", "price": {"currencyCode": "EUR", "units": "3"}}
+    product = {"name": "Tea", "category": "paged", "weightGrams": 100,
+               "price": {"currencyCode": "EUR", "units": "3"}}  # fmt: skip
     for _ in range(3):
         assert edge.post("/v1/products", json={"product": product}, headers=admin).is_success
     first = edge.get("/v1/products", params={"category": "paged", "pageSize": 2}).json()
@@ -149,7 +150,7 @@ def _orders_of(edge: httpx.Client, token: str) -> list[Any]:
 def test_a_text_past_its_bound_is_refused_without_an_echo_or_an_order(
     edge: httpx.Client, mesh: RunningMesh
 ) -> None:
-    [tea] = _products(edge, mesh, {"name": "Tea", "category": "bounded",
+    [tea] = _products(edge, mesh, {"name": "Tea", "category": "bounded", "weightGrams": 100,
                                    "price": {"currencyCode": "EUR", "units": "3"}})  # fmt: skip
     _, token = customer(edge)
     line = "Hauptstr. " + "x" * 1_000_000
@@ -196,14 +197,16 @@ def test_a_price_past_the_largest_amount_is_a_bad_request(
     assert [v["field"] for v in _bad_request(response)] == ["product.price"]
 
 
-def test_an_order_heavier_than_an_order_can_weigh_is_out_of_range(
+def test_an_order_heavier_than_one_parcel_is_out_of_range(
     edge: httpx.Client, mesh: RunningMesh
 ) -> None:
-    anvil = {"name": "Anvil", "category": "heavy", "weightGrams": 1_000_000,
+    """Shipping sends an order as one parcel of at most 31,500 g: refused at PlaceOrder,
+    not after the payment."""
+    anvil = {"name": "Anvil", "category": "heavy", "weightGrams": 31_500,
              "price": {"currencyCode": "EUR", "units": "1"}}  # fmt: skip
     ids = _products(edge, mesh, anvil, anvil, anvil)
     _, token = customer(edge)
-    response = _order(edge, token, [(product, 1000) for product in ids])  # 3e9 grams
+    response = _order(edge, token, [(product, 1000) for product in ids])  # 94,500 kg
     body = assert_json_error(response, 400, grpc.StatusCode.OUT_OF_RANGE.value[0])
     assert _reason(body) == "ORDER_TOO_HEAVY"
     assert _orders_of(edge, token) == []

@@ -111,6 +111,7 @@ def _product_in_stock(catalog: str, inventory: str) -> dict[str, Any]:
             "product": {
                 "name": "Tea",
                 "category": "food",
+                "weight_grams": 100,
                 "price": {"currency_code": "EUR", "units": 4, "nanos": 500000000},
             },
             "initial_stock": 5,

@@ -286,7 +286,10 @@ def test_a_non_idempotent_call_that_may_have_been_applied_is_not_retried(
     category = f"stall-{uuid.uuid4().hex[:8]}"
     request = catalog_pb.CreateProductRequest(
         product=catalog_pb.Product(
-            name="Tea", category=category, price={"currency_code": "EUR", "units": 2}
+            name="Tea",
+            category=category,
+            price={"currency_code": "EUR", "units": 2},
+            weight_grams=100,
         )
     )
     mesh_topology = topology.load(mesh.config)

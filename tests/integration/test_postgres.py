@@ -62,6 +62,7 @@ from services.payments.handlers import (
 from services.processor import adapters as processor
 from services.processor.domain import Decision
 from services.processor.handlers import Authorize, authorize
+from services.search import adapters as search
 from services.shipping import adapters as shipping
 from services.shipping.domain import Destination
 from services.shipping.handlers import CreateShipment, create_shipment
@@ -80,6 +81,7 @@ SERVICES: dict[str, tuple[Sequence[Migration], sa.MetaData]] = {
     "identity": (identity.MIGRATIONS, identity.metadata),
     "notifications": (notifications.MIGRATIONS, notifications.metadata),
     "processor": (processor.MIGRATIONS, processor.metadata),
+    "search": (search.MIGRATIONS, search.metadata),
 }
 MESH_TABLES = (request_log, outbox, processed_events, saga_orders, service_keys)
 NOON = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)

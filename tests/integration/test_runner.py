@@ -165,6 +165,7 @@ async def test_missing_required_fields_are_invalid_argument_with_bad_request(
         "product.name",
         "product.price",
         "product.category",
+        "product.weight_grams",
     ]
 
 

@@ -144,7 +144,9 @@ def test_a_failed_shipment_refunds_the_payment_and_releases_the_stock(
         "SAGA_STEP_OUTCOME_FAILED", "SAGA_STEP_OUTCOME_COMPENSATED",
         "SAGA_STEP_OUTCOME_COMPENSATED",
     ]  # fmt: skip
-    assert order["cancelReason"].startswith("Shipment failed: invalid request:")
+    assert order["cancelReason"] == (
+        "Shipment failed: the carrier finds no delivery address at postal code 00000"
+    )
     # Read as the customer who paid: only they may see the payment.
     paid = edge.get(f"/v1/payments/{order['paymentId']}", headers=bearer(token))
     payment = paid.json()["payment"]
@@ -152,6 +154,52 @@ def test_a_failed_shipment_refunds_the_payment_and_releases_the_stock(
     assert payment["refundedAmount"] == payment["capturedAmount"] == order["total"]
     assert stock(edge, product_id) == (5, 0)
     assert query(mesh, "shipping", "SELECT id FROM shipments WHERE order_id = ?", order_id) == []
+
+
+@pytest.mark.parametrize(
+    ("address", "field"),
+    [
+        ({"regionCode": "DE"}, "shippingAddress.addressLines"),
+        ({"regionCode": "de", "postalCode": "10115"}, "shippingAddress.regionCode"),
+    ],
+    ids=["no-postal-code-or-line", "lower-case-region"],
+)
+def test_an_address_shipping_cannot_send_to_is_refused_before_any_charge(
+    edge: httpx.Client,
+    admin: dict[str, str],
+    mesh: RunningMesh,
+    address: dict[str, Any],
+    field: str,
+) -> None:
+    """Shipping would refuse the parcel after the payment was captured: orders refuses the
+    order when it is placed, and no saga starts."""
+    product_id = stocked_product(edge, admin, 5)
+    customer_id, token = customer(edge)
+    order = {"lines": [{"productId": product_id, "quantity": 1}], "shippingAddress": address,
+             "paymentToken": "tok_visa"}  # fmt: skip
+    refused = edge.post("/v1/orders", json=order, headers=bearer(token))
+    assert refused.status_code == 400, refused.text
+    assert field in refused.text
+    listed = edge.get("/v1/orders", headers=bearer(token)).json()
+    assert listed.get("orders", []) == []
+    assert stock(edge, product_id) == (5, 0)
+    assert query(mesh, "orders", "SELECT id FROM orders WHERE customer_id = ?", customer_id) == []
+
+
+def test_a_product_without_a_weight_is_refused_where_it_is_created(
+    edge: httpx.Client, admin: dict[str, str]
+) -> None:
+    """Every order is shipped by weight: the catalog refuses a product shipping could never
+    send, so no order of it is placed, charged and then refunded."""
+    tea = {"name": "Tea", "category": "food", "price": {"currencyCode": "EUR", "units": "3"}}
+    refused = edge.post("/v1/products", json={"product": tea}, headers=admin)
+    assert refused.status_code == 400, refused.text
+    assert "product.weightGrams" in refused.text
+    heavy = edge.post(
+        "/v1/products", json={"product": {**tea, "weightGrams": 31_501}}, headers=admin
+    )
+    assert heavy.status_code == 400, heavy.text
+    assert "product.weightGrams" in heavy.text
 
 
 def test_an_order_out_of_stock_is_cancelled_without_any_charge(

@@ -15,7 +15,10 @@ from tests.support.wait import wait_until
 
 ADDRESS = {"regionCode": "DE", "postalCode": "10115", "addressLines": ["Hauptstr. 1"]}
 #: Orders accepts it (a region is all it needs); shipping cannot send a parcel there.
-UNSHIPPABLE = {"regionCode": "DE"}
+#: An address orders takes, at which the carrier finds no door when the parcel is booked
+#: (`services.shipping.domain.UNDELIVERABLE_POSTAL_CODE`): the shipment fails after the
+#: payment, which is refunded.
+UNSHIPPABLE = {"regionCode": "DE", "postalCode": "00000", "addressLines": ["Nowhere 1"]}
 CONFIRMED, CANCELLED = "ORDER_STATUS_CONFIRMED", "ORDER_STATUS_CANCELLED"
 HAPPY_PATH = ["OrderPlaced", "StockReserved", "PaymentCaptured", "ShipmentScheduled",
               "OrderConfirmed"]  # fmt: skip

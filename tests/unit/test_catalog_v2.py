@@ -195,7 +195,8 @@ async def test_the_domains_violations_name_v2s_fields(catalog: CatalogServicerV2
     assert [field for field, _ in _violations(refused)] == ["product.display_name"]
     with pytest.raises(InvalidArgument) as refused:
         await _create(
-            catalog, product=v2.Product(display_name="", category="food", price=TEA.price)
+            catalog,
+            product=v2.Product(display_name="", category="food", price=TEA.price, weight_grams=1),
         )
     assert [field for field, _ in _violations(refused)] == ["product.display_name"]
 
@@ -209,7 +210,7 @@ async def test_an_update_names_its_product(catalog: CatalogServicerV2) -> None:
 
 async def test_list_by_filter_and_batch_get_by_names(catalog: CatalogServicerV2) -> None:
     await _create(catalog, product_id="tea")
-    mug = v2.Product(display_name="Mug", category="kitchen", price=TEA.price)
+    mug = v2.Product(display_name="Mug", category="kitchen", price=TEA.price, weight_grams=300)
     await _create(catalog, product_id="mug", product=mug)
     listed = await catalog.ListProducts(v2.ListProductsRequest(filter="category = kitchen"), None)
     assert [p.name for p in listed.products] == ["products/mug"]

@@ -22,6 +22,7 @@ def _product(**overrides: object) -> catalog.Product:
         "name": "Tea",
         "category": "food",
         "price": money_pb2.Money(currency_code="EUR", units=4),
+        "weight_grams": 250,
     }
     values.update(overrides)
     return catalog.Product(**values)  # type: ignore[arg-type]
@@ -80,7 +81,7 @@ def test_update_mask_limits_required_fields_to_the_masked_ones() -> None:
 
 def test_update_without_mask_replaces_everything_so_everything_is_required() -> None:
     request = catalog.UpdateProductRequest(product=catalog.Product(id="p1", name="Tea"))
-    assert _fields(request) == ["product.price", "product.category"]
+    assert _fields(request) == ["product.price", "product.category", "product.weight_grams"]
 
 
 def test_an_update_mask_of_every_field_requires_every_field() -> None:
@@ -89,7 +90,7 @@ def test_an_update_mask_of_every_field_requires_every_field() -> None:
     request = catalog_v2.UpdateProductRequest(
         product=catalog_v2.Product(name="products/p1", display_name="Tea"), update_mask=every
     )
-    assert _fields(request) == ["product.price", "product.category"]
+    assert _fields(request) == ["product.price", "product.category", "product.weight_grams"]
 
 
 def test_a_required_update_mask_must_name_something() -> None:
@@ -99,6 +100,7 @@ def test_a_required_update_mask_must_name_something() -> None:
         display_name="Tea",
         category="food",
         price=money_pb2.Money(currency_code="EUR", units=4),
+        weight_grams=250,
     )
     request = catalog_v2.UpdateProductRequest(product=product)
     assert _fields(request) == ["update_mask"]

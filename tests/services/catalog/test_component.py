@@ -64,6 +64,7 @@ def eur(units: int, nanos: int = 0) -> money_pb2.Money:
 
 
 def product(name: str = "Tea", category: str = "food", **fields: Any) -> pb.Product:
+    fields.setdefault("weight_grams", 250)
     return pb.Product(
         name=name, category=category, price=fields.pop("price", eur(4, 500_000_000)), **fields
     )
@@ -169,6 +170,8 @@ async def test_unknown_product_is_not_found(catalog: Any) -> None:
         ({"price": money_pb2.Money(currency_code="EUR", units=1, nanos=1)}, "product.price"),
         ({"category": "Food"}, "product.category"),
         ({"weight_grams": -1}, "product.weight_grams"),
+        ({"weight_grams": 0}, "product.weight_grams"),
+        ({"weight_grams": 31_501}, "product.weight_grams"),
     ],
     ids=[
         "blank-name",
@@ -178,6 +181,8 @@ async def test_unknown_product_is_not_found(catalog: Any) -> None:
         "sub-cent",
         "upper-category",
         "negative-weight",
+        "no-weight",
+        "heavier-than-a-parcel",
     ],
 )
 async def test_invalid_products_are_refused_with_field_violations(
@@ -330,7 +335,7 @@ async def test_concurrent_v2_creates_of_one_chosen_id_make_one_product(
     """A client-chosen id names one product however many creates race for it (AIP-133):
     one lands, the others are ALREADY_EXISTS, on either database."""
     request = pb_v2.CreateProductRequest(
-        product=pb_v2.Product(display_name="Tea", category="food", price=eur(4)),
+        product=pb_v2.Product(display_name="Tea", category="food", price=eur(4), weight_grams=9),
         product_id="green-tea",
     )
     outcomes = await asyncio.gather(

@@ -36,7 +36,7 @@ def test_a_new_product_is_trimmed_and_dated() -> None:
         description="",
         price=Money("EUR", 1),
         category="food",
-        weight_grams=0,
+        weight_grams=100,
         now=NOW,
     )
     assert (product.name, product.create_time, product.update_time) == ("Tea", NOW, NOW)
@@ -66,11 +66,28 @@ def test_an_update_may_not_touch_the_id() -> None:
         description="",
         price=Money("EUR", 1),
         category="food",
-        weight_grams=0,
+        weight_grams=100,
         now=NOW,
     )
     with pytest.raises(InvalidArgument):
         updated_product(product, {"id": "other"}, NOW)
+
+
+@pytest.mark.parametrize("weight_grams", [0, -1, 31_501])
+def test_a_product_must_weigh_what_one_parcel_can_carry(weight_grams: int) -> None:
+    """Every order is shipped: shipping would refuse the parcel after the payment."""
+    with pytest.raises(InvalidArgument) as refused:
+        new_product(
+            name="Tea", description="", price=Money("EUR", 1), category="food",
+            weight_grams=weight_grams, now=NOW,
+        )  # fmt: skip
+    assert [v.field for v in refused.value.violations] == ["product.weight_grams"]
+    kept = new_product(
+        name="Tea", description="", price=Money("EUR", 1), category="food",
+        weight_grams=31_500, now=NOW,
+    )  # fmt: skip
+    with pytest.raises(InvalidArgument):
+        updated_product(kept, {"weight_grams": 0}, NOW)
 
 
 async def test_a_product_takes_the_id_its_creator_chose_once() -> None:

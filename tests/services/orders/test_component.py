@@ -73,7 +73,7 @@ def money(units: int, nanos: int = 0, currency: str = "EUR") -> money_pb2.Money:
 async def product(catalog: Any, name: str, price: money_pb2.Money) -> str:
     response = await catalog.CreateProduct(
         catalog_pb.CreateProductRequest(
-            product=catalog_pb.Product(name=name, category="kitchen", price=price)
+            product=catalog_pb.Product(name=name, category="kitchen", price=price, weight_grams=400)
         )
     )
     return str(response.product.id)
@@ -182,7 +182,25 @@ async def test_an_unknown_product_is_refused_naming_its_line(orders: Any, tea: s
             lambda p: place_request(
                 line(p), shipping_address=postal_address_pb2.PostalAddress(locality="Berlin")
             ),
+            ["shipping_address.region_code", "shipping_address.address_lines"],
+        ),
+        (
+            lambda p: place_request(
+                line(p),
+                shipping_address=postal_address_pb2.PostalAddress(
+                    region_code="de", postal_code="1"
+                ),
+            ),
             ["shipping_address.region_code"],
+        ),
+        (
+            lambda p: place_request(
+                line(p),
+                shipping_address=postal_address_pb2.PostalAddress(
+                    region_code="DE", address_lines=["  "]
+                ),
+            ),
+            ["shipping_address.address_lines"],
         ),
         (lambda p: place_request(line(p), payment_token=""), ["payment_token"]),
         (lambda p: pb.PlaceOrderRequest(shipping_address=HOME, payment_token="t"), ["lines"]),
@@ -193,7 +211,9 @@ async def test_an_unknown_product_is_refused_naming_its_line(orders: Any, tea: s
         "too-many-units",
         "duplicate-product",
         "too-many-lines",
-        "no-region",
+        "no-address",
+        "lower-case-region",
+        "no-postal-code-or-address-line",
         "no-payment-token",
         "no-lines",
     ],
@@ -201,9 +221,13 @@ async def test_an_unknown_product_is_refused_naming_its_line(orders: Any, tea: s
 async def test_invalid_orders_are_refused_with_field_violations(
     orders: Any, tea: str, request_of: Any, violations: list[str]
 ) -> None:
+    """Each is refused before an order exists: shipping, a later step of the saga, would
+    refuse the address after the payment (the region's form, a postal code or a line)."""
     error = await failure_of(orders.PlaceOrder, request_of(tea))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert field_violations(error) == violations
+    listed = await orders.ListOrders(pb.ListOrdersRequest(), metadata=ALICE)
+    assert list(listed.orders) == []
 
 
 async def test_products_in_two_currencies_cannot_share_an_order(

@@ -186,7 +186,9 @@ async def test_an_address_without_region_is_refused(
 ) -> None:
     with pytest.raises(InvalidArgument) as failure:
         await handlers.place_order(
-            store, catalog, place(("tea", 1), address=ShippingAddress(region_code=" "))
+            store,
+            catalog,
+            place(("tea", 1), address=ShippingAddress(region_code=" ", postal_code="10115")),
         )
     assert [v.field for v in failure.value.violations] == ["shipping_address.region_code"]
 
@@ -215,16 +217,34 @@ async def test_a_total_past_the_largest_amount_is_out_of_range(store: FakeOrders
     assert store.events == []
 
 
-async def test_an_order_heavier_than_its_event_can_say_is_out_of_range(
+async def test_an_order_heavier_than_one_parcel_is_refused_before_its_saga(
     store: FakeOrders,
 ) -> None:
-    anvils = [PricedProduct(f"a{i}", "Anvil", Money("EUR", 1), 1_000_000) for i in range(3)]
-    command = place(*((anvil.id, 1000) for anvil in anvils))
+    """Shipping sends an order as one parcel of at most 31,500 g: a heavier order would be
+    charged, then refunded when its shipment failed."""
+    kettlebell = PricedProduct("k", "Kettlebell", Money("EUR", 4000), 16_000)
     with pytest.raises(OutOfRange) as failure:
-        await handlers.place_order(store, FakeCatalog(*anvils), command)
+        await handlers.place_order(store, FakeCatalog(kettlebell), place(("k", 2)))
     assert failure.value.reason == "ORDER_TOO_HEAVY"
-    assert failure.value.metadata["weight_grams"] == "3000000000"
+    assert failure.value.metadata == {"weight_grams": "32000", "limit": "31500"}
     assert store.orders == {}
+    assert store.events == []
+    one = await handlers.place_order(store, FakeCatalog(kettlebell), place(("k", 1)))
+    assert store.orders[one.id].status.value == "PENDING"
+
+
+async def test_a_product_without_a_weight_cannot_be_ordered(store: FakeOrders) -> None:
+    """A product the catalog kept from before weights were required: shipping would refuse
+    its parcel after the payment, so no saga starts."""
+    weightless = PricedProduct("old", "Old stock", Money("EUR", 100), 0)
+    with pytest.raises(FailedPrecondition) as failure:
+        await handlers.place_order(
+            store, FakeCatalog(weightless, TEA), place(("tea", 1), ("old", 1))
+        )
+    assert failure.value.reason == "PRODUCT_NOT_SHIPPABLE"
+    assert failure.value.metadata == {"product_id": "old"}
+    assert store.orders == {}
+    assert store.events == []
 
 
 async def test_the_caller_may_not_order_for_someone_else(

