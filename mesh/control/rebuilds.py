@@ -66,8 +66,9 @@ async def rebuild(
     started = time.monotonic()
     info = await request_rebuild(js, service, subjects)
     name = rebuild_consumer(service)
+    events = f"{info.num_pending} event{'' if info.num_pending == 1 else 's'}"
     say(
-        f"rebuilding {service}'s read model from {info.num_pending} events "
+        f"rebuilding {service}'s read model from {events} "
         f"(consumer {name} on {ENTITIES_STREAM}); it answers from the old one meanwhile"
     )
     if wait_seconds is None:

@@ -178,7 +178,8 @@ def test_an_order_total_past_the_largest_amount_is_out_of_range(
     edge: httpx.Client, mesh: RunningMesh
 ) -> None:
     price = {"currencyCode": "EUR", "units": "90000000000000000"}  # 9e18 cents: just fits
-    [dear] = _products(edge, mesh, {"name": "Yacht", "category": "dear", "price": price})
+    yacht = {"name": "Yacht", "category": "dear", "weightGrams": 1000, "price": price}
+    [dear] = _products(edge, mesh, yacht)
     _, token = customer(edge)
     response = _order(edge, token, [(dear, 2)])
     body = assert_json_error(response, 400, grpc.StatusCode.OUT_OF_RANGE.value[0])
@@ -192,7 +193,7 @@ def test_a_price_past_the_largest_amount_is_a_bad_request(
 ) -> None:
     admin = {"authorization": f"Bearer {mesh.token('admin', 'catalog:write')}"}
     price = {"currencyCode": "EUR", "units": "9223372036854775807"}
-    product = {"name": "Too dear", "category": "dear", "price": price}
+    product = {"name": "Too dear", "category": "dear", "weightGrams": 1000, "price": price}
     response = edge.post("/v1/products", json={"product": product}, headers=admin)
     assert [v["field"] for v in _bad_request(response)] == ["product.price"]
 
