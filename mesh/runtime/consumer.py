@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import logging
 import os
@@ -113,6 +114,10 @@ async def ensure_consumer(
     await js.add_consumer(EVENTS_STREAM, consumer_config(name, subjects, policy))
 
 
+#: JetStream's `max_deliver` for "no limit".
+UNTIL_ACKNOWLEDGED = -1
+
+
 async def request_rebuild(
     js: JetStreamContext, service: str, subjects: Sequence[str], *, again: bool = True
 ) -> ConsumerInfo:
@@ -125,7 +130,12 @@ async def request_rebuild(
     if again:
         with contextlib.suppress(NotFoundError):
             await js.delete_consumer(ENTITIES_STREAM, name)
-    return await js.add_consumer(ENTITIES_STREAM, consumer_config(name, subjects, ConsumerPolicy()))
+    # Delivered until acknowledged, however often: an event given up on would be missing
+    # from the generation that then serves (a live consumer dead-letters it instead).
+    config = dataclasses.replace(
+        consumer_config(name, subjects, ConsumerPolicy()), max_deliver=UNTIL_ACKNOWLEDGED
+    )
+    return await js.add_consumer(ENTITIES_STREAM, config)
 
 
 class AlreadyApplied(Exception):

@@ -19,6 +19,7 @@ from mesh.runtime.storage import (
     SqlTransaction,
     UtcDateTime,
     keyset_page,
+    utc_now,
     whole_row_parameters,
     whole_row_update,
 )
@@ -54,6 +55,18 @@ MIGRATIONS = (
         "each product's revision, for the events that report its changes",
         ["ALTER TABLE products ADD COLUMN revision BIGINT NOT NULL DEFAULT 1"],
     ),
+    Migration(
+        3,
+        "the catalog's one-off announcements of what it held before it published events",
+        [
+            """
+            CREATE TABLE catalog_announcements (
+                name VARCHAR(64) PRIMARY KEY,
+                announce_time TIMESTAMP NOT NULL
+            )
+            """
+        ],
+    ),
 )
 
 metadata = sa.MetaData()
@@ -70,6 +83,12 @@ products = sa.Table(
     sa.Column("create_time", UtcDateTime, nullable=False),
     sa.Column("update_time", UtcDateTime, nullable=False),
     sa.Column("revision", sa.BigInteger, nullable=False),
+)
+announcements = sa.Table(
+    "catalog_announcements",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("announce_time", UtcDateTime, nullable=False),
 )
 
 
@@ -138,6 +157,17 @@ class SqlCatalogTransaction(SqlTransaction):
         if category:
             query = query.where(products.c.category == category)
         return [_product(row) for row in await self._connection.execute(query)]
+
+    async def announced(self, name: str) -> bool:
+        found = await self._connection.execute(
+            sa.select(announcements.c.name).where(announcements.c.name == name)
+        )
+        return found.first() is not None
+
+    async def record_announcement(self, name: str) -> None:
+        await self._connection.execute(
+            announcements.insert().values(name=name, announce_time=utc_now())
+        )
 
 
 class SqlCatalogStore(SqlStore[SqlCatalogTransaction]):

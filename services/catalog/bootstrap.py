@@ -9,6 +9,7 @@ from mesh.runtime.eventbus import start_event_bus
 from mesh.runtime.runner import Registration
 from mesh.runtime.service import ServiceSettings, channel_to, open_database
 from services.catalog.adapters import MIGRATIONS, GrpcStockLevels, SqlCatalogStore
+from services.catalog.handlers import announce_existing_products
 from services.catalog.ports import CatalogStore, StockLevels
 from services.catalog.servicer import CatalogServicer
 from services.catalog.servicer_v2 import CatalogServicerV2
@@ -29,6 +30,8 @@ def registrations(store: CatalogStore, inventory: StockLevels) -> list[Registrat
 
 async def bootstrap(settings: ServiceSettings, stack: AsyncExitStack) -> Sequence[Registration]:
     database = await open_database(settings, MIGRATIONS, stack)
+    store = SqlCatalogStore(database)
+    await announce_existing_products(store)
     await start_event_bus(database, settings.nats, stack)  # its products' changes
     channel = channel_to(settings, "inventory", stack)
-    return registrations(SqlCatalogStore(database), GrpcStockLevels(channel))
+    return registrations(store, GrpcStockLevels(channel))

@@ -106,6 +106,31 @@ async def create_product(
     return product
 
 
+#: The announcement of the products the catalog held before it published its changes.
+PRODUCTS_BEFORE_EVENTS = "products-before-events"
+#: Products read per page while they are announced.
+_ANNOUNCE_PAGE = 500
+
+
+async def announce_existing_products(store: CatalogStore) -> int:
+    """Publish a ProductCreated for every product the catalog holds, once in its life: the
+    products it had before it published its changes would otherwise never reach a read
+    model of them (search). The first start after the upgrade does it, in one
+    transaction; every later start, and a new catalog, finds it done. How many it
+    announced."""
+    async with store.transaction() as tx:
+        if await tx.announced(PRODUCTS_BEFORE_EVENTS):
+            return 0
+        count, after = 0, None
+        while page := await tx.page("", after, _ANNOUNCE_PAGE):
+            for product in page:
+                await tx.enqueue_event(messages.product_created(product))
+            count += len(page)
+            after = (page[-1].create_time, page[-1].id)
+        await tx.record_announcement(PRODUCTS_BEFORE_EVENTS)
+    return count
+
+
 async def get_product(store: CatalogStore, product_id: str) -> Product:
     async with store.snapshot() as tx:
         product = await tx.get(product_id)

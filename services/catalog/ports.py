@@ -34,6 +34,12 @@ class CatalogTransaction(Protocol):
         """Publish `envelope` once this transaction commits (the outbox)."""
         ...
 
+    async def announced(self, name: str) -> bool:
+        """Whether the one-off announcement `name` was made (`record_announcement`)."""
+        ...
+
+    async def record_announcement(self, name: str) -> None: ...
+
 
 class CatalogStore(Protocol):
     """The catalog's database."""

@@ -22,6 +22,7 @@ class MemoryCatalog:
         self.requests: dict[tuple[str, str], dict[str, Any]] = {}
         #: The events of every transaction, in the order enqueued (none is rolled back).
         self.events: list[events_pb2.EventEnvelope] = []
+        self.announcements: set[str] = set()
         self.page_tokens = PageTokens(b"a key for tests")
 
     @asynccontextmanager
@@ -62,6 +63,12 @@ class MemoryCatalog:
 
     async def enqueue_event(self, envelope: events_pb2.EventEnvelope) -> None:
         self.events.append(envelope)
+
+    async def announced(self, name: str) -> bool:
+        return name in self.announcements
+
+    async def record_announcement(self, name: str) -> None:
+        self.announcements.add(name)
 
 
 class RecordingInventory:

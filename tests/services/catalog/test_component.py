@@ -10,9 +10,15 @@ from typing import Any
 
 import grpc
 import pytest
+import sqlalchemy as sa
 from google.protobuf import field_mask_pb2
 from google.type import money_pb2
 
+from mesh.runtime.money import Money
+from mesh.runtime.storage import outbox, utc_now
+from services.catalog import adapters as catalog_adapters
+from services.catalog import handlers
+from services.catalog.domain import new_product
 from shop.catalog.v1 import catalog_service_pb2 as pb
 from shop.catalog.v1 import catalog_service_pb2_grpc as pb_grpc
 from shop.catalog.v2 import catalog_service_pb2 as pb_v2
@@ -348,3 +354,21 @@ async def test_concurrent_v2_creates_of_one_chosen_id_make_one_product(
     assert len(refused) == 7
     fetched = (await catalog.GetProduct(pb.GetProductRequest(id="green-tea"))).product
     assert (fetched.id, fetched.name) == ("green-tea", "Tea")
+
+
+async def test_products_from_before_the_events_are_announced_once_on_each_backend(
+    databases: Databases, tmp_path: Path
+) -> None:
+    async with databases.open(tmp_path, "catalog", catalog_adapters.MIGRATIONS) as database:
+        store = catalog_adapters.SqlCatalogStore(database)
+        async with store.transaction() as tx:
+            for index in range(3):
+                await tx.add(new_product(name=f"Tea {index}", description="", category="food",
+                                         price=Money("EUR", 100), weight_grams=100,
+                                         now=utc_now()))  # fmt: skip
+        assert await handlers.announce_existing_products(store) == 3
+        assert await handlers.announce_existing_products(store) == 0
+        async with database.snapshot() as connection:
+            subjects = list(await connection.execute(sa.select(outbox.c.subject)))
+        assert len(subjects) == 3
+        assert all(s.subject.startswith("shop.catalog.product_created.") for s in subjects)

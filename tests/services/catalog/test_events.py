@@ -3,6 +3,9 @@ each change, on its product's own subject, in the change's transaction."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+from datetime import timedelta
+
 import pytest
 
 from mesh.runtime.money import Money
@@ -54,3 +57,18 @@ def test_an_event_kept_per_entity_needs_its_entity_and_only_it_one() -> None:
     saga.order_confirmed.order_id = "o1"
     with pytest.raises(ValueError, match="entity id"):
         event_subject(saga)
+
+
+async def test_the_products_from_before_the_events_are_announced_once() -> None:
+    """A catalog upgraded with products in it: each gets one ProductCreated, at the first
+    start only, so search finds them too."""
+    store = MemoryCatalog()
+    first = await handlers.create_product(store, RecordingInventory(), _create())
+    older = replace(first, id="older", create_time=first.create_time - timedelta(days=1))
+    store.products["older"] = older
+    store.events.clear()  # as if the catalog had published nothing
+    assert await handlers.announce_existing_products(store) == 2
+    assert [e.entity_id for e in store.events] == ["older", first.id]
+    assert {e.WhichOneof("payload") for e in store.events} == {"product_created"}
+    assert await handlers.announce_existing_products(store) == 0
+    assert len(store.events) == 2
