@@ -39,7 +39,7 @@ from mesh.runtime.events import (
     PARKED,
     NatsSettings,
 )
-from mesh.runtime.storage import event_subject
+from mesh.runtime.storage import event_subject, subject_filter
 from shop.events.v1 import events_pb2
 
 T = TypeVar("T")
@@ -139,12 +139,6 @@ async def _consumed(js: JetStreamContext, consumer: str) -> set[str]:
     return set(config.filter_subjects or ([config.filter_subject] if config.filter_subject else []))
 
 
-def _taken(subject: str, filters: set[str]) -> bool:
-    """Whether a consumer with `filters` takes `subject`: named as it is, or, for an event
-    kept per entity (`shop.catalog.product_updated.<id>`), with every entity's."""
-    return subject in filters or f"{subject.rpartition('.')[0]}.*" in filters
-
-
 def _owned(data: bytes, subject: str) -> bool:
     """Whether `data` is an event whose producer owns `subject`."""
     try:
@@ -175,7 +169,7 @@ async def verified_event(js: JetStreamContext, letter: DeadLetter) -> tuple[str,
     subject, data = event.subject or "", event.data or b""
     if subject != letter.subject or data != letter.data:
         raise ReplayRefused(f"{where} is not event {letter.event_sequence} of {EVENTS_STREAM}")
-    if not _taken(subject, await _consumed(js, letter.consumer)):
+    if subject_filter(subject) not in await _consumed(js, letter.consumer):
         raise ReplayRefused(f"{where}: consumer {letter.consumer} does not take {subject}")
     if not _owned(data, subject):
         raise ReplayRefused(f"{where}: the event's producer does not own {subject}")

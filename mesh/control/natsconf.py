@@ -79,7 +79,7 @@ def service_permissions(service: Service) -> tuple[list[str], list[str]]:
         parked_subject(name),
         *_pulling(EVENTS_STREAM, name),
     ]
-    if any(subject.endswith(".*") for subject in service.consumed_subjects):
+    if service.rebuilt_subjects:
         publish += _rebuilding(name)
     return publish, [f"{inbox_prefix(name)}.>"]
 

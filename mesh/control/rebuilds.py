@@ -36,21 +36,13 @@ def rebuilt_subjects(topology: Topology, service: str) -> list[str]:
     found = topology.services.get(service)
     if found is None:
         raise RebuildError(f"no service {service!r} in mesh.yaml")
-    subjects = [subject for subject in found.consumed_subjects if subject.endswith(".*")]
-    if not subjects:
+    if not found.rebuilt_subjects:
+        rebuilt = sorted(name for name, s in topology.services.items() if s.rebuilt_subjects)
         raise RebuildError(
             f"{service} keeps no read model of events kept per entity: replaying its events "
-            "from the start would run its effects again (services that can: "
-            + ", ".join(
-                sorted(
-                    name
-                    for name, s in topology.services.items()
-                    if any(x.endswith(".*") for x in s.consumed_subjects)
-                )
-            )
-            + ")"
+            f"from the start would run its effects again (services that can: {', '.join(rebuilt)})"
         )
-    return subjects
+    return found.rebuilt_subjects
 
 
 async def rebuild(

@@ -55,6 +55,7 @@ from mesh.runtime.storage import (
     event_subject,
     ordering_key,
     processed_events,
+    subject_filter,
     utc_now,
 )
 from shop.events.v1 import events_pb2
@@ -292,7 +293,7 @@ class EventConsumer:
             raise DecodeError(str(error)) from None
         if subject != message.subject:
             raise DecodeError(f"a {subject} event published on {message.subject}")
-        if event_filter(envelope) not in self._handlers:
+        if subject_filter(subject) not in self._handlers:
             raise DecodeError(f"{self.name} has no handler for {subject}")
         return envelope
 

@@ -322,6 +322,12 @@ class Service:
 
         return [subject(*event.split(".", 1)) for event in self.consumes]
 
+    @property
+    def rebuilt_subjects(self) -> list[str]:
+        """Those of its events that are kept per entity (`shop.catalog.product_updated.*`):
+        a read model of them can be rebuilt from `SHOP_ENTITIES`; none for a saga step."""
+        return [filtered for filtered in self.consumed_subjects if filtered.endswith(".*")]
+
 
 @dataclass(frozen=True)
 class NatsSettings:

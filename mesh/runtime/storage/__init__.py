@@ -40,6 +40,7 @@ from mesh.runtime.storage.outbox_events import (
     event_filter,
     event_subject,
     ordering_key,
+    subject_filter,
 )
 from mesh.runtime.storage.queries import keyset_page, whole_row_parameters, whole_row_update
 from mesh.runtime.storage.schema import (
@@ -76,6 +77,7 @@ __all__ = [
     "saga_orders",
     "schema_migrations",
     "service_keys",
+    "subject_filter",
     "utc_now",
     "whole_row_parameters",
     "whole_row_update",

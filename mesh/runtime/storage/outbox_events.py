@@ -44,11 +44,17 @@ def event_subject(envelope: events_pb2.EventEnvelope) -> str:
     return f"shop.{envelope.producer}.{kind}.{envelope.entity_id}"
 
 
+def subject_filter(subject: str) -> str:
+    """What a consumer filters on to take `subject`: the subject itself, or for an event
+    kept per entity (`shop.catalog.product_updated.<id>`), every entity's
+    (`shop.catalog.product_updated.*`)."""
+    tokens = subject.split(".")
+    return ".".join([*tokens[:3], "*"]) if len(tokens) == 4 else subject
+
+
 def event_filter(envelope: events_pb2.EventEnvelope) -> str:
-    """What a consumer of the event filters on: its subject, or for an event kept per
-    entity, that of every entity's (`shop.catalog.product_updated.*`)."""
-    subject = event_subject(envelope)
-    return subject.rpartition(".")[0] + ".*" if envelope.entity_id else subject
+    """What a consumer of the event filters on (`subject_filter` of its subject)."""
+    return subject_filter(event_subject(envelope))
 
 
 def ordering_key(envelope: events_pb2.EventEnvelope) -> str:
