@@ -15,9 +15,7 @@ events over NATS, and rebuilt from them by `meshctl events replay`.
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator
-from typing import Any
 
 import httpx
 import pytest
@@ -33,28 +31,10 @@ from tests.support.mesh import (
     leaks_nothing,
     mesh_up,
 )
+from tests.support.search import CATALOG, create, search, top
 from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
-
-#: Each product with a paraphrase of it that shares none of its words.
-CATALOG = {
-    "kettle": (
-        {"name": "Electric kettle", "description": "Boils 1.7 litres in three minutes.",
-         "category": "kitchen"},
-        "a device to heat water for tea",
-    ),
-    "boots": (
-        {"name": "Hiking boots", "description": "Waterproof leather, ankle support.",
-         "category": "outdoor"},
-        "footwear for walking in the mountains",
-    ),
-    "lamp": (
-        {"name": "Desk lamp", "description": "LED, dimmable, adjustable arm.",
-         "category": "office"},
-        "lighting for reading",
-    ),
-}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -73,28 +53,6 @@ def edge(mesh: RunningMesh) -> Iterator[httpx.Client]:
 @pytest.fixture(scope="module")
 def admin(mesh: RunningMesh) -> dict[str, str]:
     return bearer(mesh.token("search-admin", "catalog:write"))
-
-
-def search(edge: httpx.Client, q: str, **params: Any) -> dict[str, Any]:
-    response = edge.get("/v1/products:search", params={"q": q, **params})
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-def top(edge: httpx.Client, q: str) -> str | None:
-    results = search(edge, q).get("results", [])
-    return results[0]["productId"] if results else None
-
-
-def create(edge: httpx.Client, admin: dict[str, str], fields: dict[str, Any]) -> str:
-    price = {"currencyCode": "EUR", "units": "30"}
-    product = {**fields, "name": f"{fields['name']} {uuid.uuid4().hex[:6]}", "price": price}
-    created = edge.post("/v1/products", json={"product": {**product, "weightGrams": 500}},
-                        headers=admin)  # fmt: skip
-    assert created.status_code == 200, created.text
-    product_id: str = created.json()["product"]["id"]
-    return product_id
 
 
 @pytest.fixture(scope="module")
@@ -209,26 +167,3 @@ def test_only_a_read_model_can_be_replayed(mesh: RunningMesh) -> None:
     refused = mesh.meshctl("events", "replay", "orders", "--from-start", check=False)
     assert refused.returncode != 0
     assert "orders keeps no read model" in refused.stderr, refused.stderr
-
-
-def test_without_the_model_search_ranks_by_keywords_and_its_health_says_why(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> None:
-    directory = tmp_path_factory.mktemp("search-keywords")
-    keywords_only = RunningMesh(
-        directory / "run", ROOT / "mesh.yaml", environment={"SHOP_SEARCH_MODEL": "off"}
-    )
-    with mesh_up(keywords_only) as mesh, httpx.Client(base_url=mesh.edge_url) as edge:
-        admin = bearer(mesh.token("search-admin", "catalog:write"))
-        kettle = create(edge, admin, CATALOG["kettle"][0])
-        wait_until(lambda: top(edge, "kettle") == kettle or None, "the kettle", within=10)
-        body = search(edge, "electric kettle")
-        assert body["ranking"] == "RANKING_KEYWORD"
-        assert "results" not in search(edge, CATALOG["kettle"][1])
-        why = "runs without semantic ranking: semantic ranking is off (SHOP_SEARCH_MODEL=off)"
-        search_0 = wait_until(
-            lambda: (i := mesh.instance("search-0"))["degraded"] and i, "search's health details"
-        )
-        assert search_0["degraded"] == [why]
-        status = mesh.meshctl("status").stdout
-        assert f"degraded: search-0: {why}" in status, status
