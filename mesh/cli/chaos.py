@@ -18,8 +18,9 @@ def _add_arguments(command: argparse.ArgumentParser) -> None:
         help="kill-replica (catalog replicas killed under load), poison (poison events "
         "among good orders), crash-saga (saga participants and nats-server killed during "
         "a burst of orders), faults (payments' calls to the processor failed and delayed), "
-        "overload (a read and PlaceOrder at multiples of their capacity) or bad-canary "
-        "(catalog rolled out to a failing version, then to a healthy one)",
+        "overload (a read and PlaceOrder at multiples of their capacity), bad-canary "
+        "(catalog rolled out to a failing version, then to a healthy one) or "
+        "hung-dependency (inventory's app hangs under reads with stock levels)",
     )
     command.add_argument(
         "--short", action="store_true", help="the short form (under a minute; the tests run it)"

@@ -86,6 +86,11 @@ FEATURE_OFF = Gauge(
     "1 for each feature the service runs without, with the reason (its health details).",
     ["feature", "reason"],
 )
+CIRCUIT_OPEN = Gauge(
+    "shop_circuit_open",
+    "1 while calls to the dependency are not made, after it left several unanswered.",
+    ["dependency"],
+)
 DEGRADED_ANSWERS = Counter(
     "shop_degraded_answers",
     "Answers given without what a dependency failed to provide, by dependency and method.",

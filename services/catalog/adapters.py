@@ -10,6 +10,7 @@ import grpc
 import sqlalchemy as sa
 
 from mesh.runtime import deadlines
+from mesh.runtime.circuit import Circuit, CircuitOpen, Outcome
 from mesh.runtime.errors import Unavailable
 from mesh.runtime.money import Money
 from mesh.runtime.storage import (
@@ -200,12 +201,25 @@ def stock_read_timeout() -> float:
     return max(0.0, min(STOCK_READ_SECONDS, left - ANSWER_RESERVE_SECONDS))
 
 
+def stock_read_outcome(failure: BaseException) -> Outcome:
+    """What a failed stock read tells of inventory: it did not answer (`_UNANSWERED`,
+    but not because the served read's own time ran out), the read ended for reasons
+    of the catalog's own (its deadline, a cancellation), or inventory answered."""
+    if not isinstance(failure, grpc.aio.AioRpcError):
+        return Outcome.NOTHING
+    if deadlines.ran_out(failure):
+        return Outcome.NOTHING
+    if failure.code() in _UNANSWERED:
+        return Outcome.UNANSWERED
+    return Outcome.ANSWERED
+
+
 def stock_read_failure(error: grpc.aio.AioRpcError) -> Exception:
     """What a failed stock read raises: `InventoryUnreachable` when inventory did not
     answer, for a read to do without; any other failure, or the served read's own time
     running out, as the error every call to inventory gives (DEADLINE_EXCEEDED for the
     latter: `mesh.runtime.deadlines.ran_out`)."""
-    if error.code() in _UNANSWERED and not deadlines.ran_out(error):
+    if stock_read_outcome(error) is Outcome.UNANSWERED:
         return InventoryUnreachable(error.code().name)
     return Unavailable(
         "the stock levels could not be read from the inventory service",
@@ -216,8 +230,10 @@ def stock_read_failure(error: grpc.aio.AioRpcError) -> Exception:
 class GrpcStockLevels:
     """The inventory service over gRPC."""
 
-    def __init__(self, channel: grpc.aio.Channel) -> None:
+    def __init__(self, channel: grpc.aio.Channel, stock_reads: Circuit | None = None) -> None:
         self._stub = inventory_grpc.InventoryServiceStub(channel)
+        #: Stock reads stop asking an inventory that stopped answering them.
+        self._stock_reads = stock_reads or Circuit("inventory", stock_read_outcome)
 
     async def set_stock(self, product_id: str, on_hand: int, request_id: str) -> None:
         request = inventory_pb.SetStockRequest(
@@ -236,7 +252,10 @@ class GrpcStockLevels:
     async def available(self, product_ids: Sequence[str]) -> dict[str, int]:
         request = inventory_pb.BatchGetStockRequest(product_ids=list(product_ids))
         try:
-            response = await self._stub.BatchGetStock(request, timeout=stock_read_timeout())
+            with self._stock_reads.calling():
+                response = await self._stub.BatchGetStock(request, timeout=stock_read_timeout())
+        except CircuitOpen as not_called:
+            raise InventoryUnreachable(str(not_called)) from None
         except grpc.aio.AioRpcError as error:
             raise stock_read_failure(error) from error
         return {level.product_id: level.available for level in response.stocks}

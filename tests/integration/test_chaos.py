@@ -24,6 +24,7 @@ from mesh.tools.chaos import (
     edge_orders,
     faults,
     frame,
+    hung_dependency,
     kill_replica,
     overload,
     poison,
@@ -242,3 +243,26 @@ def test_a_bad_canary_is_rolled_back_and_a_healthy_one_promoted(run_dir: Path, f
     assert int(figures["v3 requests failed"]) == 0
     assert figures["split at the end"] == "v1 0%, v2 0%, v3 100%"
     assert int(figures["processes restarted"]) == 0
+
+
+def test_a_hung_inventory_leaves_reads_with_stock_answered_at_their_pace(
+    run_dir: Path, full: bool
+) -> None:
+    outcome = meshctl_chaos("hung-dependency", run_dir, full)
+    assert outcome.code == 0, outcome.stdout + outcome.stderr
+    assert outcome.verdict.startswith("PASS: every read answered while inventory hangs")
+    figures = outcome.figures
+    runs = {
+        "inventory answering": "STOCK_STATE_CURRENT",
+        "inventory hung": "STOCK_STATE_UNREACHABLE",
+    }
+    for run, state in runs.items():
+        found = re.search(r", (\d+) calls, .* errors none, stock (\w+) (\d+)$", figures[run])
+        assert found is not None, figures[run]
+        assert int(found[1]) > 100, figures[run]  # the reads really ran
+        assert (found[2], found[3]) == (state, found[1]), figures[run]  # each one so marked
+    share = re.search(r"(\d+)% of those", figures["reads per second while hung"])
+    assert share is not None
+    assert int(share[1]) >= 100 * hung_dependency.MIN_THROUGHPUT_SHARE
+    assert int(figures["calls to inventory while hung"].split()[0]) >= 1  # asked, at first
+    assert figures["stock back after"].endswith(" s")

@@ -158,17 +158,27 @@ def catalog_sidecar_calls_to_inventory(mesh: RunningMesh) -> int:
     return mesh.stats("catalog-0").get("cluster.inventory.upstream_rq_total", 0)
 
 
-def degraded_answers(mesh: RunningMesh, method: str) -> float:
-    """`shop_degraded_answers_total` of catalog's `method`, without inventory."""
+def catalog_metric(mesh: RunningMesh, name: str, labels: dict[str, str]) -> float:
+    """The sample `name` with `labels` of catalog's metrics, 0 when it has none."""
     port = mesh.instance("catalog-0")["metrics_port"]
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as page:
         text = page.read().decode()
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            wanted = {"dependency": "inventory", "method": method}
-            if sample.name == "shop_degraded_answers_total" and sample.labels == wanted:
+            if sample.name == name and sample.labels == labels:
                 return float(sample.value)
     return 0.0
+
+
+def degraded_answers(mesh: RunningMesh, method: str) -> float:
+    """`shop_degraded_answers_total` of catalog's `method`, without inventory."""
+    labels = {"dependency": "inventory", "method": method}
+    return catalog_metric(mesh, "shop_degraded_answers_total", labels)
+
+
+def inventory_circuit_open(mesh: RunningMesh) -> bool:
+    """Whether catalog has stopped asking inventory (`mesh.runtime.circuit`)."""
+    return catalog_metric(mesh, "shop_circuit_open", {"dependency": "inventory"}) == 1
 
 
 def degradation_warnings(mesh: RunningMesh) -> list[dict[str, Any]]:
@@ -265,6 +275,32 @@ def test_catalog_answers_without_stock_levels_while_inventory_is_stopped(
     assert time.monotonic() - degraded_at < 10
     assert answered.json()["product"]["stock"] == {"state": CURRENT, "available": 5}
     assert "max-age" in answered.headers["cache-control"]
+
+
+def test_a_hung_inventory_is_asked_again_only_once_a_while_and_reads_go_on_at_once(
+    mesh: RunningMesh, edge: httpx.Client, admin: dict[str, str], catalog: Any
+) -> None:
+    """Each read with stock that asks a hung inventory holds one of catalog's places in
+    flight for the stock read's timeout: after a few unanswered, catalog's circuit stops
+    asking, and the reads answer without stock at once, until a trial read finds it back."""
+    tea = stocked_product(edge, admin, 5)
+    reads = 12
+    with frozen(mesh, "inventory-0"):
+        calls_before = catalog_sidecar_calls_to_inventory(mesh)
+        for _ in range(reads):
+            product, _ = grpc_product(catalog, tea, catalog_pb.PRODUCT_VIEW_WITH_STOCK)
+            assert product.stock.state == catalog_pb.STOCK_STATE_UNREACHABLE
+        asked = catalog_sidecar_calls_to_inventory(mesh) - calls_before
+        assert inventory_circuit_open(mesh)
+    # The first reads asked and waited; the rest, but a trial now and then, did not ask.
+    assert 1 <= asked <= reads // 2, f"{asked} calls to inventory for {reads} reads"
+
+    def whole() -> catalog_pb.Product | None:
+        product, _ = grpc_product(catalog, tea, catalog_pb.PRODUCT_VIEW_WITH_STOCK)
+        return product if product.stock.state == catalog_pb.STOCK_STATE_CURRENT else None
+
+    assert wait_until(whole, "the stock level back", within=10).stock.available == 5
+    assert not inventory_circuit_open(mesh)
 
 
 # Orders without notifications -----------------------------------------------------------

@@ -8,9 +8,9 @@ default; `--short` runs a smaller one (what the test suite runs).
 
 Each scenario is a module of this package that declares its `SCENARIO` (what it breaks
 and its criterion are in the module's docstring): `kill_replica`, `poison`, `crash_saga`,
-`faults`, `overload` and `bad_canary`. `frame` is what they are built in (the verdict, the
-readings of the running mesh, killing its processes); `edge_orders` places and follows
-orders through the edge as a client does.
+`faults`, `overload`, `bad_canary` and `hung_dependency`. `frame` is what they are built
+in (the verdict, the readings of the running mesh, killing its processes); `edge_orders`
+places and follows orders through the edge as a client does.
 """
 
 from __future__ import annotations
@@ -21,7 +21,15 @@ import time
 from pathlib import Path
 
 from mesh.tools import bench, trial
-from mesh.tools.chaos import bad_canary, crash_saga, faults, kill_replica, overload, poison
+from mesh.tools.chaos import (
+    bad_canary,
+    crash_saga,
+    faults,
+    hung_dependency,
+    kill_replica,
+    overload,
+    poison,
+)
 from mesh.tools.trial import say
 
 SCENARIOS = {
@@ -33,6 +41,7 @@ SCENARIOS = {
         faults.SCENARIO,
         overload.SCENARIO,
         bad_canary.SCENARIO,
+        hung_dependency.SCENARIO,
     )
 }
 

@@ -21,11 +21,17 @@ from prometheus_client import REGISTRY
 
 from mesh.runtime import deadlines, degradation
 from mesh.runtime.cacheable import CACHE_HEADER
+from mesh.runtime.circuit import OPEN_SECONDS, TRIP_AFTER, Circuit
 from mesh.runtime.errors import Unavailable
 from mesh.runtime.money import Money
 from mesh.runtime.runner import Registration
 from services.catalog import handlers
-from services.catalog.adapters import ANSWER_RESERVE_SECONDS, STOCK_READ_SECONDS, GrpcStockLevels
+from services.catalog.adapters import (
+    ANSWER_RESERVE_SECONDS,
+    STOCK_READ_SECONDS,
+    GrpcStockLevels,
+    stock_read_outcome,
+)
 from services.catalog.domain import Product
 from services.catalog.servicer import CatalogServicer
 from shop.catalog.v1 import catalog_service_pb2 as pb
@@ -146,6 +152,54 @@ async def test_any_other_failure_of_inventory_stays_an_error(code: grpc.StatusCo
     assert degraded_count(GET_PRODUCT) == before
 
 
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def inventory_with_circuit(channel: FakeInventoryChannel, clock: Clock) -> GrpcStockLevels:
+    """Stock levels over `channel` whose circuit runs on `clock`."""
+    stock_reads = Circuit("inventory", stock_read_outcome, clock=clock)
+    return GrpcStockLevels(cast(grpc.aio.Channel, channel), stock_reads)
+
+
+async def test_an_inventory_that_stops_answering_is_asked_again_only_once_a_while() -> None:
+    channel, clock = FakeInventoryChannel({"tea": 4}, grpc.StatusCode.DEADLINE_EXCEEDED), Clock()
+    inventory = inventory_with_circuit(channel, clock)
+    before = degraded_count(GET_PRODUCT)
+    readings = [
+        await handlers.read_stock(inventory, [product("tea")], GET_PRODUCT) for _ in range(8)
+    ]
+    assert all(reading.unreachable for reading in readings)
+    assert len(channel.calls) == TRIP_AFTER  # then no call: each read answers at once
+    assert degraded_count(GET_PRODUCT) == before + 8
+    # Once a while one read tries; the others still do without while it is out.
+    clock.now += OPEN_SECONDS
+    channel.failure = None
+    assert not (await handlers.read_stock(inventory, [product("tea")], GET_PRODUCT)).unreachable
+    assert len(channel.calls) == TRIP_AFTER + 1
+    # Answered: every read asks again.
+    for _ in range(3):
+        reading = await handlers.read_stock(inventory, [product("tea")], GET_PRODUCT)
+        assert reading.available_of("tea") == 4
+    assert len(channel.calls) == TRIP_AFTER + 4
+
+
+@pytest.mark.parametrize("code", FAILED[:3], ids=lambda code: code.name)
+async def test_an_inventory_that_answers_with_an_error_is_always_asked(
+    code: grpc.StatusCode,
+) -> None:
+    channel = FakeInventoryChannel({"tea": 4}, failure=code)
+    inventory = inventory_with_circuit(channel, Clock())
+    for _ in range(2 * TRIP_AFTER):
+        with pytest.raises(Unavailable):
+            await handlers.read_stock(inventory, [product("tea")], GET_PRODUCT)
+    assert len(channel.calls) == 2 * TRIP_AFTER
+
+
 class ServedContext:
     """What `deadlines.served` reads of a served call: the time it has left."""
 
@@ -156,11 +210,15 @@ class ServedContext:
         return self.left
 
 
-async def read_while_serving(channel: FakeInventoryChannel, left: float) -> Any:
-    """`read_stock` inside a served call that has `left` seconds of its deadline."""
+async def read_while_serving(
+    channel: FakeInventoryChannel, left: float, inventory: GrpcStockLevels | None = None
+) -> Any:
+    """`read_stock` inside a served call that has `left` seconds of its deadline, from
+    `inventory` (else new stock levels over `channel`)."""
+    levels = inventory or inventory_over(channel)
 
     async def behavior(request: Any, context: Any) -> handlers.StockReading:
-        return await handlers.read_stock(inventory_over(channel), [product("tea")], GET_PRODUCT)
+        return await handlers.read_stock(levels, [product("tea")], GET_PRODUCT)
 
     return await deadlines.served(behavior, GET_PRODUCT)(None, ServedContext(left))
 
@@ -177,13 +235,16 @@ async def test_a_read_keeps_time_to_answer_without_stock() -> None:
 
 async def test_a_read_whose_own_deadline_ran_out_is_not_degraded() -> None:
     """Inventory ran out of the time the served read had left: the read's caller is gone,
-    so it gets DEADLINE_EXCEEDED as before (the runner maps it: `deadlines.ran_out`)."""
+    so it gets DEADLINE_EXCEEDED as before (the runner maps it: `deadlines.ran_out`). It
+    says nothing of inventory: however many such reads, the next one still asks."""
     channel = FakeInventoryChannel(failure=grpc.StatusCode.DEADLINE_EXCEEDED)
+    inventory = inventory_over(channel)
     before = degraded_count(GET_PRODUCT)
-    with pytest.raises(Unavailable) as failed:
-        await read_while_serving(channel, 0.01)
-    assert isinstance(failed.value.__cause__, grpc.aio.AioRpcError)
-    assert channel.calls[0][1] == 0.0  # nothing left beyond the reserve
+    for _ in range(2 * TRIP_AFTER):
+        with pytest.raises(Unavailable) as failed:
+            await read_while_serving(channel, 0.01, inventory)
+        assert isinstance(failed.value.__cause__, grpc.aio.AioRpcError)
+    assert [timeout for _, timeout in channel.calls] == [0.0] * 2 * TRIP_AFTER
     assert degraded_count(GET_PRODUCT) == before
 
 
