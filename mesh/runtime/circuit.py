@@ -93,7 +93,8 @@ class Circuit:
         if self._trial or self._clock() < self._open_until:
             raise CircuitOpen(
                 f"not called: {self.dependency} left the last {self._failures} call(s) "
-                f"unanswered; one call tries it again every {self._open_seconds:g} s"
+                f"unanswered; one call tries it again {self._open_seconds:g} s after the "
+                "last unanswered one"
             )
         self._trial = True
         return True
