@@ -12,6 +12,7 @@ from prometheus_client import REGISTRY
 
 from mesh.runtime import circuit
 from mesh.runtime.circuit import Circuit, CircuitOpen, Outcome
+from tests.support.clock import Clock
 
 
 class Unanswered(Exception):
@@ -32,21 +33,13 @@ def outcome(failure: BaseException) -> Outcome:
     return Outcome.ANSWERED if isinstance(failure, Answered) else Outcome.NOTHING
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+@pytest.fixture
+def clock() -> Clock[float]:
+    return Clock(100.0)
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def breaker(clock: Clock) -> Circuit:
+def breaker(clock: Clock[float]) -> Circuit:
     return Circuit("inventory", outcome, trip_after=3, open_seconds=1.0, clock=clock)
 
 
@@ -80,7 +73,7 @@ def test_calls_go_while_fewer_than_trip_after_in_a_row_are_unanswered(breaker: C
 
 
 def test_trip_after_unanswered_calls_opens_it_and_no_call_goes_until_open_seconds(
-    breaker: Circuit, clock: Clock
+    breaker: Circuit, clock: Clock[float]
 ) -> None:
     assert [call(breaker, Unanswered) for _ in range(3)] == [True] * 3
     assert breaker.is_open
@@ -91,7 +84,7 @@ def test_trip_after_unanswered_calls_opens_it_and_no_call_goes_until_open_second
 
 
 def test_once_open_seconds_passed_one_trial_goes_and_the_others_do_without(
-    breaker: Circuit, clock: Clock
+    breaker: Circuit, clock: Clock[float]
 ) -> None:
     for _ in range(3):
         call(breaker, Unanswered)
@@ -103,7 +96,9 @@ def test_once_open_seconds_passed_one_trial_goes_and_the_others_do_without(
     assert all(call(breaker) for _ in range(5))
 
 
-def test_a_trial_unanswered_opens_it_again_for_open_seconds(breaker: Circuit, clock: Clock) -> None:
+def test_a_trial_unanswered_opens_it_again_for_open_seconds(
+    breaker: Circuit, clock: Clock[float]
+) -> None:
     for _ in range(3):
         call(breaker, Unanswered)
     clock.now += 1.0
@@ -117,7 +112,7 @@ def test_a_trial_unanswered_opens_it_again_for_open_seconds(breaker: Circuit, cl
 
 
 def test_a_call_ended_by_the_callers_own_reasons_neither_trips_nor_closes(
-    breaker: Circuit, clock: Clock
+    breaker: Circuit, clock: Clock[float]
 ) -> None:
     for _ in range(10):
         call(breaker, Own)
@@ -131,7 +126,7 @@ def test_a_call_ended_by_the_callers_own_reasons_neither_trips_nor_closes(
     assert not breaker.is_open
 
 
-def test_a_cancelled_trial_frees_its_place(breaker: Circuit, clock: Clock) -> None:
+def test_a_cancelled_trial_frees_its_place(breaker: Circuit, clock: Clock[float]) -> None:
     for _ in range(3):
         call(breaker, Unanswered)
     clock.now += 1.0
@@ -141,7 +136,7 @@ def test_a_cancelled_trial_frees_its_place(breaker: Circuit, clock: Clock) -> No
 
 
 def test_opening_and_closing_are_said_once_each_and_shown_by_a_gauge(
-    clock: Clock, caplog: pytest.LogCaptureFixture
+    clock: Clock[float], caplog: pytest.LogCaptureFixture
 ) -> None:
     breaker = Circuit("gauged", outcome, trip_after=3, open_seconds=1.0, clock=clock)
     with caplog.at_level(logging.WARNING, logger=circuit.__name__):

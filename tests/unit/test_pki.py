@@ -17,29 +17,20 @@ from cryptography.x509.verification import PolicyBuilder, Store, VerificationErr
 
 from mesh.control.certfiles import PKIError
 from mesh.control.pki import CertificateInfo, MeshPKI, format_table, leaf, self_signed_ca
+from tests.support.clock import Clock
 
 TRUST_DOMAIN = "shop.local"
 NAMESPACE = "default"
 START = datetime(2030, 1, 1, tzinfo=UTC)
 
 
-class Clock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
 @pytest.fixture
-def clock() -> Clock:
+def clock() -> Clock[datetime]:
     return Clock(START)
 
 
 @pytest.fixture
-def pki(tmp_path: Path, clock: Clock) -> MeshPKI:
+def pki(tmp_path: Path, clock: Clock[datetime]) -> MeshPKI:
     return MeshPKI(tmp_path / "pki", TRUST_DOMAIN, NAMESPACE, clock=clock)
 
 
@@ -69,7 +60,9 @@ def test_spiffe_id_names_trust_domain_namespace_and_identity(pki: MeshPKI) -> No
         pki.spiffe_id("cata/log")
 
 
-def test_ca_is_created_once_and_reused_by_another_instance(tmp_path: Path, clock: Clock) -> None:
+def test_ca_is_created_once_and_reused_by_another_instance(
+    tmp_path: Path, clock: Clock[datetime]
+) -> None:
     first = MeshPKI(tmp_path / "pki", TRUST_DOMAIN, NAMESPACE, clock=clock).ensure_ca()
     ca_pem = first.cert_path.read_bytes()
     key_pem = first.key_path.read_bytes()
@@ -103,7 +96,7 @@ def test_ca_has_the_root_profile(pki: MeshPKI) -> None:
     assert info.not_after == START + timedelta(days=30)
 
 
-def test_ca_expiring_within_a_day_is_replaced(pki: MeshPKI, clock: Clock) -> None:
+def test_ca_expiring_within_a_day_is_replaced(pki: MeshPKI, clock: Clock[datetime]) -> None:
     original = pki.ensure_ca()
     clock.now = START + timedelta(days=28, hours=23)
     assert pki.ensure_ca().serial == original.serial
@@ -128,7 +121,7 @@ def test_ca_validity_within_the_replacement_window_is_refused(pki: MeshPKI) -> N
         pki.ensure_ca(validity=timedelta(hours=12))
 
 
-def test_leaf_verifies_against_the_ca(pki: MeshPKI, clock: Clock) -> None:
+def test_leaf_verifies_against_the_ca(pki: MeshPKI, clock: Clock[datetime]) -> None:
     info = pki.issue("catalog", "catalog-0")
 
     subjects = verify_client(pki.ca_path, info.cert_path, clock.now)
@@ -205,7 +198,7 @@ def test_files_and_directories_are_private_except_certificates(pki: MeshPKI) -> 
         assert mode(directory) == 0o700
 
 
-def test_ensure_reuses_a_fresh_certificate(pki: MeshPKI, clock: Clock) -> None:
+def test_ensure_reuses_a_fresh_certificate(pki: MeshPKI, clock: Clock[datetime]) -> None:
     first = pki.ensure("catalog", "catalog-0")
     clock.now = START + timedelta(hours=11)
 
@@ -216,7 +209,9 @@ def test_ensure_reuses_a_fresh_certificate(pki: MeshPKI, clock: Clock) -> None:
     assert second == first
 
 
-def test_ensure_reissues_a_certificate_past_half_its_life(pki: MeshPKI, clock: Clock) -> None:
+def test_ensure_reissues_a_certificate_past_half_its_life(
+    pki: MeshPKI, clock: Clock[datetime]
+) -> None:
     first = pki.ensure("catalog", "catalog-0")
     clock.now = START + timedelta(hours=13)
 
@@ -237,7 +232,9 @@ def test_ensure_reissues_when_the_instance_changes_identity(pki: MeshPKI) -> Non
     assert second.spiffe_id == pki.spiffe_id("orders")
 
 
-def test_ensure_reissues_when_the_trust_domain_changes(pki: MeshPKI, clock: Clock) -> None:
+def test_ensure_reissues_when_the_trust_domain_changes(
+    pki: MeshPKI, clock: Clock[datetime]
+) -> None:
     first = pki.ensure("catalog", "catalog-0")
 
     moved = MeshPKI(pki.directory, "other.local", NAMESPACE, clock=clock)
@@ -247,7 +244,7 @@ def test_ensure_reissues_when_the_trust_domain_changes(pki: MeshPKI, clock: Cloc
     assert second.spiffe_id == "spiffe://other.local/ns/default/sa/catalog"
 
 
-def test_certificate_from_a_replaced_ca_needs_renewal(pki: MeshPKI, clock: Clock) -> None:
+def test_certificate_from_a_replaced_ca_needs_renewal(pki: MeshPKI, clock: Clock[datetime]) -> None:
     issued = pki.issue("catalog", "catalog-0")
     assert not pki.needs_renewal(issued, clock.now)
     pki.ca_path.unlink()
@@ -260,7 +257,9 @@ def test_certificate_from_a_replaced_ca_needs_renewal(pki: MeshPKI, clock: Clock
     verify_client(pki.ca_path, renewed.cert_path, clock.now)
 
 
-def test_missing_or_unreadable_certificate_needs_renewal(pki: MeshPKI, clock: Clock) -> None:
+def test_missing_or_unreadable_certificate_needs_renewal(
+    pki: MeshPKI, clock: Clock[datetime]
+) -> None:
     info = pki.issue("catalog", "catalog-0")
     info.cert_path.write_text("garbage")
     assert pki.needs_renewal(info, clock.now)
@@ -269,7 +268,7 @@ def test_missing_or_unreadable_certificate_needs_renewal(pki: MeshPKI, clock: Cl
 
 
 def test_expired_certificate_needs_renewal_even_with_fraction_zero(
-    pki: MeshPKI, clock: Clock
+    pki: MeshPKI, clock: Clock[datetime]
 ) -> None:
     info = pki.issue("catalog", "catalog-0")
     assert not pki.needs_renewal(info, START + timedelta(hours=23), fraction=0)
@@ -492,7 +491,7 @@ def test_a_server_certificate_names_where_clients_dial_and_no_workload(pki: Mesh
 
 
 def test_ensure_server_reuses_a_good_one_and_reissues_for_other_names(
-    pki: MeshPKI, clock: Clock
+    pki: MeshPKI, clock: Clock[datetime]
 ) -> None:
     names = ["localhost", "127.0.0.1"]
     first = pki.ensure_server("edge-https", names)

@@ -25,6 +25,7 @@ from mesh.control.rollouts.model import (
     RolloutSpec,
 )
 from mesh.control.topology import parse
+from tests.support.clock import Clock
 
 TOPOLOGY = parse(
     "services:\n  catalog:\n    versions: {v1: {}, v2: {}}\n"
@@ -152,15 +153,9 @@ def test_blue_green_switches_only_after_the_smoke_check(tmp_path: Path) -> None:
 # -- the controller ------------------------------------------------------------------------
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def controller(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clock: Clock) -> RolloutController:
+def controller(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clock: Clock[float]
+) -> RolloutController:
     monkeypatch.setattr("mesh.control.rollouts.controller.time.time", clock)
     said: list[str] = []
     found = RolloutController(tmp_path, TOPOLOGY, make_plan(TOPOLOGY, tmp_path), said.append)
@@ -178,16 +173,18 @@ def feed(found: RolloutController, v1: tuple[float, float], v2: tuple[float, flo
 
 
 @pytest.fixture
-def started(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[RolloutController, Clock]:
+def started(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[RolloutController, Clock[float]]:
     """A rollout of catalog to v2 just started, and the controller that moves it on."""
-    clock = Clock()
+    clock = Clock(1000.0)
     found = controller(tmp_path, monkeypatch, clock)
     actions.start(tmp_path, TOPOLOGY, SPEC, [])
     return found, clock
 
 
 def test_a_healthy_canary_is_promoted_step_by_step(
-    tmp_path: Path, started: tuple[RolloutController, Clock]
+    tmp_path: Path, started: tuple[RolloutController, Clock[float]]
 ) -> None:
     found, clock = started
     calls = 0.0
@@ -207,7 +204,7 @@ def test_a_healthy_canary_is_promoted_step_by_step(
 
 
 def test_a_failing_canary_is_rolled_back_mid_window(
-    tmp_path: Path, started: tuple[RolloutController, Clock]
+    tmp_path: Path, started: tuple[RolloutController, Clock[float]]
 ) -> None:
     found, clock = started
     feed(found, (0, 0), (0, 0))

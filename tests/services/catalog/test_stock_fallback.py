@@ -37,6 +37,7 @@ from services.catalog.servicer import CatalogServicer
 from shop.catalog.v1 import catalog_service_pb2 as pb
 from shop.catalog.v1 import catalog_service_pb2_grpc as pb_grpc
 from shop.inventory.v1 import inventory_service_pb2 as inventory_pb
+from tests.support.clock import Clock
 from tests.support.component import error_reason, serving
 from tests.support.memory_catalog import MemoryCatalog
 
@@ -152,22 +153,14 @@ async def test_any_other_failure_of_inventory_stays_an_error(code: grpc.StatusCo
     assert degraded_count(GET_PRODUCT) == before
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def inventory_with_circuit(channel: FakeInventoryChannel, clock: Clock) -> GrpcStockLevels:
+def inventory_with_circuit(channel: FakeInventoryChannel, clock: Clock[float]) -> GrpcStockLevels:
     """Stock levels over `channel` whose circuit runs on `clock`."""
     stock_reads = Circuit("inventory", stock_read_outcome, clock=clock)
     return GrpcStockLevels(cast(grpc.aio.Channel, channel), stock_reads)
 
 
 async def test_an_inventory_that_stops_answering_is_asked_again_only_once_a_while() -> None:
-    channel, clock = FakeInventoryChannel({"tea": 4}, grpc.StatusCode.DEADLINE_EXCEEDED), Clock()
+    channel, clock = FakeInventoryChannel({"tea": 4}, grpc.StatusCode.DEADLINE_EXCEEDED), Clock(0.0)
     inventory = inventory_with_circuit(channel, clock)
     before = degraded_count(GET_PRODUCT)
     readings = [
@@ -193,7 +186,7 @@ async def test_an_inventory_that_answers_with_an_error_is_always_asked(
     code: grpc.StatusCode,
 ) -> None:
     channel = FakeInventoryChannel({"tea": 4}, failure=code)
-    inventory = inventory_with_circuit(channel, Clock())
+    inventory = inventory_with_circuit(channel, Clock(0.0))
     for _ in range(2 * TRIP_AFTER):
         with pytest.raises(Unavailable):
             await handlers.read_stock(inventory, [product("tea")], GET_PRODUCT)
