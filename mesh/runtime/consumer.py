@@ -51,7 +51,6 @@ from mesh.runtime.events import (
 )
 from mesh.runtime.storage import (
     Database,
-    event_filter,
     event_subject,
     ordering_key,
     processed_events,
@@ -337,7 +336,7 @@ class EventConsumer:
 
     def _start(self, envelope: events_pb2.EventEnvelope, parent: Context) -> _Work:
         delivery = Delivery(self, envelope)
-        handler = self._handlers[event_filter(envelope)]
+        handler = self._handlers[subject_filter(event_subject(envelope))]
         return _Work(delivery, asyncio.create_task(self._handle(delivery, handler, parent)))
 
     async def _handle(self, delivery: Delivery, handler: Handler, parent: Context) -> None:

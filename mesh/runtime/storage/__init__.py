@@ -37,7 +37,6 @@ from mesh.runtime.storage.idempotency import find_request, record_request
 from mesh.runtime.storage.outbox_events import (
     PER_ENTITY_EVENTS,
     enqueue_event,
-    event_filter,
     event_subject,
     ordering_key,
     subject_filter,
@@ -65,7 +64,6 @@ __all__ = [
     "SqlTransaction",
     "UtcDateTime",
     "enqueue_event",
-    "event_filter",
     "event_subject",
     "find_request",
     "keyset_page",

@@ -52,11 +52,6 @@ def subject_filter(subject: str) -> str:
     return ".".join([*tokens[:3], "*"]) if len(tokens) == 4 else subject
 
 
-def event_filter(envelope: events_pb2.EventEnvelope) -> str:
-    """What a consumer of the event filters on (`subject_filter` of its subject)."""
-    return subject_filter(event_subject(envelope))
-
-
 def ordering_key(envelope: events_pb2.EventEnvelope) -> str:
     """What orders an event among others: one order's events, or one entity's, are
     published and applied one after the other, in the order they were written."""

@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 
 from mesh.runtime.money import Money
-from mesh.runtime.storage import event_filter, event_subject
+from mesh.runtime.storage import event_subject, subject_filter
 from services.catalog import handlers
 from shop.events.v1 import events_pb2
 from tests.support.memory_catalog import MemoryCatalog, RecordingInventory
@@ -42,7 +42,7 @@ async def test_each_change_publishes_the_product_after_it() -> None:
     assert {e.entity_id for e in store.events} == {product.id}
     assert {e.order_id for e in store.events} == {""}
     assert event_subject(updated) == f"shop.catalog.product_updated.{product.id}"
-    assert event_filter(updated) == "shop.catalog.product_updated.*"
+    assert subject_filter(event_subject(updated)) == "shop.catalog.product_updated.*"
 
 
 def test_an_event_kept_per_entity_needs_its_entity_and_only_it_one() -> None:
